@@ -1,0 +1,76 @@
+package cli
+
+import (
+	"fmt"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/weftmesh/weft/internal/server"
+	"github.com/weftmesh/weft/internal/store"
+	// Link every store backend.
+	_ "github.com/weftmesh/weft/internal/store/all"
+)
+
+func newServerCmd(g *globalFlags) *cobra.Command {
+	var cfg server.Config
+	var endpoints string
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the weft control plane (config API server on :15443)",
+		Long: `Run the weft control plane. On first start it creates a CA and serving
+certificate in --data-dir and writes <data-dir>/kubeconfig (mode 0600) with an
+admin token: point weft or kubectl at that file.
+
+The default store is an embedded bolt file in the data dir. With
+--store=etcd --etcd-endpoints=... several replicas share one etcd cluster.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(cmd.ErrOrStderr(), g.logLevel, g.logFormat)
+			if err != nil {
+				return err
+			}
+			switch cfg.Store.Backend {
+			case "bolt":
+				if endpoints != "" {
+					return fmt.Errorf("--etcd-endpoints is set but --store is bolt: add --store=etcd")
+				}
+			case "etcd":
+				for _, e := range strings.Split(endpoints, ",") {
+					if e = strings.TrimSpace(e); e != "" {
+						cfg.Store.Endpoints = append(cfg.Store.Endpoints, e)
+					}
+				}
+				if len(cfg.Store.Endpoints) == 0 {
+					return fmt.Errorf("--store=etcd needs --etcd-endpoints, e.g. --etcd-endpoints=http://127.0.0.1:2379")
+				}
+			default:
+				return fmt.Errorf("invalid --store %q: use bolt or etcd (available: %s)", cfg.Store.Backend, strings.Join(store.Backends(), ", "))
+			}
+			cfg.Version = Version
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			srv, err := server.New(ctx, cfg, log)
+			if err != nil {
+				return err
+			}
+			return srv.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the CA, certificates, kubeconfig and bolt store (default ~/.weft)")
+	f.StringVar(&cfg.Listen, "listen", ":15443", "config API listen address (HTTPS)")
+	f.StringVar(&cfg.MonitorListen, "monitoring-listen", "127.0.0.1:15014", "address for /metrics and /ready (empty disables)")
+	f.StringVar(&cfg.Store.Backend, "store", "bolt", "store backend: bolt (embedded file) or etcd")
+	f.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (with --store=etcd)")
+	f.StringVar(&cfg.Store.Prefix, "etcd-prefix", "/weft", "key prefix in etcd")
+	f.StringVar(&cfg.Store.CAFile, "etcd-cafile", "", "CA bundle to verify etcd's certificate")
+	f.StringVar(&cfg.Store.CertFile, "etcd-certfile", "", "client certificate for etcd")
+	f.StringVar(&cfg.Store.KeyFile, "etcd-keyfile", "", "client key for etcd")
+	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs for the serving certificate")
+	f.DurationVar(&cfg.CompactionInterval, "compaction-interval", 5*time.Minute, "compact store history older than this (negative disables)")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful stop may take")
+	return cmd
+}

@@ -1,0 +1,197 @@
+package resource
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// samplesDir is where the shared Istio sample files live, beside the repo.
+func samplesDir(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{"../../../shared/istio-samples", "../../shared/istio-samples"} {
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			return p
+		}
+	}
+	t.Fatalf("istio samples not found beside the repository (../shared/istio-samples)")
+	return ""
+}
+
+// TestIstioSamplesValidate decodes every document of every shared Istio
+// sample and validates it. Istio accepts all of them except the ServiceEntry
+// named BACKEND, which a Kubernetes-style API refuses by name.
+func TestIstioSamplesValidate(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join(samplesDir(t), "*", "*.yaml"))
+	if len(files) < 30 {
+		t.Fatalf("found only %d sample files", len(files))
+	}
+	total, refused := 0, 0
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs, err := SplitYAML(data)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		for _, d := range docs {
+			total++
+			k, err := ByKind(d.Object["apiVersion"].(string), d.Object["kind"].(string))
+			if err != nil {
+				t.Errorf("%s: %v", d.Position(f), err)
+				continue
+			}
+			k.Normalize(d.Object)
+			es := k.Validate(d.Object)
+			name := d.Object["metadata"].(map[string]any)["name"]
+			if name == "BACKEND" {
+				refused++
+				if len(es) == 0 || !strings.Contains(es.Error(), "metadata.name") {
+					t.Errorf("%s: ServiceEntry BACKEND accepted, want a metadata.name error; got %v", d.Position(f), es)
+				}
+				continue
+			}
+			if len(es) > 0 {
+				t.Errorf("%s: %s %v rejected: %v", d.Position(f), k.Kind, name, es)
+			}
+		}
+	}
+	if refused != 1 || total < 40 {
+		t.Fatalf("validated %d documents, refused %d; want >= 40 and exactly 1", total, refused)
+	}
+}
+
+func TestValidateNamesField(t *testing.T) {
+	cases := []struct {
+		yaml string
+		want string
+	}{
+		{`apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {hots: reviews}
+`, `spec.http[0].route[0].destination.hots: unknown field "hots" (did you mean "host"?)`},
+		{`apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+      weight: "eighty"
+`, `spec.http[0].route[0].weight: Invalid value: "eighty": expected an integer`},
+		{`apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: p}
+spec:
+  mtls: {mode: strict}
+`, `spec.mtls.mode: Unsupported value: "strict": supported values: "UNSET", "DISABLE", "PERMISSIVE", "STRICT"`},
+		{`apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: d}
+spec:
+  host: reviews
+  subsets: [{name: v1}, {name: v1}]
+`, `spec.subsets[1].name: Duplicate value: "v1"`},
+		{`apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: r}
+spec:
+  hosts: [reviews]
+  http:
+  - timeout: 10
+    route: [{destination: {host: reviews}}]
+`, `spec.http[0].timeout: Invalid value: a duration must be a string`},
+		{`apiVersion: v1
+kind: Secret
+metadata: {name: s}
+data: {key: "not base64!"}
+`, `data.key: Invalid value: not valid base64`},
+		{`apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: b}
+roleRef: {kind: Bogus, name: x, apiGroup: rbac.authorization.k8s.io}
+subjects: [{kind: User, name: alice}]
+`, `roleRef.kind: Unsupported value: "Bogus"`},
+		{`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: g, labels: {"bad label": x}}
+spec: {servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]}
+`, `metadata.labels: Invalid value: "bad label"`},
+		{`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: g}
+spec: {servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]}
+extra: 1
+`, `extra: unknown field "extra"`},
+	}
+	for _, c := range cases {
+		docs, err := SplitYAML([]byte(c.yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := docs[0].Object
+		k, err := ByKind(o["apiVersion"].(string), o["kind"].(string))
+		if err != nil {
+			t.Fatal(err)
+		}
+		es := k.Validate(o)
+		if !strings.Contains(es.Error(), c.want) {
+			t.Errorf("validate:\n%s\ngot  %v\nwant %s", c.yaml, es, c.want)
+		}
+	}
+}
+
+func TestSplitYAMLPositions(t *testing.T) {
+	in := "# leading comment\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\n\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: [unclosed\n"
+	docs, err := SplitYAML([]byte(in))
+	if err == nil {
+		t.Fatalf("want an error for the second document")
+	}
+	if len(docs) != 1 || docs[0].Line != 3 || docs[0].Index != 1 {
+		t.Fatalf("first document: %+v", docs)
+	}
+	if !strings.Contains(err.Error(), "document 2 (line 9)") {
+		t.Fatalf("error %q does not name document 2 at line 9", err)
+	}
+}
+
+func TestLookup(t *testing.T) {
+	for in, want := range map[string]string{"vs": "VirtualService", "virtualservices": "VirtualService",
+		"VirtualService": "VirtualService", "dr": "DestinationRule", "ns": "Namespace",
+		"authorizationpolicies.security.istio.io": "AuthorizationPolicy", "clusterrolebinding": "ClusterRoleBinding"} {
+		k, err := Lookup(in)
+		if err != nil || k.Kind != want {
+			t.Errorf("Lookup(%q) = %v, %v; want %s", in, k, err, want)
+		}
+	}
+	if _, err := Lookup("pods"); err == nil {
+		t.Errorf("Lookup(pods) succeeded")
+	}
+}
+
+func FuzzValidate(f *testing.F) {
+	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a], http: [{route: [{destination: {host: a}}]}]}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		docs, err := SplitYAML(data)
+		if err != nil {
+			return
+		}
+		for _, d := range docs {
+			av, _ := d.Object["apiVersion"].(string)
+			kind, _ := d.Object["kind"].(string)
+			if k, err := ByKind(av, kind); err == nil {
+				_ = k.Validate(d.Object)
+			}
+		}
+	})
+}
