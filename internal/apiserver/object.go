@@ -43,6 +43,9 @@ func decodeBody(r *http.Request) (object, error) {
 		return nil, errBadRequest("reading request body: %v", err)
 	}
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if ct == "application/vnd.kubernetes.protobuf" {
+		return decodeProtobuf(raw)
+	}
 	if ct == "application/yaml" || ct == "application/apply-patch+yaml" {
 		if raw, err = yaml.YAMLToJSON(raw); err != nil {
 			return nil, errBadRequest("invalid YAML body: %v", err)

@@ -79,6 +79,11 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, info *requestInfo
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-cache, private")
 	w.WriteHeader(http.StatusOK)
+	// Send the headers now: clients (client-go, kubectl) wait for them
+	// before reading events, and a watch may stay quiet for a long time.
+	if flusher != nil {
+		flusher.Flush()
+	}
 	enc := json.NewEncoder(w)
 	send := func(ev watchEvent) bool {
 		if err := enc.Encode(ev); err != nil {

@@ -19,6 +19,9 @@
 // a watcher whose channel is full is closed (without an EventError) and
 // counted in DroppedWatchers; it is expected to resume with Watch from the
 // last revision it processed.
+//
+// Events are shared between the watchers that receive them: consumers must
+// not modify Event.KV.Value.
 package bolt
 
 import (
@@ -203,7 +206,10 @@ func (s *Store) Create(ctx context.Context, key string, value []byte) (store.KV,
 		kv = store.KV{Key: key, Value: clone(value), CreateRevision: rev, ModRevision: rev}
 		return store.Event{Type: store.EventPut, KV: kv, Created: true, Revision: rev}, putKV(tx, kv)
 	})
-	return kv, err
+	if err != nil {
+		return store.KV{}, err
+	}
+	return kv, nil
 }
 
 // Update replaces key's value if its ModRevision is expectedRev (or
@@ -221,7 +227,10 @@ func (s *Store) Update(ctx context.Context, key string, value []byte, expectedRe
 		kv = store.KV{Key: key, Value: clone(value), CreateRevision: old.CreateRevision, ModRevision: rev}
 		return store.Event{Type: store.EventPut, KV: kv, Revision: rev}, putKV(tx, kv)
 	})
-	return kv, err
+	if err != nil {
+		return store.KV{}, err
+	}
+	return kv, nil
 }
 
 // Delete removes key if its ModRevision is expectedRev (or expectedRev is 0)
@@ -240,7 +249,10 @@ func (s *Store) Delete(ctx context.Context, key string, expectedRev int64) (stor
 		kv.ModRevision = rev
 		return store.Event{Type: store.EventDelete, KV: kv, Revision: rev}, tx.Bucket(bucketKV).Delete([]byte(key))
 	})
-	return kv, err
+	if err != nil {
+		return store.KV{}, err
+	}
+	return kv, nil
 }
 
 // write runs fn in one read-write transaction at revision current+1, appends

@@ -79,11 +79,17 @@ func (s *Store) forward(wctx context.Context, prefix string, fromRev int64, wch 
 		caughtUpRev  int64 // revision current when the watch was created
 		caughtUp     bool
 	)
+	grace := min(s.opts.ProgressInterval, time.Second)
 	send := func(ev store.Event) bool {
+		select {
+		case out <- ev:
+			return true
+		default:
+		}
 		if ev.Type != store.EventProgress && ev.Revision <= caughtUpRev {
 			// History that existed when the watch was created: like the
-			// bolt backend's replay, it may wait for the consumer (the
-			// amount is bounded), only live events must not.
+			// bolt backend's replay, it waits for the consumer (the amount
+			// is bounded).
 			select {
 			case out <- ev:
 				return true
@@ -91,14 +97,23 @@ func (s *Store) forward(wctx context.Context, prefix string, fromRev int64, wch 
 				return false
 			}
 		}
+		// A live event and a full buffer. etcd hands events over in
+		// batches (and a consumer that just replayed history gets the
+		// backlog at once), so allow a short grace before closing.
+		// Nothing waits on this but this watch: etcd writes never block
+		// on watchers.
+		timer := time.NewTimer(grace)
+		defer timer.Stop()
 		select {
 		case out <- ev:
 			return true
-		default:
-			n := s.dropped.Add(1)
-			s.logger.Warn("closed slow watcher", "prefix", prefix, "revision", ev.Revision, "buffer", s.opts.WatchBuffer, "dropped_total", n)
+		case <-wctx.Done():
 			return false
+		case <-timer.C:
 		}
+		n := s.dropped.Add(1)
+		s.logger.Warn("closed slow watcher", "prefix", prefix, "revision", ev.Revision, "buffer", s.opts.WatchBuffer, "dropped_total", n)
+		return false
 	}
 	for wresp := range wch {
 		if wresp.Created {
