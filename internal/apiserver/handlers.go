@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/weftmesh/weft/internal/resource"
@@ -17,10 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 )
-
-// maxConflictRetries bounds how often an unconditional update retries after
-// losing a race.
-const maxConflictRetries = 10
 
 func (s *Server) serveResource(w http.ResponseWriter, r *http.Request, info *requestInfo) {
 	if info.subresource != "" {
@@ -164,11 +162,20 @@ func (s *Server) checkNamespace(ctx context.Context, info *requestInfo) error {
 		return nil
 	}
 	nsKind, _ := resource.ByResource("", "v1", "namespaces")
-	if _, err := s.store.Get(ctx, nsKind.Key("", info.namespace)); err != nil {
+	kv, err := s.store.Get(ctx, nsKind.Key("", info.namespace))
+	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return errNotFound(nsKind, info.namespace)
 		}
 		return fromStore(err, nsKind, info.namespace)
+	}
+	var ns struct {
+		Status struct{ Phase string } `json:"status"`
+	}
+	if json.Unmarshal(kv.Value, &ns) == nil && ns.Status.Phase == "Terminating" {
+		return newError(http.StatusForbidden, metav1.StatusReasonForbidden,
+			"%s %q is forbidden: unable to create new content in namespace %s because it is being terminated",
+			info.kind.GroupResource(), info.name, info.namespace)
 	}
 	return nil
 }
@@ -211,23 +218,25 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, info *requestInf
 	return nil
 }
 
-// write stores o over old with compare-and-swap on rev, or only validates
-// when dry is set, and replies with the stored object.
-func (s *Server) write(w http.ResponseWriter, r *http.Request, info *requestInfo, o object, rev int64, dry bool) error {
-	if dry {
-		meta(o)["resourceVersion"] = strconv.FormatInt(rev, 10)
-		writeJSON(w, http.StatusOK, o)
-		return nil
-	}
+// write stores o over the stored kv with compare-and-swap on its revision,
+// or only validates when dry is set, and replies with the result. A write
+// that would store exactly what is there already is skipped, as in
+// Kubernetes: no new resourceVersion, no watch event.
+func (s *Server) write(w http.ResponseWriter, r *http.Request, info *requestInfo, o object, kv store.KV, dry bool, warnings []string) error {
 	value, err := encodeForStorage(info.kind, o)
 	if err != nil {
 		return err
 	}
-	kv, err := s.store.Update(r.Context(), info.kind.Key(info.namespace, info.name), value, rev)
-	if err != nil {
-		return err
+	rev := kv.ModRevision
+	if !dry && !bytes.Equal(value, kv.Value) {
+		nkv, err := s.store.Update(r.Context(), info.kind.Key(info.namespace, info.name), value, kv.ModRevision)
+		if err != nil {
+			return err
+		}
+		rev = nkv.ModRevision
 	}
-	meta(o)["resourceVersion"] = strconv.FormatInt(kv.ModRevision, 10)
+	meta(o)["resourceVersion"] = strconv.FormatInt(rev, 10)
+	setWarnings(w, warnings)
 	writeJSON(w, http.StatusOK, o)
 	return nil
 }
@@ -245,7 +254,7 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request, info *requestInf
 	if err != nil {
 		return err
 	}
-	for attempt := 0; ; attempt++ {
+	for {
 		kv, err := s.store.Get(r.Context(), info.kind.Key(info.namespace, info.name))
 		if err != nil {
 			return fromStore(err, info.kind, info.name)
@@ -262,11 +271,11 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request, info *requestInf
 		if err != nil {
 			return err
 		}
-		setWarnings(w, warnings)
-		err = s.write(w, r, info, c, kv.ModRevision, dry)
+		err = s.write(w, r, info, c, kv, dry, warnings)
 		// An unconditional update that lost a race retries against the
-		// new state; a conditional one reports the conflict.
-		if errors.Is(err, store.ErrConflict) && want == 0 && attempt < maxConflictRetries {
+		// new state for as long as the request lasts (every lost race is
+		// another client's success); a conditional one reports it.
+		if errors.Is(err, store.ErrConflict) && want == 0 && r.Context().Err() == nil {
 			continue
 		}
 		return fromStore(err, info.kind, info.name)
@@ -278,9 +287,9 @@ func (s *Server) patch(w http.ResponseWriter, r *http.Request, info *requestInfo
 	if err != nil {
 		return err
 	}
-	body, err := io.ReadAll(r.Body)
+	body, err := readBody(r)
 	if err != nil {
-		return errBadRequest("reading request body: %v", err)
+		return err
 	}
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	for {
@@ -330,8 +339,7 @@ func (s *Server) patch(w http.ResponseWriter, r *http.Request, info *requestInfo
 		if err != nil {
 			return err
 		}
-		setWarnings(w, warnings)
-		err = s.write(w, r, info, o, kv.ModRevision, dry)
+		err = s.write(w, r, info, o, kv, dry, warnings)
 		// The patched object always carries a resourceVersion (the one
 		// read above, unless the patch set its own), so want != 0 does
 		// not mean the client asked for a precondition. Retrying is safe
@@ -379,31 +387,57 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request, info *requestInf
 		return err
 	}
 	key := info.kind.Key(info.namespace, info.name)
-	kv, err := s.store.Get(r.Context(), key)
-	if err != nil {
-		return fromStore(err, info.kind, info.name)
-	}
-	old, err := decodeStored(kv, info.kind, info.version)
-	if err != nil {
-		return err
-	}
-	if (rv != 0 && rv != kv.ModRevision) || (uid != "" && uid != str(meta(old), "uid")) {
-		return errConflict(info.kind, info.name)
-	}
-	if dry {
+	for {
+		kv, err := s.store.Get(r.Context(), key)
+		if err != nil {
+			return fromStore(err, info.kind, info.name)
+		}
+		old, err := decodeStored(kv, info.kind, info.version)
+		if err != nil {
+			return err
+		}
+		if (rv != 0 && rv != kv.ModRevision) || (uid != "" && uid != str(meta(old), "uid")) {
+			return errConflict(info.kind, info.name)
+		}
+		if dry {
+			writeJSON(w, http.StatusOK, old)
+			return nil
+		}
+		if info.kind.Kind == "Namespace" {
+			if kv, err = s.terminateNamespace(r.Context(), info, old, kv); err != nil {
+				if errors.Is(err, store.ErrConflict) && rv == 0 {
+					continue
+				}
+				return fromStore(err, info.kind, info.name)
+			}
+		}
+		_, err = s.store.Delete(r.Context(), key, kv.ModRevision)
+		if errors.Is(err, store.ErrConflict) && rv == 0 && r.Context().Err() == nil {
+			continue // changed under us and no precondition: delete the new state
+		}
+		if err != nil {
+			return fromStore(err, info.kind, info.name)
+		}
 		writeJSON(w, http.StatusOK, old)
 		return nil
 	}
-	if info.kind.Kind == "Namespace" {
-		if err := s.deleteNamespaceContents(r.Context(), info.name); err != nil {
-			return err
-		}
+}
+
+// terminateNamespace marks ns Terminating (so no new objects are created in
+// it), then deletes everything in it, as Kubernetes' namespace controller
+// does. It returns the namespace's stored state to delete.
+func (s *Server) terminateNamespace(ctx context.Context, info *requestInfo, old object, kv store.KV) (store.KV, error) {
+	o := deepCopy(old)
+	o["status"] = map[string]any{"phase": "Terminating"}
+	meta(o)["deletionTimestamp"] = s.opts.Clock().UTC().Format(time.RFC3339)
+	value, err := encodeForStorage(info.kind, o)
+	if err != nil {
+		return kv, err
 	}
-	if _, err := s.store.Delete(r.Context(), key, kv.ModRevision); err != nil {
-		return fromStore(err, info.kind, info.name)
+	if kv, err = s.store.Update(ctx, kv.Key, value, kv.ModRevision); err != nil {
+		return kv, err
 	}
-	writeJSON(w, http.StatusOK, old)
-	return nil
+	return kv, s.deleteNamespaceContents(ctx, info.name)
 }
 
 // deleteNamespaceContents removes every namespaced object in ns, as

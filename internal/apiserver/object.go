@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/weftmesh/weft/internal/resource"
 	"github.com/weftmesh/weft/internal/store"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -38,9 +40,9 @@ func str(m map[string]any, key string) string {
 
 // decodeBody reads a JSON or YAML request body into an object.
 func decodeBody(r *http.Request) (object, error) {
-	raw, err := io.ReadAll(r.Body)
+	raw, err := readBody(r)
 	if err != nil {
-		return nil, errBadRequest("reading request body: %v", err)
+		return nil, err
 	}
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if ct == "application/vnd.kubernetes.protobuf" {
@@ -276,4 +278,18 @@ func setWarnings(w http.ResponseWriter, warnings []string) {
 	for _, wr := range warnings {
 		w.Header().Add("Warning", `299 - "`+strings.ReplaceAll(wr, `"`, `'`)+`"`)
 	}
+}
+
+// readBody reads the request body, mapping an oversized one to 413.
+func readBody(r *http.Request) ([]byte, error) {
+	raw, err := io.ReadAll(r.Body)
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return nil, newError(http.StatusRequestEntityTooLarge, metav1.StatusReasonRequestEntityTooLarge,
+			"the request body is larger than %d bytes", tooBig.Limit)
+	case err != nil:
+		return nil, errBadRequest("reading request body: %v", err)
+	}
+	return raw, nil
 }

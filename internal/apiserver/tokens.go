@@ -78,4 +78,3 @@ func (s *Server) handleTokens(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, newError(http.StatusMethodNotAllowed, metav1StatusReasonMethodNotAllowed, "method %s is not allowed on %s", r.Method, r.URL.Path))
 	}
 }
-

@@ -49,24 +49,37 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, info *requestInfo
 	}
 	ctx := r.Context()
 	var initial []object
-	// visible tracks which keys this watcher currently sees, so that an
-	// object leaving the selector is reported as DELETED.
-	visible := map[string]bool{}
+	// visible tracks which keys a filtered watch currently sees, so that
+	// an object leaving the selector is reported as DELETED and one
+	// entering it as ADDED. It is seeded from the current state, so a
+	// filtered watch resumed from an old version may report a transition
+	// that happened before its version as MODIFIED (see docs/apiserver.md).
+	// Unfiltered watches need no list and no per-watch state.
+	var visible map[string]bool
+	filtered := !ls.Empty() || !fs.Empty()
 	listFirst := from == 0 || sendInitial
-	items, listRev, err := s.listObjects(ctx, info, labels.Everything(), fields.Everything())
-	if err != nil {
-		return err
-	}
-	for _, o := range items {
-		if matches(o, ls, fs) {
-			visible[info.kind.Key(str(meta(o), "namespace"), str(meta(o), "name"))] = true
+	if listFirst || filtered {
+		items, listRev, err := s.listObjects(ctx, info, labels.Everything(), fields.Everything())
+		if err != nil {
+			return err
+		}
+		if filtered {
+			visible = map[string]bool{}
+		}
+		for _, o := range items {
+			if !matches(o, ls, fs) {
+				continue
+			}
+			if filtered {
+				visible[info.kind.Key(str(meta(o), "namespace"), str(meta(o), "name"))] = true
+			}
 			if listFirst {
 				initial = append(initial, o)
 			}
 		}
-	}
-	if listFirst {
-		from = listRev
+		if listFirst {
+			from = listRev
+		}
 	}
 	events, err := s.store.Watch(ctx, info.kind.KeyPrefix(info.namespace), from)
 	if err != nil {
@@ -168,6 +181,15 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, info *requestInfo
 // eventType maps a store event to ADDED/MODIFIED/DELETED for a watcher with
 // selectors, or "" when the watcher does not see it.
 func eventType(ev store.Event, o object, ls labels.Selector, fs fields.Selector, visible map[string]bool) string {
+	if visible == nil { // unfiltered
+		switch {
+		case ev.Type == store.EventDelete:
+			return "DELETED"
+		case ev.Created:
+			return "ADDED"
+		}
+		return "MODIFIED"
+	}
 	key := ev.KV.Key
 	was := visible[key]
 	if ev.Type == store.EventDelete {

@@ -219,11 +219,28 @@ spec), guarded by their resourceVersion.`,
 			}
 			ctx := cmd.Context()
 			var problems []string
+			warnings := c.warnings
+			c.warnings = nil // the real apply below reports them once
+			// Namespaces this batch creates: objects in them cannot be
+			// dry-run before the namespace exists.
+			batchNS := map[string]bool{}
 			for _, m := range ms {
-				if _, err := c.applyOne(ctx, m, true); err != nil {
+				if m.kind.Kind == "Namespace" {
+					batchNS[m.name] = true
+				}
+			}
+			for _, m := range ms {
+				_, err := c.applyOne(ctx, m, true)
+				var se *statusError
+				if errors.As(err, &se) && se.Code == http.StatusNotFound && batchNS[m.ns] &&
+					strings.HasPrefix(se.Message, fmt.Sprintf("namespaces %q not found", m.ns)) {
+					continue
+				}
+				if err != nil {
 					problems = append(problems, fmt.Sprintf("%s: %s: %v", m.doc.Position(m.source), m.label(), err))
 				}
 			}
+			c.warnings = warnings
 			if len(problems) > 0 {
 				return fmt.Errorf("%d of %d objects were refused, so nothing was applied:\n  %s", len(problems), len(ms), strings.Join(problems, "\n  "))
 			}

@@ -23,6 +23,8 @@ type client struct {
 	token     string
 	namespace string
 	http      *http.Client
+	// warnings receives the server's Warning headers (deprecations).
+	warnings io.Writer
 }
 
 // kubeconfigPath resolves --kubeconfig, then $WEFTCONFIG, then
@@ -58,6 +60,7 @@ func newClient(g *globalFlags) (*client, error) {
 		base:      strings.TrimSuffix(res.Server, "/"),
 		token:     res.Token,
 		namespace: ns,
+		warnings:  g.stderr,
 		http: &http.Client{
 			Timeout:   g.timeout,
 			Transport: &http.Transport{TLSClientConfig: res.TLS, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second},
@@ -108,6 +111,11 @@ func (c *client) do(ctx context.Context, method, path string, query url.Values, 
 		return nil, fmt.Errorf("cannot reach the weft API server at %s: %w", c.base, err)
 	}
 	defer resp.Body.Close()
+	if c.warnings != nil {
+		for _, wv := range resp.Header.Values("Warning") {
+			fmt.Fprintln(c.warnings, "Warning:", warningText(wv))
+		}
+	}
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return resp.Header, fmt.Errorf("reading reply from %s: %w", c.base, err)
@@ -142,4 +150,12 @@ func collectionPath(k *resource.Kind, version, ns string) string {
 
 func objectPath(k *resource.Kind, version, ns, name string) string {
 	return collectionPath(k, version, ns) + "/" + url.PathEscape(name)
+}
+
+// warningText extracts the text of an RFC 7234 warning ("299 - \"text\"").
+func warningText(h string) string {
+	if i := strings.Index(h, `"`); i >= 0 && strings.HasSuffix(h, `"`) && len(h) > i+1 {
+		return h[i+1 : len(h)-1]
+	}
+	return h
 }

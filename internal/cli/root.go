@@ -26,11 +26,13 @@ type globalFlags struct {
 	timeout    time.Duration
 	logLevel   string
 	logFormat  string
+	// stderr receives warnings from the server.
+	stderr io.Writer
 }
 
 // NewRoot builds the weft command tree.
 func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
-	g := &globalFlags{}
+	g := &globalFlags{stderr: stderr}
 	root := &cobra.Command{
 		Use:           "weft",
 		Short:         "weft: a service mesh for VMs, bare metal, Consul, Nomad and Kubernetes that speaks Istio's API",

@@ -15,14 +15,18 @@ import (
 // Istio's validating webhook rejects. Each kind lists only rules that make an
 // object meaningless or ambiguous, so anything Istio accepts, weft accepts.
 var semanticChecks = map[string]func(*FieldErrors, proto.Message){
-	"VirtualService":        func(es *FieldErrors, m proto.Message) { checkVirtualService(es, m.(*networking.VirtualService)) },
-	"DestinationRule":       func(es *FieldErrors, m proto.Message) { checkDestinationRule(es, m.(*networking.DestinationRule)) },
-	"Gateway":               func(es *FieldErrors, m proto.Message) { checkGateway(es, m.(*networking.Gateway)) },
-	"ServiceEntry":          func(es *FieldErrors, m proto.Message) { checkServiceEntry(es, m.(*networking.ServiceEntry)) },
-	"Sidecar":               func(es *FieldErrors, m proto.Message) { checkSidecar(es, m.(*networking.Sidecar)) },
-	"AuthorizationPolicy":   func(es *FieldErrors, m proto.Message) { checkAuthorizationPolicy(es, m.(*security.AuthorizationPolicy)) },
-	"PeerAuthentication":    func(es *FieldErrors, m proto.Message) { checkPeerAuthentication(es, m.(*security.PeerAuthentication)) },
-	"RequestAuthentication": func(es *FieldErrors, m proto.Message) { checkRequestAuthentication(es, m.(*security.RequestAuthentication)) },
+	"VirtualService":  func(es *FieldErrors, m proto.Message) { checkVirtualService(es, m.(*networking.VirtualService)) },
+	"DestinationRule": func(es *FieldErrors, m proto.Message) { checkDestinationRule(es, m.(*networking.DestinationRule)) },
+	"Gateway":         func(es *FieldErrors, m proto.Message) { checkGateway(es, m.(*networking.Gateway)) },
+	"ServiceEntry":    func(es *FieldErrors, m proto.Message) { checkServiceEntry(es, m.(*networking.ServiceEntry)) },
+	"Sidecar":         func(es *FieldErrors, m proto.Message) { checkSidecar(es, m.(*networking.Sidecar)) },
+	"AuthorizationPolicy": func(es *FieldErrors, m proto.Message) {
+		checkAuthorizationPolicy(es, m.(*security.AuthorizationPolicy))
+	},
+	"PeerAuthentication": func(es *FieldErrors, m proto.Message) { checkPeerAuthentication(es, m.(*security.PeerAuthentication)) },
+	"RequestAuthentication": func(es *FieldErrors, m proto.Message) {
+		checkRequestAuthentication(es, m.(*security.RequestAuthentication))
+	},
 }
 
 func checkHost(es *FieldErrors, path, host string) {

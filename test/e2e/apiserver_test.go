@@ -376,3 +376,33 @@ func TestReplicasShareEtcd(t *testing.T) {
 		}
 	}
 }
+
+// TestWeftApplyNamespaceFirst applies a file that creates a namespace and
+// an object in it: the dry run must not refuse the object.
+func TestWeftApplyNamespaceFirst(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	kc := s.kubeconfigFor(t)
+	content := `apiVersion: v1
+kind: Namespace
+metadata: {name: bookinfo}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
+`
+	out, err := run(t, content, weftBin, "--kubeconfig", kc, "apply", "-f", "-")
+	if err != nil || !strings.Contains(out, "namespace/bookinfo created") || !strings.Contains(out, "virtualservice.networking.istio.io/reviews created") {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	out, err = run(t, "", weftBin, "--kubeconfig", kc, "get", "vs", "-n", "bookinfo", "-o", "yaml")
+	if err != nil || !strings.Contains(out, "namespace: bookinfo") {
+		t.Fatalf("get: %v\n%s", err, out)
+	}
+	// A deprecated field comes back as a warning on stderr.
+	abort := filepath.Join(samples(t), "bookinfo-networking", "virtual-service-ratings-test-abort.yaml")
+	out, err = run(t, "", weftBin, "--kubeconfig", kc, "apply", "-f", abort)
+	if err != nil || strings.Count(out, "Warning: spec.http[0].fault.abort.percent is deprecated") != 1 {
+		t.Fatalf("apply of the abort sample: %v\n%s", err, out)
+	}
+}

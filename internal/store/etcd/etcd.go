@@ -93,6 +93,12 @@ type Store struct {
 	wg      sync.WaitGroup
 	watches atomic.Int64
 	dropped atomic.Int64
+
+	// progressTrusted is false for etcd servers that may send a progress
+	// notification before events it covers (etcd-io/etcd#15220, fixed in
+	// 3.4.25 and 3.5.8). On those, progress is reported only up to the
+	// last event actually delivered, which is always true.
+	progressTrusted bool
 }
 
 var _ store.Store = (*Store)(nil)
@@ -141,6 +147,10 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*Store, error) 
 		prefix: cfg.Prefix,
 		opts:   cfg.Options.WithDefaults(),
 		logger: logger,
+	}
+	s.progressTrusted = serverProgressTrusted(ctx, cli, cfg.Endpoints, cfg.DialTimeout)
+	if !s.progressTrusted {
+		logger.Info("etcd server predates the progress-notification fix (3.4.25/3.5.8): watch progress follows delivered events only")
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
@@ -412,3 +422,42 @@ func clone(b []byte) []byte {
 	}
 	return append([]byte{}, b...)
 }
+
+// serverProgressTrusted reports whether every reachable member runs an etcd
+// release whose progress notifications never overtake events.
+func serverProgressTrusted(ctx context.Context, cli *clientv3.Client, endpoints []string, timeout time.Duration) bool {
+	for _, ep := range endpoints {
+		sctx, cancel := context.WithTimeout(ctx, timeout)
+		st, err := cli.Status(sctx, ep)
+		cancel()
+		if err != nil {
+			continue // an unreachable member is judged when it answers
+		}
+		if !versionAtLeastFixed(st.Version) {
+			return false
+		}
+	}
+	return true
+}
+
+// versionAtLeastFixed is true for etcd 3.4.25+, 3.5.8+ and 3.6+.
+func versionAtLeastFixed(v string) bool {
+	var major, minor, patch int
+	if _, err := fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch); err != nil {
+		return false
+	}
+	switch {
+	case major != 3:
+		return major > 3
+	case minor == 4:
+		return patch >= 25
+	case minor == 5:
+		return patch >= 8
+	}
+	return minor > 5
+}
+
+// ProgressAdvances reports whether EventProgress follows the cluster's
+// revision (true) or only the last delivered event (false, on etcd servers
+// with the progress-notification bug).
+func (s *Store) ProgressAdvances() bool { return s.progressTrusted }

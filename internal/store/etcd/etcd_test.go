@@ -230,3 +230,11 @@ func benchStore(b *testing.B) *Store {
 func BenchmarkCreate(b *testing.B)          { storetest.BenchCreate(b, benchStore(b)) }
 func BenchmarkList10k(b *testing.B)         { storetest.BenchList(b, benchStore(b), 10000) }
 func BenchmarkWatchFanout1000(b *testing.B) { storetest.BenchWatchFanout(b, benchStore(b), 1000) }
+
+func TestVersionAtLeastFixed(t *testing.T) {
+	for v, want := range map[string]bool{"3.4.23": false, "3.4.25": true, "3.5.7": false, "3.5.8": true, "3.6.0": true, "3.7.3": true, "3.3.27": false, "garbage": false, "4.0.0": true} {
+		if got := versionAtLeastFixed(v); got != want {
+			t.Errorf("versionAtLeastFixed(%q) = %v, want %v", v, got, want)
+		}
+	}
+}

@@ -439,14 +439,28 @@ func testWatchProgress(t *testing.T, s store.Store) {
 	p := w.progress(kv.ModRevision)
 	t.Logf("progress %d after event %d", p.Revision, kv.ModRevision)
 
-	// Writes outside the prefix advance the progress without events.
+	// Writes outside the prefix advance the progress without events,
+	// unless the backend says its progress only follows delivered events.
 	other := mustCreate(t, s, "q/other", "x")
-	w.progress(other.ModRevision)
+	want := other.ModRevision
+	if pa, ok := s.(ProgressAdvancer); ok && !pa.ProgressAdvances() {
+		t.Logf("backend progress follows delivered events only")
+		want = kv.ModRevision
+	}
+	w.progress(want)
 
 	// A watch resumed from the past also gets progress, after its replay.
 	w2 := watch(t, s, ctx, "p/", kv.ModRevision-1)
 	w2.expect(store.EventPut, "p/a", "a", kv.ModRevision, kv.ModRevision, true)
-	w2.progress(other.ModRevision)
+	w2.progress(want)
+}
+
+// ProgressAdvancer is implemented by backends whose EventProgress may stay
+// at the last delivered event instead of following the store's revision
+// (etcd servers with etcd-io/etcd#15220). Both are correct; only the
+// latter lets idle watches resume past compaction.
+type ProgressAdvancer interface {
+	ProgressAdvances() bool
 }
 
 func testCompaction(t *testing.T, s store.Store) {
