@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -102,7 +101,7 @@ func (e *etcdProc) waitHealthy(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, etcdStartTimeout)
 	defer cancel()
 	cl := &http.Client{Timeout: time.Second}
-	var last error = errors.New("no answer yet")
+	var last error
 	for {
 		select {
 		case <-e.exited:

@@ -50,13 +50,13 @@ func (s *Server) serveResource(w http.ResponseWriter, r *http.Request, info *req
 }
 
 func dryRun(r *http.Request) (bool, error) {
-	for _, v := range r.URL.Query()["dryRun"] {
+	vals := r.URL.Query()["dryRun"]
+	for _, v := range vals {
 		if v != "All" {
 			return false, errBadRequest("invalid dryRun %q: only \"All\" is supported", v)
 		}
-		return true, nil
 	}
-	return false, nil
+	return len(vals) > 0, nil
 }
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request, info *requestInfo) error {

@@ -114,8 +114,10 @@ func checkVirtualService(es *FieldErrors, vs *networking.VirtualService) {
 		if f := r.GetFault(); f != nil {
 			if d := f.GetDelay(); d != nil {
 				checkPercent(es, p+".fault.delay.percentage", d.GetPercentage())
-				if d.GetPercent() < 0 || d.GetPercent() > 100 {
-					es.add(p+".fault.delay.percent", "Invalid value: %d: percentage must be in [0, 100]", d.GetPercent())
+				// The deprecated integer form is still accepted, as Istio does.
+				//lint:ignore SA1019 validating the deprecated field is the point
+				if pct := d.GetPercent(); pct < 0 || pct > 100 {
+					es.add(p+".fault.delay.percent", "Invalid value: %d: percentage must be in [0, 100]", pct)
 				}
 				if d.GetFixedDelay() == nil && d.GetExponentialDelay() == nil {
 					es.add(p+".fault.delay", "Required value: fixedDelay is required")

@@ -250,7 +250,7 @@ func testCAS(t *testing.T, s store.Store) {
 				for {
 					kv, err := s.Get(ctx, "counter")
 					if err != nil {
-						errc <- fmt.Errorf("Get: %w", err)
+						errc <- fmt.Errorf("get: %w", err)
 						return
 					}
 					v, err := strconv.Atoi(string(kv.Value))
@@ -263,7 +263,7 @@ func testCAS(t *testing.T, s store.Store) {
 						break
 					}
 					if !errors.Is(err, store.ErrConflict) {
-						errc <- fmt.Errorf("Update: %w", err)
+						errc <- fmt.Errorf("update: %w", err)
 						return
 					}
 					n++
