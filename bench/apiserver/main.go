@@ -236,6 +236,8 @@ func benchBackend(parent context.Context, o options, backend string) (res *resul
 		Listen:        "127.0.0.1:0",
 		MonitorListen: "",
 		Store:         store.Config{Backend: backend},
+		// The API alone is measured here; bench/xds measures discovery.
+		Components: []string{"api"},
 		// No compaction during the run: it would only add noise.
 		CompactionInterval: -1,
 		ShutdownTimeout:    5 * time.Second,

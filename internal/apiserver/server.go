@@ -47,6 +47,9 @@ type Options struct {
 	Clock func() time.Time
 	// Version is reported by /version.
 	Version string
+	// Debug, if set, serves pilot's /debug/* endpoints at
+	// /weft/v1/debug/* (RBAC: non-resource URL, get).
+	Debug http.Handler
 }
 
 // Server is the API server's HTTP handler.
@@ -91,6 +94,9 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("/openapi/v3/", s.handleOpenAPIV3)
 	s.mux.HandleFunc("/weft/v1/tokens", s.handleTokens)
 	s.mux.HandleFunc("/weft/v1/tokens/", s.handleTokens)
+	if s.opts.Debug != nil {
+		s.mux.Handle("/weft/v1/debug/", http.StripPrefix("/weft/v1", s.opts.Debug))
+	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, newError(http.StatusNotFound, "NotFound", "the server could not find the requested resource"))
 	})

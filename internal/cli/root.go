@@ -55,6 +55,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newGetCmd(g),
 		newDeleteCmd(g),
 		newTokenCmd(g),
+		newProxyStatusCmd(g),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print weft's version",

@@ -71,6 +71,11 @@ The default store is an embedded bolt file in the data dir. With
 	f.StringVar(&cfg.Store.KeyFile, "etcd-keyfile", "", "client key for etcd")
 	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs for the serving certificate")
 	f.DurationVar(&cfg.CompactionInterval, "compaction-interval", 5*time.Minute, "compact store history older than this (negative disables)")
+	f.StringSliceVar(&cfg.Components, "components", []string{"api", "discovery"}, "components to run: api, discovery")
+	f.StringVar(&cfg.Discovery.Listen, "xds-listen", ":15012", "xDS (ADS) address over TLS")
+	f.StringVar(&cfg.Discovery.PlaintextListen, "xds-plaintext-listen", "127.0.0.1:15010", "plaintext xDS address (empty disables)")
+	f.DurationVar(&cfg.Discovery.Debounce, "debounce", 100*time.Millisecond, "quiet time after a config or registry change before pushing")
+	f.StringArrayVar(&cfg.Discovery.Registries, "registry", nil, "extra service registry, repeatable: consul=ADDR[,token=T][,domain=D][,ns=N] or nomad=ADDR[,token=T][,region=R]")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful stop may take")
 	return cmd
 }

@@ -48,6 +48,10 @@ type Config struct {
 	CompactionInterval time.Duration
 	// ShutdownTimeout bounds a graceful stop. Default 10s.
 	ShutdownTimeout time.Duration
+	// Components to run: "api", "discovery". Default both.
+	Components []string
+	// Discovery configures Pilot.
+	Discovery DiscoveryConfig
 	// Version is reported by /version.
 	Version string
 	// Clock is injectable for tests; default time.Now.
@@ -69,6 +73,7 @@ type Server struct {
 	ca    *pki.CA
 	api   *apiserver.Server
 	reg   *prometheus.Registry
+	disc  *discovery
 
 	// Addr is the bound config API address, known once Run has started
 	// listening (useful with Listen ":0").
@@ -111,16 +116,29 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	tokens := authn.NewTokens(st, cfg.Clock)
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	api := apiserver.New(st, authn.NewAuthenticator(tokens), rbac.New(st), tokens,
-		log.With("component", "apiserver"), apiserver.Options{Clock: cfg.Clock, Version: cfg.Version})
-	if err := api.Bootstrap(ctx); err != nil {
+	comps, err := parseComponents(cfg.Components)
+	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, store: st, ca: ca, api: api, reg: reg, addr: make(chan string, 1)}
+	tokens := authn.NewTokens(st, cfg.Clock)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s := &Server{cfg: cfg, log: log, store: st, ca: ca, reg: reg, addr: make(chan string, 1)}
+	var debug http.Handler
+	if comps["discovery"] {
+		if s.disc, err = newDiscovery(ctx, cfg.Discovery, st, reg, log); err != nil {
+			st.Close()
+			return nil, err
+		}
+		debug = s.disc.debugHandler()
+	}
+	s.api = apiserver.New(st, authn.NewAuthenticator(tokens), rbac.New(st), tokens,
+		log.With("component", "apiserver"), apiserver.Options{Clock: cfg.Clock, Version: cfg.Version, Debug: debug})
+	if err := s.api.Bootstrap(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
 	if err := s.ensureKubeconfig(ctx, tokens); err != nil {
 		st.Close()
 		return nil, err
@@ -229,12 +247,21 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	s.addr <- ln.Addr().String()
+	errc := make(chan error, 3)
 	tlsCfg := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    s.ca.Pool(),
 		NextProtos:   []string{"h2", "http/1.1"},
+	}
+	if s.disc != nil {
+		go func() {
+			if err := s.disc.run(ctx, s.store, cert); err != nil {
+				s.log.Error("discovery stopped", "error", err)
+				errc <- err
+			}
+		}()
 	}
 	metrics := newHTTPMetrics(s.reg)
 	api := &http.Server{
@@ -243,12 +270,14 @@ func (s *Server) Run(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	errc := make(chan error, 2)
 	go func() { errc <- api.Serve(tls.NewListener(ln, tlsCfg)) }()
 	var mon *http.Server
 	if monLn != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+		if s.disc != nil {
+			mux.Handle("/debug/", s.disc.debugHandler())
+		}
 		mux.HandleFunc("/ready", func(w http.ResponseWriter, r *http.Request) {
 			if _, err := s.store.Revision(r.Context()); err != nil {
 				http.Error(w, "store unavailable: "+err.Error(), http.StatusServiceUnavailable)
@@ -310,4 +339,39 @@ func (s *Server) compactLoop(ctx context.Context) {
 		}
 		prev = rev
 	}
+}
+
+// XDSAddrs waits for and returns the bound xDS addresses (TLS, plaintext;
+// plaintext is "" when disabled). It fails if discovery is not running.
+func (s *Server) XDSAddrs(ctx context.Context) (tlsAddr, plainAddr string, err error) {
+	if s.disc == nil {
+		return "", "", fmt.Errorf("server: the discovery component is not enabled")
+	}
+	select {
+	case a := <-s.disc.addrs:
+		s.disc.addrs <- a
+		return a[0], a[1], nil
+	case <-ctx.Done():
+		return "", "", ctx.Err()
+	}
+}
+
+// parseComponents validates --components (default: every component).
+func parseComponents(list []string) (map[string]bool, error) {
+	out := map[string]bool{}
+	if len(list) == 0 {
+		list = []string{"api", "discovery"}
+	}
+	for _, c := range list {
+		switch c {
+		case "api", "discovery":
+			out[c] = true
+		default:
+			return nil, fmt.Errorf("unknown component %q: use api and/or discovery", c)
+		}
+	}
+	if !out["api"] {
+		return nil, fmt.Errorf("the api component is required for now (it also serves the admin kubeconfig and proxy-status)")
+	}
+	return out, nil
 }

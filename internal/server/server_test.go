@@ -25,7 +25,8 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 func runServer(t *testing.T, dir string) (string, func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, Config{DataDir: dir, Listen: "127.0.0.1:0", Store: store.Config{Backend: "bolt"}}, quiet())
+	srv, err := New(ctx, Config{DataDir: dir, Listen: "127.0.0.1:0", Store: store.Config{Backend: "bolt"},
+		Discovery: DiscoveryConfig{Listen: "127.0.0.1:0"}}, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -70,7 +70,8 @@ type weftServer struct {
 func startServer(t *testing.T, dataDir string, extra ...string) *weftServer {
 	t.Helper()
 	s := &weftServer{t: t, dataDir: dataDir, addr: freePort(t)}
-	s.args = append([]string{"server", "--data-dir", dataDir, "--listen", s.addr, "--monitoring-listen", "", "--log-level", "debug"}, extra...)
+	s.args = append([]string{"server", "--data-dir", dataDir, "--listen", s.addr, "--monitoring-listen", "", "--log-level", "debug",
+		"--xds-listen", "127.0.0.1:0", "--xds-plaintext-listen", ""}, extra...)
 	s.logPath = filepath.Join(t.TempDir(), "server.log")
 	s.start()
 	t.Cleanup(s.kill)

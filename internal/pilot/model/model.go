@@ -1,0 +1,156 @@
+// Package model is pilot's immutable view of the world: every Istio config
+// object and the merged service registry at one moment (Snapshot), and the
+// description of a connected proxy (Proxy). Snapshots are built once, never
+// modified, and shared between goroutines.
+package model
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/weftmesh/weft/internal/registry"
+	"google.golang.org/protobuf/proto"
+)
+
+// Config is one Istio config object.
+type Config struct {
+	// Kind is the Istio kind, e.g. "VirtualService".
+	Kind            string
+	Name            string
+	Namespace       string
+	Labels          map[string]string
+	Annotations     map[string]string
+	CreationTime    time.Time
+	ResourceVersion string
+	// Spec is the istio.io/api message (e.g. *networking.VirtualService).
+	Spec proto.Message
+}
+
+// Key is "Kind/namespace/name".
+func (c *Config) Key() string { return c.Kind + "/" + c.Namespace + "/" + c.Name }
+
+// Mesh holds mesh-wide settings (Istio's MeshConfig subset weft uses).
+type Mesh struct {
+	// RootNamespace holds mesh-wide policy. Default "istio-system".
+	RootNamespace string
+	// TrustDomain of SPIFFE identities. Default "cluster.local".
+	TrustDomain string
+	// DomainSuffix of Kubernetes-style service names. Default "svc.cluster.local".
+	DomainSuffix string
+	// OutboundTrafficPolicyAllowAny lets unknown destinations pass through
+	// (Istio's ALLOW_ANY, the default) instead of being refused (REGISTRY_ONLY).
+	OutboundTrafficPolicyAllowAny bool
+	// ConnectTimeout for upstream clusters. Default 10s.
+	ConnectTimeout time.Duration
+}
+
+// DefaultMesh returns Istio's defaults.
+func DefaultMesh() Mesh {
+	return Mesh{RootNamespace: "istio-system", TrustDomain: "cluster.local", DomainSuffix: "svc.cluster.local",
+		OutboundTrafficPolicyAllowAny: true, ConnectTimeout: 10 * time.Second}
+}
+
+// Snapshot is config plus registry at one moment. Immutable.
+type Snapshot struct {
+	// Version identifies the snapshot (increases with every change).
+	Version string
+	Mesh    Mesh
+	// configs by kind, each sorted oldest first (then namespace, name): the
+	// order Istio uses to resolve conflicts.
+	configs  map[string][]*Config
+	Registry *registry.Snapshot
+}
+
+// NewSnapshot builds a snapshot, sorting configs into conflict order.
+func NewSnapshot(version string, mesh Mesh, configs []*Config, reg *registry.Snapshot) *Snapshot {
+	if reg == nil {
+		reg = &registry.Snapshot{Endpoints: map[string][]registry.Endpoint{}}
+	}
+	s := &Snapshot{Version: version, Mesh: mesh, configs: map[string][]*Config{}, Registry: reg}
+	for _, c := range configs {
+		s.configs[c.Kind] = append(s.configs[c.Kind], c)
+	}
+	for _, list := range s.configs {
+		SortOldestFirst(list)
+	}
+	return s
+}
+
+// SortOldestFirst orders configs by creation time, then namespace and name.
+func SortOldestFirst(list []*Config) {
+	sort.SliceStable(list, func(i, j int) bool {
+		a, b := list[i], list[j]
+		if !a.CreationTime.Equal(b.CreationTime) {
+			return a.CreationTime.Before(b.CreationTime)
+		}
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		return a.Name < b.Name
+	})
+}
+
+// Configs returns every config of kind, oldest first. Do not modify.
+func (s *Snapshot) Configs(kind string) []*Config { return s.configs[kind] }
+
+// Services returns the registry's services (sorted by hostname).
+func (s *Snapshot) Services() []registry.Service { return s.Registry.Services }
+
+// Endpoints returns the endpoints of one service.
+func (s *Snapshot) Endpoints(namespace, hostname string) []registry.Endpoint {
+	return s.Registry.Endpoints[registry.Key(namespace, hostname)]
+}
+
+// NodeType is the kind of xDS client.
+type NodeType string
+
+const (
+	// Sidecar is weft-proxy (or Envoy) beside a workload.
+	Sidecar NodeType = "sidecar"
+	// Router is a gateway.
+	Router NodeType = "router"
+	// Proxyless is an xDS client library (gRPC) inside the application.
+	Proxyless NodeType = "proxyless"
+)
+
+// Proxy describes a connected xDS client.
+type Proxy struct {
+	// ID is the node ID: "<type>~<ip>~<name>.<namespace>~<domain>" as in Istio.
+	ID   string
+	Type NodeType
+	// IPs are the workload's addresses.
+	IPs            []string
+	Namespace      string
+	Labels         map[string]string
+	ServiceAccount string
+	// WorkloadName identifies the workload (e.g. its WorkloadEntry).
+	WorkloadName string
+	// WorkloadGroup asks for auto-registration into this WorkloadGroup.
+	WorkloadGroup string
+	// Explicit is true when no traffic capture is installed: the proxy
+	// gets one listener per upstream port on 127.0.0.1 instead of 15001.
+	Explicit bool
+	// Metadata is the node's raw metadata as strings.
+	Metadata map[string]string
+}
+
+// ParseNodeID splits an Istio-style node ID. It accepts bare IDs of
+// proxyless clients too (type proxyless, no IP).
+func ParseNodeID(id string) (typ NodeType, ip, name, namespace string, err error) {
+	parts := strings.Split(id, "~")
+	if len(parts) != 4 {
+		return "", "", "", "", fmt.Errorf("node id %q: want <type>~<ip>~<name>.<namespace>~<domain>", id)
+	}
+	switch NodeType(parts[0]) {
+	case Sidecar, Router, Proxyless:
+	default:
+		return "", "", "", "", fmt.Errorf("node id %q: unknown type %q (want sidecar, router or proxyless)", id, parts[0])
+	}
+	name, namespace = parts[2], ""
+	if i := strings.LastIndex(parts[2], "."); i > 0 {
+		name, namespace = parts[2][:i], parts[2][i+1:]
+	}
+	return NodeType(parts[0]), parts[1], name, namespace, nil
+}

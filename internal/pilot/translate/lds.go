@@ -1,0 +1,415 @@
+package translate
+
+import (
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/weftmesh/weft/internal/pilot/model"
+)
+
+// Listener layout (LDS), by proxy type:
+//
+// Sidecar with traffic capture (the default):
+//   - virtualOutbound, 0.0.0.0:15001, use_original_dst: hands each captured
+//     connection to the listener of its original destination port; what no
+//     listener takes goes to PassthroughCluster (ALLOW_ANY) or
+//     BlackHoleCluster (REGISTRY_ONLY).
+//   - 0.0.0.0_<port> for every port of a visible service, not bound
+//     (bind_to_port false). HTTP services on the port share one HTTP
+//     connection manager whose routes come by RDS (OutboundRouteName(port))
+//     and select the service by Host header; it is the catch-all chain.
+//     TCP and TLS services get tcp_proxy chains matched by VIP (and SNI for
+//     TLS routes); connections matching no chain pass through (or are
+//     refused under REGISTRY_ONLY).
+//   - virtualInbound, 0.0.0.0:15006: one chain per inbound port (the
+//     endpoint ports of services that have an endpoint at one of the
+//     proxy's IPs) to InboundCluster(port), HTTP or TCP by the service
+//     port's protocol; anything else to InboundPassthroughCluster.
+//
+// Sidecar in explicit mode (no capture): explicit_<port> on 127.0.0.1:<port>
+// for every visible service port, and inbound_<port> on 0.0.0.0:<port> for
+// every inbound port. Several services on one port: HTTP services share the
+// listener and are told apart by Host header (the oldest one also answers
+// any other Host, e.g. "localhost:<port>"); TCP services cannot be told
+// apart, so the oldest wins and the others are reported; when HTTP and TCP
+// services share a port, HTTP wins. When an inbound port is also an
+// upstream port, the inbound listener binds the proxy's IPs instead of
+// 0.0.0.0 so both can bind.
+//
+// A port is HTTP when its protocol is HTTP, HTTP2, GRPC or GRPC-WEB (any
+// case); everything else, including an unset (sniffed) protocol, is proxied
+// as TCP. HTTPS and TLS ports are TCP routed by SNI.
+//
+// Proxyless gRPC: one API listener per HTTP/gRPC service port, see
+// lds_proxyless.go. Gateways (model.Router) get nothing here.
+
+// Filter and listener filter names.
+const (
+	hcmFilterName          = "envoy.filters.network.http_connection_manager"
+	tcpProxyFilterName     = "envoy.filters.network.tcp_proxy"
+	routerFilterName       = "envoy.filters.http.router"
+	originalDstFilterName  = "envoy.filters.listener.original_dst"
+	tlsInspectorFilterName = "envoy.filters.listener.tls_inspector"
+	passthroughChainName   = "PassthroughFilterChain"
+	blackHoleChainName     = "BlackHoleFilterChain"
+)
+
+// listeners returns the proxy's listeners and the route configurations
+// they reference, each sorted by name.
+func (b *builder) listeners() ([]*listenerv3.Listener, []*routev3.RouteConfiguration) {
+	var ls []*listenerv3.Listener
+	var rs []*routev3.RouteConfiguration
+	switch b.p.Type {
+	case model.Sidecar:
+		ls, rs = newNetBuilder(b).sidecarListeners()
+	case model.Proxyless:
+		ls, rs = newNetBuilder(b).proxylessListeners()
+	default:
+		return nil, nil
+	}
+	sort.Slice(ls, func(i, j int) bool { return ls[i].GetName() < ls[j].GetName() })
+	sort.Slice(rs, func(i, j int) bool { return rs[i].GetName() < rs[j].GetName() })
+	return ls, rs
+}
+
+// sidecarListeners builds a sidecar's listeners and outbound routes.
+func (g *netBuilder) sidecarListeners() ([]*listenerv3.Listener, []*routev3.RouteConfiguration) {
+	numbers, groups := g.portsByNumber()
+	inbound := g.inboundPorts()
+	if g.p.Explicit {
+		ls, served := g.explicitListeners(numbers, groups, inbound)
+		return ls, g.routeConfigs(served, groups)
+	}
+	ls := []*listenerv3.Listener{g.virtualOutbound(), g.virtualInbound(inbound)}
+	var served []uint32
+	for _, n := range numbers {
+		if n == OutboundCapturePort || n == InboundCapturePort {
+			g.warnOnce("port %d is the proxy's capture port; services on it (%s) are not routed", n, groups[n][0].svc.Hostname)
+			continue
+		}
+		served = append(served, n)
+		ls = append(ls, g.outboundListener(n, groups[n]))
+	}
+	return ls, g.routeConfigs(served, groups)
+}
+
+// virtualOutbound is the 15001 capture listener.
+func (g *netBuilder) virtualOutbound() *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:               VirtualOutboundListener,
+		Address:            socketAddress("0.0.0.0", OutboundCapturePort),
+		UseOriginalDst:     ldsBool(true),
+		DefaultFilterChain: g.passthroughChain(),
+		TrafficDirection:   corev3.TrafficDirection_OUTBOUND,
+	}
+}
+
+// passthroughChain forwards to the original destination (ALLOW_ANY) or
+// refuses (REGISTRY_ONLY).
+func (g *netBuilder) passthroughChain() *listenerv3.FilterChain {
+	if g.s.Mesh.OutboundTrafficPolicyAllowAny {
+		return &listenerv3.FilterChain{Name: passthroughChainName, Filters: []*listenerv3.Filter{tcpProxy(PassthroughCluster, PassthroughCluster)}}
+	}
+	return &listenerv3.FilterChain{Name: blackHoleChainName, Filters: []*listenerv3.Filter{tcpProxy(BlackHoleCluster, BlackHoleCluster)}}
+}
+
+// outboundListener is 0.0.0.0_<port> for captured traffic to port.
+func (g *netBuilder) outboundListener(port uint32, sps []ldsServicePort) *listenerv3.Listener {
+	cs := newChainSet(g, port)
+	var tcp []ldsServicePort
+	for _, sp := range sps {
+		if ldsIsHTTP(sp.port.Protocol) {
+			if !cs.catchAll {
+				cs.add(ldsChain{owner: "the HTTP services", fc: g.httpChain(port)})
+			}
+			continue
+		}
+		tcp = append(tcp, sp)
+	}
+	for _, sp := range tcp {
+		for _, c := range g.tcpChains(sp) {
+			cs.add(c)
+		}
+	}
+	l := &listenerv3.Listener{
+		Name:             "0.0.0.0_" + strconv.FormatUint(uint64(port), 10),
+		Address:          socketAddress("0.0.0.0", port),
+		BindToPort:       ldsBool(false),
+		FilterChains:     cs.chains,
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+	}
+	if !cs.catchAll {
+		l.DefaultFilterChain = g.passthroughChain()
+	}
+	if cs.sni {
+		l.ListenerFilters = []*listenerv3.ListenerFilter{listenerFilter(tlsInspectorFilterName, &tlsinspectorv3.TlsInspector{})}
+	}
+	return l
+}
+
+// httpChain is the catch-all chain of an outbound HTTP port.
+func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
+	h := &hcmv3.HttpConnectionManager{
+		StatPrefix:     "outbound_0.0.0.0_" + strconv.FormatUint(uint64(port), 10),
+		CodecType:      hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: rdsRoute(OutboundRouteName(port)),
+		HttpFilters: []*hcmv3.HttpFilter{
+			httpFilter(faultFilterName, &faultv3.HTTPFault{}),
+			httpFilter(corsFilterName, &corsv3.Cors{}),
+			httpFilter(routerFilterName, &routerv3.Router{}),
+		},
+		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+	}
+	return &listenerv3.FilterChain{Name: "http", Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, h)}}
+}
+
+// inboundPort is one port the workload serves.
+type inboundPort struct {
+	port     uint32
+	protocol string
+}
+
+// inboundPorts lists the endpoint ports of every service with an endpoint
+// at one of the proxy's IPs, by port. When services disagree on a port's
+// protocol the first service (by hostname) decides and the conflict is
+// reported.
+func (g *netBuilder) inboundPorts() []inboundPort {
+	seen := map[uint32]string{}
+	var out []inboundPort
+	for i := range g.s.Services() {
+		svc := &g.s.Services()[i]
+		for _, ep := range g.s.Endpoints(svc.Namespace, svc.Hostname) {
+			if !slices.Contains(g.p.IPs, ep.Address) {
+				continue
+			}
+			for _, p := range svc.Ports {
+				n := ep.PortFor(p)
+				if prev, ok := seen[n]; ok {
+					if ldsIsHTTP(prev) != ldsIsHTTP(p.Protocol) {
+						g.warnOnce("inbound port %d: service %s says %s but an earlier service says %s; using %s",
+							n, svc.Hostname, protocolName(p.Protocol), protocolName(prev), protocolName(prev))
+					}
+					continue
+				}
+				seen[n] = p.Protocol
+				out = append(out, inboundPort{port: n, protocol: p.Protocol})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].port < out[j].port })
+	return out
+}
+
+// protocolName names a registry protocol in messages ("" is sniffed TCP).
+func protocolName(p string) string {
+	if p == "" {
+		return "TCP (unset)"
+	}
+	return p
+}
+
+// inboundChain forwards one inbound port to its inbound cluster; matchPort
+// selects it by original destination port (capture mode).
+func inboundChain(ip inboundPort, matchPort bool) *listenerv3.FilterChain {
+	cluster := InboundCluster(ip.port)
+	fc := &listenerv3.FilterChain{Name: cluster}
+	if matchPort {
+		fc.FilterChainMatch = &listenerv3.FilterChainMatch{DestinationPort: ldsUint32(ip.port)}
+	}
+	if !ldsIsHTTP(ip.protocol) {
+		fc.Filters = []*listenerv3.Filter{tcpProxy(cluster, cluster)}
+		return fc
+	}
+	action := &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}
+	rdsSetTimeout(action, nil)
+	rc := &routev3.RouteConfiguration{
+		Name: cluster,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    "inbound|http|" + strconv.FormatUint(uint64(ip.port), 10),
+			Domains: []string{"*"},
+			Routes: []*routev3.Route{{
+				Name:   "default",
+				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: action},
+			}},
+		}},
+		ValidateClusters: ldsBool(false),
+	}
+	h := &hcmv3.HttpConnectionManager{
+		StatPrefix:     "inbound_0.0.0.0_" + strconv.FormatUint(uint64(ip.port), 10),
+		CodecType:      hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc},
+		HttpFilters:    []*hcmv3.HttpFilter{httpFilter(routerFilterName, &routerv3.Router{})},
+		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+	}
+	fc.Filters = []*listenerv3.Filter{networkFilter(hcmFilterName, h)}
+	return fc
+}
+
+// virtualInbound is the 15006 capture listener.
+func (g *netBuilder) virtualInbound(ports []inboundPort) *listenerv3.Listener {
+	l := &listenerv3.Listener{
+		Name:            VirtualInboundListener,
+		Address:         socketAddress("0.0.0.0", InboundCapturePort),
+		ListenerFilters: []*listenerv3.ListenerFilter{listenerFilter(originalDstFilterName, &originaldstv3.OriginalDst{})},
+		DefaultFilterChain: &listenerv3.FilterChain{
+			Name:    "virtualInbound-passthrough",
+			Filters: []*listenerv3.Filter{tcpProxy(InboundPassthroughCluster, InboundPassthroughCluster)},
+		},
+		TrafficDirection: corev3.TrafficDirection_INBOUND,
+	}
+	for _, ip := range ports {
+		if ip.port == OutboundCapturePort || ip.port == InboundCapturePort {
+			g.warnOnce("inbound port %d is the proxy's capture port; not served", ip.port)
+			continue
+		}
+		l.FilterChains = append(l.FilterChains, inboundChain(ip, true))
+	}
+	return l
+}
+
+// explicitListeners builds explicit mode's listeners; served are the ports
+// that got an outbound listener (their routes are needed).
+func (g *netBuilder) explicitListeners(numbers []uint32, groups map[uint32][]ldsServicePort, inbound []inboundPort) (ls []*listenerv3.Listener, served []uint32) {
+	inboundAt := map[uint32]bool{}
+	for _, ip := range inbound {
+		inboundAt[ip.port] = true
+	}
+	workloadIPs, ipsBindable := bindableIPs(g.p.IPs)
+	clash := map[uint32]bool{}
+	for _, n := range numbers {
+		if inboundAt[n] && !ipsBindable {
+			g.warnOnce("explicit mode: port %d is both served by this workload and an upstream port (%s), and the workload has no non-loopback IP to bind; upstream listener dropped",
+				n, groups[n][0].svc.Hostname)
+			continue
+		}
+		clash[n] = inboundAt[n]
+		served = append(served, n)
+		ls = append(ls, g.explicitOutbound(n, groups[n]))
+	}
+	for _, ip := range inbound {
+		l := &listenerv3.Listener{
+			Name:             "inbound_" + strconv.FormatUint(uint64(ip.port), 10),
+			Address:          socketAddress("0.0.0.0", ip.port),
+			BindToPort:       ldsBool(true),
+			FilterChains:     []*listenerv3.FilterChain{inboundChain(ip, false)},
+			TrafficDirection: corev3.TrafficDirection_INBOUND,
+		}
+		if clash[ip.port] {
+			l.Address = socketAddress(workloadIPs[0], ip.port)
+			for _, a := range workloadIPs[1:] {
+				l.AdditionalAddresses = append(l.AdditionalAddresses, &listenerv3.AdditionalAddress{Address: socketAddress(a, ip.port)})
+			}
+		}
+		ls = append(ls, l)
+	}
+	return ls, served
+}
+
+// bindableIPs returns the proxy's IPs if every one is a unicast,
+// non-loopback address (binding them does not clash with 127.0.0.1).
+func bindableIPs(ips []string) ([]string, bool) {
+	var out []string
+	for _, s := range ips {
+		ip, err := netip.ParseAddr(s)
+		if err != nil || ip.IsLoopback() || ip.IsUnspecified() {
+			return nil, false
+		}
+		out = append(out, ip.Unmap().String())
+	}
+	return out, len(out) > 0
+}
+
+// explicitOutbound is explicit_<port> on 127.0.0.1:<port>.
+func (g *netBuilder) explicitOutbound(port uint32, sps []ldsServicePort) *listenerv3.Listener {
+	l := &listenerv3.Listener{
+		Name:             "explicit_" + strconv.FormatUint(uint64(port), 10),
+		Address:          socketAddress("127.0.0.1", port),
+		BindToPort:       ldsBool(true),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+	}
+	var httpSvc string
+	for _, sp := range sps {
+		if ldsIsHTTP(sp.port.Protocol) {
+			httpSvc = sp.svc.Hostname
+			break
+		}
+	}
+	if httpSvc != "" {
+		for _, sp := range sps {
+			if !ldsIsHTTP(sp.port.Protocol) {
+				g.warnOnce("explicit mode: port %d serves HTTP services (%s); %s service %s on the same port is not reachable",
+					port, httpSvc, protocolName(sp.port.Protocol), sp.svc.Hostname)
+			}
+		}
+		l.FilterChains = []*listenerv3.FilterChain{g.httpChain(port)}
+		return l
+	}
+	// Without capture every connection arrives at 127.0.0.1: destination
+	// addresses tell nothing, SNI still does.
+	cs := newChainSet(g, port)
+	for _, sp := range sps {
+		for _, c := range g.tcpChains(sp) {
+			if c.bySubnet {
+				continue
+			}
+			c.fc.FilterChainMatch.PrefixRanges = nil
+			cs.add(c)
+		}
+	}
+	l.FilterChains = cs.chains
+	if cs.sni {
+		l.ListenerFilters = []*listenerv3.ListenerFilter{listenerFilter(tlsInspectorFilterName, &tlsinspectorv3.TlsInspector{})}
+	}
+	return l
+}
+
+// socketAddress is a TCP address.
+func socketAddress(ip string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}
+}
+
+// rdsRoute makes an HCM fetch its routes by name over ADS.
+func rdsRoute(name string) *hcmv3.HttpConnectionManager_Rds {
+	return &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+		ConfigSource: &corev3.ConfigSource{
+			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+			ResourceApiVersion:    corev3.ApiVersion_V3,
+		},
+		RouteConfigName: name,
+	}}
+}
+
+// httpFilter is one HTTP filter with its typed config.
+func httpFilter(name string, cfg anyMessage) *hcmv3.HttpFilter {
+	return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: ldsAny(cfg)}}
+}
+
+// networkFilter is one network filter with its typed config.
+func networkFilter(name string, cfg anyMessage) *listenerv3.Filter {
+	return &listenerv3.Filter{Name: name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: ldsAny(cfg)}}
+}
+
+// listenerFilter is one listener filter with its typed config.
+func listenerFilter(name string, cfg anyMessage) *listenerv3.ListenerFilter {
+	return &listenerv3.ListenerFilter{Name: name, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: ldsAny(cfg)}}
+}
+
+// tcpProxy proxies to one cluster.
+func tcpProxy(statPrefix, cluster string) *listenerv3.Filter {
+	return networkFilter(tcpProxyFilterName, &tcpproxyv3.TcpProxy{
+		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster}})
+}

@@ -1,0 +1,63 @@
+// Package translate turns a model.Snapshot into the Envoy v3 xDS resources
+// (LDS, RDS, CDS, EDS) one proxy needs. It is pure: no I/O, no clocks, no
+// globals; the same snapshot and proxy always give the same resources, which
+// golden tests pin down (testdata/*.yaml in, testdata/*.json out).
+package translate
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Well-known listener and cluster names, as Istio names them so that
+// operators' tools and habits carry over.
+const (
+	// VirtualOutboundListener captures outbound traffic on 15001.
+	VirtualOutboundListener = "virtualOutbound"
+	// VirtualInboundListener captures inbound traffic on 15006.
+	VirtualInboundListener = "virtualInbound"
+	// BlackHoleCluster refuses traffic (REGISTRY_ONLY, unknown routes).
+	BlackHoleCluster = "BlackHoleCluster"
+	// PassthroughCluster forwards to the original destination (ALLOW_ANY).
+	PassthroughCluster = "PassthroughCluster"
+	// InboundPassthroughCluster forwards captured inbound traffic to the app.
+	InboundPassthroughCluster = "InboundPassthroughCluster"
+
+	// OutboundCapturePort and InboundCapturePort are the capture ports.
+	OutboundCapturePort = 15001
+	InboundCapturePort  = 15006
+)
+
+// OutboundCluster names the cluster for a service port and subset:
+// "outbound|<port>|<subset>|<hostname>".
+func OutboundCluster(port uint32, subset, hostname string) string {
+	return fmt.Sprintf("outbound|%d|%s|%s", port, subset, hostname)
+}
+
+// InboundCluster names the cluster for the workload's own port:
+// "inbound|<port>||".
+func InboundCluster(port uint32) string { return fmt.Sprintf("inbound|%d||", port) }
+
+// ParseOutboundCluster splits an outbound cluster name.
+func ParseOutboundCluster(name string) (port uint32, subset, hostname string, ok bool) {
+	parts := strings.SplitN(name, "|", 4)
+	if len(parts) != 4 || parts[0] != "outbound" {
+		return 0, "", "", false
+	}
+	n, err := strconv.ParseUint(parts[1], 10, 32)
+	if err != nil {
+		return 0, "", "", false
+	}
+	return uint32(n), parts[2], parts[3], true
+}
+
+// OutboundRouteName names the RDS config shared by all HTTP services on one
+// port of a sidecar ("8080"), as Istio does.
+func OutboundRouteName(port uint32) string { return strconv.FormatUint(uint64(port), 10) }
+
+// ProxylessListenerName is the name a gRPC xds:/// client asks for:
+// "<hostname>:<port>".
+func ProxylessListenerName(hostname string, port uint32) string {
+	return hostname + ":" + strconv.FormatUint(uint64(port), 10)
+}

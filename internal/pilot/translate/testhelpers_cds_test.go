@@ -1,0 +1,404 @@
+package translate
+
+// Test-only input format of the CDS golden tests (testdata/cds/*.yaml): a
+// multi-document YAML file holding
+//   - Istio config objects (DestinationRule, Sidecar, ServiceEntry; other
+//     kinds are skipped). Specs are decoded with protojson from the JSON of
+//     each document's spec. Objects without metadata.namespace land in
+//     "default" (or the including document's namespace); without
+//     metadata.creationTimestamp they are one second younger than the
+//     previous object, so file order is age order. ServiceEntries become
+//     registry services and endpoints (one service per host), as the
+//     serviceentry registry source reports them.
+//   - kind: TestRegistry — services and endpoints (fields of registry.Service
+//     and registry.Endpoint in camelCase; resolution STATIC|DNS|
+//     DNS_ROUND_ROBIN|NONE, location MESH_INTERNAL|MESH_EXTERNAL, endpoints
+//     healthy unless healthy: false).
+//   - kind: TestProxy — type (sidecar|router|proxyless), namespace, ips,
+//     labels, serviceAccount.
+//   - kind: TestMesh — overrides of model.DefaultMesh(): connectTimeout,
+//     trustDomain, rootNamespace, domainSuffix.
+//   - kind: TestInclude — file (relative to the package directory) and
+//     namespace: loads another YAML file of config objects (the Istio
+//     samples). A missing file skips the test.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/registry"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	networking "istio.io/api/networking/v1alpha3"
+	"sigs.k8s.io/yaml"
+)
+
+func init() {
+	// Other golden tests of this package may define -update too; share it.
+	if flag.Lookup("update") == nil {
+		flag.Bool("update", false, "rewrite golden files")
+	}
+}
+
+// cdsUpdateGoldens reports whether -update was given.
+func cdsUpdateGoldens() bool {
+	f := flag.Lookup("update")
+	if f == nil {
+		return false
+	}
+	g, ok := f.Value.(flag.Getter)
+	if !ok {
+		return false
+	}
+	v, _ := g.Get().(bool)
+	return v
+}
+
+type cdsTestService struct {
+	Hostname        string            `json:"hostname"`
+	Namespace       string            `json:"namespace"`
+	Addresses       []string          `json:"addresses"`
+	Ports           []cdsTestPort     `json:"ports"`
+	Resolution      string            `json:"resolution"`
+	Location        string            `json:"location"`
+	Labels          map[string]string `json:"labels"`
+	ExportTo        []string          `json:"exportTo"`
+	SubjectAltNames []string          `json:"subjectAltNames"`
+	CreationTime    int64             `json:"creationTime"`
+}
+
+type cdsTestPort struct {
+	Name       string `json:"name"`
+	Number     uint32 `json:"number"`
+	Protocol   string `json:"protocol"`
+	TargetPort uint32 `json:"targetPort"`
+}
+
+type cdsTestEndpoint struct {
+	Hostname       string            `json:"hostname"`
+	Namespace      string            `json:"namespace"`
+	Address        string            `json:"address"`
+	Ports          map[string]uint32 `json:"ports"`
+	Labels         map[string]string `json:"labels"`
+	Locality       string            `json:"locality"`
+	Network        string            `json:"network"`
+	Healthy        *bool             `json:"healthy"`
+	ServiceAccount string            `json:"serviceAccount"`
+	Weight         uint32            `json:"weight"`
+}
+
+type cdsTestDoc struct {
+	Kind     string `json:"kind"`
+	Metadata struct {
+		Name              string            `json:"name"`
+		Namespace         string            `json:"namespace"`
+		Labels            map[string]string `json:"labels"`
+		CreationTimestamp string            `json:"creationTimestamp"`
+	} `json:"metadata"`
+	Spec json.RawMessage `json:"spec"`
+	// TestRegistry
+	Services  []cdsTestService  `json:"services"`
+	Endpoints []cdsTestEndpoint `json:"endpoints"`
+	// TestProxy (Namespace also TestInclude's)
+	Type           string            `json:"type"`
+	Namespace      string            `json:"namespace"`
+	IPs            []string          `json:"ips"`
+	Labels         map[string]string `json:"labels"`
+	ServiceAccount string            `json:"serviceAccount"`
+	// TestMesh
+	ConnectTimeout string `json:"connectTimeout"`
+	TrustDomain    string `json:"trustDomain"`
+	RootNamespace  string `json:"rootNamespace"`
+	DomainSuffix   string `json:"domainSuffix"`
+	// TestInclude
+	File string `json:"file"`
+}
+
+// cdsInput is one loaded test case.
+type cdsInput struct {
+	snap  *model.Snapshot
+	proxy *model.Proxy
+}
+
+type cdsLoader struct {
+	t       *testing.T
+	mesh    model.Mesh
+	proxy   *model.Proxy
+	configs []*model.Config
+	svcs    []registry.Service
+	eps     []registry.Endpoint
+	seq     int
+	skip    string
+}
+
+var cdsDocSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
+
+// cdsBaseTime is the creation time of the first config object.
+var cdsBaseTime = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// loadCDSCase reads a test case; it skips the test when an included file
+// is missing.
+func loadCDSCase(t *testing.T, path string) *cdsInput {
+	t.Helper()
+	l := &cdsLoader{t: t, mesh: model.DefaultMesh(),
+		proxy: &model.Proxy{ID: "sidecar~10.0.0.99~test.default~default.svc.cluster.local", Type: model.Sidecar, Namespace: "default"}}
+	l.file(path, "default", true)
+	if l.skip != "" {
+		t.Skip(l.skip)
+	}
+	sort.SliceStable(l.svcs, func(i, j int) bool {
+		if l.svcs[i].Hostname != l.svcs[j].Hostname {
+			return l.svcs[i].Hostname < l.svcs[j].Hostname
+		}
+		return l.svcs[i].Namespace < l.svcs[j].Namespace
+	})
+	reg := &registry.Snapshot{Version: 1, Services: l.svcs, Endpoints: map[string][]registry.Endpoint{}}
+	for _, e := range l.eps {
+		k := registry.Key(e.Namespace, e.Hostname)
+		reg.Endpoints[k] = append(reg.Endpoints[k], e)
+	}
+	return &cdsInput{snap: model.NewSnapshot("test", l.mesh, l.configs, reg), proxy: l.proxy}
+}
+
+func (l *cdsLoader) file(path, defaultNS string, top bool) {
+	t := l.t
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !top {
+		l.skip = "input " + path + " not found"
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, raw := range cdsDocSeparator.Split(string(data), -1) {
+		js, err := yaml.YAMLToJSON([]byte(raw))
+		if err != nil {
+			t.Fatalf("%s: document %d: %v", path, i, err)
+		}
+		if s := strings.TrimSpace(string(js)); s == "null" || s == "" || s == "{}" {
+			continue
+		}
+		var d cdsTestDoc
+		if err := json.Unmarshal(js, &d); err != nil {
+			t.Fatalf("%s: document %d: %v", path, i, err)
+		}
+		l.doc(path, i, &d, defaultNS, top)
+	}
+}
+
+func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top bool) {
+	t := l.t
+	if strings.HasPrefix(d.Kind, "Test") && !top {
+		t.Fatalf("%s: %s only allowed in test case files", path, d.Kind)
+	}
+	switch d.Kind {
+	case "TestInclude":
+		ns := d.Namespace
+		if ns == "" {
+			ns = defaultNS
+		}
+		l.file(d.File, ns, false)
+		return
+	case "TestProxy":
+		p := l.proxy
+		if d.Type != "" {
+			p.Type = model.NodeType(d.Type)
+		}
+		if d.Namespace != "" {
+			p.Namespace = d.Namespace
+		}
+		p.IPs, p.Labels, p.ServiceAccount = d.IPs, d.Labels, d.ServiceAccount
+		ip := "0.0.0.0"
+		if len(d.IPs) > 0 {
+			ip = d.IPs[0]
+		}
+		p.ID = string(p.Type) + "~" + ip + "~test." + p.Namespace + "~" + p.Namespace + ".svc.cluster.local"
+		return
+	case "TestMesh":
+		if d.ConnectTimeout != "" {
+			dur, err := time.ParseDuration(d.ConnectTimeout)
+			if err != nil {
+				t.Fatalf("%s: TestMesh: %v", path, err)
+			}
+			l.mesh.ConnectTimeout = dur
+		}
+		if d.TrustDomain != "" {
+			l.mesh.TrustDomain = d.TrustDomain
+		}
+		if d.RootNamespace != "" {
+			l.mesh.RootNamespace = d.RootNamespace
+		}
+		if d.DomainSuffix != "" {
+			l.mesh.DomainSuffix = d.DomainSuffix
+		}
+		return
+	case "TestRegistry":
+		for _, s := range d.Services {
+			l.svcs = append(l.svcs, l.service(path, s))
+		}
+		for _, e := range d.Endpoints {
+			healthy := e.Healthy == nil || *e.Healthy
+			l.eps = append(l.eps, registry.Endpoint{Hostname: e.Hostname, Namespace: e.Namespace, Address: e.Address,
+				Ports: e.Ports, Labels: e.Labels, Locality: e.Locality, Network: e.Network, Healthy: healthy,
+				ServiceAccount: e.ServiceAccount, Weight: e.Weight})
+		}
+		return
+	}
+	var spec proto.Message
+	switch d.Kind {
+	case "DestinationRule":
+		spec = &networking.DestinationRule{}
+	case "Sidecar":
+		spec = &networking.Sidecar{}
+	case "ServiceEntry":
+		spec = &networking.ServiceEntry{}
+	default:
+		return // kinds CDS does not read
+	}
+	if err := protojson.Unmarshal(d.Spec, spec); err != nil {
+		t.Fatalf("%s: document %d (%s %s): %v", path, i, d.Kind, d.Metadata.Name, err)
+	}
+	c := &model.Config{Kind: d.Kind, Name: d.Metadata.Name, Namespace: d.Metadata.Namespace, Labels: d.Metadata.Labels,
+		CreationTime: cdsBaseTime.Add(time.Duration(l.seq) * time.Second), Spec: spec}
+	l.seq++
+	if c.Namespace == "" {
+		c.Namespace = defaultNS
+	}
+	if ts := d.Metadata.CreationTimestamp; ts != "" {
+		ct, err := time.Parse(time.RFC3339, ts)
+		if err != nil {
+			t.Fatalf("%s: %s: %v", path, c.Key(), err)
+		}
+		c.CreationTime = ct
+	}
+	if se, ok := spec.(*networking.ServiceEntry); ok {
+		l.serviceEntry(c, se)
+		return
+	}
+	l.configs = append(l.configs, c)
+}
+
+func (l *cdsLoader) service(path string, s cdsTestService) registry.Service {
+	res := map[string]registry.Resolution{"": registry.ResolutionStatic, "STATIC": registry.ResolutionStatic,
+		"DNS": registry.ResolutionDNS, "DNS_ROUND_ROBIN": registry.ResolutionDNSRoundRobin, "NONE": registry.ResolutionNone}
+	r, ok := res[s.Resolution]
+	if !ok {
+		l.t.Fatalf("%s: service %s: unknown resolution %q", path, s.Hostname, s.Resolution)
+	}
+	svc := registry.Service{Hostname: s.Hostname, Namespace: s.Namespace, Addresses: s.Addresses, Resolution: r,
+		Labels: s.Labels, ExportTo: s.ExportTo, SubjectAltNames: s.SubjectAltNames, Source: "test", CreationTime: s.CreationTime}
+	if s.Location == "MESH_EXTERNAL" {
+		svc.Location = registry.MeshExternal
+	}
+	for _, p := range s.Ports {
+		svc.Ports = append(svc.Ports, registry.Port{Name: p.Name, Number: p.Number, Protocol: strings.ToUpper(p.Protocol), TargetPort: p.TargetPort})
+	}
+	return svc
+}
+
+// serviceEntry adds the registry view of a ServiceEntry: one service per
+// host, its endpoints under each host.
+func (l *cdsLoader) serviceEntry(c *model.Config, se *networking.ServiceEntry) {
+	res := map[networking.ServiceEntry_Resolution]registry.Resolution{
+		networking.ServiceEntry_NONE: registry.ResolutionNone, networking.ServiceEntry_STATIC: registry.ResolutionStatic,
+		networking.ServiceEntry_DNS: registry.ResolutionDNS, networking.ServiceEntry_DNS_ROUND_ROBIN: registry.ResolutionDNSRoundRobin,
+	}
+	for _, h := range se.GetHosts() {
+		svc := registry.Service{Hostname: h, Namespace: c.Namespace, Addresses: se.GetAddresses(),
+			Resolution: res[se.GetResolution()], ExportTo: se.GetExportTo(), SubjectAltNames: se.GetSubjectAltNames(),
+			Source: "serviceentry", CreationTime: c.CreationTime.UnixNano(), Labels: c.Labels}
+		if se.GetLocation() == networking.ServiceEntry_MESH_EXTERNAL {
+			svc.Location = registry.MeshExternal
+		}
+		for _, p := range se.GetPorts() {
+			svc.Ports = append(svc.Ports, registry.Port{Name: p.GetName(), Number: p.GetNumber(),
+				Protocol: strings.ToUpper(p.GetProtocol()), TargetPort: p.GetTargetPort()})
+		}
+		l.svcs = append(l.svcs, svc)
+		for _, we := range se.GetEndpoints() {
+			l.eps = append(l.eps, registry.Endpoint{Hostname: h, Namespace: c.Namespace, Address: we.GetAddress(),
+				Ports: we.GetPorts(), Labels: we.GetLabels(), Locality: we.GetLocality(), Network: we.GetNetwork(),
+				Healthy: true, ServiceAccount: we.GetServiceAccount(), Weight: we.GetWeight()})
+		}
+	}
+}
+
+// renderCDSGolden renders clusters, endpoints, hash policies and warnings
+// as stable, indented JSON. protojson output is normalised through
+// encoding/json because protojson's whitespace is deliberately unstable.
+func renderCDSGolden(t *testing.T, r *cdsResult) []byte {
+	t.Helper()
+	opts := protojson.MarshalOptions{Multiline: true}
+	raw := func(m proto.Message) json.RawMessage {
+		b, err := opts.Marshal(m)
+		if err != nil {
+			t.Fatalf("marshal %T: %v", m, err)
+		}
+		return b
+	}
+	out := struct {
+		Clusters     []json.RawMessage            `json:"clusters"`
+		Endpoints    []json.RawMessage            `json:"endpoints"`
+		HashPolicies map[string][]json.RawMessage `json:"hashPolicies,omitempty"`
+		Warnings     []string                     `json:"warnings"`
+	}{Clusters: []json.RawMessage{}, Endpoints: []json.RawMessage{}, Warnings: r.warnings}
+	if out.Warnings == nil {
+		out.Warnings = []string{}
+	}
+	for _, c := range r.clusters {
+		out.Clusters = append(out.Clusters, raw(c))
+	}
+	for _, e := range r.endpoints {
+		out.Endpoints = append(out.Endpoints, raw(e))
+	}
+	for name, hps := range r.hashPolicies {
+		if out.HashPolicies == nil {
+			out.HashPolicies = map[string][]json.RawMessage{}
+		}
+		for _, hp := range hps {
+			out.HashPolicies[name] = append(out.HashPolicies[name], raw(hp))
+		}
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, b, "", "  "); err != nil {
+		t.Fatal(err)
+	}
+	buf.WriteByte('\n')
+	return buf.Bytes()
+}
+
+// compareCDSGolden compares got with the golden file, or rewrites it with -update.
+func compareCDSGolden(t *testing.T, path string, got []byte, diff func(got, want string) string) {
+	t.Helper()
+	if cdsUpdateGoldens() {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -run %s -update to create it)", err, t.Name())
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s mismatch (-got +want):\n%s\nrun with -update to accept", path, diff(string(got), string(want)))
+	}
+}

@@ -1,0 +1,207 @@
+package nomad
+
+import (
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/weftmesh/weft/internal/registry"
+	"github.com/weftmesh/weft/internal/testutil/fakenomad"
+)
+
+func reg(id, ns, svc, addr string, port int, tags ...string) fakenomad.Registration {
+	return fakenomad.Registration{ID: id, Namespace: ns, ServiceName: svc, Address: addr, Port: port, Tags: tags,
+		NodeID: "node-1", JobID: "job-" + svc, AllocID: "alloc-" + id}
+}
+
+func endpoints(st registry.State, host string) []registry.Endpoint {
+	var out []registry.Endpoint
+	for _, e := range st.Endpoints {
+		if e.Hostname == host {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func TestMapping(t *testing.T) {
+	fake := fakenomad.New()
+	t.Cleanup(fake.Close)
+	fake.Register(reg("r1", "default", "web", "10.0.0.1", 23001, "protocol=http", "version=v1", "service-account=web", "urlprefix-/"))
+	r2 := reg("r2", "default", "web", "10.0.0.2", 23001, "protocol=http", "version=v2")
+	r2.Datacenter = "dc2"
+	fake.Register(r2)
+	fake.Register(reg("r3", "batch", "Web", "10.0.1.1", 9000))
+	rec := start(t, Config{Address: fake.URL()}, quiet())
+	got := rec.waitFor(t, 0, 5*time.Second, "initial state", func(registry.State) bool { return true })
+	svc := func(host, ns string, ports ...registry.Port) registry.Service {
+		return registry.Service{Hostname: host, Namespace: ns, Ports: ports, Resolution: registry.ResolutionStatic,
+			Location: registry.MeshInternal, Source: SourceName}
+	}
+	want := registry.State{
+		Services: []registry.Service{
+			svc("web.batch.nomad", "batch", registry.Port{Name: "tcp-9000", Number: 9000, Protocol: "TCP"}),
+			svc("web.default.nomad", "default", registry.Port{Name: "http-23001", Number: 23001, Protocol: "HTTP"}),
+		},
+		Endpoints: []registry.Endpoint{
+			{Hostname: "web.batch.nomad", Namespace: "batch", Address: "10.0.1.1", Ports: map[string]uint32{"tcp-9000": 9000},
+				Locality: "dc1", Healthy: true, WorkloadName: "alloc-r3"},
+			{Hostname: "web.default.nomad", Namespace: "default", Address: "10.0.0.1", Ports: map[string]uint32{"http-23001": 23001},
+				Labels:   map[string]string{"protocol": "http", "version": "v1", "service-account": "web"},
+				Locality: "dc1", Healthy: true, ServiceAccount: "web", WorkloadName: "alloc-r1"},
+			{Hostname: "web.default.nomad", Namespace: "default", Address: "10.0.0.2", Ports: map[string]uint32{"http-23001": 23001},
+				Labels: map[string]string{"protocol": "http", "version": "v2"}, Locality: "dc2", Healthy: true, WorkloadName: "alloc-r2"},
+		},
+	}
+	if d := cmp.Diff(got, want); d != "" {
+		t.Errorf("state (-got +want):\n%s", d)
+	}
+}
+
+func TestChangesPropagate(t *testing.T) {
+	fake := fakenomad.New()
+	t.Cleanup(fake.Close)
+	fake.Register(reg("r1", "default", "web", "10.0.0.1", 8080, "version=v1"))
+	rec := start(t, Config{Address: fake.URL()}, quiet())
+	const host = "web.default.nomad"
+	rec.waitFor(t, 0, 5*time.Second, "initial web", func(s registry.State) bool { return len(endpoints(s, host)) == 1 })
+
+	rec.change(t, "new registration", func() { fake.Register(reg("r2", "default", "web", "10.0.0.2", 8080)) }, func(s registry.State) bool {
+		return len(endpoints(s, host)) == 2
+	})
+	rec.change(t, "new service in another namespace", func() { fake.Register(reg("r3", "ops", "api", "10.0.0.3", 9000)) }, func(s registry.State) bool {
+		eps := endpoints(s, "api.ops.nomad")
+		return len(eps) == 1 && eps[0].Namespace == "ops"
+	})
+	rec.change(t, "tag change", func() { fake.Register(reg("r1", "default", "web", "10.0.0.1", 8080, "version=v2")) }, func(s registry.State) bool {
+		eps := endpoints(s, host)
+		return len(eps) == 2 && eps[0].Labels["version"] == "v2"
+	})
+	rec.change(t, "port change", func() { fake.Register(reg("r1", "default", "web", "10.0.0.1", 8081, "version=v2")) }, func(s registry.State) bool {
+		eps := endpoints(s, host)
+		return len(eps) == 2 && eps[0].Ports["tcp-8081"] == 8081
+	})
+	rec.change(t, "registration removed", func() { fake.Deregister("r2") }, func(s registry.State) bool {
+		return len(endpoints(s, host)) == 1
+	})
+	rec.change(t, "service removed", func() { fake.Deregister("r3") }, func(s registry.State) bool {
+		return len(s.Services) == 1 && s.Services[0].Hostname == host
+	})
+}
+
+func TestBlockingQueries(t *testing.T) {
+	fake := fakenomad.New()
+	t.Cleanup(fake.Close)
+	fake.Register(reg("r1", "default", "web", "10.0.0.1", 8080))
+	rec := start(t, Config{Address: fake.URL(), WaitTime: 7 * time.Second}, quiet())
+	rec.waitFor(t, 0, 5*time.Second, "initial web", func(s registry.State) bool { return len(s.Services) == 1 })
+	rec.change(t, "second registration", func() { fake.Register(reg("r2", "default", "web", "10.0.0.2", 8080)) }, func(s registry.State) bool {
+		return len(s.Endpoints) == 2
+	})
+	// Wait until both watchers are parked again, then inspect every request.
+	for _, p := range []string{"/v1/services", "/v1/service/web"} {
+		if !fake.AwaitBlocked(p, 1, 5*time.Second) {
+			t.Fatalf("no blocked query on %s", p)
+		}
+	}
+	blocking := map[string]int{}
+	for _, r := range fake.Requests() {
+		want := "default"
+		if r.Path == "/v1/services" {
+			want = "*"
+		}
+		if got := r.Query.Get("namespace"); got != want {
+			t.Errorf("%s?%s: namespace=%q, want %q", r.Path, r.Query.Encode(), got, want)
+		}
+		if _, stale := r.Query["stale"]; !stale {
+			t.Errorf("%s?%s: not a stale read", r.Path, r.Query.Encode())
+		}
+		if r.Query.Get("index") == "" || r.Query.Get("index") == "0" {
+			continue
+		}
+		if got := r.Query.Get("wait"); got != "7000ms" {
+			t.Errorf("%s?%s: wait=%q, want 7000ms", r.Path, r.Query.Encode(), got)
+		}
+		blocking[r.Path]++
+	}
+	for _, p := range []string{"/v1/services", "/v1/service/web"} {
+		if blocking[p] == 0 {
+			t.Errorf("no blocking query (index>0) on %s", p)
+		}
+	}
+	before := len(fake.Requests())
+	idle := time.NewTimer(300 * time.Millisecond)
+	<-idle.C
+	if n := len(fake.Requests()) - before; n != 0 {
+		t.Errorf("%d requests while idle, want 0 (blocked)", n)
+	}
+}
+
+func TestOutageBacksOffAndRecovers(t *testing.T) {
+	fake := fakenomad.New()
+	t.Cleanup(fake.Close)
+	fake.Register(reg("r1", "default", "web", "10.0.0.1", 8080))
+	logs := newLogCounter()
+	rec := start(t, Config{Address: fake.URL(), RetryMin: 20 * time.Millisecond, RetryMax: 160 * time.Millisecond}, slog.New(logs))
+	rec.waitFor(t, 0, 5*time.Second, "initial web", func(s registry.State) bool { return len(s.Services) == 1 })
+
+	fake.Stop()
+	deadline := time.After(5 * time.Second)
+	for logs.count("service list query failed") < 5 {
+		select {
+		case <-logs.notify:
+		case <-deadline:
+			t.Fatalf("only %d failed list queries after the outage", logs.count("service list query failed"))
+		}
+	}
+	logs.mu.Lock()
+	times := append([]time.Time(nil), logs.times["service list query failed"]...)
+	logs.mu.Unlock()
+	for i := 1; i < len(times); i++ {
+		if gap := times[i].Sub(times[i-1]); gap < 10*time.Millisecond || gap > time.Second {
+			t.Errorf("retry %d came %v after the previous one; want backoff within [10ms, 1s]", i, gap)
+		}
+	}
+	fake.Register(reg("r2", "default", "web", "10.0.0.2", 8080))
+	if err := fake.Start(); err != nil {
+		t.Fatalf("restart fake: %v", err)
+	}
+	rec.change(t, "recovery after outage", func() {}, func(s registry.State) bool { return len(s.Endpoints) == 2 })
+	deadline = time.After(5 * time.Second)
+	for logs.count("service list query recovered") == 0 {
+		select {
+		case <-logs.notify:
+		case <-deadline:
+			t.Fatal("the list watcher did not recover")
+		}
+	}
+}
+
+func TestTokenAndRegion(t *testing.T) {
+	fake := fakenomad.New()
+	t.Cleanup(fake.Close)
+	fake.RequireToken("s3cret")
+	fake.Register(reg("r1", "default", "web", "10.0.0.1", 8080))
+	rec := start(t, Config{Address: fake.URL(), Token: "s3cret", Region: "global"}, quiet())
+	rec.waitFor(t, 0, 5*time.Second, "web with token", func(s registry.State) bool { return len(s.Endpoints) == 1 })
+	for _, r := range fake.Requests() {
+		if r.Token != "s3cret" || r.Query.Get("region") != "global" {
+			t.Fatalf("request %s?%s token %q: want token and region=global", r.Path, r.Query.Encode(), r.Token)
+		}
+	}
+	logs := newLogCounter()
+	bad := start(t, Config{Address: fake.URL(), Region: "mars", Token: "s3cret", RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond}, slog.New(logs))
+	deadline := time.After(5 * time.Second)
+	for logs.count("service list query failed") < 2 {
+		select {
+		case <-logs.notify:
+		case <-deadline:
+			t.Fatal("an unknown region did not fail")
+		}
+	}
+	if n := bad.count(); n != 0 {
+		t.Errorf("%d states reported without access to the region", n)
+	}
+}

@@ -1,0 +1,357 @@
+package serviceentry
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/weftmesh/weft/internal/registry"
+	"github.com/weftmesh/weft/internal/resource"
+	"github.com/weftmesh/weft/internal/store"
+	"github.com/weftmesh/weft/internal/store/bolt"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+const samples = "../../../../shared/istio-samples/other"
+
+// waitTimeout bounds every wait for the source to report a state.
+const waitTimeout = 5 * time.Second
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func openStore(t *testing.T) *bolt.Store {
+	t.Helper()
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "weft.db"), store.Options{}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
+// recorder is a registry.Sink that keeps every state it receives.
+type recorder struct {
+	mu     sync.Mutex
+	states []registry.State
+	notify chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{notify: make(chan struct{}, 1)} }
+
+func (r *recorder) Update(source string, st registry.State) {
+	if source != SourceName {
+		panic("unexpected source " + source)
+	}
+	r.mu.Lock()
+	r.states = append(r.states, st)
+	r.mu.Unlock()
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.states)
+}
+
+// waitFor returns the first state, among those received after the first
+// `after` updates, for which ok holds; it fails the test after waitTimeout.
+func (r *recorder) waitFor(t *testing.T, after int, what string, ok func(registry.State) bool) registry.State {
+	t.Helper()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	next := after
+	for {
+		r.mu.Lock()
+		pending := r.states[min(next, len(r.states)):]
+		next = len(r.states)
+		r.mu.Unlock()
+		for _, st := range pending {
+			if ok(st) {
+				return st
+			}
+		}
+		select {
+		case <-r.notify:
+		case <-deadline.C:
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			t.Fatalf("timed out after %v waiting for %s; last of %d states: %s", waitTimeout, what, len(r.states), dump(r.states[len(r.states)-1:]))
+		}
+	}
+}
+
+func dump(v any) string {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	return string(b)
+}
+
+// run starts the source and stops it when the test ends.
+func run(t *testing.T, st Store) *recorder {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	rec := newRecorder()
+	done := make(chan error, 1)
+	go func() { done <- New(st, Mesh{}, quiet()).Run(ctx, rec) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(waitTimeout):
+			t.Errorf("Run did not return after cancel")
+		}
+	})
+	return rec
+}
+
+// createdAt is the creationTimestamp given to objects that have none.
+const createdAt = "2030-01-02T03:04:05Z"
+
+// writeObject stores obj under its kind's key (creating or updating it).
+func writeObject(t *testing.T, st store.Store, obj map[string]any, defaultNS string) {
+	t.Helper()
+	kindName, _ := obj["kind"].(string)
+	md, _ := obj["metadata"].(map[string]any)
+	if md == nil {
+		md = map[string]any{}
+		obj["metadata"] = md
+	}
+	if md["namespace"] == nil {
+		md["namespace"] = defaultNS
+	}
+	if md["creationTimestamp"] == nil {
+		md["creationTimestamp"] = createdAt
+	}
+	var kind *resource.Kind
+	for _, k := range resource.All() {
+		if k.Kind == kindName {
+			kind = k
+		}
+	}
+	if kind == nil {
+		t.Fatalf("unknown kind %q", kindName)
+	}
+	key := kind.Key(md["namespace"].(string), md["name"].(string))
+	b, err := json.Marshal(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := st.Create(ctx, key, b); err == nil {
+		return
+	}
+	if _, err := st.Update(ctx, key, b, 0); err != nil {
+		t.Fatalf("write %s: %v", key, err)
+	}
+}
+
+func deleteObject(t *testing.T, st store.Store, kindName, ns, name string) {
+	t.Helper()
+	if _, err := st.Delete(context.Background(), kindPrefix(kindName)+ns+"/"+name, 0); err != nil {
+		t.Fatalf("delete %s %s/%s: %v", kindName, ns, name, err)
+	}
+}
+
+// writeYAML stores every document of a YAML file (all kinds: the source
+// must ignore the ones it does not serve).
+func writeYAML(t *testing.T, st store.Store, path, defaultNS string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs, err := resource.SplitYAML(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range docs {
+		writeObject(t, st, d.Object, defaultNS)
+	}
+}
+
+// readable renders a state for golden files, with enum names spelled out.
+func readable(t *testing.T, st registry.State) string {
+	t.Helper()
+	var v map[string][]map[string]any
+	if err := json.Unmarshal([]byte(dump(st)), &v); err != nil {
+		t.Fatal(err)
+	}
+	resolutions := []string{"STATIC", "DNS", "NONE", "DNS_ROUND_ROBIN"}
+	locations := []string{"MESH_INTERNAL", "MESH_EXTERNAL"}
+	for _, s := range v["Services"] {
+		s["Resolution"] = resolutions[int(s["Resolution"].(float64))]
+		s["Location"] = locations[int(s["Location"].(float64))]
+	}
+	return dump(v)
+}
+
+func golden(t *testing.T, name string, got registry.State) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden.json")
+	b := []byte(readable(t, got) + "\n")
+	if *update {
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if d := cmp.Diff(string(b), string(want)); d != "" {
+		t.Errorf("%s mismatch (-got +want):\n%s", path, d)
+	}
+}
+
+func TestSamples(t *testing.T) {
+	st := openStore(t)
+	writeYAML(t, st, filepath.Join(samples, "service-entry-examples.yaml"), "seexamples")
+	writeYAML(t, st, filepath.Join(samples, "service-entry-static-weighted-endpoints.yaml"), "default")
+	rec := run(t, st)
+	got := rec.waitFor(t, 0, "9 services", func(s registry.State) bool { return len(s.Services) == 9 })
+	golden(t, "samples", got)
+	if n := rec.count(); n != 1 {
+		t.Errorf("got %d updates for a static store, want 1", n)
+	}
+}
+
+func seObject(ns, name string, spec map[string]any) map[string]any {
+	return map[string]any{
+		"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+		"metadata": map[string]any{"name": name, "namespace": ns}, "spec": spec,
+	}
+}
+
+func weObject(ns, name string, metaLabels map[string]any, spec map[string]any) map[string]any {
+	md := map[string]any{"name": name, "namespace": ns}
+	if metaLabels != nil {
+		md["labels"] = metaLabels
+	}
+	return map[string]any{"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": md, "spec": spec}
+}
+
+func endpointsOf(s registry.State, host string) []registry.Endpoint {
+	var out []registry.Endpoint
+	for _, e := range s.Endpoints {
+		if e.Hostname == host {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func workloadNames(eps []registry.Endpoint) []string {
+	var out []string
+	for _, e := range eps {
+		out = append(out, e.WorkloadName+"@"+e.Address)
+	}
+	return out
+}
+
+func TestWorkloadSelector(t *testing.T) {
+	st := openStore(t)
+	writeObject(t, st, seObject("apps", "web", map[string]any{
+		"hosts":            []any{"web.apps.internal"},
+		"ports":            []any{map[string]any{"number": 80, "name": "http", "protocol": "http", "targetPort": 8080}},
+		"location":         "MESH_INTERNAL",
+		"resolution":       "STATIC",
+		"workloadSelector": map[string]any{"labels": map[string]any{"app": "web"}},
+	}), "")
+	writeObject(t, st, weObject("apps", "web-1", nil, map[string]any{
+		"address": "10.0.0.1", "labels": map[string]any{"app": "web", "version": "v1"},
+		"ports": map[string]any{"http": 9090}, "serviceAccount": "web", "locality": "eu/west-1/a", "network": "n1", "weight": 2,
+	}), "")
+	// Matches through its metadata labels (Istio merges them with spec.labels).
+	writeObject(t, st, weObject("apps", "web-2", map[string]any{"app": "web"}, map[string]any{"address": "10.0.0.2"}), "")
+	// Wrong namespace and wrong labels: never selected.
+	writeObject(t, st, weObject("other", "web-x", nil, map[string]any{"address": "10.9.0.1", "labels": map[string]any{"app": "web"}}), "")
+	writeObject(t, st, weObject("apps", "db-1", nil, map[string]any{"address": "10.0.1.1", "labels": map[string]any{"app": "db"}}), "")
+	rec := run(t, st)
+	first := rec.waitFor(t, 0, "initial state", func(registry.State) bool { return true })
+	golden(t, "workload-selector", first)
+
+	n := rec.count()
+	writeObject(t, st, weObject("apps", "web-3", nil, map[string]any{"address": "10.0.0.3", "labels": map[string]any{"app": "web"}}), "")
+	rec.waitFor(t, n, "web-3 selected", func(s registry.State) bool {
+		return cmp.Equal(workloadNames(endpointsOf(s, "web.apps.internal")), []string{"web-1@10.0.0.1", "web-2@10.0.0.2", "web-3@10.0.0.3"})
+	})
+
+	n = rec.count()
+	writeObject(t, st, weObject("apps", "web-1", nil, map[string]any{"address": "10.0.0.11", "labels": map[string]any{"app": "web"}}), "")
+	rec.waitFor(t, n, "web-1 moved", func(s registry.State) bool {
+		return cmp.Equal(workloadNames(endpointsOf(s, "web.apps.internal")), []string{"web-1@10.0.0.11", "web-2@10.0.0.2", "web-3@10.0.0.3"})
+	})
+
+	n = rec.count()
+	// Relabelling a workload out of the selector drops it.
+	writeObject(t, st, weObject("apps", "web-2", map[string]any{"app": "web"}, map[string]any{"address": "10.0.0.2", "labels": map[string]any{"app": "batch"}}), "")
+	deleteObject(t, st, "WorkloadEntry", "apps", "web-1")
+	rec.waitFor(t, n, "web-1 deleted, web-2 relabelled", func(s registry.State) bool {
+		return cmp.Equal(workloadNames(endpointsOf(s, "web.apps.internal")), []string{"web-3@10.0.0.3"})
+	})
+}
+
+func TestUpdateAndDeletePropagate(t *testing.T) {
+	st := openStore(t)
+	rec := run(t, st) // empty store: the watch path must catch every write
+	rec.waitFor(t, 0, "empty state", func(s registry.State) bool { return len(s.Services) == 0 })
+
+	spec := map[string]any{
+		"hosts":      []any{"api.example.com", "shortname"},
+		"ports":      []any{map[string]any{"number": 443, "name": "tls", "protocol": "TLS"}},
+		"resolution": "DNS",
+		"exportTo":   []any{"."},
+		"endpoints":  []any{map[string]any{"address": "api.backend.example.com"}},
+	}
+	n := rec.count()
+	writeObject(t, st, seObject("ext", "api", spec), "")
+	got := rec.waitFor(t, n, "api created", func(s registry.State) bool { return len(s.Services) == 2 })
+	if got.Services[0].Hostname != "api.example.com" || got.Services[1].Hostname != "shortname" {
+		t.Errorf("hosts %q, %q: short names must stay as written", got.Services[0].Hostname, got.Services[1].Hostname)
+	}
+	if len(got.Endpoints) != 2 || got.Endpoints[1].Hostname != "shortname" || got.Endpoints[1].Address != "api.backend.example.com" {
+		t.Errorf("endpoints %s", dump(got.Endpoints))
+	}
+
+	n = rec.count()
+	spec["ports"] = []any{map[string]any{"number": 8443, "name": "tls", "protocol": "tls"}}
+	writeObject(t, st, seObject("ext", "api", spec), "")
+	rec.waitFor(t, n, "port 8443", func(s registry.State) bool {
+		return len(s.Services) == 2 && s.Services[0].Ports[0].Number == 8443 && s.Services[0].Ports[0].Protocol == "TLS"
+	})
+
+	n = rec.count()
+	deleteObject(t, st, "ServiceEntry", "ext", "api")
+	rec.waitFor(t, n, "api deleted", func(s registry.State) bool { return len(s.Services) == 0 && len(s.Endpoints) == 0 })
+}
+
+func TestUndecodableObjectsAreSkipped(t *testing.T) {
+	st := openStore(t)
+	writeObject(t, st, seObject("a", "bad", map[string]any{"hosts": "not-a-list"}), "")
+	writeObject(t, st, seObject("a", "bad-port", map[string]any{"hosts": []any{"x.example"}, "ports": []any{map[string]any{"number": "eighty"}}}), "")
+	writeObject(t, st, seObject("a", "good", map[string]any{"hosts": []any{"good.example"}, "resolution": "STATIC"}), "")
+	rec := run(t, st)
+	got := rec.waitFor(t, 0, "initial state", func(registry.State) bool { return true })
+	if len(got.Services) != 1 || got.Services[0].Hostname != "good.example" {
+		t.Fatalf("services %s, want only good.example", dump(got.Services))
+	}
+	if want := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano(); got.Services[0].CreationTime != want {
+		t.Errorf("CreationTime %d, want %d", got.Services[0].CreationTime, want)
+	}
+}

@@ -1,0 +1,286 @@
+// Package proxyless checks weft's discovery against gRPC's own proxyless
+// xDS client: a real weft server (in-process), real gRPC backends on
+// loopback, and a gRPC client dialing xds:/// targets.
+package proxyless
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftmesh/weft/internal/kubeconfig"
+	"github.com/weftmesh/weft/internal/resource"
+	"github.com/weftmesh/weft/internal/server"
+	"github.com/weftmesh/weft/internal/store"
+	_ "github.com/weftmesh/weft/internal/store/all"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/xds"
+)
+
+// backend is a gRPC TestService that answers with its own id.
+type backend struct {
+	testpb.UnimplementedTestServiceServer
+	id string
+}
+
+func (b *backend) UnaryCall(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	return &testpb.SimpleResponse{ServerId: b.id}, nil
+}
+
+func startBackend(t *testing.T, id string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	testpb.RegisterTestServiceServer(g, &backend{id: id})
+	go func() { _ = g.Serve(ln) }()
+	t.Cleanup(g.Stop)
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// weft is an in-process weft server with an API client.
+type weft struct {
+	t          *testing.T
+	kubeconfig string
+	api        string
+	token      string
+	client     *http.Client
+	xds        string
+}
+
+func startWeft(t *testing.T) *weft {
+	t.Helper()
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if os.Getenv("WEFT_TEST_VERBOSE") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	srv, err := server.New(ctx, server.Config{
+		DataDir: dir, Listen: "127.0.0.1:0", Store: store.Config{Backend: "bolt"},
+		Discovery: server.DiscoveryConfig{Listen: "127.0.0.1:0", PlaintextListen: "127.0.0.1:0", Debounce: 20 * time.Millisecond},
+	}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			t.Error("weft server did not stop within 15s")
+		}
+	})
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	addr, err := srv.Addr(wctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, plain, err := srv.XDSAddrs(wctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := kubeconfig.Load(filepath.Join(dir, "kubeconfig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := kc.Resolve("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &weft{t: t, kubeconfig: filepath.Join(dir, "kubeconfig"), api: "https://" + addr, token: res.Token, xds: plain,
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: res.TLS}}}
+}
+
+// apply creates or replaces objects from YAML through the API.
+func (w *weft) apply(yamlDocs string) {
+	w.t.Helper()
+	docs, err := resource.SplitYAML([]byte(yamlDocs))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	for _, d := range docs {
+		k, err := resource.ByKind(d.Object["apiVersion"].(string), d.Object["kind"].(string))
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		name := d.Object["metadata"].(map[string]any)["name"].(string)
+		coll := fmt.Sprintf("%s/apis/%s/%s/namespaces/default/%s", w.api, k.Group, k.StorageVersion(), k.Resource)
+		if code, body := w.do("GET", coll+"/"+name, ""); code == 200 {
+			// Replace: carry the resourceVersion for compare-and-swap.
+			rv := between(body, `"resourceVersion":"`, `"`)
+			d.Object["metadata"].(map[string]any)["resourceVersion"] = rv
+			if code, body := w.do("PUT", coll+"/"+name, jsonOf(d.Object)); code != 200 {
+				w.t.Fatalf("PUT %s: %d %s", name, code, body)
+			}
+			continue
+		}
+		if code, body := w.do("POST", coll, jsonOf(d.Object)); code != 201 {
+			w.t.Fatalf("POST %s: %d %s", name, code, body)
+		}
+	}
+}
+
+func (w *weft) do(method, url, body string) (int, string) {
+	w.t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+w.token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := w.client.Do(req)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func between(s, start, end string) string {
+	i := strings.Index(s, start)
+	if i < 0 {
+		return ""
+	}
+	s = s[i+len(start):]
+	return s[:strings.Index(s, end)]
+}
+
+func echoConfig(p1, p2, w1, w2 int) string {
+	return fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo.mesh]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 7070, name: grpc, protocol: GRPC}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {grpc: %d}, labels: {version: v1}}
+  - {address: 127.0.0.1, ports: {grpc: %d}, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo.mesh
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo.mesh]
+  http:
+  - route:
+    - {destination: {host: echo.mesh, subset: v1}, weight: %d}
+    - {destination: {host: echo.mesh, subset: v2}, weight: %d}
+`, p1, p2, w1, w2)
+}
+
+// dump, when set, logs diagnostics on a failed call.
+var dump func()
+
+// split makes n calls and returns the share answered by v1.
+func split(t *testing.T, c testpb.TestServiceClient, n int) float64 {
+	t.Helper()
+	v1 := 0
+	for i := 0; i < n; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := c.UnaryCall(ctx, &testpb.SimpleRequest{FillServerId: true})
+		cancel()
+		if err != nil {
+			if dump != nil {
+				dump()
+			}
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if resp.GetServerId() == "v1" {
+			v1++
+		}
+	}
+	return float64(v1) / float64(n)
+}
+
+func TestGRPCProxylessWeightedSplit(t *testing.T) {
+	w := startWeft(t)
+	p1, p2 := startBackend(t, "v1"), startBackend(t, "v2")
+	w.apply(echoConfig(p1, p2, 80, 20))
+
+	bootstrap := fmt.Sprintf(`{
+  "xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+  "node": {"id": "sidecar~127.0.0.1~client.default~default.svc.cluster.local",
+           "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default"}}
+}`, w.xds)
+	builder, err := xds.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("xds:///echo.mesh:7070", grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(builder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := testpb.NewTestServiceClient(conn)
+	dump = func() {
+		_, body := w.do("GET", w.api+"/weft/v1/debug/config_dump?proxyID=sidecar~127.0.0.1~client.default~default.svc.cluster.local", "")
+		_, sync := w.do("GET", w.api+"/weft/v1/debug/syncz", "")
+		t.Logf("config_dump:\n%s\nsyncz:\n%s", body, sync)
+	}
+	defer func() { dump = nil }()
+
+	const n = 1000
+	got := split(t, c, n)
+	t.Logf("80/20 split: v1 answered %.1f%% of %d calls", got*100, n)
+	if got < 0.75 || got > 0.85 {
+		t.Fatalf("v1 share %.3f, want 0.80 ± 0.05", got)
+	}
+
+	// Change the weights; the same client follows without reconnecting.
+	w.apply(echoConfig(p1, p2, 10, 90))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got = split(t, c, 200)
+		if got < 0.2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after changing to 10/90, v1 still answers %.2f", got)
+		}
+	}
+	got = split(t, c, n)
+	t.Logf("10/90 split: v1 answered %.1f%% of %d calls", got*100, n)
+	if got < 0.05 || got > 0.15 {
+		t.Fatalf("v1 share %.3f after the change, want 0.10 ± 0.05", got)
+	}
+
+	// proxy-status sees the client, synced.
+	code, body := w.do("GET", w.api+"/weft/v1/debug/syncz", "")
+	if code != 200 || !strings.Contains(body, `"type": "proxyless"`) || !strings.Contains(body, `"lds": "SYNCED"`) {
+		t.Fatalf("syncz: %d %s", code, body)
+	}
+}
+
+func jsonOf(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
