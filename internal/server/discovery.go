@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/pilot/push"
@@ -72,11 +71,12 @@ func newDiscovery(ctx context.Context, cfg DiscoveryConfig, st store.Store, reg 
 		return nil, err
 	}
 	srcs = append([]registry.Source{base}, srcs...)
-	// ads=false: in ADS mode go-control-plane answers a named request only
-	// when the names cover the whole snapshot, which holds for Envoy's
-	// wildcard CDS but not for gRPC's proxyless client, which asks for the
-	// clusters its routes name. Proxies apply CDS before LDS themselves.
-	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, xds.CacheLogger{L: log.With("component", "pilot.cache")})
+	// State-of-the-world responses come from resources marshalled once per
+	// push; go-control-plane's ADS-mode rule (answer a named request only
+	// when it covers the whole snapshot) is not applied, as it would leave
+	// gRPC's proxyless client, which asks for just the clusters its routes
+	// name, unanswered. Proxies apply CDS before LDS themselves.
+	cache := xds.NewCache(xds.CacheLogger{L: log.With("component", "pilot.cache")})
 	pusher := push.New(cache, reg, log.With("component", "pilot.push"), push.Options{Debounce: cfg.Debounce})
 	d := &discovery{cfg: cfg, log: log, pusher: pusher, agg: registry.NewAggregator(), srcs: srcs, addrs: make(chan [2]string, 1)}
 	d.xds = xds.New(ctx, cache, pusher, log.With("component", "pilot.xds"))

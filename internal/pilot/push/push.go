@@ -25,6 +25,7 @@ import (
 	"github.com/weftmesh/weft/internal/pilot/translate"
 	"github.com/weftmesh/weft/internal/registry"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // Options configure a Pusher.
@@ -55,9 +56,34 @@ type proxyState struct {
 	warnings    []string
 }
 
+// Snapshot is one translation ready to serve: the go-control-plane
+// snapshot (delta xDS, config dumps) and the same resources already
+// marshalled (state-of-the-world responses share these bytes across every
+// stream instead of marshalling per stream). Immutable once built.
+type Snapshot struct {
+	Snapshot *cachev3.Snapshot
+	// Versions per type URL (content hashes).
+	Versions map[string]string
+	// Marshalled per type URL, sorted by name.
+	Marshalled map[string][]*anypb.Any
+	// Names per type URL, in the order of Marshalled.
+	Names map[string][]string
+}
+
+// Cache serves snapshots to proxies (xds.Cache).
+type Cache interface {
+	Set(ctx context.Context, node string, s *Snapshot) error
+	Clear(node string)
+	Get(node string) (*Snapshot, bool)
+}
+
 // Pusher owns the inputs (config, registry) and the per-proxy snapshots.
 type Pusher struct {
-	cache   cachev3.SnapshotCache
+	cache Cache
+	// setMu serialises pushes and snapshot sets (taken before mu); mu
+	// guards state and is never held while snapshots are handed out, so
+	// ACK bookkeeping does not wait for a push to reach every proxy.
+	setMu   sync.Mutex
 	log     *slog.Logger
 	opts    Options
 	mesh    model.Mesh
@@ -78,13 +104,15 @@ type Pusher struct {
 	// synced is set once every input has been loaded; until then proxies
 	// wait rather than get an empty or partial config.
 	synced bool
+	// pushStart is when the push being delivered started.
+	pushStart time.Time
 	// classes are the translations of snap so far, by classKey; proxies
 	// connecting between pushes reuse them.
 	classes map[string]*built
 }
 
 // New returns a Pusher that feeds cache. Register its metrics with reg.
-func New(cache cachev3.SnapshotCache, reg prometheus.Registerer, log *slog.Logger, opts Options) *Pusher {
+func New(cache Cache, reg prometheus.Registerer, log *slog.Logger, opts Options) *Pusher {
 	if opts.Debounce <= 0 {
 		opts.Debounce = 100 * time.Millisecond
 	}
@@ -195,39 +223,50 @@ func (p *Pusher) Run(ctx context.Context) {
 		}
 		now := p.opts.Clock()
 		quiet := now.Sub(p.lastChange)
-		if quiet < p.opts.Debounce && now.Sub(p.firstChange) < p.opts.MaxDebounce {
-			p.mu.Unlock()
+		wait := quiet < p.opts.Debounce && now.Sub(p.firstChange) < p.opts.MaxDebounce
+		p.mu.Unlock()
+		if wait {
 			timer.Reset(p.opts.Debounce - quiet)
 			continue
 		}
-		p.pushLocked(ctx)
-		p.mu.Unlock()
+		p.PushNow(ctx)
 	}
 }
 
-// PushNow builds and pushes immediately (tests, shutdown-free callers).
+// PushNow builds and pushes immediately.
 func (p *Pusher) PushNow(ctx context.Context) {
+	p.setMu.Lock()
+	defer p.setMu.Unlock()
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.pushLocked(ctx)
+	sets := p.prepareLocked()
+	p.mu.Unlock()
+	p.deliver(ctx, sets)
 }
 
 // MarkSynced says every input (config kinds, registry sources) has been
-// loaded once: proxies that connected before get their first config now.
+// loaded once: proxies that connected before get their first config now,
+// and later ones never see the empty initial snapshot.
 func (p *Pusher) MarkSynced() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.synced {
-		p.synced = true
-		// Push now: proxies waiting since they connected get their first
-		// config, and later ones must not see the empty initial snapshot.
-		p.pushLocked(context.Background())
+	already := p.synced
+	p.synced = true
+	p.mu.Unlock()
+	if !already {
+		p.PushNow(context.Background())
 	}
 }
 
-func (p *Pusher) pushLocked(ctx context.Context) {
+// set is one snapshot to hand to one proxy.
+type set struct {
+	id   string
+	snap *Snapshot
+}
+
+// prepareLocked builds the new model snapshot and works out, for every
+// proxy, whether its resources changed. The caller holds setMu and mu.
+func (p *Pusher) prepareLocked() []set {
 	if !p.synced {
-		return
+		return nil
 	}
 	start := p.opts.Clock()
 	changeStart := p.firstChange
@@ -248,21 +287,35 @@ func (p *Pusher) pushLocked(ctx context.Context) {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	pushed := 0
+	var sets []set
 	for _, id := range ids {
-		if p.updateProxyLocked(ctx, p.proxies[id], classes, changeStart) {
-			pushed++
+		if s, ok := p.updateProxyLocked(p.proxies[id], classes, changeStart); ok {
+			sets = append(sets, s)
 		}
 	}
 	p.classes = classes
-	p.metrics.pushTime.Observe(p.opts.Clock().Sub(start).Seconds())
-	p.log.Debug("push", "version", p.snap.Version, "proxies", len(ids), "changed", pushed, "classes", len(classes),
+	p.log.Debug("push prepared", "version", p.snap.Version, "proxies", len(ids), "changed", len(sets), "classes", len(classes),
 		"took", p.opts.Clock().Sub(start))
+	p.pushStart = start
+	return sets
+}
+
+// deliver hands snapshots to the cache without holding mu. The caller
+// holds setMu.
+func (p *Pusher) deliver(ctx context.Context, sets []set) {
+	for _, s := range sets {
+		if err := p.cache.Set(ctx, s.id, s.snap); err != nil {
+			p.log.Error("setting snapshot", "proxy", s.id, "error", err)
+		}
+	}
+	if len(sets) > 0 {
+		p.metrics.pushTime.Observe(p.opts.Clock().Sub(p.pushStart).Seconds())
+	}
 }
 
 // built is one translation, shared by every proxy of the same class.
 type built struct {
-	snap     *cachev3.Snapshot
+	snap     *Snapshot
 	versions map[string]string
 	warnings []string
 	err      error
@@ -325,21 +378,26 @@ func (p *Pusher) build(proxy *model.Proxy) *built {
 		resourcev3.ListenerType: toResources(res.Listeners),
 		resourcev3.RouteType:    toResources(res.Routes),
 	}
-	out := &built{snap: &cachev3.Snapshot{}, versions: map[string]string{}, warnings: res.Warnings}
+	out := &built{versions: map[string]string{}, warnings: res.Warnings}
+	gcp := &cachev3.Snapshot{}
+	ps := &Snapshot{Snapshot: gcp, Versions: out.versions, Marshalled: map[string][]*anypb.Any{}, Names: map[string][]string{}}
 	for _, typ := range XDSTypes {
-		v, err := hashResources(byType[typ])
+		anys, names, v, err := marshalResources(typ, byType[typ])
 		if err != nil {
 			out.err = err
 			return out
 		}
 		out.versions[typ] = v
-		out.snap.Resources[cacheIndex(typ)] = cachev3.NewResources(v, byType[typ])
+		ps.Marshalled[typ], ps.Names[typ] = anys, names
+		gcp.Resources[cacheIndex(typ)] = cachev3.NewResources(v, byType[typ])
 	}
 	// The snapshot is shared by every proxy of the class: compute the
 	// delta-xDS version map now, before any reader can race on it.
-	if err := out.snap.ConstructVersionMap(); err != nil {
+	if err := gcp.ConstructVersionMap(); err != nil {
 		out.err = err
+		return out
 	}
+	out.snap = ps
 	return out
 }
 
@@ -363,25 +421,30 @@ func toResources[T types.Resource](in []T) []types.Resource {
 	return out
 }
 
-// hashResources returns a short content hash of resources (deterministic
-// marshalling; order is translate's, which is sorted).
-func hashResources(rs []types.Resource) (string, error) {
+// marshalResources marshals resources once (deterministically) into Anys
+// and returns them with their names and a short content hash as version.
+// Order is translate's, which is sorted by name.
+func marshalResources(typ string, rs []types.Resource) ([]*anypb.Any, []string, string, error) {
 	h := sha256.New()
 	opts := proto.MarshalOptions{Deterministic: true}
+	anys := make([]*anypb.Any, 0, len(rs))
+	names := make([]string, 0, len(rs))
 	for _, r := range rs {
 		b, err := opts.Marshal(r)
 		if err != nil {
-			return "", fmt.Errorf("marshalling %T: %w", r, err)
+			return nil, nil, "", fmt.Errorf("marshalling %T: %w", r, err)
 		}
 		h.Write(b)
 		h.Write([]byte{0})
+		anys = append(anys, &anypb.Any{TypeUrl: typ, Value: b})
+		names = append(names, cachev3.GetResourceName(r))
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16], nil
+	return anys, names, hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
-// updateProxyLocked recomputes one proxy and sets its snapshot if anything
-// changed. It reports whether it pushed.
-func (p *Pusher) updateProxyLocked(ctx context.Context, st *proxyState, classes map[string]*built, changeStart time.Time) bool {
+// updateProxyLocked recomputes one proxy and returns the snapshot to set
+// if anything changed. The caller holds mu.
+func (p *Pusher) updateProxyLocked(st *proxyState, classes map[string]*built, changeStart time.Time) (set, bool) {
 	key := classKey(st.proxy, p.addrs)
 	b, ok := classes[key]
 	if !ok {
@@ -391,7 +454,7 @@ func (p *Pusher) updateProxyLocked(ctx context.Context, st *proxyState, classes 
 	if b.err != nil {
 		p.metrics.inconsistent.Inc()
 		p.log.Error("not pushing: translation failed", "proxy", st.proxy.ID, "error", b.err)
-		return false
+		return set{}, false
 	}
 	st.warnings = b.warnings
 	var changed []string
@@ -401,11 +464,7 @@ func (p *Pusher) updateProxyLocked(ctx context.Context, st *proxyState, classes 
 		}
 	}
 	if len(changed) == 0 {
-		return false
-	}
-	if err := p.cache.SetSnapshot(ctx, st.proxy.ID, b.snap); err != nil {
-		p.log.Error("setting snapshot", "proxy", st.proxy.ID, "error", err)
-		return false
+		return set{}, false
 	}
 	st.versions = b.versions
 	if len(st.pending) == 0 {
@@ -416,40 +475,57 @@ func (p *Pusher) updateProxyLocked(ctx context.Context, st *proxyState, classes 
 		st.pending[typ] = true
 		p.metrics.pushes.WithLabelValues(shortType(typ)).Inc()
 	}
-	return true
+	return set{id: st.proxy.ID, snap: b.snap}, true
 }
 
 // AddProxy registers a stream of a proxy and gives it a snapshot at once.
 func (p *Pusher) AddProxy(ctx context.Context, proxy *model.Proxy) {
+	p.setMu.Lock()
+	defer p.setMu.Unlock()
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	st, ok := p.proxies[proxy.ID]
 	if ok {
 		st.streams++
+		p.mu.Unlock()
 		return
 	}
 	st = &proxyState{proxy: proxy, streams: 1, versions: map[string]string{}}
 	p.proxies[proxy.ID] = st
 	p.metrics.connected.Set(float64(len(p.proxies)))
+	var sets []set
 	if p.synced {
-		p.updateProxyLocked(ctx, st, p.classes, p.opts.Clock())
+		if s, ok := p.updateProxyLocked(st, p.classes, p.opts.Clock()); ok {
+			sets = append(sets, s)
+		}
+	}
+	p.mu.Unlock()
+	for _, s := range sets {
+		if err := p.cache.Set(ctx, s.id, s.snap); err != nil {
+			p.log.Error("setting snapshot", "proxy", s.id, "error", err)
+		}
 	}
 }
 
 // RemoveProxy unregisters one stream; the last one drops the snapshot.
 func (p *Pusher) RemoveProxy(id string) {
+	p.setMu.Lock()
+	defer p.setMu.Unlock()
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	st, ok := p.proxies[id]
 	if !ok {
+		p.mu.Unlock()
 		return
 	}
-	if st.streams--; st.streams > 0 {
-		return
+	st.streams--
+	last := st.streams <= 0
+	if last {
+		delete(p.proxies, id)
+		p.metrics.connected.Set(float64(len(p.proxies)))
 	}
-	delete(p.proxies, id)
-	p.cache.ClearSnapshot(id)
-	p.metrics.connected.Set(float64(len(p.proxies)))
+	p.mu.Unlock()
+	if last {
+		p.cache.Clear(id)
+	}
 }
 
 // Acked records that id acknowledged version of typ; when every type of a
@@ -498,14 +574,14 @@ func (p *Pusher) Proxies() []ProxyInfo {
 
 // Resources returns the resources last set for a proxy.
 func (p *Pusher) Resources(id string) (map[string][]types.Resource, bool) {
-	snap, err := p.cache.GetSnapshot(id)
-	if err != nil {
+	snap, ok := p.cache.Get(id)
+	if !ok {
 		return nil, false
 	}
 	out := map[string][]types.Resource{}
 	for _, typ := range XDSTypes {
-		names := make([]string, 0)
-		rs := snap.GetResources(typ)
+		rs := snap.Snapshot.GetResources(typ)
+		names := make([]string, 0, len(rs))
 		for n := range rs {
 			names = append(names, n)
 		}

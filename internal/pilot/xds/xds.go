@@ -15,7 +15,6 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/pilot/push"
@@ -58,7 +57,7 @@ type Server struct {
 	// first stream and loses its last one.
 	Hooks Hooks
 
-	cache  cachev3.SnapshotCache
+	cache  *Cache
 	pusher *push.Pusher
 	log    *slog.Logger
 	clock  func() time.Time
@@ -70,7 +69,7 @@ type Server struct {
 }
 
 // New builds the ADS server over cache, registering proxies with pusher.
-func New(ctx context.Context, cache cachev3.SnapshotCache, pusher *push.Pusher, log *slog.Logger) *Server {
+func New(ctx context.Context, cache *Cache, pusher *push.Pusher, log *slog.Logger) *Server {
 	s := &Server{cache: cache, pusher: pusher, log: log, clock: time.Now,
 		streams: map[int64]string{}, status: map[string]*proxyStatus{}}
 	s.grpc = serverv3.NewServer(ctx, cache, s)
