@@ -24,7 +24,10 @@ func nomadBinary(t *testing.T) string {
 	}
 	p, err := exec.LookPath("nomad")
 	if err != nil {
-		t.Skip("no nomad binary: set WEFT_NOMAD_BIN or put nomad on PATH")
+		if os.Getenv("CI") != "" {
+			t.Fatal("no nomad binary in CI: scripts/test.sh builds one with scripts/nomad.sh")
+		}
+		t.Skip("no nomad binary: run scripts/nomad.sh and set WEFT_NOMAD_BIN, or put nomad on PATH")
 	}
 	return p
 }
