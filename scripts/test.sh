@@ -7,6 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/test-deps.sh
+# A real Nomad agent for the Nomad registry test (built from Go modules).
+if [ -z "${WEFT_NOMAD_BIN:-}" ]; then
+	WEFT_NOMAD_BIN=$(scripts/nomad.sh)
+	export WEFT_NOMAD_BIN
+fi
 
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
