@@ -1,0 +1,87 @@
+// Package tcp moves bytes between a downstream and an upstream connection
+// in both directions, with half-close and idle timeouts. Without an idle
+// timeout, io.Copy between two *net.TCPConn uses splice(2) on Linux, so
+// payload bytes never enter user space.
+package tcp
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"time"
+)
+
+// Counts are the bytes moved each way.
+type Counts struct {
+	// Sent is downstream → upstream; Received is upstream → downstream.
+	Sent, Received int64
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+// Proxy copies between down and up until both directions finish (EOF or
+// error) or idle passes with no byte in either direction (0 = no idle
+// timeout). It closes both connections before returning.
+func Proxy(down, up net.Conn, idle time.Duration) Counts {
+	var sent, recv atomic.Int64
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	done := make(chan struct{}, 2)
+	pipe := func(dst, src net.Conn, n *atomic.Int64) {
+		defer func() { done <- struct{}{} }()
+		var err error
+		if idle == 0 {
+			// No idle tracking needed: let io.Copy splice between the
+			// two sockets without user-space buffers.
+			var c int64
+			c, err = io.Copy(dst, src)
+			n.Add(c)
+		} else {
+			_, err = io.Copy(&countingWriter{w: dst, n: n, last: &last}, src)
+		}
+		if cw, ok := dst.(closeWriter); ok && (err == nil || errors.Is(err, io.EOF)) {
+			_ = cw.CloseWrite() // half-close: the other side may still talk
+		} else {
+			_ = dst.Close()
+			_ = src.Close()
+		}
+	}
+	go pipe(up, down, &sent)
+	go pipe(down, up, &recv)
+	var tick <-chan time.Time
+	if idle > 0 {
+		t := time.NewTicker(idle / 4)
+		defer t.Stop()
+		tick = t.C
+	}
+	for finished := 0; finished < 2; {
+		select {
+		case <-done:
+			finished++
+		case <-tick:
+			if time.Since(time.Unix(0, last.Load())) > idle {
+				_ = down.Close()
+				_ = up.Close()
+			}
+		}
+	}
+	_ = down.Close()
+	_ = up.Close()
+	return Counts{Sent: sent.Load(), Received: recv.Load()}
+}
+
+// countingWriter counts bytes and stamps activity (used when an idle
+// timeout is set; the copy then goes through user space).
+type countingWriter struct {
+	w    net.Conn
+	n    *atomic.Int64
+	last *atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	c.last.Store(time.Now().UnixNano())
+	return n, err
+}

@@ -1,0 +1,90 @@
+package tcp
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// pair returns a connected client and the server side of a loopback TCP
+// connection.
+func pair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	return client, server
+}
+
+func TestProxyBothWaysWithHalfClose(t *testing.T) {
+	for _, idle := range []time.Duration{0, time.Minute} {
+		app, downSide := pair(t)   // app -> proxy
+		upSide, backend := pair(t) // proxy -> backend
+		result := make(chan Counts, 1)
+		go func() { result <- Proxy(downSide, upSide, idle) }()
+		payload := bytes.Repeat([]byte("x"), 1<<20)
+		go func() {
+			_, _ = app.Write(payload)
+			_ = app.(*net.TCPConn).CloseWrite() // request done; keep reading
+		}()
+		got, err := io.ReadAll(backend)
+		if err != nil || len(got) != len(payload) {
+			t.Fatalf("idle=%v: backend read %d bytes, %v", idle, len(got), err)
+		}
+		if _, err := backend.Write([]byte("reply")); err != nil {
+			t.Fatal(err)
+		}
+		backend.Close()
+		reply, err := io.ReadAll(app)
+		if err != nil || string(reply) != "reply" {
+			t.Fatalf("idle=%v: app read %q, %v", idle, reply, err)
+		}
+		select {
+		case c := <-result:
+			if c.Sent != int64(len(payload)) || c.Received != 5 {
+				t.Fatalf("idle=%v: counts %+v", idle, c)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Proxy did not return after both sides closed")
+		}
+		app.Close()
+	}
+}
+
+func TestProxyIdleTimeout(t *testing.T) {
+	app, downSide := pair(t)
+	upSide, backend := pair(t)
+	defer app.Close()
+	defer backend.Close()
+	done := make(chan struct{})
+	go func() { Proxy(downSide, upSide, 200*time.Millisecond); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("an idle connection was not closed")
+	}
+	if _, err := app.Read(make([]byte, 1)); err == nil {
+		t.Fatal("downstream still open after the idle timeout")
+	}
+}
