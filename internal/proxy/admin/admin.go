@@ -1,0 +1,243 @@
+// Package admin serves weft-proxy's admin endpoints on 127.0.0.1:15000, in
+// Envoy's shapes so operators' tools and habits work: /config_dump,
+// /clusters, /stats, /ready, /logging, /drain_listeners, /quitquitquit —
+// plus the readiness (:15021 /healthz/ready) and Prometheus
+// (:15020 /stats/prometheus) handlers.
+package admin
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Config is the proxy's applied xDS config, as the admin API shows it.
+type Config struct {
+	// Versions per type URL.
+	Versions  map[string]string
+	Listeners []*listenerv3.Listener
+	Routes    []*routev3.RouteConfiguration
+	Clusters  []*clusterv3.Cluster
+	Endpoints []*endpointv3.ClusterLoadAssignment
+}
+
+// EndpointStatus is one upstream endpoint's live state for /clusters.
+type EndpointStatus struct {
+	Cluster, Address string
+	Healthy          bool
+	Ejected          bool
+	ActiveRequests   int64
+}
+
+// Proxy is what the admin server asks of the running proxy.
+type Proxy interface {
+	// Config returns the applied config (nil before the first).
+	Config() *Config
+	// Endpoints returns live upstream state.
+	Endpoints() []EndpointStatus
+	// Ready reports whether the proxy serves (config applied, not draining).
+	Ready() (bool, string)
+	// Drain starts draining listeners (GOAWAY, Connection: close).
+	Drain()
+	// Quit drains and exits.
+	Quit()
+}
+
+// Server holds the admin handlers.
+type Server struct {
+	p     Proxy
+	reg   *prometheus.Registry
+	level *slog.LevelVar
+}
+
+// New returns the admin handlers over p; metrics come from reg and the
+// log level is changed through level.
+func New(p Proxy, reg *prometheus.Registry, level *slog.LevelVar) *Server {
+	return &Server{p: p, reg: reg, level: level}
+}
+
+// AdminHandler serves the 127.0.0.1:15000 endpoints.
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/config_dump", s.configDump)
+	mux.HandleFunc("/clusters", s.clusters)
+	mux.Handle("/stats/prometheus", s.Prometheus())
+	mux.HandleFunc("/stats", s.stats)
+	mux.HandleFunc("/ready", s.ready)
+	mux.HandleFunc("/logging", s.logging)
+	mux.HandleFunc("/drain_listeners", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			http.Error(w, "use POST", http.StatusMethodNotAllowed)
+			return
+		}
+		s.p.Drain()
+		fmt.Fprintln(w, "OK")
+	})
+	mux.HandleFunc("/quitquitquit", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			http.Error(w, "use POST", http.StatusMethodNotAllowed)
+			return
+		}
+		fmt.Fprintln(w, "OK")
+		go s.p.Quit()
+	})
+	return mux
+}
+
+// Prometheus serves /stats/prometheus.
+func (s *Server) Prometheus() http.Handler {
+	return promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})
+}
+
+// ReadyHandler serves /healthz/ready (port 15021).
+func (s *Server) ReadyHandler() http.Handler {
+	return http.HandlerFunc(s.ready)
+}
+
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	ok, why := s.p.Ready()
+	if !ok {
+		http.Error(w, why, http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "LIVE")
+}
+
+func anyOf(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		return nil
+	}
+	return a
+}
+
+// configDump renders Envoy's admin.v3.ConfigDump.
+func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
+	cfg := s.p.Config()
+	dump := &adminv3.ConfigDump{}
+	if cfg != nil {
+		v := func(typ string) string { return cfg.Versions["type.googleapis.com/"+typ] }
+		ld := &adminv3.ListenersConfigDump{VersionInfo: v("envoy.config.listener.v3.Listener")}
+		for _, l := range cfg.Listeners {
+			ld.DynamicListeners = append(ld.DynamicListeners, &adminv3.ListenersConfigDump_DynamicListener{
+				Name: l.GetName(),
+				ActiveState: &adminv3.ListenersConfigDump_DynamicListenerState{
+					VersionInfo: ld.VersionInfo, Listener: anyOf(l),
+				},
+			})
+		}
+		cd := &adminv3.ClustersConfigDump{VersionInfo: v("envoy.config.cluster.v3.Cluster")}
+		for _, c := range cfg.Clusters {
+			cd.DynamicActiveClusters = append(cd.DynamicActiveClusters, &adminv3.ClustersConfigDump_DynamicCluster{
+				VersionInfo: cd.VersionInfo, Cluster: anyOf(c),
+			})
+		}
+		rd := &adminv3.RoutesConfigDump{}
+		for _, rc := range cfg.Routes {
+			rd.DynamicRouteConfigs = append(rd.DynamicRouteConfigs, &adminv3.RoutesConfigDump_DynamicRouteConfig{
+				VersionInfo: v("envoy.config.route.v3.RouteConfiguration"), RouteConfig: anyOf(rc),
+			})
+		}
+		ed := &adminv3.EndpointsConfigDump{}
+		for _, e := range cfg.Endpoints {
+			ed.DynamicEndpointConfigs = append(ed.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{
+				VersionInfo: v("envoy.config.endpoint.v3.ClusterLoadAssignment"), EndpointConfig: anyOf(e),
+			})
+		}
+		for _, m := range []proto.Message{ld, cd, rd, ed} {
+			dump.Configs = append(dump.Configs, anyOf(m))
+		}
+	}
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(dump)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
+// clusters renders Envoy's text /clusters format.
+func (s *Server) clusters(w http.ResponseWriter, r *http.Request) {
+	eps := s.p.Endpoints()
+	sort.Slice(eps, func(i, j int) bool {
+		if eps[i].Cluster != eps[j].Cluster {
+			return eps[i].Cluster < eps[j].Cluster
+		}
+		return eps[i].Address < eps[j].Address
+	})
+	w.Header().Set("Content-Type", "text/plain")
+	for _, e := range eps {
+		health := "healthy"
+		switch {
+		case e.Ejected:
+			health = "/failed_outlier_check"
+		case !e.Healthy:
+			health = "/failed_eds_health"
+		}
+		fmt.Fprintf(w, "%s::%s::health_flags::%s\n", e.Cluster, e.Address, health)
+		fmt.Fprintf(w, "%s::%s::rq_active::%d\n", e.Cluster, e.Address, e.ActiveRequests)
+	}
+}
+
+// stats renders every metric as "name{labels}: value" lines.
+func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
+	families, err := s.reg.Gather()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	filter := r.URL.Query().Get("filter")
+	w.Header().Set("Content-Type", "text/plain")
+	for _, f := range families {
+		if filter != "" && !strings.Contains(f.GetName(), filter) {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			var val float64
+			switch {
+			case m.GetCounter() != nil:
+				val = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				val = m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				val = float64(m.GetHistogram().GetSampleCount())
+			}
+			fmt.Fprintf(w, "%s{%s}: %g\n", f.GetName(), strings.Join(labels, ","), val)
+		}
+	}
+}
+
+// logging shows or sets the log level (?level=debug|info|warn|error).
+func (s *Server) logging(w http.ResponseWriter, r *http.Request) {
+	if lv := r.URL.Query().Get("level"); lv != "" {
+		if r.Method != http.MethodPost {
+			http.Error(w, "use POST to change the level", http.StatusMethodNotAllowed)
+			return
+		}
+		var l slog.Level
+		if err := l.UnmarshalText([]byte(lv)); err != nil {
+			http.Error(w, fmt.Sprintf("invalid level %q: use debug, info, warn or error", lv), http.StatusBadRequest)
+			return
+		}
+		s.level.Set(l)
+	}
+	fmt.Fprintf(w, "active loggers:\n  weft-proxy: %s\n", strings.ToLower(s.level.Level().String()))
+}

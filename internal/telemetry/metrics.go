@@ -1,0 +1,144 @@
+// Package telemetry defines Istio's standard metrics, shared by weft-proxy
+// (which records them) and the control plane (which documents and scrapes
+// them), so that Istio's dashboards and alerts work unchanged.
+package telemetry
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Standard label names, as Istio's stats filter emits them.
+var requestLabels = []string{
+	"reporter",
+	"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
+	"destination_service", "destination_service_name", "destination_service_namespace",
+	"request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
+}
+
+var tcpLabels = []string{
+	"reporter",
+	"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
+	"destination_service", "destination_service_name", "destination_service_namespace",
+	"response_flags", "connection_security_policy",
+}
+
+// Metrics are Istio's standard request and TCP metrics.
+type Metrics struct {
+	Requests        *prometheus.CounterVec
+	RequestDuration *prometheus.HistogramVec
+	RequestBytes    *prometheus.HistogramVec
+	ResponseBytes   *prometheus.HistogramVec
+	TCPSent         *prometheus.CounterVec
+	TCPReceived     *prometheus.CounterVec
+	TCPOpened       *prometheus.CounterVec
+	TCPClosed       *prometheus.CounterVec
+}
+
+// Istio's default histogram buckets.
+var (
+	durationBuckets = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
+	sizeBuckets     = prometheus.ExponentialBuckets(1, 10, 9)
+)
+
+// NewMetrics registers the standard metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_requests_total", Help: "Requests handled by the proxy.",
+		}, requestLabels),
+		RequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_request_duration_milliseconds", Help: "Request duration in milliseconds.", Buckets: durationBuckets,
+		}, requestLabels),
+		RequestBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_request_bytes", Help: "Request body sizes in bytes.", Buckets: sizeBuckets,
+		}, requestLabels),
+		ResponseBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_response_bytes", Help: "Response body sizes in bytes.", Buckets: sizeBuckets,
+		}, requestLabels),
+		TCPSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent to the downstream in TCP connections.",
+		}, tcpLabels),
+		TCPReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_received_bytes_total", Help: "Bytes received from the downstream in TCP connections.",
+		}, tcpLabels),
+		TCPOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_opened_total", Help: "TCP connections opened.",
+		}, tcpLabels),
+		TCPClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_closed_total", Help: "TCP connections closed.",
+		}, tcpLabels),
+	}
+	reg.MustRegister(m.Requests, m.RequestDuration, m.RequestBytes, m.ResponseBytes, m.TCPSent, m.TCPReceived, m.TCPOpened, m.TCPClosed)
+	return m
+}
+
+// Peer describes one side of a request for labels.
+type Peer struct {
+	Workload, Namespace, Principal, App, Version string
+}
+
+// Request is one finished HTTP request, as labels need it.
+type Request struct {
+	// Reporter is "source" (outbound, client side) or "destination".
+	Reporter                    string
+	Source, Destination         Peer
+	DestinationService          string // FQDN
+	DestinationServiceName      string
+	DestinationServiceNamespace string
+	Protocol                    string // http, grpc
+	Code                        int
+	GRPCStatus                  string
+	Flags                       string // Envoy response flags, "-" when none
+	Security                    string // mutual_tls or none
+	Duration                    time.Duration
+	RequestBytes, ResponseBytes int64
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// ObserveRequest records one request in every request metric.
+func (m *Metrics) ObserveRequest(r Request) {
+	flags := r.Flags
+	if flags == "" {
+		flags = "-"
+	}
+	sec := r.Security
+	if sec == "" {
+		sec = "none"
+	}
+	l := prometheus.Labels{
+		"reporter":                       r.Reporter,
+		"source_workload":                orUnknown(r.Source.Workload),
+		"source_workload_namespace":      orUnknown(r.Source.Namespace),
+		"source_principal":               orUnknown(r.Source.Principal),
+		"source_app":                     orUnknown(r.Source.App),
+		"source_version":                 orUnknown(r.Source.Version),
+		"destination_workload":           orUnknown(r.Destination.Workload),
+		"destination_workload_namespace": orUnknown(r.Destination.Namespace),
+		"destination_principal":          orUnknown(r.Destination.Principal),
+		"destination_app":                orUnknown(r.Destination.App),
+		"destination_version":            orUnknown(r.Destination.Version),
+		"destination_service":            orUnknown(r.DestinationService),
+		"destination_service_name":       orUnknown(r.DestinationServiceName),
+		"destination_service_namespace":  orUnknown(r.DestinationServiceNamespace),
+		"request_protocol":               r.Protocol,
+		"response_code":                  strconv.Itoa(r.Code),
+		"grpc_response_status":           r.GRPCStatus,
+		"response_flags":                 flags,
+		"connection_security_policy":     sec,
+	}
+	m.Requests.With(l).Inc()
+	m.RequestDuration.With(l).Observe(float64(r.Duration) / float64(time.Millisecond))
+	m.RequestBytes.With(l).Observe(float64(r.RequestBytes))
+	m.ResponseBytes.With(l).Observe(float64(r.ResponseBytes))
+}
