@@ -1,0 +1,173 @@
+// Package bootstrap turns weft-proxy's flags, environment and optional
+// bootstrap file into the xDS node identity and control-plane address.
+// Precedence: flag, then environment (WEFT_*), then the bootstrap file,
+// then defaults.
+package bootstrap
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+	"sigs.k8s.io/yaml"
+)
+
+// Config is everything that identifies the proxy to the control plane.
+type Config struct {
+	// Discovery is the xDS server address. Default "127.0.0.1:15010".
+	Discovery string `json:"discoveryAddress,omitempty"`
+	// Type is sidecar or router. Default sidecar.
+	Type string `json:"type,omitempty"`
+	// IP is the workload's address (the node id's second field).
+	IP string `json:"ip,omitempty"`
+	// Name and Namespace identify the workload. Namespace defaults to "default".
+	Name      string `json:"name,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	// Labels of the workload (subset selection, sourceLabels matches).
+	Labels map[string]string `json:"labels,omitempty"`
+	// ServiceAccount is the workload's identity.
+	ServiceAccount string `json:"serviceAccount,omitempty"`
+	// WorkloadGroup asks for auto-registration into that group.
+	WorkloadGroup string `json:"workloadGroup,omitempty"`
+	// Explicit disables traffic capture: upstreams are local ports.
+	Explicit bool `json:"explicit,omitempty"`
+	// TrustDomain of the mesh. Default "cluster.local".
+	TrustDomain string `json:"trustDomain,omitempty"`
+}
+
+// LoadFile reads a YAML or JSON bootstrap file; a missing path is an error.
+func LoadFile(path string) (Config, error) {
+	var c Config
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("bootstrap: %w", err)
+	}
+	if err := yaml.UnmarshalStrict(raw, &c); err != nil {
+		return c, fmt.Errorf("bootstrap %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// FromEnv fills unset fields from WEFT_* environment variables.
+func (c *Config) FromEnv(getenv func(string) string) error {
+	set := func(dst *string, key string) {
+		if *dst == "" {
+			*dst = getenv(key)
+		}
+	}
+	set(&c.Discovery, "WEFT_DISCOVERY_ADDRESS")
+	set(&c.Type, "WEFT_NODE_TYPE")
+	set(&c.IP, "WEFT_INSTANCE_IP")
+	set(&c.Name, "WEFT_WORKLOAD_NAME")
+	set(&c.Namespace, "WEFT_NAMESPACE")
+	set(&c.ServiceAccount, "WEFT_SERVICE_ACCOUNT")
+	set(&c.WorkloadGroup, "WEFT_WORKLOAD_GROUP")
+	set(&c.TrustDomain, "WEFT_TRUST_DOMAIN")
+	if len(c.Labels) == 0 {
+		if l := getenv("WEFT_LABELS"); l != "" {
+			labels, err := ParseLabels(l)
+			if err != nil {
+				return fmt.Errorf("WEFT_LABELS: %w", err)
+			}
+			c.Labels = labels
+		}
+	}
+	if !c.Explicit && (getenv("WEFT_INTERCEPTION_MODE") == "NONE" || getenv("WEFT_EXPLICIT") == "true") {
+		c.Explicit = true
+	}
+	return nil
+}
+
+// ParseLabels parses "k=v,k2=v2".
+func ParseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		kv = strings.TrimSpace(kv)
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("label %q: want key=value", kv)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// Validate applies defaults and checks the config.
+func (c *Config) Validate() error {
+	if c.Discovery == "" {
+		c.Discovery = "127.0.0.1:15010"
+	}
+	if c.Type == "" {
+		c.Type = "sidecar"
+	}
+	if c.Namespace == "" {
+		c.Namespace = "default"
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "cluster.local"
+	}
+	var errs []error
+	if c.Type != "sidecar" && c.Type != "router" {
+		errs = append(errs, fmt.Errorf("type %q: use sidecar or router", c.Type))
+	}
+	if c.IP == "" {
+		errs = append(errs, errors.New("the workload IP is required (--ip or WEFT_INSTANCE_IP)"))
+	} else if _, err := netip.ParseAddr(c.IP); err != nil {
+		errs = append(errs, fmt.Errorf("ip %q is not an IP address", c.IP))
+	}
+	if c.Name == "" {
+		errs = append(errs, errors.New("the workload name is required (--name or WEFT_WORKLOAD_NAME)"))
+	}
+	if strings.ContainsAny(c.Name+c.Namespace, "~ ") {
+		errs = append(errs, fmt.Errorf("name and namespace may not contain '~' or spaces"))
+	}
+	return errors.Join(errs...)
+}
+
+// NodeID is Istio's "<type>~<ip>~<name>.<namespace>~<namespace>.svc.<trust domain>".
+func (c *Config) NodeID() string {
+	return fmt.Sprintf("%s~%s~%s.%s~%s.svc.%s", c.Type, c.IP, c.Name, c.Namespace, c.Namespace, c.TrustDomain)
+}
+
+// Node builds the xDS node with Istio's metadata keys.
+func (c *Config) Node() (*core.Node, error) {
+	md := map[string]any{
+		"NAMESPACE":     c.Namespace,
+		"WORKLOAD_NAME": c.Name,
+		"INSTANCE_IPS":  c.IP,
+	}
+	if c.ServiceAccount != "" {
+		md["SERVICE_ACCOUNT"] = c.ServiceAccount
+	}
+	if c.WorkloadGroup != "" {
+		md["WORKLOAD_GROUP"] = c.WorkloadGroup
+	}
+	if c.Explicit {
+		md["INTERCEPTION_MODE"] = "NONE"
+	} else {
+		md["INTERCEPTION_MODE"] = "REDIRECT"
+	}
+	labels := map[string]any{}
+	keys := make([]string, 0, len(c.Labels))
+	for k := range c.Labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		labels[k] = c.Labels[k]
+	}
+	md["LABELS"] = labels
+	st, err := structpb.NewStruct(md)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: node metadata: %w", err)
+	}
+	return &core.Node{Id: c.NodeID(), Cluster: c.Name + "." + c.Namespace, Metadata: st, UserAgentName: "weft-proxy"}, nil
+}

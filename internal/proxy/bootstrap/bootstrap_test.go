@@ -1,0 +1,62 @@
+package bootstrap
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestPrecedenceAndNode(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "bootstrap.yaml")
+	if err := os.WriteFile(f, []byte("ip: 10.0.0.9\nname: from-file\nnamespace: bookinfo\nlabels: {app: ratings}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Name = "from-flag" // a flag beats the file
+	env := map[string]string{"WEFT_NAME": "ignored", "WEFT_SERVICE_ACCOUNT": "ratings-sa", "WEFT_INTERCEPTION_MODE": "NONE", "WEFT_WORKLOAD_NAME": "from-env"}
+	if err := c.FromEnv(func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Name != "from-flag" || c.ServiceAccount != "ratings-sa" || !c.Explicit || c.Labels["app"] != "ratings" {
+		t.Fatalf("config = %+v", c)
+	}
+	if got := c.NodeID(); got != "sidecar~10.0.0.9~from-flag.bookinfo~bookinfo.svc.cluster.local" {
+		t.Fatalf("NodeID = %s", got)
+	}
+	n, err := c.Node()
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := n.GetMetadata().GetFields()
+	if md["NAMESPACE"].GetStringValue() != "bookinfo" || md["INTERCEPTION_MODE"].GetStringValue() != "NONE" ||
+		md["LABELS"].GetStructValue().GetFields()["app"].GetStringValue() != "ratings" {
+		t.Fatalf("metadata = %v", md)
+	}
+}
+
+func TestValidateErrors(t *testing.T) {
+	c := Config{Type: "gateway", IP: "not-an-ip"}
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("Validate accepted a bad config")
+	}
+	for _, want := range []string{`type "gateway"`, `ip "not-an-ip"`, "workload name is required"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	if _, err := ParseLabels("a=b,broken"); err == nil {
+		t.Error("ParseLabels accepted a label without =")
+	}
+	if _, err := LoadFile(filepath.Join(t.TempDir(), "nope.yaml")); err == nil {
+		t.Error("LoadFile of a missing file succeeded")
+	}
+}
