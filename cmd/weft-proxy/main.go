@@ -1,20 +1,124 @@
-// Command weft-proxy is weft's data plane: the sidecar and gateway that run
-// beside every workload. For now it only reports its version.
+// Command weft-proxy is weft's data plane: the sidecar (and, later,
+// gateway) that runs beside every workload, configured by xDS from
+// `weft server`.
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/weftmesh/weft/internal/proxy/bootstrap"
+	"github.com/weftmesh/weft/internal/proxy/sidecar"
 )
 
 // version is set at build time with -ldflags.
 var version = "0.1.0-dev"
 
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "version" || os.Args[1] == "--version") {
-		fmt.Println("weft-proxy", version)
-		return
+	root := &cobra.Command{Use: "weft-proxy", Short: "weft's sidecar and gateway", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(&cobra.Command{Use: "version", Short: "Print the version", Args: cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "weft-proxy", version) }})
+	root.AddCommand(sidecarCmd())
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
 	}
-	fmt.Fprintln(os.Stderr, "weft-proxy", version+": the sidecar is not built yet; try `weft-proxy version`")
-	os.Exit(2)
+}
+
+func sidecarCmd() *cobra.Command {
+	var cfg sidecar.Config
+	var bootFile, labels, logFormat, logLevel string
+	var adminPort, statsPort, readyPort int
+	cmd := &cobra.Command{
+		Use:   "sidecar",
+		Short: "Run the sidecar proxy for one workload",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			b := cfg.Bootstrap
+			if bootFile != "" {
+				fromFile, err := bootstrap.LoadFile(bootFile)
+				if err != nil {
+					return err
+				}
+				mergeUnset(&b, fromFile)
+			}
+			if labels != "" {
+				l, err := bootstrap.ParseLabels(labels)
+				if err != nil {
+					return fmt.Errorf("--labels: %w", err)
+				}
+				b.Labels = l
+			}
+			if err := b.FromEnv(os.Getenv); err != nil {
+				return err
+			}
+			cfg.Bootstrap = b
+			cfg.AdminAddr = "127.0.0.1:" + strconv.Itoa(adminPort)
+			cfg.StatsAddr = ":" + strconv.Itoa(statsPort)
+			cfg.ReadyAddr = ":" + strconv.Itoa(readyPort)
+			cfg.LogLevel = new(slog.LevelVar)
+			if err := cfg.LogLevel.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("invalid --log-level %q", logLevel)
+			}
+			opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+			var log *slog.Logger
+			switch logFormat {
+			case "text":
+				log = slog.New(slog.NewTextHandler(os.Stderr, opts))
+			case "json":
+				log = slog.New(slog.NewJSONHandler(os.Stderr, opts))
+			default:
+				return fmt.Errorf("invalid --log-format %q: use text or json", logFormat)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return sidecar.Run(ctx, cfg, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&bootFile, "bootstrap", "", "YAML/JSON bootstrap file (flags and WEFT_* variables override it)")
+	f.StringVar(&cfg.Bootstrap.Discovery, "discovery-address", "", "xDS server host:port (default 127.0.0.1:15010)")
+	f.StringVar(&cfg.Bootstrap.IP, "ip", "", "the workload's IP address")
+	f.StringVar(&cfg.Bootstrap.Name, "name", "", "the workload's name")
+	f.StringVarP(&cfg.Bootstrap.Namespace, "namespace", "n", "", "the workload's namespace (default \"default\")")
+	f.StringVar(&labels, "labels", "", "workload labels, k=v,k2=v2")
+	f.StringVar(&cfg.Bootstrap.ServiceAccount, "service-account", "", "the workload's service account")
+	f.StringVar(&cfg.Bootstrap.WorkloadGroup, "workload-group", "", "auto-register into this WorkloadGroup")
+	f.BoolVar(&cfg.Bootstrap.Explicit, "explicit", false, "explicit mode: no traffic capture; upstreams on 127.0.0.1:<port>")
+	f.BoolVar(&cfg.Delta, "delta", false, "use incremental (delta) xDS")
+	f.IntVar(&adminPort, "admin-port", 15000, "admin API port (127.0.0.1)")
+	f.IntVar(&statsPort, "stats-port", 15020, "Prometheus stats port")
+	f.IntVar(&readyPort, "ready-port", 15021, "readiness port")
+	f.DurationVar(&cfg.DrainDuration, "drain-duration", 5*time.Second, "how long connections may finish on SIGTERM")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	return cmd
+}
+
+// mergeUnset fills fields of b that flags left empty from the file.
+func mergeUnset(b *bootstrap.Config, file bootstrap.Config) {
+	set := func(dst *string, v string) {
+		if *dst == "" {
+			*dst = v
+		}
+	}
+	set(&b.Discovery, file.Discovery)
+	set(&b.Type, file.Type)
+	set(&b.IP, file.IP)
+	set(&b.Name, file.Name)
+	set(&b.Namespace, file.Namespace)
+	set(&b.ServiceAccount, file.ServiceAccount)
+	set(&b.WorkloadGroup, file.WorkloadGroup)
+	set(&b.TrustDomain, file.TrustDomain)
+	if len(b.Labels) == 0 {
+		b.Labels = file.Labels
+	}
+	b.Explicit = b.Explicit || file.Explicit
 }

@@ -50,6 +50,9 @@ type Options struct {
 	// Debug, if set, serves pilot's /debug/* endpoints at
 	// /weft/v1/debug/* (RBAC: non-resource URL, get).
 	Debug http.Handler
+	// Extra handlers mounted at path and path+"/" (non-resource URLs,
+	// governed by RBAC like every other), e.g. the CA's token API.
+	Extra map[string]http.Handler
 }
 
 // Server is the API server's HTTP handler.
@@ -94,6 +97,10 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("/openapi/v3/", s.handleOpenAPIV3)
 	s.mux.HandleFunc("/weft/v1/tokens", s.handleTokens)
 	s.mux.HandleFunc("/weft/v1/tokens/", s.handleTokens)
+	for path, h := range s.opts.Extra {
+		s.mux.Handle(path, h)
+		s.mux.Handle(path+"/", h)
+	}
 	if s.opts.Debug != nil {
 		s.mux.Handle("/weft/v1/debug/", http.StripPrefix("/weft/v1", s.opts.Debug))
 	}

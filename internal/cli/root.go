@@ -55,6 +55,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newGetCmd(g),
 		newDeleteCmd(g),
 		newTokenCmd(g),
+		newWorkloadCmd(g),
 		newProxyStatusCmd(g),
 		&cobra.Command{
 			Use:   "version",

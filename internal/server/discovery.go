@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/weftmesh/weft/internal/ca"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/pilot/push"
 	"github.com/weftmesh/weft/internal/pilot/xds"
@@ -41,6 +42,9 @@ type discovery struct {
 	xds    *xds.Server
 	agg    *registry.Aggregator
 	srcs   []registry.Source
+	// authority is the mesh CA; its CSR service shares the TLS port.
+	authority *ca.Authority
+	reg       prometheus.Registerer
 	// registrar auto-registers proxies into WorkloadGroups.
 	registrar *workload.Registrar
 	// addrs receives the bound TLS and plaintext addresses.
@@ -49,7 +53,7 @@ type discovery struct {
 
 // newDiscovery builds pilot over the store; sources are parsed up front so a
 // bad --registry flag fails start-up before anything listens.
-func newDiscovery(ctx context.Context, cfg DiscoveryConfig, st store.Store, reg prometheus.Registerer, log *slog.Logger) (*discovery, error) {
+func newDiscovery(ctx context.Context, cfg DiscoveryConfig, st store.Store, authority *ca.Authority, reg prometheus.Registerer, log *slog.Logger) (*discovery, error) {
 	if cfg.Listen == "" {
 		cfg.Listen = ":15012"
 	}
@@ -78,7 +82,7 @@ func newDiscovery(ctx context.Context, cfg DiscoveryConfig, st store.Store, reg 
 	// name, unanswered. Proxies apply CDS before LDS themselves.
 	cache := xds.NewCache(xds.CacheLogger{L: log.With("component", "pilot.cache")})
 	pusher := push.New(cache, reg, log.With("component", "pilot.push"), push.Options{Debounce: cfg.Debounce})
-	d := &discovery{cfg: cfg, log: log, pusher: pusher, agg: registry.NewAggregator(), srcs: srcs, addrs: make(chan [2]string, 1)}
+	d := &discovery{cfg: cfg, log: log, pusher: pusher, authority: authority, reg: reg, agg: registry.NewAggregator(), srcs: srcs, addrs: make(chan [2]string, 1)}
 	d.xds = xds.New(ctx, cache, pusher, log.With("component", "pilot.xds"))
 	d.registrar = workload.New(st, log.With("component", "registry.workload"), workload.Options{})
 	d.xds.Hooks = &autoRegister{r: d.registrar, log: log}
@@ -169,8 +173,12 @@ func (d *discovery) run(ctx context.Context, st store.Store, tlsCert tls.Certifi
 	go d.pusher.Run(ctx)
 	go d.registrar.Run(ctx)
 
-	creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{tlsCert}, NextProtos: []string{"h2"}})
-	servers := []*grpc.Server{xds.NewGRPCServer(grpc.Creds(creds))}
+	// :15012 asks for (but does not require) a workload certificate from
+	// the mesh CA; the CSR service authenticates callers by it or by a
+	// bootstrap token, and is not offered on the plaintext port.
+	tlsCfg := d.authority.ServerTLS(&tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{tlsCert}, NextProtos: []string{"h2"}})
+	servers := []*grpc.Server{xds.NewGRPCServer(grpc.Creds(credentials.NewTLS(tlsCfg)))}
+	ca.NewService(d.authority, ca.ServiceOptions{Registerer: d.reg}, d.log.With("component", "ca")).Register(servers[0])
 	lns := []net.Listener{tlsLn}
 	if plainLn != nil {
 		servers = append(servers, xds.NewGRPCServer())

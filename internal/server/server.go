@@ -24,6 +24,7 @@ import (
 	"github.com/weftmesh/weft/internal/apiserver"
 	"github.com/weftmesh/weft/internal/apiserver/authn"
 	"github.com/weftmesh/weft/internal/apiserver/rbac"
+	"github.com/weftmesh/weft/internal/ca"
 	"github.com/weftmesh/weft/internal/kubeconfig"
 	"github.com/weftmesh/weft/internal/pki"
 	"github.com/weftmesh/weft/internal/store"
@@ -52,6 +53,9 @@ type Config struct {
 	Components []string
 	// Discovery configures Pilot.
 	Discovery DiscoveryConfig
+	// CA configures the mesh CA (Citadel). CACertsDir defaults to
+	// <data-dir>/cacerts (Istio's plugged-in cacerts file names).
+	CA ca.Options
 	// Version is reported by /version.
 	Version string
 	// Clock is injectable for tests; default time.Now.
@@ -74,6 +78,7 @@ type Server struct {
 	api   *apiserver.Server
 	reg   *prometheus.Registry
 	disc  *discovery
+	mesh  *ca.Authority
 
 	// Addr is the bound config API address, known once Run has started
 	// listening (useful with Listen ":0").
@@ -104,7 +109,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: creating data dir: %w", err)
 	}
-	ca, created, err := pki.LoadOrCreateCA(cfg.DataDir, "weft-apiserver-ca", cfg.Clock())
+	apiCA, created, err := pki.LoadOrCreateCA(cfg.DataDir, "weft-apiserver-ca", cfg.Clock())
 	if err != nil {
 		return nil, err
 	}
@@ -124,17 +129,28 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	tokens := authn.NewTokens(st, cfg.Clock)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s := &Server{cfg: cfg, log: log, store: st, ca: ca, reg: reg, addr: make(chan string, 1)}
+	s := &Server{cfg: cfg, log: log, store: st, ca: apiCA, reg: reg, addr: make(chan string, 1)}
+	co := cfg.CA
+	if co.CACertsDir == "" {
+		co.CACertsDir = filepath.Join(cfg.DataDir, "cacerts")
+	}
+	co.KEKFile = filepath.Join(cfg.DataDir, ca.KEKFileName)
+	co.Clock = cfg.Clock
+	if s.mesh, err = ca.New(ctx, st, co, log.With("component", "ca")); err != nil {
+		st.Close()
+		return nil, err
+	}
 	var debug http.Handler
 	if comps["discovery"] {
-		if s.disc, err = newDiscovery(ctx, cfg.Discovery, st, reg, log); err != nil {
+		if s.disc, err = newDiscovery(ctx, cfg.Discovery, st, s.mesh, reg, log); err != nil {
 			st.Close()
 			return nil, err
 		}
 		debug = s.disc.debugHandler()
 	}
 	s.api = apiserver.New(st, authn.NewAuthenticator(tokens), rbac.New(st), tokens,
-		log.With("component", "apiserver"), apiserver.Options{Clock: cfg.Clock, Version: cfg.Version, Debug: debug})
+		log.With("component", "apiserver"), apiserver.Options{Clock: cfg.Clock, Version: cfg.Version, Debug: debug,
+			Extra: map[string]http.Handler{ca.TokenPath: s.mesh.TokenHandler(), ca.RootsPath: s.mesh.RootsHandler()}})
 	if err := s.api.Bootstrap(ctx); err != nil {
 		st.Close()
 		return nil, err
@@ -291,6 +307,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("weft server ready", "api", "https://"+clientAddr(ln.Addr().String()), "store", s.cfg.Store.Backend,
 		"kubeconfig", filepath.Join(s.cfg.DataDir, KubeconfigFile))
 	go s.compactLoop(ctx)
+	go s.mesh.Run(ctx)
 	select {
 	case <-ctx.Done():
 	case err := <-errc:

@@ -1,0 +1,219 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/weftmesh/weft/internal/proxy/cluster/lb"
+)
+
+var policies = []clusterv3.Cluster_LbPolicy{
+	clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_LEAST_REQUEST, clusterv3.Cluster_RANDOM,
+	clusterv3.Cluster_RING_HASH, clusterv3.Cluster_MAGLEV,
+}
+
+// hashCtx gives hashing policies well-spread keys.
+func hashCtx(i int) PickContext { return PickContext{HashKey: lb.Mix64(uint64(i) + 7), HasHash: true} }
+
+// tolerance is the allowed deviation of a share over 10k picks: a ring of
+// ~1-2k points (the default minimum of 1024) places hosts with a few
+// percent of variance, as Envoy's does.
+func tolerance(p clusterv3.Cluster_LbPolicy) float64 {
+	if p == clusterv3.Cluster_RING_HASH {
+		return 0.035
+	}
+	return 0.02
+}
+
+func checkShare(t *testing.T, got map[string]int, want map[string]float64, n int, tol float64) {
+	t.Helper()
+	for addr, w := range want {
+		if s := float64(got[addr]) / float64(n); math.Abs(s-w) > tol {
+			t.Errorf("%s: share %.4f, want %.4f ± %.3f (%v)", addr, s, w, tol, got)
+		}
+	}
+	for addr := range got {
+		if _, ok := want[addr]; !ok {
+			t.Errorf("unexpected endpoint %s picked %d times", addr, got[addr])
+		}
+	}
+}
+
+func TestWeightedEndpoints(t *testing.T) {
+	for _, p := range policies {
+		t.Run(p.String(), func(t *testing.T) {
+			c := mustCompile(t, edsCluster("c", p), cla("c", loc{eps: []ep{
+				{addr: "10.0.0.1", weight: 1}, {addr: "10.0.0.2", weight: 3}, {addr: "10.0.0.3", weight: 6},
+			}}))
+			got := counts(t, c, 10000, hashCtx)
+			checkShare(t, got, map[string]float64{"10.0.0.1:8080": 0.1, "10.0.0.2:8080": 0.3, "10.0.0.3:8080": 0.6}, 10000, tolerance(p))
+		})
+	}
+}
+
+// weightedLocalities is pilot's weighted-localities shape: locality
+// weights are the sums of their endpoints' weights, here skewed on
+// purpose (locality a: 1, b: 3) so that locality weighting shows.
+func weightedLocalities() []loc {
+	return []loc{
+		{region: "a", weight: 1, eps: []ep{{addr: "10.1.0.1", weight: 8}, {addr: "10.1.0.2", weight: 2}}},
+		{region: "b", weight: 3, eps: []ep{{addr: "10.2.0.1", weight: 1}}},
+	}
+}
+
+func TestLocalityWeights(t *testing.T) {
+	want := map[string]float64{"10.1.0.1:8080": 0.2, "10.1.0.2:8080": 0.05, "10.2.0.1:8080": 0.75}
+	for _, p := range policies {
+		t.Run(p.String(), func(t *testing.T) {
+			c := mustCompile(t, edsCluster("c", p), cla("c", weightedLocalities()...))
+			checkShare(t, counts(t, c, 10000, hashCtx), want, 10000, tolerance(p))
+		})
+	}
+}
+
+func TestLocalityAvailabilityScalesWeight(t *testing.T) {
+	// Locality b has 2 of 4 endpoints up: 1.4 × 50% = 70% of its weight,
+	// so a gets 10/17.
+	locs := []loc{
+		{region: "a", weight: 10, eps: []ep{{addr: "10.1.0.1"}}},
+		{region: "b", weight: 10, eps: []ep{{addr: "10.2.0.1"}, {addr: "10.2.0.2"},
+			{addr: "10.2.0.3", health: corev3.HealthStatus_UNHEALTHY}, {addr: "10.2.0.4", health: corev3.HealthStatus_DRAINING}}},
+	}
+	c := mustCompile(t, edsCluster("c", clusterv3.Cluster_ROUND_ROBIN), cla("c", locs...))
+	got := counts(t, c, 10000, nil)
+	a := float64(got["10.1.0.1:8080"]) / 10000
+	if math.Abs(a-10.0/17) > 0.01 {
+		t.Errorf("locality a share %.3f, want %.3f (%v)", a, 10.0/17, got)
+	}
+}
+
+func TestHealthAndPanic(t *testing.T) {
+	unhealthy := corev3.HealthStatus_UNHEALTHY
+	for _, p := range policies {
+		t.Run(p.String(), func(t *testing.T) {
+			// 3 of 4 healthy: the unhealthy one gets nothing.
+			c := mustCompile(t, edsCluster("c", p), cla("c", loc{eps: []ep{
+				{addr: "10.0.0.1"}, {addr: "10.0.0.2"}, {addr: "10.0.0.3"}, {addr: "10.0.0.4", health: unhealthy},
+			}}))
+			if got := counts(t, c, 3000, hashCtx); got["10.0.0.4:8080"] != 0 || len(got) != 3 {
+				t.Errorf("healthy set: %v", got)
+			}
+			// 1 of 4 healthy (25% < 50%): panic, all four take traffic.
+			c = mustCompile(t, edsCluster("c", p), cla("c", loc{eps: []ep{
+				{addr: "10.0.0.1"}, {addr: "10.0.0.2", health: unhealthy}, {addr: "10.0.0.3", health: corev3.HealthStatus_TIMEOUT},
+				{addr: "10.0.0.4", health: unhealthy},
+			}}))
+			if got := counts(t, c, 3000, hashCtx); len(got) != 4 {
+				t.Errorf("panic mode: %v", got)
+			}
+			// All unhealthy with panic disabled: no healthy upstream.
+			cc := edsCluster("c", p)
+			cc.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 0}}
+			c = mustCompile(t, cc, cla("c", loc{eps: []ep{{addr: "10.0.0.1", health: unhealthy}}}))
+			if _, err := c.Pick(PickContext{}); !errors.Is(err, ErrNoHealthyUpstream) {
+				t.Errorf("Pick = %v, want ErrNoHealthyUpstream", err)
+			}
+		})
+	}
+}
+
+func TestDegradedOnlyWithoutHealthy(t *testing.T) {
+	c := mustCompile(t, edsCluster("c", clusterv3.Cluster_ROUND_ROBIN), cla("c", loc{eps: []ep{
+		{addr: "10.0.0.1"}, {addr: "10.0.0.2", health: corev3.HealthStatus_DEGRADED},
+	}}))
+	if got := counts(t, c, 100, nil); got["10.0.0.1:8080"] != 100 {
+		t.Errorf("degraded endpoint used while a healthy one is up: %v", got)
+	}
+	c = mustCompile(t, edsCluster("c", clusterv3.Cluster_ROUND_ROBIN), cla("c", loc{eps: []ep{
+		{addr: "10.0.0.1", health: corev3.HealthStatus_UNHEALTHY}, {addr: "10.0.0.2", health: corev3.HealthStatus_DEGRADED},
+	}}))
+	if got := counts(t, c, 100, nil); got["10.0.0.2:8080"] != 100 {
+		t.Errorf("degraded endpoint unused: %v", got)
+	}
+}
+
+func TestNoEndpoints(t *testing.T) {
+	c := mustCompile(t, edsCluster("c", clusterv3.Cluster_ROUND_ROBIN), nil)
+	if _, err := c.Pick(PickContext{}); !errors.Is(err, ErrNoHealthyUpstream) {
+		t.Errorf("Pick without EDS = %v", err)
+	}
+}
+
+func TestExclude(t *testing.T) {
+	for _, p := range policies {
+		t.Run(p.String(), func(t *testing.T) {
+			c := mustCompile(t, edsCluster("c", p), cla("c", loc{eps: []ep{{addr: "10.0.0.1"}, {addr: "10.0.0.2"}, {addr: "10.0.0.3"}}}))
+			for i := range 300 {
+				pc := hashCtx(i)
+				pc.Exclude = []string{"10.0.0.1:8080", "10.0.0.3:8080"}
+				e, err := c.Pick(pc)
+				if err != nil || e.Address != "10.0.0.2:8080" {
+					t.Fatalf("Pick = %v, %v; want the only endpoint not excluded", e, err)
+				}
+			}
+			// Everything excluded: still an endpoint (retry on one tried).
+			pc := PickContext{Exclude: []string{"10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"}}
+			if _, err := c.Pick(pc); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestOriginalDst(t *testing.T) {
+	cc := &clusterv3.Cluster{Name: "PassthroughCluster", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy: clusterv3.Cluster_CLUSTER_PROVIDED,
+		UpstreamBindConfig: &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{Address: "127.0.0.6",
+			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0}}}}
+	c := mustCompile(t, cc, nil)
+	if c.BindAddress != netip.MustParseAddr("127.0.0.6") {
+		t.Errorf("BindAddress = %v", c.BindAddress)
+	}
+	dst := netip.MustParseAddrPort("10.9.8.7:443")
+	e, err := c.Pick(PickContext{OriginalDst: dst})
+	if err != nil || e.Address != "10.9.8.7:443" {
+		t.Fatalf("Pick = %v, %v", e, err)
+	}
+	if e2, _ := c.Pick(PickContext{OriginalDst: dst}); e2 != e {
+		t.Error("original destination endpoint not reused")
+	}
+	if _, err := c.Pick(PickContext{}); !errors.Is(err, ErrNoOriginalDst) || !errors.Is(err, ErrNoHealthyUpstream) {
+		t.Errorf("Pick without destination = %v", err)
+	}
+}
+
+func TestHashConsistencyThroughCluster(t *testing.T) {
+	for _, p := range []clusterv3.Cluster_LbPolicy{clusterv3.Cluster_RING_HASH, clusterv3.Cluster_MAGLEV} {
+		t.Run(p.String(), func(t *testing.T) {
+			var eps []ep
+			for i := range 10 {
+				eps = append(eps, ep{addr: fmt.Sprintf("10.0.0.%d", i+1)})
+			}
+			c1 := mustCompile(t, edsCluster("c", p), cla("c", loc{eps: eps}))
+			c2 := mustCompile(t, edsCluster("c", p), cla("c", loc{eps: append(append([]ep(nil), eps[:4]...), eps[5:]...)}))
+			moved, kept := 0, 0
+			for i := range 10000 {
+				a, _ := c1.Pick(hashCtx(i))
+				if again, _ := c1.Pick(hashCtx(i)); again != a {
+					t.Fatal("same key, different endpoint")
+				}
+				if a.Address == "10.0.0.5:8080" {
+					continue
+				}
+				kept++
+				if b, _ := c2.Pick(hashCtx(i)); b.Address != a.Address {
+					moved++
+				}
+			}
+			if frac := float64(moved) / float64(kept); frac > 0.02 {
+				t.Errorf("removing 1 of 10 endpoints moved %.3f of the other keys", frac)
+			}
+		})
+	}
+}

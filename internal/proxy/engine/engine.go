@@ -1,0 +1,370 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/weftmesh/weft/internal/proxy/admin"
+	"github.com/weftmesh/weft/internal/proxy/cluster"
+	"github.com/weftmesh/weft/internal/proxy/listener"
+	"github.com/weftmesh/weft/internal/proxy/tcp"
+	"github.com/weftmesh/weft/internal/proxy/xdsclient"
+	"github.com/weftmesh/weft/internal/telemetry"
+)
+
+// Options configure an Engine.
+type Options struct {
+	// Workload describes this proxy's own workload (metric labels).
+	Workload telemetry.Peer
+	// DrainDuration is how long connections get to finish on drain.
+	// Default 5s.
+	DrainDuration time.Duration
+	// TCPIdleTimeout closes idle TCP proxy connections. Default 1h.
+	TCPIdleTimeout time.Duration
+	// Registerer receives the proxy's metrics.
+	Registerer prometheus.Registerer
+}
+
+// Engine is the running data plane.
+type Engine struct {
+	log      *slog.Logger
+	opts     Options
+	metrics  *telemetry.Metrics
+	clusters *cluster.Manager
+	cur      atomic.Pointer[runtime]
+	// compiled caches the runtime the validator built for a snapshot, so
+	// Apply does not compile twice.
+	compiled sync.Map // *xdsclient.Snapshot -> *runtime
+
+	mu       sync.Mutex
+	bound    map[netip.AddrPort]*boundListener
+	draining atomic.Bool
+	quit     chan struct{}
+	quitOnce sync.Once
+	conns    sync.WaitGroup
+
+	transports sync.Map // cluster name -> *http.Transport
+}
+
+// boundListener is one listening socket and its HTTP servers.
+type boundListener struct {
+	addr netip.AddrPort
+	ln   net.Listener
+	// name of the Listener resource currently served on this socket.
+	name atomic.Value
+	srv  *http.Server
+	feed chan net.Conn
+}
+
+// New returns an engine with no config; Validate and Apply feed it.
+func New(log *slog.Logger, opts Options) *Engine {
+	if opts.DrainDuration <= 0 {
+		opts.DrainDuration = 5 * time.Second
+	}
+	if opts.TCPIdleTimeout <= 0 {
+		opts.TCPIdleTimeout = time.Hour
+	}
+	reg := opts.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	return &Engine{log: log, opts: opts, metrics: telemetry.NewMetrics(reg), clusters: cluster.NewManager(cluster.Options{}),
+		bound: map[netip.AddrPort]*boundListener{}, quit: make(chan struct{})}
+}
+
+// Validate compiles a snapshot; an error makes the xDS client NACK it.
+func (e *Engine) Validate(s *xdsclient.Snapshot) error {
+	rt, err := compileRuntime(s)
+	if err != nil {
+		return err
+	}
+	e.compiled.Store(s, rt)
+	return nil
+}
+
+// Apply swaps in a validated snapshot and opens or closes listening
+// sockets to match it. Sockets that stay keep their connections.
+func (e *Engine) Apply(s *xdsclient.Snapshot) error {
+	v, ok := e.compiled.LoadAndDelete(s)
+	if !ok {
+		if err := e.Validate(s); err != nil {
+			return err
+		}
+		v, _ = e.compiled.LoadAndDelete(s)
+	}
+	rt := v.(*runtime)
+	e.clusters.Update(rt.clusters)
+	rt.clusters = e.clusters.Clusters()
+	e.cur.Store(rt)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	want := map[netip.AddrPort]*listenerSpec{}
+	for _, ls := range rt.listeners {
+		if ls.bind {
+			want[ls.addr] = ls
+		}
+	}
+	var errs []error
+	for addr, ls := range want {
+		if bl, ok := e.bound[addr]; ok {
+			bl.name.Store(ls.name)
+			continue
+		}
+		bl, err := e.listen(addr, ls.name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		e.bound[addr] = bl
+	}
+	for addr, bl := range e.bound {
+		if _, ok := want[addr]; !ok {
+			_ = bl.ln.Close()
+			delete(e.bound, addr)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run applies the client's updates until ctx ends, then drains.
+func (e *Engine) Run(ctx context.Context, updates <-chan *xdsclient.Snapshot) error {
+	for {
+		select {
+		case <-ctx.Done():
+			e.shutdown()
+			return nil
+		case <-e.quit:
+			e.shutdown()
+			return nil
+		case s := <-updates:
+			if err := e.Apply(s); err != nil {
+				e.log.Error("applying config", "error", err)
+			}
+		}
+	}
+}
+
+func (e *Engine) listen(addr netip.AddrPort, name string) (*boundListener, error) {
+	ln, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("listener %s on %s: %w", name, addr, err)
+	}
+	bl := &boundListener{addr: addr, ln: ln, feed: make(chan net.Conn)}
+	bl.name.Store(name)
+	bl.srv = e.newHTTPServer(bl)
+	go func() { _ = bl.srv.Serve(&chanListener{ch: bl.feed, addr: ln.Addr()}) }()
+	go e.accept(bl)
+	e.log.Info("listening", "listener", name, "address", addr)
+	return bl, nil
+}
+
+func (e *Engine) accept(bl *boundListener) {
+	for {
+		c, err := bl.ln.Accept()
+		if err != nil {
+			return
+		}
+		e.conns.Add(1)
+		go func() {
+			defer e.conns.Done()
+			e.serveConn(bl, c)
+		}()
+	}
+}
+
+// serveConn finds the listener and filter chain for a connection and hands
+// it to the HTTP server or the TCP proxy.
+func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
+	rt := e.cur.Load()
+	ls := rt.listeners[bl.name.Load().(string)]
+	if ls == nil {
+		_ = c.Close()
+		return
+	}
+	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	if ls.useOrigDst {
+		if od, err := listener.OriginalDst(c); err == nil {
+			dst = od
+		}
+		if target := rt.virtualFor(dst); target != nil {
+			ls = target
+		}
+	}
+	ch := ls.match(dst, "")
+	if ch == nil {
+		e.log.Debug("no filter chain matches", "listener", ls.name, "destination", dst)
+		_ = c.Close()
+		return
+	}
+	switch {
+	case ch.tcp != nil:
+		e.proxyTCP(rt, c, ch.tcp, dst)
+	case ch.http != nil:
+		conn := &chainConn{Conn: c, chain: ch.http, dst: dst}
+		select {
+		case bl.feed <- conn:
+		case <-e.quit:
+			_ = c.Close()
+		}
+	}
+}
+
+// virtualFor finds the listener (not bound to a port) that owns dst: one
+// whose address is dst's IP, else one on 0.0.0.0 / ::.
+func (rt *runtime) virtualFor(dst netip.AddrPort) *listenerSpec {
+	var wildcard *listenerSpec
+	for _, ls := range rt.virtual[uint32(dst.Port())] {
+		if ls.addr.Addr() == dst.Addr().Unmap() {
+			return ls
+		}
+		if ls.addr.Addr().IsUnspecified() {
+			wildcard = ls
+		}
+	}
+	return wildcard
+}
+
+func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.AddrPort) {
+	name := t.pick(rand.Uint64())
+	c := rt.clusters[name]
+	labels := e.tcpLabels(name)
+	if c == nil {
+		e.log.Debug("tcp: unknown cluster", "cluster", name)
+		_ = down.Close()
+		return
+	}
+	ep, err := c.Pick(cluster.PickContext{OriginalDst: dst})
+	if err != nil {
+		_ = down.Close()
+		return
+	}
+	up, err := net.DialTimeout("tcp", ep.Address, c.ConnectTimeout)
+	if err != nil {
+		c.State().Report(ep, cluster.Outcome{ConnectFailure: true})
+		_ = down.Close()
+		return
+	}
+	e.metrics.TCPOpened.With(labels).Inc()
+	counts := tcp.Proxy(down, up, e.opts.TCPIdleTimeout)
+	e.metrics.TCPReceived.With(labels).Add(float64(counts.Sent))
+	e.metrics.TCPSent.With(labels).Add(float64(counts.Received))
+	e.metrics.TCPClosed.With(labels).Inc()
+}
+
+// Drain stops taking new connections' requests gracefully: HTTP/1 gets
+// Connection: close, HTTP/2 a GOAWAY.
+func (e *Engine) Drain() {
+	if e.draining.Swap(true) {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, bl := range e.bound {
+		bl.srv.SetKeepAlivesEnabled(false)
+	}
+}
+
+// Quit drains and makes Run return.
+func (e *Engine) Quit() {
+	e.Drain()
+	e.quitOnce.Do(func() { close(e.quit) })
+}
+
+func (e *Engine) shutdown() {
+	e.Drain()
+	e.mu.Lock()
+	bound := make([]*boundListener, 0, len(e.bound))
+	for _, bl := range e.bound {
+		bound = append(bound, bl)
+		_ = bl.ln.Close()
+	}
+	e.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.DrainDuration)
+	defer cancel()
+	for _, bl := range bound {
+		_ = bl.srv.Shutdown(ctx)
+	}
+}
+
+// Ready reports whether a config has been applied and the proxy is not
+// draining.
+func (e *Engine) Ready() (bool, string) {
+	if e.draining.Load() {
+		return false, "draining"
+	}
+	if e.cur.Load() == nil {
+		return false, "no configuration received from discovery yet"
+	}
+	return true, ""
+}
+
+// Config returns the applied config for the admin API.
+func (e *Engine) Config() *admin.Config {
+	rt := e.cur.Load()
+	if rt == nil {
+		return nil
+	}
+	return snapshotConfig(rt.snap)
+}
+
+// Endpoints returns live upstream state for /clusters.
+func (e *Engine) Endpoints() []admin.EndpointStatus {
+	var out []admin.EndpointStatus
+	for name, c := range e.clusters.Clusters() {
+		for _, ep := range c.Endpoints() {
+			out = append(out, admin.EndpointStatus{Cluster: name, Address: ep.Address, Healthy: ep.Health == cluster.Healthy,
+				Ejected: ep.Ejected(), ActiveRequests: ep.ActiveRequests()})
+		}
+	}
+	return out
+}
+
+// chanListener feeds accepted connections to an http.Server.
+type chanListener struct {
+	ch   chan net.Conn
+	addr net.Addr
+	once sync.Once
+	done chan struct{}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	l.once.Do(func() { l.done = make(chan struct{}) })
+	select {
+	case c, ok := <-l.ch:
+		if !ok {
+			return nil, net.ErrClosed
+		}
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { l.done = make(chan struct{}) })
+	select {
+	case <-l.done:
+	default:
+		close(l.done)
+	}
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// chainConn carries the HTTP chain and original destination to handlers.
+type chainConn struct {
+	net.Conn
+	chain *httpChain
+	dst   netip.AddrPort
+}

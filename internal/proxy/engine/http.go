@@ -1,0 +1,477 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/weftmesh/weft/internal/proxy/cluster"
+	"github.com/weftmesh/weft/internal/proxy/route"
+	"github.com/weftmesh/weft/internal/telemetry"
+)
+
+type connKey struct{}
+
+// maxRetryBody is the largest request body buffered so it can be replayed
+// on a retry; larger bodies are streamed and not retried once sent.
+const maxRetryBody = 64 << 10
+
+func (e *Engine) newHTTPServer(bl *boundListener) *http.Server {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true) // h2c with prior knowledge
+	return &http.Server{
+		Handler:           http.HandlerFunc(e.serveHTTP),
+		Protocols:         &protos,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       time.Hour,
+		MaxHeaderBytes:    60 << 10, // Envoy's default 60 KiB
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
+	}
+}
+
+// exchange is the state of one proxied request.
+type exchange struct {
+	start    time.Time
+	flags    string
+	cluster  string
+	upstream string
+	code     int
+	reqBytes int64
+}
+
+func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	ex := &exchange{start: time.Now()}
+	cc, _ := r.Context().Value(connKey{}).(*chainConn)
+	rt := e.cur.Load()
+	if cc == nil || rt == nil {
+		http.Error(w, "no configuration", http.StatusServiceUnavailable)
+		return
+	}
+	if e.draining.Load() {
+		w.Header().Set("Connection", "close")
+	}
+	table := cc.chain.inline
+	if table == nil {
+		table = rt.routes[cc.chain.rdsName]
+	}
+	src, _ := netip.ParseAddrPort(r.RemoteAddr)
+	req := &route.Request{Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Headers: r.Header, SourceIP: src.Addr()}
+	rte, _, ok := (*route.Route)(nil), (*route.VirtualHost)(nil), false
+	if table != nil {
+		rte, _, ok = table.Match(req)
+	}
+	defer func() { e.record(cc, ex, r) }()
+	if !ok {
+		ex.flags, ex.code = "NR", http.StatusNotFound
+		w.WriteHeader(http.StatusNotFound)
+		return
+	}
+	if r.Header.Get("X-Request-Id") == "" {
+		r.Header.Set("X-Request-Id", newRequestID())
+	}
+	if rte.CORS != nil {
+		if route.IsPreflight(req) {
+			if h, ok := rte.CORS.Preflight(r.Header.Get("Origin"), r.Header.Get("Access-Control-Request-Method"), r.Header.Get("Access-Control-Request-Headers")); ok {
+				copyHeader(w.Header(), h)
+				ex.code = http.StatusOK
+				w.WriteHeader(http.StatusOK)
+				return
+			}
+		} else if h, ok := rte.CORS.ResponseHeaders(r.Header.Get("Origin")); ok {
+			copyHeader(w.Header(), h)
+		}
+	}
+	switch rte.Action {
+	case route.ActionDirectResponse:
+		ex.code = rte.DirectResponse.Status
+		w.WriteHeader(ex.code)
+		_, _ = w.Write(rte.DirectResponse.Body)
+		return
+	case route.ActionRedirect:
+		loc, code, _ := rte.RedirectFor(req)
+		w.Header().Set("Location", loc)
+		ex.code = code
+		w.WriteHeader(code)
+		return
+	}
+	if f := rte.Fault; f != nil {
+		delay, abort, _ := f.Decide(rand.Uint32())
+		if delay > 0 {
+			ex.flags = "DI"
+			select {
+			case <-time.After(delay):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		if abort > 0 {
+			ex.flags, ex.code = "FI", abort
+			w.WriteHeader(abort)
+			_, _ = w.Write([]byte("fault filter abort"))
+			return
+		}
+	}
+	name, wc := rte.PickCluster(rand.Uint32())
+	ex.cluster = name
+	c := rt.clusters[name]
+	if c == nil {
+		ex.flags, ex.code = "NC", rte.ClusterNotFoundStatus
+		w.WriteHeader(ex.code)
+		return
+	}
+	e.forward(w, r, req, rte, wc, c, cc, ex)
+}
+
+// forward sends the request upstream with retries and streams the answer.
+func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Request, rte *route.Route, wc *route.Cluster,
+	c *cluster.Cluster, cc *chainConn, ex *exchange) {
+	ctx := r.Context()
+	if rte.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rte.Timeout)
+		defer cancel()
+	}
+	var body []byte
+	retries := 0
+	if rte.Retry != nil {
+		retries = int(rte.Retry.NumRetries)
+	}
+	if r.Body != nil && r.Body != http.NoBody && retries > 0 && r.ContentLength >= 0 && r.ContentLength <= maxRetryBody {
+		b, err := io.ReadAll(io.LimitReader(r.Body, maxRetryBody+1))
+		if err != nil {
+			ex.flags, ex.code = "DPE", http.StatusBadRequest
+			w.WriteHeader(ex.code)
+			return
+		}
+		body = b
+		ex.reqBytes = int64(len(b))
+	} else if r.ContentLength > 0 {
+		ex.reqBytes = r.ContentLength
+	}
+	hashKey, hasHash := rte.HashKey(req)
+	path := rte.RewritePath(r.URL.RequestURI())
+	host := rte.UpstreamHost(wc)
+	var tried []string
+	for attempt := 0; ; attempt++ {
+		ep, err := c.Pick(cluster.PickContext{HashKey: hashKey, HasHash: hasHash, Exclude: tried, OriginalDst: cc.dst})
+		if err != nil {
+			ex.flags, ex.code = "UH", http.StatusServiceUnavailable
+			w.WriteHeader(ex.code)
+			_, _ = w.Write([]byte("no healthy upstream"))
+			return
+		}
+		release, ok := c.State().Acquire(cluster.Requests)
+		if !ok {
+			ex.flags, ex.code = "UO", http.StatusServiceUnavailable
+			w.Header().Set("X-Envoy-Overloaded", "true")
+			w.WriteHeader(ex.code)
+			_, _ = w.Write([]byte("upstream connect error or disconnect/reset before headers. reset reason: overflow"))
+			return
+		}
+		tried = append(tried, ep.Address)
+		ex.upstream = ep.Address
+		out := r.Clone(ctx)
+		out.RequestURI = ""
+		out.URL.Scheme, out.URL.Host = "http", ep.Address
+		if u, err := out.URL.Parse(path); err == nil {
+			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
+		}
+		if host != "" {
+			out.Host = host
+		}
+		if body != nil {
+			out.Body = io.NopCloser(bytes.NewReader(body))
+			out.ContentLength = int64(len(body))
+		}
+		removeHopHeaders(out.Header)
+		if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+			if prior := out.Header.Get("X-Forwarded-For"); prior != "" {
+				ip = prior + ", " + ip
+			}
+			out.Header.Set("X-Forwarded-For", ip)
+		}
+		out.Header.Set("X-Forwarded-Proto", "http")
+		rte.ApplyRequestHeaders(out.Header, wc)
+		actx := ctx
+		var cancelTry context.CancelFunc
+		if rte.Retry != nil && rte.Retry.PerTryTimeout > 0 {
+			actx, cancelTry = context.WithTimeout(ctx, rte.Retry.PerTryTimeout)
+			out = out.WithContext(actx)
+		}
+		ep.StartRequest()
+		resp, err := e.transport(c).RoundTrip(out)
+		ep.EndRequest()
+		outcome := cluster.Outcome{}
+		switch {
+		case err != nil:
+			outcome.ConnectFailure = isConnectError(err)
+			outcome.Status = http.StatusServiceUnavailable
+		default:
+			outcome.Status = resp.StatusCode
+			outcome.GatewayError = resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504
+		}
+		c.State().Report(ep, outcome)
+		retry := attempt < retries && ctx.Err() == nil && (body != nil || r.Body == nil || r.Body == http.NoBody) &&
+			shouldRetry(rte.Retry, resp, err, actx)
+		if !retry {
+			release()
+			if err != nil {
+				if cancelTry != nil {
+					cancelTry()
+				}
+				e.upstreamError(w, ctx, err, ex)
+				return
+			}
+			e.respond(w, resp, rte, wc, ex)
+			if cancelTry != nil {
+				cancelTry()
+			}
+			return
+		}
+		if resp != nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+		}
+		if cancelTry != nil {
+			cancelTry()
+		}
+		release()
+		select {
+		case <-time.After(backoff(rte.Retry, attempt)):
+		case <-ctx.Done():
+		}
+	}
+}
+
+func shouldRetry(p *route.RetryPolicy, resp *http.Response, err error, attemptCtx context.Context) bool {
+	if p == nil {
+		return false
+	}
+	if err != nil {
+		if errors.Is(attemptCtx.Err(), context.DeadlineExceeded) {
+			return p.RetryOn.Has(route.Retry5xx) || p.RetryOn.Has(route.RetryGatewayError)
+		}
+		return p.RetryOn.Has(route.RetryConnectFailure) || p.RetryOn.Has(route.RetryReset) || p.RetryOn.Has(route.Retry5xx)
+	}
+	if p.RetriableStatus(resp.StatusCode) {
+		return true
+	}
+	if gs := resp.Header.Get("Grpc-Status"); gs != "" {
+		if n, err := strconv.Atoi(gs); err == nil && p.RetriableGRPC(n) {
+			return true
+		}
+	}
+	return false
+}
+
+func backoff(p *route.RetryPolicy, attempt int) time.Duration {
+	base, maxB := 25*time.Millisecond, 250*time.Millisecond
+	if p != nil && p.BackoffBase > 0 {
+		base = p.BackoffBase
+	}
+	if p != nil && p.BackoffMax > 0 {
+		maxB = p.BackoffMax
+	}
+	d := base << min(attempt, 10)
+	if d > maxB {
+		d = maxB
+	}
+	return time.Duration(rand.Int64N(int64(d) + 1)) // full jitter
+}
+
+func isConnectError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// upstreamError answers a failed exchange the way Envoy does.
+func (e *Engine) upstreamError(w http.ResponseWriter, ctx context.Context, err error, ex *exchange) {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		ex.flags, ex.code = "UT", http.StatusGatewayTimeout
+		w.WriteHeader(ex.code)
+		_, _ = w.Write([]byte("upstream request timeout"))
+	case errors.Is(ctx.Err(), context.Canceled):
+		ex.flags, ex.code = "DC", 499
+	case isConnectError(err):
+		ex.flags, ex.code = "UF", http.StatusServiceUnavailable
+		w.WriteHeader(ex.code)
+		_, _ = fmt.Fprintf(w, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+	default:
+		ex.flags, ex.code = "UC", http.StatusServiceUnavailable
+		w.WriteHeader(ex.code)
+		_, _ = fmt.Fprintf(w, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+	}
+}
+
+// respond streams the upstream response (headers, body, trailers).
+func (e *Engine) respond(w http.ResponseWriter, resp *http.Response, rte *route.Route, wc *route.Cluster, ex *exchange) {
+	defer resp.Body.Close()
+	removeHopHeaders(resp.Header)
+	rte.ApplyResponseHeaders(resp.Header, wc)
+	h := w.Header()
+	copyHeader(h, resp.Header)
+	for k := range resp.Trailer {
+		h.Add("Trailer", k)
+	}
+	ex.code = resp.StatusCode
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		e.upgrade(w, resp)
+		return
+	}
+	w.WriteHeader(resp.StatusCode)
+	fl, _ := w.(http.Flusher)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	for k, vs := range resp.Trailer {
+		for _, v := range vs {
+			h.Add(http.TrailerPrefix+k, v)
+		}
+	}
+}
+
+// upgrade splices an upgraded (WebSocket) connection both ways.
+func (e *Engine) upgrade(w http.ResponseWriter, resp *http.Response) {
+	up, ok := resp.Body.(io.ReadWriteCloser)
+	hj, ok2 := w.(http.Hijacker)
+	if !ok || !ok2 {
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	w.WriteHeader(http.StatusSwitchingProtocols)
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	defer up.Close()
+	if err := brw.Flush(); err != nil {
+		return
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, brw); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(conn, up); done <- struct{}{} }()
+	<-done
+}
+
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding"}
+
+// removeHopHeaders drops hop-by-hop headers, keeping Upgrade requests
+// intact (Connection: Upgrade + Upgrade) and gRPC's "te: trailers".
+func removeHopHeaders(h http.Header) {
+	upgrade := h.Get("Upgrade") != "" && strings.Contains(strings.ToLower(h.Get("Connection")), "upgrade")
+	te := h.Get("Te")
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	if upgrade {
+		h.Set("Connection", "Upgrade")
+	} else {
+		h.Del("Upgrade")
+	}
+	if strings.EqualFold(te, "trailers") {
+		h.Set("Te", "trailers")
+	}
+}
+
+func copyHeader(dst, src http.Header) {
+	for k, vs := range src {
+		for _, v := range vs {
+			dst.Add(k, v)
+		}
+	}
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = crand.Read(b[:])
+	b[6] = (b[6] & 0x0f) | 0x40
+	b[8] = (b[8] & 0x3f) | 0x80
+	s := hex.EncodeToString(b[:])
+	return s[:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
+}
+
+// transport returns the cluster's upstream HTTP transport (h2c when the
+// cluster speaks HTTP/2).
+func (e *Engine) transport(c *cluster.Cluster) http.RoundTripper {
+	key := c.Name
+	if c.HTTP.Protocol == cluster.HTTP2 {
+		key += "|h2"
+	}
+	if t, ok := e.transports.Load(key); ok {
+		return t.(http.RoundTripper)
+	}
+	var protos http.Protocols
+	if c.HTTP.Protocol == cluster.HTTP2 {
+		protos.SetUnencryptedHTTP2(true)
+	} else {
+		protos.SetHTTP1(true)
+	}
+	t := &http.Transport{
+		Protocols:             &protos,
+		DialContext:           (&net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       time.Hour,
+		ResponseHeaderTimeout: 0,
+		DisableCompression:    true,
+	}
+	actual, _ := e.transports.LoadOrStore(key, t)
+	return actual.(http.RoundTripper)
+}
+
+// record writes metrics for one request.
+func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request) {
+	proto := "http"
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		proto = "grpc"
+	}
+	reporter := "source"
+	if strings.HasPrefix(ex.cluster, "inbound|") {
+		reporter = "destination"
+	}
+	svc := ""
+	if parts := strings.SplitN(ex.cluster, "|", 4); len(parts) == 4 {
+		svc = parts[3]
+	}
+	req := telemetry.Request{Reporter: reporter, Protocol: proto, Code: ex.code, Flags: ex.flags,
+		Duration: time.Since(ex.start), RequestBytes: ex.reqBytes, DestinationService: svc}
+	if reporter == "source" {
+		req.Source = e.opts.Workload
+	} else {
+		req.Destination = e.opts.Workload
+	}
+	if name, ns, ok := strings.Cut(svc, "."); ok {
+		req.DestinationServiceName = name
+		req.DestinationServiceNamespace, _, _ = strings.Cut(ns, ".")
+	} else {
+		req.DestinationServiceName = svc
+	}
+	e.metrics.ObserveRequest(req)
+}

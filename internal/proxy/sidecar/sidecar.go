@@ -1,0 +1,122 @@
+// Package sidecar assembles weft-proxy: the xDS client, the data-plane
+// engine, and the admin, stats and readiness servers.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/weftmesh/weft/internal/proxy/admin"
+	"github.com/weftmesh/weft/internal/proxy/bootstrap"
+	"github.com/weftmesh/weft/internal/proxy/engine"
+	"github.com/weftmesh/weft/internal/proxy/xdsclient"
+	"github.com/weftmesh/weft/internal/telemetry"
+)
+
+// Config is the sidecar's configuration.
+type Config struct {
+	Bootstrap bootstrap.Config
+	// AdminAddr serves the admin API. Default "127.0.0.1:15000".
+	AdminAddr string
+	// StatsAddr serves /stats/prometheus. Default ":15020".
+	StatsAddr string
+	// ReadyAddr serves /healthz/ready. Default ":15021".
+	ReadyAddr string
+	// DrainDuration is how long a stopping proxy lets connections finish.
+	// Default 5s.
+	DrainDuration time.Duration
+	// Delta selects incremental xDS.
+	Delta bool
+	// LogLevel is changed at run time through /logging.
+	LogLevel *slog.LevelVar
+}
+
+// Run serves until ctx ends, then drains and returns. Every port is bound
+// before anything is served, so a clash fails start-up cleanly.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if cfg.AdminAddr == "" {
+		cfg.AdminAddr = "127.0.0.1:15000"
+	}
+	if cfg.StatsAddr == "" {
+		cfg.StatsAddr = ":15020"
+	}
+	if cfg.ReadyAddr == "" {
+		cfg.ReadyAddr = ":15021"
+	}
+	if cfg.LogLevel == nil {
+		cfg.LogLevel = new(slog.LevelVar)
+	}
+	if err := cfg.Bootstrap.Validate(); err != nil {
+		return err
+	}
+	node, err := cfg.Bootstrap.Node()
+	if err != nil {
+		return err
+	}
+	var lns []net.Listener
+	closeAll := func() {
+		for _, l := range lns {
+			_ = l.Close()
+		}
+	}
+	for _, a := range []string{cfg.AdminAddr, cfg.StatsAddr, cfg.ReadyAddr} {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("weft-proxy: %w (every port is a flag: --admin-port, --stats-port, --ready-port)", err)
+		}
+		lns = append(lns, l)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	b := cfg.Bootstrap
+	eng := engine.New(log.With("component", "engine"), engine.Options{
+		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
+		DrainDuration: cfg.DrainDuration, Registerer: reg,
+	})
+	client := xdsclient.New(xdsclient.Config{Server: b.Discovery, Node: node, Delta: cfg.Delta}, eng.Validate, log.With("component", "xds"))
+	adm := admin.New(eng, reg, cfg.LogLevel)
+	servers := []*http.Server{
+		{Handler: adm.AdminHandler(), ReadHeaderTimeout: 10 * time.Second},
+		{Handler: statsMux(adm), ReadHeaderTimeout: 10 * time.Second},
+		{Handler: readyMux(adm), ReadHeaderTimeout: 10 * time.Second},
+	}
+	for i, s := range servers {
+		go func(s *http.Server, l net.Listener) { _ = s.Serve(l) }(s, lns[i])
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	xdsDone := make(chan error, 1)
+	go func() { xdsDone <- client.Run(ctx) }()
+	log.Info("weft-proxy started", "node", node.GetId(), "discovery", b.Discovery, "admin", cfg.AdminAddr)
+	err = eng.Run(ctx, client.Updates())
+	cancel()
+	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer scancel()
+	for _, s := range servers {
+		_ = s.Shutdown(sctx)
+	}
+	if xerr := <-xdsDone; xerr != nil && !errors.Is(xerr, context.Canceled) {
+		log.Warn("xds client stopped", "error", xerr)
+	}
+	return err
+}
+
+func statsMux(a *admin.Server) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/stats/prometheus", a.Prometheus())
+	return mux
+}
+
+func readyMux(a *admin.Server) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/healthz/ready", a.ReadyHandler())
+	return mux
+}
