@@ -1,0 +1,286 @@
+// Package sidecar runs the real weft and weft-proxy binaries: an app calls
+// its sidecar (explicit mode, no iptables) and the sidecar routes to
+// backends by the VirtualService and DestinationRule in the control plane.
+package sidecar
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+var weftBin, proxyBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "weft-sidecar-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	weftBin, proxyBin = filepath.Join(dir, "weft"), filepath.Join(dir, "weft-proxy")
+	for bin, pkg := range map[string]string{weftBin: "./cmd/weft", proxyBin: "./cmd/weft-proxy"} {
+		cmd := exec.Command("go", "build", "-o", bin, "github.com/weftmesh/weft/"+strings.TrimPrefix(pkg, "./"))
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building", pkg, err)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// process runs a binary for the test's lifetime, logging to a file.
+func process(t *testing.T, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), filepath.Base(name)+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
+		f.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			if len(b) > 6000 {
+				b = b[len(b)-6000:]
+			}
+			t.Logf("%s log:\n%s", filepath.Base(name), b)
+		}
+	})
+	return cmd
+}
+
+// waitHTTP polls url until it answers 200 (a process we do not control).
+func waitHTTP(t *testing.T, url string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not answer 200 within 30s (last: %v)", url, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// backend is an HTTP app that says who it is; fail makes it answer 503 to
+// the first n requests.
+func backend(t *testing.T, id string, fail *atomic.Int64) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fail != nil && fail.Add(-1) >= 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprint(w, id)
+	})}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func TestExplicitSidecarRoutes(t *testing.T) {
+	dataDir := t.TempDir()
+	apiPort, xdsPort := freePort(t), freePort(t)
+	process(t, weftBin, "server", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", apiPort),
+		"--monitoring-listen", "", "--xds-listen", "127.0.0.1:0", "--xds-plaintext-listen", fmt.Sprintf("127.0.0.1:%d", xdsPort),
+		"--debounce", "20ms")
+	kc := filepath.Join(dataDir, "kubeconfig")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(kc); err == nil {
+			if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", apiPort)); err == nil {
+				c.Close()
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("weft server did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var flaky atomic.Int64
+	v1, v2 := backend(t, "v1", nil), backend(t, "v2", &flaky)
+	svcPort := freePort(t)
+	config := func(w1, w2 int) string {
+		return fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo.mesh]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: %d, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: %d}, labels: {version: v1}}
+  - {address: 127.0.0.1, ports: {http: %d}, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo.mesh
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo.mesh]
+  http:
+  - match: [{uri: {prefix: /broken}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: echo.mesh, subset: v1}}]
+  - route:
+    - {destination: {host: echo.mesh, subset: v1}, weight: %d}
+    - {destination: {host: echo.mesh, subset: v2}, weight: %d}
+    retries: {attempts: 3, retryOn: 5xx}
+`, svcPort, v1, v2, w1, w2)
+	}
+	apply := func(doc string) {
+		t.Helper()
+		cmd := exec.Command(weftBin, "--kubeconfig", kc, "apply", "-f", "-")
+		cmd.Stdin = strings.NewReader(doc)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("weft apply: %v\n%s", err, out)
+		}
+	}
+	apply(config(80, 20))
+
+	admin, stats, ready := freePort(t), freePort(t), freePort(t)
+	process(t, proxyBin, "sidecar", "--explicit", "--ip", "127.0.0.10", "--name", "client", "--namespace", "default",
+		"--labels", "app=client,version=v1", "--discovery-address", fmt.Sprintf("127.0.0.1:%d", xdsPort),
+		"--admin-port", fmt.Sprint(admin), "--stats-port", fmt.Sprint(stats), "--ready-port", fmt.Sprint(ready), "--log-level", "debug")
+	waitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/healthz/ready", ready))
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	call := func(path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", svcPort, path), nil)
+		req.Host = "echo.mesh"
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s through the sidecar: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	share := func(n int) float64 {
+		v1n := 0
+		for i := 0; i < n; i++ {
+			code, body := call("/")
+			if code != 200 {
+				t.Fatalf("request %d: %d %s", i, code, body)
+			}
+			if body == "v1" {
+				v1n++
+			}
+		}
+		return float64(v1n) / float64(n)
+	}
+	// The listener may come up a moment before routes settle: wait for a 200.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		if code, _ := call("/"); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sidecar never routed a request")
+		}
+	}
+	got := share(1000)
+	t.Logf("80/20: v1 answered %.1f%% of 1000 requests", got*100)
+	if got < 0.75 || got > 0.85 {
+		t.Fatalf("v1 share %.3f, want 0.80 ± 0.05", got)
+	}
+
+	// Fault injection on /broken.
+	if code, _ := call("/broken"); code != 418 {
+		t.Fatalf("fault abort: got %d, want 418", code)
+	}
+
+	// Retries recover a flaky backend: all traffic to v2, which fails its
+	// next two requests.
+	apply(config(0, 100))
+	deadline = time.Now().Add(10 * time.Second)
+	for streak := 0; streak < 50; {
+		// 50 v2 answers in a row: the 0/100 weights are in force (under
+		// 80/20 that happens with probability 0.2^50).
+		if _, body := call("/"); body == "v2" {
+			streak++
+		} else {
+			streak = 0
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the weight change never reached the sidecar")
+		}
+	}
+	flaky.Store(2)
+	if code, body := call("/"); code != 200 || body != "v2" {
+		t.Fatalf("with retries the flaky backend should recover: %d %s", code, body)
+	}
+	if flaky.Load() >= 0 {
+		t.Fatalf("the backend was not retried (failures left: %d)", flaky.Load())
+	}
+
+	// Istio's metrics and Envoy's config dump shape.
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/stats/prometheus", stats))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `istio_requests_total{`) || !strings.Contains(string(metrics), `response_code="418"`) {
+		t.Fatalf("stats lack istio_requests_total with the 418:\n%.2000s", metrics)
+	}
+	resp, err = http.Get(fmt.Sprintf("http://127.0.0.1:%d/config_dump", admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dump, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "outbound|" + fmt.Sprint(svcPort) + "|v2|echo.mesh"} {
+		if !strings.Contains(string(dump), want) {
+			t.Fatalf("config_dump lacks %q:\n%.1500s", want, dump)
+		}
+	}
+
+}
