@@ -215,8 +215,11 @@ func (s *Server) request(streamID int64, node *core.Node, typ, version, nonce st
 		s.mu.Unlock()
 		return nil // initial request
 	}
-	if version == "" {
-		version = ts.nonces[nonce]
+	// The nonce names the response being answered: for a NACK that is the
+	// rejected version (Envoy puts its last good one in version_info).
+	sentWithNonce, known := ts.nonces[nonce]
+	if version == "" || (errDetail != nil && known) {
+		version = sentWithNonce
 	}
 	delete(ts.nonces, nonce)
 	if errDetail != nil {
@@ -227,8 +230,8 @@ func (s *Server) request(streamID int64, node *core.Node, typ, version, nonce st
 		return nil
 	}
 	ts.Acked = version
-	if ts.Nacked != "" && ts.Nacked != version {
-		// A later version was accepted: the rejection is history.
+	if ts.Nacked != "" {
+		// A version was accepted after the rejection: it is history.
 		ts.Nacked, ts.NackError = "", ""
 	}
 	s.mu.Unlock()
@@ -297,16 +300,18 @@ func (s *Server) OnStreamResponse(_ context.Context, id int64, _ *discoverygrpc.
 func (s *Server) OnDeltaStreamOpen(context.Context, int64, string) error { return nil }
 
 // OnDeltaStreamClosed implements serverv3.Callbacks.
-func (s *Server) OnDeltaStreamClosed(id int64, _ *core.Node) { s.closed(id) }
+func (s *Server) OnDeltaStreamClosed(id int64, _ *core.Node) { s.closed(-id) }
 
 // OnStreamDeltaRequest implements serverv3.Callbacks.
 func (s *Server) OnStreamDeltaRequest(id int64, r *discoverygrpc.DeltaDiscoveryRequest) error {
-	return s.request(id, r.GetNode(), r.GetTypeUrl(), "", r.GetResponseNonce(), nackOf(r.GetErrorDetail()))
+	// go-control-plane numbers SotW and delta streams separately: delta
+	// streams are kept under negative IDs so the two never collide.
+	return s.request(-id, r.GetNode(), r.GetTypeUrl(), "", r.GetResponseNonce(), nackOf(r.GetErrorDetail()))
 }
 
 // OnStreamDeltaResponse implements serverv3.Callbacks.
 func (s *Server) OnStreamDeltaResponse(id int64, _ *discoverygrpc.DeltaDiscoveryRequest, r *discoverygrpc.DeltaDiscoveryResponse) {
-	s.sent(id, r.GetTypeUrl(), r.GetSystemVersionInfo(), r.GetNonce())
+	s.sent(-id, r.GetTypeUrl(), r.GetSystemVersionInfo(), r.GetNonce())
 }
 
 // OnFetchRequest implements serverv3.Callbacks (REST fetch is not served).

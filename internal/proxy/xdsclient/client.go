@@ -45,10 +45,10 @@
 // Listeners and clusters must both have arrived once. After that, a
 // route configuration or load assignment that is referenced but has not
 // arrived within WarmingTimeout (5 s, measured from when it was first
-// missing) is replaced by an empty one — no routes, no endpoints — as
-// Envoy does after its initial fetch timeout; the real one replaces it
-// when it comes. In delta mode, removing a resource that is still
-// referenced has the same effect at once.
+// missing on the current stream) is replaced by an empty one — no routes,
+// no endpoints — as Envoy does after its initial fetch timeout; the real
+// one replaces it when it comes. In delta mode, removing a resource that
+// is still referenced has the same effect at once.
 //
 // # Reconnecting
 //

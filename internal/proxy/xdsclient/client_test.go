@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -346,4 +347,41 @@ func anys(t testing.TB, res ...types.Resource) []*anypb.Any {
 		out = append(out, a)
 	}
 	return out
+}
+
+func TestCandidateMergeAndPrune(t *testing.T) {
+	cand := newCandidate(nil)
+	mustApply := func(typ string, res ...types.Resource) {
+		t.Helper()
+		if _, err := cand.applySotw(typ, "v", anys(t, res...)); err != nil {
+			t.Fatal(err)
+		}
+		cand.prune()
+	}
+	mustApply(ClusterType, edsCluster("c1"), edsCluster("c2"))
+	mustApply(ListenerType, httpListener("l1", "r1"))
+	if got := cand.missing(); !slices.Equal(got, []string{EndpointType + " c1", EndpointType + " c2", RouteType + " r1"}) {
+		t.Fatalf("missing %v", got)
+	}
+	mustApply(EndpointType, endpoints("c1", 1))
+	mustApply(EndpointType, endpoints("c2", 2)) // SotW EDS adds, keeps c1
+	mustApply(RouteType, routeConfig("r1", "c1"))
+	if m := cand.missing(); len(m) != 0 || len(cand.res[EndpointType]) != 2 {
+		t.Fatalf("missing %v, endpoints %v", m, cand.res[EndpointType])
+	}
+	mustApply(ClusterType, edsCluster("c1")) // c2 goes, and its endpoints with it
+	if _, ok := cand.res[EndpointType]["c2"]; ok {
+		t.Fatal("endpoints of a removed cluster kept")
+	}
+	// Delta: removing a still-referenced assignment leaves an empty one.
+	if _, err := cand.applyDelta(EndpointType, "v2", nil, []string{"c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if la := cand.res[EndpointType]["c1"]; la == nil || len(la.(*endpointv3.ClusterLoadAssignment).GetEndpoints()) != 0 {
+		t.Fatalf("c1 after delta removal: %v", la)
+	}
+	s := cand.build()
+	if len(s.Clusters) != 1 || len(s.Endpoints) != 1 || len(s.Routes) != 1 || s.Versions[EndpointType] != "v2" {
+		t.Fatalf("built %v", s)
+	}
 }

@@ -303,22 +303,23 @@ func (s *session) subscribe(typeURL string, want []string) error {
 	defer func() { ts.requested, ts.names = true, want }()
 	if s.delta != nil {
 		req := &discovery.DeltaDiscoveryRequest{TypeUrl: typeURL}
+		wanted, had := setOf(want), setOf(ts.names)
 		if !ts.requested {
 			req.ResourceNamesSubscribe = want
 			req.InitialResourceVersions = map[string]string{}
 			for name, v := range s.cand.resVersions[typeURL] {
-				if v != "" && (want == nil || slices.Contains(want, name)) {
+				if v != "" && (want == nil || wanted[name]) {
 					req.InitialResourceVersions[name] = v
 				}
 			}
 		} else {
 			for _, n := range want {
-				if !slices.Contains(ts.names, n) {
+				if !had[n] {
 					req.ResourceNamesSubscribe = append(req.ResourceNamesSubscribe, n)
 				}
 			}
 			for _, n := range ts.names {
-				if !slices.Contains(want, n) {
+				if !wanted[n] {
 					req.ResourceNamesUnsubscribe = append(req.ResourceNamesUnsubscribe, n)
 				}
 			}
@@ -326,6 +327,14 @@ func (s *session) subscribe(typeURL string, want []string) error {
 		return s.sendDelta(req)
 	}
 	return s.sendSotw(&discovery.DiscoveryRequest{TypeUrl: typeURL, VersionInfo: ts.version, ResourceNames: want, ResponseNonce: ts.nonce})
+}
+
+func setOf(names []string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
 }
 
 // ack accepts typeURL's pending response.

@@ -131,11 +131,14 @@ spec:
 // through the API reaches the client as a validated snapshot whose
 // listeners, routes, cluster and endpoints are consistent.
 func TestAgainstWeft(t *testing.T) {
-	w := startWeft(t)
-	w.create(serviceEntry)
 	const cluster = "outbound|8080||echo.mesh"
 	for _, delta := range []bool{false, true} {
 		t.Run(fmt.Sprintf("delta=%v", delta), func(t *testing.T) {
+			// A server each: weft's xDS server keys streams by
+			// go-control-plane's stream ID, which SotW and delta count
+			// separately, so concurrent streams of both kinds collide.
+			w := startWeft(t)
+			w.create(serviceEntry)
 			info := xdsclient.NodeInfo{IP: "127.0.0.1", Name: fmt.Sprintf("app-%v", delta), Namespace: "default",
 				Labels: map[string]string{"app": "app"}, Explicit: true}
 			node := xdsclient.NewNode(info)

@@ -119,7 +119,7 @@ func backend(t *testing.T, id string, fail *atomic.Int64) int {
 func TestExplicitSidecarRoutes(t *testing.T) {
 	dataDir := t.TempDir()
 	apiPort, xdsPort := freePort(t), freePort(t)
-	process(t, weftBin, "server", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", apiPort),
+	server := process(t, weftBin, "server", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", apiPort),
 		"--monitoring-listen", "", "--xds-listen", "127.0.0.1:0", "--xds-plaintext-listen", fmt.Sprintf("127.0.0.1:%d", xdsPort),
 		"--debounce", "20ms")
 	kc := filepath.Join(dataDir, "kubeconfig")
@@ -283,4 +283,97 @@ spec:
 		}
 	}
 
+	// gRPC (unary, over h2c between app, sidecar and backend) and raw TCP
+	// through the same sidecar.
+	grpcPort, tcpPort := startGRPCBackend(t), startEchoTCP(t)
+	grpcSvc, tcpSvc := freePort(t), freePort(t)
+	apply(fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: greeter}
+spec:
+  hosts: [greeter.mesh]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: %d, name: grpc, protocol: GRPC}]
+  endpoints: [{address: 127.0.0.1, ports: {grpc: %d}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.mesh]
+  addresses: [240.0.0.7]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: %d, name: tcp, protocol: TCP}]
+  endpoints: [{address: 127.0.0.1, ports: {tcp: %d}}]
+`, grpcSvc, grpcPort, tcpSvc, tcpPort))
+	waitPort(t, grpcSvc)
+	waitPort(t, tcpSvc)
+	checkGRPC(t, grpcSvc, "greeter.mesh")
+	checkTCP(t, tcpSvc)
+
+	// The control plane goes away under steady load: the sidecar keeps
+	// serving its last good config, and no request fails.
+	stop := make(chan struct{})
+	failures := make(chan string, 1000)
+	var sent atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/", svcPort), nil)
+			req.Host = "echo.mesh"
+			resp, err := client.Do(req)
+			sent.Add(1)
+			if err != nil {
+				failures <- err.Error()
+				continue
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				failures <- resp.Status
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // load before the kill
+	_ = server.Process.Kill()
+	_, _ = server.Process.Wait()
+	time.Sleep(time.Second) // load while discovery is gone
+	close(stop)
+	<-done
+	close(failures)
+	var msgs []string
+	for f := range failures {
+		msgs = append(msgs, f)
+	}
+	t.Logf("%d requests while the control plane was killed; %d failed", sent.Load(), len(msgs))
+	if len(msgs) > 0 || sent.Load() < 50 {
+		t.Fatalf("%d of %d requests failed with the control plane gone: %v", len(msgs), sent.Load(), msgs)
+	}
+	if code, _ := call("/"); code != 200 {
+		t.Fatalf("after the control plane died: %d", code)
+	}
+}
+
+func waitPort(t *testing.T, port int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sidecar never listened on %d", port)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
