@@ -179,3 +179,11 @@ func peerAddr(ctx context.Context) string {
 	}
 	return ""
 }
+
+// Authenticate proves a gRPC caller's identity the way CreateCertificate
+// does (bootstrap token, else a workload certificate from this CA), for
+// other services on the same port such as xDS.
+func (s *Service) Authenticate(ctx context.Context) (Identity, error) {
+	id, _, err := s.authenticate(ctx)
+	return id, err
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -176,9 +177,11 @@ func (d *discovery) run(ctx context.Context, st store.Store, tlsCert tls.Certifi
 	// :15012 asks for (but does not require) a workload certificate from
 	// the mesh CA; the CSR service authenticates callers by it or by a
 	// bootstrap token, and is not offered on the plaintext port.
+	// xDS on this port requires the same proof of identity as the CA.
 	tlsCfg := d.authority.ServerTLS(&tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{tlsCert}, NextProtos: []string{"h2"}})
-	servers := []*grpc.Server{xds.NewGRPCServer(grpc.Creds(credentials.NewTLS(tlsCfg)))}
-	ca.NewService(d.authority, ca.ServiceOptions{Registerer: d.reg}, d.log.With("component", "ca")).Register(servers[0])
+	csr := ca.NewService(d.authority, ca.ServiceOptions{Registerer: d.reg}, d.log.With("component", "ca"))
+	servers := []*grpc.Server{xds.NewGRPCServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.StreamInterceptor(requireIdentity(csr, d.log)))}
+	csr.Register(servers[0])
 	lns := []net.Listener{tlsLn}
 	if plainLn != nil {
 		servers = append(servers, xds.NewGRPCServer())
@@ -208,6 +211,22 @@ func (d *discovery) run(ctx context.Context, st store.Store, tlsCert tls.Certifi
 		}
 	}
 	return nil
+}
+
+// requireIdentity refuses xDS streams on the TLS port from callers that
+// prove no mesh identity (workload certificate or bootstrap token).
+func requireIdentity(csr *ca.Service, log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if strings.HasPrefix(info.FullMethod, "/envoy.service.discovery.v3.") {
+			id, err := csr.Authenticate(ss.Context())
+			if err != nil {
+				log.Debug("xds: refused unauthenticated stream", "method", info.FullMethod, "error", err)
+				return err
+			}
+			log.Debug("xds: authenticated stream", "namespace", id.Namespace, "service_account", id.ServiceAccount)
+		}
+		return handler(srv, ss)
+	}
 }
 
 // registrySyncTimeout bounds how long proxies wait for a registry source

@@ -55,6 +55,7 @@ func startBackend(t *testing.T, id string) int {
 type weft struct {
 	t          *testing.T
 	kubeconfig string
+	xdsTLS     string
 	api        string
 	token      string
 	client     *http.Client
@@ -92,7 +93,7 @@ func startWeft(t *testing.T) *weft {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, plain, err := srv.XDSAddrs(wctx)
+	tlsAddr, plain, err := srv.XDSAddrs(wctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +105,7 @@ func startWeft(t *testing.T) *weft {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &weft{t: t, kubeconfig: filepath.Join(dir, "kubeconfig"), api: "https://" + addr, token: res.Token, xds: plain,
+	return &weft{t: t, xdsTLS: tlsAddr, kubeconfig: filepath.Join(dir, "kubeconfig"), api: "https://" + addr, token: res.Token, xds: plain,
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: res.TLS}}}
 }
 

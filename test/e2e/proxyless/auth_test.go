@@ -1,0 +1,80 @@
+package proxyless
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// TestTLSXDSNeedsIdentity: on :15012 an xDS stream without a bootstrap
+// token or workload certificate is refused; with a token it is served.
+func TestTLSXDSNeedsIdentity(t *testing.T) {
+	w := startWeft(t)
+	w.apply(`apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: ratings}
+spec:
+  metadata: {labels: {app: ratings}}
+  template: {serviceAccount: ratings}
+`)
+	code, body := w.do("POST", w.api+"/weft/v1/workload-tokens", `{"namespace":"default","group":"ratings","ttl":"1h"}`)
+	if code != 201 && code != 200 {
+		t.Fatalf("creating a bootstrap token: %d %s", code, body)
+	}
+	var tok struct{ Token string }
+	if err := json.Unmarshal([]byte(body), &tok); err != nil || !strings.HasPrefix(tok.Token, "wbt_") {
+		t.Fatalf("token reply %s: %v", body, err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(filepath.Dir(w.kubeconfig), "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	conn, err := grpc.NewClient(w.xdsTLS, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ads := discovery.NewAggregatedDiscoveryServiceClient(conn)
+	first := func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		stream, err := ads.StreamAggregatedResources(ctx)
+		if err != nil {
+			return err
+		}
+		node := &core.Node{Id: "sidecar~10.3.3.3~ratings.default~default.svc.cluster.local"}
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
+			return err
+		}
+		_, err = stream.Recv()
+		return err
+	}
+	if err := first(context.Background()); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("xDS without credentials on the TLS port: %v, want Unauthenticated", err)
+	}
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok.Token)
+	if err := first(ctx); err != nil {
+		t.Fatalf("xDS with a bootstrap token: %v", err)
+	}
+	bad := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer wbt_0000000000000000.AAAA")
+	if err := first(bad); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("xDS with a forged token: %v, want Unauthenticated", err)
+	}
+}
