@@ -251,7 +251,9 @@ func without(h http.Header, k string) http.Header {
 func TestGoldenHTTPActions(t *testing.T) {
 	tb := goldenTable(t, "http-actions.json", "80")
 	host := "web.default.svc.cluster.local"
-	req := func(path string) *Request { return &Request{Method: "GET", Host: host, Path: path, Headers: http.Header{}} }
+	req := func(path string) *Request {
+		return &Request{Method: "GET", Host: host, Path: path, Headers: http.Header{}}
+	}
 
 	rt := mustMatch(t, tb, req("/old?a=1"))
 	if loc, code, ok := rt.RedirectFor(req("/old?a=1")); !ok || loc != "https://new.example.com:8443/new?a=1" || code != 302 {

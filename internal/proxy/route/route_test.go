@@ -229,7 +229,7 @@ func TestCompileErrors(t *testing.T) {
 				ErrorType: &faultv3.FaultAbort_HeaderAbort_{HeaderAbort: &faultv3.FaultAbort_HeaderAbort{}}}})}
 		}), true, "header_abort"},
 		"no action": {base(func(r *routev3.Route) { r.Action = nil }), false, "action"},
-		"hedge": {base(func(r *routev3.Route) { action(r).HedgePolicy = &routev3.HedgePolicy{} }), true, "hedge_policy"},
+		"hedge":     {base(func(r *routev3.Route) { action(r).HedgePolicy = &routev3.HedgePolicy{} }), true, "hedge_policy"},
 	} {
 		_, err := Compile(tc.rc)
 		switch {

@@ -285,8 +285,8 @@ spec:
 
 	// gRPC (unary, over h2c between app, sidecar and backend) and raw TCP
 	// through the same sidecar.
-	grpcPort, tcpPort := startGRPCBackend(t), startEchoTCP(t)
-	grpcSvc, tcpSvc := freePort(t), freePort(t)
+	grpcPort, tcpPort, wsPort := startGRPCBackend(t), startEchoTCP(t), startUpgradeBackend(t)
+	grpcSvc, tcpSvc, wsSvc := freePort(t), freePort(t), freePort(t)
 	apply(fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: greeter}
@@ -307,11 +307,23 @@ spec:
   resolution: STATIC
   ports: [{number: %d, name: tcp, protocol: TCP}]
   endpoints: [{address: 127.0.0.1, ports: {tcp: %d}}]
-`, grpcSvc, grpcPort, tcpSvc, tcpPort))
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: chat}
+spec:
+  hosts: [chat.mesh]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: %d, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, ports: {http: %d}}]
+`, grpcSvc, grpcPort, tcpSvc, tcpPort, wsSvc, wsPort))
 	waitPort(t, grpcSvc)
 	waitPort(t, tcpSvc)
 	checkGRPC(t, grpcSvc, "greeter.mesh")
 	checkTCP(t, tcpSvc)
+	waitPort(t, wsSvc)
+	checkUpgrade(t, wsSvc, "chat.mesh")
 
 	// The control plane goes away under steady load: the sidecar keeps
 	// serving its last good config, and no request fails.
