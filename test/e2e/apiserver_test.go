@@ -305,7 +305,18 @@ func TestReplicasShareEtcd(t *testing.T) {
 	cluster := etcdtest.Start(t, 3)
 	flags := []string{"--store=etcd", "--etcd-endpoints=" + strings.Join(cluster.Endpoints(), ",")}
 	a := startServer(t, t.TempDir(), flags...)
-	b := startServer(t, t.TempDir(), flags...)
+	// Replicas share the mesh CA through the store; its key is encrypted
+	// with the key-encryption key in the first replica's data dir, which
+	// every replica needs (docs/identity.md).
+	bDir := t.TempDir()
+	kek, err := os.ReadFile(filepath.Join(a.dataDir, "ca-kek"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bDir, "ca-kek"), kek, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := startServer(t, bDir, flags...)
 
 	a.do("POST", vsPath, vsObject("from-a"), nil)
 	var got map[string]any

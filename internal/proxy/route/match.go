@@ -28,7 +28,7 @@ const (
 type routeMatch struct {
 	kind       pathKind
 	value      string
-	re         *regexp.Regexp
+	re         *fullRegex
 	ignoreCase bool
 	grpc       bool
 	headers    []headerMatcher
@@ -102,7 +102,7 @@ func (m *routeMatch) matches(r *Request, path, query string) bool {
 			return false
 		}
 	case pathRegex:
-		if !m.re.MatchString(path) {
+		if !m.re.match(path) {
 			return false
 		}
 	}
@@ -131,17 +131,37 @@ func isGRPC(ct string) bool {
 	return len(ct) == len(p) || ct[len(p)] == '+' || ct[len(p)] == ';'
 }
 
-// compileFullRegex compiles an Envoy safe regex, which must match the whole
-// input. Go's regexp implements RE2 syntax, as Envoy's google_re2 engine.
-func compileFullRegex(rm *matcherv3.RegexMatcher) (*regexp.Regexp, error) {
+// fullRegex is an Envoy safe regex, which must match the whole input. The
+// literal prefix every match starts with is checked first: it rejects most
+// inputs without running the regex.
+type fullRegex struct {
+	re     *regexp.Regexp
+	prefix string
+}
+
+// match reports whether the whole of s matches.
+func (f *fullRegex) match(s string) bool {
+	return strings.HasPrefix(s, f.prefix) && f.re.MatchString(s)
+}
+
+// compileFullRegex compiles an Envoy safe regex. Go's regexp implements
+// RE2 syntax, as Envoy's google_re2 engine.
+func compileFullRegex(rm *matcherv3.RegexMatcher) (*fullRegex, error) {
 	if err := checkFields(rm, "regex"); err != nil {
 		return nil, err
+	}
+	raw, err := regexp.Compile(rm.GetRegex())
+	if err != nil {
+		return nil, fmt.Errorf("regex %q: %w", rm.GetRegex(), err)
 	}
 	re, err := regexp.Compile("^(?:" + rm.GetRegex() + ")$")
 	if err != nil {
 		return nil, fmt.Errorf("regex %q: %w", rm.GetRegex(), err)
 	}
-	return re, nil
+	// A full match is a match of the unanchored regex starting at 0, so it
+	// begins with the unanchored regex's literal prefix.
+	prefix, _ := raw.LiteralPrefix()
+	return &fullRegex{re: re, prefix: prefix}, nil
 }
 
 // stringKind is how a stringMatcher compares.
@@ -159,7 +179,7 @@ const (
 type stringMatcher struct {
 	kind       stringKind
 	value      string
-	re         *regexp.Regexp
+	re         *fullRegex
 	ignoreCase bool
 }
 
@@ -225,7 +245,7 @@ func (s *stringMatcher) match(v string) bool {
 		}
 		return false
 	case strRegex:
-		return s.re.MatchString(v)
+		return s.re.match(v)
 	}
 	return false
 }
