@@ -423,6 +423,7 @@ func compileWeighted(rt *Route, wc *routev3.WeightedCluster) error {
 	if rt.totalWeight == 0 {
 		return errors.New("the weights sum to 0")
 	}
+	//lint:ignore SA1019 deprecated but still checked, as Envoy does
 	if tw := wc.GetTotalWeight(); tw != nil && uint64(tw.GetValue()) != rt.totalWeight {
 		return fmt.Errorf("total_weight %d differs from the sum of weights %d", tw.GetValue(), rt.totalWeight)
 	}

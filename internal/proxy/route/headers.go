@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // AppendAction is what a header operation does when the header exists, as
@@ -121,10 +122,11 @@ func compileHeaderOp(hv *corev3.HeaderValueOption, request bool) (op HeaderOp, k
 		return op, false, err
 	}
 	op = HeaderOp{Key: http.CanonicalHeaderKey(h.GetKey()), Value: value}
+	legacyAppend := legacyAppend(hv)
 	switch hv.GetAppendAction() {
 	case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
 		op.Action = AppendIfExistsOrAdd
-		if a := hv.GetAppend(); a != nil && !a.GetValue() {
+		if a := legacyAppend; a != nil && !a.GetValue() {
 			op.Action = OverwriteIfExistsOrAdd // deprecated append: false
 		}
 	case corev3.HeaderValueOption_ADD_IF_ABSENT:
@@ -136,10 +138,17 @@ func compileHeaderOp(hv *corev3.HeaderValueOption, request bool) (op HeaderOp, k
 	default:
 		return op, false, fmt.Errorf("append_action %v: %w", hv.GetAppendAction(), ErrUnsupported)
 	}
-	if hv.GetAppend() != nil && hv.GetAppendAction() != corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD {
+	if legacyAppend != nil && hv.GetAppendAction() != corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD {
 		return op, false, errors.New("append and append_action are exclusive")
 	}
 	return op, value != "" || hv.GetKeepEmptyValue(), nil
+}
+
+// legacyAppend reads the deprecated append field, still honoured as Envoy
+// does (false means overwrite).
+func legacyAppend(hv *corev3.HeaderValueOption) *wrapperspb.BoolValue {
+	//lint:ignore SA1019 deprecated but still honoured
+	return hv.GetAppend()
 }
 
 // modifiable rejects header names Envoy does not let routes change.

@@ -317,15 +317,20 @@ func compileHeaderMatcher(h *routev3.HeaderMatcher) (headerMatcher, error) {
 	case *routev3.HeaderMatcher_StringMatch:
 		out.sm, err = compileStringMatcher(s.StringMatch)
 	case *routev3.HeaderMatcher_ExactMatch:
+		//lint:ignore SA1019 deprecated but still accepted, as Envoy does
 		out.sm = exact(strExact, s.ExactMatch)
 	case *routev3.HeaderMatcher_PrefixMatch:
+		//lint:ignore SA1019 deprecated but still accepted
 		out.sm = exact(strPrefix, s.PrefixMatch)
 	case *routev3.HeaderMatcher_SuffixMatch:
+		//lint:ignore SA1019 deprecated but still accepted
 		out.sm = exact(strSuffix, s.SuffixMatch)
 	case *routev3.HeaderMatcher_ContainsMatch:
+		//lint:ignore SA1019 deprecated but still accepted
 		out.sm = exact(strContains, s.ContainsMatch)
 	case *routev3.HeaderMatcher_SafeRegexMatch:
 		out.sm.kind = strRegex
+		//lint:ignore SA1019 deprecated but still accepted
 		out.sm.re, err = compileFullRegex(s.SafeRegexMatch)
 	case *routev3.HeaderMatcher_RangeMatch:
 		out.kind, out.lo, out.hi = hdrRange, s.RangeMatch.GetStart(), s.RangeMatch.GetEnd()

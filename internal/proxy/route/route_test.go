@@ -136,7 +136,7 @@ func TestRouteMatchers(t *testing.T) {
 			Name: "x-e", TreatMissingHeaderAsEmpty: true, HeaderMatchSpecifier: sm(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: ""}})}},
 			QueryParameters: []*routev3.QueryParameterMatcher{{Name: "empty", QueryParameterMatchSpecifier: &routev3.QueryParameterMatcher_PresentMatch{PresentMatch: true}}}}),
 		route("multi", &routev3.RouteMatch{PathSpecifier: prefix, Headers: []*routev3.HeaderMatcher{{
-			Name: "x-m", HeaderMatchSpecifier: &routev3.HeaderMatcher_ExactMatch{ExactMatch: "a,b"}}}}),
+			Name: "x-m", HeaderMatchSpecifier: legacyExact("a,b")}}}),
 		route("grpc", &routev3.RouteMatch{PathSpecifier: prefix, Grpc: &routev3.RouteMatch_GrpcRouteMatchOptions{}}),
 		route("exact", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/exact"}}),
 		route("regex", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "/r/[a-z]+"}}}),
@@ -509,4 +509,11 @@ func TestFaultFromProto(t *testing.T) {
 	if _, err := compileFault(&faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 600}}}); err == nil {
 		t.Error("abort 600 compiled")
 	}
+}
+
+// legacyExact builds the deprecated exact_match specifier, which must keep
+// working.
+func legacyExact(v string) *routev3.HeaderMatcher_ExactMatch {
+	//lint:ignore SA1019 the deprecated specifier must keep working
+	return &routev3.HeaderMatcher_ExactMatch{ExactMatch: v}
 }
