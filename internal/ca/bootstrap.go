@@ -2,16 +2,12 @@ package ca
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
+
+	"github.com/weftmesh/weft/internal/secrettoken"
 
 	"github.com/weftmesh/weft/internal/resource"
 	"github.com/weftmesh/weft/internal/store"
@@ -25,17 +21,10 @@ const (
 	// BootstrapTokenPrefix starts every bootstrap token.
 	BootstrapTokenPrefix = "wbt_"
 
-	btIDBytes     = 8
-	btSecretBytes = 32
-	btIDLen       = 2 * btIDBytes
-	btSecretLen   = (btSecretBytes*8 + 5) / 6
-	btTokenLen    = len(BootstrapTokenPrefix) + btIDLen + 1 + btSecretLen
 	// defaultServiceAccount is a WorkloadGroup's service account when its
 	// template names none (as Istio).
 	defaultServiceAccount = "default"
 )
-
-var btSecretEncoding = base64.RawURLEncoding.Strict()
 
 // Errors of AuthenticateBootstrap.
 var (
@@ -127,64 +116,32 @@ func (a *Authority) IssueBootstrapToken(ctx context.Context, namespace, group, s
 	if err := (Identity{Namespace: namespace, ServiceAccount: sa}).Validate(); err != nil {
 		return "", BootstrapRecord{}, fmt.Errorf("WorkloadGroup %s/%s: %w", namespace, group, err)
 	}
-	var secret [btSecretBytes]byte
-	rand.Read(secret[:])
-	sum := sha256.Sum256(secret[:])
+	secret, sum := secrettoken.NewSecret()
 	now := a.opts.Clock().UTC()
 	rec := BootstrapRecord{
 		Namespace: namespace, Group: group, ServiceAccount: sa,
-		SHA256: hex.EncodeToString(sum[:]), Created: now, Expires: now.Add(ttl),
+		SHA256: sum, Created: now, Expires: now.Add(ttl),
 	}
-	for range 3 {
-		var id [btIDBytes]byte
-		rand.Read(id[:])
-		rec.ID = hex.EncodeToString(id[:])
-		val, err := json.Marshal(rec)
-		if err != nil {
-			return "", BootstrapRecord{}, fmt.Errorf("ca: encoding bootstrap token: %w", err)
-		}
-		_, err = a.st.Create(ctx, BootstrapKeyPrefix+rec.ID, val)
-		if errors.Is(err, store.ErrExists) {
-			continue
-		}
-		if err != nil {
-			return "", BootstrapRecord{}, fmt.Errorf("ca: storing bootstrap token: %w", err)
-		}
-		a.log.Info("issued bootstrap token", "id", rec.ID, "namespace", namespace, "group", group,
-			"service_account", sa, "expires", rec.Expires)
-		return BootstrapTokenPrefix + rec.ID + "." + btSecretEncoding.EncodeToString(secret[:]), rec, nil
+	id, err := secrettoken.CreateUnique(ctx, a.st, BootstrapKeyPrefix, func(id string) ([]byte, error) {
+		rec.ID = id
+		return json.Marshal(rec)
+	})
+	if err != nil {
+		return "", BootstrapRecord{}, fmt.Errorf("ca: bootstrap token: %w", err)
 	}
-	return "", BootstrapRecord{}, errors.New("ca: could not allocate a unique bootstrap token id")
+	rec.ID = id
+	a.log.Info("issued bootstrap token", "id", rec.ID, "namespace", namespace, "group", group,
+		"service_account", sa, "expires", rec.Expires)
+	return bootstrapFormat.Token(id, secret), rec, nil
 }
 
 // parseBootstrapToken splits a token into id and secret.
 func parseBootstrapToken(token string) (string, []byte, bool) {
-	if len(token) != btTokenLen || !strings.HasPrefix(token, BootstrapTokenPrefix) {
-		return "", nil, false
-	}
-	rest := token[len(BootstrapTokenPrefix):]
-	id, enc := rest[:btIDLen], rest[btIDLen:]
-	if !validTokenID(id) || enc[0] != '.' {
-		return "", nil, false
-	}
-	secret, err := btSecretEncoding.DecodeString(enc[1:])
-	if err != nil || len(secret) != btSecretBytes {
-		return "", nil, false
-	}
-	return id, secret, true
+	return bootstrapFormat.Parse(token)
 }
 
-func validTokenID(id string) bool {
-	if len(id) != btIDLen {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
+// bootstrapFormat is the shape of bootstrap tokens.
+var bootstrapFormat = secrettoken.Format{Prefix: BootstrapTokenPrefix}
 
 // AuthenticateBootstrap checks a bootstrap token and returns the identity
 // it was issued for. It fails with ErrInvalidToken (malformed, unknown,
@@ -214,12 +171,11 @@ func (a *Authority) authenticateBootstrap(ctx context.Context, token string) (Id
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return Identity{}, BootstrapRecord{}, fmt.Errorf("ca: decoding bootstrap token %s: %w", id, err)
 	}
-	want, err := hex.DecodeString(rec.SHA256)
-	if err != nil || len(want) != sha256.Size || rec.ID != id {
-		return Identity{}, BootstrapRecord{}, fmt.Errorf("ca: corrupt bootstrap token record %s", id)
+	match, err := secrettoken.Matches(secret, rec.SHA256, rec.ID, id)
+	if err != nil {
+		return Identity{}, BootstrapRecord{}, fmt.Errorf("ca: bootstrap token: %w", err)
 	}
-	got := sha256.Sum256(secret)
-	if subtle.ConstantTimeCompare(got[:], want) != 1 {
+	if !match {
 		return Identity{}, BootstrapRecord{}, ErrInvalidToken
 	}
 	rec.SHA256 = ""
@@ -266,7 +222,7 @@ func (a *Authority) ListBootstrapTokens(ctx context.Context) ([]BootstrapRecord,
 // at once. Certificates already issued with it stay valid until they
 // expire. An unknown id returns an error wrapping store.ErrNotFound.
 func (a *Authority) RevokeBootstrapToken(ctx context.Context, id string) error {
-	if !validTokenID(id) {
+	if !secrettoken.ValidID(id) {
 		return fmt.Errorf("ca: invalid bootstrap token id %q: %w", id, store.ErrNotFound)
 	}
 	if _, err := a.st.Delete(ctx, BootstrapKeyPrefix+id, 0); err != nil {

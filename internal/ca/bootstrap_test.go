@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftmesh/weft/internal/secrettoken"
+
 	"github.com/weftmesh/weft/internal/resource"
 )
 
@@ -28,7 +30,7 @@ func TestBootstrapTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(tok, BootstrapTokenPrefix+rec.ID+".") || len(tok) != btTokenLen {
+	if !strings.HasPrefix(tok, BootstrapTokenPrefix+rec.ID+".") || len(tok) != len(BootstrapTokenPrefix)+secrettoken.IDLen+1+43 {
 		t.Fatalf("token %q does not read wbt_<id>.<secret>", tok)
 	}
 	kv, err := st.Get(ctx, BootstrapKeyPrefix+rec.ID)
@@ -71,7 +73,7 @@ func TestBootstrapTokens(t *testing.T) {
 		wrong = tok[:len(tok)-2] + "BA"
 	}
 	for name, bad := range map[string]string{
-		"empty": "", "garbage": "wbt_nope", "wrong secret": wrong, "unknown id": BootstrapTokenPrefix + "0123456789abcdef" + tok[len(BootstrapTokenPrefix)+btIDLen:],
+		"empty": "", "garbage": "wbt_nope", "wrong secret": wrong, "unknown id": BootstrapTokenPrefix + "0123456789abcdef" + tok[len(BootstrapTokenPrefix)+secrettoken.IDLen:],
 		"api token": "weft_" + tok[len(BootstrapTokenPrefix):],
 	} {
 		if _, err := a.AuthenticateBootstrap(ctx, bad); !errors.Is(err, ErrInvalidToken) {

@@ -2,16 +2,12 @@ package authn
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
+
+	"github.com/weftmesh/weft/internal/secrettoken"
 
 	"github.com/weftmesh/weft/internal/store"
 )
@@ -22,17 +18,7 @@ const (
 	// TokenKeyPrefix is the store prefix under which token records live, at
 	// TokenKeyPrefix + <id>.
 	TokenKeyPrefix = "/weft/tokens/"
-
-	idBytes     = 8  // 16 hex characters
-	secretBytes = 32 // 43 base64url characters
-	idLen       = 2 * idBytes
-	secretLen   = (secretBytes*8 + 5) / 6 // unpadded base64
-	tokenLen    = len(TokenPrefix) + idLen + 1 + secretLen
 )
-
-// secretEncoding encodes token secrets. Strict rejects non-canonical
-// encodings, so exactly one string decodes to a given secret.
-var secretEncoding = base64.RawURLEncoding.Strict()
 
 // TokenRecord is what the store holds for an issued token, as JSON at
 // TokenKeyPrefix + ID. It never contains the secret, only its hash.
@@ -92,71 +78,39 @@ func (t *Tokens) Issue(ctx context.Context, user string, groups []string, ttl ti
 	if ttl < 0 {
 		return "", TokenRecord{}, fmt.Errorf("authn: negative token ttl %v", ttl)
 	}
-	var secret [secretBytes]byte
-	rand.Read(secret[:]) // never returns an error; crashes the program on failure
-	sum := sha256.Sum256(secret[:])
+	secret, sum := secrettoken.NewSecret()
 	now := t.clock().UTC()
 	rec := TokenRecord{
 		User:    user,
 		Groups:  append([]string(nil), groups...),
-		SHA256:  hex.EncodeToString(sum[:]),
+		SHA256:  sum,
 		Created: now,
 	}
 	if ttl > 0 {
 		rec.Expires = now.Add(ttl)
 	}
-	// A collision of 64-bit random ids is very unlikely; retry a few times
-	// rather than overwrite.
-	for range 3 {
-		var id [idBytes]byte
-		rand.Read(id[:])
-		rec.ID = hex.EncodeToString(id[:])
-		val, err := json.Marshal(rec)
-		if err != nil {
-			return "", TokenRecord{}, fmt.Errorf("authn: encoding token record: %w", err)
-		}
-		_, err = t.s.Create(ctx, TokenKeyPrefix+rec.ID, val)
-		if errors.Is(err, store.ErrExists) {
-			continue
-		}
-		if err != nil {
-			return "", TokenRecord{}, fmt.Errorf("authn: storing token: %w", err)
-		}
-		return TokenPrefix + rec.ID + "." + secretEncoding.EncodeToString(secret[:]), rec, nil
+	id, err := secrettoken.CreateUnique(ctx, t.s, TokenKeyPrefix, func(id string) ([]byte, error) {
+		rec.ID = id
+		return json.Marshal(rec)
+	})
+	if err != nil {
+		return "", TokenRecord{}, fmt.Errorf("authn: %w", err)
 	}
-	return "", TokenRecord{}, errors.New("authn: could not allocate a unique token id")
+	rec.ID = id
+	return tokenFormat.Token(id, secret), rec, nil
 }
+
+// tokenFormat is the shape of API bearer tokens.
+var tokenFormat = secrettoken.Format{Prefix: TokenPrefix}
 
 // parseToken splits token into its id and raw secret, or returns
 // ErrInvalidToken.
 func parseToken(token string) (id string, secret []byte, err error) {
-	if len(token) != tokenLen || !strings.HasPrefix(token, TokenPrefix) {
-		return "", nil, ErrInvalidToken
-	}
-	rest := token[len(TokenPrefix):]
-	id, enc := rest[:idLen], rest[idLen:]
-	if !validID(id) || enc[0] != '.' {
-		return "", nil, ErrInvalidToken
-	}
-	secret, err = secretEncoding.DecodeString(enc[1:])
-	if err != nil || len(secret) != secretBytes {
+	id, secret, ok := tokenFormat.Parse(token)
+	if !ok {
 		return "", nil, ErrInvalidToken
 	}
 	return id, secret, nil
-}
-
-// validID reports whether id is 16 lowercase hex characters.
-func validID(id string) bool {
-	if len(id) != idLen {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // Authenticate checks token and returns the user it was issued for. It
@@ -179,12 +133,11 @@ func (t *Tokens) Authenticate(ctx context.Context, token string) (User, error) {
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return User{}, fmt.Errorf("authn: decoding token record %s: %w", id, err)
 	}
-	want, err := hex.DecodeString(rec.SHA256)
-	if err != nil || len(want) != sha256.Size || rec.ID != id {
-		return User{}, fmt.Errorf("authn: corrupt token record %s", id)
+	match, err := secrettoken.Matches(secret, rec.SHA256, rec.ID, id)
+	if err != nil {
+		return User{}, fmt.Errorf("authn: %w", err)
 	}
-	got := sha256.Sum256(secret)
-	if subtle.ConstantTimeCompare(got[:], want) != 1 {
+	if !match {
 		return User{}, ErrInvalidToken
 	}
 	// Expiry is only checked once the secret is proven, so ErrExpiredToken
@@ -220,7 +173,7 @@ func (t *Tokens) List(ctx context.Context) ([]TokenRecord, error) {
 // immediately. Revoking an unknown id returns an error wrapping
 // store.ErrNotFound.
 func (t *Tokens) Revoke(ctx context.Context, id string) error {
-	if !validID(id) {
+	if !secrettoken.ValidID(id) {
 		return fmt.Errorf("authn: invalid token id %q: %w", id, store.ErrNotFound)
 	}
 	if _, err := t.s.Delete(ctx, TokenKeyPrefix+id, 0); err != nil {

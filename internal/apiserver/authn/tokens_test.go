@@ -141,12 +141,12 @@ func TestExpiry(t *testing.T) {
 // tamper flips one bit of the secret, keeping the token well-formed.
 func tamper(tok string) string {
 	dot := strings.IndexByte(tok, '.')
-	secret, err := secretEncoding.DecodeString(tok[dot+1:])
+	secret, err := base64.RawURLEncoding.Strict().DecodeString(tok[dot+1:])
 	if err != nil {
 		panic(err)
 	}
 	secret[0] ^= 1
-	return tok[:dot+1] + secretEncoding.EncodeToString(secret)
+	return tok[:dot+1] + base64.RawURLEncoding.EncodeToString(secret)
 }
 
 func TestTamperedAndGarbage(t *testing.T) {
@@ -252,7 +252,7 @@ func TestStoredRecordHasNoSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	encSecret := tok[strings.IndexByte(tok, '.')+1:]
-	raw, err := secretEncoding.DecodeString(encSecret)
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(encSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
