@@ -26,13 +26,10 @@ func checkMessage(es *FieldErrors, path string, v any, md protoreflect.MessageDe
 			es.add(path, "Invalid value: a duration must be a string such as \"1.5s\"")
 			return
 		}
-		if !strings.HasSuffix(s, "s") {
-			es.add(path, "Invalid value: %q: a duration is written in seconds with an 's' suffix, e.g. \"0.5s\" or \"10s\"", s)
-			return
-		}
-		if _, err := strconv.ParseFloat(strings.TrimSuffix(s, "s"), 64); err != nil {
-			if _, err2 := time.ParseDuration(s); err2 != nil {
-				es.add(path, "Invalid value: %q: not a duration", s)
+		if _, err := time.ParseDuration(s); err != nil {
+			secs, ok := strings.CutSuffix(s, "s")
+			if _, ferr := strconv.ParseFloat(secs, 64); !ok || ferr != nil {
+				es.add(path, "Invalid value: %q: not a duration; write it like \"10s\", \"300ms\" or \"1m30s\"", s)
 			}
 		}
 		return

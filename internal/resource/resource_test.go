@@ -1,10 +1,14 @@
 package resource
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	networking "istio.io/api/networking/v1alpha3"
 )
 
 // samplesDir is where the shared Istio sample files live, beside the repo.
@@ -194,4 +198,39 @@ func FuzzValidate(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Istio's documentation writes durations Go-style ("3m", "300ms"); they
+// must validate and decode to the same values as "180s" and "0.3s".
+func TestGoStyleDurations(t *testing.T) {
+	docs, err := SplitYAML([]byte(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d}
+spec:
+  host: reviews
+  trafficPolicy:
+    outlierDetection: {interval: 1m30s, baseEjectionTime: 3m}
+    connectionPool: {tcp: {connectTimeout: 300ms}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := ByKind("networking.istio.io/v1", "DestinationRule")
+	if es := k.Validate(docs[0].Object); len(es) > 0 {
+		t.Fatalf("Go-style durations refused: %v", es)
+	}
+	raw, _ := json.Marshal(docs[0].Object["spec"])
+	m := k.NewSpec()
+	if err := UnmarshalSpec(raw, m, false); err != nil {
+		t.Fatal(err)
+	}
+	dr := m.(*networking.DestinationRule)
+	od := dr.GetTrafficPolicy().GetOutlierDetection()
+	if od.GetInterval().AsDuration() != 90*time.Second || od.GetBaseEjectionTime().AsDuration() != 3*time.Minute ||
+		dr.GetTrafficPolicy().GetConnectionPool().GetTcp().GetConnectTimeout().AsDuration() != 300*time.Millisecond {
+		t.Fatalf("decoded %v", dr.GetTrafficPolicy())
+	}
+	if err := UnmarshalSpec([]byte(`{"host":"r","trafficPolicy":{"outlierDetection":{"interval":"soon"}}}`), k.NewSpec(), false); err == nil {
+		t.Fatal("a non-duration was accepted")
+	}
 }

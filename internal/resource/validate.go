@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strings"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	sigsjson "sigs.k8s.io/json"
@@ -286,7 +285,7 @@ func validateIstio(k *Kind, obj map[string]any) FieldErrors {
 		es.add("spec", "cannot encode: %v", err)
 		return es
 	}
-	if err := protojson.Unmarshal(raw, m); err != nil {
+	if err := UnmarshalSpec(raw, m, false); err != nil {
 		es.add("spec", "%v", err)
 		return es
 	}

@@ -14,7 +14,6 @@ import (
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/resource"
 	"github.com/weftmesh/weft/internal/store"
-	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // ConfigStore is what the config source reads.
@@ -47,7 +46,7 @@ func DecodeConfig(k *resource.Kind, kv store.KV) (*model.Config, error) {
 	}
 	spec := k.NewSpec()
 	if len(obj.Spec) > 0 {
-		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(obj.Spec, spec); err != nil {
+		if err := resource.UnmarshalSpec(obj.Spec, spec, true); err != nil {
 			return nil, fmt.Errorf("decoding spec of %s: %w", kv.Key, err)
 		}
 	}

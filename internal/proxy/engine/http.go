@@ -164,6 +164,9 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	}
 	hashKey, hasHash := rte.HashKey(req)
 	path := rte.RewritePath(r.URL.RequestURI())
+	if len(rte.Mirrors) > 0 && (body != nil || r.Body == nil || r.Body == http.NoBody) {
+		e.mirror(r, rte, path, body)
+	}
 	host := rte.UpstreamHost(wc)
 	var tried []string
 	for attempt := 0; ; attempt++ {
@@ -474,4 +477,52 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request) {
 		req.DestinationServiceName = svc
 	}
 	e.metrics.ObserveRequest(req)
+}
+
+// mirror sends fire-and-forget copies of a request to the route's mirror
+// clusters (Host gets "-shadow" appended, as Envoy does). Only requests
+// whose body is buffered (or empty) are mirrored; answers are discarded.
+func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []byte) {
+	rt := e.cur.Load()
+	for _, m := range rte.Mirrors {
+		if !m.Fraction.Hit(rand.Uint32()) {
+			continue
+		}
+		c := rt.clusters[m.Cluster]
+		if c == nil {
+			continue
+		}
+		ep, err := c.Pick(cluster.PickContext{})
+		if err != nil {
+			continue
+		}
+		out := r.Clone(context.Background())
+		out.RequestURI = ""
+		out.URL.Scheme, out.URL.Host = "http", ep.Address
+		if u, err := out.URL.Parse(path); err == nil {
+			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
+		}
+		if !m.KeepHost {
+			host, port, err := net.SplitHostPort(out.Host)
+			if err != nil {
+				out.Host += "-shadow"
+			} else {
+				out.Host = net.JoinHostPort(host+"-shadow", port)
+			}
+		}
+		out.Body, out.ContentLength = http.NoBody, 0
+		if body != nil {
+			out.Body, out.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		}
+		removeHopHeaders(out.Header)
+		go func(c *cluster.Cluster, out *http.Request) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			resp, err := e.transport(c).RoundTrip(out.WithContext(ctx))
+			if err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}(c, out)
+	}
 }

@@ -203,6 +203,18 @@ spec:
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
+	call2 := func(port int, host, path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", port, path), nil)
+		req.Host = host
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s%s through the sidecar: %v", host, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
 	share := func(n int) float64 {
 		v1n := 0
 		for i := 0; i < n; i++ {
@@ -324,6 +336,8 @@ spec:
 	checkTCP(t, tcpSvc)
 	waitPort(t, wsSvc)
 	checkUpgrade(t, wsSvc, "chat.mesh")
+
+	checkResilience(t, apply, call2)
 
 	// The control plane goes away under steady load: the sidecar keeps
 	// serving its last good config, and no request fails.
