@@ -3,6 +3,7 @@ package sidecar
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -22,6 +23,22 @@ type greeter struct {
 
 func (greeter) UnaryCall(_ context.Context, r *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 	return &testpb.SimpleResponse{ServerId: "greeter", Payload: r.GetPayload()}, nil
+}
+
+// FullDuplexCall echoes every request's payload as a response, streaming.
+func (greeter) FullDuplexCall(stream testpb.TestService_FullDuplexCallServer) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if err := stream.Send(&testpb.StreamingOutputCallResponse{Payload: req.GetPayload()}); err != nil {
+			return err
+		}
+	}
 }
 
 func startGRPCBackend(t *testing.T) int {
@@ -55,6 +72,27 @@ func checkGRPC(t *testing.T, port int, authority string) {
 	}
 	if resp.GetServerId() != "greeter" || len(resp.GetPayload().GetBody()) != len(body) {
 		t.Fatalf("gRPC answer: server %q, %d payload bytes", resp.GetServerId(), len(resp.GetPayload().GetBody()))
+	}
+	// Bidirectional streaming: messages go back and forth on one stream.
+	stream, err := testpb.NewTestServiceClient(conn).FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatalf("gRPC stream through the sidecar: %v", err)
+	}
+	for i := 0; i < 20; i++ {
+		msg := fmt.Sprintf("message %d", i)
+		if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte(msg)}}); err != nil {
+			t.Fatalf("stream send %d: %v", i, err)
+		}
+		got, err := stream.Recv()
+		if err != nil || string(got.GetPayload().GetBody()) != msg {
+			t.Fatalf("stream message %d: %q, %v", i, got.GetPayload().GetBody(), err)
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("stream end: %v, want EOF (status OK in trailers)", err)
 	}
 }
 

@@ -4,6 +4,7 @@
 package sidecar
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -119,9 +120,10 @@ func backend(t *testing.T, id string, fail *atomic.Int64) int {
 func TestExplicitSidecarRoutes(t *testing.T) {
 	dataDir := t.TempDir()
 	apiPort, xdsPort := freePort(t), freePort(t)
-	server := process(t, weftBin, "server", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", apiPort),
+	serverArgs := []string{"server", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", apiPort),
 		"--monitoring-listen", "", "--xds-listen", "127.0.0.1:0", "--xds-plaintext-listen", fmt.Sprintf("127.0.0.1:%d", xdsPort),
-		"--debounce", "20ms")
+		"--debounce", "20ms"}
+	server := process(t, weftBin, serverArgs...)
 	kc := filepath.Join(dataDir, "kubeconfig")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -385,6 +387,56 @@ spec:
 	}
 	if code, _ := call("/"); code != 200 {
 		t.Fatalf("after the control plane died: %d", code)
+	}
+
+	// The control plane comes back on its data: the sidecar reconnects and
+	// converges on a change made after the restart, over a connection it
+	// kept open the whole time.
+	process(t, weftBin, serverArgs...)
+	var dials atomic.Int64
+	keep := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}}}
+	keepCall := func() string {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/", svcPort), nil)
+		req.Host = "echo.mesh"
+		resp, err := keep.Do(req)
+		if err != nil {
+			t.Fatalf("request on the kept connection: %v", err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	keepCall()
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(kc); err == nil {
+			cmd := exec.Command(weftBin, "--kubeconfig", kc, "apply", "-f", "-")
+			cmd.Stdin = strings.NewReader(config(100, 0))
+			if out, err := cmd.CombinedOutput(); err == nil {
+				break
+			} else if time.Now().After(deadline) {
+				t.Fatalf("weft apply after the restart: %v\n%s", err, out)
+			}
+		}
+		time.Sleep(100 * time.Millisecond) // the restarted server is a process we wait for
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for streak := 0; streak < 50; {
+		if keepCall() == "v1" {
+			streak++
+		} else {
+			streak = 0
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sidecar did not converge on the change made after the control plane restarted")
+		}
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("the app's connection to its sidecar was re-dialled %d times across the restart", n-1)
 	}
 }
 
