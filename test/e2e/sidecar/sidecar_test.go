@@ -341,6 +341,36 @@ spec:
 
 	checkResilience(t, apply, call2)
 
+	// A NACK: a 5 KiB direct response is over the proxy's 4 KiB limit
+	// (Envoy's too). weft-proxy rejects the route table, keeps routing with
+	// the last good one, and proxy-status shows the rejection.
+	big := strings.Repeat("x", 5000)
+	apply(strings.Replace(config(0, 100), "  http:\n", "  http:\n  - match: [{uri: {exact: /big}}]\n    directResponse: {status: 200, body: {string: \""+big+"\"}}\n", 1))
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		out, err := exec.Command(weftBin, "--kubeconfig", kc, "proxy-status").CombinedOutput()
+		if err != nil {
+			t.Fatalf("weft proxy-status: %v\n%s", err, out)
+		}
+		if strings.Contains(string(out), "NACKED") && strings.Contains(string(out), "direct") {
+			t.Logf("proxy-status after the rejected update:\n%s", out)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy-status never showed the NACK:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond) // polling another process's view
+	}
+	for i := 0; i < 20; i++ {
+		if code, body := call("/"); code != 200 || body != "v2" {
+			t.Fatalf("after the NACK, traffic changed: %d %q", code, body)
+		}
+	}
+	if _, body := call("/big"); body != "v2" {
+		t.Fatalf("/big should still follow the last good routes (v2), got %.40q", body)
+	}
+	apply(config(0, 100)) // back to a config the proxy accepts
+
 	// The control plane goes away under steady load: the sidecar keeps
 	// serving its last good config, and no request fails.
 	stop := make(chan struct{})
