@@ -1,0 +1,88 @@
+package engine
+
+import (
+	"net/netip"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+func tcpChainProto(name, cluster string, port uint32, prefixes ...string) *listenerv3.FilterChain {
+	tp, _ := anypb.New(&tcpproxyv3.TcpProxy{StatPrefix: name, ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster}})
+	m := &listenerv3.FilterChainMatch{}
+	if port != 0 {
+		m.DestinationPort = wrapperspb.UInt32(port)
+	}
+	for _, p := range prefixes {
+		pf := netip.MustParsePrefix(p)
+		m.PrefixRanges = append(m.PrefixRanges, &corev3.CidrRange{AddressPrefix: pf.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(pf.Bits()))})
+	}
+	return &listenerv3.FilterChain{Name: name, FilterChainMatch: m,
+		Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tp}}}}
+}
+
+func TestChainMatchPrefersMostSpecific(t *testing.T) {
+	l := &listenerv3.Listener{
+		Name: "0.0.0.0_5432",
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 5432}}}},
+		BindToPort: wrapperspb.Bool(false),
+		FilterChains: []*listenerv3.FilterChain{
+			tcpChainProto("wide", "wide", 0, "10.0.0.0/8"),
+			tcpChainProto("narrow", "narrow", 0, "10.1.2.0/24"),
+			tcpChainProto("other-port", "other", 9999),
+		},
+		DefaultFilterChain: tcpChainProto("default", "PassthroughCluster", 0),
+	}
+	ls, err := compileListener(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ls.bind {
+		t.Fatal("bind_to_port false was ignored")
+	}
+	for dst, want := range map[string]string{
+		"10.1.2.3:5432": "narrow", "10.9.9.9:5432": "wide", "192.168.1.1:5432": "default", "192.168.1.1:9999": "other-port",
+	} {
+		ch := ls.match(netip.MustParseAddrPort(dst), "")
+		if ch == nil || ch.name != want {
+			t.Errorf("match(%s) = %v, want %s", dst, ch, want)
+		}
+	}
+}
+
+func TestCompileListenerRejects(t *testing.T) {
+	bad := &listenerv3.Listener{Name: "x", Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: "/tmp/x"}}}}
+	if _, err := compileListener(bad); err == nil {
+		t.Fatal("a pipe listener was accepted")
+	}
+	noFilter := &listenerv3.Listener{Name: "y", Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 1}}}},
+		FilterChains: []*listenerv3.FilterChain{{Name: "empty"}}}
+	if _, err := compileListener(noFilter); err == nil {
+		t.Fatal("a chain without filters was accepted")
+	}
+}
+
+// FuzzCompileListener feeds arbitrary bytes, decoded as a Listener, to the
+// compiler: it must return an error or a listener, never panic.
+func FuzzCompileListener(f *testing.F) {
+	seed, _ := proto.Marshal(&listenerv3.Listener{Name: "seed", Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+		SocketAddress: &corev3.SocketAddress{Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 80}}}},
+		FilterChains: []*listenerv3.FilterChain{tcpChainProto("c", "c", 80, "10.0.0.0/8")}})
+	f.Add(seed)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		l := &listenerv3.Listener{}
+		if proto.Unmarshal(data, l) != nil {
+			return
+		}
+		if ls, err := compileListener(l); err == nil && ls != nil {
+			_ = ls.match(netip.MustParseAddrPort("10.0.0.1:80"), "x")
+		}
+	})
+}
