@@ -26,6 +26,7 @@ func main() {
 	root.AddCommand(&cobra.Command{Use: "version", Short: "Print the version", Args: cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "weft-proxy", version) }})
 	root.AddCommand(sidecarCmd())
+	root.AddCommand(iptablesCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
@@ -93,6 +94,10 @@ func sidecarCmd() *cobra.Command {
 	f.StringVar(&cfg.Bootstrap.WorkloadGroup, "workload-group", "", "auto-register into this WorkloadGroup")
 	f.BoolVar(&cfg.Bootstrap.Explicit, "explicit", false, "explicit mode: no traffic capture; upstreams on 127.0.0.1:<port>")
 	f.BoolVar(&cfg.Delta, "delta", false, "use incremental (delta) xDS")
+	f.StringVar(&cfg.Identity.BootstrapToken, "bootstrap-token", os.Getenv("WEFT_BOOTSTRAP_TOKEN"), "bootstrap token for the first workload certificate (WEFT_BOOTSTRAP_TOKEN); enables mTLS xDS")
+	f.StringVar(&cfg.Identity.CertDir, "cert-dir", "", "keep the workload key and certificate here across restarts")
+	f.StringVar(&cfg.Identity.RootFile, "ca-root-file", "", "PEM CA of the control plane's serving certificate (its ca.crt)")
+	f.StringVar(&cfg.Identity.CAAddress, "ca-address", "", "CA host:port (default: --discovery-address)")
 	f.IntVar(&adminPort, "admin-port", 15000, "admin API port (127.0.0.1)")
 	f.IntVar(&statsPort, "stats-port", 15020, "Prometheus stats port")
 	f.IntVar(&readyPort, "ready-port", 15021, "readiness port")

@@ -4,12 +4,19 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"os"
+	"strings"
+
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/weftmesh/weft/internal/proxy/certs"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -36,7 +43,28 @@ type Config struct {
 	Delta bool
 	// LogLevel is changed at run time through /logging.
 	LogLevel *slog.LevelVar
+	// Identity, when BootstrapToken or CertDir is set, makes the proxy get
+	// a workload certificate from the CA and talk xDS over mutual TLS
+	// (Discovery must then be the TLS port, e.g. :15012).
+	Identity Identity
 }
+
+// Identity configures the workload certificate.
+type Identity struct {
+	// CAAddress is the CA's host:port; default the discovery address.
+	CAAddress string
+	// RootFile holds the PEM CA that signs the control plane's serving
+	// certificate (the API server's ca.crt).
+	RootFile string
+	// BootstrapToken proves the workload's identity for its first
+	// certificate (weft workload token create).
+	BootstrapToken string
+	// CertDir keeps the key and certificate across restarts (renewal then
+	// needs no token).
+	CertDir string
+}
+
+func (i Identity) enabled() bool { return i.BootstrapToken != "" || i.CertDir != "" }
 
 // Run serves until ctx ends, then drains and returns. Every port is bound
 // before anything is served, so a clash fails start-up cleanly.
@@ -81,7 +109,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
 		DrainDuration: cfg.DrainDuration, Registerer: reg,
 	})
-	client := xdsclient.New(xdsclient.Config{Server: b.Discovery, Node: node, Delta: cfg.Delta}, eng.Validate, log.With("component", "xds"))
+	xcfg := xdsclient.Config{Server: b.Discovery, Node: node, Delta: cfg.Delta}
+	var certMgr *certs.Manager
+	if cfg.Identity.enabled() {
+		if certMgr, xcfg.TLS, err = identity(cfg.Identity, b.Discovery, log); err != nil {
+			closeAll()
+			return err
+		}
+	}
+	client := xdsclient.New(xcfg, eng.Validate, log.With("component", "xds"))
 	adm := admin.New(eng, reg, cfg.LogLevel)
 	servers := []*http.Server{
 		{Handler: adm.AdminHandler(), ReadHeaderTimeout: 10 * time.Second},
@@ -93,6 +129,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if certMgr != nil {
+		certErr := make(chan error, 1)
+		go func() { certErr <- certMgr.Run(ctx) }()
+		select {
+		case <-certMgr.Ready():
+			log.Info("workload certificate issued", "identity", certMgr.Identity())
+		case err := <-certErr:
+			for _, s := range servers {
+				_ = s.Close()
+			}
+			return fmt.Errorf("weft-proxy: workload certificate: %w", err)
+		case <-ctx.Done():
+			return nil
+		}
+	}
 	xdsDone := make(chan error, 1)
 	go func() { xdsDone <- client.Run(ctx) }()
 	log.Info("weft-proxy started", "node", node.GetId(), "discovery", b.Discovery, "admin", cfg.AdminAddr)
@@ -119,4 +170,35 @@ func readyMux(a *admin.Server) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/healthz/ready", a.ReadyHandler())
 	return mux
+}
+
+// identity builds the certificate manager and the mutual-TLS config for
+// the xDS connection.
+func identity(id Identity, discovery string, log *slog.Logger) (*certs.Manager, *tls.Config, error) {
+	if id.RootFile == "" {
+		return nil, nil, fmt.Errorf("weft-proxy: --ca-root-file is required with a bootstrap token or cert dir (the control plane's ca.crt)")
+	}
+	pem, err := os.ReadFile(id.RootFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("weft-proxy: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, nil, fmt.Errorf("weft-proxy: %s holds no PEM certificate", id.RootFile)
+	}
+	caAddr := id.CAAddress
+	if caAddr == "" {
+		caAddr = discovery
+	}
+	m, err := certs.New(certs.Config{CAAddress: caAddr, CARoots: pool, BootstrapToken: strings.TrimSpace(id.BootstrapToken), KeyDir: id.CertDir},
+		log.With("component", "certs"))
+	if err != nil {
+		return nil, nil, err
+	}
+	host, _, err := net.SplitHostPort(discovery)
+	if err != nil {
+		return nil, nil, fmt.Errorf("weft-proxy: discovery address %q: %w", discovery, err)
+	}
+	return m, &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: host,
+		GetClientCertificate: m.GetClientCertificate}, nil
 }
