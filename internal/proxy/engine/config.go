@@ -59,6 +59,10 @@ type listenerSpec struct {
 	addr       netip.AddrPort
 	bind       bool
 	useOrigDst bool
+	// origDstFilter: the original_dst listener filter restores each
+	// connection's original destination for filter chain matching
+	// (virtualInbound), without handing the connection to another listener.
+	origDstFilter bool
 	chains     []*chain
 	defChain   *chain
 }
@@ -146,6 +150,11 @@ func compileListener(l *listenerv3.Listener) (*listenerSpec, error) {
 		name: l.GetName(), addr: netip.AddrPortFrom(ip, uint16(sa.GetPortValue())),
 		bind:       l.GetBindToPort() == nil || l.GetBindToPort().GetValue(),
 		useOrigDst: l.GetUseOriginalDst().GetValue(),
+	}
+	for _, lf := range l.GetListenerFilters() {
+		if lf.GetName() == "envoy.filters.listener.original_dst" {
+			ls.origDstFilter = true
+		}
 	}
 	for i, fc := range l.GetFilterChains() {
 		ch, err := compileChain(fc)

@@ -192,10 +192,12 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 		return
 	}
 	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
-	if ls.useOrigDst {
+	if ls.useOrigDst || ls.origDstFilter {
 		if od, err := listener.OriginalDst(c); err == nil {
 			dst = od
 		}
+	}
+	if ls.useOrigDst {
 		if target := rt.virtualFor(dst); target != nil {
 			ls = target
 		}

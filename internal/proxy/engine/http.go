@@ -470,11 +470,12 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request) {
 	} else {
 		req.Destination = e.opts.Workload
 	}
-	if name, ns, ok := strings.Cut(svc, "."); ok {
-		req.DestinationServiceName = name
-		req.DestinationServiceNamespace, _, _ = strings.Cut(ns, ".")
-	} else {
-		req.DestinationServiceName = svc
+	// Kubernetes-style names carry the namespace ("reviews.bookinfo.svc.
+	// cluster.local"); other hosts ("reviews.mesh") name only the service.
+	name, rest, _ := strings.Cut(svc, ".")
+	req.DestinationServiceName = name
+	if ns, tail, ok := strings.Cut(rest, "."); ok && strings.HasPrefix(tail, "svc.") {
+		req.DestinationServiceNamespace = ns
 	}
 	e.metrics.ObserveRequest(req)
 }
