@@ -63,8 +63,8 @@ type listenerSpec struct {
 	// connection's original destination for filter chain matching
 	// (virtualInbound), without handing the connection to another listener.
 	origDstFilter bool
-	chains     []*chain
-	defChain   *chain
+	chains        []*chain
+	defChain      *chain
 }
 
 // runtime is one applied config. Immutable.
