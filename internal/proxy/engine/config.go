@@ -28,6 +28,10 @@ type chain struct {
 	port        uint32
 	prefixes    []netip.Prefix
 	serverNames []string
+	// transportProtocol is "tls" or "raw_buffer" ("" matches both).
+	transportProtocol string
+	// tls terminates mesh TLS before the filters (nil: plaintext).
+	tls *downstreamTLS
 	// Exactly one of http and tcp is set.
 	http *httpChain
 	tcp  *tcpChain
@@ -175,7 +179,13 @@ func compileListener(l *listenerv3.Listener) (*listenerSpec, error) {
 
 func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 	m := fc.GetFilterChainMatch()
-	ch := &chain{name: fc.GetName(), port: m.GetDestinationPort().GetValue(), serverNames: m.GetServerNames()}
+	ch := &chain{name: fc.GetName(), port: m.GetDestinationPort().GetValue(), serverNames: m.GetServerNames(),
+		transportProtocol: m.GetTransportProtocol()}
+	switch ch.transportProtocol {
+	case "", "tls", "raw_buffer":
+	default:
+		return nil, fmt.Errorf("transport_protocol %q is not supported (tls or raw_buffer)", ch.transportProtocol)
+	}
 	for _, pr := range m.GetPrefixRanges() {
 		ip, err := netip.ParseAddr(pr.GetAddressPrefix())
 		if err != nil {
@@ -191,8 +201,12 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 		}
 		ch.prefixes = append(ch.prefixes, p)
 	}
-	if fc.GetTransportSocket() != nil {
-		return nil, fmt.Errorf("downstream TLS (transport_socket) is not supported yet")
+	if ts := fc.GetTransportSocket(); ts != nil {
+		d, err := compileDownstreamTLS(ts)
+		if err != nil {
+			return nil, err
+		}
+		ch.tls = d
 	}
 	for _, f := range fc.GetFilters() {
 		tc := f.GetTypedConfig()
@@ -259,11 +273,14 @@ func (t *tcpChain) pick(rnd uint64) string {
 
 // match selects the filter chain for a destination (and SNI, when known),
 // preferring the most specific prefix, as Envoy does.
-func (ls *listenerSpec) match(dst netip.AddrPort, sni string) *chain {
+func (ls *listenerSpec) match(dst netip.AddrPort, sni, transport string) *chain {
 	var best *chain
 	bestBits := -1
 	for _, ch := range ls.chains {
 		if ch.port != 0 && ch.port != uint32(dst.Port()) {
+			continue
+		}
+		if ch.transportProtocol != "" && ch.transportProtocol != transport {
 			continue
 		}
 		if len(ch.serverNames) > 0 && !matchesSNI(ch.serverNames, sni) {
@@ -294,6 +311,16 @@ func (ls *listenerSpec) match(dst netip.AddrPort, sni string) *chain {
 func matchesSNI(names []string, sni string) bool {
 	for _, n := range names {
 		if n == sni || (len(n) > 1 && n[0] == '*' && len(sni) > len(n)-1 && sni[len(sni)-len(n)+1:] == n[1:]) {
+			return true
+		}
+	}
+	return false
+}
+
+// sniffs reports whether chain selection needs the transport protocol.
+func (ls *listenerSpec) sniffs() bool {
+	for _, ch := range append(append([]*chain{}, ls.chains...), ls.defChain) {
+		if ch != nil && (ch.transportProtocol != "" || ch.tls != nil) {
 			return true
 		}
 	}

@@ -49,7 +49,7 @@ func TestChainMatchPrefersMostSpecific(t *testing.T) {
 	for dst, want := range map[string]string{
 		"10.1.2.3:5432": "narrow", "10.9.9.9:5432": "wide", "192.168.1.1:5432": "default", "192.168.1.1:9999": "other-port",
 	} {
-		ch := ls.match(netip.MustParseAddrPort(dst), "")
+		ch := ls.match(netip.MustParseAddrPort(dst), "", "raw_buffer")
 		if ch == nil || ch.name != want {
 			t.Errorf("match(%s) = %v, want %s", dst, ch, want)
 		}
@@ -82,7 +82,7 @@ func FuzzCompileListener(f *testing.F) {
 			return
 		}
 		if ls, err := compileListener(l); err == nil && ls != nil {
-			_ = ls.match(netip.MustParseAddrPort("10.0.0.1:80"), "x")
+			_ = ls.match(netip.MustParseAddrPort("10.0.0.1:80"), "x", "tls")
 		}
 	})
 }

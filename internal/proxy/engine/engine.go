@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,6 +34,9 @@ type Options struct {
 	TCPIdleTimeout time.Duration
 	// Registerer receives the proxy's metrics.
 	Registerer prometheus.Registerer
+	// Certs is the workload identity for mesh TLS; nil means the proxy has
+	// none, and mesh TLS fails closed.
+	Certs Certs
 }
 
 // Engine is the running data plane.
@@ -202,11 +206,35 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 			ls = target
 		}
 	}
-	ch := ls.match(dst, "")
+	transport := "raw_buffer"
+	if ls.sniffs() {
+		var isTLS bool
+		if c, isTLS = detectTLS(c); isTLS {
+			transport = "tls"
+		}
+	}
+	ch := ls.match(dst, "", transport)
 	if ch == nil {
-		e.log.Debug("no filter chain matches", "listener", ls.name, "destination", dst)
+		e.log.Debug("no filter chain matches", "listener", ls.name, "destination", dst, "transport", transport)
 		_ = c.Close()
 		return
+	}
+	if ch.tls != nil {
+		if e.opts.Certs == nil {
+			e.log.Warn("refusing a mesh TLS connection", "listener", ls.name, "error", errNoIdentity)
+			_ = c.Close()
+			return
+		}
+		tc := tls.Server(c, ch.tls.serverConfig(e.opts.Certs))
+		hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			e.log.Debug("mesh TLS handshake failed", "listener", ls.name, "remote", c.RemoteAddr(), "error", err)
+			_ = c.Close()
+			return
+		}
+		c = tc
 	}
 	switch {
 	case ch.tcp != nil:
@@ -250,7 +278,7 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 		_ = down.Close()
 		return
 	}
-	up, err := net.DialTimeout("tcp", ep.Address, c.ConnectTimeout)
+	up, err := e.dialUpstream(context.Background(), c, ep.Address, []string{"istio-peer-exchange", "istio"})
 	if err != nil {
 		c.State().Report(ep, cluster.Outcome{ConnectFailure: true})
 		_ = down.Close()

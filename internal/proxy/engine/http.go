@@ -189,7 +189,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		ex.upstream = ep.Address
 		out := r.Clone(ctx)
 		out.RequestURI = ""
-		out.URL.Scheme, out.URL.Host = "http", ep.Address
+		out.URL.Scheme, out.URL.Host = upstreamScheme(c), ep.Address
 		if u, err := out.URL.Parse(path); err == nil {
 			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
 		}
@@ -421,29 +421,39 @@ func newRequestID() string {
 	return s[:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
 }
 
-// transport returns the cluster's upstream HTTP transport (h2c when the
-// cluster speaks HTTP/2).
+// transport returns the cluster's upstream HTTP transport: h2c when the
+// cluster speaks HTTP/2 in plaintext; mesh TLS (negotiating h2 or
+// http/1.1 by ALPN) when the cluster has a transport socket.
 func (e *Engine) transport(c *cluster.Cluster) http.RoundTripper {
-	key := c.Name
-	if c.HTTP.Protocol == cluster.HTTP2 {
-		key += "|h2"
-	}
+	h2 := c.HTTP.Protocol == cluster.HTTP2
+	key := fmt.Sprintf("%s|%v|%v", c.Name, h2, c.TLS != nil)
 	if t, ok := e.transports.Load(key); ok {
 		return t.(http.RoundTripper)
 	}
 	var protos http.Protocols
-	if c.HTTP.Protocol == cluster.HTTP2 {
-		protos.SetUnencryptedHTTP2(true)
-	} else {
-		protos.SetHTTP1(true)
-	}
 	t := &http.Transport{
-		Protocols:             &protos,
-		DialContext:           (&net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConnsPerHost:   1024,
-		IdleConnTimeout:       time.Hour,
-		ResponseHeaderTimeout: 0,
-		DisableCompression:    true,
+		Protocols:           &protos,
+		MaxIdleConnsPerHost: 1024,
+		IdleConnTimeout:     time.Hour,
+		DisableCompression:  true,
+	}
+	switch {
+	case c.TLS != nil:
+		protos.SetHTTP1(true)
+		protos.SetHTTP2(true)
+		alpn := []string{"http/1.1"}
+		if h2 {
+			alpn = []string{"h2", "http/1.1"}
+		}
+		t.DialTLSContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return e.dialUpstream(ctx, c, addr, alpn)
+		}
+	case h2:
+		protos.SetUnencryptedHTTP2(true)
+		t.DialContext = (&net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
+	default:
+		protos.SetHTTP1(true)
+		t.DialContext = (&net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
 	}
 	actual, _ := e.transports.LoadOrStore(key, t)
 	return actual.(http.RoundTripper)
@@ -499,7 +509,7 @@ func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []b
 		}
 		out := r.Clone(context.Background())
 		out.RequestURI = ""
-		out.URL.Scheme, out.URL.Host = "http", ep.Address
+		out.URL.Scheme, out.URL.Host = upstreamScheme(c), ep.Address
 		if u, err := out.URL.Parse(path); err == nil {
 			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
 		}
@@ -526,4 +536,13 @@ func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []b
 			}
 		}(c, out)
 	}
+}
+
+// upstreamScheme is https for mesh-TLS clusters (the transport then dials
+// with DialTLSContext), http otherwise.
+func upstreamScheme(c *cluster.Cluster) string {
+	if c.TLS != nil {
+		return "https"
+	}
+	return "http"
 }

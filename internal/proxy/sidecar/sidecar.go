@@ -105,18 +105,20 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	b := cfg.Bootstrap
-	eng := engine.New(log.With("component", "engine"), engine.Options{
-		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
-		DrainDuration: cfg.DrainDuration, Registerer: reg,
-	})
 	xcfg := xdsclient.Config{Server: b.Discovery, Node: node, Delta: cfg.Delta}
 	var certMgr *certs.Manager
+	var meshCerts engine.Certs
 	if cfg.Identity.enabled() {
 		if certMgr, xcfg.TLS, err = identity(cfg.Identity, b.Discovery, log); err != nil {
 			closeAll()
 			return err
 		}
+		meshCerts = certMgr
 	}
+	eng := engine.New(log.With("component", "engine"), engine.Options{
+		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
+		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts,
+	})
 	client := xdsclient.New(xcfg, eng.Validate, log.With("component", "xds"))
 	adm := admin.New(eng, reg, cfg.LogLevel)
 	servers := []*http.Server{
