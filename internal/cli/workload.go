@@ -94,6 +94,6 @@ func newWorkloadCmd(g *globalFlags) *cobra.Command {
 		},
 	}
 	token.AddCommand(create, list, revoke)
-	cmd.AddCommand(token)
+	cmd.AddCommand(token, newWorkloadGroupCmd(g), newWorkloadEntryCmd(g))
 	return cmd
 }

@@ -44,12 +44,17 @@ type Mesh struct {
 	OutboundTrafficPolicyAllowAny bool
 	// ConnectTimeout for upstream clusters. Default 10s.
 	ConnectTimeout time.Duration
+	// EnableAutoMTLS sends Istio mutual TLS to destinations whose endpoints
+	// all run sidecars (label security.istio.io/tlsMode: istio) when no
+	// DestinationRule sets a TLS mode (Istio's enableAutoMtls). Default true.
+	EnableAutoMTLS bool
 }
 
 // DefaultMesh returns Istio's defaults.
 func DefaultMesh() Mesh {
 	return Mesh{RootNamespace: "istio-system", TrustDomain: "cluster.local", DomainSuffix: "svc.cluster.local",
-		OutboundTrafficPolicyAllowAny: true, ConnectTimeout: 10 * time.Second}
+		OutboundTrafficPolicyAllowAny: true, ConnectTimeout: 10 * time.Second,
+		EnableAutoMTLS: true}
 }
 
 // Snapshot is config plus registry at one moment. Immutable.

@@ -39,6 +39,8 @@ const (
 type cdsRun struct {
 	*builder
 	seen map[string]bool
+	// pa indexes PeerAuthentications for auto mTLS (see peerAuthn).
+	pa *paIndex
 }
 
 func (r *cdsRun) warnOnce(format string, args ...any) {
@@ -283,10 +285,8 @@ func (r *cdsRun) outboundCluster(svc *registry.Service, port registry.Port, dr *
 	}
 	applyConnectionPool(c, policy.GetConnectionPool(), opts)
 	applyOutlierDetection(c, policy.GetOutlierDetection())
-	// Without TLS settings in a DestinationRule the cluster stays plaintext:
-	// Istio's auto mTLS (ISTIO_MUTUAL when the endpoints run sidecars) is
-	// out of scope here.
-	if !r.applyTLS(c, svc, port, ss.GetName(), all, policy.GetTls(), dr) {
+	// Without TLS settings in a DestinationRule, auto mTLS decides (mtls.go).
+	if !r.applyTLS(c, svc, port, ss.GetName(), all, r.clusterTLS(policy, svc, port, eps), dr) {
 		return nil, nil
 	}
 	opts.apply(c)

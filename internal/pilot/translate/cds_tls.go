@@ -107,7 +107,8 @@ func (r *cdsRun) istioMutualTLS(svc *registry.Service, port registry.Port, subse
 
 // istioSANs are the identities allowed to serve svc: its SubjectAltNames,
 // else spiffe://<trustDomain>/ns/<ns>/sa/<sa> of its endpoints' service
-// accounts; sorted, without duplicates. Empty means any mesh identity.
+// accounts ("default" for endpoints without one); sorted, without
+// duplicates. Empty (no endpoints) means any mesh identity.
 func (r *cdsRun) istioSANs(svc *registry.Service, all []registry.Endpoint) []string {
 	set := map[string]bool{}
 	if len(svc.SubjectAltNames) > 0 {
@@ -122,6 +123,9 @@ func (r *cdsRun) istioSANs(svc *registry.Service, all []registry.Endpoint) []str
 		for _, ep := range all {
 			switch sa := ep.ServiceAccount; {
 			case sa == "":
+				// weft's CA issues workloads without a service account the
+				// identity of "default", as Kubernetes does.
+				set[fmt.Sprintf("spiffe://%s/ns/%s/sa/default", td, ep.Namespace)] = true
 			case strings.HasPrefix(sa, "spiffe://"):
 				set[sa] = true
 			default:

@@ -277,6 +277,7 @@ func (g *netBuilder) virtualInbound(ports []inboundPort) *listenerv3.Listener {
 		}
 		l.FilterChains = append(l.FilterChains, inboundChain(ip, true))
 	}
+	g.secureInbound(l, 0)
 	return l
 }
 
@@ -307,6 +308,7 @@ func (g *netBuilder) explicitListeners(numbers []uint32, groups map[uint32][]lds
 			FilterChains:     []*listenerv3.FilterChain{inboundChain(ip, false)},
 			TrafficDirection: corev3.TrafficDirection_INBOUND,
 		}
+		g.secureInbound(l, ip.port)
 		if clash[ip.port] {
 			l.Address = socketAddress(workloadIPs[0], ip.port)
 			for _, a := range workloadIPs[1:] {

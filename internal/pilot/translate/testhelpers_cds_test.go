@@ -2,8 +2,8 @@ package translate
 
 // Test-only input format of the CDS golden tests (testdata/cds/*.yaml): a
 // multi-document YAML file holding
-//   - Istio config objects (DestinationRule, Sidecar, ServiceEntry; other
-//     kinds are skipped). Specs are decoded with protojson from the JSON of
+//   - Istio config objects (DestinationRule, Sidecar, ServiceEntry,
+//     PeerAuthentication; other kinds are skipped). Specs are decoded with protojson from the JSON of
 //     each document's spec. Objects without metadata.namespace land in
 //     "default" (or the including document's namespace); without
 //     metadata.creationTimestamp they are one second younger than the
@@ -15,9 +15,9 @@ package translate
 //     DNS_ROUND_ROBIN|NONE, location MESH_INTERNAL|MESH_EXTERNAL, endpoints
 //     healthy unless healthy: false).
 //   - kind: TestProxy — type (sidecar|router|proxyless), namespace, ips,
-//     labels, serviceAccount.
+//     labels, serviceAccount, explicit.
 //   - kind: TestMesh — overrides of model.DefaultMesh(): connectTimeout,
-//     trustDomain, rootNamespace, domainSuffix.
+//     trustDomain, rootNamespace, domainSuffix, enableAutoMTLS.
 //   - kind: TestInclude — file (relative to the package directory) and
 //     namespace: loads another YAML file of config objects (the Istio
 //     samples). A missing file skips the test.
@@ -41,6 +41,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
+	security "istio.io/api/security/v1beta1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -116,11 +117,13 @@ type cdsTestDoc struct {
 	IPs            []string          `json:"ips"`
 	Labels         map[string]string `json:"labels"`
 	ServiceAccount string            `json:"serviceAccount"`
+	Explicit       bool              `json:"explicit"`
 	// TestMesh
 	ConnectTimeout string `json:"connectTimeout"`
 	TrustDomain    string `json:"trustDomain"`
 	RootNamespace  string `json:"rootNamespace"`
 	DomainSuffix   string `json:"domainSuffix"`
+	EnableAutoMTLS *bool  `json:"enableAutoMTLS"`
 	// TestInclude
 	File string `json:"file"`
 }
@@ -218,7 +221,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		if d.Namespace != "" {
 			p.Namespace = d.Namespace
 		}
-		p.IPs, p.Labels, p.ServiceAccount = d.IPs, d.Labels, d.ServiceAccount
+		p.IPs, p.Labels, p.ServiceAccount, p.Explicit = d.IPs, d.Labels, d.ServiceAccount, d.Explicit
 		ip := "0.0.0.0"
 		if len(d.IPs) > 0 {
 			ip = d.IPs[0]
@@ -242,6 +245,9 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		if d.DomainSuffix != "" {
 			l.mesh.DomainSuffix = d.DomainSuffix
 		}
+		if d.EnableAutoMTLS != nil {
+			l.mesh.EnableAutoMTLS = *d.EnableAutoMTLS
+		}
 		return
 	case "TestRegistry":
 		for _, s := range d.Services {
@@ -263,6 +269,8 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		spec = &networking.Sidecar{}
 	case "ServiceEntry":
 		spec = &networking.ServiceEntry{}
+	case "PeerAuthentication":
+		spec = &security.PeerAuthentication{}
 	default:
 		return // kinds CDS does not read
 	}

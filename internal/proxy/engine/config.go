@@ -271,41 +271,79 @@ func (t *tcpChain) pick(rnd uint64) string {
 	return t.clusters[len(t.clusters)-1].name
 }
 
-// match selects the filter chain for a destination (and SNI, when known),
-// preferring the most specific prefix, as Envoy does.
+// match selects the filter chain for a connection the way Envoy does,
+// one criterion after another, each narrowing to its most specific
+// matches: destination port (chains naming the port, else chains naming
+// none — never a fallback from a named port to portless chains),
+// destination prefix (longest match), server name, transport protocol
+// (exact before unset). When nothing is left, the default chain (which
+// may be nil: the connection is closed).
 func (ls *listenerSpec) match(dst netip.AddrPort, sni, transport string) *chain {
-	var best *chain
-	bestBits := -1
+	var cands []*chain
 	for _, ch := range ls.chains {
-		if ch.port != 0 && ch.port != uint32(dst.Port()) {
-			continue
-		}
-		if ch.transportProtocol != "" && ch.transportProtocol != transport {
-			continue
-		}
-		if len(ch.serverNames) > 0 && !matchesSNI(ch.serverNames, sni) {
-			continue
-		}
-		bits := 0
-		if len(ch.prefixes) > 0 {
-			bits = -1
-			for _, p := range ch.prefixes {
-				if p.Contains(dst.Addr().Unmap()) && p.Bits() > bits {
-					bits = p.Bits()
-				}
-			}
-			if bits < 0 {
-				continue
-			}
-		}
-		if bits > bestBits {
-			best, bestBits = ch, bits
+		if ch.port == uint32(dst.Port()) {
+			cands = append(cands, ch)
 		}
 	}
-	if best == nil {
+	if len(cands) == 0 {
+		for _, ch := range ls.chains {
+			if ch.port == 0 {
+				cands = append(cands, ch)
+			}
+		}
+	}
+	cands = narrow(cands, func(ch *chain) int {
+		if len(ch.prefixes) == 0 {
+			return 0
+		}
+		best := -1
+		for _, p := range ch.prefixes {
+			if p.Contains(dst.Addr().Unmap()) && p.Bits()+1 > best {
+				best = p.Bits() + 1
+			}
+		}
+		return best
+	})
+	cands = narrow(cands, func(ch *chain) int {
+		switch {
+		case len(ch.serverNames) == 0:
+			return 0
+		case matchesSNI(ch.serverNames, sni):
+			return 1
+		}
+		return -1
+	})
+	cands = narrow(cands, func(ch *chain) int {
+		switch ch.transportProtocol {
+		case "":
+			return 0
+		case transport:
+			return 1
+		}
+		return -1
+	})
+	if len(cands) == 0 {
 		return ls.defChain
 	}
-	return best
+	return cands[0]
+}
+
+// narrow keeps the candidates with the highest non-negative score.
+func narrow(cands []*chain, score func(*chain) int) []*chain {
+	best := -1
+	var out []*chain
+	for _, ch := range cands {
+		switch s := score(ch); {
+		case s > best:
+			best, out = s, []*chain{ch}
+		case s == best && s >= 0:
+			out = append(out, ch)
+		}
+	}
+	if best < 0 {
+		return nil
+	}
+	return out
 }
 
 func matchesSNI(names []string, sni string) bool {

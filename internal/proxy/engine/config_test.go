@@ -86,3 +86,29 @@ func FuzzCompileListener(f *testing.F) {
 		}
 	})
 }
+
+// A port named by some chain never falls back to portless chains: with
+// STRICT on 8090, plaintext to 8090 must not reach the passthrough chain.
+func TestChainMatchPortFirst(t *testing.T) {
+	strict := tcpChainProto("inbound|8090||-mtls", "inbound|8090||", 8090)
+	strict.FilterChainMatch.TransportProtocol = "tls"
+	l := &listenerv3.Listener{
+		Name: "virtualInbound",
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 15006}}}},
+		FilterChains: []*listenerv3.FilterChain{strict, tcpChainProto("virtualInbound-passthrough", "InboundPassthroughCluster", 0)},
+	}
+	ls, err := compileListener(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch := ls.match(netip.MustParseAddrPort("10.0.0.3:8090"), "", "raw_buffer"); ch != nil {
+		t.Fatalf("plaintext to a STRICT port matched %s", ch.name)
+	}
+	if ch := ls.match(netip.MustParseAddrPort("10.0.0.3:8090"), "", "tls"); ch == nil || ch.name != "inbound|8090||-mtls" {
+		t.Fatalf("TLS to the STRICT port matched %v", ch)
+	}
+	if ch := ls.match(netip.MustParseAddrPort("10.0.0.3:7000"), "", "raw_buffer"); ch == nil || ch.name != "virtualInbound-passthrough" {
+		t.Fatalf("an undeclared port matched %v", ch)
+	}
+}
