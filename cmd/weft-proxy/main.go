@@ -5,11 +5,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,7 +37,7 @@ func main() {
 
 func sidecarCmd() *cobra.Command {
 	var cfg sidecar.Config
-	var bootFile, labels, logFormat, logLevel string
+	var bootFile, labels, logFormat, logLevel, tokenFile string
 	var adminPort, statsPort, readyPort int
 	cmd := &cobra.Command{
 		Use:   "sidecar",
@@ -43,13 +45,6 @@ func sidecarCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			b := cfg.Bootstrap
-			if bootFile != "" {
-				fromFile, err := bootstrap.LoadFile(bootFile)
-				if err != nil {
-					return err
-				}
-				mergeUnset(&b, fromFile)
-			}
 			if labels != "" {
 				l, err := bootstrap.ParseLabels(labels)
 				if err != nil {
@@ -57,8 +52,33 @@ func sidecarCmd() *cobra.Command {
 				}
 				b.Labels = l
 			}
+			// Precedence: flags, then WEFT_* variables, then the file.
 			if err := b.FromEnv(os.Getenv); err != nil {
 				return err
+			}
+			if bootFile != "" {
+				fromFile, err := bootstrap.LoadFile(bootFile)
+				if err != nil {
+					return err
+				}
+				mergeUnset(&b, fromFile)
+			}
+			if cfg.Identity.BootstrapToken == "" {
+				if tokenFile == "" {
+					tokenFile = os.Getenv("WEFT_BOOTSTRAP_TOKEN_FILE")
+				}
+				if tokenFile != "" {
+					raw, err := os.ReadFile(tokenFile)
+					switch {
+					case err == nil:
+						cfg.Identity.BootstrapToken = strings.TrimSpace(string(raw))
+					case errors.Is(err, os.ErrNotExist) && cfg.Identity.CertDir != "":
+						// Renewal uses the certificate in --cert-dir; the
+						// token was only needed for the first one.
+					default:
+						return fmt.Errorf("--bootstrap-token-file: %w", err)
+					}
+				}
 			}
 			cfg.Bootstrap = b
 			cfg.AdminAddr = "127.0.0.1:" + strconv.Itoa(adminPort)
@@ -95,6 +115,7 @@ func sidecarCmd() *cobra.Command {
 	f.BoolVar(&cfg.Bootstrap.Explicit, "explicit", false, "explicit mode: no traffic capture; upstreams on 127.0.0.1:<port>")
 	f.BoolVar(&cfg.Delta, "delta", false, "use incremental (delta) xDS")
 	f.StringVar(&cfg.Identity.BootstrapToken, "bootstrap-token", os.Getenv("WEFT_BOOTSTRAP_TOKEN"), "bootstrap token for the first workload certificate (WEFT_BOOTSTRAP_TOKEN); enables mTLS xDS")
+	f.StringVar(&tokenFile, "bootstrap-token-file", "", "read the bootstrap token from this file (WEFT_BOOTSTRAP_TOKEN_FILE)")
 	f.StringVar(&cfg.Identity.CertDir, "cert-dir", "", "keep the workload key and certificate here across restarts")
 	f.StringVar(&cfg.Identity.RootFile, "ca-root-file", "", "PEM CA of the control plane's serving certificate (its ca.crt)")
 	f.StringVar(&cfg.Identity.CAAddress, "ca-address", "", "CA host:port (default: --discovery-address)")

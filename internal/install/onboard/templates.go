@@ -85,10 +85,8 @@ var hostsTmpl = template.Must(template.New(HostsFile).Parse(
 
 // unitTmpl is weft-proxy.service.
 //
-// weft-proxy sidecar reads the bootstrap token only from --bootstrap-token
-// or WEFT_BOOTSTRAP_TOKEN, so ExecStart loads the file into the variable
-// through /bin/sh (the token then never shows on a command line). "$$" is
-// systemd's escape for a literal "$".
+// weft-proxy sidecar reads the bootstrap token from the file named by
+// WEFT_BOOTSTRAP_TOKEN_FILE, so the token never shows on a command line.
 var unitTmpl = template.Must(template.New(UnitFile).Parse(
 	`# weft-proxy for WorkloadGroup {{.Namespace}}/{{.Group}}{{if .Explicit}}, explicit mode{{end}}.
 # Written by "weft workload entry configure"; install as
@@ -115,9 +113,10 @@ StateDirectoryMode=0700
 # proxy's own (user {{.User}}). The rules are marked with the host name.
 ExecStartPre=+{{.Binary}} iptables --proxy-uid {{.User}} --owner %H --exclude-inbound-ports=${WEFT_EXCLUDE_INBOUND_PORTS} --exclude-outbound-ports=${WEFT_EXCLUDE_OUTBOUND_PORTS}
 {{- end}}
-# The bootstrap token goes from its file into WEFT_BOOTSTRAP_TOKEN, never onto a
-# command line. Everything else comes from cluster.env.
-ExecStart=/bin/sh -c 'WEFT_BOOTSTRAP_TOKEN="$$(cat {{.ConfigDir}}/bootstrap-token 2>/dev/null)" exec {{.Binary}} sidecar{{if .Explicit}} --explicit{{end}} --ca-root-file {{.ConfigDir}}/root-cert.pem --cert-dir {{.CertDir}}'
+# The bootstrap token is read from its file (needed only for the first
+# certificate; renewals use the certificate). Everything else comes from cluster.env.
+Environment=WEFT_BOOTSTRAP_TOKEN_FILE={{.ConfigDir}}/bootstrap-token
+ExecStart={{.Binary}} sidecar{{if .Explicit}} --explicit{{end}} --ca-root-file {{.ConfigDir}}/root-cert.pem --cert-dir {{.CertDir}}
 {{- if not .Explicit}}
 # As root, after the proxy stopped (or failed to start): remove exactly those rules.
 ExecStopPost=+{{.Binary}} iptables --cleanup --owner %H
