@@ -38,7 +38,7 @@ func main() {
 func sidecarCmd() *cobra.Command {
 	var cfg sidecar.Config
 	var bootFile, labels, logFormat, logLevel, tokenFile string
-	var adminPort, statsPort, readyPort int
+	var adminPort, statsPort, readyPort, dnsPort int
 	cmd := &cobra.Command{
 		Use:   "sidecar",
 		Short: "Run the sidecar proxy for one workload",
@@ -84,6 +84,7 @@ func sidecarCmd() *cobra.Command {
 			cfg.AdminAddr = "127.0.0.1:" + strconv.Itoa(adminPort)
 			cfg.StatsAddr = ":" + strconv.Itoa(statsPort)
 			cfg.ReadyAddr = ":" + strconv.Itoa(readyPort)
+			cfg.DNSPort = dnsPort
 			cfg.LogLevel = new(slog.LevelVar)
 			if err := cfg.LogLevel.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("invalid --log-level %q", logLevel)
@@ -122,6 +123,7 @@ func sidecarCmd() *cobra.Command {
 	f.IntVar(&adminPort, "admin-port", 15000, "admin API port (127.0.0.1)")
 	f.IntVar(&statsPort, "stats-port", 15020, "Prometheus stats port")
 	f.IntVar(&readyPort, "ready-port", 15021, "readiness port")
+	f.IntVar(&dnsPort, "dns-port", 15053, "DNS proxy port on 127.0.0.1 (0 disables; off in explicit mode)")
 	f.DurationVar(&cfg.DrainDuration, "drain-duration", 5*time.Second, "how long connections may finish on SIGTERM")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

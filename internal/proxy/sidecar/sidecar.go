@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"os"
+	"strconv"
 	"strings"
 
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/weftmesh/weft/internal/proxy/admin"
 	"github.com/weftmesh/weft/internal/proxy/bootstrap"
+	"github.com/weftmesh/weft/internal/proxy/dns"
 	"github.com/weftmesh/weft/internal/proxy/engine"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 	"github.com/weftmesh/weft/internal/telemetry"
@@ -47,6 +49,10 @@ type Config struct {
 	// a workload certificate from the CA and talk xDS over mutual TLS
 	// (Discovery must then be the TLS port, e.g. :15012).
 	Identity Identity
+	// DNSPort serves the DNS proxy on 127.0.0.1 (and ::1 when it can) at
+	// this port; 0 disables it, and so does explicit mode (nothing
+	// captures DNS there).
+	DNSPort int
 }
 
 // Identity configures the workload certificate.
@@ -120,6 +126,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts,
 	})
 	client := xdsclient.New(xcfg, eng.Validate, log.With("component", "xds"))
+	updates := client.Updates()
+	var dnsSrv *dns.Server
+	if cfg.DNSPort > 0 && !b.Explicit {
+		if dnsSrv, err = newDNS(cfg, reg, log); err != nil {
+			closeAll()
+			return err
+		}
+		defer dnsSrv.Close()
+	}
 	adm := admin.New(eng, reg, cfg.LogLevel)
 	servers := []*http.Server{
 		{Handler: adm.AdminHandler(), ReadHeaderTimeout: 10 * time.Second},
@@ -146,10 +161,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return nil
 		}
 	}
+	if dnsSrv != nil {
+		updates = dnsUpdates(ctx, updates, dnsSrv)
+		go func() { _ = dnsSrv.Serve(ctx) }()
+	}
 	xdsDone := make(chan error, 1)
 	go func() { xdsDone <- client.Run(ctx) }()
 	log.Info("weft-proxy started", "node", node.GetId(), "discovery", b.Discovery, "admin", cfg.AdminAddr)
-	err = eng.Run(ctx, client.Updates())
+	err = eng.Run(ctx, updates)
 	cancel()
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer scancel()
@@ -160,6 +179,39 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Warn("xds client stopped", "error", xerr)
 	}
 	return err
+}
+
+// newDNS binds the DNS proxy (a clash fails start-up like any port).
+func newDNS(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*dns.Server, error) {
+	port := strconv.Itoa(cfg.DNSPort)
+	suffixes := []string{"cluster.local"}
+	if td := cfg.Bootstrap.TrustDomain; td != "" && td != "cluster.local" {
+		suffixes = append(suffixes, td)
+	}
+	return dns.New(dns.Config{Addrs: []string{"127.0.0.1:" + port}, OptionalAddrs: []string{"[::1]:" + port},
+		Namespace: cfg.Bootstrap.Namespace, DomainSuffixes: suffixes, Registerer: reg}, log.With("component", "dns"))
+}
+
+// dnsUpdates passes the client's snapshots on to the engine (latest wins,
+// as on the client's channel) and rebuilds the DNS table from each.
+func dnsUpdates(ctx context.Context, in <-chan *xdsclient.Snapshot, srv *dns.Server) <-chan *xdsclient.Snapshot {
+	out := make(chan *xdsclient.Snapshot, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case s := <-in:
+				select {
+				case <-out:
+				default:
+				}
+				out <- s
+				srv.Update(dns.FromSnapshot(s))
+			}
+		}
+	}()
+	return out
 }
 
 func statsMux(a *admin.Server) http.Handler {
