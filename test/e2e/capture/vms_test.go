@@ -96,6 +96,17 @@ spec:
   - {address: 10.81.0.4, serviceAccount: reviews, labels: {app: reviews, version: v2, security.istio.io/tlsMode: istio}}
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings}
+spec:
+  hosts: [ratings.mesh]          # no address: the control plane allocates one
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 10.81.0.4, serviceAccount: reviews, labels: {app: reviews, security.istio.io/tlsMode: istio}}
+---
+apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: reviews}
 spec:
@@ -176,6 +187,12 @@ spec:
 	}
 	if share := float64(v1) / 400; share < 0.72 || share > 0.88 {
 		t.Fatalf("reviews-v1 answered %.1f%% of 400 calls, want 80%% ± 8", share*100)
+	}
+	// A ServiceEntry host without an address resolves to the VIP the
+	// control plane allocated (240.240.0.0/16).
+	if out, err := in(ns["a"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
+		appBin, "get", "-url", "http://ratings.mesh:9080/", "-n", "10"); err != nil || !strings.Contains(out, "reviews-v2 10") {
+		t.Fatalf("calls to ratings.mesh (auto-allocated VIP): %v\n%s", err, out)
 	}
 	for _, h := range []string{"a", "b"} {
 		metrics, err := in(ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15020/stats/prometheus")
