@@ -22,6 +22,9 @@ var weftBin, proxyBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "weft-sidecar-e2e")
+	if err == nil {
+		err = os.Chmod(dir, 0o755) // the sidecar may run as nobody
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -187,9 +190,16 @@ spec:
 	apply(config(80, 20))
 
 	admin, stats, ready := freePort(t), freePort(t), freePort(t)
-	process(t, proxyBin, "sidecar", "--explicit", "--ip", "127.0.0.10", "--name", "client", "--namespace", "default",
+	// Explicit mode needs no privileges: when the test runs as root, the
+	// sidecar runs as nobody.
+	bin, pre := asNobody()
+	proxyArgs := append(pre, proxyBin, "sidecar", "--explicit", "--ip", "127.0.0.10", "--name", "client", "--namespace", "default",
 		"--labels", "app=client,version=v1", "--discovery-address", fmt.Sprintf("127.0.0.1:%d", xdsPort),
 		"--admin-port", fmt.Sprint(admin), "--stats-port", fmt.Sprint(stats), "--ready-port", fmt.Sprint(ready), "--log-level", "debug")
+	if bin == "" {
+		bin, proxyArgs = proxyArgs[0], proxyArgs[1:]
+	}
+	process(t, bin, proxyArgs...)
 	waitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/healthz/ready", ready))
 
 	client := &http.Client{Timeout: 10 * time.Second}
@@ -484,4 +494,17 @@ func waitPort(t *testing.T, port int) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// asNobody returns the command prefix that runs a process as nobody when
+// the test runs as root (and setpriv exists), else nothing.
+func asNobody() (string, []string) {
+	if os.Geteuid() != 0 {
+		return "", nil
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		return "", nil
+	}
+	return setpriv, []string{"--reuid=65534", "--regid=65534", "--clear-groups"}
 }

@@ -1,0 +1,325 @@
+// Command mesh measures weft's sidecar data path against a baseline and
+// against nginx and haproxy two-hop mutual-TLS chains, the way Istio's
+// performance benchmarks do, with fortio.
+//
+// It builds the topology of test/e2e/capture in network namespaces on a
+// bridge: a control plane namespace running `weft server`, client host A
+// and server host B. fortio's echo server runs on B (`fortio server
+// -http-port 8080`) and fortio's load client on A as an ordinary user
+// (setpriv, UID 65534), so that in the mesh case its traffic is captured.
+// The chains, measured one after the other (only the measured chain's
+// proxies run):
+//
+//   - baseline: A -> B directly (no capture rules, no proxies);
+//   - nginx: A -> nginx on A (loopback) -> mTLS with client certificates ->
+//     nginx on B -> B (throwaway ECDSA P-256 CA generated here);
+//   - haproxy: the same with haproxy;
+//   - weft: A -> sidecar A -> mTLS -> sidecar B -> B, capture rules
+//     (`weft-proxy iptables -u 1337`) on both hosts, sidecars as UID 1337
+//     with workload certificates from bootstrap tokens, STRICT mTLS; the
+//     client calls a ServiceEntry VIP.
+//
+// For each chain: a short warm-up, then `fortio load -qps 1000 -c 16 -t 30s
+// -uniform -nocatchup` on /echo?size=1024 (1 KiB responses) for latency,
+// then `-qps 0 -c 16 -t 10s` for maximum throughput. For weft it also
+// reads each sidecar's CPU (utime+stime from /proc/<pid>/stat over the
+// 1,000-qps run) and memory (VmRSS, VmHWM) after it.
+//
+// It needs root, ip(8), iptables, setpriv, nginx, haproxy and fortio (PATH
+// or $GOPATH/bin: go install fortio.org/fortio@v1.66.0). Everything it
+// creates (namespaces, processes, rules, temporary files) is removed on
+// exit, also on failure or SIGINT/SIGTERM.
+//
+// Usage:
+//
+//	go run ./bench/mesh -out bench/results/mesh.md
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	qps, conns  int
+	latencyDur  time.Duration
+	maxDur      time.Duration
+	warmup      time.Duration
+	chains      []string
+	out, fortio string
+}
+
+func main() {
+	var o options
+	var chains string
+	flag.IntVar(&o.qps, "qps", 1000, "request rate of the latency run")
+	flag.IntVar(&o.conns, "c", 16, "connections (fortio -c)")
+	flag.DurationVar(&o.latencyDur, "t", 30*time.Second, "duration of the latency run")
+	flag.DurationVar(&o.maxDur, "tmax", 10*time.Second, "duration of the maximum-throughput run (-qps 0)")
+	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "warm-up before each chain's runs (not measured)")
+	flag.StringVar(&chains, "chains", "baseline,nginx,haproxy,weft", "chains to measure, in order (baseline is always measured)")
+	flag.StringVar(&o.out, "out", "", "also write the markdown report to this file")
+	flag.StringVar(&o.fortio, "fortio", "", "fortio binary (default: PATH, then $GOPATH/bin)")
+	flag.Parse()
+	o.chains = []string{"baseline"}
+	for _, c := range strings.Split(chains, ",") {
+		switch c = strings.TrimSpace(c); c {
+		case "baseline", "":
+		case "nginx", "haproxy", "weft":
+			o.chains = append(o.chains, c)
+		default:
+			fmt.Fprintf(os.Stderr, "mesh: unknown chain %q\n", c)
+			os.Exit(2)
+		}
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "mesh: must run as root (it creates network namespaces, iptables rules and runs processes as other users); try: sudo $(go env GOROOT)/bin/go run ./bench/mesh")
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, o)
+	stop()
+	runCleanups()
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("interrupted: %v", err)
+		}
+		fmt.Fprintln(os.Stderr, "mesh:", err)
+		os.Exit(1)
+	}
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func findFortio(flagged string) (string, error) {
+	if flagged != "" {
+		return flagged, nil
+	}
+	if p, err := exec.LookPath("fortio"); err == nil {
+		return p, nil
+	}
+	gopath, err := exec.Command("go", "env", "GOPATH").Output()
+	if err == nil {
+		p := filepath.Join(strings.TrimSpace(string(gopath)), "bin", "fortio")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("fortio not found: go install fortio.org/fortio@v1.66.0")
+}
+
+// loadavg is the first three fields of /proc/loadavg.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
+}
+
+func copyFile(dst, src string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func run(ctx context.Context, o options) error {
+	need := []string{"ip", "iptables-restore", "iptables-save", "setpriv", "getconf"}
+	for _, c := range o.chains {
+		if c == "nginx" || c == "haproxy" {
+			need = append(need, c)
+		}
+	}
+	for _, tool := range need {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not installed (apt-get install -y iproute2 iptables util-linux nginx-light haproxy)", tool)
+		}
+	}
+	fortioSrc, err := findFortio(o.fortio)
+	if err != nil {
+		return err
+	}
+	// Binaries and files live in a directory the unprivileged users
+	// (the client, the sidecars) can reach.
+	dir, err := os.MkdirTemp("", "weft-bench-mesh-")
+	if err != nil {
+		return err
+	}
+	atExit(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	if err := copyFile(filepath.Join(dir, "fortio"), fortioSrc, 0o755); err != nil {
+		return err
+	}
+	logf("building weft and weft-proxy")
+	for bin, pkg := range map[string]string{"weft": "cmd/weft", "weft-proxy": "cmd/weft-proxy"} {
+		bctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		out, err := exec.CommandContext(bctx, "go", "build", "-o", filepath.Join(dir, bin), "github.com/weftmesh/weft/"+pkg).CombinedOutput()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("building %s: %v\n%s", pkg, err, out)
+		}
+	}
+	if err := writeCerts(dir, "10.82.0.3"); err != nil {
+		return fmt.Errorf("certificates: %v", err)
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	t, err := buildTopology(ctx, hex.EncodeToString(b))
+	if err != nil {
+		return err
+	}
+	logf("topology up: %s, %s, %s", t.ns["cp"], t.ns["a"], t.ns["b"])
+	fortio := filepath.Join(dir, "fortio")
+	echo, err := bg(dir, "fortio-server", t.ns["b"], "setpriv", "--reuid="+clientUID, "--regid="+clientUID, "--clear-groups",
+		fortio, "server", "-http-port", appPort, "-grpc-port", "disabled", "-redirect-port", "disabled", "-loglevel", "Warning")
+	if err != nil {
+		return err
+	}
+	directURL := "http://" + t.addr["b"] + ":" + appPort + "/echo?size=1024"
+	if err := eventually(ctx, "fortio echo server answering", readyTimeout, func() error {
+		_, err := in(ctx, commandTimeout, t.ns["a"], fortio, "curl", "-quiet", directURL)
+		return err
+	}, echo); err != nil {
+		return err
+	}
+
+	rep := &report{started: time.Now(), loadStart: loadavg(), opts: o, results: map[string]*chainResult{}}
+	var weftRes *weftUsage
+	for _, c := range o.chains {
+		logf("chain %s", c)
+		var procs []*proc
+		url := directURL
+		var mesh *weftMesh
+		switch c {
+		case "nginx", "haproxy":
+			procs, url, err = startProxyChain(ctx, dir, t, c)
+		case "weft":
+			mesh, url, err = startWeft(ctx, dir, t)
+		}
+		if err != nil {
+			return fmt.Errorf("%s chain: %v", c, err)
+		}
+		res, usage, err := measure(ctx, o, t, fortio, url, mesh)
+		if err != nil {
+			return fmt.Errorf("%s chain: %v", c, err)
+		}
+		rep.results[c] = res
+		if usage != nil {
+			weftRes = usage
+		}
+		logf("%s: p50 %.3f ms p90 %.3f ms p99 %.3f ms at %.0f qps; max %.0f qps", c,
+			res.lat.p[0]*1e3, res.lat.p[1]*1e3, res.lat.p[2]*1e3, res.lat.qps, res.max.qps)
+		for _, p := range procs {
+			p.stop()
+		}
+	}
+	rep.weft = weftRes
+	rep.finished, rep.loadEnd = time.Now(), loadavg()
+	md := rep.markdown()
+	fmt.Print(md)
+	if o.out != "" {
+		if err := os.WriteFile(o.out, []byte(md), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// measure runs the warm-up, the latency run (with the sidecars' CPU
+// sampled around it) and the maximum-throughput run.
+func measure(ctx context.Context, o options, t *topology, fortio, url string, mesh *weftMesh) (*chainResult, *weftUsage, error) {
+	load := func(qps int, d time.Duration) (*fortioResult, error) {
+		args := []string{"setpriv", "--reuid=" + clientUID, "--regid=" + clientUID, "--clear-groups",
+			fortio, "load", "-qps", fmt.Sprint(qps), "-c", fmt.Sprint(o.conns), "-t", d.String(),
+			"-p", "50,90,99", "-r", "0.00001", "-loglevel", "Warning", "-json", "-"}
+		if qps > 0 {
+			args = append(args, "-uniform", "-nocatchup")
+		}
+		out, err := in(ctx, d+60*time.Second, t.ns["a"], append(args, url)...)
+		if err != nil {
+			return nil, err
+		}
+		return parseFortio([]byte(out))
+	}
+	if o.warmup > 0 {
+		if _, err := load(200, o.warmup); err != nil {
+			return nil, nil, fmt.Errorf("warm-up: %v", err)
+		}
+	}
+	var usage *weftUsage
+	var before map[string]int64
+	var t0 time.Time
+	if mesh != nil {
+		before = map[string]int64{}
+		for h, pid := range mesh.pids {
+			ticks, err := cpuTicks(pid)
+			if err != nil {
+				return nil, nil, err
+			}
+			before[h] = ticks
+		}
+		t0 = time.Now()
+	}
+	lat, err := load(o.qps, o.latencyDur)
+	if err != nil {
+		return nil, nil, fmt.Errorf("latency run: %v", err)
+	}
+	if mesh != nil {
+		wall := time.Since(t0).Seconds()
+		hz := float64(clockTicks())
+		usage = &weftUsage{qps: lat.qps, sidecars: map[string]sidecarUsage{}}
+		for h, pid := range mesh.pids {
+			ticks, err := cpuTicks(pid)
+			if err != nil {
+				return nil, nil, err
+			}
+			rss, hwm, err := memKB(pid)
+			if err != nil {
+				return nil, nil, err
+			}
+			usage.sidecars[h] = sidecarUsage{vcpu: float64(ticks-before[h]) / hz / wall, rssKB: rss, hwmKB: hwm}
+		}
+	}
+	max, err := load(0, o.maxDur)
+	if err != nil {
+		return nil, nil, fmt.Errorf("throughput run: %v", err)
+	}
+	if mesh != nil {
+		for h, pid := range mesh.pids {
+			rss, hwm, err := memKB(pid)
+			if err == nil {
+				s := usage.sidecars[h]
+				s.rssAfterMaxKB, s.hwmKB = rss, hwm
+				usage.sidecars[h] = s
+			}
+		}
+	}
+	return &chainResult{url: url, lat: lat, max: max}, usage, nil
+}
