@@ -1,11 +1,8 @@
 package capture
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,32 +17,8 @@ import (
 func TestMeshDNSByName(t *testing.T) {
 	requireNetns(t)
 	buildMesh(t)
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	id := hex.EncodeToString(b)
-	hub := "weft-dns-" + id + "-hub"
-	run(t, "ip", "netns", "add", hub)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", hub).Run() })
-	run(t, "ip", "-n", hub, "link", "add", "br0", "type", "bridge")
-	run(t, "ip", "-n", hub, "link", "set", "br0", "up")
 	hosts := map[string]string{"cp": "10.81.0.1", "a": "10.81.0.2", "b": "10.81.0.3"}
-	ns := map[string]string{}
-	for _, h := range []string{"cp", "a", "b"} {
-		n := "weft-dns-" + id + "-" + h
-		ns[h] = n
-		run(t, "ip", "netns", "add", n)
-		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n).Run() })
-		run(t, "ip", "-n", n, "link", "set", "lo", "up")
-		v, p := "d"+id+h, "e"+id+h
-		run(t, "ip", "link", "add", v, "netns", n, "type", "veth", "peer", "name", p, "netns", hub)
-		run(t, "ip", "-n", hub, "link", "set", p, "master", "br0")
-		run(t, "ip", "-n", hub, "link", "set", p, "up")
-		run(t, "ip", "-n", n, "addr", "add", hosts[h]+"/24", "dev", v)
-		run(t, "ip", "-n", n, "link", "set", v, "up")
-		if h == "a" {
-			run(t, "ip", "-n", n, "route", "add", "240.240.0.0/16", "dev", v)
-		}
-	}
+	ns := bridgeNet(t, "weft-dns", hosts)
 	// `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over
 	// /etc/resolv.conf: A's resolver is the control plane host, where no
 	// DNS server runs. Only the capture makes names resolve.
@@ -59,20 +32,8 @@ func TestMeshDNSByName(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	data := t.TempDir()
-	bg(t, "weft-server", ns["cp"], weftBin, "server", "--data-dir", data, "--listen", "127.0.0.1:15443",
-		"--monitoring-listen", "", "--xds-listen", "127.0.0.1:15012", "--xds-plaintext-listen", hosts["cp"]+":15010", "--debounce", "20ms")
-	kc := filepath.Join(data, "kubeconfig")
-	weft := func(stdin string, args ...string) error {
-		cmd := exec.Command("ip", append([]string{"netns", "exec", ns["cp"], weftBin, "--kubeconfig", kc}, args...)...)
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	}
-	eventually(t, "weft server answering", func() error { return weft("", "get", "ns") })
+	_, weftCLI := controlPlane(t, ns["cp"], "--xds-listen", "127.0.0.1:15012", "--xds-plaintext-listen", hosts["cp"]+":15010")
+	weft := func(stdin string, args ...string) error { _, err := weftCLI(stdin, args...); return err }
 	if err := weft(`apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -101,50 +102,10 @@ const proxyUID = "1337"
 func TestMeshThroughTwoSidecars(t *testing.T) {
 	requireNetns(t)
 	buildMesh(t)
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	id := hex.EncodeToString(b)
-	hub := "weft-mesh-" + id + "-hub"
-	run(t, "ip", "netns", "add", hub)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", hub).Run() })
-	run(t, "ip", "-n", hub, "link", "add", "br0", "type", "bridge")
-	run(t, "ip", "-n", hub, "link", "set", "br0", "up")
 	hosts := map[string]string{"cp": "10.78.0.1", "a": "10.78.0.2", "b": "10.78.0.3"}
-	ns := map[string]string{}
-	for _, h := range []string{"cp", "a", "b"} {
-		n := "weft-mesh-" + id + "-" + h
-		ns[h] = n
-		run(t, "ip", "netns", "add", n)
-		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n).Run() })
-		run(t, "ip", "-n", n, "link", "set", "lo", "up")
-		v, p := "m"+id+h, "h"+id+h
-		run(t, "ip", "link", "add", v, "netns", n, "type", "veth", "peer", "name", p, "netns", hub)
-		run(t, "ip", "-n", hub, "link", "set", p, "master", "br0")
-		run(t, "ip", "-n", hub, "link", "set", p, "up")
-		run(t, "ip", "-n", n, "addr", "add", hosts[h]+"/24", "dev", v)
-		run(t, "ip", "-n", n, "link", "set", v, "up")
-		if h == "a" {
-			// The service VIP must be routable for the app's connect to
-			// reach the OUTPUT chain.
-			run(t, "ip", "-n", n, "route", "add", "240.240.0.0/16", "dev", v)
-		}
-	}
-
-	// Control plane.
-	data := t.TempDir()
-	bg(t, "weft-server", ns["cp"], weftBin, "server", "--data-dir", data, "--listen", "127.0.0.1:15443",
-		"--monitoring-listen", "", "--xds-listen", "127.0.0.1:15012", "--xds-plaintext-listen", hosts["cp"]+":15010", "--debounce", "20ms")
-	kc := filepath.Join(data, "kubeconfig")
-	weft := func(stdin string, args ...string) error {
-		cmd := exec.Command("ip", append([]string{"netns", "exec", ns["cp"], weftBin, "--kubeconfig", kc}, args...)...)
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	}
-	eventually(t, "weft server answering", func() error { return weft("", "get", "ns") })
+	ns := bridgeNet(t, "weft-mesh", hosts)
+	_, weftCLI := controlPlane(t, ns["cp"], "--xds-listen", "127.0.0.1:15012", "--xds-plaintext-listen", hosts["cp"]+":15010")
+	weft := func(stdin string, args ...string) error { _, err := weftCLI(stdin, args...); return err }
 	if err := weft(`apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews}
@@ -221,4 +182,66 @@ spec:
 	if out, err := in(ns["a"], appBin, "fetch", "-url", "http://10.78.0.3:9080/"); err != nil || out != "reviews-v1" {
 		t.Fatalf("direct call after cleanup: %q, %v", out, err)
 	}
+}
+
+// bridgeNet creates a hub namespace holding a bridge and one namespace per
+// host attached to it (lo up, the host's address in its /24, a route to
+// the VIP range 240.240.0.0/16 so connects reach the capture rules). It
+// returns the namespace name of each host; everything is removed when the
+// test ends.
+func bridgeNet(t *testing.T, prefix string, hosts map[string]string) map[string]string {
+	t.Helper()
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	id := hex.EncodeToString(b)
+	hub := prefix + "-" + id + "-hub"
+	run(t, "ip", "netns", "add", hub)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", hub).Run() })
+	run(t, "ip", "-n", hub, "link", "add", "br0", "type", "bridge")
+	run(t, "ip", "-n", hub, "link", "set", "br0", "up")
+	ns := map[string]string{}
+	names := make([]string, 0, len(hosts))
+	for h := range hosts {
+		names = append(names, h)
+	}
+	sort.Strings(names)
+	for _, h := range names {
+		n := prefix + "-" + id + "-" + h
+		ns[h] = n
+		run(t, "ip", "netns", "add", n)
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n).Run() })
+		run(t, "ip", "-n", n, "link", "set", "lo", "up")
+		v, p := "v"+id+h, "p"+id+h
+		run(t, "ip", "link", "add", v, "netns", n, "type", "veth", "peer", "name", p, "netns", hub)
+		run(t, "ip", "-n", hub, "link", "set", p, "master", "br0")
+		run(t, "ip", "-n", hub, "link", "set", p, "up")
+		run(t, "ip", "-n", n, "addr", "add", hosts[h]+"/24", "dev", v)
+		run(t, "ip", "-n", n, "link", "set", v, "up")
+		run(t, "ip", "-n", n, "route", "add", "240.240.0.0/16", "dev", v)
+	}
+	return ns
+}
+
+// controlPlane runs `weft server` in ns with the given listen flags and
+// returns its data dir and a function running the weft CLI against it
+// (stdout returned; stderr in the error).
+func controlPlane(t *testing.T, ns string, flags ...string) (string, func(stdin string, args ...string) (string, error)) {
+	t.Helper()
+	data := t.TempDir()
+	bg(t, "weft-server", ns, append([]string{weftBin, "server", "--data-dir", data, "--listen", "127.0.0.1:15443",
+		"--monitoring-listen", "", "--debounce", "20ms"}, flags...)...)
+	kc := filepath.Join(data, "kubeconfig")
+	weft := func(stdin string, args ...string) (string, error) {
+		cmd := exec.Command("ip", append([]string{"netns", "exec", ns, weftBin, "--kubeconfig", kc}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return "", fmt.Errorf("weft %v: %v: %s", args, err, stderr.String())
+		}
+		return string(out), nil
+	}
+	eventually(t, "weft server answering", func() error { _, err := weft("", "get", "ns"); return err })
+	return data, weft
 }

@@ -1,11 +1,8 @@
 package capture
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,46 +14,9 @@ import (
 func TestMeshMTLS(t *testing.T) {
 	requireNetns(t)
 	buildMesh(t)
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	id := hex.EncodeToString(b)
-	hub := "weft-mtls-" + id + "-hub"
-	run(t, "ip", "netns", "add", hub)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", hub).Run() })
-	run(t, "ip", "-n", hub, "link", "add", "br0", "type", "bridge")
-	run(t, "ip", "-n", hub, "link", "set", "br0", "up")
 	hosts := map[string]string{"cp": "10.79.0.1", "a": "10.79.0.2", "b": "10.79.0.3", "d": "10.79.0.4"}
-	ns := map[string]string{}
-	for _, h := range []string{"cp", "a", "b", "d"} {
-		n := "weft-mtls-" + id + "-" + h
-		ns[h] = n
-		run(t, "ip", "netns", "add", n)
-		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n).Run() })
-		run(t, "ip", "-n", n, "link", "set", "lo", "up")
-		v, p := "t"+id+h, "g"+id+h
-		run(t, "ip", "link", "add", v, "netns", n, "type", "veth", "peer", "name", p, "netns", hub)
-		run(t, "ip", "-n", hub, "link", "set", p, "master", "br0")
-		run(t, "ip", "-n", hub, "link", "set", p, "up")
-		run(t, "ip", "-n", n, "addr", "add", hosts[h]+"/24", "dev", v)
-		run(t, "ip", "-n", n, "link", "set", v, "up")
-		if h == "a" {
-			run(t, "ip", "-n", n, "route", "add", "240.240.0.0/16", "dev", v)
-		}
-	}
-	data := t.TempDir()
-	bg(t, "weft-server", ns["cp"], weftBin, "server", "--data-dir", data, "--listen", "127.0.0.1:15443", "--tls-san", hosts["cp"],
-		"--monitoring-listen", "", "--xds-listen", "0.0.0.0:15012", "--xds-plaintext-listen", "", "--debounce", "20ms")
-	kc := filepath.Join(data, "kubeconfig")
-	weft := func(stdin string, args ...string) (string, error) {
-		cmd := exec.Command("ip", append([]string{"netns", "exec", ns["cp"], weftBin, "--kubeconfig", kc}, args...)...)
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.Output()
-		if err != nil {
-			return "", fmt.Errorf("weft %v: %v", args, err)
-		}
-		return string(out), nil
-	}
-	eventually(t, "weft server answering", func() error { _, err := weft("", "get", "ns"); return err })
+	ns := bridgeNet(t, "weft-mtls", hosts)
+	data, weft := controlPlane(t, ns["cp"], "--tls-san", hosts["cp"], "--xds-listen", "0.0.0.0:15012", "--xds-plaintext-listen", "")
 	if _, err := weft(`apiVersion: networking.istio.io/v1
 kind: WorkloadGroup
 metadata: {name: productpage}

@@ -1,11 +1,8 @@
 package capture
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -24,29 +21,9 @@ import (
 func TestThreeVMs(t *testing.T) {
 	requireNetns(t)
 	buildMesh(t)
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	id := hex.EncodeToString(b)
-	hub := "weft-vms-" + id + "-hub"
-	run(t, "ip", "netns", "add", hub)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", hub).Run() })
-	run(t, "ip", "-n", hub, "link", "add", "br0", "type", "bridge")
-	run(t, "ip", "-n", hub, "link", "set", "br0", "up")
 	hosts := map[string]string{"cp": "10.81.0.1", "a": "10.81.0.2", "b": "10.81.0.3", "c": "10.81.0.4", "d": "10.81.0.5"}
-	ns := map[string]string{}
-	for _, h := range []string{"cp", "a", "b", "c", "d"} {
-		n := "weft-vms-" + id + "-" + h
-		ns[h] = n
-		run(t, "ip", "netns", "add", n)
-		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n).Run() })
-		run(t, "ip", "-n", n, "link", "set", "lo", "up")
-		v, p := "v"+id+h, "q"+id+h
-		run(t, "ip", "link", "add", v, "netns", n, "type", "veth", "peer", "name", p, "netns", hub)
-		run(t, "ip", "-n", hub, "link", "set", p, "master", "br0")
-		run(t, "ip", "-n", hub, "link", "set", p, "up")
-		run(t, "ip", "-n", n, "addr", "add", hosts[h]+"/24", "dev", v)
-		run(t, "ip", "-n", n, "link", "set", v, "up")
-		run(t, "ip", "-n", n, "route", "add", "240.240.0.0/16", "dev", v)
+	ns := bridgeNet(t, "weft-vms", hosts)
+	for _, n := range ns {
 		// The host's resolver is the control plane, where no DNS server
 		// runs: mesh names resolve only through the sidecar's DNS proxy.
 		etc := filepath.Join("/etc/netns", n)
@@ -58,20 +35,7 @@ func TestThreeVMs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	data := t.TempDir()
-	bg(t, "weft-server", ns["cp"], weftBin, "server", "--data-dir", data, "--listen", "127.0.0.1:15443", "--tls-san", hosts["cp"],
-		"--monitoring-listen", "", "--xds-listen", "0.0.0.0:15012", "--xds-plaintext-listen", "", "--debounce", "20ms")
-	kc := filepath.Join(data, "kubeconfig")
-	weft := func(stdin string, args ...string) (string, error) {
-		cmd := exec.Command("ip", append([]string{"netns", "exec", ns["cp"], weftBin, "--kubeconfig", kc}, args...)...)
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.Output()
-		if err != nil {
-			return "", fmt.Errorf("weft %v: %v", args, err)
-		}
-		return string(out), nil
-	}
-	eventually(t, "weft server answering", func() error { _, err := weft("", "get", "ns"); return err })
+	data, weft := controlPlane(t, ns["cp"], "--tls-san", hosts["cp"], "--xds-listen", "0.0.0.0:15012", "--xds-plaintext-listen", "")
 	if _, err := weft(`apiVersion: networking.istio.io/v1
 kind: WorkloadGroup
 metadata: {name: productpage}
