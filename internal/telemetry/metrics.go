@@ -5,6 +5,7 @@ package telemetry
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +30,10 @@ var tcpLabels = []string{
 
 // Metrics are Istio's standard request and TCP metrics.
 type Metrics struct {
+	// observers caches the per-label-set metric children, so a request
+	// does not build a label map and hash it four times.
+	observers sync.Map // requestKey -> *requestObservers
+
 	Requests        *prometheus.CounterVec
 	RequestDuration *prometheus.HistogramVec
 	RequestBytes    *prometheus.HistogramVec
@@ -106,8 +111,40 @@ func orUnknown(s string) string {
 	return s
 }
 
+// requestKey is one request label set.
+type requestKey struct {
+	reporter                                           string
+	src, dst                                           Peer
+	svc, svcName, svcNS, proto, grpcStatus, flags, sec string
+	code                                               int
+}
+
+type requestObservers struct {
+	requests                      prometheus.Counter
+	duration, reqBytes, respBytes prometheus.Observer
+}
+
 // ObserveRequest records one request in every request metric.
 func (m *Metrics) ObserveRequest(r Request) {
+	key := requestKey{reporter: r.Reporter, src: r.Source, dst: r.Destination, svc: r.DestinationService,
+		svcName: r.DestinationServiceName, svcNS: r.DestinationServiceNamespace, proto: r.Protocol,
+		grpcStatus: r.GRPCStatus, flags: r.Flags, sec: r.Security, code: r.Code}
+	if o, ok := m.observers.Load(key); ok {
+		m.observe(o.(*requestObservers), r)
+		return
+	}
+	m.observeSlow(key, r)
+}
+
+func (m *Metrics) observe(o *requestObservers, r Request) {
+	o.requests.Inc()
+	o.duration.Observe(float64(r.Duration) / float64(time.Millisecond))
+	o.reqBytes.Observe(float64(r.RequestBytes))
+	o.respBytes.Observe(float64(r.ResponseBytes))
+}
+
+// observeSlow builds the label set once for a new key.
+func (m *Metrics) observeSlow(key requestKey, r Request) {
 	flags := r.Flags
 	if flags == "" {
 		flags = "-"
@@ -137,8 +174,8 @@ func (m *Metrics) ObserveRequest(r Request) {
 		"response_flags":                 flags,
 		"connection_security_policy":     sec,
 	}
-	m.Requests.With(l).Inc()
-	m.RequestDuration.With(l).Observe(float64(r.Duration) / float64(time.Millisecond))
-	m.RequestBytes.With(l).Observe(float64(r.RequestBytes))
-	m.ResponseBytes.With(l).Observe(float64(r.ResponseBytes))
+	o := &requestObservers{requests: m.Requests.With(l), duration: m.RequestDuration.With(l),
+		reqBytes: m.RequestBytes.With(l), respBytes: m.ResponseBytes.With(l)}
+	actual, _ := m.observers.LoadOrStore(key, o)
+	m.observe(actual.(*requestObservers), r)
 }
