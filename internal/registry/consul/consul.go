@@ -10,13 +10,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"reflect"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -145,9 +143,9 @@ func (s *Source) watchCatalog(ctx context.Context, w *watches, wg *sync.WaitGrou
 		}
 		if err != nil {
 			failures++
-			d := s.backoff(failures)
+			d := registry.Backoff(s.cfg.RetryMin, s.cfg.RetryMax, failures)
 			s.logger.Warn("catalog query failed", "err", err, "failures", failures, "retry_in", d)
-			if !sleep(ctx, d) {
+			if !registry.Sleep(ctx, d) {
 				return
 			}
 			continue
@@ -156,7 +154,7 @@ func (s *Source) watchCatalog(ctx context.Context, w *watches, wg *sync.WaitGrou
 			s.logger.Info("catalog query recovered", "failures", failures)
 		}
 		failures = 0
-		index = nextIndex(index, meta.LastIndex)
+		index = registry.NextIndex(index, meta.LastIndex)
 
 		w.mu.Lock()
 		for name := range services {
@@ -198,7 +196,7 @@ func (s *Source) watchService(ctx context.Context, w *watches, name string, sw *
 		}
 		if err != nil {
 			failures++
-			d := s.backoff(failures)
+			d := registry.Backoff(s.cfg.RetryMin, s.cfg.RetryMax, failures)
 			s.logger.Warn("health query failed", "path", path, "err", err, "failures", failures, "retry_in", d)
 			w.mu.Lock()
 			first := !sw.done
@@ -207,51 +205,17 @@ func (s *Source) watchService(ctx context.Context, w *watches, name string, sw *
 			if first {
 				w.signal() // do not hold back the first report for one service
 			}
-			if !sleep(ctx, d) {
+			if !registry.Sleep(ctx, d) {
 				return
 			}
 			continue
 		}
 		failures = 0
-		index = nextIndex(index, meta.LastIndex)
+		index = registry.NextIndex(index, meta.LastIndex)
 		w.mu.Lock()
 		sw.done, sw.entries = true, entries
 		w.mu.Unlock()
 		w.signal()
-	}
-}
-
-// nextIndex applies Consul's rules for blocking-query indexes: reset to 0
-// when the index goes backwards, and never wait on 0 (which would not
-// block and could busy-loop).
-func nextIndex(prev, got uint64) uint64 {
-	switch {
-	case got < prev:
-		return 0
-	case got == 0:
-		return 1
-	}
-	return got
-}
-
-// backoff is an exponential delay with jitter in [d/2, d], d bounded by
-// RetryMax.
-func (s *Source) backoff(failures int) time.Duration {
-	d := s.cfg.RetryMin << min(failures-1, 20)
-	if d > s.cfg.RetryMax || d <= 0 {
-		d = s.cfg.RetryMax
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 

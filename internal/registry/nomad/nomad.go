@@ -11,13 +11,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"reflect"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/nomad/api"
 
@@ -137,9 +135,9 @@ func (s *Source) watchList(ctx context.Context, w *watches, wg *sync.WaitGroup) 
 		}
 		if err != nil {
 			failures++
-			d := s.backoff(failures)
+			d := registry.Backoff(s.cfg.RetryMin, s.cfg.RetryMax, failures)
 			s.logger.Warn("service list query failed", "err", err, "failures", failures, "retry_in", d)
-			if !sleep(ctx, d) {
+			if !registry.Sleep(ctx, d) {
 				return
 			}
 			continue
@@ -148,7 +146,7 @@ func (s *Source) watchList(ctx context.Context, w *watches, wg *sync.WaitGroup) 
 			s.logger.Info("service list query recovered", "failures", failures)
 		}
 		failures = 0
-		index = nextIndex(index, meta.LastIndex)
+		index = registry.NextIndex(index, meta.LastIndex)
 
 		present := map[serviceKey]bool{}
 		for _, ns := range list {
@@ -194,7 +192,7 @@ func (s *Source) watchService(ctx context.Context, w *watches, k serviceKey, sw 
 		}
 		if err != nil {
 			failures++
-			d := s.backoff(failures)
+			d := registry.Backoff(s.cfg.RetryMin, s.cfg.RetryMax, failures)
 			s.logger.Warn("service query failed", "namespace", k.namespace, "service", k.name, "err", err, "failures", failures, "retry_in", d)
 			w.mu.Lock()
 			first := !sw.done
@@ -203,50 +201,17 @@ func (s *Source) watchService(ctx context.Context, w *watches, k serviceKey, sw 
 			if first {
 				w.signal()
 			}
-			if !sleep(ctx, d) {
+			if !registry.Sleep(ctx, d) {
 				return
 			}
 			continue
 		}
 		failures = 0
-		index = nextIndex(index, meta.LastIndex)
+		index = registry.NextIndex(index, meta.LastIndex)
 		w.mu.Lock()
 		sw.done, sw.regs = true, regs
 		w.mu.Unlock()
 		w.signal()
-	}
-}
-
-// nextIndex resets a blocking-query index that went backwards (a restored
-// or new cluster) and never waits on 0, which would not block.
-func nextIndex(prev, got uint64) uint64 {
-	switch {
-	case got < prev:
-		return 0
-	case got == 0:
-		return 1
-	}
-	return got
-}
-
-// backoff is an exponential delay with jitter in [d/2, d], d bounded by
-// RetryMax.
-func (s *Source) backoff(failures int) time.Duration {
-	d := s.cfg.RetryMin << min(failures-1, 20)
-	if d > s.cfg.RetryMax || d <= 0 {
-		d = s.cfg.RetryMax
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
