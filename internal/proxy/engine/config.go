@@ -6,9 +6,11 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -16,6 +18,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
+	"github.com/weftmesh/weft/internal/proxy/httpfilter"
 	"github.com/weftmesh/weft/internal/proxy/route"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 )
@@ -43,6 +46,8 @@ type httpChain struct {
 	statPrefix string
 	rdsName    string
 	inline     *route.Table
+	// filters run in order before the router (see internal/proxy/httpfilter).
+	filters []httpfilter.Filter
 }
 
 // tcpChain is a tcp_proxy: one cluster or weighted clusters.
@@ -226,6 +231,11 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 				}
 				hc.inline = t
 			}
+			fs, err := compileHTTPFilters(h.GetHttpFilters())
+			if err != nil {
+				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
+			hc.filters = fs
 			if hc.rdsName == "" && hc.inline == nil {
 				return nil, fmt.Errorf("filter %s: neither rds nor route_config", f.GetName())
 			}
@@ -257,6 +267,45 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 		return nil, fmt.Errorf("a filter chain needs an http_connection_manager or a tcp_proxy")
 	}
 	return ch, nil
+}
+
+// nativeHTTPFilters are implemented by the engine itself from route
+// config; they are not built through the httpfilter registry.
+var nativeHTTPFilters = map[string]bool{
+	"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router":   true,
+	"type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault": true,
+	"type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors":       true,
+}
+
+// compileHTTPFilters builds an HCM's http_filters from the registry. The
+// router must come last; an unknown filter is an error unless it is marked
+// is_optional, and a disabled one is skipped.
+func compileHTTPFilters(hfs []*hcmv3.HttpFilter) ([]httpfilter.Filter, error) {
+	var out []httpfilter.Filter
+	for i, hf := range hfs {
+		tc := hf.GetTypedConfig()
+		if tc == nil {
+			return nil, fmt.Errorf("http_filters[%d] %s has no typed_config", i, hf.GetName())
+		}
+		if nativeHTTPFilters[tc.GetTypeUrl()] {
+			if strings.HasSuffix(tc.GetTypeUrl(), ".Router") && i != len(hfs)-1 {
+				return nil, fmt.Errorf("http_filters[%d] %s: the router must be the last filter", i, hf.GetName())
+			}
+			continue
+		}
+		if hf.GetDisabled() {
+			continue
+		}
+		f, err := httpfilter.Build(tc)
+		if errors.Is(err, httpfilter.ErrUnknown) && hf.GetIsOptional() {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("http_filters[%d] %s: %w", i, hf.GetName(), err)
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }
 
 // pick chooses the tcp_proxy cluster for a random draw.

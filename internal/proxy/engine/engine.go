@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/weftmesh/weft/internal/proxy/admin"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
+	"github.com/weftmesh/weft/internal/proxy/httpfilter"
 	"github.com/weftmesh/weft/internal/proxy/listener"
 	"github.com/weftmesh/weft/internal/proxy/tcp"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
@@ -397,4 +398,7 @@ type chainConn struct {
 	net.Conn
 	chain *httpChain
 	dst   netip.AddrPort
+	// fconn is the connection as HTTP filters see it (filterConn).
+	connOnce sync.Once
+	fconn    *httpfilter.Conn
 }

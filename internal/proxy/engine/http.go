@@ -75,6 +75,15 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		rte, _, ok = table.Match(req)
 	}
 	defer func() { e.record(cc, ex, r) }()
+	if len(cc.chain.filters) > 0 {
+		if rep := runFilters(cc, r); rep != nil {
+			ex.flags, ex.code = rep.Flags, rep.Status
+			copyHeader(w.Header(), rep.Header)
+			w.WriteHeader(rep.Status)
+			_, _ = io.WriteString(w, rep.Body)
+			return
+		}
+	}
 	if !ok {
 		ex.flags, ex.code = "NR", http.StatusNotFound
 		w.WriteHeader(http.StatusNotFound)

@@ -25,6 +25,8 @@ import (
 	"github.com/weftmesh/weft/internal/proxy/bootstrap"
 	"github.com/weftmesh/weft/internal/proxy/dns"
 	"github.com/weftmesh/weft/internal/proxy/engine"
+	// The HTTP filters the engine builds from xDS register in init.
+	_ "github.com/weftmesh/weft/internal/proxy/httpfilter/all"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 	"github.com/weftmesh/weft/internal/telemetry"
 )

@@ -1,0 +1,4 @@
+// Package all links every HTTP filter of weft-proxy (RBAC, JWT
+// authentication, …) into the binary that imports it: each filter package
+// registers itself with internal/proxy/httpfilter in init.
+package all
