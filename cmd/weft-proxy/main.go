@@ -119,6 +119,7 @@ func sidecarCmd() *cobra.Command {
 	f.StringVar(&tokenFile, "bootstrap-token-file", "", "read the bootstrap token from this file (WEFT_BOOTSTRAP_TOKEN_FILE)")
 	f.StringVar(&cfg.Identity.CertDir, "cert-dir", "", "keep the workload key and certificate here across restarts")
 	f.StringVar(&cfg.Identity.RootFile, "ca-root-file", "", "PEM CA of the control plane's serving certificate (its ca.crt)")
+	f.DurationVar(&cfg.Identity.TTL, "cert-ttl", 0, "workload certificate lifetime to ask for (default: the CA's, 24h); renewed at about half of it")
 	f.StringVar(&cfg.Identity.CAAddress, "ca-address", "", "CA host:port (default: --discovery-address)")
 	f.IntVar(&adminPort, "admin-port", 15000, "admin API port (127.0.0.1)")
 	f.IntVar(&statsPort, "stats-port", 15020, "Prometheus stats port")

@@ -224,10 +224,19 @@ func requireIdentity(csr *ca.Service, log *slog.Logger) grpc.StreamServerInterce
 				return err
 			}
 			log.Debug("xds: authenticated stream", "namespace", id.Namespace, "service_account", id.ServiceAccount)
+			ss = callerStream{ServerStream: ss, ctx: xds.WithCaller(ss.Context(), xds.Caller{Namespace: id.Namespace, ServiceAccount: id.ServiceAccount})}
 		}
 		return handler(srv, ss)
 	}
 }
+
+// callerStream carries the authenticated caller in the stream's context.
+type callerStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c callerStream) Context() context.Context { return c.ctx }
 
 // registrySyncTimeout bounds how long proxies wait for a registry source
 // that never reports (e.g. an unreachable Consul) before they get the

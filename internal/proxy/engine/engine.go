@@ -276,11 +276,13 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 	}
 	ep, err := c.Pick(cluster.PickContext{OriginalDst: dst})
 	if err != nil {
+		e.log.Debug("tcp: no upstream", "cluster", name, "error", err)
 		_ = down.Close()
 		return
 	}
 	up, err := e.dialUpstream(context.Background(), c, ep.Address, []string{"istio-peer-exchange", "istio"})
 	if err != nil {
+		e.log.Warn("tcp: upstream connect failed", "cluster", name, "endpoint", ep.Address, "error", err)
 		c.State().Report(ep, cluster.Outcome{ConnectFailure: true})
 		_ = down.Close()
 		return

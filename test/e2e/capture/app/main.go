@@ -19,6 +19,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: app serve|get [flags]")
 		os.Exit(2)
 	}
+	if run, ok := modes[os.Args[1]]; ok {
+		os.Exit(run(os.Args[2:]))
+	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	addr := fs.String("addr", ":9080", "serve: listen address")
 	name := fs.String("name", "app", "serve: the name to answer with")
