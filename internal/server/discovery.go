@@ -85,9 +85,30 @@ func newDiscovery(ctx context.Context, cfg DiscoveryConfig, st store.Store, auth
 	pusher := push.New(cache, reg, log.With("component", "pilot.push"), push.Options{Debounce: cfg.Debounce})
 	d := &discovery{cfg: cfg, log: log, pusher: pusher, authority: authority, reg: reg, agg: registry.NewAggregator(), srcs: srcs, addrs: make(chan [2]string, 1)}
 	d.xds = xds.New(ctx, cache, pusher, log.With("component", "pilot.xds"))
+	if authority != nil {
+		pusher.SetTrustBundle(authority.Roots())
+	}
 	d.registrar = workload.New(st, log.With("component", "registry.workload"), workload.Options{})
 	d.xds.Hooks = &autoRegister{r: d.registrar, log: log}
 	return d, nil
+}
+
+// followTrustBundle pushes the CA's trust bundle to sidecars (SDS ROOTCA)
+// whenever it changes, e.g. while a root rotates.
+func (d *discovery) followTrustBundle(ctx context.Context) {
+	if d.authority == nil {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.authority.BundleUpdates():
+			roots := d.authority.Roots()
+			d.log.Info("trust bundle changed; pushing it to sidecars", "roots", len(roots))
+			d.pusher.SetTrustBundle(roots)
+		}
+	}
 }
 
 // autoRegister connects xDS proxies that name a WorkloadGroup to the
@@ -172,6 +193,7 @@ func (d *discovery) run(ctx context.Context, st store.Store, tlsCert tls.Certifi
 		}
 	}()
 	go d.pusher.Run(ctx)
+	go d.followTrustBundle(ctx)
 	go d.registrar.Run(ctx)
 
 	// :15012 asks for (but does not require) a workload certificate from

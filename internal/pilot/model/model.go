@@ -66,6 +66,10 @@ type Snapshot struct {
 	// order Istio uses to resolve conflicts.
 	configs  map[string][]*Config
 	Registry *registry.Snapshot
+	// TrustBundle holds the mesh CA's trusted roots (PEM), served to
+	// sidecars as the SDS secret ROOTCA; empty when discovery runs
+	// without a CA.
+	TrustBundle []string
 }
 
 // NewSnapshot builds a snapshot, sorting configs into conflict order.

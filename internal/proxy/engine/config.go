@@ -6,6 +6,7 @@
 package engine
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -85,11 +86,17 @@ type runtime struct {
 	virtual  map[uint32][]*listenerSpec
 	routes   map[string]*route.Table
 	clusters map[string]*cluster.Cluster
+	// bundle is the SDS trust bundle (ROOTCA); nil without one.
+	bundle []*x509.Certificate
 }
 
 func compileRuntime(s *xdsclient.Snapshot) (*runtime, error) {
 	rt := &runtime{snap: s, listeners: map[string]*listenerSpec{}, virtual: map[uint32][]*listenerSpec{},
 		routes: map[string]*route.Table{}, clusters: map[string]*cluster.Cluster{}}
+	var err error
+	if rt.bundle, err = compileBundle(s); err != nil {
+		return nil, err
+	}
 	for name, rc := range s.Routes {
 		t, err := route.Compile(rc)
 		if err != nil {

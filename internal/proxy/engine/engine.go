@@ -59,6 +59,8 @@ type Engine struct {
 	conns    sync.WaitGroup
 
 	transports sync.Map // cluster name -> *http.Transport
+	// roots caches the trust bundle merged with the identity's roots.
+	roots atomic.Pointer[mergedRoots]
 }
 
 // boundListener is one listening socket and its HTTP servers.
@@ -226,7 +228,7 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 			_ = c.Close()
 			return
 		}
-		tc := tls.Server(c, ch.tls.serverConfig(e.opts.Certs))
+		tc := tls.Server(c, ch.tls.serverConfig(e.meshCerts()))
 		hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := tc.HandshakeContext(hctx)
 		cancel()

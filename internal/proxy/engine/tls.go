@@ -117,7 +117,7 @@ func (e *Engine) upstreamConfig(c *cluster.Cluster, alpn []string) (*tls.Config,
 	if e.opts.Certs == nil {
 		return nil, errNoIdentity
 	}
-	certs := e.opts.Certs
+	certs := e.meshCerts()
 	if len(t.ALPN) > 0 {
 		alpn = append(append([]string{}, alpn...), t.ALPN...)
 	}

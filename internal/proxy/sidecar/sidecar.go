@@ -127,6 +127,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 		meshCerts = certMgr
+		// The mesh trust bundle (every root peers may chain to, old and
+		// new while the CA rotates) arrives over SDS.
+		xcfg.Secrets = []string{"ROOTCA"}
 	}
 	eng := engine.New(log.With("component", "engine"), engine.Options{
 		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},

@@ -4,8 +4,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -145,8 +147,10 @@ func (m *secMesh) conns(t *testing.T) int {
 // TestMeshSecurity: with STRICT mTLS, plaintext HTTP and TCP from a host
 // without a sidecar, and TLS with a certificate from another root or a
 // self-signed one claiming a mesh identity, are all refused before b's
-// app accepts a connection; after switching to PERMISSIVE, plaintext is
-// accepted on both ports while the mesh keeps working.
+// app accepts a connection. Adding the other root to the trust bundle
+// (`weft ca roots add`) makes the sidecar trust it over SDS; removing it
+// withdraws that. After switching to PERMISSIVE, plaintext is accepted on
+// both ports while the mesh keeps working.
 func TestMeshSecurity(t *testing.T) {
 	m := startSecMesh(t, "weft-sec", "10.81.0")
 	b := m.hosts["b"]
@@ -180,6 +184,36 @@ func TestMeshSecurity(t *testing.T) {
 	if after := m.conns(t); after != before {
 		t.Errorf("b's app accepted %d connections during the refused probes, want 0", after-before)
 	}
+
+	// Root rotation: once the foreign root joins the trust bundle, the
+	// sidecar learns it over SDS (ROOTCA) and accepts certificates chaining
+	// to it; removing it withdraws that trust again.
+	rootFile := filepath.Join(dir, "new-root.pem")
+	if err := os.WriteFile(rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: foreignCA.cert.Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := m.weft("", "ca", "roots", "add", rootFile); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Logf("weft ca roots add: %s", strings.TrimSpace(out))
+	}
+	eventually(t, "a certificate of the added root accepted", func() error {
+		out, err := in(m.ns["d"], appBin, "tlsprobe", "-addr", b+":9080", "-cert", foreignCert, "-key", foreignKey)
+		if err != nil || !strings.Contains(out, "reviews-v1") {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+	sum := sha256.Sum256(foreignCA.cert.Raw)
+	if _, err := m.weft("", "ca", "roots", "remove", hex.EncodeToString(sum[:])); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the removed root refused again", func() error {
+		if out, err := in(m.ns["d"], appBin, "tlsprobe", "-addr", b+":9080", "-cert", foreignCert, "-key", foreignKey); err == nil {
+			return fmt.Errorf("still accepted: %s", out)
+		}
+		return nil
+	})
 
 	if _, err := m.weft(`apiVersion: security.istio.io/v1
 kind: PeerAuthentication
