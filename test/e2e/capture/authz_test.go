@@ -204,7 +204,7 @@ func checkMatrix(t *testing.T, ns string, decode bool) string {
 		}
 		got := fmt.Sprintf("%d %s", st, body)
 		fmt.Fprintf(&b, "  %-16q -> %s\n", v.target, got)
-		if strings.Contains(body, "ADMIN") {
+		if strings.HasPrefix(body, "ADMIN ") {
 			t.Errorf("%s: the backend served admin: %s", v.target, got)
 		}
 		switch want {
@@ -243,17 +243,41 @@ func TestAuthzBase(t *testing.T) {
 		t.Errorf("sleep -> /ops/x: %d %q %v, want 200", st, body, err)
 	}
 
-	// TCP port 9000: sleep is allowed (its rule is L4-only); other is not
-	// (its rule needs paths, which TCP cannot see: dropped from ALLOW).
+	// TCP port 9000. deny-admin's only field, paths, is HTTP-only: on TCP
+	// chains a DENY rule drops it and denies every connection (Istio's
+	// conservative behaviour).
 	tcp := func(h string) (string, error) {
 		return in(ns[h], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
 			appBin, "fetch", "-url", "http://240.240.0.20:9000/tcp")
 	}
-	if out, err := tcp("a"); err != nil || out != "httpbin-tcp uri=/tcp" {
-		t.Fatalf("sleep over TCP 9000: %q %v", out, err)
+	if out, err := tcp("a"); err == nil {
+		t.Errorf("sleep over TCP 9000 got through a DENY with HTTP-only fields: %q", out)
 	}
+	// Scoped to the HTTP port, it leaves TCP alone: sleep is allowed (its
+	// ALLOW rule is L4-only); other is not (its rule needs paths, which TCP
+	// cannot see: dropped from ALLOW).
+	if _, err := weft(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: default}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/admin, /admin/*], ports: ["9080"]}}]
+`, "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "sleep over TCP 9000", func() error {
+		if out, err := tcp("a"); err != nil || out != "httpbin-tcp uri=/tcp" {
+			return fmt.Errorf("%q %v", out, err)
+		}
+		return nil
+	})
 	if out, err := tcp("c"); err == nil {
 		t.Errorf("other over TCP 9000 got through: %q", out)
+	}
+	if st, body, err := raw(ns["a"], "/%61dmin"); err != nil || st != 403 {
+		t.Errorf("/%%61dmin after scoping deny-admin to 9080: %d %q %v, want 403", st, body, err)
 	}
 	if _, err := weft(`apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
