@@ -114,3 +114,12 @@ func FuzzPath(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkPath(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := base.Path("/api/v1/users/42"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
