@@ -143,6 +143,14 @@ func mustEscape(c byte) bool {
 
 // canonical applies step 2 of the package comment.
 func canonical(p string) (string, error) {
+	if clean(p) {
+		return p, nil
+	}
+	return canonicalSlow(p)
+}
+
+// canonicalSlow is canonical without the fast path.
+func canonicalSlow(p string) (string, error) {
 	// Character pass: one token per output character, so that a decoded
 	// "%2E" is a dot for the segment pass while "%2F" stays data.
 	var b strings.Builder
@@ -184,6 +192,21 @@ func canonical(p string) (string, error) {
 		}
 	}
 	return removeDots(b.String()), nil
+}
+
+// clean reports whether canonical would return p unchanged: no escapes,
+// backslashes, characters to escape or dot segments.
+func clean(p string) bool {
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c == '%' || c == '\\' || mustEscape(c) {
+			return false
+		}
+		if c == '.' && p[i-1] == '/' && (i+1 == len(p) || p[i+1] == '/' || p[i+1] == '.' && (i+2 == len(p) || p[i+2] == '/')) {
+			return false
+		}
+	}
+	return true
 }
 
 // removeDots removes "." and ".." segments from a path starting with "/"

@@ -92,6 +92,11 @@ func FuzzPath(f *testing.F) {
 		f.Add(s, true, true, true)
 	}
 	f.Fuzz(func(t *testing.T, p string, norm, merge, unesc bool) {
+		if len(p) > 0 && p[0] == '/' && clean(p) {
+			if slow, err := canonicalSlow(p); err != nil || slow != p {
+				t.Fatalf("fast path keeps %q, the full normalisation gives %q, %v", p, slow, err)
+			}
+		}
 		o := Options{Normalize: norm, MergeSlashes: merge, UnescapeSlashes: unesc}
 		got, err := o.Path(p)
 		if err != nil {
