@@ -91,7 +91,11 @@ func TestPathNormalisedBeforeRBACAndRouting(t *testing.T) {
 	defer b.Close()
 	do := func(ch *chain, target string) (int, string) {
 		cc := &chainConn{Conn: a, chain: ch.http}
-		r := httptest.NewRequest("GET", target, nil)
+		method := "GET"
+		if target == "lowercase-method" {
+			method, target = "get", "/x"
+		}
+		r := httptest.NewRequest(method, target, nil)
 		r = r.WithContext(context.WithValue(r.Context(), connKey{}, cc))
 		w := httptest.NewRecorder()
 		e.serveHTTP(w, r)
@@ -118,6 +122,7 @@ func TestPathNormalisedBeforeRBACAndRouting(t *testing.T) {
 		{base, "/y/../x?q=1", 200}, // the router sees /x too
 		{base, "/%78", 200},
 		{base, "/a%00", 400},
+		{base, "lowercase-method", 400},
 		{none, "/x/../admin", 404},
 		{none, "/%61dmin", 404},
 		{none, "/admin#x", 403}, // fragments are always dropped

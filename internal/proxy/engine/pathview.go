@@ -12,8 +12,12 @@ import (
 // form (see internal/proxy/pathnorm) before filters and routing run: from
 // then on r.URL is the one view of the path that RBAC, the router and the
 // upstream share (r.URL.RequestURI() is what goes upstream). It reports
-// false when the path cannot be normalised (the answer is then 400).
+// false when the path cannot be normalised or the method is not upper
+// case, as Envoy refuses (the answer is then 400).
 func canonicalize(r *http.Request, o pathnorm.Options) bool {
+	if strings.ToUpper(r.Method) != r.Method {
+		return false
+	}
 	target := r.RequestURI
 	if r.Method == http.MethodConnect || target == "*" {
 		return true
