@@ -33,6 +33,8 @@ type DiscoveryConfig struct {
 	Debounce time.Duration
 	// Registries are extra service registries, e.g. "consul=127.0.0.1:8500".
 	Registries []string
+	// Mesh is the mesh-wide config. Default model.DefaultMesh().
+	Mesh *model.Mesh
 }
 
 // discovery is the running discovery component.
@@ -82,7 +84,7 @@ func newDiscovery(ctx context.Context, cfg DiscoveryConfig, st store.Store, auth
 	// gRPC's proxyless client, which asks for just the clusters its routes
 	// name, unanswered. Proxies apply CDS before LDS themselves.
 	cache := xds.NewCache(xds.CacheLogger{L: log.With("component", "pilot.cache")})
-	pusher := push.New(cache, reg, log.With("component", "pilot.push"), push.Options{Debounce: cfg.Debounce})
+	pusher := push.New(cache, reg, log.With("component", "pilot.push"), push.Options{Debounce: cfg.Debounce, Mesh: cfg.Mesh})
 	d := &discovery{cfg: cfg, log: log, pusher: pusher, authority: authority, reg: reg, agg: registry.NewAggregator(), srcs: srcs, addrs: make(chan [2]string, 1)}
 	d.xds = xds.New(ctx, cache, pusher, log.With("component", "pilot.xds"))
 	if authority != nil {

@@ -48,13 +48,35 @@ type Mesh struct {
 	// all run sidecars (label security.istio.io/tlsMode: istio) when no
 	// DestinationRule sets a TLS mode (Istio's enableAutoMtls). Default true.
 	EnableAutoMTLS bool
+	// PathNormalization is how sidecars normalise request paths before
+	// authorization and routing (Istio's pathNormalization). Default
+	// PathNormalizationBase.
+	PathNormalization PathNormalization
 }
+
+// PathNormalization is Istio's MeshConfig.ProxyPathNormalization.
+type PathNormalization string
+
+// The path normalisations, as Istio names them.
+const (
+	// PathNormalizationNone forwards paths as received.
+	PathNormalizationNone PathNormalization = "NONE"
+	// PathNormalizationBase normalises per RFC 3986 ("/a/../b" → "/b",
+	// "%61" → "a") and turns backslashes into slashes.
+	PathNormalizationBase PathNormalization = "BASE"
+	// PathNormalizationMergeSlashes is BASE plus merging slashes
+	// ("//a" → "/a").
+	PathNormalizationMergeSlashes PathNormalization = "MERGE_SLASHES"
+	// PathNormalizationDecodeAndMergeSlashes also decodes %2F and %5C
+	// first ("/a%2Fb" → "/a/b").
+	PathNormalizationDecodeAndMergeSlashes PathNormalization = "DECODE_AND_MERGE_SLASHES"
+)
 
 // DefaultMesh returns Istio's defaults.
 func DefaultMesh() Mesh {
 	return Mesh{RootNamespace: "istio-system", TrustDomain: "cluster.local", DomainSuffix: "svc.cluster.local",
 		OutboundTrafficPolicyAllowAny: true, ConnectTimeout: 10 * time.Second,
-		EnableAutoMTLS: true}
+		EnableAutoMTLS: true, PathNormalization: PathNormalizationBase}
 }
 
 // Snapshot is config plus registry at one moment. Immutable.

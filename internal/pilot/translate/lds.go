@@ -172,6 +172,7 @@ func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
 		},
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 	}
+	g.setPathNormalization(h)
 	return &listenerv3.FilterChain{Name: "http", Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, h)}}
 }
 
@@ -221,15 +222,16 @@ func protocolName(p string) string {
 }
 
 // inboundChain forwards one inbound port to its inbound cluster; matchPort
-// selects it by original destination port (capture mode).
-func inboundChain(ip inboundPort, matchPort bool) *listenerv3.FilterChain {
+// selects it by original destination port (capture mode). The proxy's
+// authorization policies come first (authz.go).
+func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.FilterChain {
 	cluster := InboundCluster(ip.port)
 	fc := &listenerv3.FilterChain{Name: cluster}
 	if matchPort {
 		fc.FilterChainMatch = &listenerv3.FilterChainMatch{DestinationPort: ldsUint32(ip.port)}
 	}
 	if !ldsIsHTTP(ip.protocol) {
-		fc.Filters = []*listenerv3.Filter{tcpProxy(cluster, cluster)}
+		fc.Filters = g.inboundTCPFilters(cluster)
 		return fc
 	}
 	action := &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}
@@ -251,9 +253,10 @@ func inboundChain(ip inboundPort, matchPort bool) *listenerv3.FilterChain {
 		StatPrefix:     "inbound_0.0.0.0_" + strconv.FormatUint(uint64(ip.port), 10),
 		CodecType:      hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc},
-		HttpFilters:    []*hcmv3.HttpFilter{httpFilter(routerFilterName, &routerv3.Router{})},
+		HttpFilters:    g.inboundHTTPFilters(),
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 	}
+	g.setPathNormalization(h)
 	fc.Filters = []*listenerv3.Filter{networkFilter(hcmFilterName, h)}
 	return fc
 }
@@ -266,7 +269,7 @@ func (g *netBuilder) virtualInbound(ports []inboundPort) *listenerv3.Listener {
 		ListenerFilters: []*listenerv3.ListenerFilter{listenerFilter(originalDstFilterName, &originaldstv3.OriginalDst{})},
 		DefaultFilterChain: &listenerv3.FilterChain{
 			Name:    "virtualInbound-passthrough",
-			Filters: []*listenerv3.Filter{tcpProxy(InboundPassthroughCluster, InboundPassthroughCluster)},
+			Filters: g.inboundTCPFilters(InboundPassthroughCluster),
 		},
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
 	}
@@ -275,7 +278,7 @@ func (g *netBuilder) virtualInbound(ports []inboundPort) *listenerv3.Listener {
 			g.warnOnce("inbound port %d is the proxy's capture port; not served", ip.port)
 			continue
 		}
-		l.FilterChains = append(l.FilterChains, inboundChain(ip, true))
+		l.FilterChains = append(l.FilterChains, g.inboundChain(ip, true))
 	}
 	g.secureInbound(l, 0)
 	return l
@@ -305,7 +308,7 @@ func (g *netBuilder) explicitListeners(numbers []uint32, groups map[uint32][]lds
 			Name:             "inbound_" + strconv.FormatUint(uint64(ip.port), 10),
 			Address:          socketAddress("0.0.0.0", ip.port),
 			BindToPort:       ldsBool(true),
-			FilterChains:     []*listenerv3.FilterChain{inboundChain(ip, false)},
+			FilterChains:     []*listenerv3.FilterChain{g.inboundChain(ip, false)},
 			TrafficDirection: corev3.TrafficDirection_INBOUND,
 		}
 		g.secureInbound(l, ip.port)

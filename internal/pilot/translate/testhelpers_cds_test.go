@@ -3,7 +3,7 @@ package translate
 // Test-only input format of the CDS golden tests (testdata/cds/*.yaml): a
 // multi-document YAML file holding
 //   - Istio config objects (DestinationRule, Sidecar, ServiceEntry,
-//     PeerAuthentication; other kinds are skipped). Specs are decoded with protojson from the JSON of
+//     PeerAuthentication, AuthorizationPolicy; other kinds are skipped). Specs are decoded with protojson from the JSON of
 //     each document's spec. Objects without metadata.namespace land in
 //     "default" (or the including document's namespace); without
 //     metadata.creationTimestamp they are one second younger than the
@@ -17,7 +17,8 @@ package translate
 //   - kind: TestProxy — type (sidecar|router|proxyless), namespace, ips,
 //     labels, serviceAccount, explicit.
 //   - kind: TestMesh — overrides of model.DefaultMesh(): connectTimeout,
-//     trustDomain, rootNamespace, domainSuffix, enableAutoMTLS.
+//     trustDomain, rootNamespace, domainSuffix, enableAutoMTLS,
+//     pathNormalization.
 //   - kind: TestInclude — file (relative to the package directory) and
 //     namespace: loads another YAML file of config objects (the Istio
 //     samples). A missing file skips the test.
@@ -124,6 +125,8 @@ type cdsTestDoc struct {
 	RootNamespace  string `json:"rootNamespace"`
 	DomainSuffix   string `json:"domainSuffix"`
 	EnableAutoMTLS *bool  `json:"enableAutoMTLS"`
+	// PathNormalization: NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES.
+	PathNormalization string `json:"pathNormalization"`
 	// TestInclude
 	File string `json:"file"`
 }
@@ -248,6 +251,9 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		if d.EnableAutoMTLS != nil {
 			l.mesh.EnableAutoMTLS = *d.EnableAutoMTLS
 		}
+		if d.PathNormalization != "" {
+			l.mesh.PathNormalization = model.PathNormalization(d.PathNormalization)
+		}
 		return
 	case "TestRegistry":
 		for _, s := range d.Services {
@@ -271,6 +277,8 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		spec = &networking.ServiceEntry{}
 	case "PeerAuthentication":
 		spec = &security.PeerAuthentication{}
+	case "AuthorizationPolicy":
+		spec = &security.AuthorizationPolicy{}
 	default:
 		return // kinds CDS does not read
 	}

@@ -239,6 +239,11 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 		}
 		c = tc
 	}
+	if ok, pol := allowConn(ch, c, dst); !ok {
+		e.log.Debug("connection denied by RBAC", "listener", ls.name, "chain", ch.name, "remote", c.RemoteAddr(), "policy", pol)
+		_ = c.Close()
+		return
+	}
 	switch {
 	case ch.tcp != nil:
 		e.proxyTCP(rt, c, ch.tcp, dst)

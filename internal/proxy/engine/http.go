@@ -68,13 +68,16 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if table == nil {
 		table = rt.routes[cc.chain.rdsName]
 	}
-	src, _ := netip.ParseAddrPort(r.RemoteAddr)
-	req := &route.Request{Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Headers: r.Header, SourceIP: src.Addr()}
-	rte, _, ok := (*route.Route)(nil), (*route.VirtualHost)(nil), false
-	if table != nil {
-		rte, _, ok = table.Match(req)
-	}
 	defer func() { e.record(cc, ex, r) }()
+	// One canonical request view: the path is normalised before filters
+	// and routing, and r.URL is what RBAC, the router and the upstream see.
+	if !canonicalize(r, cc.chain.pathNorm) {
+		ex.code = http.StatusBadRequest
+		w.Header().Set("Connection", "close")
+		w.WriteHeader(ex.code)
+		_, _ = io.WriteString(w, "Bad Request")
+		return
+	}
 	if len(cc.chain.filters) > 0 {
 		if rep := runFilters(cc, r); rep != nil {
 			ex.flags, ex.code = rep.Flags, rep.Status
@@ -83,6 +86,12 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			_, _ = io.WriteString(w, rep.Body)
 			return
 		}
+	}
+	src, _ := netip.ParseAddrPort(r.RemoteAddr)
+	req := &route.Request{Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Headers: r.Header, SourceIP: src.Addr()}
+	rte, _, ok := (*route.Route)(nil), (*route.VirtualHost)(nil), false
+	if table != nil {
+		rte, _, ok = table.Match(req)
 	}
 	if !ok {
 		ex.flags, ex.code = "NR", http.StatusNotFound
@@ -199,9 +208,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		out := r.Clone(ctx)
 		out.RequestURI = ""
 		out.URL.Scheme, out.URL.Host = upstreamScheme(c), ep.Address
-		if u, err := out.URL.Parse(path); err == nil {
-			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
-		}
+		setPathQuery(out.URL, path)
 		if host != "" {
 			out.Host = host
 		}
@@ -519,9 +526,7 @@ func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []b
 		out := r.Clone(context.Background())
 		out.RequestURI = ""
 		out.URL.Scheme, out.URL.Host = upstreamScheme(c), ep.Address
-		if u, err := out.URL.Parse(path); err == nil {
-			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
-		}
+		setPathQuery(out.URL, path)
 		if !m.KeepHost {
 			host, port, err := net.SplitHostPort(out.Host)
 			if err != nil {

@@ -2,3 +2,8 @@
 // authentication, …) into the binary that imports it: each filter package
 // registers itself with internal/proxy/httpfilter in init.
 package all
+
+import (
+	// RBAC: envoy.extensions.filters.http.rbac.v3.RBAC.
+	_ "github.com/weftmesh/weft/internal/proxy/httpfilter/rbac"
+)
