@@ -19,7 +19,7 @@ import (
 // Mesh mTLS golden cases live in testdata/mtls/<case>.yaml, in the CDS
 // test input format (testhelpers_cds_test.go). Their golden
 // testdata/mtls/<case>.json holds every cluster, the inbound listeners
-// (virtualInbound, inbound_<port>) and the warnings of a full Build.
+// (virtualInbound, explicit_inbound_<port>) and the warnings of a full Build.
 
 // mtlsResult is what one case produced.
 type mtlsResult struct {
@@ -76,7 +76,7 @@ func runMTLSCase(t *testing.T, name string) *mtlsResult {
 func newMTLSResult(res *Resources) *mtlsResult {
 	r := &mtlsResult{res: res}
 	for _, l := range res.Listeners {
-		if l.GetName() == VirtualInboundListener || strings.HasPrefix(l.GetName(), "inbound_") {
+		if l.GetName() == VirtualInboundListener || strings.HasPrefix(l.GetName(), "inbound_") || strings.HasPrefix(l.GetName(), "explicit_inbound_") {
 			r.inbound = append(r.inbound, l)
 		}
 	}
@@ -306,7 +306,30 @@ func TestMTLSStrictNamespace(t *testing.T) {
 
 func TestMTLSStrictExplicit(t *testing.T) {
 	r := runMTLSCase(t, "strict-explicit")
-	wantChains(t, r.listener(t, "inbound_9080"), []string{"inbound|9080||-mtls tls tls"}, "", true)
+	l := r.listener(t, ExplicitInboundListener(15080))
+	wantChains(t, l, []string{"inbound|9080||-mtls tls tls"}, "", true)
+	if a := l.GetAddress().GetSocketAddress(); a.GetAddress() != "10.0.0.99" || a.GetPortValue() != 15080 {
+		t.Errorf("%s binds %v, want 10.0.0.99:15080", l.GetName(), a)
+	}
+	// Peers dial the sidecar port, and still originate mTLS to it: the
+	// endpoint accepts mTLS on its application port 9080.
+	const pp = "productpage.default.svc.cluster.local"
+	var ports []uint32
+	for _, cla := range r.res.Endpoints {
+		if cla.GetClusterName() != OutboundCluster(9080, "", pp) {
+			continue
+		}
+		for _, le := range cla.GetEndpoints() {
+			for _, e := range le.GetLbEndpoints() {
+				ports = append(ports, e.GetEndpoint().GetAddress().GetSocketAddress().GetPortValue())
+			}
+		}
+	}
+	if !slices.Equal(ports, []uint32{15080}) {
+		t.Errorf("EDS for %s: ports %v, want [15080] (the sidecar port)", pp, ports)
+	}
+	wantIstioMutual(t, r.cluster(t, OutboundCluster(9080, "", pp)), "outbound_.9080_._."+pp,
+		[]string{"spiffe://cluster.local/ns/default/sa/default"}, false)
 }
 
 func TestMTLSStrictMeshSample(t *testing.T) {

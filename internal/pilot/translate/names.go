@@ -39,6 +39,12 @@ func OutboundCluster(port uint32, subset, hostname string) string {
 // "inbound|<port>||".
 func InboundCluster(port uint32) string { return fmt.Sprintf("inbound|%d||", port) }
 
+// ExplicitInboundListener names an explicit-mode sidecar's inbound
+// listener on its sidecar port: "explicit_inbound_<port>".
+func ExplicitInboundListener(sidecarPort uint32) string {
+	return "explicit_inbound_" + strconv.FormatUint(uint64(sidecarPort), 10)
+}
+
 // ParseOutboundCluster splits an outbound cluster name.
 func ParseOutboundCluster(name string) (port uint32, subset, hostname string, ok bool) {
 	parts := strings.SplitN(name, "|", 4)

@@ -97,6 +97,7 @@ type cdsTestEndpoint struct {
 	Healthy        *bool             `json:"healthy"`
 	ServiceAccount string            `json:"serviceAccount"`
 	Weight         uint32            `json:"weight"`
+	SidecarPorts   map[uint32]uint32 `json:"sidecarPorts"`
 }
 
 type cdsTestDoc struct {
@@ -257,7 +258,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 			healthy := e.Healthy == nil || *e.Healthy
 			l.eps = append(l.eps, registry.Endpoint{Hostname: e.Hostname, Namespace: e.Namespace, Address: e.Address,
 				Ports: e.Ports, Labels: e.Labels, Locality: e.Locality, Network: e.Network, Healthy: healthy,
-				ServiceAccount: e.ServiceAccount, Weight: e.Weight})
+				ServiceAccount: e.ServiceAccount, Weight: e.Weight, SidecarPorts: e.SidecarPorts})
 		}
 		return
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/weftmesh/weft/internal/registry"
 	"github.com/weftmesh/weft/internal/resource"
 	"github.com/weftmesh/weft/internal/store"
 )
@@ -58,6 +59,10 @@ type Workload struct {
 	IP        string
 	// Labels from the proxy, merged over the group template's.
 	Labels map[string]string
+	// InboundPorts is an explicit-mode proxy's "<app port>=<sidecar
+	// port>,…" (node metadata INBOUND_PORTS), written to the entry as
+	// registry.AnnotationInboundPorts so that peers dial the sidecar ports.
+	InboundPorts string
 }
 
 // Registrar creates and removes auto-registered WorkloadEntries.
@@ -119,6 +124,10 @@ func (r *Registrar) Connected(ctx context.Context, w Workload) error {
 	if err := json.Unmarshal(wgKV.Value, &wg); err != nil {
 		return fmt.Errorf("auto-registration: decoding WorkloadGroup %s/%s: %w", w.Namespace, w.Group, err)
 	}
+	inbound, err := registry.ParseInboundPorts(w.InboundPorts)
+	if err != nil {
+		return fmt.Errorf("auto-registration into %s/%s: node metadata INBOUND_PORTS: %w", w.Namespace, w.Group, err)
+	}
 	name := EntryName(w.Group, w.IP)
 	key := r.kind.Key(w.Namespace, name)
 	r.mu.Lock()
@@ -148,6 +157,9 @@ func (r *Registrar) Connected(ctx context.Context, w Workload) error {
 		AnnotationController: r.opts.Controller, AnnotationHeartbeat: now}
 	for k, v := range wg.Spec.Metadata.Annotations {
 		ann[k] = v
+	}
+	if len(inbound) > 0 {
+		ann[registry.AnnotationInboundPorts] = registry.FormatInboundPorts(inbound)
 	}
 	for attempt := 0; attempt < 5; attempt++ {
 		kv, err := r.st.Get(ctx, key)
