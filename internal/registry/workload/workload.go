@@ -32,6 +32,10 @@ const (
 	AnnotationHeartbeat    = "weft.io/heartbeat"
 )
 
+// labelTLSMode marks workloads whose sidecar accepts Istio mutual TLS, as
+// Istio's injector labels pods (the value "istio").
+const labelTLSMode = "security.istio.io/tlsMode"
+
 // Store is what the registrar needs.
 type Store interface {
 	store.Reader
@@ -150,6 +154,11 @@ func (r *Registrar) Connected(ctx context.Context, w Workload) error {
 	}
 	for k, v := range w.Labels {
 		labels[k] = v
+	}
+	if _, set := labels[labelTLSMode]; !set && len(inbound) > 0 {
+		// Its sidecar terminates mesh mTLS on the sidecar ports: peers'
+		// auto mTLS may use it.
+		labels[labelTLSMode] = "istio"
 	}
 	spec["labels"] = labels
 	now := r.opts.Clock().UTC().Format(time.RFC3339)

@@ -186,6 +186,9 @@ func TestInboundPortsAnnotation(t *testing.T) {
 	if got := ann[registry.AnnotationInboundPorts]; got != "9080=15080,9443=15443" {
 		t.Errorf("annotation %s = %v, want 9080=15080,9443=15443", registry.AnnotationInboundPorts, got)
 	}
+	if l := o["spec"].(map[string]any)["labels"].(map[string]any); l[labelTLSMode] != "istio" {
+		t.Errorf("labels %v: a workload with sidecar ports accepts mesh mTLS, want %s=istio", l, labelTLSMode)
+	}
 	if ports := o["spec"].(map[string]any)["ports"].(map[string]any); ports["http"] != float64(9080) {
 		t.Errorf("spec.ports = %v, want the template's application port http: 9080", ports)
 	}
