@@ -173,7 +173,8 @@ func NewAggregator() *Aggregator {
 	return a
 }
 
-// Update replaces source's state and publishes a new snapshot.
+// Update replaces source's state and publishes a new snapshot, in which
+// services without addresses have an auto-allocated VIP (allocateVIPs).
 func (a *Aggregator) Update(source string, st State) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -203,6 +204,7 @@ func (a *Aggregator) Update(source string, st State) {
 		}
 		return si.Namespace < sj.Namespace
 	})
+	allocateVIPs(snap.Services)
 	a.last = snap
 	for _, c := range a.subs {
 		// Latest wins: drop an unread older snapshot rather than block.

@@ -114,7 +114,6 @@ func translate(ses, wes map[string]*object) registry.State {
 		}
 		return a.Namespace < b.Namespace
 	})
-	allocateVIPs(st.Services)
 	sort.SliceStable(st.Endpoints, func(i, j int) bool {
 		a, b := st.Endpoints[i], st.Endpoints[j]
 		if a.Hostname != b.Hostname {
