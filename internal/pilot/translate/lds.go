@@ -12,6 +12,7 @@ import (
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -36,7 +37,11 @@ import (
 //   - virtualInbound, 0.0.0.0:15006: one chain per inbound port (the
 //     endpoint ports of services that have an endpoint at one of the
 //     proxy's IPs) to InboundCluster(port), HTTP or TCP by the service
-//     port's protocol; anything else to InboundPassthroughCluster.
+//     port's protocol; anything else to InboundPassthroughCluster. With
+//     TPROXY capture (Proxy.TProxy) it is transparent and has the
+//     original_src listener filter (mark TProxyMark), and the inbound
+//     clusters target the workload's IP instead of 127.0.0.1: a connection
+//     from the client's address may not go to loopback.
 //
 // Sidecar in explicit mode (no capture): explicit_<port> on 127.0.0.1:<port>
 // for every visible service port, and explicit_inbound_<sidecar port> on
@@ -61,6 +66,7 @@ const (
 	routerFilterName       = "envoy.filters.http.router"
 	originalDstFilterName  = "envoy.filters.listener.original_dst"
 	tlsInspectorFilterName = "envoy.filters.listener.tls_inspector"
+	originalSrcFilterName  = "envoy.filters.listener.original_src"
 	passthroughChainName   = "PassthroughFilterChain"
 	blackHoleChainName     = "BlackHoleFilterChain"
 )
@@ -279,6 +285,14 @@ func (g *netBuilder) virtualInbound(ports []inboundPort) *listenerv3.Listener {
 		l.FilterChains = append(l.FilterChains, inboundChain(ip, true))
 	}
 	g.secureInbound(l, 0)
+	if g.p.TProxy {
+		// TPROXY capture: connections arrive unchanged (IP_TRANSPARENT
+		// listener), and original_src makes the proxy's connections to the
+		// application carry the client's address, marked so that the
+		// application's replies are routed back to the proxy.
+		l.Transparent = ldsBool(true)
+		l.ListenerFilters = append(l.ListenerFilters, listenerFilter(originalSrcFilterName, &originalsrcv3.OriginalSrc{Mark: TProxyMark}))
+	}
 	return l
 }
 

@@ -10,6 +10,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -374,5 +375,34 @@ func TestPeerAuthnResolution(t *testing.T) {
 		if got := x.lookup(ns, nil).mode; got != want {
 			t.Errorf("namespace %s: %v, want %v", ns, got, want)
 		}
+	}
+}
+
+func TestTProxyInbound(t *testing.T) {
+	r := runMTLSCase(t, "tproxy")
+	l := r.listener(t, VirtualInboundListener)
+	if !l.GetTransparent().GetValue() {
+		t.Errorf("virtualInbound: transparent %v, want true under TPROXY", l.GetTransparent())
+	}
+	var src *originalsrcv3.OriginalSrc
+	for _, lf := range l.GetListenerFilters() {
+		if lf.GetName() == originalSrcFilterName {
+			src = ldsUnpack(t, lf.GetTypedConfig(), &originalsrcv3.OriginalSrc{})
+		}
+	}
+	if src == nil || src.GetMark() != TProxyMark {
+		t.Errorf("virtualInbound listener filters %v: want original_src with mark %d", l.GetListenerFilters(), TProxyMark)
+	}
+	in := r.cluster(t, InboundCluster(9080))
+	if a := in.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress(); a.GetAddress() != "10.0.0.99" {
+		t.Errorf("%s targets %v, want the workload IP 10.0.0.99", in.GetName(), a)
+	}
+	if b := r.cluster(t, InboundPassthroughCluster).GetUpstreamBindConfig(); b != nil {
+		t.Errorf("%s binds %v under TPROXY, want no bind (original_src sets the source)", InboundPassthroughCluster, b)
+	}
+	// Without TPROXY: loopback, 127.0.0.6, no original_src.
+	plain := runMTLSCase(t, "permissive-default")
+	if plain.listener(t, VirtualInboundListener).GetTransparent().GetValue() {
+		t.Errorf("virtualInbound transparent without TPROXY")
 	}
 }

@@ -24,6 +24,12 @@ const (
 	// InboundPassthroughCluster forwards captured inbound traffic to the app.
 	InboundPassthroughCluster = "InboundPassthroughCluster"
 
+	// TProxyMark marks the proxy's source-preserving connections to the
+	// application under TPROXY capture, as Istio's 1337 (weft-proxy
+	// iptables --tproxy-mark's default): the capture rules route the
+	// application's replies back to the proxy by it.
+	TProxyMark = 1337
+
 	// OutboundCapturePort and InboundCapturePort are the capture ports.
 	OutboundCapturePort = 15001
 	InboundCapturePort  = 15006

@@ -119,6 +119,7 @@ type cdsTestDoc struct {
 	Labels         map[string]string `json:"labels"`
 	ServiceAccount string            `json:"serviceAccount"`
 	Explicit       bool              `json:"explicit"`
+	TProxy         bool              `json:"tproxy"`
 	// TestMesh
 	ConnectTimeout string `json:"connectTimeout"`
 	TrustDomain    string `json:"trustDomain"`
@@ -222,7 +223,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		if d.Namespace != "" {
 			p.Namespace = d.Namespace
 		}
-		p.IPs, p.Labels, p.ServiceAccount, p.Explicit = d.IPs, d.Labels, d.ServiceAccount, d.Explicit
+		p.IPs, p.Labels, p.ServiceAccount, p.Explicit, p.TProxy = d.IPs, d.Labels, d.ServiceAccount, d.Explicit, d.TProxy
 		ip := "0.0.0.0"
 		if len(d.IPs) > 0 {
 			ip = d.IPs[0]
