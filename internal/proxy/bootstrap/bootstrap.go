@@ -37,6 +37,12 @@ type Config struct {
 	WorkloadGroup string `json:"workloadGroup,omitempty"`
 	// Explicit disables traffic capture: upstreams are local ports.
 	Explicit bool `json:"explicit,omitempty"`
+	// InboundCaptureMode is how `weft-proxy iptables` captures inbound
+	// traffic: REDIRECT (default) or TPROXY (its --inbound-mode). Under
+	// TPROXY the proxy's 15006 listener is transparent and connections to
+	// the application keep the client's address; that needs CAP_NET_ADMIN.
+	// Sent as node metadata INTERCEPTION_MODE.
+	InboundCaptureMode string `json:"inboundCaptureMode,omitempty"`
 	// InboundPorts (explicit mode) are "<app port>=<sidecar port>,…", e.g.
 	// "9080=15080": the sidecar accepts mesh traffic for the application's
 	// port on <ip>:<sidecar port> and forwards it to 127.0.0.1:<app port>.
@@ -88,6 +94,9 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	if !c.Explicit && (getenv("WEFT_INTERCEPTION_MODE") == "NONE" || getenv("WEFT_EXPLICIT") == "true") {
 		c.Explicit = true
 	}
+	if m := getenv("WEFT_INTERCEPTION_MODE"); c.InboundCaptureMode == "" && (m == "REDIRECT" || m == "TPROXY") {
+		c.InboundCaptureMode = m
+	}
 	return nil
 }
 
@@ -134,6 +143,15 @@ func (c *Config) Validate() error {
 	if c.Name == "" {
 		errs = append(errs, errors.New("the workload name is required (--name or WEFT_WORKLOAD_NAME)"))
 	}
+	switch c.InboundCaptureMode = strings.ToUpper(c.InboundCaptureMode); c.InboundCaptureMode {
+	case "", "REDIRECT":
+	case "TPROXY":
+		if c.Explicit {
+			errs = append(errs, errors.New("--inbound-capture-mode TPROXY is a capture mode; explicit mode captures nothing"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("inbound capture mode %q: use REDIRECT or TPROXY (as weft-proxy iptables --inbound-mode)", c.InboundCaptureMode))
+	}
 	if ports, err := registry.ParseInboundPorts(c.InboundPorts); err != nil {
 		errs = append(errs, fmt.Errorf("--inbound-ports: %w", err))
 	} else if len(ports) > 0 {
@@ -171,6 +189,8 @@ func (c *Config) Node() (*core.Node, error) {
 		if c.InboundPorts != "" {
 			md["INBOUND_PORTS"] = c.InboundPorts
 		}
+	} else if c.InboundCaptureMode == "TPROXY" {
+		md["INTERCEPTION_MODE"] = "TPROXY"
 	} else {
 		md["INTERCEPTION_MODE"] = "REDIRECT"
 	}
