@@ -1,5 +1,5 @@
 // Command app is the sample application of the capture mesh test: "serve"
-// answers HTTP with its name; "get" makes N requests and prints how many
+// answers HTTP with its name (and /peer with the client's IP address); "get" makes N requests and prints how many
 // each backend answered, as "name count" lines, and "failed N"; "fetch"
 // prints one response body.
 package main
@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"sort"
@@ -28,6 +29,11 @@ func main() {
 	switch os.Args[1] {
 	case "serve":
 		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, *name) })
+		// /peer answers with the address the connection came from.
+		http.HandleFunc("/peer", func(w http.ResponseWriter, r *http.Request) {
+			host, _, _ := net.SplitHostPort(r.RemoteAddr)
+			fmt.Fprint(w, host)
+		})
 		srv := &http.Server{Addr: *addr, ReadHeaderTimeout: 10 * time.Second}
 		fmt.Println("ready")
 		if err := srv.ListenAndServe(); err != nil {
