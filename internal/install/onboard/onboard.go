@@ -92,6 +92,11 @@ type Params struct {
 	// its key and certificate in /var/lib/<StateDirectory>. Default
 	// "weft-proxy"; give each proxy its own when several share a host.
 	StateDirectory string
+	// InboundCaptureMode is REDIRECT (default) or TPROXY: with TPROXY the
+	// capture rules keep client addresses on inbound connections, the
+	// proxy is told so (WEFT_INTERCEPTION_MODE=TPROXY) and the unit grants
+	// it CAP_NET_ADMIN. Capture mode only.
+	InboundCaptureMode string
 	// InboundPorts (explicit mode only) is weft-proxy's --inbound-ports,
 	// "<app port>=<sidecar port>,…", written as WEFT_INBOUND_PORTS.
 	InboundPorts string
@@ -133,6 +138,16 @@ func (p Params) withDefaults() (Params, error) {
 	}
 	if !stateName.MatchString(p.StateDirectory) {
 		errs = append(errs, fmt.Errorf("state directory %q: want a name under /var/lib such as weft-proxy-ratings (letters, digits, '.', '_', '-')", p.StateDirectory))
+	}
+	switch p.InboundCaptureMode = strings.ToUpper(p.InboundCaptureMode); p.InboundCaptureMode {
+	case "", "REDIRECT":
+		p.InboundCaptureMode = "REDIRECT"
+	case "TPROXY":
+		if p.Explicit {
+			errs = append(errs, errors.New("inbound capture mode TPROXY needs capture: explicit mode captures nothing"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("inbound capture mode %q: use REDIRECT or TPROXY", p.InboundCaptureMode))
 	}
 	if p.InboundPorts != "" {
 		ports, err := registry.ParseInboundPorts(p.InboundPorts)

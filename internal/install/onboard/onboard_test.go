@@ -58,6 +58,7 @@ func TestRenderGolden(t *testing.T) {
 			p.DiscoveryAddress = "192.0.2.10:15012"
 		},
 		// Paths of the host's own layout; a second proxy's state directory.
+		"tproxy": func(p *Params) { p.InboundCaptureMode = "tproxy" },
 		"paths": func(p *Params) {
 			p.Binary, p.User, p.ConfigDir, p.StateDirectory = "/opt/weft/bin/weft-proxy", "1337", "/opt/weft/etc", "weft-proxy-ratings"
 		},
@@ -162,6 +163,8 @@ func TestRenderRefusesBadInput(t *testing.T) {
 		"bad root":        {func(p *Params) { p.RootCertPEM = []byte("nope") }, "no PEM CERTIFICATE"},
 		"no port":         {func(p *Params) { p.DiscoveryAddress = "weft.example.com" }, "want host:port"},
 		"bad ip":          {func(p *Params) { p.InstanceIP = "10.0.0" }, `instance IP "10.0.0"`},
+		"tproxy explicit": {func(p *Params) { p.Explicit, p.InboundCaptureMode = true, "TPROXY" }, "explicit mode captures nothing"},
+		"capture mode":    {func(p *Params) { p.InboundCaptureMode = "NAT" }, `inbound capture mode "NAT"`},
 		"relative proxy":  {func(p *Params) { p.Binary = "bin/weft-proxy" }, "must be absolute paths"},
 		"state path":      {func(p *Params) { p.StateDirectory = "../etc" }, `state directory "../etc"`},
 		"inbound capture": {func(p *Params) { p.InboundPorts = "9080=15080" }, "inbound ports need explicit mode"},

@@ -62,6 +62,12 @@ WEFT_EXCLUDE_OUTBOUND_PORTS=
 # true: the host's DNS queries go to the proxy's DNS proxy (15053), which answers
 # mesh names (VIPs) and forwards the rest to the host's resolvers; false: not.
 WEFT_CAPTURE_DNS=true
+{{- if eq .InboundCaptureMode "TPROXY"}}
+# Inbound capture with TPROXY: the application sees its clients' addresses
+# (weft-proxy.service installs the rules with --inbound-mode TPROXY and grants
+# the proxy CAP_NET_ADMIN).
+WEFT_INTERCEPTION_MODE=TPROXY
+{{- end}}
 {{- end}}
 `))
 
@@ -121,7 +127,11 @@ StateDirectoryMode=0700
 # As root ("+"): redirect this host's TCP traffic (and DNS, WEFT_CAPTURE_DNS)
 # through the proxy, except the proxy's own (user {{.User}}). The rules are
 # marked with the host name.
-ExecStartPre=+{{.Binary}} iptables --proxy-uid {{.User}} --owner %H --exclude-inbound-ports=${WEFT_EXCLUDE_INBOUND_PORTS} --exclude-outbound-ports=${WEFT_EXCLUDE_OUTBOUND_PORTS} --capture-dns=${WEFT_CAPTURE_DNS}
+ExecStartPre=+{{.Binary}} iptables --proxy-uid {{.User}} --owner %H --exclude-inbound-ports=${WEFT_EXCLUDE_INBOUND_PORTS} --exclude-outbound-ports=${WEFT_EXCLUDE_OUTBOUND_PORTS} --capture-dns=${WEFT_CAPTURE_DNS}{{if eq .InboundCaptureMode "TPROXY"}} --inbound-mode TPROXY{{end}}
+{{- end}}
+{{- if eq .InboundCaptureMode "TPROXY"}}
+# TPROXY: the proxy's transparent sockets (IP_TRANSPARENT, SO_MARK) need CAP_NET_ADMIN.
+AmbientCapabilities=CAP_NET_ADMIN
 {{- end}}
 # The bootstrap token is read from its file (needed only for the first
 # certificate; renewals use the certificate). Everything else comes from cluster.env.

@@ -19,7 +19,8 @@ import (
 // `weft workload entry configure` writes rather than a copy of its commands.
 //
 // Supported, as systemd.service(5) and systemd.exec(5) define them:
-// User=, Group=, Environment= and EnvironmentFile= (files override
+// User=, Group=, AmbientCapabilities= (for the commands run as User=),
+// Environment= and EnvironmentFile= (files override
 // Environment=; a "-" path prefix makes the file optional), StateDirectory=
 // and StateDirectoryMode= (created under /var/lib, owned by User=, removed
 // again if the runner created it), command prefixes "-" (failure ignored)
@@ -36,6 +37,7 @@ type unitFile struct {
 	envFiles      []string // EnvironmentFile= paths, in order
 	stateDirs     []string
 	stateMode     os.FileMode
+	ambient       []string // AmbientCapabilities=, lower case, without CAP_
 	pre, stopPost []string // raw command lines
 	start         string
 }
@@ -78,6 +80,13 @@ func parseUnit(path string) (*unitFile, error) {
 			u.env = append(u.env, words...)
 		case "EnvironmentFile":
 			u.envFiles = append(u.envFiles, v)
+		case "AmbientCapabilities":
+			for _, c := range strings.Fields(v) {
+				if !strings.HasPrefix(c, "CAP_") {
+					return nil, fmt.Errorf("%s:%d: AmbientCapabilities=%s: the test's unit runner takes CAP_* names only", path, i+1, v)
+				}
+				u.ambient = append(u.ambient, strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+			}
 		case "StateDirectory":
 			u.stateDirs = append(u.stateDirs, strings.Fields(v)...)
 		case "StateDirectoryMode":
@@ -376,7 +385,12 @@ func (s *service) cmd(c command) *exec.Cmd {
 		if group == "" {
 			group = s.u.user
 		}
-		args = append(args, "setpriv", "--reuid="+s.u.user, "--regid="+group, "--clear-groups", "--")
+		args = append(args, "setpriv", "--reuid="+s.u.user, "--regid="+group, "--clear-groups")
+		if len(s.u.ambient) > 0 {
+			caps := "+" + strings.Join(s.u.ambient, ",+")
+			args = append(args, "--inh-caps="+caps, "--ambient-caps="+caps)
+		}
+		args = append(args, "--")
 	}
 	cmd := exec.Command("ip", append(args, c.args...)...)
 	cmd.Env = s.env

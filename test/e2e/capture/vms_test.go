@@ -16,7 +16,8 @@ import (
 // that `weft workload entry configure` generated, run by the test's unit
 // runner (systemd_test.go): ExecStartPre= installs the capture rules (DNS
 // included), ExecStart= runs the sidecar, which gets its certificate with
-// the generated bootstrap token. The app on VM a
+// the generated bootstrap token. VM c captures inbound with TPROXY, so its
+// app sees the caller's address. The app on VM a
 // calls reviews by plain hostname; the calls cross both sidecars over mTLS
 // (STRICT), follow an 80/20 VirtualService across VMs b and c, a plaintext
 // probe from a fourth host without a sidecar is refused, and stopping VM a's
@@ -103,6 +104,9 @@ spec:
 	bg(t, "app-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9080", "-name", "reviews-v1")
 	bg(t, "app-c", ns["c"], appBin, "serve", "-addr", "0.0.0.0:9080", "-name", "reviews-v2")
 	group := map[string]string{"a": "productpage", "b": "reviews", "c": "reviews"}
+	// VM c captures inbound with TPROXY (its unit grants the proxy
+	// CAP_NET_ADMIN): its app sees callers' addresses.
+	mode := map[string]string{"a": "REDIRECT", "b": "REDIRECT", "c": "TPROXY"}
 	units := map[string]*service{}
 	for _, h := range []string{"a", "b", "c"} {
 		// The host's files as `weft workload entry configure` writes them,
@@ -114,7 +118,7 @@ spec:
 		if _, err := weft("", "workload", "entry", "configure", "--group", group[h], "-o", dir, "--ttl", "1h",
 			"--discovery-address", hosts["cp"]+":15012", "--ip", hosts[h],
 			"--proxy-path", proxyBin, "--proxy-user", proxyUID, "--config-dir", dir,
-			"--state-directory", "weft-e2e-vm-"+h); err != nil {
+			"--state-directory", "weft-e2e-vm-"+h, "--inbound-capture-mode", mode[h]); err != nil {
 			t.Fatal(err)
 		}
 		// install -m 0600 -o weft-proxy bootstrap-token (docs/onboarding-vm.md).
@@ -155,6 +159,12 @@ spec:
 	if out, err := in(ns["a"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
 		appBin, "get", "-url", "http://ratings.mesh:9080/", "-n", "10"); err != nil || !strings.Contains(out, "reviews-v2 10") {
 		t.Fatalf("calls to ratings.mesh (auto-allocated VIP): %v\n%s", err, out)
+	}
+	// ratings.mesh is VM c only: through both sidecars and mTLS, c's app
+	// sees VM a as the caller (TPROXY), not its own sidecar.
+	if out, err := in(ns["a"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
+		appBin, "fetch", "-url", "http://ratings.mesh:9080/peer"); err != nil || strings.TrimSpace(out) != hosts["a"] {
+		t.Fatalf("VM c's app saw the call from %q (%v), want VM a's %s (TPROXY keeps the source)", out, err, hosts["a"])
 	}
 	for _, h := range []string{"a", "b"} {
 		metrics, err := in(ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15020/stats/prometheus")
