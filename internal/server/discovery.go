@@ -124,7 +124,8 @@ func workloadOf(p *model.Proxy) (workload.Workload, bool) {
 	if p.WorkloadGroup == "" || len(p.IPs) == 0 {
 		return workload.Workload{}, false
 	}
-	return workload.Workload{Group: p.WorkloadGroup, Namespace: p.Namespace, IP: p.IPs[0], Labels: p.Labels}, true
+	return workload.Workload{Group: p.WorkloadGroup, Namespace: p.Namespace, IP: p.IPs[0], Labels: p.Labels,
+		InboundPorts: p.Metadata["INBOUND_PORTS"]}, true
 }
 
 func (a *autoRegister) ProxyConnected(p *model.Proxy) {

@@ -163,6 +163,10 @@ type Proxy struct {
 	// Explicit is true when no traffic capture is installed: the proxy
 	// gets one listener per upstream port on 127.0.0.1 instead of 15001.
 	Explicit bool
+	// TProxy is true when inbound capture uses TPROXY (node metadata
+	// INTERCEPTION_MODE=TPROXY): connections reach 15006 with their
+	// source address, which the proxy keeps on its way to the app.
+	TProxy bool
 	// Metadata is the node's raw metadata as strings.
 	Metadata map[string]string
 }

@@ -142,10 +142,10 @@ func TestAuthzCapture(t *testing.T) {
 
 func TestAuthzExplicitFields(t *testing.T) {
 	r := runAuthzCase(t, "explicit-fields")
-	l := r.listener(t, "inbound_9080")
+	l := r.listener(t, "explicit_inbound_15080")
 	actions, rules := chainRBAC(t, l.GetFilterChains()[0])
 	if !slices.Equal(actions, []string{"http:ALLOW"}) || !slices.Equal(policyNames(rules[0]), []string{"ns[default]-policy[everything]-rule[0]"}) {
-		t.Errorf("inbound_9080: %v %v", actions, policyNames(rules[0]))
+		t.Errorf("explicit_inbound_15080: %v %v", actions, policyNames(rules[0]))
 	}
 	h := &hcmv3.HttpConnectionManager{}
 	if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
@@ -155,9 +155,9 @@ func TestAuthzExplicitFields(t *testing.T) {
 		t.Errorf("DECODE_AND_MERGE_SLASHES: normalize_path %v merge_slashes %v escaped slashes %v",
 			h.GetNormalizePath(), h.GetMergeSlashes(), h.GetPathWithEscapedSlashesAction())
 	}
-	tcp := r.listener(t, "inbound_9000")
+	tcp := r.listener(t, "explicit_inbound_15090")
 	if actions, rules := chainRBAC(t, tcp.GetFilterChains()[0]); !slices.Equal(actions, []string{"tcp:ALLOW"}) || len(rules[0].GetPolicies()) != 0 {
-		t.Errorf("inbound_9000: %v %v; want an ALLOW filter with no policies (the only rule is HTTP-only)", actions, rules)
+		t.Errorf("explicit_inbound_15090: %v %v; want an ALLOW filter with no policies (the only rule is HTTP-only)", actions, rules)
 	}
 }
 

@@ -98,6 +98,7 @@ type cdsTestEndpoint struct {
 	Healthy        *bool             `json:"healthy"`
 	ServiceAccount string            `json:"serviceAccount"`
 	Weight         uint32            `json:"weight"`
+	SidecarPorts   map[uint32]uint32 `json:"sidecarPorts"`
 }
 
 type cdsTestDoc struct {
@@ -119,6 +120,7 @@ type cdsTestDoc struct {
 	Labels         map[string]string `json:"labels"`
 	ServiceAccount string            `json:"serviceAccount"`
 	Explicit       bool              `json:"explicit"`
+	TProxy         bool              `json:"tproxy"`
 	// TestMesh
 	ConnectTimeout string `json:"connectTimeout"`
 	TrustDomain    string `json:"trustDomain"`
@@ -224,7 +226,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		if d.Namespace != "" {
 			p.Namespace = d.Namespace
 		}
-		p.IPs, p.Labels, p.ServiceAccount, p.Explicit = d.IPs, d.Labels, d.ServiceAccount, d.Explicit
+		p.IPs, p.Labels, p.ServiceAccount, p.Explicit, p.TProxy = d.IPs, d.Labels, d.ServiceAccount, d.Explicit, d.TProxy
 		ip := "0.0.0.0"
 		if len(d.IPs) > 0 {
 			ip = d.IPs[0]
@@ -263,7 +265,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 			healthy := e.Healthy == nil || *e.Healthy
 			l.eps = append(l.eps, registry.Endpoint{Hostname: e.Hostname, Namespace: e.Namespace, Address: e.Address,
 				Ports: e.Ports, Labels: e.Labels, Locality: e.Locality, Network: e.Network, Healthy: healthy,
-				ServiceAccount: e.ServiceAccount, Weight: e.Weight})
+				ServiceAccount: e.ServiceAccount, Weight: e.Weight, SidecarPorts: e.SidecarPorts})
 		}
 		return
 	}

@@ -140,7 +140,8 @@ func NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 // ProxyFromNode reads an Envoy/gRPC node into a model.Proxy. The node ID
 // is Istio's "<type>~<ip>~<name>.<namespace>~<domain>"; metadata may add
 // NAMESPACE, LABELS, SERVICE_ACCOUNT, WORKLOAD_NAME, WORKLOAD_GROUP,
-// INSTANCE_IPS, INTERCEPTION_MODE (NONE: explicit mode) and GENERATOR
+// INSTANCE_IPS, INTERCEPTION_MODE (NONE: explicit mode; TPROXY: source
+// addresses preserved inbound) and GENERATOR
 // ("grpc": a proxyless gRPC client).
 func ProxyFromNode(n *core.Node) (*model.Proxy, error) {
 	if n == nil || n.GetId() == "" {
@@ -185,6 +186,7 @@ func ProxyFromNode(n *core.Node) (*model.Proxy, error) {
 		}
 	}
 	p.Explicit = strings.EqualFold(md["INTERCEPTION_MODE"], "NONE")
+	p.TProxy = strings.EqualFold(md["INTERCEPTION_MODE"], "TPROXY")
 	if strings.EqualFold(md["GENERATOR"], "grpc") {
 		p.Type = model.Proxyless
 	}

@@ -16,6 +16,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -82,8 +83,14 @@ type listenerSpec struct {
 	// connection's original destination for filter chain matching
 	// (virtualInbound), without handing the connection to another listener.
 	origDstFilter bool
-	chains        []*chain
-	defChain      *chain
+	// transparent listeners set IP_TRANSPARENT (TPROXY capture).
+	transparent bool
+	// originalSrc: the original_src listener filter; connections to
+	// upstreams keep the client's address and carry srcMark.
+	originalSrc bool
+	srcMark     uint32
+	chains      []*chain
+	defChain    *chain
 }
 
 // runtime is one applied config. Immutable.
@@ -173,12 +180,25 @@ func compileListener(l *listenerv3.Listener) (*listenerSpec, error) {
 	}
 	ls := &listenerSpec{
 		name: l.GetName(), addr: netip.AddrPortFrom(ip, uint16(sa.GetPortValue())),
-		bind:       l.GetBindToPort() == nil || l.GetBindToPort().GetValue(),
-		useOrigDst: l.GetUseOriginalDst().GetValue(),
+		bind:        l.GetBindToPort() == nil || l.GetBindToPort().GetValue(),
+		useOrigDst:  l.GetUseOriginalDst().GetValue(),
+		transparent: l.GetTransparent().GetValue(),
 	}
 	for _, lf := range l.GetListenerFilters() {
-		if lf.GetName() == "envoy.filters.listener.original_dst" {
+		switch lf.GetName() {
+		case "envoy.filters.listener.original_dst":
 			ls.origDstFilter = true
+		case "envoy.filters.listener.original_src":
+			var cfg originalsrcv3.OriginalSrc
+			if tc := lf.GetTypedConfig(); tc != nil {
+				if err := tc.UnmarshalTo(&cfg); err != nil {
+					return nil, fmt.Errorf("listener filter original_src: %w", err)
+				}
+			}
+			if cfg.GetBindPort() {
+				return nil, fmt.Errorf("listener filter original_src: bind_port is not supported (the source port is left to the kernel)")
+			}
+			ls.originalSrc, ls.srcMark = true, cfg.GetMark()
 		}
 	}
 	for i, fc := range l.GetFilterChains() {

@@ -232,7 +232,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			out = out.WithContext(actx)
 		}
 		ep.StartRequest()
-		resp, err := e.transport(c).RoundTrip(out)
+		resp, err := e.transport(c, cc.src).RoundTrip(out)
 		ep.EndRequest()
 		outcome := cluster.Outcome{}
 		switch {
@@ -440,9 +440,10 @@ func newRequestID() string {
 // transport returns the cluster's upstream HTTP transport: h2c when the
 // cluster speaks HTTP/2 in plaintext; mesh TLS (negotiating h2 or
 // http/1.1 by ALPN) when the cluster has a transport socket.
-func (e *Engine) transport(c *cluster.Cluster) http.RoundTripper {
+func (e *Engine) transport(c *cluster.Cluster, src source) http.RoundTripper {
 	h2 := c.HTTP.Protocol == cluster.HTTP2
-	key := fmt.Sprintf("%s|%v|%v", c.Name, h2, c.TLS != nil)
+	// Connections that keep a client's address are pooled per client.
+	key := fmt.Sprintf("%s|%v|%v|%s", c.Name, h2, c.TLS != nil, src.addr)
 	if t, ok := e.transports.Load(key); ok {
 		return t.(http.RoundTripper)
 	}
@@ -462,14 +463,18 @@ func (e *Engine) transport(c *cluster.Cluster) http.RoundTripper {
 			alpn = []string{"h2", "http/1.1"}
 		}
 		t.DialTLSContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return e.dialUpstream(ctx, c, addr, alpn)
+			return e.dialUpstream(ctx, c, addr, alpn, src)
 		}
 	case h2:
 		protos.SetUnencryptedHTTP2(true)
-		t.DialContext = (&net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
+		t.DialContext = dialer(c, src).DialContext
 	default:
 		protos.SetHTTP1(true)
-		t.DialContext = (&net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
+		t.DialContext = dialer(c, src).DialContext
+	}
+	if src.addr.IsValid() {
+		// One pool per client address: let idle ones go soon.
+		t.IdleConnTimeout = 90 * time.Second
 	}
 	actual, _ := e.transports.LoadOrStore(key, t)
 	return actual.(http.RoundTripper)
@@ -543,7 +548,7 @@ func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []b
 		go func(c *cluster.Cluster, out *http.Request) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			resp, err := e.transport(c).RoundTrip(out.WithContext(ctx))
+			resp, err := e.transport(c, source{}).RoundTrip(out.WithContext(ctx))
 			if err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()

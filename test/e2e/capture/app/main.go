@@ -1,11 +1,12 @@
 // Command app is the sample application of the capture mesh test: "serve"
-// answers HTTP with its name; "record" answers "<name> uri=<RequestURI>"
-// (the exact request target it received), or "ADMIN uri=..." when the raw
-// path is /admin or under /admin/ (case-sensitive, no decoding); "get"
-// makes N requests and prints how many each backend answered, as "name
-// count" lines, and "failed N"; "fetch" prints one response body; "raw"
-// sends one request line exactly as given (-target, -host) over TCP to
-// -addr and prints "STATUS <code>" and the body.
+// answers HTTP with its name (and /peer with the client's IP address);
+// "record" answers "<name> uri=<RequestURI>" (the exact request target it
+// received), or "ADMIN uri=..." when the raw path is /admin or under
+// /admin/ (case-sensitive, no decoding); "get" makes N requests and prints
+// how many each backend answered, as "name count" lines, and "failed N";
+// "fetch" prints one response body; "raw" sends one request line exactly
+// as given (-target, -host) over TCP to -addr and prints "STATUS <code>"
+// and the body. Further modes for the security tests are in security.go.
 package main
 
 import (
@@ -40,6 +41,11 @@ func main() {
 	switch os.Args[1] {
 	case "serve":
 		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, *name) })
+		// /peer answers with the address the connection came from.
+		http.HandleFunc("/peer", func(w http.ResponseWriter, r *http.Request) {
+			host, _, _ := net.SplitHostPort(r.RemoteAddr)
+			fmt.Fprint(w, host)
+		})
 		srv := &http.Server{Addr: *addr, ReadHeaderTimeout: 10 * time.Second}
 		fmt.Println("ready")
 		if err := srv.ListenAndServe(); err != nil {
