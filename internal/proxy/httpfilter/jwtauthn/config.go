@@ -38,8 +38,11 @@ type provider struct {
 	padPayload        bool
 	payloadInMetadata string
 	claimHeaders      []claimHeader
-	skew              time.Duration
-	requireExp        bool
+	// spaceDelimited claims are split on spaces in the metadata
+	// (normalize_payload_in_metadata).
+	spaceDelimited []string
+	skew           time.Duration
+	requireExp     bool
 }
 
 // claimHeader copies one claim into a request header.
@@ -231,6 +234,7 @@ func (b *Builder) compileProvider(name string, pc *jwtv3.JwtProvider) (*provider
 	p := &provider{name: name, issuer: pc.GetIssuer(), audiences: pc.GetAudiences(), forward: pc.GetForward(),
 		payloadHeader: pc.GetForwardPayloadHeader(), padPayload: pc.GetPadForwardPayloadHeader(),
 		payloadInMetadata: pc.GetPayloadInMetadata(), skew: DefaultClockSkew, requireExp: pc.GetRequireExpiration()}
+	p.spaceDelimited = pc.GetNormalizePayloadInMetadata().GetSpaceDelimitedClaims()
 	if pc.GetClockSkewSeconds() != 0 {
 		p.skew = time.Duration(pc.GetClockSkewSeconds()) * time.Second
 	}
@@ -406,4 +410,29 @@ func compileMatch(m *routev3.RouteMatch) (func(*http.Request) bool, error) {
 		return nil, errors.New("match: no path specifier")
 	}
 	return nil, fmt.Errorf("match: unsupported path specifier %T", m.GetPathSpecifier())
+}
+
+// metadataClaims is the payload as metadata shows it: the provider's
+// space-delimited string claims become lists ("scope": "a b" is
+// ["a", "b"]). The token's own claims are not changed.
+func (p *provider) metadataClaims(claims map[string]any) map[string]any {
+	out, copied := claims, false
+	for _, name := range p.spaceDelimited {
+		s, ok := claims[name].(string)
+		if !ok {
+			continue
+		}
+		if !copied {
+			out, copied = make(map[string]any, len(claims)), true
+			for k, v := range claims {
+				out[k] = v
+			}
+		}
+		parts := []any{}
+		for _, f := range strings.Fields(s) {
+			parts = append(parts, f)
+		}
+		out[name] = parts
+	}
+	return out
 }

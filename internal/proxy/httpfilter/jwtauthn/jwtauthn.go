@@ -51,7 +51,9 @@ const (
 	// KeyPresenter is the azp claim (string).
 	KeyPresenter = "request.auth.presenter"
 	// KeyClaims is the whole payload (map[string]any, as encoding/json
-	// decodes it: strings, []any, float64, bool, nested maps).
+	// decodes it: strings, []any, float64, bool, nested maps), with
+	// normalize_payload_in_metadata's space-delimited claims split into
+	// []any of strings.
 	KeyClaims = "request.auth.claims"
 	// PayloadNamespace holds each verified provider's payload under its
 	// payload_in_metadata name (Envoy's filter name).
@@ -202,11 +204,12 @@ func (v *verification) apply() {
 	for i, key := range v.ok {
 		r := v.done[key]
 		p := r.loc.p
+		claims := p.metadataClaims(r.tok.claims)
 		if i == 0 {
-			setIstioMetadata(v.call, r.tok)
+			setIstioMetadata(v.call, r.tok, claims)
 		}
 		if p.payloadInMetadata != "" {
-			v.call.SetMetadata(PayloadNamespace, p.payloadInMetadata, r.tok.claims)
+			v.call.SetMetadata(PayloadNamespace, p.payloadInMetadata, claims)
 		}
 		h := v.call.Request.Header
 		if !p.forward && r.loc.header != "" {
@@ -232,7 +235,7 @@ func (v *verification) apply() {
 }
 
 // setIstioMetadata records Istio's request.auth.* attributes.
-func setIstioMetadata(c *httpfilter.Call, t *token) {
+func setIstioMetadata(c *httpfilter.Call, t *token, claims map[string]any) {
 	if t.iss != "" && t.sub != "" {
 		c.SetMetadata(MetadataNamespace, KeyPrincipal, t.iss+"/"+t.sub)
 	}
@@ -240,5 +243,5 @@ func setIstioMetadata(c *httpfilter.Call, t *token) {
 	if t.azp != "" {
 		c.SetMetadata(MetadataNamespace, KeyPresenter, t.azp)
 	}
-	c.SetMetadata(MetadataNamespace, KeyClaims, t.claims)
+	c.SetMetadata(MetadataNamespace, KeyClaims, claims)
 }

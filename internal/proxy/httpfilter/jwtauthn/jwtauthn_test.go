@@ -179,6 +179,18 @@ func TestMetadata(t *testing.T) {
 	if payload["iss"] != "https://issuer.example" {
 		t.Errorf("payload metadata = %#v", payload)
 	}
+	// normalize_payload_in_metadata splits space-delimited claims.
+	f = inlineFilter(t, clk, func(p *jwtv3.JwtProvider) {
+		p.NormalizePayloadInMetadata = &jwtv3.JwtProvider_NormalizePayload{SpaceDelimitedClaims: []string{"scope", "permission"}}
+	})
+	c, rep = call(f, "/", sign(t, map[string]any{"alg": "RS256", "kid": "rsa"}, claims(map[string]any{"scope": "read  write"}), rsaKey))
+	if rep != nil {
+		t.Fatal(rep.Body)
+	}
+	cl, _ = get(MetadataNamespace, KeyClaims).(map[string]any)
+	if !reflect.DeepEqual(cl["scope"], []any{"read", "write"}) {
+		t.Errorf("scope = %#v, want split", cl["scope"])
+	}
 	// Without sub there is no principal (requestPrincipals cannot match).
 	c, rep = call(f, "/", sign(t, map[string]any{"alg": "RS256", "kid": "rsa"}, claims(map[string]any{"sub": nil}), rsaKey))
 	if rep != nil {
