@@ -102,9 +102,9 @@ func TestRequestAuthnSelectors(t *testing.T) {
 		issuers[name] = p.GetIssuer()
 	}
 	want := map[string]string{
-		"origins-0": "testing@secure.istio.io",              // namespace-wide
-		"origins-1": "https://accounts.example.com",         // selecting (also mesh-wide: once)
-		"origins-2": "https://nokeys.example.com",           // no JWKS
+		"origins-0": "testing@secure.istio.io",               // namespace-wide
+		"origins-1": "https://accounts.example.com",          // selecting (also mesh-wide: once)
+		"origins-2": "https://nokeys.example.com",            // no JWKS
 		"origins-3": "http://keycloak.auth:8080/realms/weft", // root namespace, selecting
 	}
 	if d := cmp.Diff(issuers, want); d != "" {
