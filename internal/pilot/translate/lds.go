@@ -221,9 +221,9 @@ func protocolName(p string) string {
 }
 
 // inboundChain forwards one inbound port to its inbound cluster; matchPort
-// selects it by original destination port (capture mode). An HTTP chain
-// runs jwtAuthn (the proxy's jwtAuthnFilter, nil for none) first.
-func inboundChain(ip inboundPort, matchPort bool, jwtAuthn *hcmv3.HttpFilter) *listenerv3.FilterChain {
+// selects it by original destination port (capture mode). HTTP chains run
+// the proxy's inbound HTTP filters (requestauthn.go) before the router.
+func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.FilterChain {
 	cluster := InboundCluster(ip.port)
 	fc := &listenerv3.FilterChain{Name: cluster}
 	if matchPort {
@@ -248,16 +248,11 @@ func inboundChain(ip inboundPort, matchPort bool, jwtAuthn *hcmv3.HttpFilter) *l
 		}},
 		ValidateClusters: ldsBool(false),
 	}
-	var filters []*hcmv3.HttpFilter
-	if jwtAuthn != nil {
-		filters = append(filters, jwtAuthn) // end-user authentication before any authorization
-	}
-	filters = append(filters, httpFilter(routerFilterName, &routerv3.Router{}))
 	h := &hcmv3.HttpConnectionManager{
 		StatPrefix:     "inbound_0.0.0.0_" + strconv.FormatUint(uint64(ip.port), 10),
 		CodecType:      hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc},
-		HttpFilters:    filters,
+		HttpFilters:    g.inboundHTTPFilters(),
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 	}
 	fc.Filters = []*listenerv3.Filter{networkFilter(hcmFilterName, h)}
@@ -276,13 +271,12 @@ func (g *netBuilder) virtualInbound(ports []inboundPort) *listenerv3.Listener {
 		},
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
 	}
-	jwtAuthn := g.jwtAuthnFilter()
 	for _, ip := range ports {
 		if ip.port == OutboundCapturePort || ip.port == InboundCapturePort {
 			g.warnOnce("inbound port %d is the proxy's capture port; not served", ip.port)
 			continue
 		}
-		l.FilterChains = append(l.FilterChains, inboundChain(ip, true, jwtAuthn))
+		l.FilterChains = append(l.FilterChains, g.inboundChain(ip, true))
 	}
 	g.secureInbound(l, 0)
 	return l
@@ -307,13 +301,12 @@ func (g *netBuilder) explicitListeners(numbers []uint32, groups map[uint32][]lds
 		served = append(served, n)
 		ls = append(ls, g.explicitOutbound(n, groups[n]))
 	}
-	jwtAuthn := g.jwtAuthnFilter()
 	for _, ip := range inbound {
 		l := &listenerv3.Listener{
 			Name:             "inbound_" + strconv.FormatUint(uint64(ip.port), 10),
 			Address:          socketAddress("0.0.0.0", ip.port),
 			BindToPort:       ldsBool(true),
-			FilterChains:     []*listenerv3.FilterChain{inboundChain(ip, false, jwtAuthn)},
+			FilterChains:     []*listenerv3.FilterChain{g.inboundChain(ip, false)},
 			TrafficDirection: corev3.TrafficDirection_INBOUND,
 		}
 		g.secureInbound(l, ip.port)

@@ -33,6 +33,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"google.golang.org/protobuf/proto"
@@ -107,6 +108,17 @@ func (g *netBuilder) jwtAuthnFilter() *hcmv3.HttpFilter {
 		return nil
 	}
 	return httpFilter(JwtAuthnFilterName, jwtAuthentication(rules))
+}
+
+// inboundHTTPFilters are an inbound HCM's filters: jwt_authn (when
+// RequestAuthentications apply: authentication before any authorization),
+// then the router.
+func (g *netBuilder) inboundHTTPFilters() []*hcmv3.HttpFilter {
+	var out []*hcmv3.HttpFilter
+	if f := g.jwtAuthnFilter(); f != nil {
+		out = append(out, f)
+	}
+	return append(out, httpFilter(routerFilterName, &routerv3.Router{}))
 }
 
 // jwtAuthentication is Istio's JwtAuthentication for a list of rules.

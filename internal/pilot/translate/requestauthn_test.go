@@ -214,8 +214,9 @@ func TestJWKSCluster(t *testing.T) {
 
 // TestJwtAuthnFirst: jwt_authn comes before every other HTTP filter.
 func TestJwtAuthnFirst(t *testing.T) {
-	fc := inboundChain(inboundPort{port: 80, protocol: "HTTP"}, false, httpFilter(JwtAuthnFilterName, jwtAuthentication(nil)))
-	names := httpFilterNames(t, fc)
+	in := loadCDSCase(t, filepath.Join("testdata", "jwt", "explicit-strict.yaml"))
+	g := newNetBuilder(&builder{s: in.snap, p: in.proxy})
+	names := httpFilterNames(t, g.inboundChain(inboundPort{port: 80, protocol: "HTTP"}, false))
 	if len(names) < 2 || names[0] != JwtAuthnFilterName || names[len(names)-1] != routerFilterName {
 		t.Fatalf("filters %v", names)
 	}

@@ -40,6 +40,7 @@ func (e *Engine) newHTTPServer(bl *boundListener) *http.Server {
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c)
 		},
+		ConnState: e.connState,
 	}
 }
 

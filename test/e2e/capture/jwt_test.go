@@ -1,0 +1,313 @@
+package capture
+
+import (
+	"crypto"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMeshJWT: RequestAuthentication enforced by the server-side sidecar
+// of a STRICT-mTLS mesh. Host A's app calls reviews on host B through
+// both sidecars with tokens; B's sidecar verifies them (jwt_authn):
+//  1. inline jwks: every kind of bad token is refused with 401 (403 for
+//     an audience not listed), a valid token reaches the app without its
+//     Authorization header but with the payload header, no token passes;
+//  2. jwksUri served by a JWKS server on the control-plane host, with
+//     forwardOriginalToken: a valid token passes with its header, an
+//     unknown kid is refused;
+//  3. jwksUri on a host:port where no JWKS server ever ran (an outage
+//     before the first fetch): a valid token is refused.
+func TestMeshJWT(t *testing.T) {
+	requireNetns(t)
+	buildMesh(t)
+	hosts := map[string]string{"cp": "10.82.0.1", "a": "10.82.0.2", "b": "10.82.0.3"}
+	ns := bridgeNet(t, "weft-jwt", hosts)
+	data, weft := controlPlane(t, ns["cp"], "--tls-san", hosts["cp"], "--xds-listen", "0.0.0.0:15012", "--xds-plaintext-listen", "")
+
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks := e2eJWKS(map[string]*rsa.PublicKey{"k1": &key.PublicKey})
+	world := worldDir(t)
+	jwksFile := filepath.Join(world, "jwks.json")
+	if err := os.WriteFile(jwksFile, []byte(jwks), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bg(t, "jwks-server", ns["cp"], appBin, "serve", "-addr", "0.0.0.0:8081", "-file", jwksFile)
+
+	const issuer = "https://issuer.weft.test"
+	requestAuthn := func(rule string) string {
+		return `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: reviews-jwt}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  jwtRules:
+  - ` + rule + "\n"
+	}
+	jwksJSON, _ := json.Marshal(jwks)
+	if _, err := weft(`apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: productpage}
+spec:
+  metadata: {labels: {app: productpage}}
+  template: {serviceAccount: productpage}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: reviews}
+spec:
+  metadata: {labels: {app: reviews}}
+  template: {serviceAccount: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.mesh]
+  addresses: [240.240.0.10]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 10.82.0.3, serviceAccount: reviews, labels: {app: reviews, security.istio.io/tlsMode: istio}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default}
+spec:
+  mtls: {mode: STRICT}
+---
+`+requestAuthn(`{issuer: "`+issuer+`", audiences: [reviews], outputPayloadToHeader: x-jwt-payload, jwks: `+string(jwksJSON)+`}`),
+		"apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	bg(t, "app-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9080", "-name", "reviews-v1")
+	startMTLSSidecars(t, ns, hosts, data, weft)
+
+	// call sends one request from A's app with an optional bearer token
+	// and returns the status and body the app saw.
+	call := func(token string) (int, string) {
+		t.Helper()
+		args := []string{"setpriv", "--reuid=" + appUID, "--regid=" + appUID, "--clear-groups",
+			appBin, "call", "-url", "http://240.240.0.10:9080/headers"}
+		if token != "" {
+			args = append(args, "-H", "Authorization: Bearer "+token)
+		}
+		out, err := in(ns["a"], args...)
+		if err != nil {
+			return 0, fmt.Sprintf("%v: %s", err, out)
+		}
+		code, body, _ := strings.Cut(out, "\n")
+		n, _ := strconv.Atoi(strings.TrimSpace(code))
+		return n, body
+	}
+	now := time.Now()
+	claims := func(extra map[string]any) map[string]any {
+		c := map[string]any{"iss": issuer, "sub": "alice", "aud": "reviews", "exp": now.Add(time.Hour).Unix(), "iat": now.Unix()}
+		for k, v := range extra {
+			c[k] = v
+		}
+		return c
+	}
+	rs256 := map[string]any{"alg": "RS256", "kid": "k1", "typ": "JWT"}
+	valid := e2eSign(t, rs256, claims(nil), key)
+	pubDER, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
+
+	// Phase 1: inline jwks. Wait until B's sidecar enforces it.
+	eventually(t, "RequestAuthentication applied on B", func() error {
+		if code, body := call("garbage"); code != http.StatusUnauthorized {
+			return fmt.Errorf("garbage token: %d %s", code, body)
+		}
+		return nil
+	})
+	matrix := []struct {
+		name  string
+		token string
+		code  int
+		body  string
+	}{
+		{"alg none", e2eSign(t, map[string]any{"alg": "none", "kid": "k1"}, claims(nil), nil), 401, "Jwt header [alg] is not supported"},
+		{"RS256→HS256 with the public key as secret", e2eSign(t, map[string]any{"alg": "HS256", "kid": "k1"}, claims(nil), pubPEM), 401, "Jwks doesn't have key to match kid or alg from Jwt"},
+		{"signed by another key", e2eSign(t, rs256, claims(nil), other), 401, "Jwt verification fails"},
+		{"expired", e2eSign(t, rs256, claims(map[string]any{"exp": now.Add(-2 * time.Minute).Unix()}), key), 401, "Jwt is expired"},
+		{"nbf in the future", e2eSign(t, rs256, claims(map[string]any{"nbf": now.Add(5 * time.Minute).Unix()}), key), 401, "Jwt not yet valid"},
+		{"wrong issuer", e2eSign(t, rs256, claims(map[string]any{"iss": "https://evil.test"}), key), 401, "Jwt issuer is not configured"},
+		{"wrong audience", e2eSign(t, rs256, claims(map[string]any{"aud": "ratings"}), key), 403, "Audiences in Jwt are not allowed"},
+		{"unknown kid", e2eSign(t, map[string]any{"alg": "RS256", "kid": "k9"}, claims(nil), key), 401, "Jwks doesn't have key to match kid or alg from Jwt"},
+		{"garbage", "garbage", 401, "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"},
+	}
+	for _, m := range matrix {
+		code, body := call(m.token)
+		if code != m.code || body != m.body {
+			t.Errorf("%s: %d %q, want %d %q", m.name, code, body, m.code, m.body)
+		} else {
+			t.Logf("%-45s → %d %s", m.name, code, body)
+		}
+	}
+	code, body := call(valid)
+	hdrs := backendHeaders(t, code, body)
+	if hdrs.Get("Authorization") != "" {
+		t.Errorf("valid token: the app saw the Authorization header (forwardOriginalToken is false)")
+	}
+	if want := strings.Split(valid, ".")[1]; hdrs.Get("X-Jwt-Payload") != want {
+		t.Errorf("valid token: x-jwt-payload = %q, want %q", hdrs.Get("X-Jwt-Payload"), want)
+	}
+	t.Logf("%-45s → %d, app saw x-jwt-payload and no Authorization", "valid RS256 token", code)
+	if code, body := call(""); code != http.StatusOK {
+		t.Errorf("no token: %d %s", code, body)
+	}
+	t.Logf("%-45s → 200", "no token")
+
+	// Phase 2: jwksUri on the control-plane host, forwardOriginalToken.
+	if _, err := weft(requestAuthn(`{issuer: "`+issuer+`", audiences: [reviews], forwardOriginalToken: true, jwksUri: "http://`+hosts["cp"]+`:8081/jwks.json"}`),
+		"apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "jwksUri config: valid token forwarded", func() error {
+		code, body := call(valid)
+		if code != http.StatusOK || backendHeaders(t, code, body).Get("Authorization") != "Bearer "+valid {
+			return fmt.Errorf("%d %s", code, body)
+		}
+		return nil
+	})
+	t.Logf("%-45s → 200, Authorization forwarded", "jwksUri: valid token")
+	if code, body := call(e2eSign(t, map[string]any{"alg": "RS256", "kid": "k9"}, claims(nil), key)); code != 401 ||
+		body != "Jwks doesn't have key to match kid or alg from Jwt" {
+		t.Errorf("jwksUri: unknown kid: %d %q", code, body)
+	}
+	t.Logf("%-45s → 401", "jwksUri: unknown kid")
+
+	// Phase 3: the JWKS host:port never served (no keys ever fetched).
+	const issuer2 = "https://down.weft.test"
+	if _, err := weft(requestAuthn(`{issuer: "`+issuer2+`", jwksUri: "http://`+hosts["cp"]+`:8082/jwks.json"}`), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	valid2 := e2eSign(t, rs256, claims(map[string]any{"iss": issuer2}), key)
+	eventually(t, "JWKS outage rejects valid tokens", func() error {
+		if code, body := call(valid2); code != 401 || body != "Jwks remote fetch is failed" {
+			return fmt.Errorf("%d %s", code, body)
+		}
+		return nil
+	})
+	t.Logf("%-45s → 401 Jwks remote fetch is failed", "JWKS outage: valid token")
+	if code, body := call(""); code != http.StatusOK {
+		t.Errorf("JWKS outage, no token: %d %s", code, body)
+	}
+}
+
+// startMTLSSidecars onboards hosts a (productpage) and b (reviews) with
+// bootstrap tokens and starts their capturing sidecars, as TestMeshMTLS
+// does, and waits until both are ready.
+func startMTLSSidecars(t *testing.T, ns, hosts map[string]string, data string, weft func(string, ...string) (string, error)) {
+	t.Helper()
+	rootCert := filepath.Join(worldDir(t), "root-cert.pem")
+	caPEM, err := os.ReadFile(filepath.Join(data, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(rootCert, caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"a", "b"} {
+		group := map[string]string{"a": "productpage", "b": "reviews"}[h]
+		tok, err := weft("", "workload", "token", "create", "--group", group, "--ttl", "1h")
+		if err != nil {
+			t.Fatal(err)
+		}
+		certDir := worldDir(t)
+		if err := os.Chmod(certDir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := in(ns[h], proxyBin, "iptables", "-u", proxyUID, "--owner", "host-"+h); err != nil {
+			t.Fatalf("iptables on %s: %v\n%s", h, err, out)
+		}
+		bg(t, "sidecar-"+h, ns[h], "setpriv", "--reuid="+proxyUID, "--regid="+proxyUID, "--clear-groups",
+			proxyBin, "sidecar", "--ip", hosts[h], "--name", group+"-1", "--labels", "app="+group, "--service-account", group,
+			"--discovery-address", hosts["cp"]+":15012", "--ca-root-file", rootCert,
+			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir)
+	}
+	for _, h := range []string{"a", "b"} {
+		eventually(t, "sidecar on "+h+" ready", func() error {
+			_, err := in(ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15021/healthz/ready")
+			return err
+		})
+	}
+}
+
+// backendHeaders decodes the app's /headers answer.
+func backendHeaders(t *testing.T, code int, body string) http.Header {
+	t.Helper()
+	var h http.Header
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &h) != nil {
+		t.Fatalf("request with a valid token: %d %s", code, body)
+	}
+	return h
+}
+
+var e2eB64 = base64.RawURLEncoding
+
+// e2eJWKS renders RSA public keys as a JWKS.
+func e2eJWKS(keys map[string]*rsa.PublicKey) string {
+	type jwk struct {
+		Kty string `json:"kty"`
+		Kid string `json:"kid"`
+		Alg string `json:"alg"`
+		Use string `json:"use"`
+		N   string `json:"n"`
+		E   string `json:"e"`
+	}
+	var set struct {
+		Keys []jwk `json:"keys"`
+	}
+	for kid, k := range keys {
+		set.Keys = append(set.Keys, jwk{Kty: "RSA", Kid: kid, Alg: "RS256", Use: "sig",
+			N: e2eB64.EncodeToString(k.N.Bytes()), E: e2eB64.EncodeToString(big.NewInt(int64(k.E)).Bytes())})
+	}
+	b, _ := json.Marshal(set)
+	return string(b)
+}
+
+// e2eSign makes a compact JWS: RS256 with an RSA key, HS256 with a []byte
+// secret, no signature with a nil key.
+func e2eSign(t *testing.T, header, claims map[string]any, key any) string {
+	t.Helper()
+	hb, _ := json.Marshal(header)
+	cb, _ := json.Marshal(claims)
+	input := e2eB64.EncodeToString(hb) + "." + e2eB64.EncodeToString(cb)
+	var sig []byte
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		d := sha256.Sum256([]byte(input))
+		var err error
+		if sig, err = rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, d[:]); err != nil {
+			t.Fatal(err)
+		}
+	case []byte:
+		m := hmac.New(sha256.New, k)
+		m.Write([]byte(input))
+		sig = m.Sum(nil)
+	}
+	return input + "." + e2eB64.EncodeToString(sig)
+}
