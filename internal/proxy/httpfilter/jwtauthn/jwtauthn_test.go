@@ -68,7 +68,10 @@ func TestRejectionMatrix(t *testing.T) {
 		{"garbage", "garbage", 401, statusBadFormat},
 		{"four segments", valid + ".x", 401, statusBadFormat},
 		{"header not JSON", "bm90anNvbg." + parts[1] + "." + parts[2], 401, statusHeaderParse},
-		{"exp not a number", sign(t, rsaHdr, claims(map[string]any{"exp": "tomorrow"}), rsaKey), 401, statusBadClaim},
+		{"exp not a number", sign(t, rsaHdr, claims(map[string]any{"exp": "tomorrow"}), rsaKey), 401, "Jwt payload [exp] field is not a positive 64 bit integer"},
+		{"iss not a string", sign(t, rsaHdr, claims(map[string]any{"iss": 7}), rsaKey), 401, "Jwt payload [iss] field is not a string"},
+		{"kid not a string", sign(t, map[string]any{"alg": "RS256", "kid": 1}, claims(nil), rsaKey), 401, statusHeaderBadKid},
+		{"signature not base64url", parts[0] + "." + parts[1] + ".A", 401, statusSignatureParse},
 		{"crit header", sign(t, map[string]any{"alg": "RS256", "kid": "rsa", "crit": []string{"x"}}, claims(nil), rsaKey), 401, statusHeaderParse},
 	}
 	for _, c := range cases {

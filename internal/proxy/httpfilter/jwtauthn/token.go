@@ -28,12 +28,15 @@ const (
 	statusOK                = status("")
 	statusMissing           = status("Jwt is missing")
 	statusBadFormat         = status("Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")
+	statusHeaderBase64      = status("Jwt header is an invalid Base64url encoded")
 	statusHeaderParse       = status("Jwt header is an invalid JSON")
+	statusHeaderBadKid      = status("Jwt header [kid] field is not a string")
 	statusHeaderBadAlg      = status("Jwt header [alg] field is required and must be a string")
 	statusHeaderAlgNotImpl  = status("Jwt header [alg] is not supported")
+	statusPayloadBase64     = status("Jwt payload is an invalid Base64url encoded")
 	statusPayloadParse      = status("Jwt payload is an invalid JSON")
-	statusBadClaim          = status("Jwt payload has a claim of the wrong type")
-	statusSignatureParse    = status("Jwt signature is not base64url encoded")
+	statusSignatureParse    = status("Jwt signature is an invalid Base64url encoded")
+	statusBadAud            = status("Jwt payload [aud] field is not a string or string list")
 	statusExpired           = status("Jwt is expired")
 	statusNotYetValid       = status("Jwt not yet valid")
 	statusNoExpiration      = status("Jwt doesn't have an expiration")
@@ -91,7 +94,7 @@ func parseToken(raw string) (*token, status) {
 	}
 	hb, err := decodeSeg(h)
 	if err != nil {
-		return nil, statusHeaderParse
+		return nil, statusHeaderBase64
 	}
 	var hdr map[string]any
 	if err := strictJSON(hb, &hdr); err != nil {
@@ -105,7 +108,7 @@ func parseToken(raw string) (*token, status) {
 	t.alg = alg
 	if k, present := hdr["kid"]; present {
 		if t.kid, ok = k.(string); !ok {
-			return nil, statusHeaderParse
+			return nil, statusHeaderBadKid
 		}
 	}
 	if crit, present := hdr["crit"]; present && crit != nil {
@@ -114,7 +117,7 @@ func parseToken(raw string) (*token, status) {
 	}
 	pb, err := decodeSeg(p)
 	if err != nil {
-		return nil, statusPayloadParse
+		return nil, statusPayloadBase64
 	}
 	if err := strictJSON(pb, &t.claims); err != nil || t.claims == nil {
 		return nil, statusPayloadParse
@@ -143,13 +146,16 @@ func strictJSON(b []byte, v any) error {
 // readClaims extracts the registered claims weft checks; a registered
 // claim of the wrong type makes the token invalid.
 func (t *token) readClaims() status {
-	for name, dst := range map[string]*string{"iss": &t.iss, "sub": &t.sub, "azp": &t.azp} {
-		if v, ok := t.claims[name]; ok {
+	for _, c := range []struct {
+		name string
+		dst  *string
+	}{{"iss", &t.iss}, {"sub", &t.sub}, {"azp", &t.azp}} {
+		if v, ok := t.claims[c.name]; ok {
 			s, ok := v.(string)
 			if !ok {
-				return statusBadClaim
+				return status("Jwt payload [" + c.name + "] field is not a string")
 			}
-			*dst = s
+			*c.dst = s
 		}
 	}
 	switch a := t.claims["aud"].(type) {
@@ -160,24 +166,27 @@ func (t *token) readClaims() status {
 		for _, e := range a {
 			s, ok := e.(string)
 			if !ok {
-				return statusBadClaim
+				return statusBadAud
 			}
 			t.aud = append(t.aud, s)
 		}
 	default:
-		return statusBadClaim
+		return statusBadAud
 	}
-	for name, dst := range map[string]**int64{"exp": &t.exp, "nbf": &t.nbf} {
-		v, ok := t.claims[name]
+	for _, c := range []struct {
+		name string
+		dst  **int64
+	}{{"exp", &t.exp}, {"nbf", &t.nbf}} {
+		v, ok := t.claims[c.name]
 		if !ok {
 			continue
 		}
 		f, ok := v.(float64)
 		if !ok || math.IsNaN(f) || f < 0 || f > math.MaxInt64/2 {
-			return statusBadClaim
+			return status("Jwt payload [" + c.name + "] field is not a positive 64 bit integer")
 		}
 		n := int64(f)
-		*dst = &n
+		*c.dst = &n
 	}
 	return statusOK
 }
