@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -144,7 +145,7 @@ type remoteJWKS struct {
 	timeout  time.Duration
 	client   *http.Client
 	now      func() time.Time
-	log      *slog.Logger
+	log      *atomic.Pointer[slog.Logger]
 
 	mu        sync.Mutex
 	keys      *keySet
@@ -252,12 +253,12 @@ func (r *remoteJWKS) fetch(done chan struct{}) {
 		r.lastErr = err
 		r.backoff = min(max(2*r.backoff, minFailureBackoff), maxFailureBackoff)
 		r.nextTry = now.Add(r.backoff)
-		r.log.Warn("jwks fetch failed; keeping cached keys until they expire",
+		r.log.Load().Warn("jwks fetch failed; keeping cached keys until they expire",
 			"uri", r.uri, "error", err, "cached_until", r.expires, "retry_in", r.backoff)
 	} else {
 		r.keys, r.fetchedAt, r.expires = ks, now, now.Add(r.cacheDur)
 		r.lastErr, r.backoff, r.nextTry = nil, 0, time.Time{}
-		r.log.Debug("jwks fetched", "uri", r.uri, "keys", len(ks.keys))
+		r.log.Load().Debug("jwks fetched", "uri", r.uri, "keys", len(ks.keys))
 	}
 	r.inflight = nil
 	r.mu.Unlock()
@@ -298,7 +299,7 @@ func (r *remoteJWKS) download() (*keySet, error) {
 type jwksCache struct {
 	client *http.Client
 	now    func() time.Time
-	log    *slog.Logger
+	log    atomic.Pointer[slog.Logger]
 
 	mu      sync.Mutex
 	entries map[string]*remoteJWKS
@@ -328,7 +329,7 @@ func (c *jwksCache) remote(uri string, cacheDur, timeout time.Duration) *remoteJ
 		}
 	}
 	r := &remoteJWKS{uri: uri, cacheDur: cacheDur, timeout: timeout, client: c.client, now: c.now,
-		log: c.log, lastUsed: now}
+		log: &c.log, lastUsed: now}
 	c.entries[key] = r
 	return r
 }

@@ -91,12 +91,22 @@ func NewBuilder(o Options) *Builder {
 			return nil
 		}}
 	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	return &Builder{now: o.Now, cache: &jwksCache{client: o.Client, now: o.Now,
-		log: o.Logger.With("component", "proxy.jwt_authn"), entries: map[string]*remoteJWKS{}}}
+	b := &Builder{now: o.Now, cache: &jwksCache{client: o.Client, now: o.Now, entries: map[string]*remoteJWKS{}}}
+	b.SetLogger(o.Logger)
+	return b
 }
+
+// SetLogger replaces the logger reporting JWKS fetches (nil discards).
+func (b *Builder) SetLogger(l *slog.Logger) {
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	b.cache.log.Store(l.With("component", "proxy.jwt_authn"))
+}
+
+// SetLogger gives the filters built through the httpfilter registry
+// their logger; weft-proxy's wiring calls it once at start.
+func SetLogger(l *slog.Logger) { defaultBuilder.SetLogger(l) }
 
 // defaultBuilder serves the registry: weft-proxy's filters share one JWKS
 // cache for the life of the process.
