@@ -26,7 +26,8 @@ import (
 // both sidecars with tokens; B's sidecar verifies them (jwt_authn):
 //  1. inline jwks: every kind of bad token is refused with 401 (403 for
 //     an audience not listed), a valid token reaches the app without its
-//     Authorization header but with the payload header, no token passes;
+//     Authorization header but with the payload header, no token passes
+//     (and a payload header the client made up is removed);
 //  2. jwksUri served by a JWKS server on the control-plane host, with
 //     forwardOriginalToken: a valid token passes with its header, an
 //     unknown kid is refused;
@@ -107,12 +108,15 @@ spec:
 
 	// call sends one request from A's app with an optional bearer token
 	// and returns the status and body the app saw.
-	call := func(token string) (int, string) {
+	call := func(token string, extra ...string) (int, string) {
 		t.Helper()
 		args := []string{"setpriv", "--reuid=" + appUID, "--regid=" + appUID, "--clear-groups",
 			appBin, "call", "-url", "http://240.240.0.10:9080/headers"}
 		if token != "" {
 			args = append(args, "-H", "Authorization: Bearer "+token)
+		}
+		for _, h := range extra {
+			args = append(args, "-H", h)
 		}
 		out, err := in(ns["a"], args...)
 		if err != nil {
@@ -175,10 +179,13 @@ spec:
 		t.Errorf("valid token: x-jwt-payload = %q, want %q", hdrs.Get("X-Jwt-Payload"), want)
 	}
 	t.Logf("%-45s → %d, app saw x-jwt-payload and no Authorization", "valid RS256 token", code)
-	if code, body := call(""); code != http.StatusOK {
+	code, body = call("", "X-Jwt-Payload: eyJzdWIiOiJhZG1pbiJ9")
+	if code != http.StatusOK {
 		t.Errorf("no token: %d %s", code, body)
+	} else if backendHeaders(t, code, body).Get("X-Jwt-Payload") != "" {
+		t.Errorf("no token: a client-set x-jwt-payload reached the app")
 	}
-	t.Logf("%-45s → 200", "no token")
+	t.Logf("%-45s → 200, client-set x-jwt-payload removed", "no token")
 
 	// Phase 2: jwksUri on the control-plane host, forwardOriginalToken.
 	if _, err := weft(requestAuthn(`{issuer: "`+issuer+`", audiences: [reviews], forwardOriginalToken: true, jwksUri: "http://`+hosts["cp"]+`:8081/jwks.json"}`),

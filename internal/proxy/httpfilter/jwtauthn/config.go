@@ -192,6 +192,12 @@ func (b *Builder) compile(msg *jwtv3.JwtAuthentication) (*filter, error) {
 			return nil, fmt.Errorf("jwt_authn: provider %q: %w", name, err)
 		}
 		f.providers[name] = p
+		if p.payloadHeader != "" {
+			f.outputHeaders = append(f.outputHeaders, p.payloadHeader)
+		}
+		for _, ch := range p.claimHeaders {
+			f.outputHeaders = append(f.outputHeaders, ch.header)
+		}
 	}
 	reqs := map[string]requirement{}
 	for name, r := range msg.GetRequirementMap() {

@@ -131,6 +131,9 @@ type filter struct {
 	providers  map[string]*provider
 	rules      []*rule
 	bypassCORS bool
+	// outputHeaders are every provider's payload and claim headers,
+	// removed from incoming requests.
+	outputHeaders []string
 }
 
 // Decode verifies the request's tokens against the first matching rule.
@@ -139,6 +142,10 @@ func (f *filter) Decode(c *httpfilter.Call) *httpfilter.Reply {
 	if f.bypassCORS && r.Method == http.MethodOptions && r.Header.Get("Origin") != "" &&
 		r.Header.Get("Access-Control-Request-Method") != "" {
 		return nil
+	}
+	// The headers the filter writes are never the client's.
+	for _, h := range f.outputHeaders {
+		r.Header.Del(h)
 	}
 	var req requirement
 	for _, ru := range f.rules {

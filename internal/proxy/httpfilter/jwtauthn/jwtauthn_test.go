@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
@@ -91,10 +92,16 @@ func TestRejectionMatrix(t *testing.T) {
 			}
 		})
 	}
-	t.Run("no token passes", func(t *testing.T) {
-		call, rep := call(f, "/api", "")
-		if rep != nil || call.Metadata != nil {
-			t.Fatalf("reply %v metadata %v", rep, call.Metadata)
+	t.Run("no token passes, spoofed output headers removed", func(t *testing.T) {
+		r := httptest.NewRequest("GET", "http://svc.example/api", nil)
+		r.Header.Set("X-Jwt-Payload", "eyJzdWIiOiJhZG1pbiJ9")
+		r.Header.Set("X-Sub", "admin")
+		c := &httpfilter.Call{Request: r}
+		if rep := f.Decode(c); rep != nil || c.Metadata != nil {
+			t.Fatalf("reply %v metadata %v", rep, c.Metadata)
+		}
+		if r.Header.Get("X-Jwt-Payload") != "" || r.Header.Get("X-Sub") != "" {
+			t.Errorf("client-set output headers reached the app: %v", r.Header)
 		}
 	})
 	t.Run("skew tolerated", func(t *testing.T) {
