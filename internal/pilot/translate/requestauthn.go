@@ -24,7 +24,6 @@ package translate
 // resolve the keys; weft does no OpenID discovery), and a warning.
 
 import (
-	"net"
 	"net/url"
 	"sort"
 	"strconv"
@@ -203,9 +202,9 @@ func jwksCluster(uri string) string {
 			port = "80"
 		}
 	}
-	n, err := strconv.ParseUint(port, 10, 32)
+	n, err := strconv.ParseUint(port, 10, 16)
 	if err != nil {
-		return "outbound|443||" + net.JoinHostPort(host, port)
+		return "outbound|443||" + host
 	}
 	return OutboundCluster(uint32(n), "", host)
 }
