@@ -50,10 +50,19 @@ func denyListener(t *testing.T, addr netip.AddrPort, deny string) *listenerv3.Li
 }
 
 // TestListenerUpdateDrainsConnections: after an update that changes a
-// listener's filters, a keep-alive connection does not keep the old
-// filters (it is closed once idle and the client's next request gets the
-// new config); an update that leaves the listener alone keeps it open.
+// listener's filters, the next request of a keep-alive connection runs
+// the new filters, then an HTTP/1 connection is closed; an update that
+// leaves the listener alone changes nothing.
 func TestListenerUpdateDrainsConnections(t *testing.T) {
+	t.Run("http1", func(t *testing.T) { testDrain(t, &http.Transport{}, false) })
+	t.Run("h2c", func(t *testing.T) {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		testDrain(t, &http.Transport{Protocols: &p}, true)
+	})
+}
+
+func testDrain(t *testing.T, tr *http.Transport, h2 bool) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +95,7 @@ func TestListenerUpdateDrainsConnections(t *testing.T) {
 		// send returns once the first one was applied.
 		updates <- s
 	}
-	client := &http.Client{Transport: &http.Transport{}}
+	client := &http.Client{Transport: tr}
 	do := func() (int, bool) {
 		t.Helper()
 		reused := false
@@ -111,9 +120,26 @@ func TestListenerUpdateDrainsConnections(t *testing.T) {
 	if code, reused := do(); code != http.StatusForbidden || !reused {
 		t.Fatalf("after an unrelated update: %d reused=%v, want 403 on the same connection", code, reused)
 	}
-	// The listener's filter changes: the next request sees it.
+	// The listener's filter changes: the next request on the same
+	// connection already runs the new filter.
 	apply(snap("X-Other", "other"))
+	if code, reused := do(); code != http.StatusOK || !reused {
+		t.Fatalf("after the listener changed: %d reused=%v, want 200 on the old connection", code, reused)
+	}
+	// HTTP/1 connections are then closed (drained); h2 ones stay.
+	if code, reused := do(); code != http.StatusOK || reused != h2 {
+		t.Fatalf("next request: %d reused=%v, want 200 with reused=%v", code, reused, h2)
+	}
+	// The connection's chain goes away: its requests are refused, and a
+	// new connection gets the new chain.
+	s := snap("X-Other", "other")
+	s.Listeners["in"].FilterChains[0].Name = "renamed"
+	apply(s)
+	if code, _ := do(); code != http.StatusServiceUnavailable {
+		t.Fatalf("chain renamed: %d, want 503", code)
+	}
+	tr.CloseIdleConnections()
 	if code, reused := do(); code != http.StatusOK || reused {
-		t.Fatalf("after the listener changed: %d reused=%v, want 200 on a new connection", code, reused)
+		t.Fatalf("new connection after the rename: %d reused=%v", code, reused)
 	}
 }

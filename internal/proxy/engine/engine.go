@@ -59,11 +59,6 @@ type Engine struct {
 	conns    sync.WaitGroup
 
 	transports sync.Map // cluster name -> *http.Transport
-
-	// httpConns are the open HTTP connections, drained when their
-	// Listener changes (drain.go).
-	connMu    sync.Mutex
-	httpConns map[*chainConn]struct{}
 }
 
 // boundListener is one listening socket and its HTTP servers.
@@ -115,7 +110,7 @@ func (e *Engine) Apply(s *xdsclient.Snapshot) error {
 	rt := v.(*runtime)
 	e.clusters.Update(rt.clusters)
 	rt.clusters = e.clusters.Clusters()
-	e.drainChanged(e.cur.Swap(rt), rt)
+	e.cur.Store(rt)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	want := map[netip.AddrPort]*listenerSpec{}
@@ -246,7 +241,7 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 	case ch.tcp != nil:
 		e.proxyTCP(rt, c, ch.tcp, dst)
 	case ch.http != nil:
-		conn := &chainConn{Conn: c, chain: ch.http, dst: dst, listener: ls.name}
+		conn := &chainConn{Conn: c, chain: ch.http, dst: dst, origin: originOf(rt, ls, ch)}
 		select {
 		case bl.feed <- conn:
 		case <-e.quit:
@@ -403,10 +398,9 @@ type chainConn struct {
 	net.Conn
 	chain *httpChain
 	dst   netip.AddrPort
-	// listener names the Listener whose chain this is; idle and stale
-	// drive draining when it changes (drain.go).
-	listener    string
-	idle, stale atomic.Bool
+	// origin and view find the chain again after config updates (drain.go).
+	origin chainOrigin
+	view   atomic.Pointer[connView]
 	// fconn is the connection as HTTP filters see it (filterConn).
 	connOnce sync.Once
 	fconn    *httpfilter.Conn

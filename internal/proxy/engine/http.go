@@ -40,7 +40,6 @@ func (e *Engine) newHTTPServer(bl *boundListener) *http.Server {
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c)
 		},
-		ConnState: e.connState,
 	}
 }
 
@@ -60,6 +59,9 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := e.cur.Load()
 	if cc == nil || rt == nil {
 		http.Error(w, "no configuration", http.StatusServiceUnavailable)
+		return
+	}
+	if cc = e.currentChain(w, r, cc, rt); cc == nil {
 		return
 	}
 	if e.draining.Load() {
