@@ -21,7 +21,9 @@ package translate
 // the URI itself), the rule's timeout (default 5 s) and a cache duration
 // of 5 min. A rule with neither gets a JWKS without keys, which rejects
 // every token of its issuer (Istio inlines such a JWKS when it cannot
-// resolve the keys; weft does no OpenID discovery), and a warning.
+// resolve the keys; weft does no OpenID discovery), and a warning; so does
+// a jwksUri that is not an absolute http(s) URI (weft-proxy would refuse
+// the whole listener update).
 
 import (
 	"net/url"
@@ -97,9 +99,13 @@ func (g *netBuilder) jwtAuthnFilter() *hcmv3.HttpFilter {
 			if !dup {
 				rules = append(rules, r)
 			}
-			if r.GetJwks() == "" && r.GetJwksUri() == "" {
+			switch {
+			case r.GetJwks() == "" && r.GetJwksUri() == "":
 				g.warnOnce("RequestAuthentication %s/%s: issuer %q has neither jwks nor jwksUri (OpenID discovery is not supported); its tokens are rejected",
 					c.Namespace, c.Name, r.GetIssuer())
+			case r.GetJwks() == "" && !validJWKSURI(r.GetJwksUri()):
+				g.warnOnce("RequestAuthentication %s/%s: issuer %q: jwksUri %q is not an absolute http or https URI; its tokens are rejected",
+					c.Namespace, c.Name, r.GetIssuer(), r.GetJwksUri())
 			}
 		}
 	}
@@ -153,10 +159,14 @@ func jwtProvider(r *security.JWTRule) *jwtv3.JwtProvider {
 		PayloadInMetadata:    r.GetIssuer(),
 	}
 	for _, h := range r.GetFromHeaders() {
-		p.FromHeaders = append(p.FromHeaders, &jwtv3.JwtHeader{Name: h.GetName(), ValuePrefix: h.GetPrefix()})
+		if h.GetName() != "" { // validation refuses empty names; never emit one
+			p.FromHeaders = append(p.FromHeaders, &jwtv3.JwtHeader{Name: h.GetName(), ValuePrefix: h.GetPrefix()})
+		}
 	}
 	for _, c := range r.GetOutputClaimToHeaders() {
-		p.ClaimToHeaders = append(p.ClaimToHeaders, &jwtv3.JwtClaimToHeader{HeaderName: c.GetHeader(), ClaimName: c.GetClaim()})
+		if c.GetHeader() != "" && c.GetClaim() != "" {
+			p.ClaimToHeaders = append(p.ClaimToHeaders, &jwtv3.JwtClaimToHeader{HeaderName: c.GetHeader(), ClaimName: c.GetClaim()})
+		}
 	}
 	claims := append(append([]string{}, defaultSpaceDelimitedClaims...), r.GetSpaceDelimitedClaims()...)
 	sort.Strings(claims)
@@ -164,7 +174,7 @@ func jwtProvider(r *security.JWTRule) *jwtv3.JwtProvider {
 	switch {
 	case r.GetJwks() != "":
 		p.JwksSourceSpecifier = inlineJWKS(r.GetJwks())
-	case r.GetJwksUri() != "":
+	case validJWKSURI(r.GetJwksUri()):
 		timeout := jwksFetchTimeout
 		if t := r.GetTimeout(); t != nil && t.AsDuration() > 0 {
 			timeout = t.AsDuration()
@@ -207,6 +217,13 @@ func jwksCluster(uri string) string {
 		return "outbound|443||" + host
 	}
 	return OutboundCluster(uint32(n), "", host)
+}
+
+// validJWKSURI accepts absolute http and https URIs (as Istio's
+// validation and weft-proxy do).
+func validJWKSURI(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
 // dedupSorted drops repeats from a sorted list.

@@ -105,7 +105,8 @@ func TestRequestAuthnSelectors(t *testing.T) {
 		"origins-0": "testing@secure.istio.io",               // namespace-wide
 		"origins-1": "https://accounts.example.com",          // selecting (also mesh-wide: once)
 		"origins-2": "https://nokeys.example.com",            // no JWKS
-		"origins-3": "http://keycloak.auth:8080/realms/weft", // root namespace, selecting
+		"origins-3": "https://baduri.example.com",            // relative jwksUri
+		"origins-4": "http://keycloak.auth:8080/realms/weft", // root namespace, selecting
 	}
 	if d := cmp.Diff(issuers, want); d != "" {
 		t.Errorf("providers (-got +want):\n%s", d)
@@ -118,7 +119,7 @@ func TestRequestAuthnSelectors(t *testing.T) {
 		}
 		reqs = append(reqs, q.GetProviderName())
 	}
-	if d := cmp.Diff(reqs, []string{"origins-0", "origins-1", "origins-2", "origins-3", "allow_missing"}); d != "" {
+	if d := cmp.Diff(reqs, []string{"origins-0", "origins-1", "origins-2", "origins-3", "origins-4", "allow_missing"}); d != "" {
 		t.Errorf("requires_any (-got +want):\n%s", d)
 	}
 	if cfg.GetRules()[0].GetMatch().GetPrefix() != "/" || !cfg.GetBypassCorsPreflight() {
@@ -139,7 +140,7 @@ func TestRequestAuthnSelectors(t *testing.T) {
 		timeout      time.Duration
 	}{
 		"origins-1": {"https://accounts.example.com/.well-known/jwks.json", "outbound|443||accounts.example.com", 5 * time.Second},
-		"origins-3": {"http://keycloak.auth:8080/realms/weft/protocol/openid-connect/certs", "outbound|8080||keycloak.auth", 2 * time.Second},
+		"origins-4": {"http://keycloak.auth:8080/realms/weft/protocol/openid-connect/certs", "outbound|8080||keycloak.auth", 2 * time.Second},
 	} {
 		rj := p[name].GetRemoteJwks()
 		if rj.GetHttpUri().GetUri() != want.uri || rj.GetHttpUri().GetCluster() != want.cluster ||
@@ -150,10 +151,13 @@ func TestRequestAuthnSelectors(t *testing.T) {
 			t.Errorf("%s: forward or payload header by default", name)
 		}
 	}
-	if p["origins-2"].GetLocalJwks().GetInlineString() != emptyJWKS {
-		t.Errorf("origins-2 without keys: %v", p["origins-2"])
+	for _, n := range []string{"origins-2", "origins-3"} {
+		if p[n].GetLocalJwks().GetInlineString() != emptyJWKS {
+			t.Errorf("%s without usable keys: %v", n, p[n])
+		}
 	}
 	r.wantJWTWarning(t, "default/productpage", "https://nokeys.example.com", "rejected")
+	r.wantJWTWarning(t, "default/productpage", "https://baduri.example.com", `"keys.json"`, "rejected")
 	// weft-proxy accepts what discovery generates.
 	if _, err := jwtauthn.NewBuilder(jwtauthn.Options{}).Build(hcmOf(t, chainNamed(t, l, "inbound|9080||")).GetHttpFilters()[0].GetTypedConfig()); err != nil {
 		t.Errorf("weft-proxy refuses the generated config: %v", err)
