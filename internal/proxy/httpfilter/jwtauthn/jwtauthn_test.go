@@ -365,3 +365,48 @@ func TestCORSPreflightBypass(t *testing.T) {
 		t.Fatalf("preflight rejected: %s", rep.Body)
 	}
 }
+
+// requirePrincipal stands in for the RBAC filter of an AuthorizationPolicy
+// with requestPrincipals ["https://issuer.example/*"]: it reads what the
+// JWT filter left in the metadata.
+type requirePrincipal struct{}
+
+func (requirePrincipal) Decode(c *httpfilter.Call) *httpfilter.Reply {
+	p, _ := c.GetMetadata("istio_authn", "request.auth.principal")
+	if s, ok := p.(string); ok && strings.HasPrefix(s, "https://issuer.example/") {
+		return nil
+	}
+	return &httpfilter.Reply{Status: http.StatusForbidden, Body: "RBAC: access denied", Flags: "RBAC"}
+}
+
+// TestRequireTokenDownstream: RequestAuthentication with an authorization
+// filter after it, run as the engine runs a chain (one Call through the
+// filters in order): no token is denied by authorization (403), an invalid
+// token by authentication (401), a valid one passes both.
+func TestRequireTokenDownstream(t *testing.T) {
+	testKeys(t)
+	clk := &clock{t: testEpoch}
+	chain := []httpfilter.Filter{inlineFilter(t, clk, nil), requirePrincipal{}}
+	run := func(tok string) (*httpfilter.Call, *httpfilter.Reply) {
+		r := httptest.NewRequest("GET", "http://svc/", nil)
+		if tok != "" {
+			r.Header.Set("Authorization", "Bearer "+tok)
+		}
+		c := &httpfilter.Call{Request: r}
+		for _, f := range chain {
+			if rep := f.Decode(c); rep != nil {
+				return c, rep
+			}
+		}
+		return c, nil
+	}
+	if _, rep := run(""); rep == nil || rep.Status != 403 {
+		t.Fatalf("no token: %v, want 403 from authorization", rep)
+	}
+	if _, rep := run("garbage"); rep == nil || rep.Status != 401 {
+		t.Fatalf("bad token: %v, want 401 from authentication", rep)
+	}
+	if c, rep := run(sign(t, map[string]any{"alg": "RS256", "kid": "rsa"}, claims(nil), rsaKey)); rep != nil {
+		t.Fatalf("valid token: %d %s (metadata %v)", rep.Status, rep.Body, c.Metadata)
+	}
+}
