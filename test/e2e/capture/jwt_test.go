@@ -54,7 +54,7 @@ func TestMeshJWT(t *testing.T) {
 	if err := os.WriteFile(jwksFile, []byte(jwks), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	bg(t, "jwks-server", ns["cp"], appBin, "serve", "-addr", "0.0.0.0:8081", "-file", jwksFile)
+	bg(t, "jwks-server", ns["cp"], appBin, "file", "-addr", "0.0.0.0:8081", "-file", jwksFile)
 
 	const issuer = "https://issuer.weft.test"
 	requestAuthn := func(rule string) string {
@@ -103,7 +103,7 @@ spec:
 		"apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	bg(t, "app-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9080", "-name", "reviews-v1")
+	bg(t, "app-b", ns["b"], appBin, "echo", "-addr", "0.0.0.0:9080")
 	startMTLSSidecars(t, ns, hosts, data, weft)
 
 	// call sends one request from A's app with an optional bearer token

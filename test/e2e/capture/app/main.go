@@ -1,21 +1,16 @@
 // Command app is the sample application of the capture mesh test: "serve"
-// answers HTTP with its name (and, on /headers, with the request headers
-// as JSON; with -file, with that file's content on every path); "get"
-// makes N requests and prints how many each backend answered, as
-// "name count" lines, and "failed N"; "fetch" prints one response body;
-// "call" makes one request with the -H headers and prints the status code
-// on the first line, then the body, whatever the status.
+// answers HTTP with its name; "get" makes N requests and prints how many
+// each backend answered, as "name count" lines, and "failed N"; "fetch"
+// prints one response body.
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"sort"
-	"strings"
 	"time"
 )
 
@@ -24,27 +19,19 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: app serve|get [flags]")
 		os.Exit(2)
 	}
+	if run, ok := extraModes[os.Args[1]]; ok {
+		run(os.Args[1], os.Args[2:])
+		return
+	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	addr := fs.String("addr", ":9080", "serve: listen address")
 	name := fs.String("name", "app", "serve: the name to answer with")
 	url := fs.String("url", "", "get: the URL")
 	n := fs.Int("n", 10, "get: how many requests")
-	file := fs.String("file", "", "serve: answer every path with this file's content")
-	var headers headerFlags
-	fs.Var(&headers, "H", "call: a request header, \"Name: value\" (repeatable)")
 	_ = fs.Parse(os.Args[2:])
 	switch os.Args[1] {
 	case "serve":
-		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-			if *file != "" {
-				http.ServeFile(w, r, *file)
-				return
-			}
-			fmt.Fprint(w, *name)
-		})
-		http.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
-			_ = json.NewEncoder(w).Encode(r.Header)
-		})
+		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, *name) })
 		srv := &http.Server{Addr: *addr, ReadHeaderTimeout: 10 * time.Second}
 		fmt.Println("ready")
 		if err := srv.ListenAndServe(); err != nil {
@@ -91,36 +78,8 @@ func main() {
 			os.Exit(1)
 		}
 		_, _ = io.Copy(os.Stdout, resp.Body)
-	case "call":
-		req, err := http.NewRequest(http.MethodGet, *url, nil)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(2)
-		}
-		for _, h := range headers {
-			k, v, _ := strings.Cut(h, ":")
-			req.Header.Add(strings.TrimSpace(k), strings.TrimSpace(v))
-		}
-		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		defer resp.Body.Close()
-		fmt.Println(resp.StatusCode)
-		_, _ = io.Copy(os.Stdout, resp.Body)
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(2)
 	}
-}
-
-// headerFlags collects repeated -H flags.
-type headerFlags []string
-
-func (h *headerFlags) String() string { return strings.Join(*h, ", ") }
-
-func (h *headerFlags) Set(v string) error {
-	*h = append(*h, v)
-	return nil
 }
