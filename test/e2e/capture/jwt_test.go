@@ -34,106 +34,11 @@ import (
 //  3. jwksUri on a host:port where no JWKS server ever ran (an outage
 //     before the first fetch): a valid token is refused.
 func TestMeshJWT(t *testing.T) {
-	requireNetns(t)
-	buildMesh(t)
-	hosts := map[string]string{"cp": "10.82.0.1", "a": "10.82.0.2", "b": "10.82.0.3"}
-	ns := bridgeNet(t, "weft-jwt", hosts)
-	data, weft := controlPlane(t, ns["cp"], "--tls-san", hosts["cp"], "--xds-listen", "0.0.0.0:15012", "--xds-plaintext-listen", "")
-
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks := e2eJWKS(map[string]*rsa.PublicKey{"k1": &key.PublicKey})
-	world := worldDir(t)
-	jwksFile := filepath.Join(world, "jwks.json")
-	if err := os.WriteFile(jwksFile, []byte(jwks), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	bg(t, "jwks-server", ns["cp"], appBin, "file", "-addr", "0.0.0.0:8081", "-file", jwksFile)
-
-	const issuer = "https://issuer.weft.test"
-	requestAuthn := func(rule string) string {
-		return `apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: reviews-jwt}
-spec:
-  selector: {matchLabels: {app: reviews}}
-  jwtRules:
-  - ` + rule + "\n"
-	}
-	jwksJSON, _ := json.Marshal(jwks)
-	if _, err := weft(`apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: productpage}
-spec:
-  metadata: {labels: {app: productpage}}
-  template: {serviceAccount: productpage}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: reviews}
-spec:
-  metadata: {labels: {app: reviews}}
-  template: {serviceAccount: reviews}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: reviews}
-spec:
-  hosts: [reviews.mesh]
-  addresses: [240.240.0.10]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: http, protocol: HTTP}]
-  endpoints:
-  - {address: 10.82.0.3, serviceAccount: reviews, labels: {app: reviews, security.istio.io/tlsMode: istio}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default}
-spec:
-  mtls: {mode: STRICT}
----
-`+requestAuthn(`{issuer: "`+issuer+`", audiences: [reviews], outputPayloadToHeader: x-jwt-payload, jwks: `+string(jwksJSON)+`}`),
-		"apply", "-f", "-"); err != nil {
-		t.Fatal(err)
-	}
-	bg(t, "app-b", ns["b"], appBin, "echo", "-addr", "0.0.0.0:9080")
-	startMTLSSidecars(t, ns, hosts, data, weft)
-
-	// call sends one request from A's app with an optional bearer token
-	// and returns the status and body the app saw.
-	call := func(token string, extra ...string) (int, string) {
-		t.Helper()
-		args := []string{"setpriv", "--reuid=" + appUID, "--regid=" + appUID, "--clear-groups",
-			appBin, "call", "-url", "http://240.240.0.10:9080/headers"}
-		if token != "" {
-			args = append(args, "-H", "Authorization: Bearer "+token)
-		}
-		for _, h := range extra {
-			args = append(args, "-H", h)
-		}
-		out, err := in(ns["a"], args...)
-		if err != nil {
-			return 0, fmt.Sprintf("%v: %s", err, out)
-		}
-		code, body, _ := strings.Cut(out, "\n")
-		n, _ := strconv.Atoi(strings.TrimSpace(code))
-		return n, body
-	}
-	now := time.Now()
-	claims := func(extra map[string]any) map[string]any {
-		c := map[string]any{"iss": issuer, "sub": "alice", "aud": "reviews", "exp": now.Add(time.Hour).Unix(), "iat": now.Unix()}
-		for k, v := range extra {
-			c[k] = v
-		}
-		return c
-	}
+	m := newJWTMesh(t, "")
+	hosts, weft, call, claims, key, other := m.hosts, m.weft, m.call, m.claims, m.key, m.other
+	const issuer = jwtIssuer
+	requestAuthn := jwtRequestAuthn
+	now := m.now
 	rs256 := map[string]any{"alg": "RS256", "kid": "k1", "typ": "JWT"}
 	valid := e2eSign(t, rs256, claims(nil), key)
 	pubDER, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
@@ -222,6 +127,129 @@ spec:
 	if code, body := call(""); code != http.StatusOK {
 		t.Errorf("JWKS outage, no token: %d %s", code, body)
 	}
+}
+
+// jwtIssuer is the issuer of the JWT tests' tokens.
+const jwtIssuer = "https://issuer.weft.test"
+
+// jwtRequestAuthn is the RequestAuthentication reviews-jwt for app=reviews
+// with one jwtRule (a YAML flow mapping).
+func jwtRequestAuthn(rule string) string {
+	return `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: reviews-jwt}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  jwtRules:
+  - ` + rule + "\n"
+}
+
+// jwtMesh is the JWT tests' mesh: a control plane, host A (productpage)
+// calling reviews on host B (an app echoing request headers) through both
+// sidecars with STRICT mTLS, a JWKS server for key k1 on the control-plane
+// host (:8081/jwks.json), and reviews-jwt with the inline JWKS, audience
+// reviews and outputPayloadToHeader x-jwt-payload.
+type jwtMesh struct {
+	hosts, ns  map[string]string
+	weft       func(string, ...string) (string, error)
+	key, other *rsa.PrivateKey
+	now        time.Time
+	// call sends one request from A's app with an optional bearer token
+	// and extra "Name: value" headers; it returns the status and body the
+	// app saw.
+	call func(token string, extra ...string) (int, string)
+}
+
+// claims are valid claims for jwtIssuer, audience reviews, subject
+// alice; extra overrides.
+func (m *jwtMesh) claims(extra map[string]any) map[string]any {
+	c := map[string]any{"iss": jwtIssuer, "sub": "alice", "aud": "reviews", "exp": m.now.Add(time.Hour).Unix(), "iat": m.now.Unix()}
+	for k, v := range extra {
+		c[k] = v
+	}
+	return c
+}
+
+// newJWTMesh starts the mesh; extra is more config applied with it.
+func newJWTMesh(t *testing.T, extra string) *jwtMesh {
+	t.Helper()
+	requireNetns(t)
+	buildMesh(t)
+	m := &jwtMesh{hosts: map[string]string{"cp": "10.82.0.1", "a": "10.82.0.2", "b": "10.82.0.3"}, now: time.Now()}
+	m.ns = bridgeNet(t, "weft-jwt", m.hosts)
+	var data string
+	data, m.weft = controlPlane(t, m.ns["cp"], "--tls-san", m.hosts["cp"], "--xds-listen", "0.0.0.0:15012", "--xds-plaintext-listen", "")
+	var err error
+	if m.key, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+		t.Fatal(err)
+	}
+	if m.other, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+		t.Fatal(err)
+	}
+	jwks := e2eJWKS(map[string]*rsa.PublicKey{"k1": &m.key.PublicKey})
+	jwksFile := filepath.Join(worldDir(t), "jwks.json")
+	if err := os.WriteFile(jwksFile, []byte(jwks), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bg(t, "jwks-server", m.ns["cp"], appBin, "file", "-addr", "0.0.0.0:8081", "-file", jwksFile)
+	jwksJSON, _ := json.Marshal(jwks)
+	if _, err := m.weft(`apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: productpage}
+spec:
+  metadata: {labels: {app: productpage}}
+  template: {serviceAccount: productpage}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: reviews}
+spec:
+  metadata: {labels: {app: reviews}}
+  template: {serviceAccount: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.mesh]
+  addresses: [240.240.0.10]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 10.82.0.3, serviceAccount: reviews, labels: {app: reviews, security.istio.io/tlsMode: istio}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default}
+spec:
+  mtls: {mode: STRICT}
+---
+`+jwtRequestAuthn(`{issuer: "`+jwtIssuer+`", audiences: [reviews], outputPayloadToHeader: x-jwt-payload, jwks: `+string(jwksJSON)+`}`)+
+		"---\n"+extra, "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	bg(t, "app-b", m.ns["b"], appBin, "echo", "-addr", "0.0.0.0:9080")
+	startMTLSSidecars(t, m.ns, m.hosts, data, m.weft)
+	m.call = func(token string, extra ...string) (int, string) {
+		t.Helper()
+		args := []string{"setpriv", "--reuid=" + appUID, "--regid=" + appUID, "--clear-groups",
+			appBin, "call", "-url", "http://240.240.0.10:9080/headers"}
+		if token != "" {
+			args = append(args, "-H", "Authorization: Bearer "+token)
+		}
+		for _, h := range extra {
+			args = append(args, "-H", h)
+		}
+		out, err := in(m.ns["a"], args...)
+		if err != nil {
+			return 0, fmt.Sprintf("%v: %s", err, out)
+		}
+		code, body, _ := strings.Cut(out, "\n")
+		n, _ := strconv.Atoi(strings.TrimSpace(code))
+		return n, body
+	}
+	return m
 }
 
 // startMTLSSidecars onboards hosts a (productpage) and b (reviews) with

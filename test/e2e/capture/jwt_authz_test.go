@@ -1,0 +1,57 @@
+package capture
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"testing"
+)
+
+// TestMeshJWTRequired: requiring a token is authorization's job, as in
+// Istio. With an ALLOW AuthorizationPolicy on reviews for request
+// principals of the test issuer whose groups claim holds "admins", B's
+// sidecar answers a request without a token 403 (RBAC), an invalid token
+// 401 (jwt_authn, before RBAC), a valid token without the group 403, and
+// a valid admin token reaches the app. It needs AuthorizationPolicy
+// translation (internal/pilot/translate/authz.go), built on another
+// branch; until that is merged it skips.
+func TestMeshJWTRequired(t *testing.T) {
+	if _, err := os.Stat("../../../internal/pilot/translate/authz.go"); err != nil {
+		t.Skip("AuthorizationPolicy is not translated on this branch yet (no internal/pilot/translate/authz.go)")
+	}
+	m := newJWTMesh(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: ["`+jwtIssuer+`/*"]}}]
+    when: [{key: "request.auth.claims[groups]", values: [admins]}]
+`)
+	hdr := map[string]any{"alg": "RS256", "kid": "k1"}
+	eventually(t, "policies applied on B", func() error {
+		if code, body := m.call(""); code != http.StatusForbidden {
+			return fmt.Errorf("no token: %d %s", code, body)
+		}
+		return nil
+	})
+	for _, c := range []struct {
+		name, token string
+		code        int
+		body        string
+	}{
+		{"no token", "", 403, "RBAC: access denied"},
+		{"garbage token", "garbage", 401, "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"},
+		{"signed by another key", e2eSign(t, hdr, m.claims(map[string]any{"groups": []string{"admins"}}), m.other), 401, "Jwt verification fails"},
+		{"valid, not in admins", e2eSign(t, hdr, m.claims(map[string]any{"groups": []string{"dev"}}), m.key), 403, "RBAC: access denied"},
+		{"valid admin", e2eSign(t, hdr, m.claims(map[string]any{"groups": []string{"dev", "admins"}}), m.key), 200, ""},
+	} {
+		code, body := m.call(c.token)
+		if code != c.code || (c.body != "" && body != c.body) {
+			t.Errorf("%s: %d %q, want %d %q", c.name, code, body, c.code, c.body)
+		} else {
+			t.Logf("%-25s → %d %s", c.name, code, c.body)
+		}
+	}
+}
