@@ -145,7 +145,7 @@ func (p *provider) verifyToken(ctx context.Context, raw string, now time.Time, a
 		audiences = p.audiences
 	}
 	if !t.audienceAllowed(audiences) {
-		return nil, statusAudienceNotAllowd
+		return nil, statusAudienceNotAllowed
 	}
 	if _, ok := algs[t.alg]; !ok {
 		return nil, statusHeaderAlgNotImpl

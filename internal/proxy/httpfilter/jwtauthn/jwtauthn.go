@@ -19,7 +19,8 @@
 // passes and one with an invalid token gets 401 with Envoy's message as
 // body (403 for a disallowed audience). On success the filter removes the
 // token header (unless forward), adds forward_payload_header and
-// claim_to_headers, and records dynamic metadata: the payload under
+// claim_to_headers (both removed from every incoming request first), and
+// records dynamic metadata: the payload under
 // "envoy.filters.http.jwt_authn"/<payload_in_metadata>, and Istio's
 // authentication attributes under "istio_authn" (see MetadataNamespace)
 // for the RBAC filter.
@@ -169,7 +170,7 @@ func (f *filter) Decode(c *httpfilter.Call) *httpfilter.Reply {
 // reject is Envoy's local reply for a failed verification.
 func reject(r *http.Request, st status) *httpfilter.Reply {
 	code := http.StatusUnauthorized
-	if st == statusAudienceNotAllowd {
+	if st == statusAudienceNotAllowed {
 		code = http.StatusForbidden
 	}
 	realm := "http://" + r.Host + r.URL.Path

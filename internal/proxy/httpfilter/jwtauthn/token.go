@@ -25,32 +25,31 @@ type status string
 // The statuses Envoy's jwt_authn filter reports (jwt_verify_lib's
 // status.cc), those weft can produce.
 const (
-	statusOK                = status("")
-	statusMissing           = status("Jwt is missing")
-	statusBadFormat         = status("Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")
-	statusHeaderBase64      = status("Jwt header is an invalid Base64url encoded")
-	statusHeaderParse       = status("Jwt header is an invalid JSON")
-	statusHeaderBadKid      = status("Jwt header [kid] field is not a string")
-	statusHeaderBadAlg      = status("Jwt header [alg] field is required and must be a string")
-	statusHeaderAlgNotImpl  = status("Jwt header [alg] is not supported")
-	statusPayloadBase64     = status("Jwt payload is an invalid Base64url encoded")
-	statusPayloadParse      = status("Jwt payload is an invalid JSON")
-	statusSignatureParse    = status("Jwt signature is an invalid Base64url encoded")
-	statusBadAud            = status("Jwt payload [aud] field is not a string or string list")
-	statusExpired           = status("Jwt is expired")
-	statusNotYetValid       = status("Jwt not yet valid")
-	statusNoExpiration      = status("Jwt doesn't have an expiration")
-	statusUnknownIssuer     = status("Jwt issuer is not configured")
-	statusAudienceNotAllowd = status("Audiences in Jwt are not allowed")
-	statusKidAlgMismatch    = status("Jwks doesn't have key to match kid or alg from Jwt")
-	statusVerificationFail  = status("Jwt verification fails")
-	statusJwksFetchFail     = status("Jwks remote fetch is failed")
-	statusJwksNoValidKeys   = status("Jwks doesn't have any valid public key")
+	statusOK                 = status("")
+	statusMissing            = status("Jwt is missing")
+	statusBadFormat          = status("Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")
+	statusHeaderBase64       = status("Jwt header is an invalid Base64url encoded")
+	statusHeaderParse        = status("Jwt header is an invalid JSON")
+	statusHeaderBadKid       = status("Jwt header [kid] field is not a string")
+	statusHeaderBadAlg       = status("Jwt header [alg] field is required and must be a string")
+	statusHeaderAlgNotImpl   = status("Jwt header [alg] is not supported")
+	statusPayloadBase64      = status("Jwt payload is an invalid Base64url encoded")
+	statusPayloadParse       = status("Jwt payload is an invalid JSON")
+	statusSignatureParse     = status("Jwt signature is an invalid Base64url encoded")
+	statusBadAud             = status("Jwt payload [aud] field is not a string or string list")
+	statusExpired            = status("Jwt is expired")
+	statusNotYetValid        = status("Jwt not yet valid")
+	statusNoExpiration       = status("Jwt doesn't have an expiration")
+	statusUnknownIssuer      = status("Jwt issuer is not configured")
+	statusAudienceNotAllowed = status("Audiences in Jwt are not allowed")
+	statusKidAlgMismatch     = status("Jwks doesn't have key to match kid or alg from Jwt")
+	statusVerificationFail   = status("Jwt verification fails")
+	statusJwksFetchFail      = status("Jwks remote fetch is failed")
+	statusJwksNoValidKeys    = status("Jwks doesn't have any valid public key")
 )
 
-// maxTokenSize bounds what the parser looks at (Envoy's default
-// jwt_max_token_size is 4 KiB for its cache; tokens in headers are bounded
-// by the header size limit anyway).
+// maxTokenSize bounds what the parser looks at; tokens in headers are
+// bounded by the 60 KiB header limit anyway.
 const maxTokenSize = 64 << 10
 
 // token is a parsed, not yet verified, compact JWS.
