@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -31,8 +32,9 @@ import (
 //  2. jwksUri served by a JWKS server on the control-plane host, with
 //     forwardOriginalToken: a valid token passes with its header, an
 //     unknown kid is refused;
-//  3. jwksUri on a host:port where no JWKS server ever ran (an outage
-//     before the first fetch): a valid token is refused.
+//  3. jwksUri of a JWKS server stopped before the sidecar ever fetched
+//     from it (an outage, no keys cached): a valid token is refused, a
+//     request without one passes; once the server is back, it passes.
 func TestMeshJWT(t *testing.T) {
 	m := newJWTMesh(t, "")
 	hosts, weft, call, claims, key, other := m.hosts, m.weft, m.call, m.claims, m.key, m.other
@@ -111,7 +113,21 @@ func TestMeshJWT(t *testing.T) {
 	}
 	t.Logf("%-45s → 401", "jwksUri: unknown kid")
 
-	// Phase 3: the JWKS host:port never served (no keys ever fetched).
+	// Phase 3: a second JWKS server that answered once, then stopped
+	// before any sidecar fetched from it.
+	second := exec.Command("ip", "netns", "exec", m.ns["cp"], appBin, "file", "-addr", "0.0.0.0:8082", "-file", m.jwksFile)
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "second JWKS server up", func() error {
+		_, err := in(m.ns["cp"], appBin, "fetch", "-url", "http://127.0.0.1:8082/jwks.json")
+		return err
+	})
+	_ = second.Process.Kill()
+	_ = second.Wait()
+	if out, err := in(m.ns["cp"], appBin, "fetch", "-url", "http://127.0.0.1:8082/jwks.json"); err == nil {
+		t.Fatalf("the second JWKS server still answers: %s", out)
+	}
 	const issuer2 = "https://down.weft.test"
 	if _, err := weft(requestAuthn(`{issuer: "`+issuer2+`", jwksUri: "http://`+hosts["cp"]+`:8082/jwks.json"}`), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
@@ -127,6 +143,15 @@ func TestMeshJWT(t *testing.T) {
 	if code, body := call(""); code != http.StatusOK {
 		t.Errorf("JWKS outage, no token: %d %s", code, body)
 	}
+	// The JWKS server comes back: after the fetch backoff, tokens pass.
+	bg(t, "jwks-server-2", m.ns["cp"], appBin, "file", "-addr", "0.0.0.0:8082", "-file", m.jwksFile)
+	eventually(t, "JWKS back: valid token accepted", func() error {
+		if code, body := call(valid2); code != http.StatusOK {
+			return fmt.Errorf("%d %s", code, body)
+		}
+		return nil
+	})
+	t.Logf("%-45s → 200", "JWKS back: valid token")
 }
 
 // jwtIssuer is the issuer of the JWT tests' tokens.
@@ -151,6 +176,7 @@ spec:
 // reviews and outputPayloadToHeader x-jwt-payload.
 type jwtMesh struct {
 	hosts, ns  map[string]string
+	jwksFile   string // the JWKS of key k1
 	weft       func(string, ...string) (string, error)
 	key, other *rsa.PrivateKey
 	now        time.Time
@@ -187,11 +213,11 @@ func newJWTMesh(t *testing.T, extra string) *jwtMesh {
 		t.Fatal(err)
 	}
 	jwks := e2eJWKS(map[string]*rsa.PublicKey{"k1": &m.key.PublicKey})
-	jwksFile := filepath.Join(worldDir(t), "jwks.json")
-	if err := os.WriteFile(jwksFile, []byte(jwks), 0o644); err != nil {
+	m.jwksFile = filepath.Join(worldDir(t), "jwks.json")
+	if err := os.WriteFile(m.jwksFile, []byte(jwks), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	bg(t, "jwks-server", m.ns["cp"], appBin, "file", "-addr", "0.0.0.0:8081", "-file", jwksFile)
+	bg(t, "jwks-server", m.ns["cp"], appBin, "file", "-addr", "0.0.0.0:8081", "-file", m.jwksFile)
 	jwksJSON, _ := json.Marshal(jwks)
 	if _, err := m.weft(`apiVersion: networking.istio.io/v1
 kind: WorkloadGroup
