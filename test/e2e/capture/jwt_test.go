@@ -53,6 +53,11 @@ func TestMeshJWT(t *testing.T) {
 		}
 		return nil
 	})
+	// The admin API shows the filter (config_dump renders every Any).
+	if dump, err := in(m.ns["b"], appBin, "call", "-url", "http://127.0.0.1:15000/config_dump"); err != nil ||
+		!strings.HasPrefix(dump, "200\n") || !strings.Contains(dump, "envoy.filters.http.jwt_authn") {
+		t.Errorf("B's config_dump: %v %.300s", err, dump)
+	}
 	matrix := []struct {
 		name  string
 		token string
