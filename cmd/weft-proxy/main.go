@@ -114,11 +114,14 @@ func sidecarCmd() *cobra.Command {
 	f.StringVar(&cfg.Bootstrap.ServiceAccount, "service-account", "", "the workload's service account")
 	f.StringVar(&cfg.Bootstrap.WorkloadGroup, "workload-group", "", "auto-register into this WorkloadGroup")
 	f.BoolVar(&cfg.Bootstrap.Explicit, "explicit", false, "explicit mode: no traffic capture; upstreams on 127.0.0.1:<port>")
+	f.StringVar(&cfg.Bootstrap.InboundCaptureMode, "inbound-capture-mode", "", "REDIRECT (default) or TPROXY, as weft-proxy iptables --inbound-mode: TPROXY keeps client addresses (needs CAP_NET_ADMIN; WEFT_INTERCEPTION_MODE)")
+	f.StringVar(&cfg.Bootstrap.InboundPorts, "inbound-ports", "", "explicit mode: <app port>=<sidecar port>,… e.g. 9080=15080: accept mesh traffic for the app on <ip>:<sidecar port> (WEFT_INBOUND_PORTS)")
 	f.BoolVar(&cfg.Delta, "delta", false, "use incremental (delta) xDS")
 	f.StringVar(&cfg.Identity.BootstrapToken, "bootstrap-token", os.Getenv("WEFT_BOOTSTRAP_TOKEN"), "bootstrap token for the first workload certificate (WEFT_BOOTSTRAP_TOKEN); enables mTLS xDS")
 	f.StringVar(&tokenFile, "bootstrap-token-file", "", "read the bootstrap token from this file (WEFT_BOOTSTRAP_TOKEN_FILE)")
 	f.StringVar(&cfg.Identity.CertDir, "cert-dir", "", "keep the workload key and certificate here across restarts")
 	f.StringVar(&cfg.Identity.RootFile, "ca-root-file", "", "PEM CA of the control plane's serving certificate (its ca.crt)")
+	f.DurationVar(&cfg.Identity.TTL, "cert-ttl", 0, "workload certificate lifetime to ask for (default: the CA's, 24h); renewed at about half of it")
 	f.StringVar(&cfg.Identity.CAAddress, "ca-address", "", "CA host:port (default: --discovery-address)")
 	f.IntVar(&adminPort, "admin-port", 15000, "admin API port (127.0.0.1)")
 	f.IntVar(&statsPort, "stats-port", 15020, "Prometheus stats port")
@@ -145,6 +148,8 @@ func mergeUnset(b *bootstrap.Config, file bootstrap.Config) {
 	set(&b.ServiceAccount, file.ServiceAccount)
 	set(&b.WorkloadGroup, file.WorkloadGroup)
 	set(&b.TrustDomain, file.TrustDomain)
+	set(&b.InboundPorts, file.InboundPorts)
+	set(&b.InboundCaptureMode, file.InboundCaptureMode)
 	if len(b.Labels) == 0 {
 		b.Labels = file.Labels
 	}

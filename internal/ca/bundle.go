@@ -40,6 +40,11 @@ func (a *Authority) Roots() []string {
 	return append([]string(nil), a.bundle.Load().pem...)
 }
 
+// BundleUpdates receives a value after the trust bundle changes (roots
+// added or removed, here or by another replica). Values coalesce; read
+// Roots for the current bundle. One consumer.
+func (a *Authority) BundleUpdates() <-chan struct{} { return a.bundleUpdates }
+
 // RootCertificates returns the trust bundle as parsed certificates.
 func (a *Authority) RootCertificates() []*x509.Certificate {
 	return append([]*x509.Certificate(nil), a.bundle.Load().certs...)
@@ -104,6 +109,12 @@ func (a *Authority) swapBundle(extra []*x509.Certificate, extraRev int64) {
 			b.tls = a.deriveTLS(old.tls, b)
 		}
 		if a.bundle.CompareAndSwap(old, b) {
+			if old != nil && !slices.Equal(old.pem, b.pem) {
+				select {
+				case a.bundleUpdates <- struct{}{}:
+				default:
+				}
+			}
 			return
 		}
 	}

@@ -273,6 +273,9 @@ type Authority struct {
 	log    *slog.Logger
 	ca     *signingCA
 	bundle atomic.Pointer[bundle]
+	// bundleUpdates is signalled (coalescing, never blocking) after each
+	// bundle change.
+	bundleUpdates chan struct{}
 }
 
 // New loads the signing CA — plugged-in cacerts if Options.CACertsDir holds
@@ -287,7 +290,7 @@ func New(ctx context.Context, st Store, opts Options, log *slog.Logger) (*Author
 	if !validTrustDomain(opts.TrustDomain) {
 		return nil, fmt.Errorf("ca: invalid trust domain %q: use lowercase letters, digits, '.', '-' and '_'", opts.TrustDomain)
 	}
-	a := &Authority{opts: opts, st: st, log: log}
+	a := &Authority{opts: opts, st: st, log: log, bundleUpdates: make(chan struct{}, 1)}
 	sca, err := loadCACerts(opts.CACertsDir, opts.Clock())
 	if err != nil {
 		return nil, err

@@ -147,7 +147,9 @@ func (tb *tableBuilder) add(chain string, parts ...string) {
 // ruleset generates family f's rules. The shape follows istio-iptables:
 //
 //   - nat OUTPUT jumps (TCP) to WEFT_OUTPUT, which returns for traffic from
-//     127.0.0.6 over lo (the proxy's inbound passthrough to the app), for
+//     127.0.0.6 over lo (the proxy's inbound passthrough to the app) and,
+//     in TPROXY mode, for TProxyMark over lo (the proxy's source-preserving
+//     connections to the app), for
 //     excluded ports, for the proxy's own UIDs/GIDs, for anything over lo
 //     (an app calling itself or localhost), for excluded CIDRs, and sends
 //     the included destinations to WEFT_REDIRECT (REDIRECT to 15001).
@@ -209,6 +211,12 @@ func (n *normalized) ruleset(f Family) Ruleset {
 	// Outbound.
 	nat.add("OUTPUT", "-p tcp", jumpTag, "-j WEFT_OUTPUT")
 	nat.add("WEFT_OUTPUT", "-s", passthrough, "-o lo -j RETURN")
+	if tproxy {
+		// The proxy's connections to the app that keep the client's
+		// address (original_src, marked TProxyMark) are inbound traffic
+		// already: not back to 15006.
+		nat.add("WEFT_OUTPUT", "-o lo -m mark --mark", fmt.Sprintf("0x%x", n.TProxyMark), "-j RETURN")
+	}
 	for _, p := range n.ExcludeOutboundPorts {
 		nat.add("WEFT_OUTPUT", "-p tcp -m tcp --dport", strconv.Itoa(p), "-j RETURN")
 	}

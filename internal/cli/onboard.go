@@ -145,6 +145,8 @@ func workloadGroupObject(ns, name string, labels map[string]string, sa string, p
 // entryOptions are the flags of `weft workload entry configure`.
 type entryOptions struct {
 	group, dir, discovery, discoveryIP, instanceIP string
+	proxyPath, proxyUser, configDir, stateDir      string
+	inboundPorts, captureMode                      string
 	ttl                                            time.Duration
 	explicit                                       bool
 }
@@ -183,6 +185,12 @@ when the proxy stops.`,
 	f.StringVar(&o.discoveryIP, "discovery-ip", "", "the address the discovery host name maps to in the hosts file (default: resolved here)")
 	f.StringVar(&o.instanceIP, "ip", "", "the host's address in the mesh (WEFT_INSTANCE_IP); default: the operator sets it in cluster.env")
 	f.BoolVar(&o.explicit, "explicit", false, "explicit mode: no iptables capture; the application calls 127.0.0.1:<service port>")
+	f.StringVar(&o.inboundPorts, "inbound-ports", "", "explicit mode: <app port>=<sidecar port>,… (WEFT_INBOUND_PORTS): the sidecar takes mesh mTLS for the app on the sidecar port")
+	f.StringVar(&o.captureMode, "inbound-capture-mode", "REDIRECT", "REDIRECT or TPROXY: TPROXY lets the application see its clients' addresses (the unit grants the proxy CAP_NET_ADMIN)")
+	f.StringVar(&o.proxyPath, "proxy-path", "/usr/local/bin/weft-proxy", "weft-proxy's absolute path on the host, as the unit runs it")
+	f.StringVar(&o.proxyUser, "proxy-user", "weft-proxy", "user (name or UID) the unit runs weft-proxy as; its traffic is never captured")
+	f.StringVar(&o.configDir, "config-dir", "/etc/weft", "where the files are installed on the host, as the unit names them")
+	f.StringVar(&o.stateDir, "state-directory", "weft-proxy", "the unit's StateDirectory= name: the certificate is kept in /var/lib/<name>")
 	cmd.AddCommand(configure)
 	return cmd
 }
@@ -207,7 +215,9 @@ func (o *entryOptions) run(cmd *cobra.Command, g *globalFlags) error {
 	}
 	ctx := cmd.Context()
 	stderr := cmd.ErrOrStderr()
-	p := onboard.Params{Namespace: ns, Group: o.group, InstanceIP: o.instanceIP, DiscoveryIP: o.discoveryIP, Explicit: o.explicit}
+	p := onboard.Params{Namespace: ns, Group: o.group, InstanceIP: o.instanceIP, DiscoveryIP: o.discoveryIP, Explicit: o.explicit,
+		Binary: o.proxyPath, User: o.proxyUser, ConfigDir: o.configDir, StateDirectory: o.stateDir, InboundPorts: o.inboundPorts,
+		InboundCaptureMode: o.captureMode}
 	if p.RootCertPEM, err = clusterCA(g); err != nil {
 		return err
 	}

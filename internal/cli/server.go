@@ -2,21 +2,26 @@ package cli
 
 import (
 	"fmt"
+	"log/slog"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/weftmesh/weft/internal/ca"
+	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/server"
 	"github.com/weftmesh/weft/internal/store"
+
 	// Link every store backend.
 	_ "github.com/weftmesh/weft/internal/store/all"
 )
 
 func newServerCmd(g *globalFlags) *cobra.Command {
 	var cfg server.Config
-	var endpoints string
+	var endpoints, meshConfig string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the weft control plane (config API server on :15443)",
@@ -49,6 +54,16 @@ The default store is an embedded bolt file in the data dir. With
 			default:
 				return fmt.Errorf("invalid --store %q: use bolt or etcd (available: %s)", cfg.Store.Backend, strings.Join(store.Backends(), ", "))
 			}
+			if err := checkCertTTLs(cfg.CA.WorkloadTTL, cfg.CA.MaxWorkloadTTL); err != nil {
+				return err
+			}
+			if meshConfig != "" {
+				m, err := loadMeshConfig(meshConfig, log)
+				if err != nil {
+					return err
+				}
+				cfg.Discovery.Mesh = &m
+			}
 			cfg.Version = Version
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -76,6 +91,42 @@ The default store is an embedded bolt file in the data dir. With
 	f.StringVar(&cfg.Discovery.PlaintextListen, "xds-plaintext-listen", "127.0.0.1:15010", "plaintext xDS address (empty disables)")
 	f.DurationVar(&cfg.Discovery.Debounce, "debounce", 100*time.Millisecond, "quiet time after a config or registry change before pushing")
 	f.StringArrayVar(&cfg.Discovery.Registries, "registry", nil, "extra service registry, repeatable: consul=ADDR[,token=T][,domain=D][,ns=N] or nomad=ADDR[,token=T][,region=R]")
+	f.DurationVar(&cfg.CA.WorkloadTTL, "workload-cert-ttl", ca.DefaultWorkloadTTL, "lifetime of workload certificates when the proxy asks for none")
+	f.DurationVar(&cfg.CA.MaxWorkloadTTL, "max-workload-cert-ttl", ca.DefaultMaxWorkloadTTL, "longest workload certificate lifetime a proxy may ask for")
+	f.StringVar(&meshConfig, "mesh-config", "", "Istio MeshConfig YAML file (fields used: rootNamespace, trustDomain, outboundTrafficPolicy, connectTimeout, enableAutoMtls, pathNormalization)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful stop may take")
 	return cmd
+}
+
+// minWorkloadTTL is the shortest workload certificate lifetime the server
+// accepts: proxies renew at about half of it.
+const minWorkloadTTL = time.Minute
+
+func checkCertTTLs(ttl, maxTTL time.Duration) error {
+	switch {
+	case ttl < minWorkloadTTL:
+		return fmt.Errorf("invalid --workload-cert-ttl %v: use at least %v", ttl, minWorkloadTTL)
+	case maxTTL < minWorkloadTTL:
+		return fmt.Errorf("invalid --max-workload-cert-ttl %v: use at least %v", maxTTL, minWorkloadTTL)
+	case ttl > maxTTL:
+		return fmt.Errorf("--workload-cert-ttl %v exceeds --max-workload-cert-ttl %v: raise the maximum or lower the default", ttl, maxTTL)
+	}
+	return nil
+}
+
+// loadMeshConfig reads --mesh-config over Istio's defaults, logging the
+// fields weft ignores.
+func loadMeshConfig(path string, log *slog.Logger) (model.Mesh, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return model.Mesh{}, fmt.Errorf("--mesh-config: %w", err)
+	}
+	m, warnings, err := model.ParseMeshConfig(data, model.DefaultMesh())
+	for _, w := range warnings {
+		log.Warn(w, "file", path)
+	}
+	if err != nil {
+		return model.Mesh{}, fmt.Errorf("--mesh-config %s: %w", path, err)
+	}
+	return m, nil
 }

@@ -96,6 +96,10 @@ type Endpoint struct {
 	Weight uint32
 	// WorkloadName identifies the workload (e.g. the WorkloadEntry name).
 	WorkloadName string
+	// SidecarPorts maps application ports (PortFor) to the ports the
+	// workload's explicit-mode sidecar accepts mesh traffic on for them
+	// (see AnnotationInboundPorts); nil without such a sidecar.
+	SidecarPorts map[uint32]uint32
 }
 
 // PortFor returns the endpoint port serving service port p.
@@ -107,6 +111,17 @@ func (e *Endpoint) PortFor(p Port) uint32 {
 		return p.TargetPort
 	}
 	return p.Number
+}
+
+// DialPort returns the port peers connect to for service port p: the
+// sidecar port in front of the application port when the workload has one
+// (SidecarPorts), else PortFor(p).
+func (e *Endpoint) DialPort(p Port) uint32 {
+	n := e.PortFor(p)
+	if s, ok := e.SidecarPorts[n]; ok {
+		return s
+	}
+	return n
 }
 
 // State is what one source reports: its complete current set.
@@ -158,7 +173,8 @@ func NewAggregator() *Aggregator {
 	return a
 }
 
-// Update replaces source's state and publishes a new snapshot.
+// Update replaces source's state and publishes a new snapshot, in which
+// services without addresses have an auto-allocated VIP (allocateVIPs).
 func (a *Aggregator) Update(source string, st State) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -188,6 +204,7 @@ func (a *Aggregator) Update(source string, st State) {
 		}
 		return si.Namespace < sj.Namespace
 	})
+	allocateVIPs(snap.Services)
 	a.last = snap
 	for _, c := range a.subs {
 		// Latest wins: drop an unread older snapshot rather than block.

@@ -93,6 +93,11 @@ spec:
     - destination: {host: reviews}
       weight: "eighty"
 `, `spec.http[0].route[0].weight: Invalid value: "eighty": expected an integer`},
+		{`apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: w, annotations: {weft.io/inbound-ports: "9080:15080"}}
+spec: {address: 10.0.0.7}
+`, `metadata.annotations[weft.io/inbound-ports]: Invalid value: "9080:15080": inbound ports: "9080:15080": want <app port>=<sidecar port>, e.g. 9080=15080`},
 		{`apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: p}

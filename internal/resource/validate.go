@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/weftmesh/weft/internal/registry"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	sigsjson "sigs.k8s.io/json"
@@ -123,6 +124,14 @@ func (k *Kind) Validate(obj map[string]any) FieldErrors {
 				continue
 			}
 			validateLabels(&es, "metadata."+f, m)
+		}
+	}
+	if k.Kind == "WorkloadEntry" {
+		ann, _ := md["annotations"].(map[string]any)
+		if v, ok := ann[registry.AnnotationInboundPorts].(string); ok {
+			if _, err := registry.ParseInboundPorts(v); err != nil {
+				es.add("metadata.annotations["+registry.AnnotationInboundPorts+"]", "Invalid value: %q: %v", v, err)
+			}
 		}
 	}
 	for key := range obj {

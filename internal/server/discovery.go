@@ -33,6 +33,8 @@ type DiscoveryConfig struct {
 	Debounce time.Duration
 	// Registries are extra service registries, e.g. "consul=127.0.0.1:8500".
 	Registries []string
+	// Mesh is the mesh-wide config. Default model.DefaultMesh().
+	Mesh *model.Mesh
 }
 
 // discovery is the running discovery component.
@@ -82,12 +84,33 @@ func newDiscovery(ctx context.Context, cfg DiscoveryConfig, st store.Store, auth
 	// gRPC's proxyless client, which asks for just the clusters its routes
 	// name, unanswered. Proxies apply CDS before LDS themselves.
 	cache := xds.NewCache(xds.CacheLogger{L: log.With("component", "pilot.cache")})
-	pusher := push.New(cache, reg, log.With("component", "pilot.push"), push.Options{Debounce: cfg.Debounce})
+	pusher := push.New(cache, reg, log.With("component", "pilot.push"), push.Options{Debounce: cfg.Debounce, Mesh: cfg.Mesh})
 	d := &discovery{cfg: cfg, log: log, pusher: pusher, authority: authority, reg: reg, agg: registry.NewAggregator(), srcs: srcs, addrs: make(chan [2]string, 1)}
 	d.xds = xds.New(ctx, cache, pusher, log.With("component", "pilot.xds"))
+	if authority != nil {
+		pusher.SetTrustBundle(authority.Roots())
+	}
 	d.registrar = workload.New(st, log.With("component", "registry.workload"), workload.Options{})
 	d.xds.Hooks = &autoRegister{r: d.registrar, log: log}
 	return d, nil
+}
+
+// followTrustBundle pushes the CA's trust bundle to sidecars (SDS ROOTCA)
+// whenever it changes, e.g. while a root rotates.
+func (d *discovery) followTrustBundle(ctx context.Context) {
+	if d.authority == nil {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.authority.BundleUpdates():
+			roots := d.authority.Roots()
+			d.log.Info("trust bundle changed; pushing it to sidecars", "roots", len(roots))
+			d.pusher.SetTrustBundle(roots)
+		}
+	}
 }
 
 // autoRegister connects xDS proxies that name a WorkloadGroup to the
@@ -101,7 +124,8 @@ func workloadOf(p *model.Proxy) (workload.Workload, bool) {
 	if p.WorkloadGroup == "" || len(p.IPs) == 0 {
 		return workload.Workload{}, false
 	}
-	return workload.Workload{Group: p.WorkloadGroup, Namespace: p.Namespace, IP: p.IPs[0], Labels: p.Labels}, true
+	return workload.Workload{Group: p.WorkloadGroup, Namespace: p.Namespace, IP: p.IPs[0], Labels: p.Labels,
+		InboundPorts: p.Metadata["INBOUND_PORTS"]}, true
 }
 
 func (a *autoRegister) ProxyConnected(p *model.Proxy) {
@@ -172,6 +196,7 @@ func (d *discovery) run(ctx context.Context, st store.Store, tlsCert tls.Certifi
 		}
 	}()
 	go d.pusher.Run(ctx)
+	go d.followTrustBundle(ctx)
 	go d.registrar.Run(ctx)
 
 	// :15012 asks for (but does not require) a workload certificate from
@@ -224,10 +249,19 @@ func requireIdentity(csr *ca.Service, log *slog.Logger) grpc.StreamServerInterce
 				return err
 			}
 			log.Debug("xds: authenticated stream", "namespace", id.Namespace, "service_account", id.ServiceAccount)
+			ss = callerStream{ServerStream: ss, ctx: xds.WithCaller(ss.Context(), xds.Caller{Namespace: id.Namespace, ServiceAccount: id.ServiceAccount})}
 		}
 		return handler(srv, ss)
 	}
 }
+
+// callerStream carries the authenticated caller in the stream's context.
+type callerStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c callerStream) Context() context.Context { return c.ctx }
 
 // registrySyncTimeout bounds how long proxies wait for a registry source
 // that never reports (e.g. an unreachable Consul) before they get the

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/internal/pki"
+	"github.com/weftmesh/weft/internal/registry"
 )
 
 // Names of the rendered files, as the unit and the docs refer to them.
@@ -41,8 +42,9 @@ const (
 	defaultBin    = "/usr/local/bin/weft-proxy"
 	defaultConfig = "/etc/weft"
 	// CertDir is where weft-proxy keeps the workload key and certificate
-	// on the host: the unit's StateDirectory.
-	CertDir       = "/var/lib/weft-proxy"
+	// on the host by default: the unit's StateDirectory, /var/lib/weft-proxy.
+	CertDir       = "/var/lib/" + defaultState
+	defaultState  = "weft-proxy"
 	defaultDomain = "cluster.local"
 )
 
@@ -86,6 +88,18 @@ type Params struct {
 	// ConfigDir is where the files are installed on the host. Default
 	// /etc/weft.
 	ConfigDir string
+	// StateDirectory is the unit's StateDirectory= name: weft-proxy keeps
+	// its key and certificate in /var/lib/<StateDirectory>. Default
+	// "weft-proxy"; give each proxy its own when several share a host.
+	StateDirectory string
+	// InboundCaptureMode is REDIRECT (default) or TPROXY: with TPROXY the
+	// capture rules keep client addresses on inbound connections, the
+	// proxy is told so (WEFT_INTERCEPTION_MODE=TPROXY) and the unit grants
+	// it CAP_NET_ADMIN. Capture mode only.
+	InboundCaptureMode string
+	// InboundPorts (explicit mode only) is weft-proxy's --inbound-ports,
+	// "<app port>=<sidecar port>,…", written as WEFT_INBOUND_PORTS.
+	InboundPorts string
 }
 
 // File is one rendered file.
@@ -102,6 +116,9 @@ type File struct {
 // shell reading the file reinterprets it.
 var envSafe = regexp.MustCompile(`^[A-Za-z0-9._:/=,@+\[\]-]*$`)
 
+// stateName is a StateDirectory= name: one path component.
+var stateName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]*$`)
+
 // withDefaults fills defaults and checks p.
 func (p Params) withDefaults() (Params, error) {
 	def := func(v *string, d string) {
@@ -114,7 +131,35 @@ func (p Params) withDefaults() (Params, error) {
 	def(&p.User, defaultUser)
 	def(&p.Binary, defaultBin)
 	def(&p.ConfigDir, defaultConfig)
+	def(&p.StateDirectory, defaultState)
 	var errs []error
+	if !strings.HasPrefix(p.Binary, "/") || !strings.HasPrefix(p.ConfigDir, "/") {
+		errs = append(errs, fmt.Errorf("proxy path %q and config dir %q must be absolute paths (systemd requires them)", p.Binary, p.ConfigDir))
+	}
+	if !stateName.MatchString(p.StateDirectory) {
+		errs = append(errs, fmt.Errorf("state directory %q: want a name under /var/lib such as weft-proxy-ratings (letters, digits, '.', '_', '-')", p.StateDirectory))
+	}
+	switch p.InboundCaptureMode = strings.ToUpper(p.InboundCaptureMode); p.InboundCaptureMode {
+	case "", "REDIRECT":
+		p.InboundCaptureMode = "REDIRECT"
+	case "TPROXY":
+		if p.Explicit {
+			errs = append(errs, errors.New("inbound capture mode TPROXY needs capture: explicit mode captures nothing"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("inbound capture mode %q: use REDIRECT or TPROXY", p.InboundCaptureMode))
+	}
+	if p.InboundPorts != "" {
+		ports, err := registry.ParseInboundPorts(p.InboundPorts)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case !p.Explicit:
+			errs = append(errs, errors.New("inbound ports need explicit mode: with capture, inbound traffic arrives on 15006"))
+		default:
+			p.InboundPorts = registry.FormatInboundPorts(ports)
+		}
+	}
 	if p.Namespace == "" || p.Group == "" {
 		errs = append(errs, errors.New("the WorkloadGroup's namespace and name are required"))
 	}
@@ -188,7 +233,7 @@ func Render(p Params) ([]File, error) {
 		Expires:       "",
 		DiscoveryHost: host,
 		HostIsName:    isName,
-		CertDir:       CertDir,
+		CertDir:       "/var/lib/" + p.StateDirectory,
 	}
 	if !p.TokenExpires.IsZero() {
 		data.Expires = p.TokenExpires.UTC().Format(time.RFC3339)

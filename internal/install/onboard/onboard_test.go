@@ -54,7 +54,13 @@ func TestRenderGolden(t *testing.T) {
 		"explicit": func(p *Params) {
 			p.Explicit = true
 			p.InstanceIP = "10.0.0.7"
+			p.InboundPorts = "9443=15443, 9080=15080"
 			p.DiscoveryAddress = "192.0.2.10:15012"
+		},
+		// Paths of the host's own layout; a second proxy's state directory.
+		"tproxy": func(p *Params) { p.InboundCaptureMode = "tproxy" },
+		"paths": func(p *Params) {
+			p.Binary, p.User, p.ConfigDir, p.StateDirectory = "/opt/weft/bin/weft-proxy", "1337", "/opt/weft/etc", "weft-proxy-ratings"
 		},
 		// A name without a known address, every default.
 		"defaults": func(p *Params) {
@@ -152,12 +158,18 @@ func TestRenderRefusesBadInput(t *testing.T) {
 		mod  func(p *Params)
 		want string
 	}{
-		"no token":       {func(p *Params) { p.Token = "" }, "a bootstrap token is required"},
-		"no group":       {func(p *Params) { p.Group = "" }, "namespace and name are required"},
-		"bad root":       {func(p *Params) { p.RootCertPEM = []byte("nope") }, "no PEM CERTIFICATE"},
-		"no port":        {func(p *Params) { p.DiscoveryAddress = "weft.example.com" }, "want host:port"},
-		"bad ip":         {func(p *Params) { p.InstanceIP = "10.0.0" }, `instance IP "10.0.0"`},
-		"label injected": {func(p *Params) { p.Labels = map[string]string{"app": "x\nWEFT_EXPLICIT=true"} }, "may not contain whitespace"},
+		"no token":        {func(p *Params) { p.Token = "" }, "a bootstrap token is required"},
+		"no group":        {func(p *Params) { p.Group = "" }, "namespace and name are required"},
+		"bad root":        {func(p *Params) { p.RootCertPEM = []byte("nope") }, "no PEM CERTIFICATE"},
+		"no port":         {func(p *Params) { p.DiscoveryAddress = "weft.example.com" }, "want host:port"},
+		"bad ip":          {func(p *Params) { p.InstanceIP = "10.0.0" }, `instance IP "10.0.0"`},
+		"tproxy explicit": {func(p *Params) { p.Explicit, p.InboundCaptureMode = true, "TPROXY" }, "explicit mode captures nothing"},
+		"capture mode":    {func(p *Params) { p.InboundCaptureMode = "NAT" }, `inbound capture mode "NAT"`},
+		"relative proxy":  {func(p *Params) { p.Binary = "bin/weft-proxy" }, "must be absolute paths"},
+		"state path":      {func(p *Params) { p.StateDirectory = "../etc" }, `state directory "../etc"`},
+		"inbound capture": {func(p *Params) { p.InboundPorts = "9080=15080" }, "inbound ports need explicit mode"},
+		"inbound bad":     {func(p *Params) { p.Explicit, p.InboundPorts = true, "9080" }, "want <app port>=<sidecar port>"},
+		"label injected":  {func(p *Params) { p.Labels = map[string]string{"app": "x\nWEFT_EXPLICIT=true"} }, "may not contain whitespace"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

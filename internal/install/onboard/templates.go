@@ -13,7 +13,7 @@ type tmplData struct {
 	// says it is a DNS name rather than an IP address.
 	DiscoveryHost string
 	HostIsName    bool
-	// CertDir is the package constant CertDir.
+	// CertDir is /var/lib/<StateDirectory>.
 	CertDir string
 }
 
@@ -46,6 +46,12 @@ WEFT_LABELS={{.LabelList}}
 # Explicit mode: no traffic capture; the application calls its upstreams on
 # 127.0.0.1:<service port> (docs/explicit-mode.md).
 WEFT_INTERCEPTION_MODE=NONE
+{{- if .InboundPorts}}
+# Inbound: <app port>=<sidecar port>. weft-proxy accepts mesh mTLS on
+# WEFT_INSTANCE_IP:<sidecar port> and forwards to 127.0.0.1:<app port>; peers are
+# sent to the sidecar port.
+WEFT_INBOUND_PORTS={{.InboundPorts}}
+{{- end}}
 {{- else}}
 
 # Traffic capture (the iptables step of weft-proxy.service): comma-separated ports
@@ -53,6 +59,15 @@ WEFT_INTERCEPTION_MODE=NONE
 # never captured anyway; the proxy's own traffic (user {{.User}}) is exempt.
 WEFT_EXCLUDE_INBOUND_PORTS=
 WEFT_EXCLUDE_OUTBOUND_PORTS=
+# true: the host's DNS queries go to the proxy's DNS proxy (15053), which answers
+# mesh names (VIPs) and forwards the rest to the host's resolvers; false: not.
+WEFT_CAPTURE_DNS=true
+{{- if eq .InboundCaptureMode "TPROXY"}}
+# Inbound capture with TPROXY: the application sees its clients' addresses
+# (weft-proxy.service installs the rules with --inbound-mode TPROXY and grants
+# the proxy CAP_NET_ADMIN).
+WEFT_INTERCEPTION_MODE=TPROXY
+{{- end}}
 {{- end}}
 `))
 
@@ -106,12 +121,17 @@ Group={{.User}}
 Environment=WEFT_WORKLOAD_NAME=%H
 EnvironmentFile={{.ConfigDir}}/cluster.env
 # Keeps the workload key and certificate across restarts: renewal needs no token.
-StateDirectory=weft-proxy
+StateDirectory={{.StateDirectory}}
 StateDirectoryMode=0700
 {{- if not .Explicit}}
-# As root ("+"): redirect this host's TCP traffic through the proxy, except the
-# proxy's own (user {{.User}}). The rules are marked with the host name.
-ExecStartPre=+{{.Binary}} iptables --proxy-uid {{.User}} --owner %H --exclude-inbound-ports=${WEFT_EXCLUDE_INBOUND_PORTS} --exclude-outbound-ports=${WEFT_EXCLUDE_OUTBOUND_PORTS}
+# As root ("+"): redirect this host's TCP traffic (and DNS, WEFT_CAPTURE_DNS)
+# through the proxy, except the proxy's own (user {{.User}}). The rules are
+# marked with the host name.
+ExecStartPre=+{{.Binary}} iptables --proxy-uid {{.User}} --owner %H --exclude-inbound-ports=${WEFT_EXCLUDE_INBOUND_PORTS} --exclude-outbound-ports=${WEFT_EXCLUDE_OUTBOUND_PORTS} --capture-dns=${WEFT_CAPTURE_DNS}{{if eq .InboundCaptureMode "TPROXY"}} --inbound-mode TPROXY{{end}}
+{{- end}}
+{{- if eq .InboundCaptureMode "TPROXY"}}
+# TPROXY: the proxy's transparent sockets (IP_TRANSPARENT, SO_MARK) need CAP_NET_ADMIN.
+AmbientCapabilities=CAP_NET_ADMIN
 {{- end}}
 # The bootstrap token is read from its file (needed only for the first
 # certificate; renewals use the certificate). Everything else comes from cluster.env.

@@ -48,13 +48,35 @@ type Mesh struct {
 	// all run sidecars (label security.istio.io/tlsMode: istio) when no
 	// DestinationRule sets a TLS mode (Istio's enableAutoMtls). Default true.
 	EnableAutoMTLS bool
+	// PathNormalization is how sidecars normalise request paths before
+	// authorization and routing (Istio's pathNormalization). Default
+	// PathNormalizationBase.
+	PathNormalization PathNormalization
 }
+
+// PathNormalization is Istio's MeshConfig.ProxyPathNormalization.
+type PathNormalization string
+
+// The path normalisations, as Istio names them.
+const (
+	// PathNormalizationNone forwards paths as received.
+	PathNormalizationNone PathNormalization = "NONE"
+	// PathNormalizationBase normalises per RFC 3986 ("/a/../b" → "/b",
+	// "%61" → "a") and turns backslashes into slashes.
+	PathNormalizationBase PathNormalization = "BASE"
+	// PathNormalizationMergeSlashes is BASE plus merging slashes
+	// ("//a" → "/a").
+	PathNormalizationMergeSlashes PathNormalization = "MERGE_SLASHES"
+	// PathNormalizationDecodeAndMergeSlashes also decodes %2F and %5C
+	// first ("/a%2Fb" → "/a/b").
+	PathNormalizationDecodeAndMergeSlashes PathNormalization = "DECODE_AND_MERGE_SLASHES"
+)
 
 // DefaultMesh returns Istio's defaults.
 func DefaultMesh() Mesh {
 	return Mesh{RootNamespace: "istio-system", TrustDomain: "cluster.local", DomainSuffix: "svc.cluster.local",
 		OutboundTrafficPolicyAllowAny: true, ConnectTimeout: 10 * time.Second,
-		EnableAutoMTLS: true}
+		EnableAutoMTLS: true, PathNormalization: PathNormalizationBase}
 }
 
 // Snapshot is config plus registry at one moment. Immutable.
@@ -66,6 +88,10 @@ type Snapshot struct {
 	// order Istio uses to resolve conflicts.
 	configs  map[string][]*Config
 	Registry *registry.Snapshot
+	// TrustBundle holds the mesh CA's trusted roots (PEM), served to
+	// sidecars as the SDS secret ROOTCA; empty when discovery runs
+	// without a CA.
+	TrustBundle []string
 }
 
 // NewSnapshot builds a snapshot, sorting configs into conflict order.
@@ -137,6 +163,10 @@ type Proxy struct {
 	// Explicit is true when no traffic capture is installed: the proxy
 	// gets one listener per upstream port on 127.0.0.1 instead of 15001.
 	Explicit bool
+	// TProxy is true when inbound capture uses TPROXY (node metadata
+	// INTERCEPTION_MODE=TPROXY): connections reach 15006 with their
+	// source address, which the proxy keeps on its way to the app.
+	TProxy bool
 	// Metadata is the node's raw metadata as strings.
 	Metadata map[string]string
 }

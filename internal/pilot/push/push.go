@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,7 +43,7 @@ type Options struct {
 }
 
 // XDSTypes are the resource types weft serves, in warming order.
-var XDSTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+var XDSTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType}
 
 // proxyState is what the pusher knows of one node ID.
 type proxyState struct {
@@ -92,9 +93,11 @@ type Pusher struct {
 	mu       sync.Mutex
 	configs  map[string]*model.Config
 	registry *registry.Snapshot
-	snap     *model.Snapshot
-	seq      uint64
-	proxies  map[string]*proxyState
+	// trustBundle is the CA's roots (SetTrustBundle).
+	trustBundle []string
+	snap        *model.Snapshot
+	seq         uint64
+	proxies     map[string]*proxyState
 	// firstChange is when the oldest unpushed change arrived (zero: none).
 	firstChange time.Time
 	lastChange  time.Time
@@ -184,6 +187,18 @@ func (p *Pusher) ReplaceConfigs(kinds []string, configs []*model.Config) {
 	for _, c := range configs {
 		p.configs[c.Key()] = c
 	}
+	p.changed()
+}
+
+// SetTrustBundle sets the mesh CA's trusted roots (PEM) that sidecars get
+// as the SDS secret ROOTCA, and pushes them when they changed.
+func (p *Pusher) SetTrustBundle(roots []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if slices.Equal(p.trustBundle, roots) {
+		return
+	}
+	p.trustBundle = slices.Clone(roots)
 	p.changed()
 }
 
@@ -280,6 +295,7 @@ func (p *Pusher) prepareLocked() []set {
 	}
 	p.seq++
 	p.snap = model.NewSnapshot(strconv.FormatUint(p.seq, 10), p.mesh, configs, p.registry)
+	p.snap.TrustBundle = p.trustBundle
 	p.addrs = endpointAddrs(p.snap)
 	classes := map[string]*built{}
 	ids := make([]string, 0, len(p.proxies))
@@ -377,6 +393,7 @@ func (p *Pusher) build(proxy *model.Proxy) *built {
 		resourcev3.EndpointType: toResources(res.Endpoints),
 		resourcev3.ListenerType: toResources(res.Listeners),
 		resourcev3.RouteType:    toResources(res.Routes),
+		resourcev3.SecretType:   toResources(res.Secrets),
 	}
 	out := &built{versions: map[string]string{}, warnings: res.Warnings}
 	gcp := &cachev3.Snapshot{}
@@ -409,6 +426,8 @@ func cacheIndex(typ string) types.ResponseType {
 		return types.Endpoint
 	case resourcev3.ListenerType:
 		return types.Listener
+	case resourcev3.SecretType:
+		return types.Secret
 	}
 	return types.Route
 }
@@ -472,6 +491,9 @@ func (p *Pusher) updateProxyLocked(st *proxyState, classes map[string]*built, ch
 		st.pending = map[string]bool{}
 	}
 	for _, typ := range changed {
+		if typ == resourcev3.SecretType && len(b.snap.Names[typ]) == 0 {
+			continue // no secrets for this proxy: nothing it will acknowledge
+		}
 		st.pending[typ] = true
 		p.metrics.pushes.WithLabelValues(shortType(typ)).Inc()
 	}
@@ -603,6 +625,8 @@ func shortType(typ string) string {
 		return "lds"
 	case resourcev3.RouteType:
 		return "rds"
+	case resourcev3.SecretType:
+		return "sds"
 	}
 	return typ
 }

@@ -322,6 +322,12 @@ func (r *cdsRun) inboundClusters() []*clusterv3.Cluster {
 	if len(r.p.IPs) == 0 {
 		return nil
 	}
+	// Under TPROXY the proxy connects from the client's address, which
+	// loopback refuses: the application is reached on the workload's IP.
+	appAddr := "127.0.0.1"
+	if r.p.TProxy {
+		appAddr = r.p.IPs[0]
+	}
 	byPort := map[uint32]*clusterv3.Cluster{}
 	for _, svc := range r.s.Services() {
 		eps := r.s.Endpoints(svc.Namespace, svc.Hostname)
@@ -342,7 +348,7 @@ func (r *cdsRun) inboundClusters() []*clusterv3.Cluster {
 					ConnectTimeout:       r.connectTimeout(),
 					CircuitBreakers:      defaultCircuitBreakers(),
 					LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
-						LbEndpoints: []*endpointv3.LbEndpoint{lbEndpoint("127.0.0.1", tp, true, 1)}}}},
+						LbEndpoints: []*endpointv3.LbEndpoint{lbEndpoint(appAddr, tp, true, 1)}}}},
 				}
 				if isH2(port.Protocol) {
 					(&httpOptions{h2: &corev3.Http2ProtocolOptions{}}).apply(c)
@@ -375,6 +381,11 @@ func (r *cdsRun) passthroughCluster() *clusterv3.Cluster {
 // application, binding to 127.0.0.6 as Istio does so that the capture rules
 // can tell this traffic from the application's own outbound traffic.
 func (r *cdsRun) inboundPassthroughCluster() *clusterv3.Cluster {
+	if r.p.TProxy {
+		// original_src on virtualInbound sets the source instead.
+		return &clusterv3.Cluster{Name: InboundPassthroughCluster, ClusterDiscoveryType: clusterType(clusterv3.Cluster_ORIGINAL_DST),
+			LbPolicy: clusterv3.Cluster_CLUSTER_PROVIDED, ConnectTimeout: r.connectTimeout(), CircuitBreakers: defaultCircuitBreakers()}
+	}
 	return &clusterv3.Cluster{Name: InboundPassthroughCluster, ClusterDiscoveryType: clusterType(clusterv3.Cluster_ORIGINAL_DST),
 		LbPolicy: clusterv3.Cluster_CLUSTER_PROVIDED, ConnectTimeout: r.connectTimeout(), CircuitBreakers: defaultCircuitBreakers(),
 		UpstreamBindConfig: &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{

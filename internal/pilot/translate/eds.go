@@ -31,7 +31,8 @@ func filterEndpoints(eps []registry.Endpoint, selector map[string]string) []regi
 // ("region/zone/subzone"), each endpoint weighted by its Weight (0 means 1)
 // and each locality by the sum of its endpoints' weights: gRPC's xDS client
 // drops localities without a weight. Localities are sorted by name,
-// endpoints by address and port. With ipOnly (EDS), addresses that are not
+// endpoints by address and port. Endpoints are dialled at DialPort: an
+// explicit-mode sidecar's port in front of the application's. With ipOnly (EDS), addresses that are not
 // IPs are skipped and reported; unix sockets are always skipped.
 func (r *cdsRun) localityEndpoints(svc *registry.Service, port registry.Port, eps []registry.Endpoint, ipOnly bool) []*endpointv3.LocalityLbEndpoints {
 	groups := map[string]*endpointv3.LocalityLbEndpoints{}
@@ -51,7 +52,7 @@ func (r *cdsRun) localityEndpoints(svc *registry.Service, port registry.Port, ep
 			g = &endpointv3.LocalityLbEndpoints{Locality: parseLocality(ep.Locality)}
 			groups[ep.Locality] = g
 		}
-		g.LbEndpoints = append(g.LbEndpoints, lbEndpoint(ep.Address, ep.PortFor(port), ep.Healthy, w))
+		g.LbEndpoints = append(g.LbEndpoints, lbEndpoint(ep.Address, ep.DialPort(port), ep.Healthy, w))
 		sums[ep.Locality] += uint64(w)
 	}
 	names := make([]string, 0, len(groups))

@@ -1,7 +1,6 @@
 package translate
 
 import (
-	"net/netip"
 	"slices"
 	"sort"
 	"strconv"
@@ -13,10 +12,12 @@ import (
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/registry"
 )
 
 // Listener layout (LDS), by proxy type:
@@ -36,17 +37,20 @@ import (
 //   - virtualInbound, 0.0.0.0:15006: one chain per inbound port (the
 //     endpoint ports of services that have an endpoint at one of the
 //     proxy's IPs) to InboundCluster(port), HTTP or TCP by the service
-//     port's protocol; anything else to InboundPassthroughCluster.
+//     port's protocol; anything else to InboundPassthroughCluster. With
+//     TPROXY capture (Proxy.TProxy) it is transparent and has the
+//     original_src listener filter (mark TProxyMark), and the inbound
+//     clusters target the workload's IP instead of 127.0.0.1: a connection
+//     from the client's address may not go to loopback.
 //
 // Sidecar in explicit mode (no capture): explicit_<port> on 127.0.0.1:<port>
-// for every visible service port, and inbound_<port> on 0.0.0.0:<port> for
-// every inbound port. Several services on one port: HTTP services share the
+// for every visible service port, and explicit_inbound_<sidecar port> on
+// the workload's IPs for every inbound port that has a sidecar port (see
+// explicitListeners). Several services on one port: HTTP services share the
 // listener and are told apart by Host header (the oldest one also answers
 // any other Host, e.g. "localhost:<port>"); TCP services cannot be told
 // apart, so the oldest wins and the others are reported; when HTTP and TCP
-// services share a port, HTTP wins. When an inbound port is also an
-// upstream port, the inbound listener binds the proxy's IPs instead of
-// 0.0.0.0 so both can bind.
+// services share a port, HTTP wins.
 //
 // A port is HTTP when its protocol is HTTP, HTTP2, GRPC or GRPC-WEB (any
 // case); everything else, including an unset (sniffed) protocol, is proxied
@@ -62,6 +66,7 @@ const (
 	routerFilterName       = "envoy.filters.http.router"
 	originalDstFilterName  = "envoy.filters.listener.original_dst"
 	tlsInspectorFilterName = "envoy.filters.listener.tls_inspector"
+	originalSrcFilterName  = "envoy.filters.listener.original_src"
 	passthroughChainName   = "PassthroughFilterChain"
 	blackHoleChainName     = "BlackHoleFilterChain"
 )
@@ -172,6 +177,7 @@ func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
 		},
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 	}
+	g.setPathNormalization(h)
 	return &listenerv3.FilterChain{Name: "http", Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, h)}}
 }
 
@@ -179,6 +185,8 @@ func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
 type inboundPort struct {
 	port     uint32
 	protocol string
+	// sidecar is the explicit-mode sidecar port in front of port (0: none).
+	sidecar uint32
 }
 
 // inboundPorts lists the endpoint ports of every service with an endpoint
@@ -204,7 +212,7 @@ func (g *netBuilder) inboundPorts() []inboundPort {
 					continue
 				}
 				seen[n] = p.Protocol
-				out = append(out, inboundPort{port: n, protocol: p.Protocol})
+				out = append(out, inboundPort{port: n, protocol: p.Protocol, sidecar: ep.SidecarPorts[n]})
 			}
 		}
 	}
@@ -222,7 +230,8 @@ func protocolName(p string) string {
 
 // inboundChain forwards one inbound port to its inbound cluster; matchPort
 // selects it by original destination port (capture mode). HTTP chains run
-// the proxy's inbound HTTP filters (requestauthn.go) before the router.
+// the proxy's inbound HTTP filters: end-user authentication
+// (requestauthn.go), then authorization (authz.go), then the router.
 func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.FilterChain {
 	cluster := InboundCluster(ip.port)
 	fc := &listenerv3.FilterChain{Name: cluster}
@@ -230,7 +239,7 @@ func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.Fi
 		fc.FilterChainMatch = &listenerv3.FilterChainMatch{DestinationPort: ldsUint32(ip.port)}
 	}
 	if !ldsIsHTTP(ip.protocol) {
-		fc.Filters = []*listenerv3.Filter{tcpProxy(cluster, cluster)}
+		fc.Filters = g.inboundTCPFilters(cluster)
 		return fc
 	}
 	action := &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}
@@ -255,6 +264,7 @@ func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.Fi
 		HttpFilters:    g.inboundHTTPFilters(),
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 	}
+	g.setPathNormalization(h)
 	fc.Filters = []*listenerv3.Filter{networkFilter(hcmFilterName, h)}
 	return fc
 }
@@ -267,7 +277,7 @@ func (g *netBuilder) virtualInbound(ports []inboundPort) *listenerv3.Listener {
 		ListenerFilters: []*listenerv3.ListenerFilter{listenerFilter(originalDstFilterName, &originaldstv3.OriginalDst{})},
 		DefaultFilterChain: &listenerv3.FilterChain{
 			Name:    "virtualInbound-passthrough",
-			Filters: []*listenerv3.Filter{tcpProxy(InboundPassthroughCluster, InboundPassthroughCluster)},
+			Filters: g.inboundTCPFilters(InboundPassthroughCluster),
 		},
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
 	}
@@ -279,60 +289,55 @@ func (g *netBuilder) virtualInbound(ports []inboundPort) *listenerv3.Listener {
 		l.FilterChains = append(l.FilterChains, g.inboundChain(ip, true))
 	}
 	g.secureInbound(l, 0)
+	if g.p.TProxy {
+		// TPROXY capture: connections arrive unchanged (IP_TRANSPARENT
+		// listener), and original_src makes the proxy's connections to the
+		// application carry the client's address, marked so that the
+		// application's replies are routed back to the proxy.
+		l.Transparent = ldsBool(true)
+		l.ListenerFilters = append(l.ListenerFilters, listenerFilter(originalSrcFilterName, &originalsrcv3.OriginalSrc{Mark: TProxyMark}))
+	}
 	return l
 }
 
 // explicitListeners builds explicit mode's listeners; served are the ports
-// that got an outbound listener (their routes are needed).
+// that got an outbound listener (their routes are needed). Inbound ports
+// with a sidecar port (registry.Endpoint.SidecarPorts, from the
+// weft.io/inbound-ports annotation) get explicit_inbound_<sidecar port> on
+// the workload's IPs, with the same chains as virtualInbound's for the
+// application port (PeerAuthentication, AuthorizationPolicy, metrics with
+// reporter "destination") and forwarding to 127.0.0.1:<application port>.
+// Inbound ports without one are not served: peers reach the application
+// directly.
 func (g *netBuilder) explicitListeners(numbers []uint32, groups map[uint32][]ldsServicePort, inbound []inboundPort) (ls []*listenerv3.Listener, served []uint32) {
-	inboundAt := map[uint32]bool{}
-	for _, ip := range inbound {
-		inboundAt[ip.port] = true
-	}
-	workloadIPs, ipsBindable := bindableIPs(g.p.IPs)
-	clash := map[uint32]bool{}
 	for _, n := range numbers {
-		if inboundAt[n] && !ipsBindable {
-			g.warnOnce("explicit mode: port %d is both served by this workload and an upstream port (%s), and the workload has no non-loopback IP to bind; upstream listener dropped",
-				n, groups[n][0].svc.Hostname)
-			continue
-		}
-		clash[n] = inboundAt[n]
 		served = append(served, n)
 		ls = append(ls, g.explicitOutbound(n, groups[n]))
 	}
 	for _, ip := range inbound {
+		if ip.sidecar == 0 {
+			g.warnOnce("explicit mode: inbound port %d has no sidecar port (weft-proxy --inbound-ports %d=<port>, annotation %s); peers reach the application directly, without mesh mTLS or inbound policy",
+				ip.port, ip.port, registry.AnnotationInboundPorts)
+			continue
+		}
+		if len(g.p.IPs) == 0 {
+			g.warnOnce("explicit mode: inbound port %d: the proxy has no IP to bind sidecar port %d on", ip.port, ip.sidecar)
+			continue
+		}
 		l := &listenerv3.Listener{
-			Name:             "inbound_" + strconv.FormatUint(uint64(ip.port), 10),
-			Address:          socketAddress("0.0.0.0", ip.port),
+			Name:             ExplicitInboundListener(ip.sidecar),
+			Address:          socketAddress(g.p.IPs[0], ip.sidecar),
 			BindToPort:       ldsBool(true),
 			FilterChains:     []*listenerv3.FilterChain{g.inboundChain(ip, false)},
 			TrafficDirection: corev3.TrafficDirection_INBOUND,
 		}
-		g.secureInbound(l, ip.port)
-		if clash[ip.port] {
-			l.Address = socketAddress(workloadIPs[0], ip.port)
-			for _, a := range workloadIPs[1:] {
-				l.AdditionalAddresses = append(l.AdditionalAddresses, &listenerv3.AdditionalAddress{Address: socketAddress(a, ip.port)})
-			}
+		for _, a := range g.p.IPs[1:] {
+			l.AdditionalAddresses = append(l.AdditionalAddresses, &listenerv3.AdditionalAddress{Address: socketAddress(a, ip.sidecar)})
 		}
+		g.secureInbound(l, ip.port)
 		ls = append(ls, l)
 	}
 	return ls, served
-}
-
-// bindableIPs returns the proxy's IPs if every one is a unicast,
-// non-loopback address (binding them does not clash with 127.0.0.1).
-func bindableIPs(ips []string) ([]string, bool) {
-	var out []string
-	for _, s := range ips {
-		ip, err := netip.ParseAddr(s)
-		if err != nil || ip.IsLoopback() || ip.IsUnspecified() {
-			return nil, false
-		}
-		out = append(out, ip.Unmap().String())
-	}
-	return out, len(out) > 0
 }
 
 // explicitOutbound is explicit_<port> on 127.0.0.1:<port>.

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
@@ -426,14 +427,23 @@ func TestLDSExplicit(t *testing.T) {
 	}
 	r.wantWarning(t, "port 3306", "mysql-a")
 	r.wantWarning(t, "explicit mode: port 8080", "cache.default.svc.cluster.local")
-	in := r.listener(t, "inbound_9080")
-	if a := in.GetAddress().GetSocketAddress().GetAddress(); a != "10.1.9.1" {
-		t.Errorf("inbound_9080 binds %q, want the workload IP (9080 is also an upstream port)", a)
+	in := r.listener(t, ExplicitInboundListener(15080))
+	if a := in.GetAddress().GetSocketAddress(); a.GetAddress() != "10.1.9.1" || a.GetPortValue() != 15080 || !in.GetBindToPort().GetValue() {
+		t.Errorf("%s binds %v, want the workload IP 10.1.9.1:15080", in.GetName(), a)
 	}
-	in7070 := r.listener(t, "inbound_7070")
-	if a := in7070.GetAddress().GetSocketAddress().GetAddress(); a != "0.0.0.0" || tcpProxyOf(t, in7070.GetFilterChains()[0]).GetCluster() != InboundCluster(7070) {
-		t.Errorf("inbound_7070 = %v", in7070)
+	if in.GetTrafficDirection() != corev3.TrafficDirection_INBOUND {
+		t.Errorf("%s direction %v, want INBOUND (reporter destination)", in.GetName(), in.GetTrafficDirection())
 	}
+	rc := hcmOf(t, in.GetFilterChains()[0]).GetRouteConfig()
+	if c := rc.GetVirtualHosts()[0].GetRoutes()[0].GetRoute().GetCluster(); c != InboundCluster(9080) {
+		t.Errorf("%s routes to %q, want %s (the application port)", in.GetName(), c, InboundCluster(9080))
+	}
+	for _, l := range r.listeners {
+		if strings.HasPrefix(l.GetName(), "inbound_") || l.GetName() == ExplicitInboundListener(7070) {
+			t.Errorf("unexpected listener %s: inbound ports without a sidecar port are not served", l.GetName())
+		}
+	}
+	r.wantWarning(t, "inbound port 7070 has no sidecar port", "--inbound-ports 7070=")
 }
 
 func TestLDSProxyless(t *testing.T) {

@@ -361,7 +361,7 @@ func (g *netBuilder) secureInbound(l *listenerv3.Listener, port uint32) {
 			fc := &listenerv3.FilterChain{
 				Name:             inboundPassthroughChain + "-" + strconv.FormatUint(uint64(p), 10),
 				FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: ldsUint32(p)},
-				Filters:          []*listenerv3.Filter{tcpProxy(InboundPassthroughCluster, InboundPassthroughCluster)},
+				Filters:          g.inboundTCPFilters(InboundPassthroughCluster),
 			}
 			tls = tls || a.ports[p] != mtlsDisable
 			strict = strict || a.ports[p] == mtlsStrict

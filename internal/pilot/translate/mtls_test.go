@@ -10,6 +10,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -19,7 +20,7 @@ import (
 // Mesh mTLS golden cases live in testdata/mtls/<case>.yaml, in the CDS
 // test input format (testhelpers_cds_test.go). Their golden
 // testdata/mtls/<case>.json holds every cluster, the inbound listeners
-// (virtualInbound, inbound_<port>) and the warnings of a full Build.
+// (virtualInbound, explicit_inbound_<port>) and the warnings of a full Build.
 
 // mtlsResult is what one case produced.
 type mtlsResult struct {
@@ -76,7 +77,7 @@ func runMTLSCase(t *testing.T, name string) *mtlsResult {
 func newMTLSResult(res *Resources) *mtlsResult {
 	r := &mtlsResult{res: res}
 	for _, l := range res.Listeners {
-		if l.GetName() == VirtualInboundListener || strings.HasPrefix(l.GetName(), "inbound_") {
+		if l.GetName() == VirtualInboundListener || strings.HasPrefix(l.GetName(), "inbound_") || strings.HasPrefix(l.GetName(), "explicit_inbound_") {
 			r.inbound = append(r.inbound, l)
 		}
 	}
@@ -306,7 +307,30 @@ func TestMTLSStrictNamespace(t *testing.T) {
 
 func TestMTLSStrictExplicit(t *testing.T) {
 	r := runMTLSCase(t, "strict-explicit")
-	wantChains(t, r.listener(t, "inbound_9080"), []string{"inbound|9080||-mtls tls tls"}, "", true)
+	l := r.listener(t, ExplicitInboundListener(15080))
+	wantChains(t, l, []string{"inbound|9080||-mtls tls tls"}, "", true)
+	if a := l.GetAddress().GetSocketAddress(); a.GetAddress() != "10.0.0.99" || a.GetPortValue() != 15080 {
+		t.Errorf("%s binds %v, want 10.0.0.99:15080", l.GetName(), a)
+	}
+	// Peers dial the sidecar port, and still originate mTLS to it: the
+	// endpoint accepts mTLS on its application port 9080.
+	const pp = "productpage.default.svc.cluster.local"
+	var ports []uint32
+	for _, cla := range r.res.Endpoints {
+		if cla.GetClusterName() != OutboundCluster(9080, "", pp) {
+			continue
+		}
+		for _, le := range cla.GetEndpoints() {
+			for _, e := range le.GetLbEndpoints() {
+				ports = append(ports, e.GetEndpoint().GetAddress().GetSocketAddress().GetPortValue())
+			}
+		}
+	}
+	if !slices.Equal(ports, []uint32{15080}) {
+		t.Errorf("EDS for %s: ports %v, want [15080] (the sidecar port)", pp, ports)
+	}
+	wantIstioMutual(t, r.cluster(t, OutboundCluster(9080, "", pp)), "outbound_.9080_._."+pp,
+		[]string{"spiffe://cluster.local/ns/default/sa/default"}, false)
 }
 
 func TestMTLSStrictMeshSample(t *testing.T) {
@@ -351,5 +375,34 @@ func TestPeerAuthnResolution(t *testing.T) {
 		if got := x.lookup(ns, nil).mode; got != want {
 			t.Errorf("namespace %s: %v, want %v", ns, got, want)
 		}
+	}
+}
+
+func TestTProxyInbound(t *testing.T) {
+	r := runMTLSCase(t, "tproxy")
+	l := r.listener(t, VirtualInboundListener)
+	if !l.GetTransparent().GetValue() {
+		t.Errorf("virtualInbound: transparent %v, want true under TPROXY", l.GetTransparent())
+	}
+	var src *originalsrcv3.OriginalSrc
+	for _, lf := range l.GetListenerFilters() {
+		if lf.GetName() == originalSrcFilterName {
+			src = ldsUnpack(t, lf.GetTypedConfig(), &originalsrcv3.OriginalSrc{})
+		}
+	}
+	if src == nil || src.GetMark() != TProxyMark {
+		t.Errorf("virtualInbound listener filters %v: want original_src with mark %d", l.GetListenerFilters(), TProxyMark)
+	}
+	in := r.cluster(t, InboundCluster(9080))
+	if a := in.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress(); a.GetAddress() != "10.0.0.99" {
+		t.Errorf("%s targets %v, want the workload IP 10.0.0.99", in.GetName(), a)
+	}
+	if b := r.cluster(t, InboundPassthroughCluster).GetUpstreamBindConfig(); b != nil {
+		t.Errorf("%s binds %v under TPROXY, want no bind (original_src sets the source)", InboundPassthroughCluster, b)
+	}
+	// Without TPROXY: loopback, 127.0.0.6, no original_src.
+	plain := runMTLSCase(t, "permissive-default")
+	if plain.listener(t, VirtualInboundListener).GetTransparent().GetValue() {
+		t.Errorf("virtualInbound transparent without TPROXY")
 	}
 }

@@ -24,6 +24,12 @@ const (
 	// InboundPassthroughCluster forwards captured inbound traffic to the app.
 	InboundPassthroughCluster = "InboundPassthroughCluster"
 
+	// TProxyMark marks the proxy's source-preserving connections to the
+	// application under TPROXY capture, as Istio's 1337 (weft-proxy
+	// iptables --tproxy-mark's default): the capture rules route the
+	// application's replies back to the proxy by it.
+	TProxyMark = 1337
+
 	// OutboundCapturePort and InboundCapturePort are the capture ports.
 	OutboundCapturePort = 15001
 	InboundCapturePort  = 15006
@@ -38,6 +44,12 @@ func OutboundCluster(port uint32, subset, hostname string) string {
 // InboundCluster names the cluster for the workload's own port:
 // "inbound|<port>||".
 func InboundCluster(port uint32) string { return fmt.Sprintf("inbound|%d||", port) }
+
+// ExplicitInboundListener names an explicit-mode sidecar's inbound
+// listener on its sidecar port: "explicit_inbound_<port>".
+func ExplicitInboundListener(sidecarPort uint32) string {
+	return "explicit_inbound_" + strconv.FormatUint(uint64(sidecarPort), 10)
+}
 
 // ParseOutboundCluster splits an outbound cluster name.
 func ParseOutboundCluster(name string) (port uint32, subset, hostname string, ok bool) {

@@ -54,6 +54,8 @@ type netBuilder struct {
 	// routing maps a service hostname to the VirtualService routing it.
 	routing map[string]*vsClaim
 	warned  map[string]bool
+	// authzF are the inbound RBAC filters (authz), built on first use.
+	authzF *authzFilters
 }
 
 // newNetBuilder prepares LDS/RDS for b's proxy: services by hostname and

@@ -14,7 +14,7 @@ package translate
 // one provider of its issuer, else 401.
 //
 // Every inbound HTTP chain then runs envoy.filters.http.jwt_authn first,
-// before authorization (RBAC) and the router.
+// before authorization (RBAC) and the router (inboundHTTPFilters).
 //
 // jwks becomes local_jwks; jwksUri becomes remote_jwks with the URI, the
 // cluster Istio names for it (outbound|<port>||<host>; weft-proxy fetches
@@ -34,7 +34,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"google.golang.org/protobuf/proto"
@@ -113,17 +112,6 @@ func (g *netBuilder) jwtAuthnFilter() *hcmv3.HttpFilter {
 		return nil
 	}
 	return httpFilter(JwtAuthnFilterName, jwtAuthentication(rules))
-}
-
-// inboundHTTPFilters are an inbound HCM's filters: jwt_authn (when
-// RequestAuthentications apply: authentication before any authorization),
-// then the router.
-func (g *netBuilder) inboundHTTPFilters() []*hcmv3.HttpFilter {
-	var out []*hcmv3.HttpFilter
-	if f := g.jwtAuthnFilter(); f != nil {
-		out = append(out, f)
-	}
-	return append(out, httpFilter(routerFilterName, &routerv3.Router{}))
 }
 
 // jwtAuthentication is Istio's JwtAuthentication for a list of rules.

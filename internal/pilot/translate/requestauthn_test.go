@@ -19,7 +19,8 @@ import (
 // RequestAuthentication golden cases live in testdata/jwt/<case>.yaml, in
 // the CDS test input format (testhelpers_cds_test.go); their golden
 // testdata/jwt/<case>.json holds the inbound listeners (virtualInbound,
-// inbound_<port>) and the warnings of a full Build.
+// inbound_<port>, explicit_inbound_<port>) and the warnings of a full
+// Build.
 
 // runJWTCase builds a case, validates its listeners, checks two builds
 // agree and compares with the golden file.
@@ -180,7 +181,7 @@ func (r *mtlsResult) wantJWTWarning(t *testing.T, substrs ...string) {
 
 func TestRequestAuthnExplicitStrict(t *testing.T) {
 	r := runJWTCase(t, "explicit-strict")
-	fc := chainNamed(t, r.listener(t, "inbound_9080"), "inbound|9080||-mtls")
+	fc := chainNamed(t, r.listener(t, ExplicitInboundListener(15080)), "inbound|9080||-mtls")
 	if got, want := httpFilterNames(t, fc), []string{JwtAuthnFilterName, routerFilterName}; !slices.Equal(got, want) {
 		t.Errorf("http filters %v, want %v", got, want)
 	}

@@ -3,7 +3,7 @@ package translate
 // Test-only input format of the CDS golden tests (testdata/cds/*.yaml): a
 // multi-document YAML file holding
 //   - Istio config objects (DestinationRule, Sidecar, ServiceEntry,
-//     PeerAuthentication; other kinds are skipped). Specs are decoded with protojson from the JSON of
+//     PeerAuthentication, AuthorizationPolicy; other kinds are skipped). Specs are decoded with protojson from the JSON of
 //     each document's spec. Objects without metadata.namespace land in
 //     "default" (or the including document's namespace); without
 //     metadata.creationTimestamp they are one second younger than the
@@ -17,7 +17,8 @@ package translate
 //   - kind: TestProxy — type (sidecar|router|proxyless), namespace, ips,
 //     labels, serviceAccount, explicit.
 //   - kind: TestMesh — overrides of model.DefaultMesh(): connectTimeout,
-//     trustDomain, rootNamespace, domainSuffix, enableAutoMTLS.
+//     trustDomain, rootNamespace, domainSuffix, enableAutoMTLS,
+//     pathNormalization.
 //   - kind: TestInclude — file (relative to the package directory) and
 //     namespace: loads another YAML file of config objects (the Istio
 //     samples). A missing file skips the test.
@@ -97,6 +98,7 @@ type cdsTestEndpoint struct {
 	Healthy        *bool             `json:"healthy"`
 	ServiceAccount string            `json:"serviceAccount"`
 	Weight         uint32            `json:"weight"`
+	SidecarPorts   map[uint32]uint32 `json:"sidecarPorts"`
 }
 
 type cdsTestDoc struct {
@@ -118,12 +120,15 @@ type cdsTestDoc struct {
 	Labels         map[string]string `json:"labels"`
 	ServiceAccount string            `json:"serviceAccount"`
 	Explicit       bool              `json:"explicit"`
+	TProxy         bool              `json:"tproxy"`
 	// TestMesh
 	ConnectTimeout string `json:"connectTimeout"`
 	TrustDomain    string `json:"trustDomain"`
 	RootNamespace  string `json:"rootNamespace"`
 	DomainSuffix   string `json:"domainSuffix"`
 	EnableAutoMTLS *bool  `json:"enableAutoMTLS"`
+	// PathNormalization: NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES.
+	PathNormalization string `json:"pathNormalization"`
 	// TestInclude
 	File string `json:"file"`
 }
@@ -221,7 +226,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		if d.Namespace != "" {
 			p.Namespace = d.Namespace
 		}
-		p.IPs, p.Labels, p.ServiceAccount, p.Explicit = d.IPs, d.Labels, d.ServiceAccount, d.Explicit
+		p.IPs, p.Labels, p.ServiceAccount, p.Explicit, p.TProxy = d.IPs, d.Labels, d.ServiceAccount, d.Explicit, d.TProxy
 		ip := "0.0.0.0"
 		if len(d.IPs) > 0 {
 			ip = d.IPs[0]
@@ -248,6 +253,9 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		if d.EnableAutoMTLS != nil {
 			l.mesh.EnableAutoMTLS = *d.EnableAutoMTLS
 		}
+		if d.PathNormalization != "" {
+			l.mesh.PathNormalization = model.PathNormalization(d.PathNormalization)
+		}
 		return
 	case "TestRegistry":
 		for _, s := range d.Services {
@@ -257,7 +265,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 			healthy := e.Healthy == nil || *e.Healthy
 			l.eps = append(l.eps, registry.Endpoint{Hostname: e.Hostname, Namespace: e.Namespace, Address: e.Address,
 				Ports: e.Ports, Labels: e.Labels, Locality: e.Locality, Network: e.Network, Healthy: healthy,
-				ServiceAccount: e.ServiceAccount, Weight: e.Weight})
+				ServiceAccount: e.ServiceAccount, Weight: e.Weight, SidecarPorts: e.SidecarPorts})
 		}
 		return
 	}
@@ -273,6 +281,8 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		spec = &security.PeerAuthentication{}
 	case "RequestAuthentication":
 		spec = &security.RequestAuthentication{}
+	case "AuthorizationPolicy":
+		spec = &security.AuthorizationPolicy{}
 	default:
 		return // kinds CDS does not read
 	}

@@ -80,6 +80,8 @@ type ldsTestEndpoint struct {
 	Address   string            `json:"address"`
 	Ports     map[string]uint32 `json:"ports"`
 	Labels    map[string]string `json:"labels"`
+	// SidecarPorts maps application ports to explicit-mode sidecar ports.
+	SidecarPorts map[uint32]uint32 `json:"sidecarPorts"`
 }
 
 // ldsTestDoc holds the fields of every test-only document kind.
@@ -193,7 +195,7 @@ func (l *ldsLoader) testDoc(path string, d resource.Document, defaultNS string) 
 		}
 		for _, e := range td.Endpoints {
 			l.eps = append(l.eps, registry.Endpoint{Hostname: e.Hostname, Namespace: e.Namespace, Address: e.Address,
-				Ports: e.Ports, Labels: e.Labels, Healthy: true})
+				Ports: e.Ports, Labels: e.Labels, Healthy: true, SidecarPorts: e.SidecarPorts})
 		}
 	case "TestProxy":
 		if td.Type != "" {

@@ -7,6 +7,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/registry"
 )
@@ -17,6 +18,9 @@ type Resources struct {
 	Routes    []*routev3.RouteConfiguration
 	Clusters  []*clusterv3.Cluster
 	Endpoints []*endpointv3.ClusterLoadAssignment
+	// Secrets are SDS secrets without private keys: the trust bundle
+	// (ROOTCA) for sidecars.
+	Secrets []*tlsv3.Secret
 	// Warnings report config conflicts and references that resolve to
 	// nothing (e.g. "VirtualService default/a: host reviews already routed
 	// by default/b (older); ignored"), in a stable order.
@@ -43,6 +47,9 @@ func Build(s *model.Snapshot, p *model.Proxy) *Resources {
 	r := &Resources{}
 	r.Clusters, r.Endpoints = b.clusters()
 	r.Listeners, r.Routes = b.listeners()
+	if sec := trustBundleSecret(s, p); sec != nil {
+		r.Secrets = []*tlsv3.Secret{sec}
+	}
 	r.Warnings = b.warnings
 	return r
 }

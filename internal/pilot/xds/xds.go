@@ -66,12 +66,58 @@ type Server struct {
 	mu      sync.Mutex
 	streams map[int64]string // stream ID -> node ID
 	status  map[string]*proxyStatus
+	callers map[int64]Caller // stream ID -> authenticated caller
+}
+
+// Caller is the mesh identity a stream's credential proved (workload
+// certificate or bootstrap token). A proxy may only claim to be a node of
+// that namespace and service account.
+type Caller struct {
+	Namespace, ServiceAccount string
+}
+
+type callerKey struct{}
+
+// WithCaller marks a stream's context with the identity its credential
+// proved; the server then binds the stream's node to it.
+func WithCaller(ctx context.Context, c Caller) context.Context {
+	return context.WithValue(ctx, callerKey{}, c)
+}
+
+func (s *Server) opened(ctx context.Context, streamID int64) {
+	if c, ok := ctx.Value(callerKey{}).(Caller); ok {
+		s.mu.Lock()
+		s.callers[streamID] = c
+		s.mu.Unlock()
+	}
+}
+
+// bind checks a node against the identity its stream authenticated as:
+// a workload of namespace A cannot ask for (and so learn or disturb) the
+// config of a proxy in namespace B.
+func (s *Server) bind(streamID int64, p *model.Proxy) error {
+	s.mu.Lock()
+	c, ok := s.callers[streamID]
+	s.mu.Unlock()
+	if !ok {
+		return nil // plaintext port: trusted by network placement
+	}
+	if p.Namespace != c.Namespace {
+		return status.Errorf(codes.PermissionDenied, "weft xds: node %s claims namespace %q but its credential is for namespace %q (service account %q)",
+			p.ID, p.Namespace, c.Namespace, c.ServiceAccount)
+	}
+	if p.ServiceAccount != "" && p.ServiceAccount != c.ServiceAccount {
+		return status.Errorf(codes.PermissionDenied, "weft xds: node %s claims service account %q but its credential is for %q in namespace %q",
+			p.ID, p.ServiceAccount, c.ServiceAccount, c.Namespace)
+	}
+	p.ServiceAccount = c.ServiceAccount
+	return nil
 }
 
 // New builds the ADS server over cache, registering proxies with pusher.
 func New(ctx context.Context, cache *Cache, pusher *push.Pusher, log *slog.Logger) *Server {
 	s := &Server{cache: cache, pusher: pusher, log: log, clock: time.Now,
-		streams: map[int64]string{}, status: map[string]*proxyStatus{}}
+		streams: map[int64]string{}, status: map[string]*proxyStatus{}, callers: map[int64]Caller{}}
 	s.grpc = serverv3.NewServer(ctx, cache, s)
 	return s
 }
@@ -94,7 +140,8 @@ func NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 // ProxyFromNode reads an Envoy/gRPC node into a model.Proxy. The node ID
 // is Istio's "<type>~<ip>~<name>.<namespace>~<domain>"; metadata may add
 // NAMESPACE, LABELS, SERVICE_ACCOUNT, WORKLOAD_NAME, WORKLOAD_GROUP,
-// INSTANCE_IPS, INTERCEPTION_MODE (NONE: explicit mode) and GENERATOR
+// INSTANCE_IPS, INTERCEPTION_MODE (NONE: explicit mode; TPROXY: source
+// addresses preserved inbound) and GENERATOR
 // ("grpc": a proxyless gRPC client).
 func ProxyFromNode(n *core.Node) (*model.Proxy, error) {
 	if n == nil || n.GetId() == "" {
@@ -139,6 +186,7 @@ func ProxyFromNode(n *core.Node) (*model.Proxy, error) {
 		}
 	}
 	p.Explicit = strings.EqualFold(md["INTERCEPTION_MODE"], "NONE")
+	p.TProxy = strings.EqualFold(md["INTERCEPTION_MODE"], "TPROXY")
 	if strings.EqualFold(md["GENERATOR"], "grpc") {
 		p.Type = model.Proxyless
 	}
@@ -168,6 +216,10 @@ func (s *Server) register(streamID int64, node *core.Node) error {
 	p, err := ProxyFromNode(node)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "weft xds: %v", err)
+	}
+	if err := s.bind(streamID, p); err != nil {
+		s.log.Warn("refused a node its credential does not cover", "error", err)
+		return err
 	}
 	s.mu.Lock()
 	s.streams[streamID] = p.ID
@@ -259,6 +311,7 @@ func (s *Server) closed(streamID int64) {
 	s.mu.Lock()
 	id, ok := s.streams[streamID]
 	delete(s.streams, streamID)
+	delete(s.callers, streamID)
 	var gone *model.Proxy
 	if ok {
 		if ps := s.status[id]; ps != nil {
@@ -281,7 +334,10 @@ func (s *Server) closed(streamID int64) {
 // go-control-plane callbacks.
 
 // OnStreamOpen implements serverv3.Callbacks.
-func (s *Server) OnStreamOpen(context.Context, int64, string) error { return nil }
+func (s *Server) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	s.opened(ctx, id)
+	return nil
+}
 
 // OnStreamClosed implements serverv3.Callbacks.
 func (s *Server) OnStreamClosed(id int64, _ *core.Node) { s.closed(id) }
@@ -297,7 +353,10 @@ func (s *Server) OnStreamResponse(_ context.Context, id int64, _ *discoverygrpc.
 }
 
 // OnDeltaStreamOpen implements serverv3.Callbacks.
-func (s *Server) OnDeltaStreamOpen(context.Context, int64, string) error { return nil }
+func (s *Server) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	s.opened(ctx, -id)
+	return nil
+}
 
 // OnDeltaStreamClosed implements serverv3.Callbacks.
 func (s *Server) OnDeltaStreamClosed(id int64, _ *core.Node) { s.closed(-id) }

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/weftmesh/weft/internal/registry"
 	"google.golang.org/protobuf/types/known/structpb"
 	"sigs.k8s.io/yaml"
 )
@@ -36,6 +37,18 @@ type Config struct {
 	WorkloadGroup string `json:"workloadGroup,omitempty"`
 	// Explicit disables traffic capture: upstreams are local ports.
 	Explicit bool `json:"explicit,omitempty"`
+	// InboundCaptureMode is how `weft-proxy iptables` captures inbound
+	// traffic: REDIRECT (default) or TPROXY (its --inbound-mode). Under
+	// TPROXY the proxy's 15006 listener is transparent and connections to
+	// the application keep the client's address; that needs CAP_NET_ADMIN.
+	// Sent as node metadata INTERCEPTION_MODE.
+	InboundCaptureMode string `json:"inboundCaptureMode,omitempty"`
+	// InboundPorts (explicit mode) are "<app port>=<sidecar port>,…", e.g.
+	// "9080=15080": the sidecar accepts mesh traffic for the application's
+	// port on <ip>:<sidecar port> and forwards it to 127.0.0.1:<app port>.
+	// Sent as node metadata INBOUND_PORTS; auto-registration advertises the
+	// sidecar ports to peers. Empty: no inbound side.
+	InboundPorts string `json:"inboundPorts,omitempty"`
 	// TrustDomain of the mesh. Default "cluster.local".
 	TrustDomain string `json:"trustDomain,omitempty"`
 }
@@ -68,6 +81,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	set(&c.ServiceAccount, "WEFT_SERVICE_ACCOUNT")
 	set(&c.WorkloadGroup, "WEFT_WORKLOAD_GROUP")
 	set(&c.TrustDomain, "WEFT_TRUST_DOMAIN")
+	set(&c.InboundPorts, "WEFT_INBOUND_PORTS")
 	if len(c.Labels) == 0 {
 		if l := getenv("WEFT_LABELS"); l != "" {
 			labels, err := ParseLabels(l)
@@ -79,6 +93,9 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	}
 	if !c.Explicit && (getenv("WEFT_INTERCEPTION_MODE") == "NONE" || getenv("WEFT_EXPLICIT") == "true") {
 		c.Explicit = true
+	}
+	if m := getenv("WEFT_INTERCEPTION_MODE"); c.InboundCaptureMode == "" && (m == "REDIRECT" || m == "TPROXY") {
+		c.InboundCaptureMode = m
 	}
 	return nil
 }
@@ -126,6 +143,23 @@ func (c *Config) Validate() error {
 	if c.Name == "" {
 		errs = append(errs, errors.New("the workload name is required (--name or WEFT_WORKLOAD_NAME)"))
 	}
+	switch c.InboundCaptureMode = strings.ToUpper(c.InboundCaptureMode); c.InboundCaptureMode {
+	case "", "REDIRECT":
+	case "TPROXY":
+		if c.Explicit {
+			errs = append(errs, errors.New("--inbound-capture-mode TPROXY is a capture mode; explicit mode captures nothing"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("inbound capture mode %q: use REDIRECT or TPROXY (as weft-proxy iptables --inbound-mode)", c.InboundCaptureMode))
+	}
+	if ports, err := registry.ParseInboundPorts(c.InboundPorts); err != nil {
+		errs = append(errs, fmt.Errorf("--inbound-ports: %w", err))
+	} else if len(ports) > 0 {
+		if !c.Explicit {
+			errs = append(errs, errors.New("--inbound-ports needs explicit mode (--explicit); with capture, inbound traffic arrives on 15006"))
+		}
+		c.InboundPorts = registry.FormatInboundPorts(ports)
+	}
 	if strings.ContainsAny(c.Name+c.Namespace, "~ ") {
 		errs = append(errs, fmt.Errorf("name and namespace may not contain '~' or spaces"))
 	}
@@ -152,6 +186,11 @@ func (c *Config) Node() (*core.Node, error) {
 	}
 	if c.Explicit {
 		md["INTERCEPTION_MODE"] = "NONE"
+		if c.InboundPorts != "" {
+			md["INBOUND_PORTS"] = c.InboundPorts
+		}
+	} else if c.InboundCaptureMode == "TPROXY" {
+		md["INTERCEPTION_MODE"] = "TPROXY"
 	} else {
 		md["INTERCEPTION_MODE"] = "REDIRECT"
 	}

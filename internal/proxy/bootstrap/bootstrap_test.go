@@ -60,3 +60,43 @@ func TestValidateErrors(t *testing.T) {
 		t.Error("LoadFile of a missing file succeeded")
 	}
 }
+
+// TestInterceptionModes: TPROXY and inbound ports reach the node metadata
+// (INTERCEPTION_MODE, INBOUND_PORTS); contradictions are refused.
+func TestInterceptionModes(t *testing.T) {
+	c := Config{IP: "10.0.0.9", Name: "vm"}
+	if err := c.FromEnv(func(k string) string { return map[string]string{"WEFT_INTERCEPTION_MODE": "TPROXY"}[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.Node()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := n.GetMetadata().GetFields()["INTERCEPTION_MODE"].GetStringValue(); got != "TPROXY" || c.Explicit {
+		t.Errorf("INTERCEPTION_MODE %q explicit %v, want TPROXY and capture", got, c.Explicit)
+	}
+	e := Config{IP: "10.0.0.9", Name: "vm", Explicit: true, InboundPorts: "9080=15080 "}
+	if err := e.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	n, _ = e.Node()
+	if md := n.GetMetadata().GetFields(); md["INBOUND_PORTS"].GetStringValue() != "9080=15080" || md["INTERCEPTION_MODE"].GetStringValue() != "NONE" {
+		t.Errorf("explicit metadata %v", md)
+	}
+	for _, bad := range []struct {
+		c    Config
+		want string
+	}{
+		{Config{IP: "10.0.0.9", Name: "vm", InboundCaptureMode: "tproxy", Explicit: true}, "explicit mode captures nothing"},
+		{Config{IP: "10.0.0.9", Name: "vm", InboundCaptureMode: "MASQUERADE"}, "use REDIRECT or TPROXY"},
+		{Config{IP: "10.0.0.9", Name: "vm", InboundPorts: "9080=15080"}, "needs explicit mode"},
+		{Config{IP: "10.0.0.9", Name: "vm", Explicit: true, InboundPorts: "9080"}, "--inbound-ports"},
+	} {
+		if err := bad.c.Validate(); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%+v: %v, want an error containing %q", bad.c, err, bad.want)
+		}
+	}
+}

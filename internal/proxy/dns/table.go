@@ -13,10 +13,12 @@
 //
 // The names come from the proxy's applied xDS configuration (see
 // FromSnapshot): the HTTP virtual hosts' domains and the TCP filter chains'
-// destination addresses. The control plane does not yet auto-allocate VIPs
-// for ServiceEntry hosts without addresses, so such names (and every name
-// without a single-IP VIP, and wildcard hosts) are not answered from the
-// table: they are forwarded like any other name.
+// destination addresses. The control plane gives services of every
+// registry source (ServiceEntry, Consul, Nomad) that have no address an
+// auto-allocated VIP in 240.240.0.0/16, so their names are in the table;
+// names without a single-IP VIP (CIDR addresses, resolution NONE) and
+// wildcard hosts are not answered from it: they are forwarded like any
+// other name.
 package dns
 
 import (

@@ -6,6 +6,7 @@
 package engine
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -15,12 +16,17 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
 	"github.com/weftmesh/weft/internal/proxy/httpfilter"
+	"github.com/weftmesh/weft/internal/proxy/pathnorm"
+	"github.com/weftmesh/weft/internal/proxy/rbac"
 	"github.com/weftmesh/weft/internal/proxy/route"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // chain is one compiled filter chain.
@@ -35,6 +41,9 @@ type chain struct {
 	transportProtocol string
 	// tls terminates mesh TLS before the filters (nil: plaintext).
 	tls *downstreamTLS
+	// rbac are the network RBAC filters, evaluated once per connection
+	// before the HCM or tcp_proxy; a denied connection is closed.
+	rbac []*rbac.Engine
 	// Exactly one of http and tcp is set.
 	http *httpChain
 	tcp  *tcpChain
@@ -48,6 +57,8 @@ type httpChain struct {
 	inline     *route.Table
 	// filters run in order before the router (see internal/proxy/httpfilter).
 	filters []httpfilter.Filter
+	// pathNorm is applied to every request path before filters and routing.
+	pathNorm pathnorm.Options
 }
 
 // tcpChain is a tcp_proxy: one cluster or weighted clusters.
@@ -72,8 +83,14 @@ type listenerSpec struct {
 	// connection's original destination for filter chain matching
 	// (virtualInbound), without handing the connection to another listener.
 	origDstFilter bool
-	chains        []*chain
-	defChain      *chain
+	// transparent listeners set IP_TRANSPARENT (TPROXY capture).
+	transparent bool
+	// originalSrc: the original_src listener filter; connections to
+	// upstreams keep the client's address and carry srcMark.
+	originalSrc bool
+	srcMark     uint32
+	chains      []*chain
+	defChain    *chain
 }
 
 // runtime is one applied config. Immutable.
@@ -85,11 +102,17 @@ type runtime struct {
 	virtual  map[uint32][]*listenerSpec
 	routes   map[string]*route.Table
 	clusters map[string]*cluster.Cluster
+	// bundle is the SDS trust bundle (ROOTCA); nil without one.
+	bundle []*x509.Certificate
 }
 
 func compileRuntime(s *xdsclient.Snapshot) (*runtime, error) {
 	rt := &runtime{snap: s, listeners: map[string]*listenerSpec{}, virtual: map[uint32][]*listenerSpec{},
 		routes: map[string]*route.Table{}, clusters: map[string]*cluster.Cluster{}}
+	var err error
+	if rt.bundle, err = compileBundle(s); err != nil {
+		return nil, err
+	}
 	for name, rc := range s.Routes {
 		t, err := route.Compile(rc)
 		if err != nil {
@@ -157,12 +180,25 @@ func compileListener(l *listenerv3.Listener) (*listenerSpec, error) {
 	}
 	ls := &listenerSpec{
 		name: l.GetName(), addr: netip.AddrPortFrom(ip, uint16(sa.GetPortValue())),
-		bind:       l.GetBindToPort() == nil || l.GetBindToPort().GetValue(),
-		useOrigDst: l.GetUseOriginalDst().GetValue(),
+		bind:        l.GetBindToPort() == nil || l.GetBindToPort().GetValue(),
+		useOrigDst:  l.GetUseOriginalDst().GetValue(),
+		transparent: l.GetTransparent().GetValue(),
 	}
 	for _, lf := range l.GetListenerFilters() {
-		if lf.GetName() == "envoy.filters.listener.original_dst" {
+		switch lf.GetName() {
+		case "envoy.filters.listener.original_dst":
 			ls.origDstFilter = true
+		case "envoy.filters.listener.original_src":
+			var cfg originalsrcv3.OriginalSrc
+			if tc := lf.GetTypedConfig(); tc != nil {
+				if err := tc.UnmarshalTo(&cfg); err != nil {
+					return nil, fmt.Errorf("listener filter original_src: %w", err)
+				}
+			}
+			if cfg.GetBindPort() {
+				return nil, fmt.Errorf("listener filter original_src: bind_port is not supported (the source port is left to the kernel)")
+			}
+			ls.originalSrc, ls.srcMark = true, cfg.GetMark()
 		}
 	}
 	for i, fc := range l.GetFilterChains() {
@@ -224,6 +260,11 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
 			}
 			hc := &httpChain{statPrefix: h.GetStatPrefix(), rdsName: h.GetRds().GetRouteConfigName()}
+			pn, err := compilePathNorm(h)
+			if err != nil {
+				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
+			hc.pathNorm = pn
 			if rc := h.GetRouteConfig(); rc != nil {
 				t, err := route.Compile(rc)
 				if err != nil {
@@ -240,6 +281,17 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 				return nil, fmt.Errorf("filter %s: neither rds nor route_config", f.GetName())
 			}
 			ch.http = hc
+		case tc.MessageIs(&netrbacv3.RBAC{}):
+			if ch.http != nil || ch.tcp != nil {
+				return nil, fmt.Errorf("filter %s: network RBAC must come before the terminal filter", f.GetName())
+			}
+			e, err := compileNetworkRBAC(tc)
+			if err != nil {
+				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
+			if e != nil {
+				ch.rbac = append(ch.rbac, e)
+			}
 		case tc.MessageIs(&tcpproxyv3.TcpProxy{}):
 			tp := &tcpproxyv3.TcpProxy{}
 			if err := tc.UnmarshalTo(tp); err != nil {
@@ -267,6 +319,50 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 		return nil, fmt.Errorf("a filter chain needs an http_connection_manager or a tcp_proxy")
 	}
 	return ch, nil
+}
+
+// compileNetworkRBAC builds a network RBAC filter (nil when it has no
+// enforcing rules). Shadow rules are validated and otherwise ignored.
+func compileNetworkRBAC(tc *anypb.Any) (*rbac.Engine, error) {
+	c := &netrbacv3.RBAC{}
+	if err := tc.UnmarshalTo(c); err != nil {
+		return nil, err
+	}
+	if c.GetMatcher() != nil || c.GetShadowMatcher() != nil {
+		return nil, fmt.Errorf("rbac: matcher and shadow_matcher are not supported (use rules)")
+	}
+	if c.GetShadowRules() != nil {
+		if _, err := rbac.Compile(c.GetShadowRules()); err != nil {
+			return nil, fmt.Errorf("rbac shadow_rules: %w", err)
+		}
+	}
+	if c.GetRules() == nil {
+		return nil, nil
+	}
+	e, err := rbac.Compile(c.GetRules())
+	if err != nil {
+		return nil, fmt.Errorf("rbac rules: %w", err)
+	}
+	return e, nil
+}
+
+// compilePathNorm reads the HCM's path normalisation settings: Envoy's
+// normalize_path (default off), merge_slashes and
+// path_with_escaped_slashes_action (KEEP_UNCHANGED or
+// UNESCAPE_AND_FORWARD; the redirect and reject actions are refused).
+func compilePathNorm(h *hcmv3.HttpConnectionManager) (pathnorm.Options, error) {
+	o := pathnorm.Options{Normalize: h.GetNormalizePath().GetValue(), MergeSlashes: h.GetMergeSlashes()}
+	switch a := h.GetPathWithEscapedSlashesAction(); a {
+	case hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcmv3.HttpConnectionManager_KEEP_UNCHANGED:
+	case hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD:
+		o.UnescapeSlashes = true
+	default:
+		return o, fmt.Errorf("path_with_escaped_slashes_action %s is not supported (KEEP_UNCHANGED or UNESCAPE_AND_FORWARD)", a)
+	}
+	if h.GetPathNormalizationOptions() != nil {
+		return o, fmt.Errorf("path_normalization_options are not supported (use normalize_path and merge_slashes)")
+	}
+	return o, nil
 }
 
 // nativeHTTPFilters are implemented by the engine itself from route

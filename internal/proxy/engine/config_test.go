@@ -6,6 +6,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -110,5 +111,32 @@ func TestChainMatchPortFirst(t *testing.T) {
 	}
 	if ch := ls.match(netip.MustParseAddrPort("10.0.0.3:7000"), "", "raw_buffer"); ch == nil || ch.name != "virtualInbound-passthrough" {
 		t.Fatalf("an undeclared port matched %v", ch)
+	}
+}
+
+// TestCompileTProxyListener: transparent and original_src (its mark) are
+// read; original_src's bind_port, which weft-proxy cannot honour, is
+// refused (NACK) rather than ignored.
+func TestCompileTProxyListener(t *testing.T) {
+	l := func(src *originalsrcv3.OriginalSrc) *listenerv3.Listener {
+		cfg, _ := anypb.New(src)
+		return &listenerv3.Listener{
+			Name: "virtualInbound",
+			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+				Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 15006}}}},
+			Transparent:     wrapperspb.Bool(true),
+			ListenerFilters: []*listenerv3.ListenerFilter{{Name: "envoy.filters.listener.original_src", ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: cfg}}},
+			FilterChains:    []*listenerv3.FilterChain{tcpChainProto("virtualInbound-passthrough", "InboundPassthroughCluster", 0)},
+		}
+	}
+	ls, err := compileListener(l(&originalsrcv3.OriginalSrc{Mark: 1337}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ls.transparent || !ls.originalSrc || ls.srcMark != 1337 {
+		t.Errorf("transparent %v originalSrc %v mark %d, want true true 1337", ls.transparent, ls.originalSrc, ls.srcMark)
+	}
+	if _, err := compileListener(l(&originalsrcv3.OriginalSrc{BindPort: true})); err == nil {
+		t.Error("original_src with bind_port was accepted")
 	}
 }

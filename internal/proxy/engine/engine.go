@@ -59,6 +59,8 @@ type Engine struct {
 	conns    sync.WaitGroup
 
 	transports sync.Map // cluster name -> *http.Transport
+	// roots caches the trust bundle merged with the identity's roots.
+	roots atomic.Pointer[mergedRoots]
 }
 
 // boundListener is one listening socket and its HTTP servers.
@@ -69,6 +71,15 @@ type boundListener struct {
 	name atomic.Value
 	srv  *http.Server
 	feed chan net.Conn
+	// transparent: the socket has IP_TRANSPARENT (TPROXY capture).
+	transparent bool
+}
+
+// source is the address upstream connections bind under original_src
+// (zero: the kernel picks), and their SO_MARK.
+type source struct {
+	addr netip.Addr
+	mark uint32
 }
 
 // New returns an engine with no config; Validate and Apply feed it.
@@ -122,10 +133,15 @@ func (e *Engine) Apply(s *xdsclient.Snapshot) error {
 	var errs []error
 	for addr, ls := range want {
 		if bl, ok := e.bound[addr]; ok {
-			bl.name.Store(ls.name)
-			continue
+			if bl.transparent == ls.transparent {
+				bl.name.Store(ls.name)
+				continue
+			}
+			// IP_TRANSPARENT is set at bind time: rebind.
+			_ = bl.ln.Close()
+			delete(e.bound, addr)
 		}
-		bl, err := e.listen(addr, ls.name)
+		bl, err := e.listen(addr, ls.name, ls.transparent)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -159,12 +175,16 @@ func (e *Engine) Run(ctx context.Context, updates <-chan *xdsclient.Snapshot) er
 	}
 }
 
-func (e *Engine) listen(addr netip.AddrPort, name string) (*boundListener, error) {
-	ln, err := net.Listen("tcp", addr.String())
+func (e *Engine) listen(addr netip.AddrPort, name string, transparent bool) (*boundListener, error) {
+	var lc net.ListenConfig
+	if transparent {
+		lc.Control = listener.TransparentControl
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", addr.String())
 	if err != nil {
 		return nil, fmt.Errorf("listener %s on %s: %w", name, addr, err)
 	}
-	bl := &boundListener{addr: addr, ln: ln, feed: make(chan net.Conn)}
+	bl := &boundListener{addr: addr, ln: ln, feed: make(chan net.Conn), transparent: transparent}
 	bl.name.Store(name)
 	bl.srv = e.newHTTPServer(bl)
 	go func() { _ = bl.srv.Serve(&chanListener{ch: bl.feed, addr: ln.Addr()}) }()
@@ -197,6 +217,10 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 		return
 	}
 	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	var src source
+	if ls.originalSrc {
+		src = source{addr: c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(), mark: ls.srcMark}
+	}
 	if ls.useOrigDst || ls.origDstFilter {
 		if od, err := listener.OriginalDst(c); err == nil {
 			dst = od
@@ -226,7 +250,7 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 			_ = c.Close()
 			return
 		}
-		tc := tls.Server(c, ch.tls.serverConfig(e.opts.Certs))
+		tc := tls.Server(c, ch.tls.serverConfig(e.meshCerts()))
 		hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := tc.HandshakeContext(hctx)
 		cancel()
@@ -237,11 +261,16 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 		}
 		c = tc
 	}
+	if ok, pol := allowConn(ch, c, dst); !ok {
+		e.log.Debug("connection denied by RBAC", "listener", ls.name, "chain", ch.name, "remote", c.RemoteAddr(), "policy", pol)
+		_ = c.Close()
+		return
+	}
 	switch {
 	case ch.tcp != nil:
-		e.proxyTCP(rt, c, ch.tcp, dst)
+		e.proxyTCP(rt, c, ch.tcp, dst, src)
 	case ch.http != nil:
-		conn := &chainConn{Conn: c, chain: ch.http, dst: dst, origin: originOf(rt, ls, ch)}
+		conn := &chainConn{Conn: c, chain: ch.http, dst: dst, src: src, origin: originOf(rt, ls, ch)}
 		select {
 		case bl.feed <- conn:
 		case <-e.quit:
@@ -265,7 +294,7 @@ func (rt *runtime) virtualFor(dst netip.AddrPort) *listenerSpec {
 	return wildcard
 }
 
-func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.AddrPort) {
+func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.AddrPort, src source) {
 	name := t.pick(rand.Uint64())
 	c := rt.clusters[name]
 	labels := e.tcpLabels(name)
@@ -276,11 +305,13 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 	}
 	ep, err := c.Pick(cluster.PickContext{OriginalDst: dst})
 	if err != nil {
+		e.log.Debug("tcp: no upstream", "cluster", name, "error", err)
 		_ = down.Close()
 		return
 	}
-	up, err := e.dialUpstream(context.Background(), c, ep.Address, []string{"istio-peer-exchange", "istio"})
+	up, err := e.dialUpstream(context.Background(), c, ep.Address, []string{"istio-peer-exchange", "istio"}, src)
 	if err != nil {
+		e.log.Warn("tcp: upstream connect failed", "cluster", name, "endpoint", ep.Address, "error", err)
 		c.State().Report(ep, cluster.Outcome{ConnectFailure: true})
 		_ = down.Close()
 		return
@@ -398,6 +429,7 @@ type chainConn struct {
 	net.Conn
 	chain *httpChain
 	dst   netip.AddrPort
+	src   source
 	// origin and view find the chain again after config updates (drain.go).
 	origin chainOrigin
 	view   atomic.Pointer[connView]

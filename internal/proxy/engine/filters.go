@@ -2,11 +2,13 @@ package engine
 
 import (
 	"crypto/tls"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
 
 	"github.com/weftmesh/weft/internal/proxy/httpfilter"
+	"github.com/weftmesh/weft/internal/proxy/rbac"
 )
 
 // runFilters runs the chain's HTTP filters in order; the first Reply
@@ -24,24 +26,43 @@ func runFilters(cc *chainConn, r *http.Request) *httpfilter.Reply {
 // filterConn describes the downstream connection to filters, computed once
 // per connection.
 func (cc *chainConn) filterConn() *httpfilter.Conn {
-	cc.connOnce.Do(func() {
-		fc := &httpfilter.Conn{Destination: cc.dst}
-		if ap, err := netip.ParseAddrPort(cc.RemoteAddr().String()); err == nil {
-			fc.Source = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		}
-		if tc, ok := cc.Conn.(*tls.Conn); ok {
-			st := tc.ConnectionState()
-			fc.TLS, fc.SNI = true, st.ServerName
-			if len(st.PeerCertificates) > 0 {
-				for _, u := range st.PeerCertificates[0].URIs {
-					if u.Scheme == "spiffe" {
-						fc.Principal = strings.TrimPrefix(u.String(), "spiffe://")
-						break
-					}
+	cc.connOnce.Do(func() { cc.fconn = describeConn(cc.Conn, cc.dst) })
+	return cc.fconn
+}
+
+// describeConn is a connection as filters and RBAC see it: addresses, and
+// for mesh TLS the SNI and the peer's SPIFFE ID.
+func describeConn(c net.Conn, dst netip.AddrPort) *httpfilter.Conn {
+	fc := &httpfilter.Conn{Destination: dst}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		fc.Source = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		fc.TLS, fc.SNI = true, st.ServerName
+		if len(st.PeerCertificates) > 0 {
+			for _, u := range st.PeerCertificates[0].URIs {
+				if u.Scheme == "spiffe" {
+					fc.Principal = strings.TrimPrefix(u.String(), "spiffe://")
+					break
 				}
 			}
 		}
-		cc.fconn = fc
-	})
-	return cc.fconn
+	}
+	return fc
+}
+
+// allowConn runs a chain's network RBAC filters on a new connection.
+func allowConn(ch *chain, c net.Conn, dst netip.AddrPort) (bool, string) {
+	if len(ch.rbac) == 0 {
+		return true, ""
+	}
+	in := &rbac.Input{Conn: describeConn(c, dst)}
+	for _, e := range ch.rbac {
+		ok, pol := e.Allowed(in)
+		if !ok {
+			return false, pol
+		}
+	}
+	return true, ""
 }

@@ -71,13 +71,16 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if table == nil {
 		table = rt.routes[cc.chain.rdsName]
 	}
-	src, _ := netip.ParseAddrPort(r.RemoteAddr)
-	req := &route.Request{Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Headers: r.Header, SourceIP: src.Addr()}
-	rte, _, ok := (*route.Route)(nil), (*route.VirtualHost)(nil), false
-	if table != nil {
-		rte, _, ok = table.Match(req)
-	}
 	defer func() { e.record(cc, ex, r) }()
+	// One canonical request view: the path is normalised before filters
+	// and routing, and r.URL is what RBAC, the router and the upstream see.
+	if !canonicalize(r, cc.chain.pathNorm) {
+		ex.code = http.StatusBadRequest
+		w.Header().Set("Connection", "close")
+		w.WriteHeader(ex.code)
+		_, _ = io.WriteString(w, "Bad Request")
+		return
+	}
 	if len(cc.chain.filters) > 0 {
 		if rep := runFilters(cc, r); rep != nil {
 			ex.flags, ex.code = rep.Flags, rep.Status
@@ -86,6 +89,12 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			_, _ = io.WriteString(w, rep.Body)
 			return
 		}
+	}
+	src, _ := netip.ParseAddrPort(r.RemoteAddr)
+	req := &route.Request{Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Headers: r.Header, SourceIP: src.Addr()}
+	rte, _, ok := (*route.Route)(nil), (*route.VirtualHost)(nil), false
+	if table != nil {
+		rte, _, ok = table.Match(req)
 	}
 	if !ok {
 		ex.flags, ex.code = "NR", http.StatusNotFound
@@ -202,9 +211,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		out := r.Clone(ctx)
 		out.RequestURI = ""
 		out.URL.Scheme, out.URL.Host = upstreamScheme(c), ep.Address
-		if u, err := out.URL.Parse(path); err == nil {
-			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
-		}
+		setPathQuery(out.URL, path)
 		if host != "" {
 			out.Host = host
 		}
@@ -228,7 +235,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			out = out.WithContext(actx)
 		}
 		ep.StartRequest()
-		resp, err := e.transport(c).RoundTrip(out)
+		resp, err := e.transport(c, cc.src).RoundTrip(out)
 		ep.EndRequest()
 		outcome := cluster.Outcome{}
 		switch {
@@ -436,9 +443,10 @@ func newRequestID() string {
 // transport returns the cluster's upstream HTTP transport: h2c when the
 // cluster speaks HTTP/2 in plaintext; mesh TLS (negotiating h2 or
 // http/1.1 by ALPN) when the cluster has a transport socket.
-func (e *Engine) transport(c *cluster.Cluster) http.RoundTripper {
+func (e *Engine) transport(c *cluster.Cluster, src source) http.RoundTripper {
 	h2 := c.HTTP.Protocol == cluster.HTTP2
-	key := fmt.Sprintf("%s|%v|%v", c.Name, h2, c.TLS != nil)
+	// Connections that keep a client's address are pooled per client.
+	key := fmt.Sprintf("%s|%v|%v|%s", c.Name, h2, c.TLS != nil, src.addr)
 	if t, ok := e.transports.Load(key); ok {
 		return t.(http.RoundTripper)
 	}
@@ -458,14 +466,18 @@ func (e *Engine) transport(c *cluster.Cluster) http.RoundTripper {
 			alpn = []string{"h2", "http/1.1"}
 		}
 		t.DialTLSContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return e.dialUpstream(ctx, c, addr, alpn)
+			return e.dialUpstream(ctx, c, addr, alpn, src)
 		}
 	case h2:
 		protos.SetUnencryptedHTTP2(true)
-		t.DialContext = (&net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
+		t.DialContext = dialer(c, src).DialContext
 	default:
 		protos.SetHTTP1(true)
-		t.DialContext = (&net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
+		t.DialContext = dialer(c, src).DialContext
+	}
+	if src.addr.IsValid() {
+		// One pool per client address: let idle ones go soon.
+		t.IdleConnTimeout = 90 * time.Second
 	}
 	actual, _ := e.transports.LoadOrStore(key, t)
 	return actual.(http.RoundTripper)
@@ -522,9 +534,7 @@ func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []b
 		out := r.Clone(context.Background())
 		out.RequestURI = ""
 		out.URL.Scheme, out.URL.Host = upstreamScheme(c), ep.Address
-		if u, err := out.URL.Parse(path); err == nil {
-			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
-		}
+		setPathQuery(out.URL, path)
 		if !m.KeepHost {
 			host, port, err := net.SplitHostPort(out.Host)
 			if err != nil {
@@ -541,7 +551,7 @@ func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []b
 		go func(c *cluster.Cluster, out *http.Request) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			resp, err := e.transport(c).RoundTrip(out.WithContext(ctx))
+			resp, err := e.transport(c, source{}).RoundTrip(out.WithContext(ctx))
 			if err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()

@@ -13,6 +13,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
+	"github.com/weftmesh/weft/internal/proxy/listener"
 )
 
 // Certs is the workload identity the engine terminates and originates
@@ -117,7 +118,7 @@ func (e *Engine) upstreamConfig(c *cluster.Cluster, alpn []string) (*tls.Config,
 	if e.opts.Certs == nil {
 		return nil, errNoIdentity
 	}
-	certs := e.opts.Certs
+	certs := e.meshCerts()
 	if len(t.ALPN) > 0 {
 		alpn = append(append([]string{}, alpn...), t.ALPN...)
 	}
@@ -149,8 +150,8 @@ func (e *Engine) upstreamConfig(c *cluster.Cluster, alpn []string) (*tls.Config,
 
 // dialUpstream connects to an endpoint, with mesh TLS when the cluster asks
 // for it (fail closed: never plaintext instead).
-func (e *Engine) dialUpstream(ctx context.Context, c *cluster.Cluster, addr string, alpn []string) (net.Conn, error) {
-	d := &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}
+func (e *Engine) dialUpstream(ctx context.Context, c *cluster.Cluster, addr string, alpn []string, src source) (net.Conn, error) {
+	d := dialer(c, src)
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil || c.TLS == nil {
 		return conn, err
@@ -168,6 +169,17 @@ func (e *Engine) dialUpstream(ctx context.Context, c *cluster.Cluster, addr stri
 		return nil, fmt.Errorf("mesh TLS handshake with %s: %w", addr, err)
 	}
 	return tc, nil
+}
+
+// dialer connects to a cluster's endpoints, from src's address when it is
+// set (original_src: IP_TRANSPARENT and SO_MARK).
+func dialer(c *cluster.Cluster, src source) *net.Dialer {
+	d := &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}
+	if src.addr.IsValid() {
+		d.LocalAddr = listener.SourceAddr(src.addr)
+		d.Control = listener.SourceControl(src.mark)
+	}
+	return d
 }
 
 // peekedConn is a connection whose first bytes were read to detect the

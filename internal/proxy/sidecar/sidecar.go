@@ -25,6 +25,7 @@ import (
 	"github.com/weftmesh/weft/internal/proxy/bootstrap"
 	"github.com/weftmesh/weft/internal/proxy/dns"
 	"github.com/weftmesh/weft/internal/proxy/engine"
+
 	// The HTTP filters the engine builds from xDS register in init.
 	_ "github.com/weftmesh/weft/internal/proxy/httpfilter/all"
 	"github.com/weftmesh/weft/internal/proxy/httpfilter/jwtauthn"
@@ -71,6 +72,10 @@ type Identity struct {
 	// CertDir keeps the key and certificate across restarts (renewal then
 	// needs no token).
 	CertDir string
+	// TTL is the certificate lifetime asked of the CA (Istio's
+	// SECRET_TTL); 0 takes the CA's default (24h unless configured). The
+	// CA clamps it to its maximum.
+	TTL time.Duration
 }
 
 func (i Identity) enabled() bool { return i.BootstrapToken != "" || i.CertDir != "" }
@@ -123,6 +128,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 		meshCerts = certMgr
+		// The mesh trust bundle (every root peers may chain to, old and
+		// new while the CA rotates) arrives over SDS.
+		xcfg.Secrets = []string{"ROOTCA"}
 	}
 	jwtauthn.SetLogger(log)
 	eng := engine.New(log.With("component", "engine"), engine.Options{
@@ -248,7 +256,8 @@ func identity(id Identity, discovery string, log *slog.Logger) (*certs.Manager, 
 	if caAddr == "" {
 		caAddr = discovery
 	}
-	m, err := certs.New(certs.Config{CAAddress: caAddr, CARoots: pool, BootstrapToken: strings.TrimSpace(id.BootstrapToken), KeyDir: id.CertDir},
+	m, err := certs.New(certs.Config{CAAddress: caAddr, CARoots: pool, BootstrapToken: strings.TrimSpace(id.BootstrapToken), KeyDir: id.CertDir,
+		TTL: id.TTL},
 		log.With("component", "certs"))
 	if err != nil {
 		return nil, nil, err

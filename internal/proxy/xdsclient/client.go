@@ -98,6 +98,12 @@ type Config struct {
 	// Delta selects incremental xDS (DeltaAggregatedResources) instead of
 	// state of the world.
 	Delta bool
+	// Secrets names SDS secrets to subscribe to on the ADS stream (e.g.
+	// "ROOTCA", the mesh trust bundle). They are optional: config is
+	// applied without waiting for them, and they join the snapshot when
+	// they arrive. Only validation contexts are accepted — private keys
+	// never travel over xDS.
+	Secrets []string
 	// Backoff paces reconnection attempts.
 	Backoff Backoff
 	// Clock is the time source for backoff and warming; nil means the

@@ -38,7 +38,7 @@ func TestInitialWarmAndPublish(t *testing.T) {
 		if c.Current() != s {
 			t.Fatal("Current is not the published snapshot")
 		}
-		srv.waitAcked("v1", allTypes...)
+		srv.waitAcked("v1", configTypes...)
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		if len(srv.state.nacks) != 0 {
@@ -133,7 +133,7 @@ func TestValidatorRejectionNACKsAndKeepsCurrent(t *testing.T) {
 		}
 		c := startClient(t, srv.addr, delta, validate, nil)
 		good := waitSnapshot(t, c, "v1", atVersion("v1"))
-		srv.waitAcked("v1", allTypes...)
+		srv.waitAcked("v1", configTypes...)
 
 		srv.set("v2", append(fullConfig("v2", 8081), edsCluster("bad"), endpoints("bad", 1))...)
 		srv.waitFor("NACK of v2", func(st *serverState) bool {
@@ -157,7 +157,7 @@ func TestValidatorRejectionNACKsAndKeepsCurrent(t *testing.T) {
 		if _, ok := s.Clusters["bad"]; ok || s.Endpoints["c1"].GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue() != 8082 {
 			t.Fatalf("v3 snapshot: clusters %v endpoints %v", s.Clusters, s.Endpoints)
 		}
-		srv.waitAcked("v3", allTypes...)
+		srv.waitAcked("v3", configTypes...)
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		if n := len(srv.state.nacks); n > 8 {
@@ -192,7 +192,7 @@ func TestReconnectAppliesNewSnapshot(t *testing.T) {
 		srv.set("v1", fullConfig("v1", 8080)...)
 		c := startClient(t, srv.addr, delta, nil, nil)
 		first := waitSnapshot(t, c, "v1", atVersion("v1"))
-		srv.waitAcked("v1", allTypes...)
+		srv.waitAcked("v1", configTypes...)
 
 		srv.grpc.Stop()
 		if c.Current() != first {
@@ -248,7 +248,7 @@ func TestUpdatesCoalesce(t *testing.T) {
 		for i := 2; i <= 5; i++ {
 			v := fmt.Sprintf("v%d", i)
 			srv.set(v, fullConfig(v, uint32(8080+i))...)
-			srv.waitAcked(v, allTypes...) // ACKs follow publishing
+			srv.waitAcked(v, configTypes...) // ACKs follow publishing
 		}
 		select {
 		case s := <-c.Updates():

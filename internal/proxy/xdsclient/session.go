@@ -81,6 +81,11 @@ func (c *Client) openSession(ctx context.Context, conn *grpc.ClientConn) (*sessi
 			return nil, err
 		}
 	}
+	if len(c.cfg.Secrets) > 0 {
+		if err := s.subscribe(SecretType, slices.Sorted(slices.Values(c.cfg.Secrets))); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.syncSubscriptions(); err != nil {
 		return nil, err
 	}

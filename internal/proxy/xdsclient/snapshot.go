@@ -9,6 +9,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -20,6 +21,7 @@ const (
 	RouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 	ClusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 	EndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+	SecretType   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 	hcmType = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
@@ -41,6 +43,9 @@ type Snapshot struct {
 	// server never sent within the warming timeout holds an empty
 	// ClusterLoadAssignment.
 	Endpoints map[string]*endpointv3.ClusterLoadAssignment
+	// Secrets by name: the SDS secrets of Config.Secrets received so far
+	// (validation contexts only).
+	Secrets map[string]*tlsv3.Secret
 	// Versions maps each type URL to the version_info (delta:
 	// system_version_info) of the last response of that type included.
 	Versions map[string]string
@@ -85,6 +90,7 @@ func newCandidate(s *Snapshot) *candidate {
 	copyInto(c.res[RouteType], s.Routes)
 	copyInto(c.res[ClusterType], s.Clusters)
 	copyInto(c.res[EndpointType], s.Endpoints)
+	copyInto(c.res[SecretType], s.Secrets)
 	for t, m := range s.resVersions {
 		for k, v := range m {
 			c.resVersions[t][k] = v
@@ -100,7 +106,7 @@ func newCandidate(s *Snapshot) *candidate {
 	return c
 }
 
-var allTypes = []string{ListenerType, RouteType, ClusterType, EndpointType}
+var allTypes = []string{ListenerType, RouteType, ClusterType, EndpointType, SecretType}
 
 func copyInto[M proto.Message](dst map[string]proto.Message, src map[string]M) {
 	for k, v := range src {
@@ -154,6 +160,15 @@ func decode(typeURL string, a *anypb.Any) (decoded, error) {
 			return d, fmt.Errorf("cluster load assignment: %w", err)
 		}
 		d = decoded{name: e.GetClusterName(), msg: e}
+	case SecretType:
+		sec := &tlsv3.Secret{}
+		if err := a.UnmarshalTo(sec); err != nil {
+			return d, fmt.Errorf("secret: %w", err)
+		}
+		if sec.GetValidationContext() == nil {
+			return d, fmt.Errorf("secret %q: only validation contexts (trust bundles) are accepted over xDS, never certificates or keys", sec.GetName())
+		}
+		d = decoded{name: sec.GetName(), msg: sec}
 	default:
 		return d, fmt.Errorf("unsupported resource type %q", typeURL)
 	}
@@ -431,6 +446,7 @@ func (c *candidate) build() *Snapshot {
 		Routes:    typed[*routev3.RouteConfiguration](c.res[RouteType]),
 		Clusters:  typed[*clusterv3.Cluster](c.res[ClusterType]),
 		Endpoints: typed[*endpointv3.ClusterLoadAssignment](c.res[EndpointType]),
+		Secrets:   typed[*tlsv3.Secret](c.res[SecretType]),
 		Versions:  map[string]string{}, resVersions: map[string]map[string]string{}, routeRefs: map[string][]string{},
 	}
 	for k, v := range c.versions {
@@ -476,6 +492,8 @@ func shortType(typeURL string) string {
 		return "cluster"
 	case EndpointType:
 		return "cluster load assignment"
+	case SecretType:
+		return "secret"
 	}
 	return typeURL
 }

@@ -277,14 +277,33 @@ func TestWorkloadSelector(t *testing.T) {
 		"address": "10.0.0.1", "labels": map[string]any{"app": "web", "version": "v1"},
 		"ports": map[string]any{"http": 9090}, "serviceAccount": "web", "locality": "eu/west-1/a", "network": "n1", "weight": 2,
 	}), "")
-	// Matches through its metadata labels (Istio merges them with spec.labels).
-	writeObject(t, st, weObject("apps", "web-2", map[string]any{"app": "web"}, map[string]any{"address": "10.0.0.2"}), "")
+	// Matches through its metadata labels (Istio merges them with spec.labels);
+	// its explicit-mode sidecar takes mesh traffic for 8080 on 15080.
+	web2 := weObject("apps", "web-2", map[string]any{"app": "web"}, map[string]any{"address": "10.0.0.2"})
+	web2["metadata"].(map[string]any)["annotations"] = map[string]any{registry.AnnotationInboundPorts: "8080=15080"}
+	writeObject(t, st, web2, "")
+	// An unparsable inbound-ports annotation: the entry is skipped (and logged).
+	bad := weObject("apps", "web-bad", map[string]any{"app": "web"}, map[string]any{"address": "10.0.0.9"})
+	bad["metadata"].(map[string]any)["annotations"] = map[string]any{registry.AnnotationInboundPorts: "8080:15080"}
+	writeObject(t, st, bad, "")
 	// Wrong namespace and wrong labels: never selected.
 	writeObject(t, st, weObject("other", "web-x", nil, map[string]any{"address": "10.9.0.1", "labels": map[string]any{"app": "web"}}), "")
 	writeObject(t, st, weObject("apps", "db-1", nil, map[string]any{"address": "10.0.1.1", "labels": map[string]any{"app": "db"}}), "")
 	rec := run(t, st)
 	first := rec.waitFor(t, 0, "initial state", func(registry.State) bool { return true })
 	golden(t, "workload-selector", first)
+	for _, e := range endpointsOf(first, "web.apps.internal") {
+		want := uint32(8080)
+		if e.WorkloadName == "web-2" {
+			want = 15080
+		}
+		if e.WorkloadName == "web-bad" {
+			t.Errorf("web-bad has an invalid %s annotation and must be skipped", registry.AnnotationInboundPorts)
+		}
+		if got := e.DialPort(first.Services[0].Ports[0]); e.WorkloadName != "web-1" && got != want {
+			t.Errorf("%s: DialPort %d, want %d", e.WorkloadName, got, want)
+		}
+	}
 
 	n := rec.count()
 	writeObject(t, st, weObject("apps", "web-3", nil, map[string]any{"address": "10.0.0.3", "labels": map[string]any{"app": "web"}}), "")

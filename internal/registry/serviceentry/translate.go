@@ -22,8 +22,10 @@ type object struct {
 	Labels    map[string]string
 	// Created is metadata.creationTimestamp in Unix nanoseconds (0 if unset).
 	Created int64
-	SE      *networking.ServiceEntry
-	WE      *networking.WorkloadEntry
+	// SidecarPorts is a WorkloadEntry's registry.AnnotationInboundPorts.
+	SidecarPorts map[uint32]uint32
+	SE           *networking.ServiceEntry
+	WE           *networking.WorkloadEntry
 }
 
 // envelope is the part of a stored Kubernetes-style object the source reads.
@@ -33,6 +35,7 @@ type envelope struct {
 		Name              string            `json:"name"`
 		Namespace         string            `json:"namespace"`
 		Labels            map[string]string `json:"labels"`
+		Annotations       map[string]string `json:"annotations"`
 		CreationTimestamp string            `json:"creationTimestamp"`
 	} `json:"metadata"`
 	Spec json.RawMessage `json:"spec"`
@@ -68,6 +71,11 @@ func decodeObject(value []byte, keyNamespace string, workload bool) (*object, er
 		spec = []byte("{}")
 	}
 	if workload {
+		sp, err := registry.ParseInboundPorts(env.Metadata.Annotations[registry.AnnotationInboundPorts])
+		if err != nil {
+			return nil, fmt.Errorf("decode annotation %s: %w", registry.AnnotationInboundPorts, err)
+		}
+		o.SidecarPorts = sp
 		o.WE = &networking.WorkloadEntry{}
 		if err := specDecoder.Unmarshal(spec, o.WE); err != nil {
 			return nil, fmt.Errorf("decode WorkloadEntry spec: %w", err)
@@ -106,7 +114,6 @@ func translate(ses, wes map[string]*object) registry.State {
 		}
 		return a.Namespace < b.Namespace
 	})
-	allocateVIPs(st.Services)
 	sort.SliceStable(st.Endpoints, func(i, j int) bool {
 		a, b := st.Endpoints[i], st.Endpoints[j]
 		if a.Hostname != b.Hostname {
@@ -150,6 +157,7 @@ func convertServiceEntry(o *object, workloads []*object) ([]registry.Service, []
 			if matches(sel.GetLabels(), labels) {
 				ep := fromWorkloadEntry(w.WE, labels)
 				ep.WorkloadName = w.Name
+				ep.SidecarPorts = w.SidecarPorts
 				instances = append(instances, ep)
 			}
 		}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/weftmesh/weft/internal/registry"
 	"github.com/weftmesh/weft/internal/resource"
 	"github.com/weftmesh/weft/internal/store"
 )
@@ -30,6 +31,10 @@ const (
 	AnnotationController   = "istio.io/workloadController"
 	AnnotationHeartbeat    = "weft.io/heartbeat"
 )
+
+// labelTLSMode marks workloads whose sidecar accepts Istio mutual TLS, as
+// Istio's injector labels pods (the value "istio").
+const labelTLSMode = "security.istio.io/tlsMode"
 
 // Store is what the registrar needs.
 type Store interface {
@@ -58,6 +63,10 @@ type Workload struct {
 	IP        string
 	// Labels from the proxy, merged over the group template's.
 	Labels map[string]string
+	// InboundPorts is an explicit-mode proxy's "<app port>=<sidecar
+	// port>,…" (node metadata INBOUND_PORTS), written to the entry as
+	// registry.AnnotationInboundPorts so that peers dial the sidecar ports.
+	InboundPorts string
 }
 
 // Registrar creates and removes auto-registered WorkloadEntries.
@@ -119,6 +128,10 @@ func (r *Registrar) Connected(ctx context.Context, w Workload) error {
 	if err := json.Unmarshal(wgKV.Value, &wg); err != nil {
 		return fmt.Errorf("auto-registration: decoding WorkloadGroup %s/%s: %w", w.Namespace, w.Group, err)
 	}
+	inbound, err := registry.ParseInboundPorts(w.InboundPorts)
+	if err != nil {
+		return fmt.Errorf("auto-registration into %s/%s: node metadata INBOUND_PORTS: %w", w.Namespace, w.Group, err)
+	}
 	name := EntryName(w.Group, w.IP)
 	key := r.kind.Key(w.Namespace, name)
 	r.mu.Lock()
@@ -142,12 +155,20 @@ func (r *Registrar) Connected(ctx context.Context, w Workload) error {
 	for k, v := range w.Labels {
 		labels[k] = v
 	}
+	if _, set := labels[labelTLSMode]; !set && len(inbound) > 0 {
+		// Its sidecar terminates mesh mTLS on the sidecar ports: peers'
+		// auto mTLS may use it.
+		labels[labelTLSMode] = "istio"
+	}
 	spec["labels"] = labels
 	now := r.opts.Clock().UTC().Format(time.RFC3339)
 	ann := map[string]any{AnnotationGroup: w.Group, AnnotationConnectedAt: now,
 		AnnotationController: r.opts.Controller, AnnotationHeartbeat: now}
 	for k, v := range wg.Spec.Metadata.Annotations {
 		ann[k] = v
+	}
+	if len(inbound) > 0 {
+		ann[registry.AnnotationInboundPorts] = registry.FormatInboundPorts(inbound)
 	}
 	for attempt := 0; attempt < 5; attempt++ {
 		kv, err := r.st.Get(ctx, key)

@@ -7,10 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/weftmesh/weft/internal/registry"
 	"github.com/weftmesh/weft/internal/resource"
 	"github.com/weftmesh/weft/internal/store"
 	"github.com/weftmesh/weft/internal/store/bolt"
@@ -163,5 +165,38 @@ func TestConnectedNeedsGroupAndIP(t *testing.T) {
 	}
 	if err := r.Connected(context.Background(), Workload{Group: "ratings", Namespace: "bookinfo"}); err == nil {
 		t.Fatal("Connected without an IP succeeded")
+	}
+}
+
+// TestInboundPortsAnnotation: an explicit-mode proxy's INBOUND_PORTS reach
+// the entry as weft.io/inbound-ports, normalised; the entry's ports stay the
+// application's; a malformed value is refused and creates nothing.
+func TestInboundPortsAnnotation(t *testing.T) {
+	st, clock := setup(t)
+	ctx := context.Background()
+	r := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Clock: clock.Now})
+	if err := r.Connected(ctx, Workload{Group: "ratings", Namespace: "bookinfo", IP: "10.0.0.7", InboundPorts: " 9443=15443, 9080=15080"}); err != nil {
+		t.Fatal(err)
+	}
+	o, ok := entry(t, st, "ratings-10-0-0-7")
+	if !ok {
+		t.Fatal("no WorkloadEntry after Connected")
+	}
+	ann := o["metadata"].(map[string]any)["annotations"].(map[string]any)
+	if got := ann[registry.AnnotationInboundPorts]; got != "9080=15080,9443=15443" {
+		t.Errorf("annotation %s = %v, want 9080=15080,9443=15443", registry.AnnotationInboundPorts, got)
+	}
+	if l := o["spec"].(map[string]any)["labels"].(map[string]any); l[labelTLSMode] != "istio" {
+		t.Errorf("labels %v: a workload with sidecar ports accepts mesh mTLS, want %s=istio", l, labelTLSMode)
+	}
+	if ports := o["spec"].(map[string]any)["ports"].(map[string]any); ports["http"] != float64(9080) {
+		t.Errorf("spec.ports = %v, want the template's application port http: 9080", ports)
+	}
+	err := r.Connected(ctx, Workload{Group: "ratings", Namespace: "bookinfo", IP: "10.0.0.8", InboundPorts: "9080"})
+	if err == nil || !strings.Contains(err.Error(), "INBOUND_PORTS") {
+		t.Fatalf("malformed INBOUND_PORTS: err %v, want one naming INBOUND_PORTS", err)
+	}
+	if _, ok := entry(t, st, "ratings-10-0-0-8"); ok {
+		t.Fatal("an entry was created for a proxy with malformed INBOUND_PORTS")
 	}
 }

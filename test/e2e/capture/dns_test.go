@@ -4,8 +4,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/weftmesh/weft/internal/testutil/fakeconsul"
+	"golang.org/x/sys/unix"
 )
 
 // TestMeshDNSByName: as TestMeshThroughTwoSidecars, but host A captures
@@ -13,7 +17,9 @@ import (
 // A's resolv.conf names a resolver that does not exist; the capture rules
 // send the app's query to A's sidecar on 15053, which answers reviews.mesh
 // with the VIP from its xDS config, and the request goes through both
-// sidecars.
+// sidecars. The control plane also reads a (fake) Consul catalog: the
+// Consul service "ratings" gets an auto-allocated VIP, so A's app resolves
+// ratings.service.consul through its sidecar and reaches the instance.
 func TestMeshDNSByName(t *testing.T) {
 	requireNetns(t)
 	buildMesh(t)
@@ -32,7 +38,16 @@ func TestMeshDNSByName(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	_, weftCLI := controlPlane(t, ns["cp"], "--xds-listen", "127.0.0.1:15012", "--xds-plaintext-listen", hosts["cp"]+":15010")
+	// A Consul agent on the control plane host's loopback: its catalog has
+	// ratings on B, port 9081 (no address: the control plane allocates one).
+	consul := fakeconsul.New()
+	t.Cleanup(consul.Close)
+	consul.Stop()
+	inNetns(t, ns["cp"], func() error { return consul.Start() })
+	consul.Register(fakeconsul.Instance{Node: "b", NodeAddress: hosts["b"], Service: "ratings", Port: 9081})
+
+	_, weftCLI := controlPlane(t, ns["cp"], "--xds-listen", "127.0.0.1:15012", "--xds-plaintext-listen", hosts["cp"]+":15010",
+		"--registry", "consul="+consul.Addr())
 	weft := func(stdin string, args ...string) error { _, err := weftCLI(stdin, args...); return err }
 	if err := weft(`apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -49,6 +64,7 @@ spec:
 	}
 
 	bg(t, "app-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9080", "-name", "reviews-v1")
+	bg(t, "ratings-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9081", "-name", "ratings-consul")
 	for _, h := range []string{"a", "b"} {
 		args := []string{proxyBin, "iptables", "-u", proxyUID, "--owner", "host-" + h}
 		if h == "a" {
@@ -118,10 +134,68 @@ spec:
 		t.Logf("%s: %s", h, line)
 	}
 
+	// The Consul name: answered by A's DNS proxy with a VIP from
+	// 240.240.0.0/16, not forwarded (A's resolver does not exist).
+	eventually(t, "ratings.service.consul by name through A's sidecar", func() error {
+		out, err := in(ns["a"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
+			appBin, "get", "-url", "http://ratings.service.consul:9081/", "-n", "10")
+		if err != nil || !strings.Contains(out, "ratings-consul 10") {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+	if out, err := in(ns["a"], "getent", "ahostsv4", "ratings.service.consul"); err != nil || !strings.HasPrefix(out, "240.240.") {
+		t.Fatalf("ratings.service.consul resolves to %q (%v), want a VIP in 240.240.0.0/16", out, err)
+	} else {
+		t.Logf("ratings.service.consul: %s", strings.Fields(out)[0])
+	}
+
 	// Without the sidecar's answer the name does not resolve: B has no
 	// DNS capture and no resolver, so the same call by name fails there.
 	if out, err := in(ns["b"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
 		appBin, "fetch", "-url", "http://reviews.mesh:9080/"); err == nil {
 		t.Fatalf("B resolved reviews.mesh without DNS capture: %s", out)
+	}
+}
+
+// inNetns runs f on a thread that has entered network namespace ns (as `ip
+// netns exec` does), so that sockets f creates live there, and returns the
+// thread to the test's namespace.
+func inNetns(t *testing.T, ns string, f func() error) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := os.Open(filepath.Join("/run/netns", ns))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("entering %s: %w", ns, err)
+			return
+		}
+		ferr := f()
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			// Leave the thread locked: it exits with this goroutine
+			// rather than serve others from the wrong namespace.
+			errc <- fmt.Errorf("leaving %s: %w", ns, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 }

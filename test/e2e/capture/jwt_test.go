@@ -260,7 +260,7 @@ spec:
 		"---\n"+extra, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	bg(t, "app-b", m.ns["b"], appBin, "echo", "-addr", "0.0.0.0:9080")
+	bg(t, "app-b", m.ns["b"], appBin, "headers", "-addr", "0.0.0.0:9080")
 	startMTLSSidecars(t, m.ns, m.hosts, data, m.weft)
 	m.call = func(token string, extra ...string) (int, string) {
 		t.Helper()

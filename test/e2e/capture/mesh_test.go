@@ -70,7 +70,12 @@ func bg(t *testing.T, name, ns string, args ...string) {
 
 // in runs a command in a namespace, bounded, returning its output.
 func in(ns string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	return inFor(ns, 20*time.Second, args...)
+}
+
+// inFor is in with a longer bound.
+func inFor(ns string, d time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
 	return string(out), err

@@ -12,12 +12,16 @@ import (
 )
 
 // TestThreeVMs is issue 6's suite: a control-plane host and three "VM"
-// hosts on a bridge, each VM with its app, capture rules (DNS included) and
-// a sidecar that got its certificate with a bootstrap token. The app on VM a
+// hosts on a bridge, each VM with its app and the weft-proxy.service unit
+// that `weft workload entry configure` generated, run by the test's unit
+// runner (systemd_test.go): ExecStartPre= installs the capture rules (DNS
+// included), ExecStart= runs the sidecar, which gets its certificate with
+// the generated bootstrap token. VM c captures inbound with TPROXY, so its
+// app sees the caller's address. The app on VM a
 // calls reviews by plain hostname; the calls cross both sidecars over mTLS
 // (STRICT), follow an 80/20 VirtualService across VMs b and c, a plaintext
-// probe from a fourth host without a sidecar is refused, and removing the
-// rules restores VM a's ruleset exactly.
+// probe from a fourth host without a sidecar is refused, and stopping VM a's
+// unit (SIGTERM, then ExecStopPost=) restores its ruleset exactly.
 func TestThreeVMs(t *testing.T) {
 	requireNetns(t)
 	buildMesh(t)
@@ -35,7 +39,7 @@ func TestThreeVMs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	data, weft := controlPlane(t, ns["cp"], "--tls-san", hosts["cp"], "--xds-listen", "0.0.0.0:15012", "--xds-plaintext-listen", "")
+	_, weft := controlPlane(t, ns["cp"], "--tls-san", hosts["cp"], "--xds-listen", "0.0.0.0:15012", "--xds-plaintext-listen", "")
 	if _, err := weft(`apiVersion: networking.istio.io/v1
 kind: WorkloadGroup
 metadata: {name: productpage}
@@ -95,36 +99,34 @@ spec:
 `, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	rootDir := worldDir(t)
-	rootCert := filepath.Join(rootDir, "root-cert.pem")
-	caPEM, err := os.ReadFile(filepath.Join(data, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(rootCert, caPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	runnerA := &ipt.ExecRunner{NetNS: ns["a"]}
 	before := saved(t, runnerA, false)
 	bg(t, "app-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9080", "-name", "reviews-v1")
 	bg(t, "app-c", ns["c"], appBin, "serve", "-addr", "0.0.0.0:9080", "-name", "reviews-v2")
 	group := map[string]string{"a": "productpage", "b": "reviews", "c": "reviews"}
+	// VM c captures inbound with TPROXY (its unit grants the proxy
+	// CAP_NET_ADMIN): its app sees callers' addresses.
+	mode := map[string]string{"a": "REDIRECT", "b": "REDIRECT", "c": "TPROXY"}
+	units := map[string]*service{}
 	for _, h := range []string{"a", "b", "c"} {
-		tok, err := weft("", "workload", "token", "create", "--group", group[h], "--ttl", "1h")
-		if err != nil {
+		// The host's files as `weft workload entry configure` writes them,
+		// "installed" where the unit expects them: the directory itself is
+		// the config dir, the binary is the test's build, the proxy user is
+		// proxyUID, and each VM keeps its certificate in its own state
+		// directory (they share this machine's /var/lib).
+		dir := worldDir(t)
+		if _, err := weft("", "workload", "entry", "configure", "--group", group[h], "-o", dir, "--ttl", "1h",
+			"--discovery-address", hosts["cp"]+":15012", "--ip", hosts[h],
+			"--proxy-path", proxyBin, "--proxy-user", proxyUID, "--config-dir", dir,
+			"--state-directory", "weft-e2e-vm-"+h, "--inbound-capture-mode", mode[h]); err != nil {
 			t.Fatal(err)
 		}
-		certDir := worldDir(t)
-		if err := os.Chmod(certDir, 0o777); err != nil {
+		// install -m 0600 -o weft-proxy bootstrap-token (docs/onboarding-vm.md).
+		uid, _ := strconv.Atoi(proxyUID)
+		if err := os.Chown(filepath.Join(dir, "bootstrap-token"), uid, uid); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := in(ns[h], proxyBin, "iptables", "-u", proxyUID, "--capture-dns", "--owner", "vm-"+h); err != nil {
-			t.Fatalf("iptables on %s: %v\n%s", h, err, out)
-		}
-		bg(t, "sidecar-"+h, ns[h], "setpriv", "--reuid="+proxyUID, "--regid="+proxyUID, "--clear-groups",
-			proxyBin, "sidecar", "--ip", hosts[h], "--name", group[h]+"-"+h, "--labels", "app="+group[h], "--service-account", group[h],
-			"--discovery-address", hosts["cp"]+":15012", "--ca-root-file", rootCert,
-			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir)
+		units[h] = startUnit(t, filepath.Join(dir, "weft-proxy.service"), ns[h], "vm-"+h)
 	}
 	for _, h := range []string{"a", "b", "c"} {
 		eventually(t, "sidecar on "+h+" ready", func() error {
@@ -158,6 +160,12 @@ spec:
 		appBin, "get", "-url", "http://ratings.mesh:9080/", "-n", "10"); err != nil || !strings.Contains(out, "reviews-v2 10") {
 		t.Fatalf("calls to ratings.mesh (auto-allocated VIP): %v\n%s", err, out)
 	}
+	// ratings.mesh is VM c only: through both sidecars and mTLS, c's app
+	// sees VM a as the caller (TPROXY), not its own sidecar.
+	if out, err := in(ns["a"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
+		appBin, "fetch", "-url", "http://ratings.mesh:9080/peer"); err != nil || strings.TrimSpace(out) != hosts["a"] {
+		t.Fatalf("VM c's app saw the call from %q (%v), want VM a's %s (TPROXY keeps the source)", out, err, hosts["a"])
+	}
 	for _, h := range []string{"a", "b"} {
 		metrics, err := in(ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15020/stats/prometheus")
 		if err != nil || !strings.Contains(metrics, "istio_requests_total{") {
@@ -167,10 +175,10 @@ spec:
 	if probe, err := in(ns["d"], appBin, "fetch", "-url", "http://10.81.0.3:9080/"); err == nil {
 		t.Fatalf("a plaintext request from a host without a sidecar reached VM b: %q", probe)
 	}
-	if out, err := in(ns["a"], proxyBin, "iptables", "--cleanup", "--owner", "vm-a"); err != nil {
-		t.Fatalf("cleanup on a: %v\n%s", err, out)
-	}
+	// systemctl stop: SIGTERM to the proxy, then ExecStopPost= removes
+	// exactly the rules ExecStartPre= installed.
+	units["a"].stop()
 	if after := saved(t, runnerA, false); after != before {
-		t.Fatalf("VM a's rules after cleanup differ from before:\n--- before\n%s\n--- after\n%s", before, after)
+		t.Fatalf("VM a's rules after the unit stopped differ from before:\n--- before\n%s\n--- after\n%s", before, after)
 	}
 }

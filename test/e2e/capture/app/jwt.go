@@ -11,18 +11,22 @@ import (
 	"time"
 )
 
-// extraModes are the modes of the JWT test: "echo" answers every request
-// with its headers as JSON; "file" answers every request with one file
-// (a JWKS server); "call" makes one request with the -H headers and prints
-// the status code on the first line, then the body, whatever the status.
-var extraModes = map[string]func(mode string, args []string){
-	"echo": serveMode,
-	"file": serveMode,
-	"call": callMode,
+// The JWT tests' modes:
+//
+//   - "headers": an HTTP server answering every request with its request
+//     headers as JSON;
+//   - "file": an HTTP server answering every request with one file (a
+//     JWKS server);
+//   - "call": one GET with the -H headers, printing the status code on the
+//     first line, then the body, whatever the status.
+func init() {
+	modes["headers"] = func(args []string) int { return serveMode("headers", args) }
+	modes["file"] = func(args []string) int { return serveMode("file", args) }
+	modes["call"] = callMode
 }
 
-// serveMode runs "echo" and "file".
-func serveMode(mode string, args []string) {
+// serveMode runs "headers" and "file".
+func serveMode(mode string, args []string) int {
 	fs := flag.NewFlagSet(mode, flag.ExitOnError)
 	addr := fs.String("addr", ":9080", "listen address")
 	file := fs.String("file", "", "file: the file to serve")
@@ -38,13 +42,14 @@ func serveMode(mode string, args []string) {
 	fmt.Println("ready")
 	if err := srv.ListenAndServe(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 // callMode runs "call".
-func callMode(mode string, args []string) {
-	fs := flag.NewFlagSet(mode, flag.ExitOnError)
+func callMode(args []string) int {
+	fs := flag.NewFlagSet("call", flag.ExitOnError)
 	url := fs.String("url", "", "the URL")
 	var headers headerFlags
 	fs.Var(&headers, "H", `a request header, "Name: value" (repeatable)`)
@@ -52,7 +57,7 @@ func callMode(mode string, args []string) {
 	req, err := http.NewRequest(http.MethodGet, *url, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+		return 2
 	}
 	for _, h := range headers {
 		k, v, _ := strings.Cut(h, ":")
@@ -61,11 +66,12 @@ func callMode(mode string, args []string) {
 	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		return 1
 	}
 	defer resp.Body.Close()
 	fmt.Println(resp.StatusCode)
 	_, _ = io.Copy(os.Stdout, resp.Body)
+	return 0
 }
 
 // headerFlags collects repeated -H flags.

@@ -1,0 +1,187 @@
+package engine
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http/httptest"
+	"net/netip"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbachttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	// The RBAC HTTP filter, as weft-proxy links it.
+	_ "github.com/weftmesh/weft/internal/proxy/httpfilter/rbac"
+	"github.com/weftmesh/weft/internal/proxy/route"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+func mustAnyT(t *testing.T, m proto.Message) *anypb.Any {
+	t.Helper()
+	a, err := anypb.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// denyAdmin is Istio's DENY for paths [/admin, /admin/*].
+func denyAdmin() *rbacv3.RBAC {
+	path := func(sm *matcherv3.StringMatcher) *rbacv3.Permission {
+		return &rbacv3.Permission{Rule: &rbacv3.Permission_UrlPath{UrlPath: &matcherv3.PathMatcher{Rule: &matcherv3.PathMatcher_Path{Path: sm}}}}
+	}
+	return &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: map[string]*rbacv3.Policy{"deny-admin": {
+		Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_OrRules{OrRules: &rbacv3.Permission_Set{Rules: []*rbacv3.Permission{
+			path(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "/admin"}}),
+			path(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "/admin/"}}),
+		}}}}},
+		Principals: []*rbacv3.Principal{{Identifier: &rbacv3.Principal_Any{Any: true}}},
+	}}}
+}
+
+// hcmChain is an HCM chain with the deny-admin RBAC filter, the given
+// path normalisation, and one route: exact "/x" answers 200.
+func hcmChain(t *testing.T, norm bool, merge bool, unescape bool) *chain {
+	t.Helper()
+	h := &hcmv3.HttpConnectionManager{
+		StatPrefix: "test",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+			Name: "r", VirtualHosts: []*routev3.VirtualHost{{Name: "vh", Domains: []string{"*"}, Routes: []*routev3.Route{{
+				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/x"}},
+				Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 200}},
+			}}}}}},
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: "envoy.filters.http.rbac", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAnyT(t, &rbachttpv3.RBAC{Rules: denyAdmin()})}},
+			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAnyT(t, &routerv3.Router{})}},
+		},
+		MergeSlashes: merge,
+	}
+	if norm {
+		h.NormalizePath = wrapperspb.Bool(true)
+	}
+	if unescape {
+		h.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD
+	}
+	ch, err := compileChain(&listenerv3.FilterChain{Filters: []*listenerv3.Filter{
+		{Name: "hcm", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(t, h)}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+// TestPathNormalisedBeforeRBACAndRouting: the RBAC filter and the router
+// see the normalised path; unnormalisable paths get 400.
+func TestPathNormalisedBeforeRBACAndRouting(t *testing.T) {
+	e := New(slog.New(slog.DiscardHandler), Options{})
+	e.cur.Store(&runtime{routes: map[string]*route.Table{}})
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	do := func(ch *chain, target string) (int, string) {
+		cc := &chainConn{Conn: a, chain: ch.http}
+		method := "GET"
+		if target == "lowercase-method" {
+			method, target = "get", "/x"
+		}
+		r := httptest.NewRequest(method, target, nil)
+		r = r.WithContext(context.WithValue(r.Context(), connKey{}, cc))
+		w := httptest.NewRecorder()
+		e.serveHTTP(w, r)
+		body, _ := io.ReadAll(w.Body)
+		return w.Code, string(body)
+	}
+	base, none := hcmChain(t, true, false, false), hcmChain(t, false, false, false)
+	decode := hcmChain(t, true, true, true)
+	tests := []struct {
+		ch     *chain
+		target string
+		code   int
+	}{
+		{base, "/admin", 403},
+		{base, "/admin/x", 403},
+		{base, "/./admin", 403},
+		{base, "/x/../admin", 403},
+		{base, "/%61dmin", 403},
+		{base, "/admin#x", 403},
+		{base, "/a\\..\\admin", 403},
+		{base, "//admin", 404},     // a different path under BASE
+		{base, "/admin%2fx", 404},  // %2F is data, not a separator
+		{base, "/ADMIN", 404},      // case matters
+		{base, "/y/../x?q=1", 200}, // the router sees /x too
+		{base, "/%78", 200},
+		{base, "/a%00", 400},
+		{base, "lowercase-method", 400},
+		{none, "/x/../admin", 404},
+		{none, "/%61dmin", 404},
+		{none, "/admin#x", 403}, // fragments are always dropped
+		{decode, "//admin", 403},
+		{decode, "/admin%2fx", 403},
+		{decode, "/admin%5Cx", 403},
+		{decode, "/ADMIN", 404},
+	}
+	for _, tt := range tests {
+		code, body := do(tt.ch, tt.target)
+		if code != tt.code {
+			t.Errorf("%s (norm=%+v): %d %q, want %d", tt.target, tt.ch.http.pathNorm, code, body, tt.code)
+		}
+		if code == 403 && body != "RBAC: access denied" {
+			t.Errorf("%s: body %q", tt.target, body)
+		}
+	}
+}
+
+// TestNetworkRBAC: a network RBAC filter before tcp_proxy decides once per
+// connection, by destination port here.
+func TestNetworkRBAC(t *testing.T) {
+	deny := &netrbacv3.RBAC{StatPrefix: "tcp.", Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: map[string]*rbacv3.Policy{"p": {
+		Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_DestinationPort{DestinationPort: 9000}}},
+		Principals:  []*rbacv3.Principal{{Identifier: &rbacv3.Principal_DirectRemoteIp{DirectRemoteIp: &corev3.CidrRange{AddressPrefix: "127.0.0.0", PrefixLen: wrapperspb.UInt32(8)}}}},
+	}}}}
+	fc := &listenerv3.FilterChain{Filters: []*listenerv3.Filter{
+		{Name: "rbac", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(t, deny)}},
+		{Name: "tcp", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(t, &tcpproxyv3.TcpProxy{StatPrefix: "s", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "c"}})}},
+	}}
+	ch, err := compileChain(fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// c's RemoteAddr is the listener: 127.0.0.1, inside the denied range.
+	if ok, pol := allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9000")); ok || pol != "p" {
+		t.Errorf("port 9000: allowed=%v policy=%q, want denied by p", ok, pol)
+	}
+	if ok, _ := allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9001")); !ok {
+		t.Error("port 9001 denied")
+	}
+	// Network RBAC after the terminal filter, or unsupported rules: NACK.
+	fc.Filters[0], fc.Filters[1] = fc.Filters[1], fc.Filters[0]
+	if _, err := compileChain(fc); err == nil {
+		t.Error("RBAC after tcp_proxy accepted")
+	}
+}
