@@ -3,6 +3,7 @@ package capture
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -30,6 +31,10 @@ spec:
 		}
 		return nil
 	})
+	if dump, err := in(m.ns["b"], appBin, "call", "-url", "http://127.0.0.1:15000/config_dump"); err != nil ||
+		!strings.HasPrefix(dump, "200\n") || !strings.Contains(dump, "envoy.filters.http.jwt_authn") || !strings.Contains(dump, "RBAC") {
+		t.Errorf("B's config_dump: %v %.300s", err, dump)
+	}
 	for _, c := range []struct {
 		name, token string
 		code        int
