@@ -284,7 +284,7 @@ spec:
 }
 
 // startMTLSSidecars onboards hosts a (productpage) and b (reviews) with
-// bootstrap tokens and starts their capturing sidecars, as TestMeshMTLS
+// bootstrap tokens and starts their capturing sidecars, as TestMeshSecurity
 // does, and waits until both are ready.
 func startMTLSSidecars(t *testing.T, ns, hosts map[string]string, data string, weft func(string, ...string) (string, error)) {
 	t.Helper()
