@@ -541,9 +541,16 @@ func istioHeaderMatcher(name, v string, ignoreCase bool) *routev3.HeaderMatcher 
 	return h
 }
 
-// inboundHTTPFilters are an inbound HCM's filters: RBAC, then the router.
+// inboundHTTPFilters are an inbound HCM's filters: end-user JWT
+// authentication when RequestAuthentications apply (requestauthn.go), RBAC,
+// then the router.
 func (g *netBuilder) inboundHTTPFilters() []*hcmv3.HttpFilter {
-	return append(cloneHTTPFilters(g.authz().http), httpFilter(routerFilterName, routerConfig()))
+	var out []*hcmv3.HttpFilter
+	if f := g.jwtAuthnFilter(); f != nil {
+		out = append(out, f)
+	}
+	out = append(out, cloneHTTPFilters(g.authz().http)...)
+	return append(out, httpFilter(routerFilterName, routerConfig()))
 }
 
 // inboundTCPFilters are an inbound TCP chain's filters: RBAC, then
