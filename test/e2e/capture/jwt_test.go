@@ -70,7 +70,7 @@ func TestMeshJWT(t *testing.T) {
 		{"expired", e2eSign(t, rs256, claims(map[string]any{"exp": now.Add(-2 * time.Minute).Unix()}), key), 401, "Jwt is expired"},
 		{"nbf in the future", e2eSign(t, rs256, claims(map[string]any{"nbf": now.Add(5 * time.Minute).Unix()}), key), 401, "Jwt not yet valid"},
 		{"wrong issuer", e2eSign(t, rs256, claims(map[string]any{"iss": "https://evil.test"}), key), 401, "Jwt issuer is not configured"},
-		{"wrong audience", e2eSign(t, rs256, claims(map[string]any{"aud": "ratings"}), key), 403, "Audiences in Jwt are not allowed"},
+		{"wrong audience", e2eSign(t, rs256, claims(map[string]any{"aud": "ratings"}), key), 401, "Audiences in Jwt are not allowed"},
 		{"unknown kid", e2eSign(t, map[string]any{"alg": "RS256", "kid": "k9"}, claims(nil), key), 401, "Jwks doesn't have key to match kid or alg from Jwt"},
 		{"garbage", "garbage", 401, "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"},
 	}

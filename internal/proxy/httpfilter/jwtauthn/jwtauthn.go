@@ -17,7 +17,7 @@
 // The rules' requirements decide, as in Envoy: with Istio's
 // requires_any [providers…, allow_missing] a request without a token
 // passes and one with an invalid token gets 401 with Envoy's message as
-// body (403 for a disallowed audience). On success the filter removes the
+// body (also for a disallowed audience, where Envoy says 403). On success the filter removes the
 // token header (unless forward), adds forward_payload_header and
 // claim_to_headers (both removed from every incoming request first), and
 // records dynamic metadata: the payload under
@@ -167,12 +167,12 @@ func (f *filter) Decode(c *httpfilter.Call) *httpfilter.Reply {
 	return nil
 }
 
-// reject is Envoy's local reply for a failed verification.
+// reject is the local reply for a failed verification: 401 with Envoy's
+// message. Envoy answers a disallowed audience with 403; weft answers 401
+// as for every other invalid token — the token did not authenticate the
+// caller, and authorization has not run.
 func reject(r *http.Request, st status) *httpfilter.Reply {
-	code := http.StatusUnauthorized
-	if st == statusAudienceNotAllowed {
-		code = http.StatusForbidden
-	}
+	const code = http.StatusUnauthorized
 	realm := "http://" + r.Host + r.URL.Path
 	return &httpfilter.Reply{Status: code, Body: string(st), Flags: "UAEX",
 		Header: http.Header{"Www-Authenticate": {`Bearer realm="` + realm + `", error="invalid_token"`}}}
