@@ -40,9 +40,10 @@ func TestCompileRejects(t *testing.T) {
 		{"drop overloads", func(_ *clusterv3.Cluster, la *endpointv3.ClusterLoadAssignment) {
 			la.Policy = &endpointv3.ClusterLoadAssignment_Policy{DropOverloads: []*endpointv3.ClusterLoadAssignment_Policy_DropOverload{{Category: "x"}}}
 		}, "drop_overloads", true},
-		{"retry budget", func(c *clusterv3.Cluster, _ *endpointv3.ClusterLoadAssignment) {
-			c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{RetryBudget: &clusterv3.CircuitBreakers_Thresholds_RetryBudget{}}}}
-		}, "retry_budget", true},
+		{"retry budget interval", func(c *clusterv3.Cluster, _ *endpointv3.ClusterLoadAssignment) {
+			c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{RetryBudget: &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
+				BudgetInterval: durationpb.New(time.Second)}}}}
+		}, "retry_budget.budget_interval", true},
 		{"http3", func(c *clusterv3.Cluster, _ *endpointv3.ClusterLoadAssignment) {
 			o, _ := anypb.New(&httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
 				ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http3ProtocolOptions{Http3ProtocolOptions: &corev3.Http3ProtocolOptions{}}}}})
