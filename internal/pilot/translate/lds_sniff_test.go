@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 )
@@ -65,6 +66,7 @@ func TestSniffedPortCapture(t *testing.T) {
 		t.Errorf("0.0.0.0_9999: no passthrough default chain")
 	}
 	wantHTTPInspector(t, r.listener(t, "0.0.0.0_5000"), false)
+	wantDownstreamProtocol(t, r, OutboundCluster(9999, "", "custom.default.svc.cluster.local"), InboundCluster(9999))
 	if !slices.ContainsFunc(r.res.Routes, func(rc *routev3.RouteConfiguration) bool { return rc.GetName() == "9999" }) {
 		t.Errorf("no route configuration 9999 for the detected port's HTTP chain")
 	}
@@ -82,4 +84,20 @@ func TestSniffedPortExplicitStrict(t *testing.T) {
 	out := r.listener(t, "explicit_9999")
 	wantProtoChains(t, out, []string{"http plain " + plainALPN + " hcm", "outbound|9999||custom.default.svc.cluster.local plain tcp"})
 	wantHTTPInspector(t, out, true)
+}
+
+// wantDownstreamProtocol checks that the clusters of a detected port send
+// requests upstream in the protocol they came in.
+func wantDownstreamProtocol(t *testing.T, r *mtlsResult, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		i := slices.IndexFunc(r.res.Clusters, func(c *clusterv3.Cluster) bool { return c.GetName() == name })
+		if i < 0 {
+			t.Errorf("no cluster %s", name)
+			continue
+		}
+		if httpOpts(t, r.res.Clusters[i]).GetUseDownstreamProtocolConfig() == nil {
+			t.Errorf("cluster %s: upstream protocol %v, want use_downstream_protocol_config", name, httpOpts(t, r.res.Clusters[i]))
+		}
+	}
 }

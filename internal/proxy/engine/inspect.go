@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"time"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/weftmesh/weft/internal/proxy/cluster"
 	"github.com/weftmesh/weft/internal/proxy/sniff"
 )
 
@@ -169,3 +171,17 @@ func (rc *replayConn) Write(p []byte) (int, error) { return len(p), nil }
 
 // Close leaves the real connection open.
 func (rc *replayConn) Close() error { return nil }
+
+// upstreamH2 reports whether a request goes to cluster c over HTTP/2: the
+// cluster says HTTP/2, or it uses the downstream protocol (Envoy's
+// use_downstream_protocol_config, which discovery sets for ports whose
+// protocol is detected) and the request came over HTTP/2.
+func upstreamH2(c *cluster.Cluster, r *http.Request) bool {
+	switch c.HTTP.Protocol {
+	case cluster.HTTP2:
+		return true
+	case cluster.DownstreamProtocol:
+		return r.ProtoMajor == 2
+	}
+	return false
+}

@@ -19,18 +19,19 @@ import (
 // rewrite and header-matched fault apply and app B sees the header — while
 // a server-first TCP client, which sends nothing until it is greeted,
 // takes the TCP chain once sidecar A's detection timeout passes and gets
-// app B's banner, through both sidecars.
+// app B's banner, through both sidecars. gRPC (unary and streaming) on a
+// second detected port ("rpc") stays HTTP/2 end to end.
 func TestSniffedPort(t *testing.T) {
-	app := startDualBackend(t)
-	svcPort := freePort(t)
-	pair := startMeshPair(t, []appPort{{"custom", app, freePort(t)}}, fmt.Sprintf(`apiVersion: networking.istio.io/v1
+	app, grpcApp := startDualBackend(t), startGRPCBackend(t)
+	svcPort, rpcPort := freePort(t), freePort(t)
+	pair := startMeshPair(t, []appPort{{"custom", app, freePort(t)}, {"rpc", grpcApp, freePort(t)}}, fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: custom}
 spec:
   hosts: [custom.mesh]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{number: %d, name: custom}]
+  ports: [{number: %d, name: custom}, {number: %d, name: rpc}]
   workloadSelector: {labels: {app: b}}
 ---
 apiVersion: networking.istio.io/v1
@@ -44,7 +45,7 @@ spec:
     route: [{destination: {host: custom.mesh}}]
   - route: [{destination: {host: custom.mesh}}]
     headers: {request: {set: {x-routed: by-virtualservice}}}
-`, svcPort))
+`, svcPort, rpcPort))
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	call := func(fault bool) (int, string, error) {
@@ -101,6 +102,11 @@ spec:
 		}
 		t.Logf("server-first TCP %d: banner after %v (detection timeout on sidecar A, then app B's own wait)", i, greeted.Round(time.Millisecond))
 	}
+
+	// gRPC on another detected port ("rpc"): HTTP/2 is detected (h2c
+	// preface) and stays HTTP/2 all the way to app B.
+	eventually(t, "gRPC port", func() error { return dialOK(rpcPort) })
+	checkGRPC(t, rpcPort, "custom.mesh")
 
 	for _, c := range []struct {
 		stats    int
