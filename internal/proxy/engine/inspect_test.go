@@ -254,3 +254,54 @@ func FuzzHTTPRequest(f *testing.F) {
 		}
 	})
 }
+
+// FuzzClientHello: reading SNI and ALPN from arbitrary bytes that start
+// like a TLS record never panics or hangs, and the connection handed on
+// replays every byte the client sent, in order.
+func FuzzClientHello(f *testing.F) {
+	// A real ClientHello as a seed.
+	a, b := net.Pipe()
+	go func() {
+		_ = tls.Client(a, &tls.Config{ServerName: "x.mesh", NextProtos: []string{"h2"}, InsecureSkipVerify: true}).Handshake() //nolint:gosec // seed only
+	}()
+	_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	seed := make([]byte, 4096)
+	n, _ := b.Read(seed)
+	a.Close()
+	b.Close()
+	f.Add(seed[:n])
+	f.Add([]byte("\x16\x03\x01\x00\x04\x01\x00\x00\x00"))
+	f.Add([]byte("\x16\x03"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		client, server := net.Pipe()
+		defer client.Close()
+		defer server.Close()
+		go func() {
+			_, _ = client.Write(in)
+			client.Close()
+		}()
+		c, _ := inspect(server, &inspectNeeds{transport: true, hello: true, timeout: 200 * time.Millisecond})
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		got, _ := io.ReadAll(c)
+		if string(got) != string(in) {
+			t.Fatalf("replayed %q, client sent %q", got, in)
+		}
+	})
+}
+
+// BenchmarkInspectHTTP measures sniffing a plaintext HTTP/1.1 request on
+// a listener with the http_inspector.
+func BenchmarkInspectHTTP(b *testing.B) {
+	req := []byte("GET /reviews/1 HTTP/1.1\r\nHost: reviews.bookinfo.mesh\r\nUser-Agent: bench\r\n\r\n")
+	needs := &inspectNeeds{transport: true, hello: true, http: true, httpFilter: true, timeout: time.Second}
+	b.ReportAllocs()
+	for b.Loop() {
+		client, server := net.Pipe()
+		go func() { _, _ = client.Write(req) }()
+		if _, in := inspect(server, needs); len(in.protocols) != 1 || in.protocols[0] != "http/1.1" {
+			b.Fatalf("inspection %+v", in)
+		}
+		client.Close()
+		server.Close()
+	}
+}

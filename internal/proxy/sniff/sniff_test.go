@@ -138,3 +138,13 @@ func FuzzSniff(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkClassify(b *testing.B) {
+	req := []byte("GET /reviews/1 HTTP/1.1\r\nHost: reviews.bookinfo.mesh\r\n\r\n")
+	b.ReportAllocs()
+	for b.Loop() {
+		if Classify(req) != HTTP11 {
+			b.Fatal("not HTTP/1.1")
+		}
+	}
+}
