@@ -2,6 +2,7 @@ package resource
 
 import (
 	"fmt"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -307,6 +308,21 @@ func checkRequestAuthentication(es *FieldErrors, ra *security.RequestAuthenticat
 		}
 		if r.GetJwks() != "" && r.GetJwksUri() != "" {
 			es.add(p+".jwks", "Forbidden: only one of jwks and jwksUri may be set")
+		}
+		if u := r.GetJwksUri(); u != "" {
+			if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+				es.add(p+".jwksUri", "Invalid value: %q: must be an absolute http or https URI", u)
+			}
+		}
+		for j, h := range r.GetFromHeaders() {
+			if h.GetName() == "" {
+				es.add(fmt.Sprintf("%s.fromHeaders[%d].name", p, j), "Required value: header name is required")
+			}
+		}
+		for j, c := range r.GetOutputClaimToHeaders() {
+			if c.GetHeader() == "" || c.GetClaim() == "" {
+				es.add(fmt.Sprintf("%s.outputClaimToHeaders[%d]", p, j), "Required value: header and claim are required")
+			}
 		}
 	}
 }

@@ -111,6 +111,18 @@ spec:
   host: reviews
   subsets: [{name: v1}, {name: v1}]
 `, `spec.subsets[1].name: Duplicate value: "v1"`},
+		{`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: j}
+spec:
+  jwtRules: [{issuer: i, jwksUri: "/keys"}]
+`, `spec.jwtRules[0].jwksUri: Invalid value: "/keys": must be an absolute http or https URI`},
+		{`apiVersion: security.istio.io/v1beta1
+kind: RequestAuthentication
+metadata: {name: j}
+spec:
+  jwtRules: [{issuer: i, jwks: "{}", fromHeaders: [{prefix: "Bearer "}], outputClaimToHeaders: [{header: x-sub}]}]
+`, `spec.jwtRules[0].fromHeaders[0].name: Required value`},
 		{`apiVersion: networking.istio.io/v1alpha3
 kind: VirtualService
 metadata: {name: r}

@@ -244,66 +244,70 @@ func checkErr(action rbacv3.RBAC_Action, err error) error {
 }
 
 func permissionAnd(fields []authzField, action rbacv3.RBAC_Action, forTCP bool) (*rbacv3.Permission, error) {
-	var and []*rbacv3.Permission
-	for _, f := range fields {
-		for _, neg := range []bool{false, true} {
-			vals := f.values
-			if neg {
-				vals = f.notValues
-			}
-			var or []*rbacv3.Permission
-			for _, v := range vals {
-				var p *rbacv3.Permission
-				var err error
-				if forTCP && f.httpOnly {
-					err = errHTTPOnly{f.key}
-				} else {
-					p, err = f.perm(v)
-				}
-				if err != nil {
-					if err := checkErr(action, err); err != nil {
-						return nil, err
-					}
-					continue
-				}
-				or = append(or, p)
-			}
-			if len(or) == 0 {
-				continue
-			}
-			p := &rbacv3.Permission{Rule: &rbacv3.Permission_OrRules{OrRules: &rbacv3.Permission_Set{Rules: or}}}
-			if neg {
-				p = &rbacv3.Permission{Rule: &rbacv3.Permission_NotRule{NotRule: p}}
-			}
-			and = append(and, p)
-		}
-	}
-	if len(and) == 0 {
-		and = []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}}
-	}
-	return &rbacv3.Permission{Rule: &rbacv3.Permission_AndRules{AndRules: &rbacv3.Permission_Set{Rules: and}}}, nil
+	return rbacAnd(fields, action, forTCP, rbacShape[*rbacv3.Permission]{
+		build: func(f authzField, v string) (*rbacv3.Permission, error) { return f.perm(v) },
+		or: func(ps []*rbacv3.Permission) *rbacv3.Permission {
+			return &rbacv3.Permission{Rule: &rbacv3.Permission_OrRules{OrRules: &rbacv3.Permission_Set{Rules: ps}}}
+		},
+		not: func(p *rbacv3.Permission) *rbacv3.Permission {
+			return &rbacv3.Permission{Rule: &rbacv3.Permission_NotRule{NotRule: p}}
+		},
+		and: func(ps []*rbacv3.Permission) *rbacv3.Permission {
+			return &rbacv3.Permission{Rule: &rbacv3.Permission_AndRules{AndRules: &rbacv3.Permission_Set{Rules: ps}}}
+		},
+		any: func() *rbacv3.Permission { return &rbacv3.Permission{Rule: &rbacv3.Permission_Any{Any: true}} },
+	})
 }
 
 func principalAnd(fields []authzField, action rbacv3.RBAC_Action, forTCP bool) (*rbacv3.Principal, error) {
-	var and []*rbacv3.Principal
+	return rbacAnd(fields, action, forTCP, rbacShape[*rbacv3.Principal]{
+		build: func(f authzField, v string) (*rbacv3.Principal, error) { return f.princ(v) },
+		or: func(ps []*rbacv3.Principal) *rbacv3.Principal {
+			return &rbacv3.Principal{Identifier: &rbacv3.Principal_OrIds{OrIds: &rbacv3.Principal_Set{Ids: ps}}}
+		},
+		not: func(p *rbacv3.Principal) *rbacv3.Principal {
+			return &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: p}}
+		},
+		and: func(ps []*rbacv3.Principal) *rbacv3.Principal {
+			return &rbacv3.Principal{Identifier: &rbacv3.Principal_AndIds{AndIds: &rbacv3.Principal_Set{Ids: ps}}}
+		},
+		any: func() *rbacv3.Principal { return &rbacv3.Principal{Identifier: &rbacv3.Principal_Any{Any: true}} },
+	})
+}
+
+// rbacShape builds one of RBAC's two matcher trees (Permission or
+// Principal), which have the same and/or/not/any shape.
+type rbacShape[T any] struct {
+	build   func(authzField, string) (T, error)
+	or, and func([]T) T
+	not     func(T) T
+	any     func() T
+}
+
+// rbacAnd ANDs the fields: each field ORs its values, and its notValues
+// become NOT(OR(...)). A value that cannot be expressed (or an HTTP-only
+// field on a TCP chain) drops out as checkErr decides for the action.
+func rbacAnd[T any](fields []authzField, action rbacv3.RBAC_Action, forTCP bool, sh rbacShape[T]) (T, error) {
+	var and []T
 	for _, f := range fields {
 		for _, neg := range []bool{false, true} {
 			vals := f.values
 			if neg {
 				vals = f.notValues
 			}
-			var or []*rbacv3.Principal
+			var or []T
 			for _, v := range vals {
-				var p *rbacv3.Principal
+				var p T
 				var err error
 				if forTCP && f.httpOnly {
 					err = errHTTPOnly{f.key}
 				} else {
-					p, err = f.princ(v)
+					p, err = sh.build(f, v)
 				}
 				if err != nil {
 					if err := checkErr(action, err); err != nil {
-						return nil, err
+						var zero T
+						return zero, err
 					}
 					continue
 				}
@@ -312,17 +316,17 @@ func principalAnd(fields []authzField, action rbacv3.RBAC_Action, forTCP bool) (
 			if len(or) == 0 {
 				continue
 			}
-			p := &rbacv3.Principal{Identifier: &rbacv3.Principal_OrIds{OrIds: &rbacv3.Principal_Set{Ids: or}}}
+			p := sh.or(or)
 			if neg {
-				p = &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: p}}
+				p = sh.not(p)
 			}
 			and = append(and, p)
 		}
 	}
 	if len(and) == 0 {
-		and = []*rbacv3.Principal{{Identifier: &rbacv3.Principal_Any{Any: true}}}
+		and = []T{sh.any()}
 	}
-	return &rbacv3.Principal{Identifier: &rbacv3.Principal_AndIds{AndIds: &rbacv3.Principal_Set{Ids: and}}}, nil
+	return sh.and(and), nil
 }
 
 // whenField maps a condition key to its field (Istio's attribute list).
@@ -537,9 +541,16 @@ func istioHeaderMatcher(name, v string, ignoreCase bool) *routev3.HeaderMatcher 
 	return h
 }
 
-// inboundHTTPFilters are an inbound HCM's filters: RBAC, then the router.
+// inboundHTTPFilters are an inbound HCM's filters: end-user JWT
+// authentication when RequestAuthentications apply (requestauthn.go), RBAC,
+// then the router.
 func (g *netBuilder) inboundHTTPFilters() []*hcmv3.HttpFilter {
-	return append(cloneHTTPFilters(g.authz().http), httpFilter(routerFilterName, routerConfig()))
+	var out []*hcmv3.HttpFilter
+	if f := g.jwtAuthnFilter(); f != nil {
+		out = append(out, f)
+	}
+	out = append(out, cloneHTTPFilters(g.authz().http)...)
+	return append(out, httpFilter(routerFilterName, routerConfig()))
 }
 
 // inboundTCPFilters are an inbound TCP chain's filters: RBAC, then

@@ -295,6 +295,7 @@ func (r *cdsRun) outboundCluster(svc *registry.Service, port registry.Port, dr *
 		opts.h2 = &corev3.Http2ProtocolOptions{}
 	}
 	applyConnectionPool(c, policy.GetConnectionPool(), opts)
+	applyRetryBudget(c, policy.GetRetryBudget())
 	applyOutlierDetection(c, policy.GetOutlierDetection())
 	// Without TLS settings in a DestinationRule, auto mTLS decides (mtls.go).
 	if !r.applyTLS(c, svc, port, ss.GetName(), all, r.clusterTLS(policy, svc, port, eps), dr) {

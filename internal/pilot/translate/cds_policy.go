@@ -118,6 +118,32 @@ func applyConnectionPool(c *clusterv3.Cluster, cp *networking.ConnectionPoolSett
 	}
 }
 
+// applyRetryBudget maps a DestinationRule retryBudget onto the default
+// thresholds' retry_budget: concurrent retries are limited to a
+// percentage (default 20) of the cluster's active and pending requests,
+// but never below min_retry_concurrency (default 3), so retries cannot
+// multiply the load on a failing upstream. Without it, Envoy's
+// max_retries (3 concurrent retries; DestinationRule
+// connectionPool.http.maxRetries) applies.
+func applyRetryBudget(c *clusterv3.Cluster, rb *networking.TrafficPolicy_RetryBudget) {
+	if rb == nil {
+		return
+	}
+	th := c.GetCircuitBreakers().GetThresholds()[0]
+	pct := 20.0
+	if rb.GetPercent() != nil {
+		pct = rb.GetPercent().GetValue()
+	}
+	minC := uint32(3)
+	if rb.GetMinRetryConcurrency() > 0 {
+		minC = rb.GetMinRetryConcurrency()
+	}
+	th.RetryBudget = &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
+		BudgetPercent:       &typev3.Percent{Value: pct},
+		MinRetryConcurrency: wrapperspb.UInt32(minC),
+	}
+}
+
 // applyOutlierDetection maps Istio's outlier detection as Istio does:
 // success-rate ejection off, 5xx / gateway-error ejection enforced only when
 // configured, and the panic threshold set to minHealthPercent (0 when unset,
@@ -280,6 +306,10 @@ func mergeTrafficPolicy(original, over *networking.TrafficPolicy, port uint32) *
 	if original != nil {
 		m.LoadBalancer, m.ConnectionPool = original.LoadBalancer, original.ConnectionPool
 		m.OutlierDetection, m.Tls = original.OutlierDetection, original.Tls
+		m.RetryBudget = original.RetryBudget
+	}
+	if over.RetryBudget != nil {
+		m.RetryBudget = over.RetryBudget
 	}
 	if over.LoadBalancer != nil {
 		m.LoadBalancer = over.LoadBalancer
@@ -425,6 +455,9 @@ func (r *cdsRun) warnUnsupported(d *destRule) {
 		}
 		if tp.GetTunnel() != nil {
 			r.warnOnce("%s: %strafficPolicy.tunnel is not supported; ignored", d.key(), where)
+		}
+		if tp.GetRetryBudget().GetBudgetInterval() != nil {
+			r.warnOnce("%s: %strafficPolicy.retryBudget.budgetInterval is not supported; the budget counts active and pending requests", d.key(), where)
 		}
 		if tp.GetProxyProtocol() != nil {
 			r.warnOnce("%s: %strafficPolicy.proxyProtocol is not supported; ignored", d.key(), where)

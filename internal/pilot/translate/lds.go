@@ -257,8 +257,9 @@ func (g *netBuilder) inboundChains(ip inboundPort, matchPort bool) []*listenerv3
 }
 
 // inboundChain forwards one inbound port to its inbound cluster; matchPort
-// selects it by original destination port (capture mode). The proxy's
-// authorization policies come first (authz.go).
+// selects it by original destination port (capture mode). HTTP chains run
+// the proxy's inbound HTTP filters: end-user authentication
+// (requestauthn.go), then authorization (authz.go), then the router.
 func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.FilterChain {
 	cluster := InboundCluster(ip.port)
 	fc := &listenerv3.FilterChain{Name: cluster}

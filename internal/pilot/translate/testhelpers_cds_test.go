@@ -279,6 +279,8 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		spec = &networking.ServiceEntry{}
 	case "PeerAuthentication":
 		spec = &security.PeerAuthentication{}
+	case "RequestAuthentication":
+		spec = &security.RequestAuthentication{}
 	case "AuthorizationPolicy":
 		spec = &security.AuthorizationPolicy{}
 	default:

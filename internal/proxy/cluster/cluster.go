@@ -170,6 +170,19 @@ func (c *Cluster) Endpoints() []*Endpoint {
 // connections, pending requests and requests and 3 retries.
 type Limits struct {
 	MaxConnections, MaxPendingRequests, MaxRequests, MaxRetries uint32
+	// RetryBudget, when set, replaces MaxRetries: concurrent retries may
+	// be at most BudgetPercent of the active and pending requests, and at
+	// least MinRetryConcurrency.
+	RetryBudget *RetryBudget
+}
+
+// RetryBudget limits retries relative to the load (Envoy's
+// circuit_breakers retry_budget).
+type RetryBudget struct {
+	// BudgetPercent of active plus pending requests. Default 20.
+	BudgetPercent float64
+	// MinRetryConcurrency is the floor. Default 3.
+	MinRetryConcurrency uint32
 }
 
 // OutlierConfig is passive outlier detection (Envoy's defaults where the

@@ -28,7 +28,7 @@ import (
 //     other than 1, original_dst_lb_config.metadata_key,
 //     common_lb_config.consistent_hashing_lb_config (hostname hashing,
 //     bounded loads) and override_host_status;
-//   - circuit_breakers: retry_budget, max_connection_pools,
+//   - circuit_breakers: retry_budget.budget_interval, max_connection_pools,
 //     per_host_thresholds;
 //   - outlier_detection: success-rate ejection (enforcing_success_rate
 //     unset or above 0, enforcing_local_origin_success_rate above 0),
@@ -315,9 +315,6 @@ func (k *compiler) limits(cb *clusterv3.CircuitBreakers) Limits {
 		}
 	}
 	for _, th := range cb.GetThresholds() {
-		if th.GetRetryBudget() != nil {
-			k.unsupported("circuit_breakers.thresholds.retry_budget")
-		}
 		if th.GetMaxConnectionPools() != nil {
 			k.unsupported("circuit_breakers.thresholds.max_connection_pools")
 		}
@@ -328,6 +325,19 @@ func (k *compiler) limits(cb *clusterv3.CircuitBreakers) Limits {
 		set(&l.MaxPendingRequests, th.GetMaxPendingRequests())
 		set(&l.MaxRequests, th.GetMaxRequests())
 		set(&l.MaxRetries, th.GetMaxRetries())
+		if rb := th.GetRetryBudget(); rb != nil {
+			b := &RetryBudget{BudgetPercent: 20, MinRetryConcurrency: 3}
+			if p := rb.GetBudgetPercent(); p != nil {
+				b.BudgetPercent = p.GetValue()
+			}
+			if m := rb.GetMinRetryConcurrency(); m != nil {
+				b.MinRetryConcurrency = m.GetValue()
+			}
+			if rb.GetBudgetInterval().AsDuration() > 0 {
+				k.unsupported("circuit_breakers.thresholds.retry_budget.budget_interval")
+			}
+			l.RetryBudget = b
+		}
 	}
 	return l
 }

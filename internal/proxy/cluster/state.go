@@ -120,6 +120,8 @@ type State struct {
 	// changed (ejection, un-ejection, new membership).
 	gen     atomic.Uint64
 	outlier atomic.Pointer[OutlierConfig]
+	// budget is the retry budget (nil: max_retries limits retries).
+	budget atomic.Pointer[RetryBudget]
 	// nextSweep is when outlier detection next un-ejects (unix
 	// nanoseconds); 0 when nothing is ejected or backing off.
 	nextSweep atomic.Int64
@@ -158,6 +160,25 @@ func (s *State) Acquire(r Resource) (release func(), ok bool) {
 	return s.release[r], true
 }
 
+// AcquireRetry takes one unit of Retries if the cluster's retry limit
+// allows another concurrent retry: its retry budget (a share of the
+// requests active and pending now, never below its floor) when it has one,
+// else max_retries. On failure the request is not retried: retries never
+// multiply the load on a struggling upstream beyond the budget.
+func (s *State) AcquireRetry() (release func(), ok bool) {
+	b := s.budget.Load()
+	if b == nil {
+		return s.Acquire(Retries)
+	}
+	active := s.counts[Requests].Load() + s.counts[PendingRequests].Load()
+	limit := max(int64(float64(active)*b.BudgetPercent/100), int64(b.MinRetryConcurrency))
+	if s.counts[Retries].Add(1) > limit {
+		s.counts[Retries].Add(-1)
+		return nil, false
+	}
+	return s.release[Retries], true
+}
+
 // InUse is the number of units of r currently held.
 func (s *State) InUse(r Resource) int64 { return s.counts[r].Load() }
 
@@ -177,6 +198,7 @@ func (s *State) configure(c *Cluster) {
 	for r, v := range [numResources]uint32{l.MaxConnections, l.MaxPendingRequests, l.MaxRequests, l.MaxRetries} {
 		s.limits[r].Store(int64(v))
 	}
+	s.budget.Store(l.RetryBudget)
 	s.outlier.Store(c.Outlier)
 	if c.Outlier == nil {
 		// Disabling outlier detection un-ejects everything.

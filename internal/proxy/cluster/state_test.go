@@ -9,6 +9,7 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -82,8 +83,53 @@ func TestCircuitBreakersConcurrent(t *testing.T) {
 
 func TestCircuitBreakerDefaults(t *testing.T) {
 	c := mustCompile(t, edsCluster("c", clusterv3.Cluster_ROUND_ROBIN), nil)
-	if c.Limits != (Limits{1024, 1024, 1024, 3}) {
+	if c.Limits != (Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3}) {
 		t.Errorf("default limits %+v", c.Limits)
+	}
+}
+
+// TestRetryBudget: with a retry budget, concurrent retries follow the
+// load (20 % of active requests, at least 3); without one, max_retries.
+func TestRetryBudget(t *testing.T) {
+	pb := edsCluster("c", clusterv3.Cluster_ROUND_ROBIN)
+	pb.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+		MaxRetries: wrapperspb.UInt32(1),
+		RetryBudget: &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
+			BudgetPercent: &typev3.Percent{Value: 20}, MinRetryConcurrency: wrapperspb.UInt32(3)},
+	}}}
+	m := NewManager(Options{})
+	m.Update(map[string]*Cluster{"c": mustCompile(t, pb, nil)})
+	st := m.Get("c").State()
+	take := func(n int, f func() (func(), bool)) (got int, rels []func()) {
+		for range n {
+			if rel, ok := f(); ok {
+				got++
+				rels = append(rels, rel)
+			}
+		}
+		return got, rels
+	}
+	// Idle cluster: the floor (3), not max_retries (1).
+	got, rels := take(10, st.AcquireRetry)
+	if got != 3 {
+		t.Fatalf("retries allowed with no load: %d, want the floor 3", got)
+	}
+	for _, r := range rels {
+		r()
+	}
+	// 50 requests in flight: 20 % = 10 retries.
+	_, reqs := take(50, func() (func(), bool) { return st.Acquire(Requests) })
+	if got, rels = take(20, st.AcquireRetry); got != 10 {
+		t.Fatalf("retries allowed with 50 active requests: %d, want 10", got)
+	}
+	for _, r := range append(rels, reqs...) {
+		r()
+	}
+	// Without a budget, max_retries.
+	pb.CircuitBreakers.Thresholds[0].RetryBudget = nil
+	m.Update(map[string]*Cluster{"c": mustCompile(t, pb, nil)})
+	if got, _ := take(10, m.Get("c").State().AcquireRetry); got != 1 {
+		t.Fatalf("retries allowed by max_retries 1: %d", got)
 	}
 }
 

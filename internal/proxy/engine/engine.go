@@ -268,7 +268,7 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 	case ch.tcp != nil:
 		e.proxyTCP(rt, c, ch.tcp, dst, src)
 	case ch.http != nil:
-		conn := &chainConn{Conn: c, chain: ch.http, dst: dst, src: src}
+		conn := &chainConn{Conn: c, chain: ch.http, dst: dst, src: src, origin: originOf(rt, ls, ch)}
 		select {
 		case bl.feed <- conn:
 		case <-e.quit:
@@ -428,6 +428,9 @@ type chainConn struct {
 	chain *httpChain
 	dst   netip.AddrPort
 	src   source
+	// origin and view find the chain again after config updates (drain.go).
+	origin chainOrigin
+	view   atomic.Pointer[connView]
 	// fconn is the connection as HTTP filters see it (filterConn).
 	connOnce sync.Once
 	fconn    *httpfilter.Conn

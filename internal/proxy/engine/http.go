@@ -61,6 +61,9 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no configuration", http.StatusServiceUnavailable)
 		return
 	}
+	if cc = e.currentChain(w, r, cc, rt); cc == nil {
+		return
+	}
 	if e.draining.Load() {
 		w.Header().Set("Connection", "close")
 	}

@@ -28,6 +28,7 @@ import (
 
 	// The HTTP filters the engine builds from xDS register in init.
 	_ "github.com/weftmesh/weft/internal/proxy/httpfilter/all"
+	"github.com/weftmesh/weft/internal/proxy/httpfilter/jwtauthn"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 	"github.com/weftmesh/weft/internal/telemetry"
 )
@@ -131,6 +132,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		// new while the CA rotates) arrives over SDS.
 		xcfg.Secrets = []string{"ROOTCA"}
 	}
+	jwtauthn.SetLogger(log)
 	eng := engine.New(log.With("component", "engine"), engine.Options{
 		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
 		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts,

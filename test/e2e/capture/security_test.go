@@ -378,3 +378,18 @@ func (c *testCA) write(t *testing.T, dir, name string, issuer *testCA) (certPath
 	}
 	return certPath, keyPath
 }
+
+// worldDir is a directory the sidecars' unprivileged UID can reach (the
+// test's own temp dirs sit under a private parent).
+func worldDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "weft-mtls-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}

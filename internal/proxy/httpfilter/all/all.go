@@ -4,6 +4,8 @@
 package all
 
 import (
+	// JWT authentication: envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication.
+	_ "github.com/weftmesh/weft/internal/proxy/httpfilter/jwtauthn"
 	// RBAC: envoy.extensions.filters.http.rbac.v3.RBAC.
 	_ "github.com/weftmesh/weft/internal/proxy/httpfilter/rbac"
 )

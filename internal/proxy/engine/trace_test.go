@@ -1,0 +1,61 @@
+package engine
+
+import (
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+var traceparentRE = regexp.MustCompile(`^00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]$`)
+
+func TestPropagateTrace(t *testing.T) {
+	// A new trace: both families written and consistent.
+	h := http.Header{}
+	propagateTrace(h)
+	m := traceparentRE.FindStringSubmatch(h.Get("Traceparent"))
+	if m == nil {
+		t.Fatalf("new traceparent %q", h.Get("Traceparent"))
+	}
+	if h.Get("X-B3-Traceid") != m[1] || h.Get("X-B3-Spanid") != m[2] || h.Get("X-B3-Parentspanid") != "" {
+		t.Fatalf("B3 %v disagrees with traceparent %s", h, h.Get("Traceparent"))
+	}
+
+	// A W3C parent: same trace, new span, parent = incoming span, flags kept.
+	h = http.Header{"Traceparent": {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, "Tracestate": {"vendor=x"}}
+	propagateTrace(h)
+	m = traceparentRE.FindStringSubmatch(h.Get("Traceparent"))
+	if m == nil || m[1] != "0af7651916cd43dd8448eb211c80319c" || m[2] == "b7ad6b7169203331" || !strings.HasSuffix(h.Get("Traceparent"), "-01") {
+		t.Fatalf("child traceparent %q", h.Get("Traceparent"))
+	}
+	if h.Get("X-B3-Parentspanid") != "b7ad6b7169203331" || h.Get("X-B3-Sampled") != "1" || h.Get("Tracestate") != "vendor=x" {
+		t.Fatalf("child B3 / tracestate: %v", h)
+	}
+
+	// B3 only, 64-bit trace id: continued, padded to 128 bits.
+	h = http.Header{"X-B3-Traceid": {"463ac35c9f6413ad"}, "X-B3-Spanid": {"72485a3953bb6124"}, "X-B3-Sampled": {"0"}}
+	propagateTrace(h)
+	if got := h.Get("X-B3-Traceid"); got != "0000000000000000463ac35c9f6413ad" {
+		t.Fatalf("B3 trace id %q", got)
+	}
+	if h.Get("X-B3-Parentspanid") != "72485a3953bb6124" || h.Get("X-B3-Spanid") == "72485a3953bb6124" || !strings.HasSuffix(h.Get("Traceparent"), "-00") {
+		t.Fatalf("B3 child: %v", h)
+	}
+
+	// Garbage or all-zero ids start a new trace instead of propagating them.
+	for _, bad := range []string{"00-00000000000000000000000000000000-b7ad6b7169203331-01", "zz", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"} {
+		h = http.Header{"Traceparent": {bad}}
+		propagateTrace(h)
+		if m := traceparentRE.FindStringSubmatch(h.Get("Traceparent")); m == nil || h.Get("X-B3-Parentspanid") != "" {
+			t.Errorf("from %q: %v", bad, h)
+		}
+	}
+}
+
+func BenchmarkPropagateTrace(b *testing.B) {
+	b.ReportAllocs()
+	h := http.Header{"Traceparent": {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
+	for b.Loop() {
+		propagateTrace(h)
+	}
+}
