@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -108,6 +109,17 @@ spec:
 	eventually(t, "gRPC port", func() error { return dialOK(rpcPort) })
 	checkGRPC(t, rpcPort, "custom.mesh")
 
+	// The sniffing listeners render in /config_dump (their listener
+	// filter types are linked).
+	for _, admin := range []int{pair.a.admin, pair.b.admin} {
+		if dump := configDump(t, admin); !strings.Contains(dump, "applicationProtocols") {
+			t.Errorf("config_dump on admin port %d shows no application protocols:\n%.500s", admin, dump)
+		}
+	}
+	if !strings.Contains(configDump(t, pair.a.admin), "envoy.filters.listener.http_inspector") {
+		t.Errorf("sidecar A's config_dump lacks the http_inspector")
+	}
+
 	for _, c := range []struct {
 		stats    int
 		reporter string
@@ -195,3 +207,18 @@ type bufConn struct {
 }
 
 func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// configDump returns a sidecar's /config_dump.
+func configDump(t *testing.T, admin int) string {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/config_dump", admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Errorf("config_dump on admin port %d: %s %.300s", admin, resp.Status, b)
+	}
+	return string(b)
+}
