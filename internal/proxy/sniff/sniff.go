@@ -73,8 +73,8 @@ func Classify(b []byte) Protocol {
 		}
 		return Opaque
 	}
-	if p := prefixOf(b, h2Preface); p != Opaque {
-		if p == Pending {
+	if ok, full := hasPrefix(b, h2Preface); ok {
+		if !full {
 			return Pending
 		}
 		return HTTP2
@@ -82,18 +82,11 @@ func Classify(b []byte) Protocol {
 	return classifyHTTP1(b)
 }
 
-// prefixOf compares b with want: Pending while b is a proper prefix of it,
-// HTTP2 (any non-pending, non-opaque value) when b starts with all of
-// want, Opaque when they differ.
-func prefixOf(b []byte, want string) Protocol {
+// hasPrefix compares b with want: ok when they agree on their common
+// length, full when b holds all of want.
+func hasPrefix(b []byte, want string) (ok, full bool) {
 	n := min(len(b), len(want))
-	if string(b[:n]) != want[:n] {
-		return Opaque
-	}
-	if n < len(want) {
-		return Pending
-	}
-	return HTTP2
+	return string(b[:n]) == want[:n], n == len(want)
 }
 
 // classifyHTTP1 matches a request line: method token, SP, request
@@ -122,10 +115,10 @@ func classifyHTTP1(b []byte) Protocol {
 		return Opaque
 	}
 	i++
-	switch p := prefixOf(b[i:], "HTTP/1."); p {
-	case Opaque:
+	switch ok, full := hasPrefix(b[i:], "HTTP/1."); {
+	case !ok:
 		return Opaque
-	case Pending:
+	case !full:
 		return pendingWithin(len(b))
 	}
 	i += len("HTTP/1.")
