@@ -182,6 +182,10 @@ func isH2(protocol string) bool {
 type httpOptions struct {
 	common *corev3.HttpProtocolOptions
 	h2     *corev3.Http2ProtocolOptions
+	// downstream: the port's protocol is detected, so requests go upstream
+	// in the protocol they came in (use_downstream_protocol_config, as
+	// Istio does for such ports): h2c and gRPC stay HTTP/2.
+	downstream bool
 }
 
 func (o *httpOptions) commonOpts() *corev3.HttpProtocolOptions {
@@ -194,10 +198,17 @@ func (o *httpOptions) commonOpts() *corev3.HttpProtocolOptions {
 // apply stores the options on c; HTTP/2 ports get explicit HTTP/2, others
 // explicit HTTP/1.1 (the upstream protocol is a required field).
 func (o *httpOptions) apply(c *clusterv3.Cluster) {
-	if o.common == nil && o.h2 == nil {
+	if o.common == nil && o.h2 == nil && !o.downstream {
 		return
 	}
 	opts := &httpv3.HttpProtocolOptions{CommonHttpProtocolOptions: o.common}
+	if o.downstream && o.h2 == nil {
+		opts.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
+			UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+				HttpProtocolOptions: &corev3.Http1ProtocolOptions{}, Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptionsKey: mustAny(opts)}
+		return
+	}
 	explicit := &httpv3.HttpProtocolOptions_ExplicitHttpConfig{}
 	if o.h2 != nil {
 		explicit.ProtocolConfig = &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: o.h2}
@@ -278,7 +289,7 @@ func (r *cdsRun) outboundCluster(svc *registry.Service, port registry.Port, dr *
 		c.EdsClusterConfig, c.LoadAssignment, la = nil, nil, nil
 		c.DnsLookupFamily = clusterv3.Cluster_AUTO
 	}
-	opts := &httpOptions{}
+	opts := &httpOptions{downstream: ldsIsAuto(registry.ProtocolOf(port))}
 	if isH2(port.Protocol) || (strings.EqualFold(port.Protocol, "HTTP") &&
 		policy.GetConnectionPool().GetHttp().GetH2UpgradePolicy() == networking.ConnectionPoolSettings_HTTPSettings_UPGRADE) {
 		opts.h2 = &corev3.Http2ProtocolOptions{}
@@ -353,6 +364,8 @@ func (r *cdsRun) inboundClusters() []*clusterv3.Cluster {
 				}
 				if isH2(port.Protocol) {
 					(&httpOptions{h2: &corev3.Http2ProtocolOptions{}}).apply(c)
+				} else if ldsIsAuto(registry.ProtocolOf(port)) {
+					(&httpOptions{downstream: true}).apply(c)
 				}
 				byPort[tp] = c
 			}

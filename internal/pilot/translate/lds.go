@@ -53,8 +53,9 @@ import (
 // services share a port, HTTP wins.
 //
 // A port is HTTP when its protocol is HTTP, HTTP2, GRPC or GRPC-WEB (any
-// case); everything else, including an unset (sniffed) protocol, is proxied
-// as TCP. HTTPS and TLS ports are TCP routed by SNI.
+// case); a port whose protocol is unset is detected per connection (HTTP
+// and TCP chains, see lds_sniff.go); everything else is proxied as TCP.
+// HTTPS and TLS ports are TCP routed by SNI.
 //
 // Proxyless gRPC: one API listener per HTTP/gRPC service port, see
 // lds_proxyless.go. Gateways (model.Router) get nothing here.
@@ -134,14 +135,25 @@ func (g *netBuilder) passthroughChain() *listenerv3.FilterChain {
 func (g *netBuilder) outboundListener(port uint32, sps []ldsServicePort) *listenerv3.Listener {
 	cs := newChainSet(g, port)
 	var tcp []ldsServicePort
+	declaredHTTP, auto := false, false
 	for _, sp := range sps {
-		if ldsIsHTTP(sp.port.Protocol) {
-			if !cs.catchAll {
-				cs.add(ldsChain{owner: "the HTTP services", fc: g.httpChain(port)})
-			}
-			continue
+		switch {
+		case ldsIsHTTP(sp.port.Protocol):
+			declaredHTTP = true
+		case ldsIsAuto(sp.port.Protocol):
+			auto = true
+			tcp = append(tcp, sp)
+		default:
+			tcp = append(tcp, sp)
 		}
-		tcp = append(tcp, sp)
+	}
+	switch {
+	case declaredHTTP:
+		// Services whose protocol is detected share the HTTP chain.
+		cs.add(ldsChain{owner: "the HTTP services", fc: g.httpChain(port)})
+		tcp = slices.DeleteFunc(tcp, func(sp ldsServicePort) bool { return ldsIsAuto(sp.port.Protocol) })
+	case auto:
+		cs.add(ldsChain{owner: "the HTTP services", fc: sniffedHTTP(g.httpChain(port))})
 	}
 	for _, sp := range tcp {
 		for _, c := range g.tcpChains(sp) {
@@ -161,6 +173,7 @@ func (g *netBuilder) outboundListener(port uint32, sps []ldsServicePort) *listen
 	if cs.sni {
 		l.ListenerFilters = []*listenerv3.ListenerFilter{listenerFilter(tlsInspectorFilterName, &tlsinspectorv3.TlsInspector{})}
 	}
+	addHTTPInspector(l)
 	return l
 }
 
@@ -203,16 +216,16 @@ func (g *netBuilder) inboundPorts() []inboundPort {
 				continue
 			}
 			for _, p := range svc.Ports {
-				n := ep.PortFor(p)
+				n, protocol := ep.PortFor(p), registry.ProtocolOf(p)
 				if prev, ok := seen[n]; ok {
-					if ldsIsHTTP(prev) != ldsIsHTTP(p.Protocol) {
+					if ldsIsHTTP(prev) != ldsIsHTTP(protocol) || ldsIsAuto(prev) != ldsIsAuto(protocol) {
 						g.warnOnce("inbound port %d: service %s says %s but an earlier service says %s; using %s",
-							n, svc.Hostname, protocolName(p.Protocol), protocolName(prev), protocolName(prev))
+							n, svc.Hostname, protocolName(protocol), protocolName(prev), protocolName(prev))
 					}
 					continue
 				}
-				seen[n] = p.Protocol
-				out = append(out, inboundPort{port: n, protocol: p.Protocol, sidecar: ep.SidecarPorts[n]})
+				seen[n] = protocol
+				out = append(out, inboundPort{port: n, protocol: protocol, sidecar: ep.SidecarPorts[n]})
 			}
 		}
 	}
@@ -220,12 +233,27 @@ func (g *netBuilder) inboundPorts() []inboundPort {
 	return out
 }
 
-// protocolName names a registry protocol in messages ("" is sniffed TCP).
+// protocolName names a registry protocol in messages ("" is detected).
 func protocolName(p string) string {
 	if p == "" {
-		return "TCP (unset)"
+		return "unset (detected)"
 	}
 	return p
+}
+
+// inboundChains forwards one inbound port to its inbound cluster: one
+// chain, or for a port whose protocol is detected an HTTP chain for
+// connections the inspectors find to be HTTP and a TCP chain (named with
+// a "-tcp" suffix) for the others (lds_sniff.go).
+func (g *netBuilder) inboundChains(ip inboundPort, matchPort bool) []*listenerv3.FilterChain {
+	if !ldsIsAuto(ip.protocol) {
+		return []*listenerv3.FilterChain{g.inboundChain(ip, matchPort)}
+	}
+	h, t := ip, ip
+	h.protocol, t.protocol = "HTTP", "TCP"
+	tcp := g.inboundChain(t, matchPort)
+	tcp.Name += "-tcp"
+	return []*listenerv3.FilterChain{sniffedHTTP(g.inboundChain(h, matchPort)), tcp}
 }
 
 // inboundChain forwards one inbound port to its inbound cluster; matchPort
@@ -286,9 +314,10 @@ func (g *netBuilder) virtualInbound(ports []inboundPort) *listenerv3.Listener {
 			g.warnOnce("inbound port %d is the proxy's capture port; not served", ip.port)
 			continue
 		}
-		l.FilterChains = append(l.FilterChains, g.inboundChain(ip, true))
+		l.FilterChains = append(l.FilterChains, g.inboundChains(ip, true)...)
 	}
 	g.secureInbound(l, 0)
+	addHTTPInspector(l)
 	if g.p.TProxy {
 		// TPROXY capture: connections arrive unchanged (IP_TRANSPARENT
 		// listener), and original_src makes the proxy's connections to the
@@ -328,13 +357,14 @@ func (g *netBuilder) explicitListeners(numbers []uint32, groups map[uint32][]lds
 			Name:             ExplicitInboundListener(ip.sidecar),
 			Address:          socketAddress(g.p.IPs[0], ip.sidecar),
 			BindToPort:       ldsBool(true),
-			FilterChains:     []*listenerv3.FilterChain{g.inboundChain(ip, false)},
+			FilterChains:     g.inboundChains(ip, false),
 			TrafficDirection: corev3.TrafficDirection_INBOUND,
 		}
 		for _, a := range g.p.IPs[1:] {
 			l.AdditionalAddresses = append(l.AdditionalAddresses, &listenerv3.AdditionalAddress{Address: socketAddress(a, ip.sidecar)})
 		}
 		g.secureInbound(l, ip.port)
+		addHTTPInspector(l)
 		ls = append(ls, l)
 	}
 	return ls, served
@@ -349,15 +379,16 @@ func (g *netBuilder) explicitOutbound(port uint32, sps []ldsServicePort) *listen
 		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
 	}
 	var httpSvc string
+	auto := false
 	for _, sp := range sps {
-		if ldsIsHTTP(sp.port.Protocol) {
+		if ldsIsHTTP(sp.port.Protocol) && httpSvc == "" {
 			httpSvc = sp.svc.Hostname
-			break
 		}
+		auto = auto || ldsIsAuto(sp.port.Protocol)
 	}
 	if httpSvc != "" {
 		for _, sp := range sps {
-			if !ldsIsHTTP(sp.port.Protocol) {
+			if !ldsServesHTTP(sp.port.Protocol) {
 				g.warnOnce("explicit mode: port %d serves HTTP services (%s); %s service %s on the same port is not reachable",
 					port, httpSvc, protocolName(sp.port.Protocol), sp.svc.Hostname)
 			}
@@ -368,6 +399,10 @@ func (g *netBuilder) explicitOutbound(port uint32, sps []ldsServicePort) *listen
 	// Without capture every connection arrives at 127.0.0.1: destination
 	// addresses tell nothing, SNI still does.
 	cs := newChainSet(g, port)
+	if auto {
+		// Detected protocol: HTTP when the client speaks it, else TCP.
+		cs.add(ldsChain{owner: "the HTTP services", fc: sniffedHTTP(g.httpChain(port))})
+	}
 	for _, sp := range sps {
 		for _, c := range g.tcpChains(sp) {
 			if c.bySubnet {
@@ -381,6 +416,7 @@ func (g *netBuilder) explicitOutbound(port uint32, sps []ldsServicePort) *listen
 	if cs.sni {
 		l.ListenerFilters = []*listenerv3.ListenerFilter{listenerFilter(tlsInspectorFilterName, &tlsinspectorv3.TlsInspector{})}
 	}
+	addHTTPInspector(l)
 	return l
 }
 

@@ -3,6 +3,7 @@ package translate
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -64,11 +65,12 @@ func (cs *chainSet) add(c ldsChain) {
 	for _, s := range m.GetSourcePrefixRanges() {
 		sources = append(sources, cidrKey(s))
 	}
+	alpn := strings.Join(m.GetApplicationProtocols(), ",")
 	atoms := func(prefix string) []string {
 		var out []string
 		for _, sn := range orAny(m.GetServerNames()) {
 			for _, src := range orAny(sources) {
-				out = append(out, prefix+"|"+sn+"|"+src)
+				out = append(out, prefix+"|"+sn+"|"+src+"|"+alpn)
 			}
 		}
 		return out
@@ -119,7 +121,7 @@ func (cs *chainSet) add(c ldsChain) {
 			c.fc.FilterChainMatch = nil
 		}
 	}
-	if len(keep) == 0 && len(m.GetServerNames()) == 0 && len(m.GetSourcePrefixRanges()) == 0 {
+	if len(keep) == 0 && len(m.GetServerNames()) == 0 && len(m.GetSourcePrefixRanges()) == 0 && alpn == "" {
 		cs.catchAll = true
 	}
 	if len(m.GetServerNames()) > 0 {

@@ -299,6 +299,7 @@ func withTransport(fc *listenerv3.FilterChain, protocol string) *listenerv3.Filt
 	}
 	out.FilterChainMatch.TransportProtocol = protocol
 	if protocol == TransportProtocolTLS {
+		tlsApplicationProtocols(out.FilterChainMatch)
 		out.Name += mtlsChainSuffix
 		out.TransportSocket = &corev3.TransportSocket{Name: tlsTransportSocket,
 			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(inboundTLSContext())}}

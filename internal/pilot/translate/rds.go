@@ -181,6 +181,7 @@ func (g *netBuilder) portsByNumber() (numbers []uint32, groups map[uint32][]ldsS
 	groups = map[uint32][]ldsServicePort{}
 	for _, svc := range g.services {
 		for _, p := range svc.Ports {
+			p.Protocol = registry.ProtocolOf(p)
 			if _, ok := groups[p.Number]; !ok {
 				numbers = append(numbers, p.Number)
 			}
@@ -365,13 +366,13 @@ func (g *netBuilder) resolveDestination(vs *boundVS, d *networking.Destination, 
 }
 
 // routeConfigs builds the outbound RouteConfigurations for sidecars: one per
-// port that has an HTTP service.
+// port that has an HTTP service or one whose protocol is detected.
 func (g *netBuilder) routeConfigs(numbers []uint32, groups map[uint32][]ldsServicePort) []*routev3.RouteConfiguration {
 	var out []*routev3.RouteConfiguration
 	for _, n := range numbers {
 		var httpSPs []ldsServicePort
 		for _, sp := range groups[n] {
-			if ldsIsHTTP(sp.port.Protocol) {
+			if ldsServesHTTP(sp.port.Protocol) {
 				httpSPs = append(httpSPs, sp)
 			}
 		}

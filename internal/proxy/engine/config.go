@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -39,6 +40,10 @@ type chain struct {
 	serverNames []string
 	// transportProtocol is "tls" or "raw_buffer" ("" matches both).
 	transportProtocol string
+	// applicationProtocols match the connection's requested application
+	// protocols (TLS ALPN, or http_inspector's "http/1.1", "h2c"; empty
+	// matches any).
+	applicationProtocols []string
 	// tls terminates mesh TLS before the filters (nil: plaintext).
 	tls *downstreamTLS
 	// rbac are the network RBAC filters, evaluated once per connection
@@ -91,6 +96,9 @@ type listenerSpec struct {
 	srcMark     uint32
 	chains      []*chain
 	defChain    *chain
+	// inspect says what the listener filters must learn about each
+	// connection before a chain can be chosen (inspect.go).
+	inspect inspectNeeds
 }
 
 // runtime is one applied config. Immutable.
@@ -184,6 +192,9 @@ func compileListener(l *listenerv3.Listener) (*listenerSpec, error) {
 		useOrigDst:  l.GetUseOriginalDst().GetValue(),
 		transparent: l.GetTransparent().GetValue(),
 	}
+	if err := ls.compileInspection(l); err != nil {
+		return nil, err
+	}
 	for _, lf := range l.GetListenerFilters() {
 		switch lf.GetName() {
 		case "envoy.filters.listener.original_dst":
@@ -215,13 +226,14 @@ func compileListener(l *listenerv3.Listener) (*listenerSpec, error) {
 		}
 		ls.defChain = ch
 	}
+	ls.inspect.fromChains(append(append([]*chain{}, ls.chains...), ls.defChain))
 	return ls, nil
 }
 
 func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 	m := fc.GetFilterChainMatch()
 	ch := &chain{name: fc.GetName(), port: m.GetDestinationPort().GetValue(), serverNames: m.GetServerNames(),
-		transportProtocol: m.GetTransportProtocol()}
+		transportProtocol: m.GetTransportProtocol(), applicationProtocols: m.GetApplicationProtocols()}
 	switch ch.transportProtocol {
 	case "", "tls", "raw_buffer":
 	default:
@@ -421,9 +433,10 @@ func (t *tcpChain) pick(rnd uint64) string {
 // matches: destination port (chains naming the port, else chains naming
 // none — never a fallback from a named port to portless chains),
 // destination prefix (longest match), server name, transport protocol
-// (exact before unset). When nothing is left, the default chain (which
-// may be nil: the connection is closed).
-func (ls *listenerSpec) match(dst netip.AddrPort, sni, transport string) *chain {
+// (exact before unset), application protocols (any of the connection's
+// requested protocols in the chain's list, before unset). When nothing is
+// left, the default chain (which may be nil: the connection is closed).
+func (ls *listenerSpec) match(dst netip.AddrPort, sni, transport string, protocols ...string) *chain {
 	var cands []*chain
 	for _, ch := range ls.chains {
 		if ch.port == uint32(dst.Port()) {
@@ -467,6 +480,17 @@ func (ls *listenerSpec) match(dst netip.AddrPort, sni, transport string) *chain 
 		}
 		return -1
 	})
+	cands = narrow(cands, func(ch *chain) int {
+		if len(ch.applicationProtocols) == 0 {
+			return 0
+		}
+		for _, p := range protocols {
+			if slices.Contains(ch.applicationProtocols, p) {
+				return 1
+			}
+		}
+		return -1
+	})
 	if len(cands) == 0 {
 		return ls.defChain
 	}
@@ -494,16 +518,6 @@ func narrow(cands []*chain, score func(*chain) int) []*chain {
 func matchesSNI(names []string, sni string) bool {
 	for _, n := range names {
 		if n == sni || (len(n) > 1 && n[0] == '*' && len(sni) > len(n)-1 && sni[len(sni)-len(n)+1:] == n[1:]) {
-			return true
-		}
-	}
-	return false
-}
-
-// sniffs reports whether chain selection needs the transport protocol.
-func (ls *listenerSpec) sniffs() bool {
-	for _, ch := range append(append([]*chain{}, ls.chains...), ls.defChain) {
-		if ch != nil && (ch.transportProtocol != "" || ch.tls != nil) {
 			return true
 		}
 	}

@@ -231,16 +231,14 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 			ls = target
 		}
 	}
-	transport := "raw_buffer"
-	if ls.sniffs() {
-		var isTLS bool
-		if c, isTLS = detectTLS(c); isTLS {
-			transport = "tls"
-		}
+	in := inspection{transport: "raw_buffer"}
+	if ls.inspect.any() {
+		c, in = inspect(c, &ls.inspect)
 	}
-	ch := ls.match(dst, "", transport)
+	ch := ls.match(dst, in.sni, in.transport, in.protocols...)
 	if ch == nil {
-		e.log.Debug("no filter chain matches", "listener", ls.name, "destination", dst, "transport", transport)
+		e.log.Debug("no filter chain matches", "listener", ls.name, "destination", dst, "transport", in.transport,
+			"sni", in.sni, "application_protocols", in.protocols)
 		_ = c.Close()
 		return
 	}

@@ -235,7 +235,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			out = out.WithContext(actx)
 		}
 		ep.StartRequest()
-		resp, err := e.transport(c, cc.src).RoundTrip(out)
+		resp, err := e.transport(c, cc.src, upstreamH2(c, r)).RoundTrip(out)
 		ep.EndRequest()
 		outcome := cluster.Outcome{}
 		switch {
@@ -441,10 +441,9 @@ func newRequestID() string {
 }
 
 // transport returns the cluster's upstream HTTP transport: h2c when the
-// cluster speaks HTTP/2 in plaintext; mesh TLS (negotiating h2 or
+// request goes upstream as HTTP/2 (upstreamH2) in plaintext; mesh TLS (negotiating h2 or
 // http/1.1 by ALPN) when the cluster has a transport socket.
-func (e *Engine) transport(c *cluster.Cluster, src source) http.RoundTripper {
-	h2 := c.HTTP.Protocol == cluster.HTTP2
+func (e *Engine) transport(c *cluster.Cluster, src source, h2 bool) http.RoundTripper {
 	// Connections that keep a client's address are pooled per client.
 	key := fmt.Sprintf("%s|%v|%v|%s", c.Name, h2, c.TLS != nil, src.addr)
 	if t, ok := e.transports.Load(key); ok {
@@ -551,7 +550,7 @@ func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []b
 		go func(c *cluster.Cluster, out *http.Request) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			resp, err := e.transport(c, source{}).RoundTrip(out.WithContext(ctx))
+			resp, err := e.transport(c, source{}, upstreamH2(c, out)).RoundTrip(out.WithContext(ctx))
 			if err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()

@@ -190,15 +190,3 @@ type peekedConn struct {
 }
 
 func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
-
-// detectTLS reports whether the client starts with a TLS handshake record
-// (0x16). Server-first protocols send nothing: after a short wait the
-// connection counts as plaintext.
-func detectTLS(c net.Conn) (net.Conn, bool) {
-	r := bufio.NewReader(c)
-	_ = c.SetReadDeadline(time.Now().Add(time.Second))
-	b, err := r.Peek(1)
-	_ = c.SetReadDeadline(time.Time{})
-	pc := &peekedConn{Conn: c, r: r}
-	return pc, err == nil && b[0] == 0x16
-}

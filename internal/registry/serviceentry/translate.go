@@ -133,7 +133,7 @@ func convertServiceEntry(o *object, workloads []*object) ([]registry.Service, []
 		ports = append(ports, registry.Port{
 			Name:       p.GetName(),
 			Number:     p.GetNumber(),
-			Protocol:   strings.ToUpper(p.GetProtocol()),
+			Protocol:   registry.ProtocolOf(registry.Port{Name: p.GetName(), Protocol: strings.ToUpper(p.GetProtocol())}),
 			TargetPort: p.GetTargetPort(),
 		})
 	}

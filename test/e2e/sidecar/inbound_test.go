@@ -1,16 +1,12 @@
 package sidecar
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -26,27 +22,8 @@ import (
 // source and destination), and a plaintext connection straight to B's
 // inbound port is refused.
 func TestExplicitInboundMTLS(t *testing.T) {
-	dataDir := t.TempDir()
-	apiPort, tlsPort := freePort(t), freePort(t)
-	process(t, weftBin, "server", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", apiPort),
-		"--monitoring-listen", "", "--xds-listen", fmt.Sprintf("127.0.0.1:%d", tlsPort), "--xds-plaintext-listen", "", "--debounce", "20ms")
-	kc := filepath.Join(dataDir, "kubeconfig")
-	weft := func(stdin string, args ...string) string {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			cmd := exec.Command(weftBin, append([]string{"--kubeconfig", kc}, args...)...)
-			cmd.Stdin = strings.NewReader(stdin)
-			out, err := cmd.Output()
-			if err == nil {
-				return string(out)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("weft %v: %v\n%s", args, err, out)
-			}
-			time.Sleep(100 * time.Millisecond) // the server is starting
-		}
-	}
+	m := startMesh(t)
+	weft := m.weft
 
 	// App B: plain HTTP on loopback, counting what reaches it.
 	var hits atomic.Int64
@@ -91,52 +68,8 @@ spec:
   egress: [{hosts: ["~/*"]}]
 `, appB, svcPort), "apply", "-f", "-")
 
-	// The sidecars run as nobody when the test runs as root: their files
-	// must be reachable for that user.
-	shared, err := os.MkdirTemp("", "weft-inbound-e2e")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(shared) })
-	mustChmod(t, shared, 0o755)
-	caFile := filepath.Join(shared, "ca.crt")
-	ca, err := os.ReadFile(filepath.Join(dataDir, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(caFile, ca, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	type sidecar struct{ admin, stats, ready int }
-	start := func(name, ip string, extra ...string) sidecar {
-		t.Helper()
-		token := strings.TrimSpace(weft("", "workload", "token", "create", "--group", name, "--ttl", "1h"))
-		certDir := filepath.Join(shared, name)
-		if err := os.Mkdir(certDir, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		bin, pre := asNobody()
-		if bin != "" {
-			if err := os.Chown(certDir, 65534, 65534); err != nil {
-				t.Fatal(err)
-			}
-		}
-		s := sidecar{freePort(t), freePort(t), freePort(t)}
-		args := append(pre, proxyBin, "sidecar", "--explicit", "--ip", ip, "--name", name, "--workload-group", name,
-			"--service-account", name, "--labels", "app="+name,
-			"--discovery-address", fmt.Sprintf("127.0.0.1:%d", tlsPort), "--ca-root-file", caFile,
-			"--bootstrap-token", token, "--cert-dir", certDir,
-			"--admin-port", fmt.Sprint(s.admin), "--stats-port", fmt.Sprint(s.stats), "--ready-port", fmt.Sprint(s.ready))
-		args = append(args, extra...)
-		if bin == "" {
-			bin, args = args[0], args[1:]
-		}
-		process(t, bin, args...)
-		waitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/healthz/ready", s.ready))
-		return s
-	}
-	b := start("b", "127.0.0.3", "--inbound-ports", fmt.Sprintf("%d=%d", appB, sidecarB))
-	a := start("a", "127.0.0.2")
+	b := m.sidecar("b", "127.0.0.3", "--inbound-ports", fmt.Sprintf("%d=%d", appB, sidecarB))
+	a := m.sidecar("a", "127.0.0.2")
 
 	client := &http.Client{Timeout: 5 * time.Second}
 	call := func() (int, string, error) {
@@ -173,25 +106,7 @@ spec:
 	// Both ends counted the requests: source on A, destination on B.
 	reqs := func(stats int, reporter string) int {
 		t.Helper()
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/stats/prometheus", stats))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		re := regexp.MustCompile(`^istio_requests_total\{(.*)\} (\d+)`)
-		total := 0
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			m := re.FindStringSubmatch(sc.Text())
-			if m == nil || !strings.Contains(m[1], `reporter="`+reporter+`"`) || !strings.Contains(m[1], `response_code="200"`) {
-				continue
-			}
-			var v int
-			fmt.Sscan(m[2], &v)
-			total += v
-		}
-		return total
+		return metricSum(t, stats, "istio_requests_total", `reporter="`+reporter+`"`, `response_code="200"`)
 	}
 	if got := reqs(a.stats, "source"); got < n {
 		t.Errorf("sidecar A: istio_requests_total{reporter=source,response_code=200} = %d, want >= %d", got, n)
