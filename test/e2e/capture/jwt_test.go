@@ -224,38 +224,7 @@ func newJWTMesh(t *testing.T, extra string) *jwtMesh {
 	}
 	bg(t, "jwks-server", m.ns["cp"], appBin, "file", "-addr", "0.0.0.0:8081", "-file", m.jwksFile)
 	jwksJSON, _ := json.Marshal(jwks)
-	if _, err := m.weft(`apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: productpage}
-spec:
-  metadata: {labels: {app: productpage}}
-  template: {serviceAccount: productpage}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: reviews}
-spec:
-  metadata: {labels: {app: reviews}}
-  template: {serviceAccount: reviews}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: reviews}
-spec:
-  hosts: [reviews.mesh]
-  addresses: [240.240.0.10]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: http, protocol: HTTP}]
-  endpoints:
-  - {address: 10.82.0.3, serviceAccount: reviews, labels: {app: reviews, security.istio.io/tlsMode: istio}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default}
-spec:
-  mtls: {mode: STRICT}
----
+	if _, err := m.weft(fmt.Sprintf(secConfig, m.hosts["b"])+`---
 `+jwtRequestAuthn(`{issuer: "`+jwtIssuer+`", audiences: [reviews], outputPayloadToHeader: x-jwt-payload, jwks: `+string(jwksJSON)+`}`)+
 		"---\n"+extra, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
@@ -281,45 +250,6 @@ spec:
 		return n, body
 	}
 	return m
-}
-
-// startMTLSSidecars onboards hosts a (productpage) and b (reviews) with
-// bootstrap tokens and starts their capturing sidecars, as TestMeshSecurity
-// does, and waits until both are ready.
-func startMTLSSidecars(t *testing.T, ns, hosts map[string]string, data string, weft func(string, ...string) (string, error)) {
-	t.Helper()
-	rootCert := filepath.Join(worldDir(t), "root-cert.pem")
-	caPEM, err := os.ReadFile(filepath.Join(data, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(rootCert, caPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range []string{"a", "b"} {
-		group := map[string]string{"a": "productpage", "b": "reviews"}[h]
-		tok, err := weft("", "workload", "token", "create", "--group", group, "--ttl", "1h")
-		if err != nil {
-			t.Fatal(err)
-		}
-		certDir := worldDir(t)
-		if err := os.Chmod(certDir, 0o777); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := in(ns[h], proxyBin, "iptables", "-u", proxyUID, "--owner", "host-"+h); err != nil {
-			t.Fatalf("iptables on %s: %v\n%s", h, err, out)
-		}
-		bg(t, "sidecar-"+h, ns[h], "setpriv", "--reuid="+proxyUID, "--regid="+proxyUID, "--clear-groups",
-			proxyBin, "sidecar", "--ip", hosts[h], "--name", group+"-1", "--labels", "app="+group, "--service-account", group,
-			"--discovery-address", hosts["cp"]+":15012", "--ca-root-file", rootCert,
-			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir)
-	}
-	for _, h := range []string{"a", "b"} {
-		eventually(t, "sidecar on "+h+" ready", func() error {
-			_, err := in(ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15021/healthz/ready")
-			return err
-		})
-	}
 }
 
 // backendHeaders decodes the app's /headers answer.

@@ -69,8 +69,7 @@ func startSecMesh(t *testing.T, prefix, subnet string, serverFlags ...string) *s
 	t.Helper()
 	requireNetns(t)
 	buildMesh(t)
-	m := &secMesh{hosts: map[string]string{"cp": subnet + ".1", "a": subnet + ".2", "b": subnet + ".3", "d": subnet + ".4"},
-		certDirs: map[string]string{}}
+	m := &secMesh{hosts: map[string]string{"cp": subnet + ".1", "a": subnet + ".2", "b": subnet + ".3", "d": subnet + ".4"}}
 	m.ns = bridgeNet(t, prefix, m.hosts)
 	var data string
 	data, m.weft = controlPlane(t, m.ns["cp"], append([]string{"--tls-san", m.hosts["cp"], "--xds-listen", "0.0.0.0:15012",
@@ -79,38 +78,7 @@ func startSecMesh(t *testing.T, prefix, subnet string, serverFlags ...string) *s
 		t.Fatal(err)
 	}
 	bg(t, "app-b", m.ns["b"], appBin, "echo", "-http", "0.0.0.0:9080", "-tcp", "0.0.0.0:9090", "-name", "reviews-v1")
-	rootCert := filepath.Join(worldDir(t), "root-cert.pem")
-	caPEM, err := os.ReadFile(filepath.Join(data, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(rootCert, caPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for h, group := range map[string]string{"a": "productpage", "b": "reviews"} {
-		tok, err := m.weft("", "workload", "token", "create", "--group", group, "--ttl", "1h")
-		if err != nil {
-			t.Fatal(err)
-		}
-		certDir := worldDir(t)
-		if err := os.Chmod(certDir, 0o777); err != nil {
-			t.Fatal(err)
-		}
-		m.certDirs[h] = certDir
-		if out, err := in(m.ns[h], proxyBin, "iptables", "-u", proxyUID, "--owner", "host-"+h); err != nil {
-			t.Fatalf("iptables on %s: %v\n%s", h, err, out)
-		}
-		bg(t, "sidecar-"+h, m.ns[h], "setpriv", "--reuid="+proxyUID, "--regid="+proxyUID, "--clear-groups",
-			proxyBin, "sidecar", "--ip", m.hosts[h], "--name", group+"-1", "--labels", "app="+group, "--service-account", group,
-			"--discovery-address", m.hosts["cp"]+":15012", "--ca-root-file", rootCert,
-			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir)
-	}
-	for _, h := range []string{"a", "b"} {
-		eventually(t, "sidecar on "+h+" ready", func() error {
-			_, err := in(m.ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15021/healthz/ready")
-			return err
-		})
-	}
+	m.certDirs = startMTLSSidecars(t, m.ns, m.hosts, data, m.weft)
 	eventually(t, "meshed HTTP and TCP through both sidecars", func() error {
 		out, err := m.asApp("a", "get", "-url", "http://240.240.0.10:9080/", "-n", "5")
 		if err != nil || !strings.Contains(out, "reviews-v1 5") {
@@ -392,4 +360,46 @@ func worldDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
+}
+
+// startMTLSSidecars onboards hosts a (productpage) and b (reviews) with
+// bootstrap tokens, installs capture rules and starts their sidecars with
+// certificate dirs (returned by host), and waits until both are ready.
+func startMTLSSidecars(t *testing.T, ns, hosts map[string]string, data string, weft func(string, ...string) (string, error)) (certDirs map[string]string) {
+	t.Helper()
+	rootCert := filepath.Join(worldDir(t), "root-cert.pem")
+	caPEM, err := os.ReadFile(filepath.Join(data, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(rootCert, caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	certDirs = map[string]string{}
+	for _, h := range []string{"a", "b"} {
+		group := map[string]string{"a": "productpage", "b": "reviews"}[h]
+		tok, err := weft("", "workload", "token", "create", "--group", group, "--ttl", "1h")
+		if err != nil {
+			t.Fatal(err)
+		}
+		certDir := worldDir(t)
+		if err := os.Chmod(certDir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		certDirs[h] = certDir
+		if out, err := in(ns[h], proxyBin, "iptables", "-u", proxyUID, "--owner", "host-"+h); err != nil {
+			t.Fatalf("iptables on %s: %v\n%s", h, err, out)
+		}
+		bg(t, "sidecar-"+h, ns[h], "setpriv", "--reuid="+proxyUID, "--regid="+proxyUID, "--clear-groups",
+			proxyBin, "sidecar", "--ip", hosts[h], "--name", group+"-1", "--labels", "app="+group, "--service-account", group,
+			"--discovery-address", hosts["cp"]+":15012", "--ca-root-file", rootCert,
+			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir)
+	}
+	for _, h := range []string{"a", "b"} {
+		eventually(t, "sidecar on "+h+" ready", func() error {
+			_, err := in(ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15021/healthz/ready")
+			return err
+		})
+	}
+	return certDirs
 }
