@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/internal/store"
+	"github.com/weftmesh/weft/internal/store/storetest"
 )
 
 // fakeClock is a settable clock safe for concurrent use.
@@ -35,9 +36,9 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-func newTestTokens(t testing.TB) (*Tokens, *memStore, *fakeClock) {
+func newTestTokens(t testing.TB) (*Tokens, *storetest.MemStore, *fakeClock) {
 	t.Helper()
-	s := newMemStore()
+	s := storetest.NewMemStore()
 	c := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	return NewTokens(s, c.Now), s, c
 }

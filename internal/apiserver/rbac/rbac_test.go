@@ -12,17 +12,18 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/weftmesh/weft/internal/store"
+	"github.com/weftmesh/weft/internal/store/storetest"
 )
 
 const istioNet = "networking.istio.io"
 
-// world builds RBAC objects in a memStore.
+// world builds RBAC objects in a storetest.MemStore.
 type world struct {
 	t testing.TB
-	s *memStore
+	s *storetest.MemStore
 }
 
-func newWorld(t testing.TB) *world { return &world{t: t, s: newMemStore()} }
+func newWorld(t testing.TB) *world { return &world{t: t, s: storetest.NewMemStore()} }
 
 func (w *world) put(key string, obj any) {
 	w.t.Helper()
@@ -313,7 +314,7 @@ func TestNonResourceURLs(t *testing.T) {
 }
 
 func TestDeniedReason(t *testing.T) {
-	az := New(newMemStore())
+	az := New(storetest.NewMemStore())
 	cases := []struct {
 		attrs Attributes
 		want  string

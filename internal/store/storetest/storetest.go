@@ -2,7 +2,8 @@
 // CRUD and sentinel errors, revision accounting, ordered prefix listing,
 // compare-and-swap under contention, watch ordering, resumption, progress,
 // compaction, restart, slow-watcher isolation and cancellation. It also holds
-// shared benchmarks.
+// shared benchmarks, and MemStore, a minimal store for unit tests of the
+// store's consumers.
 //
 // The suite never sleeps to synchronise: it waits on channels with a bounded
 // timeout (WaitTimeout) and fails with a description of what it waited for.
