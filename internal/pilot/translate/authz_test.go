@@ -53,7 +53,7 @@ func runAuthzCase(t *testing.T, name string) *mtlsResult {
 	if err != nil {
 		t.Fatal(err)
 	}
-	compareCDSGolden(t, filepath.Join("testdata", "authz", name+".json"), append(b, '\n'), ldsLineDiff)
+	compareGolden(t, filepath.Join("testdata", "authz", name+".json"), append(b, '\n'), ldsLineDiff)
 	return r
 }
 

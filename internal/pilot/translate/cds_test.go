@@ -557,7 +557,7 @@ func TestClustersGolden(t *testing.T) {
 					t.Errorf("non-deterministic load assignment %s", r.endpoints[i].GetClusterName())
 				}
 			}
-			compareCDSGolden(t, filepath.Join("testdata", "cds", tc.name+".json"), renderCDSGolden(t, r),
+			compareGolden(t, filepath.Join("testdata", "cds", tc.name+".json"), renderCDSGolden(t, r),
 				func(got, want string) string { return cmp.Diff(strings.Split(got, "\n"), strings.Split(want, "\n")) })
 		})
 	}

@@ -69,7 +69,7 @@ func runMTLSCase(t *testing.T, name string) *mtlsResult {
 	if !bytes.Equal(renderMTLS(t, newMTLSResult(Build(in.snap, in.proxy))), renderMTLS(t, r)) {
 		t.Errorf("%s: two builds differ", name)
 	}
-	compareCDSGolden(t, filepath.Join("testdata", "mtls", name+".json"), renderMTLS(t, r), ldsLineDiff)
+	compareGolden(t, filepath.Join("testdata", "mtls", name+".json"), renderMTLS(t, r), ldsLineDiff)
 	return r
 }
 

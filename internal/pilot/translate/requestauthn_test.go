@@ -35,7 +35,7 @@ func runJWTCase(t *testing.T, name string) *mtlsResult {
 	if !bytes.Equal(renderJWT(t, newMTLSResult(Build(in.snap, in.proxy))), renderJWT(t, r)) {
 		t.Errorf("%s: two builds differ", name)
 	}
-	compareCDSGolden(t, filepath.Join("testdata", "jwt", name+".json"), renderJWT(t, r), ldsLineDiff)
+	compareGolden(t, filepath.Join("testdata", "jwt", name+".json"), renderJWT(t, r), ldsLineDiff)
 	return r
 }
 

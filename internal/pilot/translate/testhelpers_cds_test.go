@@ -27,12 +27,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -46,61 +43,6 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-func init() {
-	// Other golden tests of this package may define -update too; share it.
-	if flag.Lookup("update") == nil {
-		flag.Bool("update", false, "rewrite golden files")
-	}
-}
-
-// cdsUpdateGoldens reports whether -update was given.
-func cdsUpdateGoldens() bool {
-	f := flag.Lookup("update")
-	if f == nil {
-		return false
-	}
-	g, ok := f.Value.(flag.Getter)
-	if !ok {
-		return false
-	}
-	v, _ := g.Get().(bool)
-	return v
-}
-
-type cdsTestService struct {
-	Hostname        string            `json:"hostname"`
-	Namespace       string            `json:"namespace"`
-	Addresses       []string          `json:"addresses"`
-	Ports           []cdsTestPort     `json:"ports"`
-	Resolution      string            `json:"resolution"`
-	Location        string            `json:"location"`
-	Labels          map[string]string `json:"labels"`
-	ExportTo        []string          `json:"exportTo"`
-	SubjectAltNames []string          `json:"subjectAltNames"`
-	CreationTime    int64             `json:"creationTime"`
-}
-
-type cdsTestPort struct {
-	Name       string `json:"name"`
-	Number     uint32 `json:"number"`
-	Protocol   string `json:"protocol"`
-	TargetPort uint32 `json:"targetPort"`
-}
-
-type cdsTestEndpoint struct {
-	Hostname       string            `json:"hostname"`
-	Namespace      string            `json:"namespace"`
-	Address        string            `json:"address"`
-	Ports          map[string]uint32 `json:"ports"`
-	Labels         map[string]string `json:"labels"`
-	Locality       string            `json:"locality"`
-	Network        string            `json:"network"`
-	Healthy        *bool             `json:"healthy"`
-	ServiceAccount string            `json:"serviceAccount"`
-	Weight         uint32            `json:"weight"`
-	SidecarPorts   map[uint32]uint32 `json:"sidecarPorts"`
-}
-
 type cdsTestDoc struct {
 	Kind     string `json:"kind"`
 	Metadata struct {
@@ -111,8 +53,8 @@ type cdsTestDoc struct {
 	} `json:"metadata"`
 	Spec json.RawMessage `json:"spec"`
 	// TestRegistry
-	Services  []cdsTestService  `json:"services"`
-	Endpoints []cdsTestEndpoint `json:"endpoints"`
+	Services  []testService  `json:"services"`
+	Endpoints []testEndpoint `json:"endpoints"`
 	// TestProxy (Namespace also TestInclude's)
 	Type           string            `json:"type"`
 	Namespace      string            `json:"namespace"`
@@ -140,43 +82,23 @@ type cdsInput struct {
 }
 
 type cdsLoader struct {
-	t       *testing.T
-	mesh    model.Mesh
-	proxy   *model.Proxy
-	configs []*model.Config
-	svcs    []registry.Service
-	eps     []registry.Endpoint
-	seq     int
-	skip    string
+	caseLoader
+	skip string
 }
 
 var cdsDocSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
-
-// cdsBaseTime is the creation time of the first config object.
-var cdsBaseTime = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // loadCDSCase reads a test case; it skips the test when an included file
 // is missing.
 func loadCDSCase(t *testing.T, path string) *cdsInput {
 	t.Helper()
-	l := &cdsLoader{t: t, mesh: model.DefaultMesh(),
-		proxy: &model.Proxy{ID: "sidecar~10.0.0.99~test.default~default.svc.cluster.local", Type: model.Sidecar, Namespace: "default"}}
+	l := &cdsLoader{caseLoader: caseLoader{t: t, mesh: model.DefaultMesh(),
+		proxy: &model.Proxy{ID: "sidecar~10.0.0.99~test.default~default.svc.cluster.local", Type: model.Sidecar, Namespace: "default"}}}
 	l.file(path, "default", true)
 	if l.skip != "" {
 		t.Skip(l.skip)
 	}
-	sort.SliceStable(l.svcs, func(i, j int) bool {
-		if l.svcs[i].Hostname != l.svcs[j].Hostname {
-			return l.svcs[i].Hostname < l.svcs[j].Hostname
-		}
-		return l.svcs[i].Namespace < l.svcs[j].Namespace
-	})
-	reg := &registry.Snapshot{Version: 1, Services: l.svcs, Endpoints: map[string][]registry.Endpoint{}}
-	for _, e := range l.eps {
-		k := registry.Key(e.Namespace, e.Hostname)
-		reg.Endpoints[k] = append(reg.Endpoints[k], e)
-	}
-	return &cdsInput{snap: model.NewSnapshot("test", l.mesh, l.configs, reg), proxy: l.proxy}
+	return &cdsInput{snap: l.snapshot(), proxy: l.proxy}
 }
 
 func (l *cdsLoader) file(path, defaultNS string, top bool) {
@@ -227,11 +149,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 			p.Namespace = d.Namespace
 		}
 		p.IPs, p.Labels, p.ServiceAccount, p.Explicit, p.TProxy = d.IPs, d.Labels, d.ServiceAccount, d.Explicit, d.TProxy
-		ip := "0.0.0.0"
-		if len(d.IPs) > 0 {
-			ip = d.IPs[0]
-		}
-		p.ID = string(p.Type) + "~" + ip + "~test." + p.Namespace + "~" + p.Namespace + ".svc.cluster.local"
+		setProxyID(p)
 		return
 	case "TestMesh":
 		if d.ConnectTimeout != "" {
@@ -258,15 +176,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		}
 		return
 	case "TestRegistry":
-		for _, s := range d.Services {
-			l.svcs = append(l.svcs, l.service(path, s))
-		}
-		for _, e := range d.Endpoints {
-			healthy := e.Healthy == nil || *e.Healthy
-			l.eps = append(l.eps, registry.Endpoint{Hostname: e.Hostname, Namespace: e.Namespace, Address: e.Address,
-				Ports: e.Ports, Labels: e.Labels, Locality: e.Locality, Network: e.Network, Healthy: healthy,
-				ServiceAccount: e.ServiceAccount, Weight: e.Weight, SidecarPorts: e.SidecarPorts})
-		}
+		l.addRegistry(path, d.Services, d.Endpoints)
 		return
 	}
 	var spec proto.Message
@@ -290,8 +200,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		t.Fatalf("%s: document %d (%s %s): %v", path, i, d.Kind, d.Metadata.Name, err)
 	}
 	c := &model.Config{Kind: d.Kind, Name: d.Metadata.Name, Namespace: d.Metadata.Namespace, Labels: d.Metadata.Labels,
-		CreationTime: cdsBaseTime.Add(time.Duration(l.seq) * time.Second), Spec: spec}
-	l.seq++
+		CreationTime: l.nextCreationTime(), Spec: spec}
 	if c.Namespace == "" {
 		c.Namespace = defaultNS
 	}
@@ -307,24 +216,6 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		return
 	}
 	l.configs = append(l.configs, c)
-}
-
-func (l *cdsLoader) service(path string, s cdsTestService) registry.Service {
-	res := map[string]registry.Resolution{"": registry.ResolutionStatic, "STATIC": registry.ResolutionStatic,
-		"DNS": registry.ResolutionDNS, "DNS_ROUND_ROBIN": registry.ResolutionDNSRoundRobin, "NONE": registry.ResolutionNone}
-	r, ok := res[s.Resolution]
-	if !ok {
-		l.t.Fatalf("%s: service %s: unknown resolution %q", path, s.Hostname, s.Resolution)
-	}
-	svc := registry.Service{Hostname: s.Hostname, Namespace: s.Namespace, Addresses: s.Addresses, Resolution: r,
-		Labels: s.Labels, ExportTo: s.ExportTo, SubjectAltNames: s.SubjectAltNames, Source: "test", CreationTime: s.CreationTime}
-	if s.Location == "MESH_EXTERNAL" {
-		svc.Location = registry.MeshExternal
-	}
-	for _, p := range s.Ports {
-		svc.Ports = append(svc.Ports, registry.Port{Name: p.Name, Number: p.Number, Protocol: strings.ToUpper(p.Protocol), TargetPort: p.TargetPort})
-	}
-	return svc
 }
 
 // serviceEntry adds the registry view of a ServiceEntry: one service per
@@ -400,25 +291,4 @@ func renderCDSGolden(t *testing.T, r *cdsResult) []byte {
 	}
 	buf.WriteByte('\n')
 	return buf.Bytes()
-}
-
-// compareCDSGolden compares got with the golden file, or rewrites it with -update.
-func compareCDSGolden(t *testing.T, path string, got []byte, diff func(got, want string) string) {
-	t.Helper()
-	if cdsUpdateGoldens() {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -run %s -update to create it)", err, t.Name())
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s mismatch (-got +want):\n%s\nrun with -update to accept", path, diff(string(got), string(want)))
-	}
 }

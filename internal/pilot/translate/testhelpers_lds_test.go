@@ -3,11 +3,9 @@ package translate
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +13,6 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
-	"github.com/weftmesh/weft/internal/registry"
 	"github.com/weftmesh/weft/internal/resource"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -35,63 +32,14 @@ import (
 // Configs without metadata.creationTimestamp are created one second apart
 // in reading order, so the first one read is the oldest.
 
-func init() {
-	// The CDS tests may register the same flag; whoever runs first does.
-	if flag.Lookup("update") == nil {
-		flag.Bool("update", false, "rewrite golden files")
-	}
-}
-
-// ldsUpdate reports whether -update was given.
-func ldsUpdate() bool {
-	f := flag.Lookup("update")
-	if f == nil {
-		return false
-	}
-	g, ok := f.Value.(flag.Getter)
-	if !ok {
-		return false
-	}
-	v, _ := g.Get().(bool)
-	return v
-}
-
-type ldsTestPort struct {
-	Name       string `json:"name"`
-	Number     uint32 `json:"number"`
-	Protocol   string `json:"protocol"`
-	TargetPort uint32 `json:"targetPort"`
-}
-
-type ldsTestService struct {
-	Hostname     string            `json:"hostname"`
-	Namespace    string            `json:"namespace"`
-	Addresses    []string          `json:"addresses"`
-	Ports        []ldsTestPort     `json:"ports"`
-	Resolution   string            `json:"resolution"`
-	ExportTo     []string          `json:"exportTo"`
-	Labels       map[string]string `json:"labels"`
-	CreationTime int64             `json:"creationTime"`
-}
-
-type ldsTestEndpoint struct {
-	Hostname  string            `json:"hostname"`
-	Namespace string            `json:"namespace"`
-	Address   string            `json:"address"`
-	Ports     map[string]uint32 `json:"ports"`
-	Labels    map[string]string `json:"labels"`
-	// SidecarPorts maps application ports to explicit-mode sidecar ports.
-	SidecarPorts map[uint32]uint32 `json:"sidecarPorts"`
-}
-
 // ldsTestDoc holds the fields of every test-only document kind.
 type ldsTestDoc struct {
 	Kind string `json:"kind"`
 	// TestInclude
 	File string `json:"file"`
 	// TestRegistry
-	Services  []ldsTestService  `json:"services"`
-	Endpoints []ldsTestEndpoint `json:"endpoints"`
+	Services  []testService  `json:"services"`
+	Endpoints []testEndpoint `json:"endpoints"`
 	// TestProxy (Namespace also TestInclude's)
 	Type      string            `json:"type"`
 	Namespace string            `json:"namespace"`
@@ -110,42 +58,15 @@ type ldsCase struct {
 	proxy *model.Proxy
 }
 
-type ldsLoader struct {
-	t       *testing.T
-	mesh    model.Mesh
-	proxy   *model.Proxy
-	configs []*model.Config
-	svcs    []registry.Service
-	eps     []registry.Endpoint
-	seq     int
-}
-
-// ldsBaseTime is the creation time of the first config read.
-var ldsBaseTime = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+type ldsLoader struct{ caseLoader }
 
 // loadLDSCase reads testdata/lds/<name>.yaml.
 func loadLDSCase(t *testing.T, name string) *ldsCase {
 	t.Helper()
-	l := &ldsLoader{t: t, mesh: model.DefaultMesh(), proxy: &model.Proxy{Type: model.Sidecar, Namespace: "default"}}
+	l := &ldsLoader{caseLoader{t: t, mesh: model.DefaultMesh(), proxy: &model.Proxy{Type: model.Sidecar, Namespace: "default"}}}
 	l.file(filepath.Join("testdata", "lds", name+".yaml"), "default")
-	sort.SliceStable(l.svcs, func(i, j int) bool {
-		if l.svcs[i].Hostname != l.svcs[j].Hostname {
-			return l.svcs[i].Hostname < l.svcs[j].Hostname
-		}
-		return l.svcs[i].Namespace < l.svcs[j].Namespace
-	})
-	reg := &registry.Snapshot{Version: 1, Services: l.svcs, Endpoints: map[string][]registry.Endpoint{}}
-	for _, e := range l.eps {
-		k := registry.Key(e.Namespace, e.Hostname)
-		reg.Endpoints[k] = append(reg.Endpoints[k], e)
-	}
-	p := l.proxy
-	ip := "0.0.0.0"
-	if len(p.IPs) > 0 {
-		ip = p.IPs[0]
-	}
-	p.ID = string(p.Type) + "~" + ip + "~test." + p.Namespace + "~" + p.Namespace + ".svc.cluster.local"
-	return &ldsCase{snap: model.NewSnapshot("test", l.mesh, l.configs, reg), proxy: p}
+	setProxyID(l.proxy)
+	return &ldsCase{snap: l.snapshot(), proxy: l.proxy}
 }
 
 func (l *ldsLoader) file(path, defaultNS string) {
@@ -190,13 +111,7 @@ func (l *ldsLoader) testDoc(path string, d resource.Document, defaultNS string) 
 		}
 		l.file(td.File, ns)
 	case "TestRegistry":
-		for _, s := range td.Services {
-			l.svcs = append(l.svcs, l.service(path, s))
-		}
-		for _, e := range td.Endpoints {
-			l.eps = append(l.eps, registry.Endpoint{Hostname: e.Hostname, Namespace: e.Namespace, Address: e.Address,
-				Ports: e.Ports, Labels: e.Labels, Healthy: true, SidecarPorts: e.SidecarPorts})
-		}
+		l.addRegistry(path, td.Services, td.Endpoints)
 	case "TestProxy":
 		if td.Type != "" {
 			l.proxy.Type = model.NodeType(td.Type)
@@ -216,21 +131,6 @@ func (l *ldsLoader) testDoc(path string, d resource.Document, defaultNS string) 
 	default:
 		t.Fatalf("%s: unknown test document kind %q", d.Position(path), td.Kind)
 	}
-}
-
-func (l *ldsLoader) service(path string, s ldsTestService) registry.Service {
-	res := map[string]registry.Resolution{"": registry.ResolutionStatic, "STATIC": registry.ResolutionStatic,
-		"DNS": registry.ResolutionDNS, "NONE": registry.ResolutionNone}
-	r, ok := res[s.Resolution]
-	if !ok {
-		l.t.Fatalf("%s: service %s: unknown resolution %q", path, s.Hostname, s.Resolution)
-	}
-	svc := registry.Service{Hostname: s.Hostname, Namespace: s.Namespace, Addresses: s.Addresses, Resolution: r,
-		Labels: s.Labels, ExportTo: s.ExportTo, Source: "test", CreationTime: s.CreationTime}
-	for _, p := range s.Ports {
-		svc.Ports = append(svc.Ports, registry.Port{Name: p.Name, Number: p.Number, Protocol: p.Protocol, TargetPort: p.TargetPort})
-	}
-	return svc
 }
 
 // istioDoc decodes one Istio object the way the API server accepts it:
@@ -264,8 +164,7 @@ func (l *ldsLoader) istioDoc(path string, d resource.Document, defaultNS string)
 		t.Fatalf("%s: %s %s/%s: %v", d.Position(path), kindName, ns, name, err)
 	}
 	c := &model.Config{Kind: kindName, Name: name, Namespace: ns,
-		CreationTime: ldsBaseTime.Add(time.Duration(l.seq) * time.Second), Spec: spec}
-	l.seq++
+		CreationTime: l.nextCreationTime(), Spec: spec}
 	if ts, _ := meta["creationTimestamp"].(string); ts != "" {
 		ct, err := time.Parse(time.RFC3339, ts)
 		if err != nil {
@@ -319,7 +218,7 @@ func runLDSCase(t *testing.T, name string) *ldsResult {
 			t.Errorf("route configuration %s: encodings of two builds differ", r.routes[i].GetName())
 		}
 	}
-	ldsCompareGolden(t, filepath.Join("testdata", "lds", name+".json"), ldsRender(t, r.listeners, r.routes, r.warnings))
+	compareGolden(t, filepath.Join("testdata", "lds", name+".json"), ldsRender(t, r.listeners, r.routes, r.warnings), ldsLineDiff)
 	return r
 }
 
@@ -395,25 +294,6 @@ func ldsRender(t *testing.T, ls []*listenerv3.Listener, rs []*routev3.RouteConfi
 		t.Fatal(err)
 	}
 	return append(b, '\n')
-}
-
-// ldsCompareGolden compares got with the golden file, or rewrites it with
-// -update.
-func ldsCompareGolden(t *testing.T, path string, got []byte) {
-	t.Helper()
-	if ldsUpdate() {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -run %s -update to create it)", err, t.Name())
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs (-got +want):\n%s\n(run with -update to accept)", path, ldsLineDiff(string(got), string(want)))
-	}
 }
 
 // ldsLineDiff is a small line diff: the first differing region with context.
