@@ -1,9 +1,7 @@
 package consul
 
 import (
-	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"time"
 
@@ -24,15 +22,7 @@ const (
 )
 
 // TLS configures HTTPS to the Consul agent.
-type TLS struct {
-	// CAFile verifies the agent's certificate (default: system roots).
-	CAFile string
-	// CertFile and KeyFile are the client certificate, if the agent
-	// verifies clients.
-	CertFile, KeyFile string
-	// InsecureSkipVerify disables certificate verification (tests only).
-	InsecureSkipVerify bool
-}
+type TLS = registry.TLS
 
 // Config configures the Consul source.
 type Config struct {
@@ -90,61 +80,33 @@ func (c Config) withDefaults() Config {
 // ADDR is host:port or a URL. domain may be repeated: each adds a host name
 // <service>.<D> next to <service>.service.consul.
 func Parse(spec string) (Config, error) {
-	var c Config
-	fields := strings.Split(spec, ",")
-	addr, ok := strings.CutPrefix(strings.TrimSpace(fields[0]), "consul=")
-	if !ok {
-		return c, fmt.Errorf("consul: %q must start with consul=ADDR", spec)
+	s, err := registry.ParseSpec(SourceName, spec, "domain")
+	if err != nil {
+		return Config{}, err
 	}
-	if addr == "" {
-		return c, fmt.Errorf("consul: %q: the address after consul= is empty", spec)
-	}
-	c.Address = addr
-	seen := map[string]bool{}
-	for _, f := range fields[1:] {
-		k, v, ok := strings.Cut(strings.TrimSpace(f), "=")
-		if !ok || k == "" || v == "" {
-			return c, fmt.Errorf("consul: %q: option %q is not key=value", spec, f)
-		}
-		if seen[k] && k != "domain" {
-			return c, fmt.Errorf("consul: %q: option %s given twice", spec, k)
-		}
-		seen[k] = true
-		switch k {
+	c := Config{Address: s.Addr}
+	for _, o := range s.Options {
+		switch o.Key {
 		case "token":
-			c.Token = v
+			c.Token = o.Value
 		case "domain":
-			c.ExtraDomains = append(c.ExtraDomains, strings.Trim(v, "."))
+			c.ExtraDomains = append(c.ExtraDomains, strings.Trim(o.Value, "."))
 		case "ns", "namespace":
-			c.Namespace = v
+			c.Namespace = o.Value
 		case "datacenter", "dc":
-			c.Datacenter = v
+			c.Datacenter = o.Value
 		case "wait":
-			d, err := time.ParseDuration(v)
-			if err != nil || d <= 0 {
-				return c, fmt.Errorf("consul: %q: wait=%s is not a positive duration", spec, v)
-			}
-			c.WaitTime = d
-		case "ca":
-			c.TLS.CAFile = v
-		case "cert":
-			c.TLS.CertFile = v
-		case "key":
-			c.TLS.KeyFile = v
-		case "insecure-skip-verify":
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return c, fmt.Errorf("consul: %q: insecure-skip-verify=%s is not a boolean", spec, v)
-			}
-			c.TLS.InsecureSkipVerify = b
+			c.WaitTime, err = s.Duration(o)
+		case "ca", "cert", "key", "insecure-skip-verify":
+			err = c.TLS.SetOption(s, o)
 		default:
-			return c, fmt.Errorf("consul: %q: unknown option %q (want token, domain, ns, datacenter, wait, ca, cert, key, insecure-skip-verify)", spec, k)
+			err = s.Errorf("unknown option %q (want token, domain, ns, datacenter, wait, ca, cert, key, insecure-skip-verify)", o.Key)
+		}
+		if err != nil {
+			return c, err
 		}
 	}
-	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		return c, fmt.Errorf("consul: %q: cert and key go together", spec)
-	}
-	return c, nil
+	return c, c.TLS.Check(s)
 }
 
 func init() {

@@ -1,9 +1,7 @@
 package nomad
 
 import (
-	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"time"
 
@@ -24,15 +22,7 @@ const (
 )
 
 // TLS configures HTTPS to the Nomad agent.
-type TLS struct {
-	// CAFile verifies the agent's certificate (default: system roots).
-	CAFile string
-	// CertFile and KeyFile are the client certificate, when the agent
-	// verifies clients (Nomad's tls.verify_https_client).
-	CertFile, KeyFile string
-	// InsecureSkipVerify disables certificate verification (tests only).
-	InsecureSkipVerify bool
-}
+type TLS = registry.TLS
 
 // Config configures the Nomad source.
 type Config struct {
@@ -95,59 +85,31 @@ func (c Config) withDefaults() Config {
 //
 // ADDR is host:port or a URL.
 func Parse(spec string) (Config, error) {
-	var c Config
-	fields := strings.Split(spec, ",")
-	addr, ok := strings.CutPrefix(strings.TrimSpace(fields[0]), "nomad=")
-	if !ok {
-		return c, fmt.Errorf("nomad: %q must start with nomad=ADDR", spec)
+	s, err := registry.ParseSpec(SourceName, spec)
+	if err != nil {
+		return Config{}, err
 	}
-	if addr == "" {
-		return c, fmt.Errorf("nomad: %q: the address after nomad= is empty", spec)
-	}
-	c.Address = addr
-	seen := map[string]bool{}
-	for _, f := range fields[1:] {
-		k, v, ok := strings.Cut(strings.TrimSpace(f), "=")
-		if !ok || k == "" || v == "" {
-			return c, fmt.Errorf("nomad: %q: option %q is not key=value", spec, f)
-		}
-		if seen[k] {
-			return c, fmt.Errorf("nomad: %q: option %s given twice", spec, k)
-		}
-		seen[k] = true
-		switch k {
+	c := Config{Address: s.Addr}
+	for _, o := range s.Options {
+		switch o.Key {
 		case "token":
-			c.Token = v
+			c.Token = o.Value
 		case "region":
-			c.Region = v
+			c.Region = o.Value
 		case "namespace", "ns":
-			c.Namespace = v
+			c.Namespace = o.Value
 		case "wait":
-			d, err := time.ParseDuration(v)
-			if err != nil || d <= 0 {
-				return c, fmt.Errorf("nomad: %q: wait=%s is not a positive duration", spec, v)
-			}
-			c.WaitTime = d
-		case "ca":
-			c.TLS.CAFile = v
-		case "cert":
-			c.TLS.CertFile = v
-		case "key":
-			c.TLS.KeyFile = v
-		case "insecure-skip-verify":
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return c, fmt.Errorf("nomad: %q: insecure-skip-verify=%s is not a boolean", spec, v)
-			}
-			c.TLS.InsecureSkipVerify = b
+			c.WaitTime, err = s.Duration(o)
+		case "ca", "cert", "key", "insecure-skip-verify":
+			err = c.TLS.SetOption(s, o)
 		default:
-			return c, fmt.Errorf("nomad: %q: unknown option %q (want token, region, namespace, wait, ca, cert, key, insecure-skip-verify)", spec, k)
+			err = s.Errorf("unknown option %q (want token, region, namespace, wait, ca, cert, key, insecure-skip-verify)", o.Key)
+		}
+		if err != nil {
+			return c, err
 		}
 	}
-	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		return c, fmt.Errorf("nomad: %q: cert and key go together", spec)
-	}
-	return c, nil
+	return c, c.TLS.Check(s)
 }
 
 func init() {
