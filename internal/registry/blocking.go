@@ -7,7 +7,8 @@ import (
 )
 
 // Helpers shared by the sources that watch a remote catalog with blocking
-// queries (Consul, Nomad); the sources may not import each other.
+// queries (Consul, Nomad; see CatalogWatch); the sources may not import each
+// other.
 
 // NextIndex applies the blocking-query index rules Consul and Nomad
 // document: reset to 0 when the index goes backwards (a restored or new

@@ -10,11 +10,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/hashicorp/consul/api"
 
@@ -75,175 +73,64 @@ func New(cfg Config, logger *slog.Logger) (*Source, error) {
 // Name returns "consul".
 func (s *Source) Name() string { return SourceName }
 
-// serviceWatch is the health watcher of one service.
-type serviceWatch struct {
-	cancel context.CancelFunc
-	// done: the first query finished (successfully or not).
-	done    bool
-	entries []*api.ServiceEntry
-}
-
-// watches is the state the watcher goroutines share with Run.
-type watches struct {
-	mu       sync.Mutex
-	synced   bool // the catalog has been read once
-	services map[string]*serviceWatch
-	dirty    chan struct{} // capacity 1: "something changed"
-}
-
-func (w *watches) signal() {
-	select {
-	case w.dirty <- struct{}{}:
-	default:
-	}
-}
-
 // Run watches Consul until ctx ends and reports the complete state to sink
 // after every change. The first report waits until the catalog and every
 // service's health have been read once. Query errors are logged and retried
 // with backoff; Run returns nil when ctx ends.
 func (s *Source) Run(ctx context.Context, sink registry.Sink) error {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	w := &watches{services: map[string]*serviceWatch{}, dirty: make(chan struct{}, 1)}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.watchCatalog(ctx, w, &wg)
-	}()
-	var last *registry.State
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-w.dirty:
-		}
-		st, ready := s.state(w)
-		if !ready || (last != nil && reflect.DeepEqual(*last, st)) {
-			continue
-		}
-		s.logger.Debug("state changed", "services", len(st.Services), "endpoints", len(st.Endpoints))
-		sink.Update(SourceName, st)
-		last = &st
+	w := &registry.CatalogWatch[string, []*api.ServiceEntry]{
+		Source: SourceName, Logger: s.logger, RetryMin: s.cfg.RetryMin, RetryMax: s.cfg.RetryMax,
+		ListName: "catalog", List: s.services,
+		GetName: "health", Get: s.health,
+		GetLogAttrs: func(name string) []any { return []any{"path", "/v1/health/service/" + name} },
+		State:       s.state,
 	}
+	return w.Run(ctx, sink)
 }
 
-// watchCatalog runs the blocking query on /v1/catalog/services and starts
-// and stops the per-service health watchers.
-func (s *Source) watchCatalog(ctx context.Context, w *watches, wg *sync.WaitGroup) {
-	var index uint64
-	failures := 0
-	for {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: s.cfg.WaitTime, AllowStale: true}).WithContext(ctx)
-		services, meta, err := s.client.Catalog().Services(q)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			failures++
-			d := registry.Backoff(s.cfg.RetryMin, s.cfg.RetryMax, failures)
-			s.logger.Warn("catalog query failed", "err", err, "failures", failures, "retry_in", d)
-			if !registry.Sleep(ctx, d) {
-				return
-			}
-			continue
-		}
-		if failures > 0 {
-			s.logger.Info("catalog query recovered", "failures", failures)
-		}
-		failures = 0
-		index = registry.NextIndex(index, meta.LastIndex)
-
-		w.mu.Lock()
-		for name := range services {
-			if _, ok := w.services[name]; ok {
-				continue
-			}
-			sctx, scancel := context.WithCancel(ctx)
-			sw := &serviceWatch{cancel: scancel}
-			w.services[name] = sw
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				s.watchService(sctx, w, name, sw)
-			}()
-		}
-		for name, sw := range w.services {
-			if _, ok := services[name]; !ok {
-				sw.cancel()
-				delete(w.services, name)
-			}
-		}
-		w.synced = true
-		w.mu.Unlock()
-		w.signal()
-	}
+// query is the options of a blocking query waiting on index.
+func (s *Source) query(ctx context.Context, index uint64) *api.QueryOptions {
+	return (&api.QueryOptions{WaitIndex: index, WaitTime: s.cfg.WaitTime, AllowStale: true}).WithContext(ctx)
 }
 
-// watchService runs the blocking query on /v1/health/service/<name> until
-// ctx ends (the service left the catalog, or Run ended).
-func (s *Source) watchService(ctx context.Context, w *watches, name string, sw *serviceWatch) {
-	var index uint64
-	failures := 0
-	path := "/v1/health/service/" + name
-	for {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: s.cfg.WaitTime, AllowStale: true}).WithContext(ctx)
-		entries, meta, err := s.client.Health().Service(name, "", false, q)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			failures++
-			d := registry.Backoff(s.cfg.RetryMin, s.cfg.RetryMax, failures)
-			s.logger.Warn("health query failed", "path", path, "err", err, "failures", failures, "retry_in", d)
-			w.mu.Lock()
-			first := !sw.done
-			sw.done = true
-			w.mu.Unlock()
-			if first {
-				w.signal() // do not hold back the first report for one service
-			}
-			if !registry.Sleep(ctx, d) {
-				return
-			}
-			continue
-		}
-		failures = 0
-		index = registry.NextIndex(index, meta.LastIndex)
-		w.mu.Lock()
-		sw.done, sw.entries = true, entries
-		w.mu.Unlock()
-		w.signal()
+// services runs the blocking query on /v1/catalog/services.
+func (s *Source) services(ctx context.Context, index uint64) ([]string, uint64, error) {
+	services, meta, err := s.client.Catalog().Services(s.query(ctx, index))
+	if err != nil {
+		return nil, 0, err
 	}
+	names := make([]string, 0, len(services))
+	for name := range services {
+		names = append(names, name)
+	}
+	return names, meta.LastIndex, nil
 }
 
-// state builds the registry state; ready is false until the catalog and
-// every listed service have been read once.
-func (s *Source) state(w *watches) (registry.State, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.synced {
-		return registry.State{}, false
+// health runs the blocking query on /v1/health/service/<name>.
+func (s *Source) health(ctx context.Context, name string, index uint64) ([]*api.ServiceEntry, uint64, error) {
+	entries, meta, err := s.client.Health().Service(name, "", false, s.query(ctx, index))
+	if err != nil {
+		return nil, 0, err
 	}
-	names := make([]string, 0, len(w.services))
-	for n, sw := range w.services {
-		if !sw.done {
-			return registry.State{}, false
-		}
+	return entries, meta.LastIndex, nil
+}
+
+// state builds the registry state from every service's health entries.
+func (s *Source) state(entries map[string][]*api.ServiceEntry) registry.State {
+	names := make([]string, 0, len(entries))
+	for n := range entries {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	var st registry.State
 	for _, n := range names {
-		svcs, eps := s.convert(n, w.services[n].entries)
+		svcs, eps := s.convert(n, entries[n])
 		st.Services = append(st.Services, svcs...)
 		st.Endpoints = append(st.Endpoints, eps...)
 	}
 	sort.SliceStable(st.Services, func(i, j int) bool { return st.Services[i].Hostname < st.Services[j].Hostname })
 	sort.SliceStable(st.Endpoints, func(i, j int) bool { return st.Endpoints[i].Hostname < st.Endpoints[j].Hostname })
-	return st, true
+	return st
 }
 
 // hostnames returns the host names of a Consul service.

@@ -11,11 +11,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/hashicorp/nomad/api"
 
@@ -66,168 +64,55 @@ func (s *Source) Name() string { return SourceName }
 // serviceKey identifies a Nomad service: its namespace and name.
 type serviceKey struct{ namespace, name string }
 
-type serviceWatch struct {
-	cancel context.CancelFunc
-	done   bool // the first query finished (successfully or not)
-	regs   []*api.ServiceRegistration
-}
-
-type watches struct {
-	mu       sync.Mutex
-	synced   bool
-	services map[serviceKey]*serviceWatch
-	dirty    chan struct{}
-}
-
-func (w *watches) signal() {
-	select {
-	case w.dirty <- struct{}{}:
-	default:
-	}
-}
-
 // Run watches Nomad until ctx ends and reports the complete state to sink
 // after every change. The first report waits until the service list and
 // every service have been read once. Query errors are logged and retried
 // with backoff; Run returns nil when ctx ends.
 func (s *Source) Run(ctx context.Context, sink registry.Sink) error {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	w := &watches{services: map[serviceKey]*serviceWatch{}, dirty: make(chan struct{}, 1)}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.watchList(ctx, w, &wg)
-	}()
-	var last *registry.State
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-w.dirty:
-		}
-		st, ready := s.state(w)
-		if !ready || (last != nil && reflect.DeepEqual(*last, st)) {
-			continue
-		}
-		s.logger.Debug("state changed", "services", len(st.Services), "endpoints", len(st.Endpoints))
-		sink.Update(SourceName, st)
-		last = &st
+	w := &registry.CatalogWatch[serviceKey, []*api.ServiceRegistration]{
+		Source: SourceName, Logger: s.logger, RetryMin: s.cfg.RetryMin, RetryMax: s.cfg.RetryMax,
+		ListName: "service list", List: s.list,
+		GetName: "service", Get: s.service,
+		GetLogAttrs: func(k serviceKey) []any { return []any{"namespace", k.namespace, "service", k.name} },
+		State:       s.state,
 	}
+	return w.Run(ctx, sink)
 }
 
+// query is the options of a blocking query in namespace waiting on index.
 func (s *Source) query(ctx context.Context, namespace string, index uint64) *api.QueryOptions {
 	q := &api.QueryOptions{Namespace: namespace, WaitIndex: index, WaitTime: s.cfg.WaitTime, AllowStale: true}
 	return q.WithContext(ctx)
 }
 
-// watchList runs the blocking query on /v1/services and starts and stops
-// the per-service watchers.
-func (s *Source) watchList(ctx context.Context, w *watches, wg *sync.WaitGroup) {
-	var index uint64
-	failures := 0
-	for {
-		list, meta, err := s.client.Services().List(s.query(ctx, s.cfg.Namespace, index))
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			failures++
-			d := registry.Backoff(s.cfg.RetryMin, s.cfg.RetryMax, failures)
-			s.logger.Warn("service list query failed", "err", err, "failures", failures, "retry_in", d)
-			if !registry.Sleep(ctx, d) {
-				return
-			}
-			continue
-		}
-		if failures > 0 {
-			s.logger.Info("service list query recovered", "failures", failures)
-		}
-		failures = 0
-		index = registry.NextIndex(index, meta.LastIndex)
-
-		present := map[serviceKey]bool{}
-		for _, ns := range list {
-			for _, svc := range ns.Services {
-				present[serviceKey{ns.Namespace, svc.ServiceName}] = true
-			}
-		}
-		w.mu.Lock()
-		for k := range present {
-			if _, ok := w.services[k]; ok {
-				continue
-			}
-			sctx, scancel := context.WithCancel(ctx)
-			sw := &serviceWatch{cancel: scancel}
-			w.services[k] = sw
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				s.watchService(sctx, w, k, sw)
-			}()
-		}
-		for k, sw := range w.services {
-			if !present[k] {
-				sw.cancel()
-				delete(w.services, k)
-			}
-		}
-		w.synced = true
-		w.mu.Unlock()
-		w.signal()
+// list runs the blocking query on /v1/services.
+func (s *Source) list(ctx context.Context, index uint64) ([]serviceKey, uint64, error) {
+	list, meta, err := s.client.Services().List(s.query(ctx, s.cfg.Namespace, index))
+	if err != nil {
+		return nil, 0, err
 	}
+	var keys []serviceKey
+	for _, ns := range list {
+		for _, svc := range ns.Services {
+			keys = append(keys, serviceKey{ns.Namespace, svc.ServiceName})
+		}
+	}
+	return keys, meta.LastIndex, nil
 }
 
-// watchService runs the blocking query on /v1/service/<name> until ctx
-// ends (the service was deregistered, or Run ended).
-func (s *Source) watchService(ctx context.Context, w *watches, k serviceKey, sw *serviceWatch) {
-	var index uint64
-	failures := 0
-	for {
-		regs, meta, err := s.client.Services().Get(k.name, s.query(ctx, k.namespace, index))
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			failures++
-			d := registry.Backoff(s.cfg.RetryMin, s.cfg.RetryMax, failures)
-			s.logger.Warn("service query failed", "namespace", k.namespace, "service", k.name, "err", err, "failures", failures, "retry_in", d)
-			w.mu.Lock()
-			first := !sw.done
-			sw.done = true
-			w.mu.Unlock()
-			if first {
-				w.signal()
-			}
-			if !registry.Sleep(ctx, d) {
-				return
-			}
-			continue
-		}
-		failures = 0
-		index = registry.NextIndex(index, meta.LastIndex)
-		w.mu.Lock()
-		sw.done, sw.regs = true, regs
-		w.mu.Unlock()
-		w.signal()
+// service runs the blocking query on /v1/service/<name>.
+func (s *Source) service(ctx context.Context, k serviceKey, index uint64) ([]*api.ServiceRegistration, uint64, error) {
+	regs, meta, err := s.client.Services().Get(k.name, s.query(ctx, k.namespace, index))
+	if err != nil {
+		return nil, 0, err
 	}
+	return regs, meta.LastIndex, nil
 }
 
-// state builds the registry state; ready is false until the list and every
-// listed service have been read once.
-func (s *Source) state(w *watches) (registry.State, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.synced {
-		return registry.State{}, false
-	}
-	keys := make([]serviceKey, 0, len(w.services))
-	for k, sw := range w.services {
-		if !sw.done {
-			return registry.State{}, false
-		}
+// state builds the registry state from every service's registrations.
+func (s *Source) state(regs map[serviceKey][]*api.ServiceRegistration) registry.State {
+	keys := make([]serviceKey, 0, len(regs))
+	for k := range regs {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool {
@@ -238,11 +123,11 @@ func (s *Source) state(w *watches) (registry.State, bool) {
 	})
 	var st registry.State
 	for _, k := range keys {
-		svc, eps := s.convert(k, w.services[k].regs)
+		svc, eps := s.convert(k, regs[k])
 		st.Services = append(st.Services, svc)
 		st.Endpoints = append(st.Endpoints, eps...)
 	}
-	return st, true
+	return st
 }
 
 // Hostname is the weft host name of Nomad service name in namespace:
