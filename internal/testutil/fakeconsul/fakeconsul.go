@@ -15,18 +15,14 @@
 package fakeconsul
 
 import (
-	"encoding/json"
-	"math/rand/v2"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
+
+	"github.com/weftmesh/weft/internal/testutil/fakeagent"
 )
 
 // Check statuses, as Consul spells them.
@@ -57,12 +53,7 @@ type Instance struct {
 }
 
 // Request is one HTTP request the server received.
-type Request struct {
-	Method string
-	Path   string
-	Query  url.Values
-	Token  string
-}
+type Request = fakeagent.Request
 
 type instance struct {
 	Instance
@@ -72,93 +63,32 @@ type instance struct {
 }
 
 // Server is a fake Consul agent. Create it with New; Close it when done.
+// The embedded Agent serves it: URL, Addr, Stop, Start, RequireToken (the
+// X-Consul-Token header or token query parameter), Requests, Blocked and
+// AwaitBlocked.
 type Server struct {
+	*fakeagent.Agent
 	// Datacenter is the datacenter the server answers for ("dc1").
 	Datacenter string
 
 	mu        sync.Mutex
-	changed   chan struct{}  // closed and replaced on every change
-	stopped   chan struct{}  // closed by Stop, replaced by Start
-	parked    map[string]int // blocked queries by path
-	parkedCh  chan struct{}  // closed and replaced when parked changes
 	index     uint64
 	catalogIx uint64
 	serviceIx map[string]uint64
 	instances map[string]*instance // by node + "/" + ID
-	token     string
-	requests  []Request
-
-	addr string
-	srv  *httptest.Server
 }
 
 // New starts a fake Consul server on a loopback port.
 func New() *Server {
 	s := &Server{
 		Datacenter: "dc1",
-		changed:    make(chan struct{}),
-		stopped:    make(chan struct{}),
 		index:      1,
 		catalogIx:  1,
 		serviceIx:  map[string]uint64{},
 		instances:  map[string]*instance{},
-		parked:     map[string]int{},
-		parkedCh:   make(chan struct{}),
 	}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
-	s.addr = s.srv.Listener.Addr().String()
+	s.Agent = fakeagent.New(fakeagent.Options{HeaderPrefix: "X-Consul", TokenParam: true}, s.serveHTTP)
 	return s
-}
-
-// URL is the server's base URL (http://127.0.0.1:port).
-func (s *Server) URL() string { return "http://" + s.addr }
-
-// Addr is the server's host:port.
-func (s *Server) Addr() string { return s.addr }
-
-// Close stops the server for good.
-func (s *Server) Close() { s.Stop() }
-
-// Stop closes the listener and every open connection, ending in-flight
-// blocking queries, so that clients see connection errors. State is kept.
-func (s *Server) Stop() {
-	s.mu.Lock()
-	srv := s.srv
-	s.srv = nil
-	if srv != nil {
-		close(s.stopped)
-	}
-	s.mu.Unlock()
-	if srv != nil {
-		srv.CloseClientConnections()
-		srv.Close()
-	}
-}
-
-// Start serves again on the address the server had before Stop, with the
-// state (and index) it had.
-func (s *Server) Start() error {
-	l, err := net.Listen("tcp", s.addr)
-	if err != nil {
-		return err
-	}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))
-	srv.Listener.Close()
-	srv.Listener = l
-	s.mu.Lock()
-	s.stopped = make(chan struct{})
-	s.srv = srv
-	s.mu.Unlock()
-	srv.Start()
-	return nil
-}
-
-// RequireToken makes every request need this ACL token (X-Consul-Token
-// header or token query parameter); "" turns ACLs off.
-func (s *Server) RequireToken(token string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.token = token
 }
 
 // Index returns the current index.
@@ -166,47 +96,6 @@ func (s *Server) Index() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.index
-}
-
-// Requests returns the requests received so far.
-func (s *Server) Requests() []Request {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.requests)
-}
-
-// Blocked reports how many blocking queries on path are waiting now.
-func (s *Server) Blocked(path string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.parked[path]
-}
-
-// AwaitBlocked waits until at least n blocking queries on path are waiting,
-// or timeout passes; it reports whether they are.
-func (s *Server) AwaitBlocked(path string, n int, timeout time.Duration) bool {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	for {
-		s.mu.Lock()
-		ok, ch := s.parked[path] >= n, s.parkedCh
-		s.mu.Unlock()
-		if ok {
-			return true
-		}
-		select {
-		case <-ch:
-		case <-t.C:
-			return false
-		}
-	}
-}
-
-// park counts a blocked query on path (delta +1 or -1). s.mu held.
-func (s *Server) park(path string, delta int) {
-	s.parked[path] += delta
-	close(s.parkedCh)
-	s.parkedCh = make(chan struct{})
 }
 
 // bump advances the index for a change to service (catalog: the set of
@@ -217,8 +106,7 @@ func (s *Server) bump(service string, catalog bool) uint64 {
 	if catalog {
 		s.catalogIx = s.index
 	}
-	close(s.changed)
-	s.changed = make(chan struct{})
+	s.Changed()
 	return s.index
 }
 
@@ -287,20 +175,15 @@ func (s *Server) SetCheck(node, id, status string) (uint64, bool) {
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	token := r.Header.Get("X-Consul-Token")
-	if token == "" {
-		token = q.Get("token")
-	}
 	s.mu.Lock()
-	s.requests = append(s.requests, Request{Method: r.Method, Path: r.URL.Path, Query: q, Token: token})
-	want, dc := s.token, s.Datacenter
+	dc := s.Datacenter
 	s.mu.Unlock()
 
 	if r.Method != http.MethodGet {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	if want != "" && token != want {
+	if !s.Authorized(r) {
 		http.Error(w, "ACL not found", http.StatusForbidden)
 		return
 	}
@@ -308,14 +191,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "No path to datacenter", http.StatusInternalServerError)
 		return
 	}
-	index, wait, err := blockingParams(q)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
 	switch {
 	case r.URL.Path == "/v1/catalog/services":
-		s.block(w, r, index, wait, func() (uint64, any) { return s.catalogIx, s.catalogServices() })
+		s.Block(w, r, func() (uint64, any) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return s.catalogIx, s.catalogServices()
+		})
 	case strings.HasPrefix(r.URL.Path, "/v1/health/service/"):
 		name := strings.TrimPrefix(r.URL.Path, "/v1/health/service/")
 		if name == "" {
@@ -329,100 +211,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		tags := q["tag"]
-		s.block(w, r, index, wait, func() (uint64, any) { return s.healthIndex(name), s.healthService(dc, name, tags, passing) })
+		s.Block(w, r, func() (uint64, any) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return s.healthIndex(name), s.healthService(dc, name, tags, passing)
+		})
 	default:
 		http.NotFound(w, r)
 	}
-}
-
-// blockingParams parses index and wait. wait takes a Go duration or a
-// number of seconds; Consul's default is 5m and its maximum 10m.
-func blockingParams(q url.Values) (uint64, time.Duration, error) {
-	var index uint64
-	if v := q.Get("index"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return 0, 0, err
-		}
-		index = n
-	}
-	wait := 5 * time.Minute
-	if v := q.Get("wait"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			n, err2 := strconv.Atoi(v)
-			if err2 != nil {
-				return 0, 0, err
-			}
-			d = time.Duration(n) * time.Second
-		}
-		wait = d
-	}
-	wait = min(wait, 10*time.Minute)
-	return index, wait, nil
-}
-
-// block answers at once when index is 0 or already passed, otherwise when
-// the index moves past it or wait (plus up to wait/16 jitter) elapses.
-func (s *Server) block(w http.ResponseWriter, r *http.Request, index uint64, wait time.Duration, read func() (uint64, any)) {
-	var timeout <-chan time.Time
-	if index > 0 {
-		jitter := time.Duration(0)
-		if wait >= 16 {
-			jitter = rand.N(wait / 16)
-		}
-		t := time.NewTimer(wait + jitter)
-		defer t.Stop()
-		timeout = t.C
-	}
-	for {
-		s.mu.Lock()
-		ix, body := read()
-		changed, stopped := s.changed, s.stopped
-		s.mu.Unlock()
-		if index == 0 || ix > index {
-			reply(w, ix, body)
-			return
-		}
-		if !s.wait(r, changed, stopped, timeout) {
-			s.mu.Lock()
-			ix, body = read()
-			s.mu.Unlock()
-			if r.Context().Err() == nil {
-				reply(w, ix, body)
-			}
-			return
-		}
-	}
-}
-
-// wait parks a blocked query until the state changes (true) or the wait
-// time passes, the client goes away or the server stops (false).
-func (s *Server) wait(r *http.Request, changed, stopped <-chan struct{}, timeout <-chan time.Time) bool {
-	s.mu.Lock()
-	s.park(r.URL.Path, 1)
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.park(r.URL.Path, -1)
-		s.mu.Unlock()
-	}()
-	select {
-	case <-changed:
-		return true
-	case <-timeout:
-	case <-r.Context().Done():
-	case <-stopped:
-	}
-	return false
-}
-
-func reply(w http.ResponseWriter, index uint64, body any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Consul-Index", strconv.FormatUint(index, 10))
-	w.Header().Set("X-Consul-KnownLeader", "true")
-	w.Header().Set("X-Consul-LastContact", "0")
-	_ = json.NewEncoder(w).Encode(body)
 }
 
 // catalogServices is the /v1/catalog/services body: name → unique tags.

@@ -1,46 +1,23 @@
 package fakeconsul
 
 import (
-	"encoding/json"
-	"net/http"
 	"strconv"
 	"testing"
 	"time"
 )
 
-func get(t *testing.T, url string) (uint64, []byte) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	ix, err := strconv.ParseUint(resp.Header.Get("X-Consul-Index"), 10, 64)
-	if err != nil {
-		t.Fatalf("X-Consul-Index: %v", err)
-	}
-	var raw json.RawMessage
-	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
-		t.Fatal(err)
-	}
-	return ix, raw
-}
-
 func TestBlockingSemantics(t *testing.T) {
 	s := New()
 	t.Cleanup(s.Close)
 	s.Register(Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", Port: 80, Tags: []string{"b", "a"}})
-	ix, body := get(t, s.URL()+"/v1/catalog/services")
+	ix, body := s.Get(t, "/v1/catalog/services")
 	if string(body) != `{"web":["a","b"]}` {
 		t.Errorf("catalog body %s", body)
 	}
 
 	// index == current: blocks until wait elapses, same index back.
 	start := time.Now()
-	ix2, _ := get(t, s.URL()+"/v1/catalog/services?index="+strconv.FormatUint(ix, 10)+"&wait=100ms")
+	ix2, _ := s.Get(t, "/v1/catalog/services?index="+strconv.FormatUint(ix, 10)+"&wait=100ms")
 	if el := time.Since(start); ix2 != ix || el < 100*time.Millisecond {
 		t.Errorf("timed-out blocking query returned index %d after %v; want %d after >=100ms", ix2, el, ix)
 	}
@@ -48,7 +25,7 @@ func TestBlockingSemantics(t *testing.T) {
 	// A health change wakes the health query, not the catalog's index.
 	done := make(chan uint64, 1)
 	go func() {
-		got, _ := get(t, s.URL()+"/v1/health/service/web?index="+strconv.FormatUint(ix, 10)+"&wait=10s")
+		got, _ := s.Get(t, "/v1/health/service/web?index="+strconv.FormatUint(ix, 10)+"&wait=10s")
 		done <- got
 	}()
 	if !s.AwaitBlocked("/v1/health/service/web", 1, 5*time.Second) {
@@ -63,10 +40,10 @@ func TestBlockingSemantics(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("blocked health query not woken by a check change")
 	}
-	if ix3, _ := get(t, s.URL()+"/v1/catalog/services"); ix3 != ix {
+	if ix3, _ := s.Get(t, "/v1/catalog/services"); ix3 != ix {
 		t.Errorf("a check change moved the catalog index %d -> %d", ix, ix3)
 	}
-	_, body = get(t, s.URL()+"/v1/health/service/web?passing")
+	_, body = s.Get(t, "/v1/health/service/web?passing")
 	if string(body) != `[]` {
 		t.Errorf("?passing returned a critical instance: %s", body)
 	}

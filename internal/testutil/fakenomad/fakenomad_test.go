@@ -1,53 +1,30 @@
 package fakenomad
 
 import (
-	"encoding/json"
-	"net/http"
 	"strconv"
 	"testing"
 	"time"
 )
-
-func get(t *testing.T, url string) (uint64, []byte) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	ix, err := strconv.ParseUint(resp.Header.Get("X-Nomad-Index"), 10, 64)
-	if err != nil {
-		t.Fatalf("X-Nomad-Index: %v", err)
-	}
-	var raw json.RawMessage
-	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
-		t.Fatal(err)
-	}
-	return ix, raw
-}
 
 func TestBlockingSemantics(t *testing.T) {
 	s := New()
 	t.Cleanup(s.Close)
 	s.Register(Registration{ID: "r1", ServiceName: "web", Namespace: "prod", Address: "10.0.0.1", Port: 80, Tags: []string{"x"}})
 	s.Register(Registration{ID: "r2", ServiceName: "db", Address: "10.0.0.2", Port: 5432})
-	ix, body := get(t, s.URL()+"/v1/services?namespace=*")
+	ix, body := s.Get(t, "/v1/services?namespace=*")
 	if want := `[{"Namespace":"default","Services":[{"ServiceName":"db","Tags":[]}]},{"Namespace":"prod","Services":[{"ServiceName":"web","Tags":["x"]}]}]`; string(body) != want {
 		t.Errorf("list body %s, want %s", body, want)
 	}
-	if _, body := get(t, s.URL()+"/v1/services"); string(body) != `[{"Namespace":"default","Services":[{"ServiceName":"db","Tags":[]}]}]` {
+	if _, body := s.Get(t, "/v1/services"); string(body) != `[{"Namespace":"default","Services":[{"ServiceName":"db","Tags":[]}]}]` {
 		t.Errorf("default-namespace list %s", body)
 	}
 	start := time.Now()
-	if ix2, _ := get(t, s.URL()+"/v1/service/web?namespace=prod&index="+strconv.FormatUint(ix, 10)+"&wait=100ms"); ix2 != ix || time.Since(start) < 100*time.Millisecond {
+	if ix2, _ := s.Get(t, "/v1/service/web?namespace=prod&index="+strconv.FormatUint(ix, 10)+"&wait=100ms"); ix2 != ix || time.Since(start) < 100*time.Millisecond {
 		t.Errorf("timed-out blocking query: index %d after %v", ix2, time.Since(start))
 	}
 	done := make(chan uint64, 1)
 	go func() {
-		got, _ := get(t, s.URL()+"/v1/service/web?namespace=prod&index="+strconv.FormatUint(ix, 10)+"&wait=10s")
+		got, _ := s.Get(t, "/v1/service/web?namespace=prod&index="+strconv.FormatUint(ix, 10)+"&wait=10s")
 		done <- got
 	}()
 	if !s.AwaitBlocked("/v1/service/web", 1, 5*time.Second) {
