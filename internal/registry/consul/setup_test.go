@@ -1,50 +1,30 @@
 package consul
 
 import (
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
+	"github.com/weftmesh/weft/internal/registry/registrytest"
 )
 
 func TestParse(t *testing.T) {
-	for _, tc := range []struct {
-		spec string
-		want Config
-		err  string
-	}{
-		{spec: "consul=127.0.0.1:8500", want: Config{Address: "127.0.0.1:8500"}},
-		{spec: "consul=https://consul:8501,token=T,domain=consul.example,domain=.dc1.example.,ns=legacy,datacenter=dc2,wait=1m",
-			want: Config{Address: "https://consul:8501", Token: "T", ExtraDomains: []string{"consul.example", "dc1.example"},
+	registrytest.CheckParse(t, Parse, []registrytest.ParseCase[Config]{
+		{Spec: "consul=127.0.0.1:8500", Want: Config{Address: "127.0.0.1:8500"}},
+		{Spec: "consul=https://consul:8501,token=T,domain=consul.example,domain=.dc1.example.,ns=legacy,datacenter=dc2,wait=1m",
+			Want: Config{Address: "https://consul:8501", Token: "T", ExtraDomains: []string{"consul.example", "dc1.example"},
 				Namespace: "legacy", Datacenter: "dc2", WaitTime: time.Minute}},
-		{spec: "consul=c:8501,ca=/ca.pem,cert=/c.pem,key=/k.pem,insecure-skip-verify=true",
-			want: Config{Address: "c:8501", TLS: TLS{CAFile: "/ca.pem", CertFile: "/c.pem", KeyFile: "/k.pem", InsecureSkipVerify: true}}},
-		{spec: "nomad=x", err: "must start with consul=ADDR"},
-		{spec: "consul=", err: "address after consul= is empty"},
-		{spec: "consul=a,token", err: `option "token" is not key=value`},
-		{spec: "consul=a,token=", err: "is not key=value"},
-		{spec: "consul=a,token=x,token=y", err: "option token given twice"},
-		{spec: "consul=a,color=red", err: `unknown option "color"`},
-		{spec: "consul=a,wait=soon", err: "wait=soon is not a positive duration"},
-		{spec: "consul=a,cert=/c.pem", err: "cert and key go together"},
-		{spec: "consul=a,insecure-skip-verify=maybe", err: "is not a boolean"},
-	} {
-		got, err := Parse(tc.spec)
-		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("Parse(%q) error %v, want one containing %q", tc.spec, err, tc.err)
-			}
-			continue
-		}
-		if err != nil {
-			t.Errorf("Parse(%q): %v", tc.spec, err)
-			continue
-		}
-		if d := cmp.Diff(got, tc.want); d != "" {
-			t.Errorf("Parse(%q) (-got +want):\n%s", tc.spec, d)
-		}
-	}
+		{Spec: "consul=c:8501,ca=/ca.pem,cert=/c.pem,key=/k.pem,insecure-skip-verify=true",
+			Want: Config{Address: "c:8501", TLS: TLS{CAFile: "/ca.pem", CertFile: "/c.pem", KeyFile: "/k.pem", InsecureSkipVerify: true}}},
+		{Spec: "nomad=x", Err: "must start with consul=ADDR"},
+		{Spec: "consul=", Err: "address after consul= is empty"},
+		{Spec: "consul=a,token", Err: `option "token" is not key=value`},
+		{Spec: "consul=a,token=", Err: "is not key=value"},
+		{Spec: "consul=a,token=x,token=y", Err: "option token given twice"},
+		{Spec: "consul=a,color=red", Err: `unknown option "color"`},
+		{Spec: "consul=a,wait=soon", Err: "wait=soon is not a positive duration"},
+		{Spec: "consul=a,cert=/c.pem", Err: "cert and key go together"},
+		{Spec: "consul=a,insecure-skip-verify=maybe", Err: "is not a boolean"},
+	})
 }
 
 func FuzzParse(f *testing.F) {

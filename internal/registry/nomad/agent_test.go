@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/nomad/api"
 
 	"github.com/weftmesh/weft/internal/registry"
+	"github.com/weftmesh/weft/internal/registry/registrytest"
 )
 
 // nomadBinary finds a Nomad binary: $WEFT_NOMAD_BIN, else nomad on $PATH.
@@ -147,36 +148,36 @@ func TestRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := start(t, Config{Address: addr}, quiet())
-	rec.waitFor(t, 0, 10*time.Second, "initial empty state", func(s registry.State) bool { return len(s.Services) == 0 })
+	rec := start(t, Config{Address: addr}, registrytest.Quiet())
+	rec.WaitFor(t, 0, 10*time.Second, "initial empty state", func(s registry.State) bool { return len(s.Services) == 0 })
 
 	const host = "web.default.nomad"
 	const slow = 60 * time.Second // scheduling and starting an allocation
-	n, begin := rec.count(), time.Now()
+	n, begin := rec.Count(), time.Now()
 	if _, _, err := client.Jobs().Register(webJob("protocol=http", "version=v1"), nil); err != nil {
 		t.Fatal(err)
 	}
-	st := rec.waitFor(t, n, slow, "web registered", func(s registry.State) bool { return len(endpoints(s, host)) == 1 })
+	st := rec.WaitFor(t, n, slow, "web registered", func(s registry.State) bool { return len(registrytest.Endpoints(s, host)) == 1 })
 	t.Logf("job registered -> endpoint in the sink: %v (includes scheduling)", time.Since(begin).Round(time.Millisecond))
-	ep := endpoints(st, host)[0]
+	ep := registrytest.Endpoints(st, host)[0]
 	if ep.Address == "" || ep.Labels["version"] != "v1" || st.Services[0].Ports[0].Protocol != "HTTP" || ep.Locality != "dc1" {
-		t.Errorf("state from a real agent: %s", dump(st))
+		t.Errorf("state from a real agent: %s", registrytest.Dump(st))
 	}
 
-	n, begin = rec.count(), time.Now()
+	n, begin = rec.Count(), time.Now()
 	if _, _, err := client.Jobs().Register(webJob("protocol=http", "version=v2"), nil); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, n, slow, "tags updated", func(s registry.State) bool {
-		eps := endpoints(s, host)
+	rec.WaitFor(t, n, slow, "tags updated", func(s registry.State) bool {
+		eps := registrytest.Endpoints(s, host)
 		return len(eps) == 1 && eps[0].Labels["version"] == "v2"
 	})
 	t.Logf("job tags changed -> sink: %v", time.Since(begin).Round(time.Millisecond))
 
-	n, begin = rec.count(), time.Now()
+	n, begin = rec.Count(), time.Now()
 	if _, _, err := client.Jobs().Deregister("web", true, nil); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, n, slow, "web gone", func(s registry.State) bool { return len(s.Services) == 0 })
+	rec.WaitFor(t, n, slow, "web gone", func(s registry.State) bool { return len(s.Services) == 0 })
 	t.Logf("job stopped -> service gone from the sink: %v", time.Since(begin).Round(time.Millisecond))
 }

@@ -8,22 +8,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/weftmesh/weft/internal/registry"
+	"github.com/weftmesh/weft/internal/registry/registrytest"
 	"github.com/weftmesh/weft/internal/testutil/fakenomad"
 )
 
 func reg(id, ns, svc, addr string, port int, tags ...string) fakenomad.Registration {
 	return fakenomad.Registration{ID: id, Namespace: ns, ServiceName: svc, Address: addr, Port: port, Tags: tags,
 		NodeID: "node-1", JobID: "job-" + svc, AllocID: "alloc-" + id}
-}
-
-func endpoints(st registry.State, host string) []registry.Endpoint {
-	var out []registry.Endpoint
-	for _, e := range st.Endpoints {
-		if e.Hostname == host {
-			out = append(out, e)
-		}
-	}
-	return out
 }
 
 func TestMapping(t *testing.T) {
@@ -34,8 +25,8 @@ func TestMapping(t *testing.T) {
 	r2.Datacenter = "dc2"
 	fake.Register(r2)
 	fake.Register(reg("r3", "batch", "Web", "10.0.1.1", 9000))
-	rec := start(t, Config{Address: fake.URL()}, quiet())
-	got := rec.waitFor(t, 0, 5*time.Second, "initial state", func(registry.State) bool { return true })
+	rec := start(t, Config{Address: fake.URL()}, registrytest.Quiet())
+	got := rec.WaitFor(t, 0, 5*time.Second, "initial state", func(registry.State) bool { return true })
 	svc := func(host, ns string, ports ...registry.Port) registry.Service {
 		return registry.Service{Hostname: host, Namespace: ns, Ports: ports, Resolution: registry.ResolutionStatic,
 			Location: registry.MeshInternal, Source: SourceName}
@@ -64,29 +55,29 @@ func TestChangesPropagate(t *testing.T) {
 	fake := fakenomad.New()
 	t.Cleanup(fake.Close)
 	fake.Register(reg("r1", "default", "web", "10.0.0.1", 8080, "version=v1"))
-	rec := start(t, Config{Address: fake.URL()}, quiet())
+	rec := start(t, Config{Address: fake.URL()}, registrytest.Quiet())
 	const host = "web.default.nomad"
-	rec.waitFor(t, 0, 5*time.Second, "initial web", func(s registry.State) bool { return len(endpoints(s, host)) == 1 })
+	rec.WaitFor(t, 0, 5*time.Second, "initial web", func(s registry.State) bool { return len(registrytest.Endpoints(s, host)) == 1 })
 
-	rec.change(t, "new registration", func() { fake.Register(reg("r2", "default", "web", "10.0.0.2", 8080)) }, func(s registry.State) bool {
-		return len(endpoints(s, host)) == 2
+	rec.Change(t, propagation, "new registration", func() { fake.Register(reg("r2", "default", "web", "10.0.0.2", 8080)) }, func(s registry.State) bool {
+		return len(registrytest.Endpoints(s, host)) == 2
 	})
-	rec.change(t, "new service in another namespace", func() { fake.Register(reg("r3", "ops", "api", "10.0.0.3", 9000)) }, func(s registry.State) bool {
-		eps := endpoints(s, "api.ops.nomad")
+	rec.Change(t, propagation, "new service in another namespace", func() { fake.Register(reg("r3", "ops", "api", "10.0.0.3", 9000)) }, func(s registry.State) bool {
+		eps := registrytest.Endpoints(s, "api.ops.nomad")
 		return len(eps) == 1 && eps[0].Namespace == "ops"
 	})
-	rec.change(t, "tag change", func() { fake.Register(reg("r1", "default", "web", "10.0.0.1", 8080, "version=v2")) }, func(s registry.State) bool {
-		eps := endpoints(s, host)
+	rec.Change(t, propagation, "tag change", func() { fake.Register(reg("r1", "default", "web", "10.0.0.1", 8080, "version=v2")) }, func(s registry.State) bool {
+		eps := registrytest.Endpoints(s, host)
 		return len(eps) == 2 && eps[0].Labels["version"] == "v2"
 	})
-	rec.change(t, "port change", func() { fake.Register(reg("r1", "default", "web", "10.0.0.1", 8081, "version=v2")) }, func(s registry.State) bool {
-		eps := endpoints(s, host)
+	rec.Change(t, propagation, "port change", func() { fake.Register(reg("r1", "default", "web", "10.0.0.1", 8081, "version=v2")) }, func(s registry.State) bool {
+		eps := registrytest.Endpoints(s, host)
 		return len(eps) == 2 && eps[0].Ports["tcp-8081"] == 8081
 	})
-	rec.change(t, "registration removed", func() { fake.Deregister("r2") }, func(s registry.State) bool {
-		return len(endpoints(s, host)) == 1
+	rec.Change(t, propagation, "registration removed", func() { fake.Deregister("r2") }, func(s registry.State) bool {
+		return len(registrytest.Endpoints(s, host)) == 1
 	})
-	rec.change(t, "service removed", func() { fake.Deregister("r3") }, func(s registry.State) bool {
+	rec.Change(t, propagation, "service removed", func() { fake.Deregister("r3") }, func(s registry.State) bool {
 		return len(s.Services) == 1 && s.Services[0].Hostname == host
 	})
 }
@@ -95,9 +86,9 @@ func TestBlockingQueries(t *testing.T) {
 	fake := fakenomad.New()
 	t.Cleanup(fake.Close)
 	fake.Register(reg("r1", "default", "web", "10.0.0.1", 8080))
-	rec := start(t, Config{Address: fake.URL(), WaitTime: 7 * time.Second}, quiet())
-	rec.waitFor(t, 0, 5*time.Second, "initial web", func(s registry.State) bool { return len(s.Services) == 1 })
-	rec.change(t, "second registration", func() { fake.Register(reg("r2", "default", "web", "10.0.0.2", 8080)) }, func(s registry.State) bool {
+	rec := start(t, Config{Address: fake.URL(), WaitTime: 7 * time.Second}, registrytest.Quiet())
+	rec.WaitFor(t, 0, 5*time.Second, "initial web", func(s registry.State) bool { return len(s.Services) == 1 })
+	rec.Change(t, propagation, "second registration", func() { fake.Register(reg("r2", "default", "web", "10.0.0.2", 8080)) }, func(s registry.State) bool {
 		return len(s.Endpoints) == 2
 	})
 	// Wait until both watchers are parked again, then inspect every request.
@@ -143,40 +134,19 @@ func TestOutageBacksOffAndRecovers(t *testing.T) {
 	fake := fakenomad.New()
 	t.Cleanup(fake.Close)
 	fake.Register(reg("r1", "default", "web", "10.0.0.1", 8080))
-	logs := newLogCounter()
+	logs := registrytest.NewLogCounter()
 	rec := start(t, Config{Address: fake.URL(), RetryMin: 20 * time.Millisecond, RetryMax: 160 * time.Millisecond}, slog.New(logs))
-	rec.waitFor(t, 0, 5*time.Second, "initial web", func(s registry.State) bool { return len(s.Services) == 1 })
+	rec.WaitFor(t, 0, 5*time.Second, "initial web", func(s registry.State) bool { return len(s.Services) == 1 })
 
 	fake.Stop()
-	deadline := time.After(5 * time.Second)
-	for logs.count("service list query failed") < 5 {
-		select {
-		case <-logs.notify:
-		case <-deadline:
-			t.Fatalf("only %d failed list queries after the outage", logs.count("service list query failed"))
-		}
-	}
-	logs.mu.Lock()
-	times := append([]time.Time(nil), logs.times["service list query failed"]...)
-	logs.mu.Unlock()
-	for i := 1; i < len(times); i++ {
-		if gap := times[i].Sub(times[i-1]); gap < 10*time.Millisecond || gap > time.Second {
-			t.Errorf("retry %d came %v after the previous one; want backoff within [10ms, 1s]", i, gap)
-		}
-	}
+	logs.Await(t, "service list query failed", 5, 5*time.Second)
+	logs.CheckSpacing(t, "service list query failed", 10*time.Millisecond, time.Second)
 	fake.Register(reg("r2", "default", "web", "10.0.0.2", 8080))
 	if err := fake.Start(); err != nil {
 		t.Fatalf("restart fake: %v", err)
 	}
-	rec.change(t, "recovery after outage", func() {}, func(s registry.State) bool { return len(s.Endpoints) == 2 })
-	deadline = time.After(5 * time.Second)
-	for logs.count("service list query recovered") == 0 {
-		select {
-		case <-logs.notify:
-		case <-deadline:
-			t.Fatal("the list watcher did not recover")
-		}
-	}
+	rec.Change(t, propagation, "recovery after outage", func() {}, func(s registry.State) bool { return len(s.Endpoints) == 2 })
+	logs.Await(t, "service list query recovered", 1, 5*time.Second)
 }
 
 func TestTokenAndRegion(t *testing.T) {
@@ -184,24 +154,17 @@ func TestTokenAndRegion(t *testing.T) {
 	t.Cleanup(fake.Close)
 	fake.RequireToken("s3cret")
 	fake.Register(reg("r1", "default", "web", "10.0.0.1", 8080))
-	rec := start(t, Config{Address: fake.URL(), Token: "s3cret", Region: "global"}, quiet())
-	rec.waitFor(t, 0, 5*time.Second, "web with token", func(s registry.State) bool { return len(s.Endpoints) == 1 })
+	rec := start(t, Config{Address: fake.URL(), Token: "s3cret", Region: "global"}, registrytest.Quiet())
+	rec.WaitFor(t, 0, 5*time.Second, "web with token", func(s registry.State) bool { return len(s.Endpoints) == 1 })
 	for _, r := range fake.Requests() {
 		if r.Token != "s3cret" || r.Query.Get("region") != "global" {
 			t.Fatalf("request %s?%s token %q: want token and region=global", r.Path, r.Query.Encode(), r.Token)
 		}
 	}
-	logs := newLogCounter()
+	logs := registrytest.NewLogCounter()
 	bad := start(t, Config{Address: fake.URL(), Region: "mars", Token: "s3cret", RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond}, slog.New(logs))
-	deadline := time.After(5 * time.Second)
-	for logs.count("service list query failed") < 2 {
-		select {
-		case <-logs.notify:
-		case <-deadline:
-			t.Fatal("an unknown region did not fail")
-		}
-	}
-	if n := bad.count(); n != 0 {
+	logs.Await(t, "service list query failed", 2, 5*time.Second)
+	if n := bad.Count(); n != 0 {
 		t.Errorf("%d states reported without access to the region", n)
 	}
 }

@@ -4,17 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/weftmesh/weft/internal/registry"
+	"github.com/weftmesh/weft/internal/registry/registrytest"
 	"github.com/weftmesh/weft/internal/resource"
 	"github.com/weftmesh/weft/internal/store"
 	"github.com/weftmesh/weft/internal/store/bolt"
@@ -27,11 +25,9 @@ const samples = "../../../../shared/istio-samples/other"
 // waitTimeout bounds every wait for the source to report a state.
 const waitTimeout = 5 * time.Second
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
 func openStore(t *testing.T) *bolt.Store {
 	t.Helper()
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "weft.db"), store.Options{}, quiet())
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "weft.db"), store.Options{}, registrytest.Quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,85 +35,10 @@ func openStore(t *testing.T) *bolt.Store {
 	return st
 }
 
-// recorder is a registry.Sink that keeps every state it receives.
-type recorder struct {
-	mu     sync.Mutex
-	states []registry.State
-	notify chan struct{}
-}
-
-func newRecorder() *recorder { return &recorder{notify: make(chan struct{}, 1)} }
-
-func (r *recorder) Update(source string, st registry.State) {
-	if source != SourceName {
-		panic("unexpected source " + source)
-	}
-	r.mu.Lock()
-	r.states = append(r.states, st)
-	r.mu.Unlock()
-	select {
-	case r.notify <- struct{}{}:
-	default:
-	}
-}
-
-func (r *recorder) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.states)
-}
-
-// waitFor returns the first state, among those received after the first
-// `after` updates, for which ok holds; it fails the test after waitTimeout.
-func (r *recorder) waitFor(t *testing.T, after int, what string, ok func(registry.State) bool) registry.State {
-	t.Helper()
-	deadline := time.NewTimer(waitTimeout)
-	defer deadline.Stop()
-	next := after
-	for {
-		r.mu.Lock()
-		pending := r.states[min(next, len(r.states)):]
-		next = len(r.states)
-		r.mu.Unlock()
-		for _, st := range pending {
-			if ok(st) {
-				return st
-			}
-		}
-		select {
-		case <-r.notify:
-		case <-deadline.C:
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			t.Fatalf("timed out after %v waiting for %s; last of %d states: %s", waitTimeout, what, len(r.states), dump(r.states[len(r.states)-1:]))
-		}
-	}
-}
-
-func dump(v any) string {
-	b, _ := json.MarshalIndent(v, "", "  ")
-	return string(b)
-}
-
 // run starts the source and stops it when the test ends.
-func run(t *testing.T, st Store) *recorder {
+func run(t *testing.T, st Store) *registrytest.Recorder {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	rec := newRecorder()
-	done := make(chan error, 1)
-	go func() { done <- New(st, Mesh{}, quiet()).Run(ctx, rec) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(waitTimeout):
-			t.Errorf("Run did not return after cancel")
-		}
-	})
-	return rec
+	return registrytest.Run(t, New(st, Mesh{}, registrytest.Quiet()))
 }
 
 // createdAt is the creationTimestamp given to objects that have none.
@@ -189,7 +110,7 @@ func writeYAML(t *testing.T, st store.Store, path, defaultNS string) {
 func readable(t *testing.T, st registry.State) string {
 	t.Helper()
 	var v map[string][]map[string]any
-	if err := json.Unmarshal([]byte(dump(st)), &v); err != nil {
+	if err := json.Unmarshal([]byte(registrytest.Dump(st)), &v); err != nil {
 		t.Fatal(err)
 	}
 	resolutions := []string{"STATIC", "DNS", "NONE", "DNS_ROUND_ROBIN"}
@@ -198,7 +119,7 @@ func readable(t *testing.T, st registry.State) string {
 		s["Resolution"] = resolutions[int(s["Resolution"].(float64))]
 		s["Location"] = locations[int(s["Location"].(float64))]
 	}
-	return dump(v)
+	return registrytest.Dump(v)
 }
 
 func golden(t *testing.T, name string, got registry.State) {
@@ -224,9 +145,9 @@ func TestSamples(t *testing.T) {
 	writeYAML(t, st, filepath.Join(samples, "service-entry-examples.yaml"), "seexamples")
 	writeYAML(t, st, filepath.Join(samples, "service-entry-static-weighted-endpoints.yaml"), "default")
 	rec := run(t, st)
-	got := rec.waitFor(t, 0, "9 services", func(s registry.State) bool { return len(s.Services) == 9 })
+	got := rec.WaitFor(t, 0, waitTimeout, "9 services", func(s registry.State) bool { return len(s.Services) == 9 })
 	golden(t, "samples", got)
-	if n := rec.count(); n != 1 {
+	if n := rec.Count(); n != 1 {
 		t.Errorf("got %d updates for a static store, want 1", n)
 	}
 }
@@ -290,7 +211,7 @@ func TestWorkloadSelector(t *testing.T) {
 	writeObject(t, st, weObject("other", "web-x", nil, map[string]any{"address": "10.9.0.1", "labels": map[string]any{"app": "web"}}), "")
 	writeObject(t, st, weObject("apps", "db-1", nil, map[string]any{"address": "10.0.1.1", "labels": map[string]any{"app": "db"}}), "")
 	rec := run(t, st)
-	first := rec.waitFor(t, 0, "initial state", func(registry.State) bool { return true })
+	first := rec.WaitFor(t, 0, waitTimeout, "initial state", func(registry.State) bool { return true })
 	golden(t, "workload-selector", first)
 	for _, e := range endpointsOf(first, "web.apps.internal") {
 		want := uint32(8080)
@@ -305,23 +226,23 @@ func TestWorkloadSelector(t *testing.T) {
 		}
 	}
 
-	n := rec.count()
+	n := rec.Count()
 	writeObject(t, st, weObject("apps", "web-3", nil, map[string]any{"address": "10.0.0.3", "labels": map[string]any{"app": "web"}}), "")
-	rec.waitFor(t, n, "web-3 selected", func(s registry.State) bool {
+	rec.WaitFor(t, n, waitTimeout, "web-3 selected", func(s registry.State) bool {
 		return cmp.Equal(workloadNames(endpointsOf(s, "web.apps.internal")), []string{"web-1@10.0.0.1", "web-2@10.0.0.2", "web-3@10.0.0.3"})
 	})
 
-	n = rec.count()
+	n = rec.Count()
 	writeObject(t, st, weObject("apps", "web-1", nil, map[string]any{"address": "10.0.0.11", "labels": map[string]any{"app": "web"}}), "")
-	rec.waitFor(t, n, "web-1 moved", func(s registry.State) bool {
+	rec.WaitFor(t, n, waitTimeout, "web-1 moved", func(s registry.State) bool {
 		return cmp.Equal(workloadNames(endpointsOf(s, "web.apps.internal")), []string{"web-1@10.0.0.11", "web-2@10.0.0.2", "web-3@10.0.0.3"})
 	})
 
-	n = rec.count()
+	n = rec.Count()
 	// Relabelling a workload out of the selector drops it.
 	writeObject(t, st, weObject("apps", "web-2", map[string]any{"app": "web"}, map[string]any{"address": "10.0.0.2", "labels": map[string]any{"app": "batch"}}), "")
 	deleteObject(t, st, "WorkloadEntry", "apps", "web-1")
-	rec.waitFor(t, n, "web-1 deleted, web-2 relabelled", func(s registry.State) bool {
+	rec.WaitFor(t, n, waitTimeout, "web-1 deleted, web-2 relabelled", func(s registry.State) bool {
 		return cmp.Equal(workloadNames(endpointsOf(s, "web.apps.internal")), []string{"web-3@10.0.0.3"})
 	})
 }
@@ -329,7 +250,7 @@ func TestWorkloadSelector(t *testing.T) {
 func TestUpdateAndDeletePropagate(t *testing.T) {
 	st := openStore(t)
 	rec := run(t, st) // empty store: the watch path must catch every write
-	rec.waitFor(t, 0, "empty state", func(s registry.State) bool { return len(s.Services) == 0 })
+	rec.WaitFor(t, 0, waitTimeout, "empty state", func(s registry.State) bool { return len(s.Services) == 0 })
 
 	spec := map[string]any{
 		"hosts":      []any{"api.example.com", "shortname"},
@@ -338,26 +259,26 @@ func TestUpdateAndDeletePropagate(t *testing.T) {
 		"exportTo":   []any{"."},
 		"endpoints":  []any{map[string]any{"address": "api.backend.example.com"}},
 	}
-	n := rec.count()
+	n := rec.Count()
 	writeObject(t, st, seObject("ext", "api", spec), "")
-	got := rec.waitFor(t, n, "api created", func(s registry.State) bool { return len(s.Services) == 2 })
+	got := rec.WaitFor(t, n, waitTimeout, "api created", func(s registry.State) bool { return len(s.Services) == 2 })
 	if got.Services[0].Hostname != "api.example.com" || got.Services[1].Hostname != "shortname" {
 		t.Errorf("hosts %q, %q: short names must stay as written", got.Services[0].Hostname, got.Services[1].Hostname)
 	}
 	if len(got.Endpoints) != 2 || got.Endpoints[1].Hostname != "shortname" || got.Endpoints[1].Address != "api.backend.example.com" {
-		t.Errorf("endpoints %s", dump(got.Endpoints))
+		t.Errorf("endpoints %s", registrytest.Dump(got.Endpoints))
 	}
 
-	n = rec.count()
+	n = rec.Count()
 	spec["ports"] = []any{map[string]any{"number": 8443, "name": "tls", "protocol": "tls"}}
 	writeObject(t, st, seObject("ext", "api", spec), "")
-	rec.waitFor(t, n, "port 8443", func(s registry.State) bool {
+	rec.WaitFor(t, n, waitTimeout, "port 8443", func(s registry.State) bool {
 		return len(s.Services) == 2 && s.Services[0].Ports[0].Number == 8443 && s.Services[0].Ports[0].Protocol == "TLS"
 	})
 
-	n = rec.count()
+	n = rec.Count()
 	deleteObject(t, st, "ServiceEntry", "ext", "api")
-	rec.waitFor(t, n, "api deleted", func(s registry.State) bool { return len(s.Services) == 0 && len(s.Endpoints) == 0 })
+	rec.WaitFor(t, n, waitTimeout, "api deleted", func(s registry.State) bool { return len(s.Services) == 0 && len(s.Endpoints) == 0 })
 }
 
 func TestUndecodableObjectsAreSkipped(t *testing.T) {
@@ -366,9 +287,9 @@ func TestUndecodableObjectsAreSkipped(t *testing.T) {
 	writeObject(t, st, seObject("a", "bad-port", map[string]any{"hosts": []any{"x.example"}, "ports": []any{map[string]any{"number": "eighty"}}}), "")
 	writeObject(t, st, seObject("a", "good", map[string]any{"hosts": []any{"good.example"}, "resolution": "STATIC"}), "")
 	rec := run(t, st)
-	got := rec.waitFor(t, 0, "initial state", func(registry.State) bool { return true })
+	got := rec.WaitFor(t, 0, waitTimeout, "initial state", func(registry.State) bool { return true })
 	if len(got.Services) != 1 || got.Services[0].Hostname != "good.example" {
-		t.Fatalf("services %s, want only good.example", dump(got.Services))
+		t.Fatalf("services %s, want only good.example", registrytest.Dump(got.Services))
 	}
 	if want := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano(); got.Services[0].CreationTime != want {
 		t.Errorf("CreationTime %d, want %d", got.Services[0].CreationTime, want)

@@ -94,7 +94,7 @@ func TestWatchDisruptions(t *testing.T) {
 	real := openStore(t)
 	fs := &flakyStore{Store: real, lists: map[string]int{}, watches: map[string]int{}}
 	rec := run(t, fs)
-	rec.waitFor(t, 0, "empty state", func(s registry.State) bool { return len(s.Services) == 0 })
+	rec.WaitFor(t, 0, waitTimeout, "empty state", func(s registry.State) bool { return len(s.Services) == 0 })
 	hosts := func(s registry.State) string {
 		var h []string
 		for _, svc := range s.Services {
@@ -103,15 +103,15 @@ func TestWatchDisruptions(t *testing.T) {
 		return strings.Join(h, ",")
 	}
 
-	n := rec.count()
+	n := rec.Count()
 	writeObject(t, real, seObject("a", "zero", map[string]any{"hosts": []any{"zero.example"}}), "")
-	rec.waitFor(t, n, "zero", func(s registry.State) bool { return hosts(s) == "zero.example" })
+	rec.WaitFor(t, n, waitTimeout, "zero", func(s registry.State) bool { return hosts(s) == "zero.example" })
 
 	// A silently closed watch resumes from the last revision (no re-list).
 	fs.breakAll(nil)
-	n = rec.count()
+	n = rec.Count()
 	writeObject(t, real, seObject("a", "one", map[string]any{"hosts": []any{"one.example"}}), "")
-	rec.waitFor(t, n, "one after close", func(s registry.State) bool { return hosts(s) == "one.example,zero.example" })
+	rec.WaitFor(t, n, waitTimeout, "one after close", func(s registry.State) bool { return hosts(s) == "one.example,zero.example" })
 	if l, w := fs.counts("ServiceEntry"); l != 2 || w != 2 {
 		// Two lists: the store was empty at start (see tryOpen).
 		t.Errorf("after a close: %d lists, %d watches of ServiceEntries; want 2, 2", l, w)
@@ -120,9 +120,9 @@ func TestWatchDisruptions(t *testing.T) {
 	// A compacted watch re-lists; so does any other watch error.
 	weLists, _ := fs.counts("WorkloadEntry")
 	fs.breakAll(store.ErrCompacted)
-	n = rec.count()
+	n = rec.Count()
 	writeObject(t, real, seObject("a", "two", map[string]any{"hosts": []any{"two.example"}}), "")
-	rec.waitFor(t, n, "two after compaction", func(s registry.State) bool { return hosts(s) == "one.example,two.example,zero.example" })
+	rec.WaitFor(t, n, waitTimeout, "two after compaction", func(s registry.State) bool { return hosts(s) == "one.example,two.example,zero.example" })
 	if l, w := fs.counts("ServiceEntry"); l != 3 || w != 3 {
 		t.Errorf("after compaction: %d lists, %d watches of ServiceEntries; want 3, 3", l, w)
 	}
