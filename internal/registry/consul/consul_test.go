@@ -140,34 +140,7 @@ func TestBlockingQueries(t *testing.T) {
 	rec.Change(t, propagation, "second instance", func() { fake.Register(web("n2", "10.0.0.2", 8080)) }, func(s registry.State) bool {
 		return len(s.Endpoints) == 2
 	})
-	// Wait until both watchers are parked again, then inspect every request.
-	for _, p := range []string{"/v1/catalog/services", "/v1/health/service/web"} {
-		if !fake.AwaitBlocked(p, 1, 5*time.Second) {
-			t.Fatalf("no blocked query on %s", p)
-		}
-	}
-	blocking := map[string]int{}
-	for _, r := range fake.Requests() {
-		if r.Query.Get("index") == "" || r.Query.Get("index") == "0" {
-			continue
-		}
-		if got := r.Query.Get("wait"); got != "7000ms" {
-			t.Errorf("%s?%s: wait=%q, want 7000ms", r.Path, r.Query.Encode(), got)
-		}
-		blocking[r.Path]++
-	}
-	for _, p := range []string{"/v1/catalog/services", "/v1/health/service/web"} {
-		if blocking[p] == 0 {
-			t.Errorf("no blocking query (index>0) on %s; requests: %v", p, fake.Requests())
-		}
-	}
-	// Idle: the source must stay parked in blocking queries, not poll.
-	before := len(fake.Requests())
-	idle := time.NewTimer(300 * time.Millisecond)
-	<-idle.C
-	if n := len(fake.Requests()) - before; n != 0 {
-		t.Errorf("%d requests while idle, want 0 (blocked)", n)
-	}
+	registrytest.CheckBlocking(t, fake.Agent, "7000ms", "/v1/catalog/services", "/v1/health/service/web")
 }
 
 func TestOutageBacksOffAndRecovers(t *testing.T) {

@@ -91,13 +91,7 @@ func TestBlockingQueries(t *testing.T) {
 	rec.Change(t, propagation, "second registration", func() { fake.Register(reg("r2", "default", "web", "10.0.0.2", 8080)) }, func(s registry.State) bool {
 		return len(s.Endpoints) == 2
 	})
-	// Wait until both watchers are parked again, then inspect every request.
-	for _, p := range []string{"/v1/services", "/v1/service/web"} {
-		if !fake.AwaitBlocked(p, 1, 5*time.Second) {
-			t.Fatalf("no blocked query on %s", p)
-		}
-	}
-	blocking := map[string]int{}
+	registrytest.CheckBlocking(t, fake.Agent, "7000ms", "/v1/services", "/v1/service/web")
 	for _, r := range fake.Requests() {
 		want := "default"
 		if r.Path == "/v1/services" {
@@ -109,24 +103,6 @@ func TestBlockingQueries(t *testing.T) {
 		if _, stale := r.Query["stale"]; !stale {
 			t.Errorf("%s?%s: not a stale read", r.Path, r.Query.Encode())
 		}
-		if r.Query.Get("index") == "" || r.Query.Get("index") == "0" {
-			continue
-		}
-		if got := r.Query.Get("wait"); got != "7000ms" {
-			t.Errorf("%s?%s: wait=%q, want 7000ms", r.Path, r.Query.Encode(), got)
-		}
-		blocking[r.Path]++
-	}
-	for _, p := range []string{"/v1/services", "/v1/service/web"} {
-		if blocking[p] == 0 {
-			t.Errorf("no blocking query (index>0) on %s", p)
-		}
-	}
-	before := len(fake.Requests())
-	idle := time.NewTimer(300 * time.Millisecond)
-	<-idle.C
-	if n := len(fake.Requests()) - before; n != 0 {
-		t.Errorf("%d requests while idle, want 0 (blocked)", n)
 	}
 }
 

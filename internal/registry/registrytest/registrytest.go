@@ -21,6 +21,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/weftmesh/weft/internal/registry"
+	"github.com/weftmesh/weft/internal/testutil/fakeagent"
 )
 
 // Recorder is a registry.Sink that keeps every state one source reports.
@@ -265,5 +266,43 @@ func CheckParse[C any](t testing.TB, parse func(spec string) (C, error), cases [
 		if d := cmp.Diff(got, tc.Want); d != "" {
 			t.Errorf("Parse(%q) (-got +want):\n%s", tc.Spec, d)
 		}
+	}
+}
+
+// CheckBlocking checks that a source watching agent uses blocking queries:
+// it waits until a query on every path is parked, then checks that each
+// path had a query with an index, that every such query asked for wait
+// (as sent, e.g. "7000ms"), and that no request arrives while the source
+// is idle.
+func CheckBlocking(t testing.TB, agent *fakeagent.Agent, wait string, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		if !agent.AwaitBlocked(p, 1, 5*time.Second) {
+			t.Fatalf("no blocked query on %s", p)
+		}
+	}
+	blocking := map[string]int{}
+	for _, r := range agent.Requests() {
+		if r.Query.Get("index") == "" || r.Query.Get("index") == "0" {
+			continue
+		}
+		if got := r.Query.Get("wait"); got != wait {
+			t.Errorf("%s?%s: wait=%q, want %s", r.Path, r.Query.Encode(), got, wait)
+		}
+		blocking[r.Path]++
+	}
+	for _, p := range paths {
+		if blocking[p] == 0 {
+			t.Errorf("no blocking query (index>0) on %s; requests: %v", p, agent.Requests())
+		}
+	}
+	// Idle: the source must stay parked in blocking queries, not poll. A
+	// poll would come within this quiet period.
+	before := len(agent.Requests())
+	idle := time.NewTimer(300 * time.Millisecond)
+	defer idle.Stop()
+	<-idle.C
+	if n := len(agent.Requests()) - before; n != 0 {
+		t.Errorf("%d requests while idle, want 0 (blocked)", n)
 	}
 }
