@@ -52,17 +52,8 @@ type cdsTestDoc struct {
 		CreationTimestamp string            `json:"creationTimestamp"`
 	} `json:"metadata"`
 	Spec json.RawMessage `json:"spec"`
-	// TestRegistry
-	Services  []testService  `json:"services"`
-	Endpoints []testEndpoint `json:"endpoints"`
-	// TestProxy (Namespace also TestInclude's)
-	Type           string            `json:"type"`
-	Namespace      string            `json:"namespace"`
-	IPs            []string          `json:"ips"`
-	Labels         map[string]string `json:"labels"`
-	ServiceAccount string            `json:"serviceAccount"`
-	Explicit       bool              `json:"explicit"`
-	TProxy         bool              `json:"tproxy"`
+	testRegistryDoc
+	testProxyDoc
 	// TestMesh
 	ConnectTimeout string `json:"connectTimeout"`
 	TrustDomain    string `json:"trustDomain"`
@@ -141,15 +132,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		l.file(d.File, ns, false)
 		return
 	case "TestProxy":
-		p := l.proxy
-		if d.Type != "" {
-			p.Type = model.NodeType(d.Type)
-		}
-		if d.Namespace != "" {
-			p.Namespace = d.Namespace
-		}
-		p.IPs, p.Labels, p.ServiceAccount, p.Explicit, p.TProxy = d.IPs, d.Labels, d.ServiceAccount, d.Explicit, d.TProxy
-		setProxyID(p)
+		l.setProxy(d.testProxyDoc)
 		return
 	case "TestMesh":
 		if d.ConnectTimeout != "" {
@@ -176,7 +159,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		}
 		return
 	case "TestRegistry":
-		l.addRegistry(path, d.Services, d.Endpoints)
+		l.addRegistry(path, d.testRegistryDoc)
 		return
 	}
 	var spec proto.Message

@@ -26,7 +26,7 @@ import (
 //
 //	kind: TestInclude    file: <path relative to the package>, namespace: <default ns>
 //	kind: TestRegistry   services: [...], endpoints: [...]
-//	kind: TestProxy      type, namespace, ips, labels, explicit
+//	kind: TestProxy      type, namespace, ips, labels, serviceAccount, explicit, tproxy
 //	kind: TestMesh       registryOnly, domainSuffix, rootNamespace
 //
 // Configs without metadata.creationTimestamp are created one second apart
@@ -37,15 +37,8 @@ type ldsTestDoc struct {
 	Kind string `json:"kind"`
 	// TestInclude
 	File string `json:"file"`
-	// TestRegistry
-	Services  []testService  `json:"services"`
-	Endpoints []testEndpoint `json:"endpoints"`
-	// TestProxy (Namespace also TestInclude's)
-	Type      string            `json:"type"`
-	Namespace string            `json:"namespace"`
-	IPs       []string          `json:"ips"`
-	Labels    map[string]string `json:"labels"`
-	Explicit  bool              `json:"explicit"`
+	testRegistryDoc
+	testProxyDoc
 	// TestMesh
 	RegistryOnly  bool   `json:"registryOnly"`
 	DomainSuffix  string `json:"domainSuffix"`
@@ -111,15 +104,9 @@ func (l *ldsLoader) testDoc(path string, d resource.Document, defaultNS string) 
 		}
 		l.file(td.File, ns)
 	case "TestRegistry":
-		l.addRegistry(path, td.Services, td.Endpoints)
+		l.addRegistry(path, td.testRegistryDoc)
 	case "TestProxy":
-		if td.Type != "" {
-			l.proxy.Type = model.NodeType(td.Type)
-		}
-		if td.Namespace != "" {
-			l.proxy.Namespace = td.Namespace
-		}
-		l.proxy.IPs, l.proxy.Labels, l.proxy.Explicit = td.IPs, td.Labels, td.Explicit
+		l.setProxy(td.testProxyDoc)
 	case "TestMesh":
 		l.mesh.OutboundTrafficPolicyAllowAny = !td.RegistryOnly
 		if td.DomainSuffix != "" {

@@ -84,6 +84,25 @@ type testEndpoint struct {
 	SidecarPorts map[uint32]uint32 `json:"sidecarPorts"`
 }
 
+// testRegistryDoc is the body of a TestRegistry document.
+type testRegistryDoc struct {
+	Services  []testService  `json:"services"`
+	Endpoints []testEndpoint `json:"endpoints"`
+}
+
+// testProxyDoc is the body of a TestProxy document: the proxy under test.
+// Namespace is also TestInclude's default namespace.
+type testProxyDoc struct {
+	// Type is sidecar, router or proxyless (default sidecar).
+	Type           string            `json:"type"`
+	Namespace      string            `json:"namespace"`
+	IPs            []string          `json:"ips"`
+	Labels         map[string]string `json:"labels"`
+	ServiceAccount string            `json:"serviceAccount"`
+	Explicit       bool              `json:"explicit"`
+	TProxy         bool              `json:"tproxy"`
+}
+
 // caseBaseTime is the creation time of the first config object read.
 var caseBaseTime = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 
@@ -107,11 +126,24 @@ func (l *caseLoader) nextCreationTime() time.Time {
 	return ct
 }
 
+// setProxy applies a TestProxy document to the proxy under test.
+func (l *caseLoader) setProxy(d testProxyDoc) {
+	p := l.proxy
+	if d.Type != "" {
+		p.Type = model.NodeType(d.Type)
+	}
+	if d.Namespace != "" {
+		p.Namespace = d.Namespace
+	}
+	p.IPs, p.Labels, p.ServiceAccount, p.Explicit, p.TProxy = d.IPs, d.Labels, d.ServiceAccount, d.Explicit, d.TProxy
+	setProxyID(p)
+}
+
 // addRegistry adds the services and endpoints of a TestRegistry document.
-func (l *caseLoader) addRegistry(path string, svcs []testService, eps []testEndpoint) {
+func (l *caseLoader) addRegistry(path string, d testRegistryDoc) {
 	res := map[string]registry.Resolution{"": registry.ResolutionStatic, "STATIC": registry.ResolutionStatic,
 		"DNS": registry.ResolutionDNS, "DNS_ROUND_ROBIN": registry.ResolutionDNSRoundRobin, "NONE": registry.ResolutionNone}
-	for _, s := range svcs {
+	for _, s := range d.Services {
 		r, ok := res[s.Resolution]
 		if !ok {
 			l.t.Fatalf("%s: service %s: unknown resolution %q", path, s.Hostname, s.Resolution)
@@ -126,7 +158,7 @@ func (l *caseLoader) addRegistry(path string, svcs []testService, eps []testEndp
 		}
 		l.svcs = append(l.svcs, svc)
 	}
-	for _, e := range eps {
+	for _, e := range d.Endpoints {
 		healthy := e.Healthy == nil || *e.Healthy
 		l.eps = append(l.eps, registry.Endpoint{Hostname: e.Hostname, Namespace: e.Namespace, Address: e.Address,
 			Ports: e.Ports, Labels: e.Labels, Locality: e.Locality, Network: e.Network, Healthy: healthy,
