@@ -43,7 +43,9 @@ type testCerts struct {
 	roots *x509.CertPool
 }
 
-func (c *testCerts) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.cert, nil }
+func (c *testCerts) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return c.cert, nil
+}
 func (c *testCerts) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 	return c.cert, nil
 }
