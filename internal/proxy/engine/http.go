@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/weftmesh/weft/internal/proxy/cluster"
@@ -22,6 +23,9 @@ import (
 )
 
 type connKey struct{}
+
+// copyBufs holds the buffers response bodies are copied through.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // maxRetryBody is the largest request body buffered so it can be replayed
 // on a retry; larger bodies are streamed and not retried once sent.
@@ -337,8 +341,17 @@ func (e *Engine) respond(w http.ResponseWriter, resp *http.Response, rte *route.
 		return
 	}
 	w.WriteHeader(resp.StatusCode)
-	fl, _ := w.(http.Flusher)
-	buf := make([]byte, 32<<10)
+	// A body of unknown length (chunked, HTTP/2 without content-length:
+	// gRPC streams, server-sent events) is flushed after every read so
+	// that streams flow; a sized body is left to the server's buffering
+	// (one write for a small answer), as httputil.ReverseProxy does.
+	var fl http.Flusher
+	if resp.ContentLength < 0 {
+		fl, _ = w.(http.Flusher)
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
