@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"sync"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -80,6 +81,9 @@ type runtime struct {
 	virtual  map[uint32][]*listenerSpec
 	routes   map[string]*route.Table
 	clusters map[string]*cluster.Cluster
+	// transports caches the engine's upstream transport of each cluster
+	// for the request path.
+	transports sync.Map // *cluster.Cluster -> http.RoundTripper
 }
 
 func compileRuntime(s *xdsclient.Snapshot) (*runtime, error) {

@@ -57,7 +57,7 @@ type Engine struct {
 	quitOnce sync.Once
 	conns    sync.WaitGroup
 
-	transports sync.Map // cluster name -> *http.Transport
+	transports sync.Map // transportKey -> *http.Transport
 }
 
 // boundListener is one listening socket and its HTTP servers.

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,12 +74,12 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		table = rt.routes[cc.chain.rdsName]
 	}
 	src, _ := netip.ParseAddrPort(r.RemoteAddr)
-	req := &route.Request{Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Headers: r.Header, SourceIP: src.Addr()}
+	req := &route.Request{Method: r.Method, Host: r.Host, Path: requestTarget(r), Headers: r.Header, SourceIP: src.Addr()}
 	rte, _, ok := (*route.Route)(nil), (*route.VirtualHost)(nil), false
 	if table != nil {
 		rte, _, ok = table.Match(req)
 	}
-	defer func() { e.record(cc, ex, r) }()
+	defer e.record(cc, ex, r)
 	if !ok {
 		ex.flags, ex.code = "NR", http.StatusNotFound
 		w.WriteHeader(http.StatusNotFound)
@@ -137,12 +138,12 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(ex.code)
 		return
 	}
-	e.forward(w, r, req, rte, wc, c, cc, ex)
+	e.forward(w, r, req, rte, wc, c, rt, cc, ex)
 }
 
 // forward sends the request upstream with retries and streams the answer.
 func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Request, rte *route.Route, wc *route.Cluster,
-	c *cluster.Cluster, cc *chainConn, ex *exchange) {
+	c *cluster.Cluster, rt *runtime, cc *chainConn, ex *exchange) {
 	ctx := r.Context()
 	if rte.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -167,12 +168,31 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		ex.reqBytes = r.ContentLength
 	}
 	hashKey, hasHash := rte.HashKey(req)
-	path := rte.RewritePath(r.URL.RequestURI())
+	path := rte.RewritePath(req.Path)
 	if len(rte.Mirrors) > 0 && (body != nil || r.Body == nil || r.Body == http.NoBody) {
-		e.mirror(r, rte, path, body)
+		e.mirror(rt, r, rte, path, body)
 	}
-	host := rte.UpstreamHost(wc)
-	var tried []string
+	// The downstream request's header map becomes the upstream one: the
+	// server reads nothing from it once the handler runs, and every
+	// attempt sends the same headers, so they are prepared once.
+	removeHopHeaders(r.Header)
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
+			ip = prior + ", " + ip
+		}
+		r.Header.Set("X-Forwarded-For", ip)
+	}
+	r.Header.Set("X-Forwarded-Proto", "http")
+	rte.ApplyRequestHeaders(r.Header, wc)
+	target := upstreamTarget(r.URL, path, req.Path)
+	target.Scheme = upstreamScheme(c)
+	outHost := r.Host
+	if host := rte.UpstreamHost(wc); host != "" {
+		outHost = host
+	}
+	rtr := e.transport(rt, c)
+	var triedBuf [4]string
+	tried := triedBuf[:0]
 	for attempt := 0; ; attempt++ {
 		ep, err := c.Pick(cluster.PickContext{HashKey: hashKey, HasHash: hasHash, Exclude: tried, OriginalDst: cc.dst})
 		if err != nil {
@@ -191,36 +211,21 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		}
 		tried = append(tried, ep.Address)
 		ex.upstream = ep.Address
-		out := r.Clone(ctx)
-		out.RequestURI = ""
-		out.URL.Scheme, out.URL.Host = upstreamScheme(c), ep.Address
-		if u, err := out.URL.Parse(path); err == nil {
-			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
-		}
-		if host != "" {
-			out.Host = host
-		}
-		if body != nil {
-			out.Body = io.NopCloser(bytes.NewReader(body))
-			out.ContentLength = int64(len(body))
-		}
-		removeHopHeaders(out.Header)
-		if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-			if prior := out.Header.Get("X-Forwarded-For"); prior != "" {
-				ip = prior + ", " + ip
-			}
-			out.Header.Set("X-Forwarded-For", ip)
-		}
-		out.Header.Set("X-Forwarded-Proto", "http")
-		rte.ApplyRequestHeaders(out.Header, wc)
 		actx := ctx
 		var cancelTry context.CancelFunc
 		if rte.Retry != nil && rte.Retry.PerTryTimeout > 0 {
 			actx, cancelTry = context.WithTimeout(ctx, rte.Retry.PerTryTimeout)
-			out = out.WithContext(actx)
+		}
+		u := *target
+		u.Host = ep.Address
+		out := r.WithContext(actx)
+		out.URL, out.Host, out.RequestURI = &u, outHost, ""
+		if body != nil {
+			out.Body = io.NopCloser(bytes.NewReader(body))
+			out.ContentLength = int64(len(body))
 		}
 		ep.StartRequest()
-		resp, err := e.transport(c).RoundTrip(out)
+		resp, err := rtr.RoundTrip(out)
 		ep.EndRequest()
 		outcome := cluster.Outcome{}
 		switch {
@@ -425,21 +430,47 @@ func copyHeader(dst, src http.Header) {
 	}
 }
 
+// newRequestID returns a random (version 4) UUID.
 func newRequestID() string {
 	var b [16]byte
 	_, _ = crand.Read(b[:])
 	b[6] = (b[6] & 0x0f) | 0x40
 	b[8] = (b[8] & 0x3f) | 0x80
-	s := hex.EncodeToString(b[:])
-	return s[:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], b[10:])
+	return string(s[:])
 }
 
 // transport returns the cluster's upstream HTTP transport: h2c when the
 // cluster speaks HTTP/2 in plaintext; mesh TLS (negotiating h2 or
 // http/1.1 by ALPN) when the cluster has a transport socket.
-func (e *Engine) transport(c *cluster.Cluster) http.RoundTripper {
+func (e *Engine) transport(rt *runtime, c *cluster.Cluster) http.RoundTripper {
+	if t, ok := rt.transports.Load(c); ok {
+		return t.(http.RoundTripper)
+	}
+	t := e.newTransport(c)
+	rt.transports.Store(c, t)
+	return t
+}
+
+// transportKey names a pool of upstream connections: a cluster keeps its
+// connections across config updates unless its protocol or TLS changes.
+type transportKey struct {
+	cluster string
+	h2, tls bool
+}
+
+func (e *Engine) newTransport(c *cluster.Cluster) http.RoundTripper {
 	h2 := c.HTTP.Protocol == cluster.HTTP2
-	key := fmt.Sprintf("%s|%v|%v", c.Name, h2, c.TLS != nil)
+	key := transportKey{cluster: c.Name, h2: h2, tls: c.TLS != nil}
 	if t, ok := e.transports.Load(key); ok {
 		return t.(http.RoundTripper)
 	}
@@ -458,8 +489,15 @@ func (e *Engine) transport(c *cluster.Cluster) http.RoundTripper {
 		if h2 {
 			alpn = []string{"h2", "http/1.1"}
 		}
+		name := c.Name
 		t.DialTLSContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return e.dialUpstream(ctx, c, addr, alpn)
+			// The cluster as currently configured (SANs, SNI, timeouts
+			// may have changed since this pool was made).
+			cur := c
+			if rt := e.cur.Load(); rt != nil && rt.clusters[name] != nil && rt.clusters[name].TLS != nil {
+				cur = rt.clusters[name]
+			}
+			return e.dialUpstream(ctx, cur, addr, alpn)
 		}
 	case h2:
 		protos.SetUnencryptedHTTP2(true)
@@ -482,10 +520,7 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request) {
 	if strings.HasPrefix(ex.cluster, "inbound|") {
 		reporter = "destination"
 	}
-	svc := ""
-	if parts := strings.SplitN(ex.cluster, "|", 4); len(parts) == 4 {
-		svc = parts[3]
-	}
+	svc := clusterService(ex.cluster)
 	req := telemetry.Request{Reporter: reporter, Protocol: proto, Code: ex.code, Flags: ex.flags,
 		Duration: time.Since(ex.start), RequestBytes: ex.reqBytes, DestinationService: svc}
 	if reporter == "source" {
@@ -503,11 +538,24 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request) {
 	e.metrics.ObserveRequest(req)
 }
 
+// clusterService is the service host of an Istio cluster name
+// ("outbound|8080|v1|reviews.bookinfo.svc.cluster.local"): what follows
+// the third '|', else "".
+func clusterService(name string) string {
+	for range 3 {
+		i := strings.IndexByte(name, '|')
+		if i < 0 {
+			return ""
+		}
+		name = name[i+1:]
+	}
+	return name
+}
+
 // mirror sends fire-and-forget copies of a request to the route's mirror
 // clusters (Host gets "-shadow" appended, as Envoy does). Only requests
 // whose body is buffered (or empty) are mirrored; answers are discarded.
-func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []byte) {
-	rt := e.cur.Load()
+func (e *Engine) mirror(rt *runtime, r *http.Request, rte *route.Route, path string, body []byte) {
 	for _, m := range rte.Mirrors {
 		if !m.Fraction.Hit(rand.Uint32()) {
 			continue
@@ -542,13 +590,61 @@ func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []b
 		go func(c *cluster.Cluster, out *http.Request) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			resp, err := e.transport(c).RoundTrip(out.WithContext(ctx))
+			resp, err := e.transport(rt, c).RoundTrip(out.WithContext(ctx))
 			if err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
 		}(c, out)
 	}
+}
+
+// requestTarget returns r's request target (path and query) as
+// r.URL.RequestURI() spells it, without allocating when the client's raw
+// target (r.RequestURI) is already in that form: origin-form with a path
+// of characters url.URL.EscapedPath keeps as they are.
+func requestTarget(r *http.Request) string {
+	t := r.RequestURI
+	if t == "" || t[0] != '/' {
+		return r.URL.RequestURI()
+	}
+	for i := 0; i < len(t); i++ {
+		switch c := t[i]; {
+		case c == '?':
+			return t
+		case !pathByte[c]:
+			return r.URL.RequestURI()
+		}
+	}
+	return t
+}
+
+// pathByte marks the bytes a path may hold verbatim: unreserved, sub-delims,
+// ':', '@', '/', '%' (the server has rejected bad escapes), '[' and ']'.
+var pathByte = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range "-._~!$&'()*+,;=:@/%[]" {
+		t[c] = true
+	}
+	return t
+}()
+
+// upstreamTarget is the URL to send upstream for the request URL in (Host
+// and Scheme are set per attempt): in's path and query, or those of path
+// when the route rewrote the target (path != orig).
+func upstreamTarget(in *url.URL, path, orig string) *url.URL {
+	u := &url.URL{Path: in.Path, RawPath: in.RawPath, RawQuery: in.RawQuery, ForceQuery: in.ForceQuery}
+	if path != orig {
+		if p, err := in.Parse(path); err == nil {
+			u.Path, u.RawPath, u.RawQuery, u.ForceQuery = p.Path, p.RawPath, p.RawQuery, p.ForceQuery
+		}
+	}
+	return u
 }
 
 // upstreamScheme is https for mesh-TLS clusters (the transport then dials
