@@ -124,6 +124,8 @@ func sidecarCmd() *cobra.Command {
 	f.IntVar(&statsPort, "stats-port", 15020, "Prometheus stats port")
 	f.IntVar(&readyPort, "ready-port", 15021, "readiness port")
 	f.IntVar(&dnsPort, "dns-port", 15053, "DNS proxy port on 127.0.0.1 (0 disables; off in explicit mode)")
+	f.IntVar(&cfg.Concurrency, "concurrency", sidecar.DefaultConcurrency(os.Getenv),
+		"CPUs running the proxy at once (GOMAXPROCS; 0: all); default 1, or from GOMAXPROCS / WEFT_CONCURRENCY")
 	f.DurationVar(&cfg.DrainDuration, "drain-duration", 5*time.Second, "how long connections may finish on SIGTERM")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

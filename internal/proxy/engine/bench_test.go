@@ -42,6 +42,7 @@ import (
 type testCerts struct {
 	cert  *tls.Certificate
 	roots *x509.CertPool
+	ca    []byte // the CA certificate (DER)
 }
 
 func (c *testCerts) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -76,7 +77,7 @@ func newTestMesh(tb testing.TB) (client, server *testCerts) {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		return &testCerts{cert: &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, roots: roots}
+		return &testCerts{cert: &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, roots: roots, ca: caDER}
 	}
 	return leaf(2, "spiffe://cluster.local/ns/default/sa/client"), leaf(3, "spiffe://cluster.local/ns/default/sa/server")
 }
@@ -94,8 +95,7 @@ func sdsConfig(name string) *tlsv3.SdsSecretConfig {
 // httpListener is a listener with one HTTP connection manager whose inline
 // route sends everything to cluster (Istio's default retry policy), with
 // mesh TLS termination when tlsCtx is set.
-func httpListener(tb testing.TB, name string, addr netip.AddrPort, cluster string, tlsCtx *tlsv3.DownstreamTlsContext) *listenerv3.Listener {
-	tb.Helper()
+func httpListener(name string, addr netip.AddrPort, cluster string, tlsCtx *tlsv3.DownstreamTlsContext) *listenerv3.Listener {
 	router, _ := anypb.New(&routerv3.Router{})
 	rc := &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{{
 		Name: "all", Domains: []string{"*"},
@@ -113,7 +113,7 @@ func httpListener(tb testing.TB, name string, addr netip.AddrPort, cluster strin
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc},
 		HttpFilters:    []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}}})
 	if err != nil {
-		tb.Fatal(err)
+		panic(err)
 	}
 	fc := &listenerv3.FilterChain{Name: name, Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager",
 		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm}}}}
@@ -127,8 +127,7 @@ func httpListener(tb testing.TB, name string, addr netip.AddrPort, cluster strin
 
 // staticCluster is a STATIC cluster with one endpoint, originating mesh
 // TLS (ISTIO_MUTUAL as pilot emits it) when mtls is set.
-func staticCluster(tb testing.TB, name string, ep netip.AddrPort, mtls bool) *clusterv3.Cluster {
-	tb.Helper()
+func staticCluster(name string, ep netip.AddrPort, mtls bool) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{Name: name, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout: durationpb.New(10 * time.Second),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
@@ -160,23 +159,41 @@ func freeAddr(tb testing.TB) netip.AddrPort {
 	return l.Addr().(*net.TCPAddr).AddrPort()
 }
 
-func startEngine(tb testing.TB, certs Certs, l *listenerv3.Listener, c *clusterv3.Cluster) *Engine {
-	tb.Helper()
+// newEngine serves one listener and one cluster.
+func newEngine(certs Certs, l *listenerv3.Listener, c *clusterv3.Cluster) (*Engine, error) {
 	e := New(slog.New(slog.DiscardHandler), Options{Certs: certs})
 	s := &xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{l.GetName(): l},
 		Clusters: map[string]*clusterv3.Cluster{c.GetName(): c}}
 	if err := e.Apply(s); err != nil {
-		tb.Fatal(err)
+		e.shutdown()
+		return nil, err
 	}
-	tb.Cleanup(e.Quit)
-	tb.Cleanup(e.shutdown)
-	return e
+	return e, nil
 }
 
-// twoHop starts the benchmark topology: app → outbound sidecar (plaintext
-// HTTP/1.1) → mTLS → inbound sidecar → backend returning size bytes. It
-// returns the outbound sidecar's address.
-func twoHop(tb testing.TB, size int) netip.AddrPort {
+func startEngine(tb testing.TB, certs Certs, l *listenerv3.Listener, c *clusterv3.Cluster) {
+	tb.Helper()
+	e, err := newEngine(certs, l, c)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(e.shutdown)
+}
+
+// inboundTLS is the mesh TLS termination of an inbound chain under STRICT
+// PeerAuthentication.
+func inboundTLS() *tlsv3.DownstreamTlsContext {
+	return &tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(true), CommonTlsContext: &tlsv3.CommonTlsContext{
+		AlpnProtocols:                  []string{"h2", "http/1.1"},
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsConfig(sdsCert)},
+		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			DefaultValidationContext:         &tlsv3.CertificateValidationContext{},
+			ValidationContextSdsSecretConfig: sdsConfig(sdsRoot)}},
+	}}
+}
+
+// startBackend serves size bytes on every request.
+func startBackend(tb testing.TB, size int) netip.AddrPort {
 	tb.Helper()
 	payload := bytes.Repeat([]byte("x"), size)
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -185,23 +202,24 @@ func twoHop(tb testing.TB, size int) netip.AddrPort {
 		_, _ = w.Write(payload)
 	}))
 	tb.Cleanup(backend.Close)
-	backendAddr := netip.MustParseAddrPort(backend.Listener.Addr().String())
+	return netip.MustParseAddrPort(backend.Listener.Addr().String())
+}
+
+// twoHop starts the benchmark topology: app → outbound sidecar (plaintext
+// HTTP/1.1) → mTLS → inbound sidecar → backend returning size bytes. It
+// returns the outbound sidecar's address.
+func twoHop(tb testing.TB, size int) netip.AddrPort {
+	tb.Helper()
+	backendAddr := startBackend(tb, size)
 	clientID, serverID := newTestMesh(tb)
 
 	inAddr := freeAddr(tb)
-	down := &tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(true), CommonTlsContext: &tlsv3.CommonTlsContext{
-		AlpnProtocols:                  []string{"h2", "http/1.1"},
-		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsConfig(sdsCert)},
-		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
-			DefaultValidationContext:         &tlsv3.CertificateValidationContext{},
-			ValidationContextSdsSecretConfig: sdsConfig(sdsRoot)}},
-	}}
-	startEngine(tb, serverID, httpListener(tb, "virtualInbound", inAddr, "inbound|8080||", down),
-		staticCluster(tb, "inbound|8080||", backendAddr, false))
+	startEngine(tb, serverID, httpListener("virtualInbound", inAddr, "inbound|8080||", inboundTLS()),
+		staticCluster("inbound|8080||", backendAddr, false))
 
 	outAddr := freeAddr(tb)
 	const svc = "outbound|8080||server.default.svc.cluster.local"
-	startEngine(tb, clientID, httpListener(tb, "0.0.0.0_8080", outAddr, svc, nil), staticCluster(tb, svc, inAddr, true))
+	startEngine(tb, clientID, httpListener("0.0.0.0_8080", outAddr, svc, nil), staticCluster(svc, inAddr, true))
 	return outAddr
 }
 
