@@ -397,4 +397,7 @@ type chainConn struct {
 	net.Conn
 	chain *httpChain
 	dst   netip.AddrPort
+	// HTTP/2 streams served and streams reset prematurely (flood limit).
+	h2Streams, h2Resets atomic.Int64
+	h2Closed            atomic.Bool
 }

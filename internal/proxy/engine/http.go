@@ -28,6 +28,17 @@ type connKey struct{}
 // copyBufs holds the buffers response bodies are copied through.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
+// HTTP/2 flood limits. A connection whose client resets (RST_STREAM) at
+// least half its streams within h2PrematureResetAge of their start, once
+// it has reset h2PrematureResetCount/2 of them, is closed: Envoy's
+// premature-reset rule against rapid reset (CVE-2023-44487), with its
+// defaults (500 streams, 1 s).
+const (
+	h2MaxConcurrentStreams = 250 // Go's default, made explicit
+	h2PrematureResetCount  = 500
+	h2PrematureResetAge    = time.Second
+)
+
 // maxRetryBody is the largest request body buffered so it can be replayed
 // on a retry; larger bodies are streamed and not retried once sent.
 const maxRetryBody = 64 << 10
@@ -42,6 +53,13 @@ func (e *Engine) newHTTPServer(bl *boundListener) *http.Server {
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       time.Hour,
 		MaxHeaderBytes:    60 << 10, // Envoy's default 60 KiB
+		HTTP2: &http.HTTP2Config{
+			// Go's server runs at most this many handlers per connection
+			// and closes a connection (ENHANCE_YOUR_CALM) that queues
+			// four times as many streams; premature resets are limited
+			// in serveHTTP.
+			MaxConcurrentStreams: h2MaxConcurrentStreams,
+		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c)
 		},
@@ -68,6 +86,10 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if e.draining.Load() {
 		w.Header().Set("Connection", "close")
+	}
+	if r.ProtoMajor == 2 {
+		cc.h2Streams.Add(1)
+		defer e.checkResets(cc, r, ex.start)
 	}
 	table := cc.chain.inline
 	if table == nil {
@@ -266,6 +288,20 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		case <-time.After(backoff(rte.Retry, attempt)):
 		case <-ctx.Done():
 		}
+	}
+}
+
+// checkResets counts a stream its client reset prematurely and closes a
+// connection that resets too many (see h2PrematureResetCount).
+func (e *Engine) checkResets(cc *chainConn, r *http.Request, start time.Time) {
+	if !errors.Is(r.Context().Err(), context.Canceled) || time.Since(start) >= h2PrematureResetAge {
+		return
+	}
+	resets := cc.h2Resets.Add(1)
+	if resets*2 >= max(cc.h2Streams.Load(), h2PrematureResetCount) && cc.h2Closed.CompareAndSwap(false, true) {
+		e.log.Warn("closing an HTTP/2 connection: too many premature stream resets", "remote", r.RemoteAddr,
+			"streams", cc.h2Streams.Load(), "resets", resets)
+		_ = cc.Close()
 	}
 }
 
