@@ -161,7 +161,11 @@ func freeAddr(tb testing.TB) netip.AddrPort {
 
 // newEngine serves one listener and one cluster.
 func newEngine(certs Certs, l *listenerv3.Listener, c *clusterv3.Cluster) (*Engine, error) {
-	e := New(slog.New(slog.DiscardHandler), Options{Certs: certs})
+	return newEngineOpts(Options{Certs: certs}, l, c)
+}
+
+func newEngineOpts(opts Options, l *listenerv3.Listener, c *clusterv3.Cluster) (*Engine, error) {
+	e := New(slog.New(slog.DiscardHandler), opts)
 	s := &xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{l.GetName(): l},
 		Clusters: map[string]*clusterv3.Cluster{c.GetName(): c}}
 	if err := e.Apply(s); err != nil {

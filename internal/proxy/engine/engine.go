@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/admin"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
 	"github.com/weftmesh/weft/internal/proxy/listener"
@@ -37,6 +38,8 @@ type Options struct {
 	// Certs is the workload identity for mesh TLS; nil means the proxy has
 	// none, and mesh TLS fails closed.
 	Certs Certs
+	// AccessLog receives one entry per HTTP request; nil logs nothing.
+	AccessLog *accesslog.Logger
 }
 
 // Engine is the running data plane.

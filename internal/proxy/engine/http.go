@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
 	"github.com/weftmesh/weft/internal/proxy/route"
 	"github.com/weftmesh/weft/internal/telemetry"
@@ -68,16 +69,21 @@ func (e *Engine) newHTTPServer(bl *boundListener) *http.Server {
 
 // exchange is the state of one proxied request.
 type exchange struct {
-	start    time.Time
-	flags    string
-	cluster  string
-	upstream string
-	code     int
-	reqBytes int64
+	start     time.Time
+	flags     string
+	cluster   string
+	upstream  string
+	code      int
+	reqBytes  int64
+	respBytes int64
+	// upstreamTime is from sending the request to the response headers
+	// (the last attempt); -1 without a response.
+	upstreamTime time.Duration
+	path         string // as received, for the access log
 }
 
 func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	ex := &exchange{start: time.Now()}
+	ex := &exchange{start: time.Now(), upstreamTime: -1}
 	cc, _ := r.Context().Value(connKey{}).(*chainConn)
 	rt := e.cur.Load()
 	if cc == nil || rt == nil {
@@ -97,6 +103,7 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	src, _ := netip.ParseAddrPort(r.RemoteAddr)
 	req := &route.Request{Method: r.Method, Host: r.Host, Path: requestTarget(r), Headers: r.Header, SourceIP: src.Addr()}
+	ex.path = req.Path
 	rte, _, ok := (*route.Route)(nil), (*route.VirtualHost)(nil), false
 	if table != nil {
 		rte, _, ok = table.Match(req)
@@ -124,7 +131,7 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch rte.Action {
 	case route.ActionDirectResponse:
-		ex.code = rte.DirectResponse.Status
+		ex.code, ex.respBytes = rte.DirectResponse.Status, int64(len(rte.DirectResponse.Body))
 		w.WriteHeader(ex.code)
 		_, _ = w.Write(rte.DirectResponse.Body)
 		return
@@ -247,8 +254,12 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			out.ContentLength = int64(len(body))
 		}
 		ep.StartRequest()
+		sent := time.Now()
 		resp, err := rtr.RoundTrip(out)
 		ep.EndRequest()
+		if err == nil {
+			ex.upstreamTime = time.Since(sent)
+		}
 		outcome := cluster.Outcome{}
 		switch {
 		case err != nil:
@@ -396,6 +407,7 @@ func (e *Engine) respond(w http.ResponseWriter, resp *http.Response, rte *route.
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
+			ex.respBytes += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -572,6 +584,12 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request) {
 		req.DestinationServiceNamespace = ns
 	}
 	e.metrics.ObserveRequest(req)
+	if e.opts.AccessLog != nil {
+		e.opts.AccessLog.Log(&accesslog.Entry{Start: ex.start, Method: r.Method, Path: ex.path, Protocol: r.Proto,
+			Code: ex.code, Flags: ex.flags, BytesReceived: ex.reqBytes, BytesSent: ex.respBytes, Duration: req.Duration,
+			UpstreamTime: ex.upstreamTime, ForwardedFor: r.Header.Get("X-Forwarded-For"), UserAgent: r.Header.Get("User-Agent"),
+			RequestID: r.Header.Get("X-Request-Id"), Authority: r.Host, UpstreamHost: ex.upstream, UpstreamCluster: ex.cluster})
+	}
 }
 
 // clusterService is the service host of an Istio cluster name

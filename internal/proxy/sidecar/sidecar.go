@@ -13,6 +13,7 @@ import (
 
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/admin"
 	"github.com/weftmesh/weft/internal/proxy/bootstrap"
 	"github.com/weftmesh/weft/internal/proxy/dns"
@@ -50,6 +52,12 @@ type Config struct {
 	// a workload certificate from the CA and talk xDS over mutual TLS
 	// (Discovery must then be the TLS port, e.g. :15012).
 	Identity Identity
+	// AccessLog is the HTTP access log's path ("/dev/stdout" and
+	// "/dev/stderr" name the proxy's own); empty disables it.
+	AccessLog string
+	// AccessLogFormat is "text" (Envoy's default format, the default) or
+	// "json".
+	AccessLogFormat string
 	// Concurrency is how many CPUs run the proxy's Go code at once
 	// (GOMAXPROCS); 0 keeps the runtime's choice. See DefaultConcurrency.
 	Concurrency int
@@ -147,9 +155,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		meshCerts = certMgr
 	}
+	accessLog, err := openAccessLog(cfg.AccessLog, cfg.AccessLogFormat)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	defer func() {
+		if err := accessLog.Close(); err != nil {
+			log.Error("access log", "error", err)
+		}
+	}()
 	eng := engine.New(log.With("component", "engine"), engine.Options{
 		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
-		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts,
+		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts, AccessLog: accessLog,
 	})
 	client := xdsclient.New(xcfg, eng.Validate, log.With("component", "xds"))
 	updates := client.Updates()
@@ -209,6 +227,28 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 }
 
 // newDNS binds the DNS proxy (a clash fails start-up like any port).
+// openAccessLog starts the access log at path (nil when path is empty).
+func openAccessLog(path, format string) (*accesslog.Logger, error) {
+	f, err := accesslog.ParseFormat(format)
+	if err != nil || path == "" {
+		return nil, err
+	}
+	var w io.Writer
+	switch path {
+	case "/dev/stdout":
+		w = os.Stdout
+	case "/dev/stderr":
+		w = os.Stderr
+	default:
+		file, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("access log: %w", err)
+		}
+		w = file // closed at exit
+	}
+	return accesslog.New(w, f, 0), nil
+}
+
 func newDNS(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*dns.Server, error) {
 	port := strconv.Itoa(cfg.DNSPort)
 	suffixes := []string{"cluster.local"}
