@@ -532,9 +532,11 @@ func (e *Engine) newTransport(c *cluster.Cluster) http.RoundTripper {
 	switch {
 	case c.TLS != nil:
 		protos.SetHTTP1(true)
-		protos.SetHTTP2(true)
 		alpn := []string{"http/1.1"}
 		if h2 {
+			// Only then: with HTTP/2 enabled, every request first looks
+			// for an h2 connection to the endpoint.
+			protos.SetHTTP2(true)
 			alpn = []string{"h2", "http/1.1"}
 		}
 		name := c.Name
