@@ -211,7 +211,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		}
 		r.Header.Set("X-Forwarded-For", ip)
 	}
-	r.Header.Set("X-Forwarded-Proto", "http")
+	r.Header["X-Forwarded-Proto"] = []string{"http"}
 	rte.ApplyRequestHeaders(r.Header, wc)
 	target := upstreamTarget(r.URL, path, req.Path)
 	target.Scheme = upstreamScheme(c)
@@ -383,7 +383,7 @@ func (e *Engine) respond(w http.ResponseWriter, resp *http.Response, rte *route.
 	removeHopHeaders(resp.Header)
 	rte.ApplyResponseHeaders(resp.Header, wc)
 	h := w.Header()
-	copyHeader(h, resp.Header)
+	moveHeader(h, resp.Header)
 	for k := range resp.Trailer {
 		h.Add("Trailer", k)
 	}
@@ -467,6 +467,19 @@ func removeHopHeaders(h http.Header) {
 	}
 	if strings.EqualFold(te, "trailers") {
 		h.Set("Te", "trailers")
+	}
+}
+
+// moveHeader adds src's fields to dst, handing over src's value slices
+// where dst has no such field (src, an upstream response's header, is
+// not used afterwards).
+func moveHeader(dst, src http.Header) {
+	for k, vs := range src {
+		if prev, ok := dst[k]; ok {
+			dst[k] = append(prev, vs...)
+		} else {
+			dst[k] = vs
+		}
 	}
 }
 
