@@ -165,6 +165,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Error("access log", "error", err)
 		}
 	}()
+	if accessLog != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_access_log_dropped_total",
+			Help: "Access log entries dropped because the write queue was full."},
+			func() float64 { return float64(accessLog.Dropped()) }))
+	}
 	eng := engine.New(log.With("component", "engine"), engine.Options{
 		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
 		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts, AccessLog: accessLog,
