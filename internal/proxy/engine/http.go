@@ -153,9 +153,10 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		if abort > 0 {
-			ex.flags, ex.code = "FI", abort
+			const msg = "fault filter abort"
+			ex.flags, ex.code, ex.respBytes = "FI", abort, int64(len(msg))
 			w.WriteHeader(abort)
-			_, _ = w.Write([]byte("fault filter abort"))
+			_, _ = io.WriteString(w, msg)
 			return
 		}
 	}
