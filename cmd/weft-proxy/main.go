@@ -44,6 +44,9 @@ func sidecarCmd() *cobra.Command {
 		Short: "Run the sidecar proxy for one workload",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := sidecar.ReexecForSysmon(os.Getenv); err != nil {
+				fmt.Fprintf(os.Stderr, "weft-proxy: not re-executed with GODEBUG=schedtrace (idle CPU cost stays higher): %v\n", err)
+			}
 			b := cfg.Bootstrap
 			if labels != "" {
 				l, err := bootstrap.ParseLabels(labels)

@@ -110,7 +110,17 @@ func startBenchSidecar(b *testing.B, dir, role string, listen, target netip.Addr
 	if procs == "" {
 		procs = "1" // weft-proxy's default --concurrency
 	}
-	cmd.Env = append(os.Environ(), "GOMAXPROCS="+procs, "GOGC="+os.Getenv("WEFT_ENGINE_BENCH_GOGC"), benchRoleEnv+"="+role, benchDirEnv+"="+dir,
+	godebug, ok := os.LookupEnv("WEFT_ENGINE_BENCH_GODEBUG")
+	if !ok {
+		godebug = "schedtrace=2147483647" // what weft-proxy re-executes itself with (sidecar.ReexecForSysmon)
+	}
+	cmd.Env = []string{"GODEBUG=" + godebug}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "GOMAXPROCS="+procs, "GOGC="+os.Getenv("WEFT_ENGINE_BENCH_GOGC"), benchRoleEnv+"="+role, benchDirEnv+"="+dir,
 		benchListen+"="+listen.String(), benchTarget+"="+target.String())
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
@@ -165,7 +175,9 @@ func procRSS(b *testing.B, pid int, field string) float64 {
 // Run it with -benchtime 10000x (10 s). Environment knobs:
 // WEFT_ENGINE_BENCH_RATE (requests a second, 0 as fast as possible),
 // WEFT_ENGINE_BENCH_GOMAXPROCS (the sidecars', default 1 as weft-proxy's
-// --concurrency), WEFT_ENGINE_BENCH_GOGC, WEFT_ENGINE_BENCH_CPUPROFILE (a
+// --concurrency), WEFT_ENGINE_BENCH_GODEBUG (the sidecars', default
+// weft-proxy's schedtrace setting), WEFT_ENGINE_BENCH_GOGC,
+// WEFT_ENGINE_BENCH_CPUPROFILE (a
 // path prefix: each sidecar writes <prefix><role>.prof).
 func BenchmarkSidecarProcesses(b *testing.B) {
 	const conns = 16
