@@ -20,12 +20,18 @@ import (
 // scheduler state in a fatal crash report).
 const sysmonGODEBUG = "schedtrace=2147483647"
 
+// reexecMarker is set in the re-executed process's environment.
+const reexecMarker = "WEFT_PROXY_REEXECUTED"
+
 // ReexecForSysmon re-executes the running binary, same arguments, with
 // sysmonGODEBUG added to GODEBUG (the runtime reads it only at start-up),
 // unless GODEBUG already sets schedtrace — GODEBUG=schedtrace=0 opts
 // out. It returns only when it does not re-execute, with the reason when
 // it tried and failed.
 func ReexecForSysmon(getenv func(string) string) error {
+	if getenv(reexecMarker) != "" {
+		return nil // never twice, whatever the runtime made of GODEBUG
+	}
 	godebug := getenv("GODEBUG")
 	for _, kv := range strings.Split(godebug, ",") {
 		if strings.HasPrefix(strings.TrimSpace(kv), "schedtrace=") {
@@ -39,9 +45,9 @@ func ReexecForSysmon(getenv func(string) string) error {
 	if godebug != "" {
 		godebug += ","
 	}
-	env := []string{"GODEBUG=" + godebug + sysmonGODEBUG}
+	env := []string{"GODEBUG=" + godebug + sysmonGODEBUG, reexecMarker + "=1"}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GODEBUG=") {
+		if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, reexecMarker+"=") {
 			env = append(env, kv)
 		}
 	}

@@ -27,7 +27,7 @@ func TestReexecForSysmon(t *testing.T) {
 		cmd := exec.Command(os.Args[0], "-test.run", "^TestReexecForSysmon$")
 		cmd.Env = []string{"WEFT_SYSMON_CHILD=1", "GODEBUG=" + tc.in}
 		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, "GODEBUG=") {
+			if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, reexecMarker+"=") {
 				cmd.Env = append(cmd.Env, kv)
 			}
 		}
