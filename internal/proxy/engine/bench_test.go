@@ -18,6 +18,8 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -43,9 +45,12 @@ type testCerts struct {
 	cert  *tls.Certificate
 	roots *x509.CertPool
 	ca    []byte // the CA certificate (DER)
+	// handshakes counts server-side handshakes (GetCertificate calls).
+	handshakes atomic.Int64
 }
 
 func (c *testCerts) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	c.handshakes.Add(1)
 	return c.cert, nil
 }
 func (c *testCerts) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -213,6 +218,12 @@ func startBackend(tb testing.TB, size int) netip.AddrPort {
 // HTTP/1.1) → mTLS → inbound sidecar → backend returning size bytes. It
 // returns the outbound sidecar's address.
 func twoHop(tb testing.TB, size int) netip.AddrPort {
+	addr, _ := twoHopIDs(tb, size)
+	return addr
+}
+
+// twoHopIDs is twoHop, also returning the inbound sidecar's identity.
+func twoHopIDs(tb testing.TB, size int) (netip.AddrPort, *testCerts) {
 	tb.Helper()
 	backendAddr := startBackend(tb, size)
 	clientID, serverID := newTestMesh(tb)
@@ -224,7 +235,41 @@ func twoHop(tb testing.TB, size int) netip.AddrPort {
 	outAddr := freeAddr(tb)
 	const svc = "outbound|8080||server.default.svc.cluster.local"
 	startEngine(tb, clientID, httpListener("0.0.0.0_8080", outAddr, svc, nil), staticCluster(svc, inAddr, true))
-	return outAddr
+	return outAddr, serverID
+}
+
+// TestTwoHopReusesMeshConnections: keep-alive requests through the chain
+// reuse the mTLS connections between the sidecars (handshakes scale with
+// the concurrency, not with the requests).
+func TestTwoHopReusesMeshConnections(t *testing.T) {
+	addr, serverID := twoHopIDs(t, 1024)
+	const conns, perConn = 4, 100
+	tr := &http.Transport{MaxIdleConnsPerHost: conns}
+	defer tr.CloseIdleConnections()
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Go(func() {
+			for range perConn {
+				resp, err := tr.RoundTrip(httptest.NewRequest(http.MethodGet, "http://"+addr.String()+"/", nil).WithContext(t.Context()))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					t.Errorf("status %d", resp.StatusCode)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// net/http may dial while a connection frees up, and keep both: up
+	// to one spare per concurrent request.
+	if n := serverID.handshakes.Load(); n < 1 || n > 2*conns {
+		t.Fatalf("%d mesh TLS handshakes for %d requests on %d connections, want 1..%d", n, conns*perConn, conns, 2*conns)
+	}
 }
 
 // BenchmarkTwoHopMTLS measures one request through two sidecars with

@@ -327,6 +327,14 @@ func (e *Engine) shutdown() {
 	for _, bl := range bound {
 		_ = bl.srv.Shutdown(ctx)
 	}
+	// Pooled upstream connections, so that a peer sidecar's drain does
+	// not wait for connections that will never carry a request.
+	e.transports.Range(func(_, t any) bool {
+		if c, ok := t.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+		return true
+	})
 }
 
 // Ready reports whether a config has been applied and the proxy is not
