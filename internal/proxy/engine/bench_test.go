@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -150,6 +151,9 @@ func staticCluster(name string, ep netip.AddrPort, mtls bool) *clusterv3.Cluster
 		}}
 		ts, _ := anypb.New(up)
 		c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ts}}
+		if os.Getenv("WEFT_ENGINE_BENCH_MESH_H2") == "1" { // HTTP/2 between the sidecars
+			c.Http2ProtocolOptions = &corev3.Http2ProtocolOptions{} //nolint:staticcheck // honoured by the compiler
+		}
 	}
 	return c
 }

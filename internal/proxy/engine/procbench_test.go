@@ -176,7 +176,8 @@ func procRSS(b *testing.B, pid int, field string) float64 {
 // WEFT_ENGINE_BENCH_RATE (requests a second, 0 as fast as possible),
 // WEFT_ENGINE_BENCH_GOMAXPROCS (the sidecars', default 1 as weft-proxy's
 // --concurrency), WEFT_ENGINE_BENCH_GODEBUG (the sidecars', default
-// weft-proxy's schedtrace setting), WEFT_ENGINE_BENCH_GOGC,
+// weft-proxy's schedtrace setting), WEFT_ENGINE_BENCH_MESH_H2=1 (HTTP/2
+// between the sidecars), WEFT_ENGINE_BENCH_GOGC,
 // WEFT_ENGINE_BENCH_CPUPROFILE (a
 // path prefix: each sidecar writes <prefix><role>.prof).
 func BenchmarkSidecarProcesses(b *testing.B) {
