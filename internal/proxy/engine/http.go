@@ -601,7 +601,11 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request) {
 	}
 	e.metrics.ObserveRequest(req)
 	if e.opts.AccessLog != nil {
-		e.opts.AccessLog.Log(&accesslog.Entry{Start: ex.start, Method: r.Method, Path: ex.path, Protocol: r.Proto,
+		protocol := r.Proto
+		if r.ProtoMajor == 2 {
+			protocol = "HTTP/2" // Envoy's %PROTOCOL%
+		}
+		e.opts.AccessLog.Log(&accesslog.Entry{Start: ex.start, Method: r.Method, Path: ex.path, Protocol: protocol,
 			Code: ex.code, Flags: ex.flags, BytesReceived: ex.reqBytes, BytesSent: ex.respBytes, Duration: req.Duration,
 			UpstreamTime: ex.upstreamTime, ForwardedFor: r.Header.Get("X-Forwarded-For"), UserAgent: r.Header.Get("User-Agent"),
 			RequestID: r.Header.Get("X-Request-Id"), Authority: r.Host, UpstreamHost: ex.upstream, UpstreamCluster: ex.cluster})
