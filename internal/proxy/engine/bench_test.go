@@ -269,10 +269,11 @@ func TestTwoHopReusesMeshConnections(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	// net/http may dial while a connection frees up, and keep both: up
-	// to one spare per concurrent request.
-	if n := serverID.handshakes.Load(); n < 1 || n > 2*conns {
-		t.Fatalf("%d mesh TLS handshakes for %d requests on %d connections, want 1..%d", n, conns*perConn, conns, 2*conns)
+	// net/http dials when a request finds no idle connection, also when
+	// one is about to be handed back (more often on a busy machine), and
+	// keeps both: a few spare connections, but never one per request.
+	if n, most := serverID.handshakes.Load(), int64(conns*perConn/10); n < 1 || n > most {
+		t.Fatalf("%d mesh TLS handshakes for %d requests on %d connections, want 1..%d", n, conns*perConn, conns, most)
 	}
 }
 
