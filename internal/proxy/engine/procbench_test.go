@@ -110,6 +110,10 @@ func startBenchSidecar(b *testing.B, dir, role string, listen, target netip.Addr
 	if procs == "" {
 		procs = "1" // weft-proxy's default --concurrency
 	}
+	gogc := os.Getenv("WEFT_ENGINE_BENCH_GOGC")
+	if gogc == "" {
+		gogc = "50" // weft-proxy's default (sidecar.DefaultGCPercent)
+	}
 	godebug, ok := os.LookupEnv("WEFT_ENGINE_BENCH_GODEBUG")
 	if !ok {
 		godebug = "schedtrace=2147483647" // what weft-proxy re-executes itself with (sidecar.ReexecForSysmon)
@@ -120,7 +124,7 @@ func startBenchSidecar(b *testing.B, dir, role string, listen, target netip.Addr
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, "GOMAXPROCS="+procs, "GOGC="+os.Getenv("WEFT_ENGINE_BENCH_GOGC"), benchRoleEnv+"="+role, benchDirEnv+"="+dir,
+	cmd.Env = append(cmd.Env, "GOMAXPROCS="+procs, "GOGC="+gogc, benchRoleEnv+"="+role, benchDirEnv+"="+dir,
 		benchListen+"="+listen.String(), benchTarget+"="+target.String())
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
@@ -177,7 +181,8 @@ func procRSS(b *testing.B, pid int, field string) float64 {
 // WEFT_ENGINE_BENCH_GOMAXPROCS (the sidecars', default 1 as weft-proxy's
 // --concurrency), WEFT_ENGINE_BENCH_GODEBUG (the sidecars', default
 // weft-proxy's schedtrace setting), WEFT_ENGINE_BENCH_MESH_H2=1 (HTTP/2
-// between the sidecars), WEFT_ENGINE_BENCH_GOGC,
+// between the sidecars), WEFT_ENGINE_BENCH_GOGC (default 50, as
+// weft-proxy's),
 // WEFT_ENGINE_BENCH_CPUPROFILE (a
 // path prefix: each sidecar writes <prefix><role>.prof).
 func BenchmarkSidecarProcesses(b *testing.B) {
