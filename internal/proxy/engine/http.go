@@ -570,7 +570,18 @@ func (e *Engine) newTransport(c *cluster.Cluster) http.RoundTripper {
 		protos.SetHTTP1(true)
 		t.DialContext = (&net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
 	}
-	actual, _ := e.transports.LoadOrStore(key, t)
+	var rtr http.RoundTripper = t
+	if !h2 {
+		// HTTP/1.1: the common requests skip http.Transport's per
+		// connection goroutines.
+		h1 := &h1Transport{fallback: t, maxIdle: t.MaxIdleConnsPerHost}
+		h1.dial = func(ctx context.Context, addr string) (net.Conn, error) { return t.DialContext(ctx, "tcp", addr) }
+		if t.DialTLSContext != nil {
+			h1.dial = func(ctx context.Context, addr string) (net.Conn, error) { return t.DialTLSContext(ctx, "tcp", addr) }
+		}
+		rtr = h1
+	}
+	actual, _ := e.transports.LoadOrStore(key, rtr)
 	return actual.(http.RoundTripper)
 }
 
