@@ -25,6 +25,9 @@ type h1Transport struct {
 	dial     func(ctx context.Context, addr string) (net.Conn, error)
 	fallback *http.Transport
 	maxIdle  int
+	// idleTimeout closes a connection idle this long (http.Transport's
+	// IdleConnTimeout).
+	idleTimeout time.Duration
 
 	mu     sync.Mutex
 	idle   map[string][]*h1Conn // by address, most recently used last
@@ -38,6 +41,9 @@ type h1Conn struct {
 	c    net.Conn
 	br   *bufio.Reader
 	bw   *bufio.Writer
+	// idle closes the connection when it has stayed in the pool for
+	// idleTimeout.
+	idle *time.Timer
 }
 
 func (t *h1Transport) fast(req *http.Request) bool {
@@ -84,6 +90,7 @@ func (t *h1Transport) get(ctx context.Context, addr string) (*h1Conn, bool, erro
 		pc := l[len(l)-1]
 		l[len(l)-1] = nil
 		t.idle[addr] = l[:len(l)-1]
+		pc.idle.Stop() // if it fired meanwhile, expire finds pc gone and leaves it
 		t.mu.Unlock()
 		return pc, true, nil
 	}
@@ -111,6 +118,29 @@ func (t *h1Transport) put(pc *h1Conn) {
 		t.idle = map[string][]*h1Conn{}
 	}
 	t.idle[pc.addr] = append(t.idle[pc.addr], pc)
+	if pc.idle == nil {
+		pc.idle = time.AfterFunc(t.idleTimeout, func() { t.expire(pc) })
+	} else {
+		pc.idle.Reset(t.idleTimeout)
+	}
+	t.mu.Unlock()
+}
+
+// expire closes pc if it is still idle.
+func (t *h1Transport) expire(pc *h1Conn) {
+	t.mu.Lock()
+	l := t.idle[pc.addr]
+	for i, c := range l {
+		if c == pc {
+			t.idle[pc.addr] = append(l[:i], l[i+1:]...)
+			if len(t.idle[pc.addr]) == 0 {
+				delete(t.idle, pc.addr)
+			}
+			t.mu.Unlock()
+			pc.close()
+			return
+		}
+	}
 	t.mu.Unlock()
 }
 
@@ -122,6 +152,7 @@ func (t *h1Transport) CloseIdleConnections() {
 	t.mu.Unlock()
 	for _, l := range idle {
 		for _, pc := range l {
+			pc.idle.Stop()
 			pc.close()
 		}
 	}

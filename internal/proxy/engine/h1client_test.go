@@ -16,7 +16,7 @@ import (
 // newH1 is an h1Transport dialling plain TCP, counting its dials.
 func newH1(dials *atomic.Int64) *h1Transport {
 	std := &http.Transport{DisableCompression: true}
-	return &h1Transport{fallback: std, maxIdle: 16, dial: func(ctx context.Context, addr string) (net.Conn, error) {
+	return &h1Transport{fallback: std, maxIdle: 16, idleTimeout: time.Minute, dial: func(ctx context.Context, addr string) (net.Conn, error) {
 		dials.Add(1)
 		return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 	}}
@@ -140,6 +140,36 @@ func TestH1TransportDoesNotReuseSpentConnections(t *testing.T) {
 	tr.mu.Unlock()
 	if idle != 1 {
 		t.Fatalf("%d idle connections, want 1", idle)
+	}
+}
+
+// An idle connection is closed after the idle timeout.
+func TestH1TransportIdleTimeout(t *testing.T) {
+	closed := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			close(closed)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	var dials atomic.Int64
+	tr := newH1(&dials)
+	tr.idleTimeout = 20 * time.Millisecond
+	if _, _, err := get(t, tr, context.Background(), srv.URL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the idle connection was not closed")
+	}
+	tr.mu.Lock()
+	n := len(tr.idle)
+	tr.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d addresses still pooled", n)
 	}
 }
 

@@ -574,7 +574,7 @@ func (e *Engine) newTransport(c *cluster.Cluster) http.RoundTripper {
 	if !h2 {
 		// HTTP/1.1: the common requests skip http.Transport's per
 		// connection goroutines.
-		h1 := &h1Transport{fallback: t, maxIdle: t.MaxIdleConnsPerHost}
+		h1 := &h1Transport{fallback: t, maxIdle: t.MaxIdleConnsPerHost, idleTimeout: t.IdleConnTimeout}
 		h1.dial = func(ctx context.Context, addr string) (net.Conn, error) { return t.DialContext(ctx, "tcp", addr) }
 		if t.DialTLSContext != nil {
 			h1.dial = func(ctx context.Context, addr string) (net.Conn, error) { return t.DialTLSContext(ctx, "tcp", addr) }
