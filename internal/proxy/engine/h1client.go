@@ -180,8 +180,9 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.
 	for {
 		if _, err := pc.br.Peek(1); err != nil {
 			stop()
-			return nil, false, err
+			return nil, sent, err
 		}
+		sent = true
 		resp, err = http.ReadResponse(pc.br, req)
 		if err != nil {
 			stop()
