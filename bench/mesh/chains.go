@@ -97,8 +97,8 @@ func writeCerts(dir, addrB string) error {
 // nginxConf is one side of the nginx chain: on A, plaintext on loopback
 // proxied over mTLS to B; on B, mTLS (client certificate required)
 // proxied to the app. Upstream connections are kept alive on both hops
-// (as the sidecars pool theirs); two workers, as the sidecars have
-// GOMAXPROCS 2.
+// (as the sidecars pool theirs); two workers, one per CPU of the host
+// (the weft sidecars default to one, --concurrency 1).
 func nginxConf(dir, side, addrB string) string {
 	tmp := filepath.Join(dir, "nginx-"+side+"-tmp")
 	var server string

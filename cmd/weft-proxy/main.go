@@ -44,6 +44,9 @@ func sidecarCmd() *cobra.Command {
 		Short: "Run the sidecar proxy for one workload",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := sidecar.ReexecForSysmon(os.Getenv); err != nil {
+				fmt.Fprintf(os.Stderr, "weft-proxy: not re-executed with GODEBUG=schedtrace (idle CPU cost stays higher): %v\n", err)
+			}
 			b := cfg.Bootstrap
 			if labels != "" {
 				l, err := bootstrap.ParseLabels(labels)
@@ -127,6 +130,10 @@ func sidecarCmd() *cobra.Command {
 	f.IntVar(&statsPort, "stats-port", 15020, "Prometheus stats port")
 	f.IntVar(&readyPort, "ready-port", 15021, "readiness port")
 	f.IntVar(&dnsPort, "dns-port", 15053, "DNS proxy port on 127.0.0.1 (0 disables; off in explicit mode)")
+	f.StringVar(&cfg.AccessLog, "access-log", os.Getenv("WEFT_ACCESS_LOG"), "HTTP access log file, or /dev/stdout (WEFT_ACCESS_LOG; default off)")
+	f.StringVar(&cfg.AccessLogFormat, "access-log-format", "text", "access log format: text (Envoy's default) or json")
+	f.IntVar(&cfg.Concurrency, "concurrency", sidecar.DefaultConcurrency(os.Getenv),
+		"CPUs running the proxy at once (GOMAXPROCS; 0: all); default 1, or from GOMAXPROCS / WEFT_CONCURRENCY")
 	f.DurationVar(&cfg.DrainDuration, "drain-duration", 5*time.Second, "how long connections may finish on SIGTERM")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -112,6 +113,9 @@ type runtime struct {
 	clusters map[string]*cluster.Cluster
 	// bundle is the SDS trust bundle (ROOTCA); nil without one.
 	bundle []*x509.Certificate
+	// transports caches the engine's upstream transport of each cluster
+	// for the request path.
+	transports sync.Map // *cluster.Cluster -> http.RoundTripper
 }
 
 func compileRuntime(s *xdsclient.Snapshot) (*runtime, error) {

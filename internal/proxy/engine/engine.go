@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/admin"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
 	"github.com/weftmesh/weft/internal/proxy/httpfilter"
@@ -38,6 +39,8 @@ type Options struct {
 	// Certs is the workload identity for mesh TLS; nil means the proxy has
 	// none, and mesh TLS fails closed.
 	Certs Certs
+	// AccessLog receives one entry per HTTP request; nil logs nothing.
+	AccessLog *accesslog.Logger
 }
 
 // Engine is the running data plane.
@@ -58,7 +61,7 @@ type Engine struct {
 	quitOnce sync.Once
 	conns    sync.WaitGroup
 
-	transports sync.Map // cluster name -> *http.Transport
+	transports sync.Map // transportKey -> *http.Transport
 	// roots caches the trust bundle merged with the identity's roots.
 	roots atomic.Pointer[mergedRoots]
 }
@@ -354,6 +357,14 @@ func (e *Engine) shutdown() {
 	for _, bl := range bound {
 		_ = bl.srv.Shutdown(ctx)
 	}
+	// Pooled upstream connections, so that a peer sidecar's drain does
+	// not wait for connections that will never carry a request.
+	e.transports.Range(func(_, t any) bool {
+		if c, ok := t.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+		return true
+	})
 }
 
 // Ready reports whether a config has been applied and the proxy is not
@@ -434,4 +445,7 @@ type chainConn struct {
 	// fconn is the connection as HTTP filters see it (filterConn).
 	connOnce sync.Once
 	fconn    *httpfilter.Conn
+	// HTTP/2 streams served and streams reset prematurely (flood limit).
+	h2Streams, h2Resets atomic.Int64
+	h2Closed            atomic.Bool
 }

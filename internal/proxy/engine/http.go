@@ -12,16 +12,33 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
 	"github.com/weftmesh/weft/internal/proxy/route"
 	"github.com/weftmesh/weft/internal/telemetry"
 )
 
 type connKey struct{}
+
+// copyBufs holds the buffers response bodies are copied through.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// HTTP/2 flood limits. A connection whose client resets (RST_STREAM) at
+// least half its streams within h2PrematureResetAge of their start, once
+// it has reset h2PrematureResetCount/2 of them, is closed: Envoy's
+// premature-reset rule against rapid reset (CVE-2023-44487), with its
+// defaults (500 streams, 1 s).
+const (
+	h2MaxConcurrentStreams = 250 // Go's default, made explicit
+	h2PrematureResetCount  = 500
+	h2PrematureResetAge    = time.Second
+)
 
 // maxRetryBody is the largest request body buffered so it can be replayed
 // on a retry; larger bodies are streamed and not retried once sent.
@@ -37,6 +54,13 @@ func (e *Engine) newHTTPServer(bl *boundListener) *http.Server {
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       time.Hour,
 		MaxHeaderBytes:    60 << 10, // Envoy's default 60 KiB
+		HTTP2: &http.HTTP2Config{
+			// Go's server runs at most this many handlers per connection
+			// and closes a connection (ENHANCE_YOUR_CALM) that queues
+			// four times as many streams; premature resets are limited
+			// in serveHTTP.
+			MaxConcurrentStreams: h2MaxConcurrentStreams,
+		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c)
 		},
@@ -45,16 +69,21 @@ func (e *Engine) newHTTPServer(bl *boundListener) *http.Server {
 
 // exchange is the state of one proxied request.
 type exchange struct {
-	start    time.Time
-	flags    string
-	cluster  string
-	upstream string
-	code     int
-	reqBytes int64
+	start     time.Time
+	flags     string
+	cluster   string
+	upstream  string
+	code      int
+	reqBytes  int64
+	respBytes int64
+	// upstreamTime is from sending the request to the response headers
+	// (the last attempt); -1 without a response.
+	upstreamTime time.Duration
+	path         string // as received, for the access log
 }
 
 func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	ex := &exchange{start: time.Now()}
+	ex := &exchange{start: time.Now(), upstreamTime: -1}
 	cc, _ := r.Context().Value(connKey{}).(*chainConn)
 	rt := e.cur.Load()
 	if cc == nil || rt == nil {
@@ -67,11 +96,15 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if e.draining.Load() {
 		w.Header().Set("Connection", "close")
 	}
+	if r.ProtoMajor == 2 {
+		cc.h2Streams.Add(1)
+		defer e.checkResets(cc, r, ex.start)
+	}
 	table := cc.chain.inline
 	if table == nil {
 		table = rt.routes[cc.chain.rdsName]
 	}
-	defer func() { e.record(cc, ex, r) }()
+	defer e.record(cc, ex, r)
 	// One canonical request view: the path is normalised before filters
 	// and routing, and r.URL is what RBAC, the router and the upstream see.
 	if !canonicalize(r, cc.chain.pathNorm) {
@@ -91,7 +124,8 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	src, _ := netip.ParseAddrPort(r.RemoteAddr)
-	req := &route.Request{Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Headers: r.Header, SourceIP: src.Addr()}
+	req := &route.Request{Method: r.Method, Host: r.Host, Path: requestTarget(r), Headers: r.Header, SourceIP: src.Addr()}
+	ex.path = req.Path
 	rte, _, ok := (*route.Route)(nil), (*route.VirtualHost)(nil), false
 	if table != nil {
 		rte, _, ok = table.Match(req)
@@ -118,7 +152,7 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch rte.Action {
 	case route.ActionDirectResponse:
-		ex.code = rte.DirectResponse.Status
+		ex.code, ex.respBytes = rte.DirectResponse.Status, int64(len(rte.DirectResponse.Body))
 		w.WriteHeader(ex.code)
 		_, _ = w.Write(rte.DirectResponse.Body)
 		return
@@ -140,9 +174,10 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		if abort > 0 {
-			ex.flags, ex.code = "FI", abort
+			const msg = "fault filter abort"
+			ex.flags, ex.code, ex.respBytes = "FI", abort, int64(len(msg))
 			w.WriteHeader(abort)
-			_, _ = w.Write([]byte("fault filter abort"))
+			_, _ = io.WriteString(w, msg)
 			return
 		}
 	}
@@ -154,12 +189,12 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(ex.code)
 		return
 	}
-	e.forward(w, r, req, rte, wc, c, cc, ex)
+	e.forward(w, r, req, rte, wc, c, rt, cc, ex)
 }
 
 // forward sends the request upstream with retries and streams the answer.
 func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Request, rte *route.Route, wc *route.Cluster,
-	c *cluster.Cluster, cc *chainConn, ex *exchange) {
+	c *cluster.Cluster, rt *runtime, cc *chainConn, ex *exchange) {
 	ctx := r.Context()
 	if rte.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -184,12 +219,31 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		ex.reqBytes = r.ContentLength
 	}
 	hashKey, hasHash := rte.HashKey(req)
-	path := rte.RewritePath(r.URL.RequestURI())
+	path := rte.RewritePath(req.Path)
 	if len(rte.Mirrors) > 0 && (body != nil || r.Body == nil || r.Body == http.NoBody) {
-		e.mirror(r, rte, path, body)
+		e.mirror(rt, r, rte, path, body)
 	}
-	host := rte.UpstreamHost(wc)
-	var tried []string
+	// The downstream request's header map becomes the upstream one: the
+	// server reads nothing from it once the handler runs, and every
+	// attempt sends the same headers, so they are prepared once.
+	removeHopHeaders(r.Header)
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
+			ip = prior + ", " + ip
+		}
+		r.Header.Set("X-Forwarded-For", ip)
+	}
+	r.Header["X-Forwarded-Proto"] = []string{"http"}
+	rte.ApplyRequestHeaders(r.Header, wc)
+	target := upstreamTarget(r.URL, path, req.Path)
+	target.Scheme = upstreamScheme(c)
+	outHost := r.Host
+	if host := rte.UpstreamHost(wc); host != "" {
+		outHost = host
+	}
+	rtr := e.transport(rt, c, cc.src, upstreamH2(c, r))
+	var triedBuf [4]string
+	tried := triedBuf[:0]
 	for attempt := 0; ; attempt++ {
 		ep, err := c.Pick(cluster.PickContext{HashKey: hashKey, HasHash: hasHash, Exclude: tried, OriginalDst: cc.dst})
 		if err != nil {
@@ -208,35 +262,26 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		}
 		tried = append(tried, ep.Address)
 		ex.upstream = ep.Address
-		out := r.Clone(ctx)
-		out.RequestURI = ""
-		out.URL.Scheme, out.URL.Host = upstreamScheme(c), ep.Address
-		setPathQuery(out.URL, path)
-		if host != "" {
-			out.Host = host
-		}
-		if body != nil {
-			out.Body = io.NopCloser(bytes.NewReader(body))
-			out.ContentLength = int64(len(body))
-		}
-		removeHopHeaders(out.Header)
-		if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-			if prior := out.Header.Get("X-Forwarded-For"); prior != "" {
-				ip = prior + ", " + ip
-			}
-			out.Header.Set("X-Forwarded-For", ip)
-		}
-		out.Header.Set("X-Forwarded-Proto", "http")
-		rte.ApplyRequestHeaders(out.Header, wc)
 		actx := ctx
 		var cancelTry context.CancelFunc
 		if rte.Retry != nil && rte.Retry.PerTryTimeout > 0 {
 			actx, cancelTry = context.WithTimeout(ctx, rte.Retry.PerTryTimeout)
-			out = out.WithContext(actx)
+		}
+		u := *target
+		u.Host = ep.Address
+		out := r.WithContext(actx)
+		out.URL, out.Host, out.RequestURI = &u, outHost, ""
+		if body != nil {
+			out.Body = io.NopCloser(bytes.NewReader(body))
+			out.ContentLength = int64(len(body))
 		}
 		ep.StartRequest()
-		resp, err := e.transport(c, cc.src, upstreamH2(c, r)).RoundTrip(out)
+		sent := time.Now()
+		resp, err := rtr.RoundTrip(out)
 		ep.EndRequest()
+		if err == nil {
+			ex.upstreamTime = time.Since(sent)
+		}
 		outcome := cluster.Outcome{}
 		switch {
 		case err != nil:
@@ -276,6 +321,20 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		case <-time.After(backoff(rte.Retry, attempt)):
 		case <-ctx.Done():
 		}
+	}
+}
+
+// checkResets counts a stream its client reset prematurely and closes a
+// connection that resets too many (see h2PrematureResetCount).
+func (e *Engine) checkResets(cc *chainConn, r *http.Request, start time.Time) {
+	if !errors.Is(r.Context().Err(), context.Canceled) || time.Since(start) >= h2PrematureResetAge {
+		return
+	}
+	resets := cc.h2Resets.Add(1)
+	if resets*2 >= max(cc.h2Streams.Load(), h2PrematureResetCount) && cc.h2Closed.CompareAndSwap(false, true) {
+		e.log.Warn("closing an HTTP/2 connection: too many premature stream resets", "remote", r.RemoteAddr,
+			"streams", cc.h2Streams.Load(), "resets", resets)
+		_ = cc.Close()
 	}
 }
 
@@ -346,7 +405,7 @@ func (e *Engine) respond(w http.ResponseWriter, resp *http.Response, rte *route.
 	removeHopHeaders(resp.Header)
 	rte.ApplyResponseHeaders(resp.Header, wc)
 	h := w.Header()
-	copyHeader(h, resp.Header)
+	moveHeader(h, resp.Header)
 	for k := range resp.Trailer {
 		h.Add("Trailer", k)
 	}
@@ -356,11 +415,21 @@ func (e *Engine) respond(w http.ResponseWriter, resp *http.Response, rte *route.
 		return
 	}
 	w.WriteHeader(resp.StatusCode)
-	fl, _ := w.(http.Flusher)
-	buf := make([]byte, 32<<10)
+	// A body of unknown length (chunked, HTTP/2 without content-length:
+	// gRPC streams, server-sent events) is flushed after every read so
+	// that streams flow; a sized body is left to the server's buffering
+	// (one write for a small answer), as httputil.ReverseProxy does.
+	var fl http.Flusher
+	if resp.ContentLength < 0 {
+		fl, _ = w.(http.Flusher)
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
+			ex.respBytes += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -423,6 +492,19 @@ func removeHopHeaders(h http.Header) {
 	}
 }
 
+// moveHeader adds src's fields to dst, handing over src's value slices
+// where dst has no such field (src, an upstream response's header, is
+// not used afterwards).
+func moveHeader(dst, src http.Header) {
+	for k, vs := range src {
+		if prev, ok := dst[k]; ok {
+			dst[k] = append(prev, vs...)
+		} else {
+			dst[k] = vs
+		}
+	}
+}
+
 func copyHeader(dst, src http.Header) {
 	for k, vs := range src {
 		for _, v := range vs {
@@ -431,21 +513,56 @@ func copyHeader(dst, src http.Header) {
 	}
 }
 
+// newRequestID returns a random (version 4) UUID.
 func newRequestID() string {
 	var b [16]byte
 	_, _ = crand.Read(b[:])
 	b[6] = (b[6] & 0x0f) | 0x40
 	b[8] = (b[8] & 0x3f) | 0x80
-	s := hex.EncodeToString(b[:])
-	return s[:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], b[10:])
+	return string(s[:])
 }
 
 // transport returns the cluster's upstream HTTP transport: h2c when the
 // request goes upstream as HTTP/2 (upstreamH2) in plaintext; mesh TLS (negotiating h2 or
 // http/1.1 by ALPN) when the cluster has a transport socket.
-func (e *Engine) transport(c *cluster.Cluster, src source, h2 bool) http.RoundTripper {
-	// Connections that keep a client's address are pooled per client.
-	key := fmt.Sprintf("%s|%v|%v|%s", c.Name, h2, c.TLS != nil, src.addr)
+func (e *Engine) transport(rt *runtime, c *cluster.Cluster, src source, h2 bool) http.RoundTripper {
+	k := runtimeTransportKey{c: c, src: src.addr, h2: h2}
+	if t, ok := rt.transports.Load(k); ok {
+		return t.(http.RoundTripper)
+	}
+	t := e.newTransport(c, src, h2)
+	rt.transports.Store(k, t)
+	return t
+}
+
+// runtimeTransportKey finds a transport for one runtime's cluster.
+type runtimeTransportKey struct {
+	c   *cluster.Cluster
+	src netip.Addr
+	h2  bool
+}
+
+// transportKey names a pool of upstream connections: a cluster keeps its
+// connections across config updates unless its protocol or TLS changes.
+// Connections that keep a client's address (TPROXY) are pooled per client.
+type transportKey struct {
+	cluster string
+	h2, tls bool
+	src     netip.Addr
+}
+
+func (e *Engine) newTransport(c *cluster.Cluster, src source, h2 bool) http.RoundTripper {
+	key := transportKey{cluster: c.Name, h2: h2, tls: c.TLS != nil, src: src.addr}
 	if t, ok := e.transports.Load(key); ok {
 		return t.(http.RoundTripper)
 	}
@@ -459,13 +576,22 @@ func (e *Engine) transport(c *cluster.Cluster, src source, h2 bool) http.RoundTr
 	switch {
 	case c.TLS != nil:
 		protos.SetHTTP1(true)
-		protos.SetHTTP2(true)
 		alpn := []string{"http/1.1"}
 		if h2 {
+			// Only then: with HTTP/2 enabled, every request first looks
+			// for an h2 connection to the endpoint.
+			protos.SetHTTP2(true)
 			alpn = []string{"h2", "http/1.1"}
 		}
+		name := c.Name
 		t.DialTLSContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return e.dialUpstream(ctx, c, addr, alpn, src)
+			// The cluster as currently configured (SANs, SNI, timeouts
+			// may have changed since this pool was made).
+			cur := c
+			if rt := e.cur.Load(); rt != nil && rt.clusters[name] != nil && rt.clusters[name].TLS != nil {
+				cur = rt.clusters[name]
+			}
+			return e.dialUpstream(ctx, cur, addr, alpn, src)
 		}
 	case h2:
 		protos.SetUnencryptedHTTP2(true)
@@ -478,7 +604,18 @@ func (e *Engine) transport(c *cluster.Cluster, src source, h2 bool) http.RoundTr
 		// One pool per client address: let idle ones go soon.
 		t.IdleConnTimeout = 90 * time.Second
 	}
-	actual, _ := e.transports.LoadOrStore(key, t)
+	var rtr http.RoundTripper = t
+	if !h2 {
+		// HTTP/1.1: the common requests skip http.Transport's per
+		// connection goroutines.
+		h1 := &h1Transport{fallback: t, maxIdle: t.MaxIdleConnsPerHost, idleTimeout: t.IdleConnTimeout}
+		h1.dial = func(ctx context.Context, addr string) (net.Conn, error) { return t.DialContext(ctx, "tcp", addr) }
+		if t.DialTLSContext != nil {
+			h1.dial = func(ctx context.Context, addr string) (net.Conn, error) { return t.DialTLSContext(ctx, "tcp", addr) }
+		}
+		rtr = h1
+	}
+	actual, _ := e.transports.LoadOrStore(key, rtr)
 	return actual.(http.RoundTripper)
 }
 
@@ -492,10 +629,7 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request) {
 	if strings.HasPrefix(ex.cluster, "inbound|") {
 		reporter = "destination"
 	}
-	svc := ""
-	if parts := strings.SplitN(ex.cluster, "|", 4); len(parts) == 4 {
-		svc = parts[3]
-	}
+	svc := clusterService(ex.cluster)
 	req := telemetry.Request{Reporter: reporter, Protocol: proto, Code: ex.code, Flags: ex.flags,
 		Duration: time.Since(ex.start), RequestBytes: ex.reqBytes, DestinationService: svc}
 	if reporter == "source" {
@@ -511,13 +645,36 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request) {
 		req.DestinationServiceNamespace = ns
 	}
 	e.metrics.ObserveRequest(req)
+	if e.opts.AccessLog != nil {
+		protocol := r.Proto
+		if r.ProtoMajor == 2 {
+			protocol = "HTTP/2" // Envoy's %PROTOCOL%
+		}
+		e.opts.AccessLog.Log(&accesslog.Entry{Start: ex.start, Method: r.Method, Path: ex.path, Protocol: protocol,
+			Code: ex.code, Flags: ex.flags, BytesReceived: ex.reqBytes, BytesSent: ex.respBytes, Duration: req.Duration,
+			UpstreamTime: ex.upstreamTime, ForwardedFor: r.Header.Get("X-Forwarded-For"), UserAgent: r.Header.Get("User-Agent"),
+			RequestID: r.Header.Get("X-Request-Id"), Authority: r.Host, UpstreamHost: ex.upstream, UpstreamCluster: ex.cluster})
+	}
+}
+
+// clusterService is the service host of an Istio cluster name
+// ("outbound|8080|v1|reviews.bookinfo.svc.cluster.local"): what follows
+// the third '|', else "".
+func clusterService(name string) string {
+	for range 3 {
+		i := strings.IndexByte(name, '|')
+		if i < 0 {
+			return ""
+		}
+		name = name[i+1:]
+	}
+	return name
 }
 
 // mirror sends fire-and-forget copies of a request to the route's mirror
 // clusters (Host gets "-shadow" appended, as Envoy does). Only requests
 // whose body is buffered (or empty) are mirrored; answers are discarded.
-func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []byte) {
-	rt := e.cur.Load()
+func (e *Engine) mirror(rt *runtime, r *http.Request, rte *route.Route, path string, body []byte) {
 	for _, m := range rte.Mirrors {
 		if !m.Fraction.Hit(rand.Uint32()) {
 			continue
@@ -550,13 +707,61 @@ func (e *Engine) mirror(r *http.Request, rte *route.Route, path string, body []b
 		go func(c *cluster.Cluster, out *http.Request) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			resp, err := e.transport(c, source{}, upstreamH2(c, out)).RoundTrip(out.WithContext(ctx))
+			resp, err := e.transport(rt, c, source{}, upstreamH2(c, out)).RoundTrip(out.WithContext(ctx))
 			if err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
 		}(c, out)
 	}
+}
+
+// requestTarget returns r's request target (path and query) as
+// r.URL.RequestURI() spells it, without allocating when the client's raw
+// target (r.RequestURI) is already in that form: origin-form with a path
+// of characters url.URL.EscapedPath keeps as they are.
+func requestTarget(r *http.Request) string {
+	t := r.RequestURI
+	if t == "" || t[0] != '/' {
+		return r.URL.RequestURI()
+	}
+	for i := 0; i < len(t); i++ {
+		switch c := t[i]; {
+		case c == '?':
+			return t
+		case !pathByte[c]:
+			return r.URL.RequestURI()
+		}
+	}
+	return t
+}
+
+// pathByte marks the bytes a path may hold verbatim: unreserved, sub-delims,
+// ':', '@', '/', '%' (the server has rejected bad escapes), '[' and ']'.
+var pathByte = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range "-._~!$&'()*+,;=:@/%[]" {
+		t[c] = true
+	}
+	return t
+}()
+
+// upstreamTarget is the URL to send upstream for the request URL in (Host
+// and Scheme are set per attempt): in's path and query, or those of path
+// when the route rewrote the target (path != orig).
+func upstreamTarget(in *url.URL, path, orig string) *url.URL {
+	u := &url.URL{Path: in.Path, RawPath: in.RawPath, RawQuery: in.RawQuery, ForceQuery: in.ForceQuery}
+	if path != orig {
+		// Exactly the rewritten target, without reference resolution
+		// ("//x" stays a path, never a host).
+		setPathQuery(u, path)
+	}
+	return u
 }
 
 // upstreamScheme is https for mesh-TLS clusters (the transport then dials

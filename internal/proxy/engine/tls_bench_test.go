@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/url"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -141,13 +140,6 @@ func BenchmarkMeshTLSHandshake(b *testing.B) {
 			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
 		})
 	}
-}
-
-// processCPU is the process's user+system CPU time so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // TestMeshTLSSecureNaming: the benchmark's configs really authenticate —

@@ -7,11 +7,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,6 +24,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/admin"
 	"github.com/weftmesh/weft/internal/proxy/bootstrap"
 	"github.com/weftmesh/weft/internal/proxy/dns"
@@ -53,6 +57,15 @@ type Config struct {
 	// a workload certificate from the CA and talk xDS over mutual TLS
 	// (Discovery must then be the TLS port, e.g. :15012).
 	Identity Identity
+	// AccessLog is the HTTP access log's path ("/dev/stdout" and
+	// "/dev/stderr" name the proxy's own); empty disables it.
+	AccessLog string
+	// AccessLogFormat is "text" (Envoy's default format, the default) or
+	// "json".
+	AccessLogFormat string
+	// Concurrency is how many CPUs run the proxy's Go code at once
+	// (GOMAXPROCS); 0 keeps the runtime's choice. See DefaultConcurrency.
+	Concurrency int
 	// DNSPort serves the DNS proxy on 127.0.0.1 (and ::1 when it can) at
 	// this port; 0 disables it, and so does explicit mode (nothing
 	// captures DNS there).
@@ -80,6 +93,34 @@ type Identity struct {
 
 func (i Identity) enabled() bool { return i.BootstrapToken != "" || i.CertDir != "" }
 
+// DefaultConcurrency is the proxy's concurrency unless configured: the
+// GOMAXPROCS variable's when set (0, the runtime's choice), else
+// WEFT_CONCURRENCY's, else 1. One CPU is what a sidecar needs for the
+// traffic of one workload, and it is also the cheapest: with a single P
+// the Go scheduler does not wake and spin extra threads for each request
+// (BenchmarkSidecarProcesses at 1,000 rps: about 25–30 % less CPU per
+// request than with 2, and more throughput on a 2-CPU host shared with
+// the app); linkerd2-proxy makes the same choice. Busy gateways and
+// sidecars raise it with --concurrency.
+func DefaultConcurrency(getenv func(string) string) int {
+	if getenv("GOMAXPROCS") != "" {
+		return 0
+	}
+	if n, err := strconv.Atoi(getenv("WEFT_CONCURRENCY")); err == nil && n >= 0 {
+		return n
+	}
+	return 1
+}
+
+// DefaultGCPercent is the sidecar's GOGC unless the GOGC variable is set.
+// Its live heap is small (about 4 MiB with a few services), so GC cycles
+// are cheap, and at 50 instead of 100 the heap peaks ~2 MiB lower: VmRSS
+// 32.9 instead of 35.1 MiB after 1,000 rps, with no measurable CPU
+// difference there (0.128 vs 0.133 vCPU). Flat out it costs ~10 % more
+// CPU per request (BenchmarkSidecarProcesses: 52–54 vs 46–50 µs); a
+// sidecar that must maximise throughput sets GOGC=100.
+const DefaultGCPercent = 50
+
 // Run serves until ctx ends, then drains and returns. Every port is bound
 // before anything is served, so a clash fails start-up cleanly.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
@@ -97,6 +138,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	if err := cfg.Bootstrap.Validate(); err != nil {
 		return err
+	}
+	if cfg.Concurrency > 0 {
+		runtime.GOMAXPROCS(cfg.Concurrency)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(DefaultGCPercent)
 	}
 	node, err := cfg.Bootstrap.Node()
 	if err != nil {
@@ -133,9 +180,24 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		xcfg.Secrets = []string{"ROOTCA"}
 	}
 	jwtauthn.SetLogger(log)
+	accessLog, err := openAccessLog(cfg.AccessLog, cfg.AccessLogFormat)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	defer func() {
+		if err := accessLog.Close(); err != nil {
+			log.Error("access log", "error", err)
+		}
+	}()
+	if accessLog != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_access_log_dropped_total",
+			Help: "Access log entries dropped because the write queue was full."},
+			func() float64 { return float64(accessLog.Dropped()) }))
+	}
 	eng := engine.New(log.With("component", "engine"), engine.Options{
 		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
-		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts,
+		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts, AccessLog: accessLog,
 	})
 	client := xdsclient.New(xcfg, eng.Validate, log.With("component", "xds"))
 	updates := client.Updates()
@@ -179,7 +241,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	xdsDone := make(chan error, 1)
 	go func() { xdsDone <- client.Run(ctx) }()
-	log.Info("weft-proxy started", "node", node.GetId(), "discovery", b.Discovery, "admin", cfg.AdminAddr)
+	log.Info("weft-proxy started", "node", node.GetId(), "discovery", b.Discovery, "admin", cfg.AdminAddr,
+		"concurrency", runtime.GOMAXPROCS(0))
 	err = eng.Run(ctx, updates)
 	cancel()
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -194,6 +257,28 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 }
 
 // newDNS binds the DNS proxy (a clash fails start-up like any port).
+// openAccessLog starts the access log at path (nil when path is empty).
+func openAccessLog(path, format string) (*accesslog.Logger, error) {
+	f, err := accesslog.ParseFormat(format)
+	if err != nil || path == "" {
+		return nil, err
+	}
+	var w io.Writer
+	switch path {
+	case "/dev/stdout":
+		w = os.Stdout
+	case "/dev/stderr":
+		w = os.Stderr
+	default:
+		file, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("access log: %w", err)
+		}
+		w = file // closed at exit
+	}
+	return accesslog.New(w, f, 0), nil
+}
+
 func newDNS(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*dns.Server, error) {
 	port := strconv.Itoa(cfg.DNSPort)
 	suffixes := []string{"cluster.local"}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -195,11 +196,12 @@ spec:
 	bin, pre := asNobody()
 	proxyArgs := append(pre, proxyBin, "sidecar", "--explicit", "--ip", "127.0.0.10", "--name", "client", "--namespace", "default",
 		"--labels", "app=client,version=v1", "--discovery-address", fmt.Sprintf("127.0.0.1:%d", xdsPort),
-		"--admin-port", fmt.Sprint(admin), "--stats-port", fmt.Sprint(stats), "--ready-port", fmt.Sprint(ready), "--log-level", "debug")
+		"--admin-port", fmt.Sprint(admin), "--stats-port", fmt.Sprint(stats), "--ready-port", fmt.Sprint(ready), "--log-level", "debug",
+		"--access-log", "/dev/stdout")
 	if bin == "" {
 		bin, proxyArgs = proxyArgs[0], proxyArgs[1:]
 	}
-	process(t, bin, proxyArgs...)
+	proxyCmd := process(t, bin, proxyArgs...)
 	waitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/healthz/ready", ready))
 
 	client := &http.Client{Timeout: 10 * time.Second}
@@ -259,6 +261,18 @@ spec:
 	// Fault injection on /broken.
 	if code, _ := call("/broken"); code != 418 {
 		t.Fatalf("fault abort: got %d, want 418", code)
+	}
+	// The access log (the sidecar's stdout, written asynchronously) has it.
+	aborted := regexp.MustCompile(`\] "GET /broken HTTP/1\.1" 418 FI 0 18 \d+ - "[^"]*" "Go-http-client/1\.1" "[0-9a-f-]{36}" "echo\.mesh" "-"\n`)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		out, _ := os.ReadFile(proxyCmd.Stdout.(*os.File).Name())
+		if aborted.Match(out) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the access log has no line for the aborted request; want %s", aborted)
+		}
+		time.Sleep(50 * time.Millisecond) // the sidecar is a process we poll
 	}
 
 	// Retries recover a flaky backend: all traffic to v2, which fails its

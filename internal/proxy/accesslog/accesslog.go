@@ -1,0 +1,261 @@
+// Package accesslog writes the sidecar's HTTP access log, one line per
+// request, in Envoy's default text format or as JSON. Requests hand their
+// entry to a bounded queue and never wait for the disk: a writer
+// goroutine formats and writes the lines, and entries that find the queue
+// full are dropped and counted.
+package accesslog
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Format is how lines are written.
+type Format int
+
+// Formats.
+const (
+	// Text is Envoy's default format:
+	//
+	//	[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"
+	//	%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION%
+	//	%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%"
+	//	"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"
+	Text Format = iota
+	// JSON is one object a line with the same fields, named as in Istio's
+	// JSON access log (start_time, method, path, ...), plus
+	// upstream_cluster.
+	JSON
+)
+
+// ParseFormat reads "text" or "json".
+func ParseFormat(s string) (Format, error) {
+	switch s {
+	case "", "text":
+		return Text, nil
+	case "json":
+		return JSON, nil
+	}
+	return 0, fmt.Errorf("access log format %q: use text or json", s)
+}
+
+// Entry is one request. Empty strings and negative numbers are logged as
+// "-" (null in JSON).
+type Entry struct {
+	Start         time.Time
+	Method        string
+	Path          string // the path as received (before rewrites)
+	Protocol      string // "HTTP/1.1", "HTTP/2"
+	Code          int
+	Flags         string // Envoy response flags ("UH", "UF", ...)
+	BytesReceived int64
+	BytesSent     int64
+	Duration      time.Duration
+	// UpstreamTime is the upstream service time (request sent to response
+	// headers); negative when there was no upstream response.
+	UpstreamTime    time.Duration
+	ForwardedFor    string
+	UserAgent       string
+	RequestID       string
+	Authority       string
+	UpstreamHost    string
+	UpstreamCluster string
+}
+
+// DefaultQueue is the number of entries waiting to be written before new
+// ones are dropped.
+const DefaultQueue = 4096
+
+// Logger writes entries asynchronously. The zero value is not usable; use
+// New. A nil *Logger logs nothing.
+type Logger struct {
+	format  Format
+	queue   chan Entry
+	w       *bufio.Writer
+	dropped atomic.Uint64
+	closed  atomic.Bool
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	err     error
+}
+
+// New starts a logger writing to w with a queue of queue entries (0:
+// DefaultQueue). Close stops it.
+func New(w io.Writer, format Format, queue int) *Logger {
+	if queue <= 0 {
+		queue = DefaultQueue
+	}
+	l := &Logger{format: format, queue: make(chan Entry, queue), w: bufio.NewWriterSize(w, 64<<10),
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go l.run()
+	return l
+}
+
+// Log queues e; when the queue is full, e is dropped (see Dropped).
+func (l *Logger) Log(e *Entry) {
+	if l == nil || l.closed.Load() {
+		return
+	}
+	select {
+	case l.queue <- *e:
+	default:
+		l.dropped.Add(1)
+	}
+}
+
+// Dropped is the number of entries dropped because the queue was full.
+func (l *Logger) Dropped() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.dropped.Load()
+}
+
+// Close writes the queued entries and stops the logger; later entries
+// are discarded. It returns the first write error.
+func (l *Logger) Close() error {
+	if l == nil {
+		return nil
+	}
+	l.once.Do(func() {
+		l.closed.Store(true)
+		close(l.stop)
+	})
+	<-l.done
+	return l.err
+}
+
+func (l *Logger) run() {
+	defer close(l.done)
+	buf := make([]byte, 0, 512)
+	write := func(e *Entry) {
+		buf = l.appendEntry(buf[:0], e)
+		if _, err := l.w.Write(buf); err != nil && l.err == nil {
+			l.err = err
+		}
+	}
+	flush := func() {
+		if err := l.w.Flush(); err != nil && l.err == nil {
+			l.err = err
+		}
+	}
+	for {
+		select {
+		case e := <-l.queue:
+			write(&e)
+			if len(l.queue) == 0 { // idle: make the lines visible
+				flush()
+			}
+		case <-l.stop:
+			for {
+				select {
+				case e := <-l.queue:
+					write(&e)
+				default:
+					flush()
+					return
+				}
+			}
+		}
+	}
+}
+
+func (l *Logger) appendEntry(b []byte, e *Entry) []byte {
+	if l.format == JSON {
+		return appendJSON(b, e)
+	}
+	return appendText(b, e)
+}
+
+const timeLayout = "2006-01-02T15:04:05.000Z"
+
+func appendText(b []byte, e *Entry) []byte {
+	b = append(b, '[')
+	b = e.Start.UTC().AppendFormat(b, timeLayout)
+	b = append(b, "] \""...)
+	b = appendDash(b, e.Method)
+	b = append(b, ' ')
+	b = appendDash(b, e.Path)
+	b = append(b, ' ')
+	b = appendDash(b, e.Protocol)
+	b = append(b, "\" "...)
+	b = strconv.AppendInt(b, int64(e.Code), 10)
+	b = append(b, ' ')
+	b = appendDash(b, e.Flags)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, max(e.BytesReceived, 0), 10)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, max(e.BytesSent, 0), 10)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, e.Duration.Milliseconds(), 10)
+	b = append(b, ' ')
+	if e.UpstreamTime >= 0 {
+		b = strconv.AppendInt(b, e.UpstreamTime.Milliseconds(), 10)
+	} else {
+		b = append(b, '-')
+	}
+	for _, s := range [...]string{e.ForwardedFor, e.UserAgent, e.RequestID, e.Authority, e.UpstreamHost} {
+		b = append(b, " \""...)
+		b = appendDash(b, s)
+		b = append(b, '"')
+	}
+	return append(b, '\n')
+}
+
+// appendDash appends s, or "-" when it is empty.
+func appendDash(b []byte, s string) []byte {
+	if s == "" {
+		return append(b, '-')
+	}
+	return append(b, s...)
+}
+
+// jsonEntry fixes the JSON field names and order.
+type jsonEntry struct {
+	StartTime           string  `json:"start_time"`
+	Method              *string `json:"method"`
+	Path                *string `json:"path"`
+	Protocol            *string `json:"protocol"`
+	ResponseCode        int     `json:"response_code"`
+	ResponseFlags       *string `json:"response_flags"`
+	BytesReceived       int64   `json:"bytes_received"`
+	BytesSent           int64   `json:"bytes_sent"`
+	Duration            int64   `json:"duration"`
+	UpstreamServiceTime *int64  `json:"upstream_service_time"`
+	XForwardedFor       *string `json:"x_forwarded_for"`
+	UserAgent           *string `json:"user_agent"`
+	RequestID           *string `json:"request_id"`
+	Authority           *string `json:"authority"`
+	UpstreamHost        *string `json:"upstream_host"`
+	UpstreamCluster     *string `json:"upstream_cluster"`
+}
+
+func appendJSON(b []byte, e *Entry) []byte {
+	opt := func(s string) *string {
+		if s == "" {
+			return nil
+		}
+		return &s
+	}
+	j := jsonEntry{StartTime: e.Start.UTC().Format(timeLayout), Method: opt(e.Method), Path: opt(e.Path),
+		Protocol: opt(e.Protocol), ResponseCode: e.Code, ResponseFlags: opt(e.Flags),
+		BytesReceived: max(e.BytesReceived, 0), BytesSent: max(e.BytesSent, 0), Duration: e.Duration.Milliseconds(),
+		XForwardedFor: opt(e.ForwardedFor), UserAgent: opt(e.UserAgent), RequestID: opt(e.RequestID),
+		Authority: opt(e.Authority), UpstreamHost: opt(e.UpstreamHost), UpstreamCluster: opt(e.UpstreamCluster)}
+	if e.UpstreamTime >= 0 {
+		ms := e.UpstreamTime.Milliseconds()
+		j.UpstreamServiceTime = &ms
+	}
+	out, err := json.Marshal(&j)
+	if err != nil { // cannot happen: strings and numbers only
+		return append(b, "{}\n"...)
+	}
+	return append(append(b, out...), '\n')
+}
