@@ -42,6 +42,10 @@ type Metrics struct {
 	TCPReceived     *prometheus.CounterVec
 	TCPOpened       *prometheus.CounterVec
 	TCPClosed       *prometheus.CounterVec
+	// RetryOverflow counts retries not made because the cluster's retry
+	// budget or max_retries was exhausted (Envoy's
+	// upstream_rq_retry_overflow).
+	RetryOverflow prometheus.Counter
 }
 
 // Istio's default histogram buckets.
@@ -77,8 +81,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		TCPClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "istio_tcp_connections_closed_total", Help: "TCP connections closed.",
 		}, tcpLabels),
+		RetryOverflow: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_upstream_rq_retry_overflow_total", Help: "Retries not made because the cluster's retry budget (or max_retries) was exhausted.",
+		}),
 	}
-	reg.MustRegister(m.Requests, m.RequestDuration, m.RequestBytes, m.ResponseBytes, m.TCPSent, m.TCPReceived, m.TCPOpened, m.TCPClosed)
+	reg.MustRegister(m.Requests, m.RequestDuration, m.RequestBytes, m.ResponseBytes, m.TCPSent, m.TCPReceived, m.TCPOpened, m.TCPClosed,
+		m.RetryOverflow)
 	return m
 }
 

@@ -105,6 +105,13 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		table = rt.routes[cc.chain.rdsName]
 	}
 	defer e.record(cc, ex, r)
+	if tooManyHeaders(r.Header) {
+		ex.code = http.StatusRequestHeaderFieldsTooLarge
+		w.Header().Set("Connection", "close")
+		w.WriteHeader(ex.code)
+		_, _ = io.WriteString(w, "Request Header Fields Too Large")
+		return
+	}
 	// One canonical request view: the path is normalised before filters
 	// and routing, and r.URL is what RBAC, the router and the upstream see.
 	if !canonicalize(r, cc.chain.pathNorm) {
@@ -234,6 +241,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		r.Header.Set("X-Forwarded-For", ip)
 	}
 	r.Header["X-Forwarded-Proto"] = []string{"http"}
+	propagateTrace(r.Header)
 	rte.ApplyRequestHeaders(r.Header, wc)
 	target := upstreamTarget(r.URL, path, req.Path)
 	target.Scheme = upstreamScheme(c)
@@ -244,6 +252,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	rtr := e.transport(rt, c, cc.src, upstreamH2(c, r))
 	var triedBuf [4]string
 	tried := triedBuf[:0]
+	var releaseRetry func()
 	for attempt := 0; ; attempt++ {
 		ep, err := c.Pick(cluster.PickContext{HashKey: hashKey, HasHash: hasHash, Exclude: tried, OriginalDst: cc.dst})
 		if err != nil {
@@ -292,8 +301,20 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			outcome.GatewayError = resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504
 		}
 		c.State().Report(ep, outcome)
+		if releaseRetry != nil {
+			releaseRetry() // the retry attempt is over
+			releaseRetry = nil
+		}
 		retry := attempt < retries && ctx.Err() == nil && (body != nil || r.Body == nil || r.Body == http.NoBody) &&
 			shouldRetry(rte.Retry, resp, err, actx)
+		if retry {
+			// The cluster's retry budget (or max_retries) bounds retries
+			// in flight, so they cannot multiply the load on a failing
+			// upstream; over it, the answer goes back as it is.
+			if releaseRetry, retry = c.State().AcquireRetry(); !retry {
+				e.metrics.RetryOverflow.Inc()
+			}
+		}
 		if !retry {
 			release()
 			if err != nil {
@@ -322,6 +343,22 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		case <-ctx.Done():
 		}
 	}
+}
+
+// maxHeadersCount is Envoy's default limit on request header fields
+// (max_headers_count); their total size is bounded by the server's
+// MaxHeaderBytes (60 KiB, Envoy's max_request_headers_kb).
+const maxHeadersCount = 100
+
+func tooManyHeaders(h http.Header) bool {
+	if len(h) <= maxHeadersCount/2 {
+		return false // common case: no need to count values
+	}
+	n := 0
+	for _, v := range h {
+		n += len(v)
+	}
+	return n > maxHeadersCount
 }
 
 // checkResets counts a stream its client reset prematurely and closes a

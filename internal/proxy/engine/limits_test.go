@@ -1,0 +1,154 @@
+package engine
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// TestRetryBudgetBoundsRetries: a backend that always answers 503 behind a
+// route retrying 5xx three times. With Envoy's default limits every
+// request is tried four times; with a retry budget of 0 % and no floor,
+// no retry is made (and each one refused is counted), so retries cannot
+// multiply the load on the failing backend.
+func TestRetryBudgetBoundsRetries(t *testing.T) {
+	var hits atomic.Int64
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		hits.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})}
+	backendAddr := freeAddr(t)
+	ln, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", backendAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	for _, tc := range []struct {
+		name      string
+		budget    *clusterv3.CircuitBreakers_Thresholds_RetryBudget
+		wantHits  int64
+		overflows float64
+	}{
+		{"default max_retries", nil, 4 * 5, 0},
+		{"exhausted budget", &clusterv3.CircuitBreakers_Thresholds_RetryBudget{BudgetPercent: &typev3.Percent{Value: 0},
+			MinRetryConcurrency: wrapperspb.UInt32(0)}, 1 * 5, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hits.Store(0)
+			addr := freeAddr(t)
+			l := httpListener("out", addr, "backend", nil)
+			setRetry(t, l, "5xx", 3)
+			c := staticCluster("backend", backendAddr, false)
+			c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{RetryBudget: tc.budget}}}
+			reg := prometheus.NewRegistry()
+			e, err := newEngineOpts(Options{Registerer: reg}, l, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(e.shutdown)
+			for range 5 {
+				resp, err := http.Get("http://" + addr.String() + "/")
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusServiceUnavailable {
+					t.Fatalf("status %d, want the backend's 503", resp.StatusCode)
+				}
+			}
+			if got := hits.Load(); got != tc.wantHits {
+				t.Errorf("backend saw %d requests for 5, want %d", got, tc.wantHits)
+			}
+			if got := testutil.ToFloat64(e.metrics.RetryOverflow); got != tc.overflows {
+				t.Errorf("retry overflows %v, want %v", got, tc.overflows)
+			}
+		})
+	}
+}
+
+// setRetry replaces the listener's inline route retry policy.
+func setRetry(t *testing.T, l *listenerv3.Listener, on string, n uint32) {
+	t.Helper()
+	f := l.GetFilterChains()[0].GetFilters()[0]
+	h := &hcmv3.HttpConnectionManager{}
+	if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
+		t.Fatal(err)
+	}
+	ra := h.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()[0].GetRoute()
+	ra.RetryPolicy = &routev3.RetryPolicy{RetryOn: on, NumRetries: wrapperspb.UInt32(n)}
+	a, err := anypb.New(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+}
+
+// TestHeaderCountLimit: more than 100 request header fields get 431 from
+// the sidecar before routing; 100 pass.
+func TestHeaderCountLimit(t *testing.T) {
+	backend := startBackend(t, 16)
+	addr := freeAddr(t)
+	startEngine(t, nil, httpListener("out", addr, "backend", nil), staticCluster("backend", backend, false))
+	for _, tc := range []struct {
+		fields int
+		want   int
+	}{{95, http.StatusOK}, {101, http.StatusRequestHeaderFieldsTooLarge}} {
+		req, _ := http.NewRequest("GET", "http://"+addr.String()+"/", nil)
+		for i := range tc.fields - 2 { // Go adds Host and User-Agent
+			req.Header.Add(fmt.Sprintf("X-H%d", i%60), "v")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%d header fields: status %d, want %d", tc.fields, resp.StatusCode, tc.want)
+		}
+	}
+}
+
+// TestTraceContextCrossesTheSidecar: the upstream sees the caller's trace
+// continued — same trace id, a new span whose parent is the caller's — in
+// both W3C and B3 form.
+func TestTraceContextCrossesTheSidecar(t *testing.T) {
+	seen := make(chan http.Header, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen <- r.Header.Clone() }))
+	t.Cleanup(srv.Close)
+	backend := netip.MustParseAddrPort(srv.Listener.Addr().String())
+	addr := freeAddr(t)
+	startEngine(t, nil, httpListener("out", addr, "backend", nil), staticCluster("backend", backend, false))
+	req, _ := http.NewRequest("GET", "http://"+addr.String()+"/", nil)
+	req.Header.Set("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	h := <-seen
+	tp := h.Get("Traceparent")
+	if !strings.HasPrefix(tp, "00-0af7651916cd43dd8448eb211c80319c-") || strings.Contains(tp, "b7ad6b7169203331") ||
+		h.Get("X-B3-Traceid") != "0af7651916cd43dd8448eb211c80319c" || h.Get("X-B3-Parentspanid") != "b7ad6b7169203331" {
+		t.Fatalf("upstream trace headers: traceparent %q, b3 %q/%q/%q", tp, h.Get("X-B3-Traceid"), h.Get("X-B3-Spanid"), h.Get("X-B3-Parentspanid"))
+	}
+}
