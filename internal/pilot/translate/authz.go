@@ -427,6 +427,7 @@ func metadataField(key string, values, notValues, path []string, list bool) auth
 				MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: vm}}}}
 		}
 		m.Value = vm
+		//lint:ignore SA1019 Istio emits this matcher
 		return &rbacv3.Principal{Identifier: &rbacv3.Principal_Metadata{Metadata: m}}, nil
 	}}
 }

@@ -152,6 +152,7 @@ func staticCluster(name string, ep netip.AddrPort, mtls bool) *clusterv3.Cluster
 		ts, _ := anypb.New(up)
 		c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ts}}
 		if os.Getenv("WEFT_ENGINE_BENCH_MESH_H2") == "1" { // HTTP/2 between the sidecars
+			//lint:ignore SA1019 Envoy still accepts this field and Istio-era configs use it
 			c.Http2ProtocolOptions = &corev3.Http2ProtocolOptions{} //nolint:staticcheck // honoured by the compiler
 		}
 	}

@@ -96,15 +96,20 @@ func compileHeader(h *routev3.HeaderMatcher) (*headerMatcher, error) {
 	case *routev3.HeaderMatcher_StringMatch:
 		hm.str, err = compileString(s.StringMatch)
 	case *routev3.HeaderMatcher_ExactMatch:
+		//lint:ignore SA1019 Envoy still accepts this field and Istio-era configs use it
 		hm.str = &stringMatcher{kind: 'e', value: s.ExactMatch}
 	case *routev3.HeaderMatcher_PrefixMatch:
+		//lint:ignore SA1019 Envoy still accepts this field and Istio-era configs use it
 		hm.str = &stringMatcher{kind: 'p', value: s.PrefixMatch}
 	case *routev3.HeaderMatcher_SuffixMatch:
+		//lint:ignore SA1019 Envoy still accepts this field and Istio-era configs use it
 		hm.str = &stringMatcher{kind: 's', value: s.SuffixMatch}
 	case *routev3.HeaderMatcher_ContainsMatch:
+		//lint:ignore SA1019 Envoy still accepts this field and Istio-era configs use it
 		hm.str = &stringMatcher{kind: 'c', value: s.ContainsMatch}
 	case *routev3.HeaderMatcher_SafeRegexMatch:
 		var re *regexp.Regexp
+		//lint:ignore SA1019 Envoy still accepts this field and Istio-era configs use it
 		re, err = compileRegex(s.SafeRegexMatch)
 		hm.str = &stringMatcher{kind: 'r', re: re}
 	case *routev3.HeaderMatcher_PresentMatch:

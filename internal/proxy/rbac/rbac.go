@@ -232,6 +232,7 @@ func compilePermission(p *rbacv3.Permission) (matcher, error) {
 			return p >= lo && p < hi
 		}), nil
 	case *rbacv3.Permission_Metadata:
+		//lint:ignore SA1019 Envoy still accepts this field and Istio-era configs use it
 		return metadataRule(r.Metadata)
 	case *rbacv3.Permission_RequestedServerName:
 		sm, err := compileString(r.RequestedServerName)
@@ -291,6 +292,7 @@ func compilePrincipal(p *rbacv3.Principal) (matcher, error) {
 			return in.Conn.TLS && in.Conn.Principal != "" && sm.match("spiffe://"+in.Conn.Principal)
 		}), nil
 	case *rbacv3.Principal_SourceIp:
+		//lint:ignore SA1019 Envoy still accepts this field and Istio-era configs use it
 		return sourceRule("source_ip", r.SourceIp)
 	case *rbacv3.Principal_DirectRemoteIp:
 		return sourceRule("direct_remote_ip", r.DirectRemoteIp)
@@ -301,6 +303,7 @@ func compilePrincipal(p *rbacv3.Principal) (matcher, error) {
 	case *rbacv3.Principal_UrlPath:
 		return pathRule(r.UrlPath)
 	case *rbacv3.Principal_Metadata:
+		//lint:ignore SA1019 Envoy still accepts this field and Istio-era configs use it
 		return metadataRule(r.Metadata)
 	case nil:
 		return nil, fmt.Errorf("principal has no identifier")
