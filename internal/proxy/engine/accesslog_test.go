@@ -3,13 +3,20 @@ package engine
 import (
 	"bytes"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"regexp"
+	"slices"
+	"strings"
 	"testing"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
+	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 )
 
 // TestAccessLog: a proxied request is logged once, in Envoy's format.
@@ -44,5 +51,64 @@ func TestAccessLog(t *testing.T) {
 		`"127\.0\.0\.1" "access-log-test" "[0-9a-f-]{36}" "backend\.mesh" "` + regexp.QuoteMeta(backend.Listener.Addr().String()) + `"\n$`)
 	if !want.Match(out.Bytes()) {
 		t.Fatalf("access log:\n%s\nwant %s", out.Bytes(), want)
+	}
+}
+
+// TestAccessLogTCP: a proxied TCP connection is logged once when it
+// closes, in Envoy's TCP shape ("- - -", bytes both ways, upstream host);
+// a connection whose upstream refuses is logged with UF.
+func TestAccessLogTCP(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	dead := freeAddr(t) // nothing listens there
+	var out bytes.Buffer
+	log := accesslog.New(&out, accesslog.Text, 0)
+	addr, deadAddr := freeAddr(t), freeAddr(t)
+	e := New(slog.New(slog.DiscardHandler), Options{AccessLog: log})
+	lst := func(name string, a netip.AddrPort, cluster string) *listenerv3.Listener {
+		return &listenerv3.Listener{Name: name, Address: socketAddr(a), FilterChains: []*listenerv3.FilterChain{tcpChainProto(name, cluster, 0)}}
+	}
+	s := &xdsclient.Snapshot{
+		Listeners: map[string]*listenerv3.Listener{"echo": lst("echo", addr, "echo"), "dead": lst("dead", deadAddr, "dead")},
+		Clusters: map[string]*clusterv3.Cluster{"echo": staticCluster("echo", netip.MustParseAddrPort(echo.Addr().String()), false),
+			"dead": staticCluster("dead", dead, false)}}
+	if err := e.Apply(s); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.WriteString(c, "ping\n")
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if c, err := net.Dial("tcp", deadAddr.String()); err == nil {
+		_, _ = io.Copy(io.Discard, c) // closed by the proxy
+		c.Close()
+	}
+	e.shutdown()
+	if err := log.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	okLine := regexp.MustCompile(`^\[[^]]+\] "- - -" 0 - 5 5 \d+ - "-" "-" "-" "-" "` + regexp.QuoteMeta(echo.Addr().String()) + `"$`)
+	failLine := regexp.MustCompile(`^\[[^]]+\] "- - -" 0 UF 0 0 \d+ - "-" "-" "-" "-" "` + regexp.QuoteMeta(dead.String()) + `"$`)
+	if len(lines) != 2 || !slices.ContainsFunc(lines, okLine.MatchString) || !slices.ContainsFunc(lines, failLine.MatchString) {
+		t.Fatalf("access log:\n%s", out.String())
 	}
 }

@@ -296,17 +296,20 @@ func (rt *runtime) virtualFor(dst netip.AddrPort) *listenerSpec {
 }
 
 func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.AddrPort, src source) {
+	start := time.Now()
 	name := t.pick(rand.Uint64())
 	c := rt.clusters[name]
 	labels := e.tcpLabels(name)
 	if c == nil {
 		e.log.Debug("tcp: unknown cluster", "cluster", name)
+		e.logTCP(start, name, "", "NC", tcp.Counts{})
 		_ = down.Close()
 		return
 	}
 	ep, err := c.Pick(cluster.PickContext{OriginalDst: dst})
 	if err != nil {
 		e.log.Debug("tcp: no upstream", "cluster", name, "error", err)
+		e.logTCP(start, name, "", "UH", tcp.Counts{})
 		_ = down.Close()
 		return
 	}
@@ -314,6 +317,7 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 	if err != nil {
 		e.log.Warn("tcp: upstream connect failed", "cluster", name, "endpoint", ep.Address, "error", err)
 		c.State().Report(ep, cluster.Outcome{ConnectFailure: true})
+		e.logTCP(start, name, ep.Address, "UF", tcp.Counts{})
 		_ = down.Close()
 		return
 	}
@@ -322,6 +326,17 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 	e.metrics.TCPReceived.With(labels).Add(float64(counts.Sent))
 	e.metrics.TCPSent.With(labels).Add(float64(counts.Received))
 	e.metrics.TCPClosed.With(labels).Inc()
+	e.logTCP(start, name, ep.Address, "", counts)
+}
+
+// logTCP writes a TCP connection's access log entry, in Envoy's default
+// format for TCP ("- - -" for method, path and protocol).
+func (e *Engine) logTCP(start time.Time, cluster, upstream, flags string, counts tcp.Counts) {
+	if e.opts.AccessLog == nil {
+		return
+	}
+	e.opts.AccessLog.Log(&accesslog.Entry{Start: start, Flags: flags, BytesReceived: counts.Sent, BytesSent: counts.Received,
+		Duration: time.Since(start), UpstreamTime: -1, UpstreamHost: upstream, UpstreamCluster: cluster})
 }
 
 // Drain stops taking new connections' requests gracefully: HTTP/1 gets
