@@ -440,7 +440,7 @@ type chainConn struct {
 	net.Conn
 	// r, when set, replays what the HTTP/1.1 fast path peeked before
 	// handing the connection to net/http.
-	r *bufio.Reader
+	r     *bufio.Reader
 	chain *httpChain
 	dst   netip.AddrPort
 	src   source

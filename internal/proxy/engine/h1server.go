@@ -244,15 +244,15 @@ func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep b
 // bytes or a chunked body (with its trailer). The transport may still read
 // it from another goroutine after the handler returned, hence the lock.
 type h1ReqBody struct {
-	mu      sync.Mutex
-	br      *bufio.Reader
+	mu        sync.Mutex
+	br        *bufio.Reader
 	n         int64 // bytes left of a Content-Length body
 	isChunked bool
 	chunked   io.Reader
-	req     *http.Request
-	eof     bool
-	err     error
-	closed  bool
+	req       *http.Request
+	eof       bool
+	err       error
+	closed    bool
 }
 
 func (b *h1ReqBody) Read(p []byte) (int, error) {
