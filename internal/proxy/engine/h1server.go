@@ -393,6 +393,7 @@ func parseH1Head(head []byte) (*http.Request, *h1ReqBody) {
 	req := &http.Request{Method: method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h,
 		RequestURI: target, Body: http.NoBody}
 	var host, cl string
+	var trailer []string
 	hosts, cls := 0, 0
 	chunked := false
 	for k := 0; len(s) > 0; k++ {
@@ -438,7 +439,10 @@ func parseH1Head(head []byte) (*http.Request, *h1ReqBody) {
 			default:
 				return nil, nil
 			}
-		case "Upgrade", "Expect", "Trailer", "Http2-Settings":
+		case "Trailer":
+			trailer = append(trailer, v)
+			continue // net/http keeps it in req.Trailer only
+		case "Upgrade", "Expect", "Http2-Settings":
 			return nil, nil
 		}
 		vals[k] = v
@@ -457,6 +461,19 @@ func parseH1Head(head []byte) (*http.Request, *h1ReqBody) {
 	}
 	switch {
 	case chunked:
+		for _, v := range trailer { // as net/http's fixTrailer
+			for _, k := range strings.Split(v, ",") {
+				k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k))
+				switch k {
+				case "Transfer-Encoding", "Trailer", "Content-Length":
+					return nil, nil
+				}
+				if req.Trailer == nil {
+					req.Trailer = http.Header{}
+				}
+				req.Trailer[k] = nil
+			}
+		}
 		req.TransferEncoding = []string{"chunked"}
 		req.ContentLength = -1
 		return req, &h1ReqBody{isChunked: true}
