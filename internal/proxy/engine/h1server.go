@@ -224,6 +224,9 @@ func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep b
 	defer func() {
 		if p := recover(); p != nil {
 			keep = false
+			if body != nil {
+				_ = body.Close() // no reads of the connection's buffer once it is pooled
+			}
 			if p != http.ErrAbortHandler && sc.e != nil {
 				sc.e.log.Error("panic serving HTTP/1.1 request", "remote", sc.remote, "panic", p)
 			}
@@ -693,12 +696,15 @@ func (w *h1Writer) commit(final bool) error {
 	if w.req.Close || (w.sc.e != nil && w.sc.e.draining.Load()) {
 		w.closeAfter = true
 	}
+	saysClose := false
 	for _, v := range h["Connection"] {
 		if tokenListHas(v, "close") {
-			w.closeAfter = true
+			saysClose = true
 		}
 	}
-	if w.closeAfter && h["Connection"] == nil {
+	if saysClose {
+		w.closeAfter = true
+	} else if w.closeAfter {
 		h["Connection"] = []string{"close"}
 	}
 	bodyAllowed := w.status != http.StatusNoContent && w.status != http.StatusNotModified

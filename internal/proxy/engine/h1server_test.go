@@ -515,3 +515,23 @@ func FuzzH1Head(f *testing.F) {
 		}
 	})
 }
+
+// TestH1HandlerPanic: a panicking handler closes its connection, and the
+// server goes on serving others.
+func TestH1HandlerPanic(t *testing.T) {
+	s := startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/panic" {
+			_, _ = io.ReadAll(r.Body)
+			panic(http.ErrAbortHandler)
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
+	c := rawConn(t, s.addr)
+	_, _ = io.WriteString(c.c, "POST /panic HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+	if _, err := c.br.ReadByte(); err == nil {
+		t.Fatal("answer or open connection after a panic")
+	}
+	if resp := rawConn(t, s.addr).get(t, "/"); resp.StatusCode != 200 {
+		t.Fatalf("after a panic: %d", resp.StatusCode)
+	}
+}
