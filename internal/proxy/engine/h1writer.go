@@ -12,6 +12,7 @@ import (
 )
 
 // The fast path's response writer (see h1server.go).
+
 // h1Writer is the fast path's http.ResponseWriter (and http.Flusher).
 type h1Writer struct {
 	sc          *h1ServerConn
