@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -60,6 +61,10 @@ type Engine struct {
 	quit     chan struct{}
 	quitOnce sync.Once
 	conns    sync.WaitGroup
+
+	// h1conns are the connections on the HTTP/1.1 fast path (h1server.go).
+	h1mu    sync.Mutex
+	h1conns map[*h1ServerConn]struct{}
 
 	transports sync.Map // transportKey -> *http.Transport
 	// roots caches the trust bundle merged with the identity's roots.
@@ -271,12 +276,7 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 	case ch.tcp != nil:
 		e.proxyTCP(rt, c, ch.tcp, dst, src)
 	case ch.http != nil:
-		conn := &chainConn{Conn: c, chain: ch.http, dst: dst, src: src, origin: originOf(rt, ls, ch)}
-		select {
-		case bl.feed <- conn:
-		case <-e.quit:
-			_ = c.Close()
-		}
+		e.serveHTTP1(bl, &chainConn{Conn: c, chain: ch.http, dst: dst, src: src, origin: originOf(rt, ls, ch)})
 	}
 }
 
@@ -350,6 +350,7 @@ func (e *Engine) Drain() {
 	for _, bl := range e.bound {
 		bl.srv.SetKeepAlivesEnabled(false)
 	}
+	e.closeIdleH1()
 }
 
 // Quit drains and makes Run return.
@@ -372,6 +373,7 @@ func (e *Engine) shutdown() {
 	for _, bl := range bound {
 		_ = bl.srv.Shutdown(ctx)
 	}
+	e.waitH1(ctx)
 	// Pooled upstream connections, so that a peer sidecar's drain does
 	// not wait for connections that will never carry a request.
 	e.transports.Range(func(_, t any) bool {
@@ -451,6 +453,9 @@ func (l *chanListener) Addr() net.Addr { return l.addr }
 // chainConn carries the HTTP chain and original destination to handlers.
 type chainConn struct {
 	net.Conn
+	// r, when set, replays what the HTTP/1.1 fast path peeked before
+	// handing the connection to net/http.
+	r     *bufio.Reader
 	chain *httpChain
 	dst   netip.AddrPort
 	src   source
@@ -463,4 +468,11 @@ type chainConn struct {
 	// HTTP/2 streams served and streams reset prematurely (flood limit).
 	h2Streams, h2Resets atomic.Int64
 	h2Closed            atomic.Bool
+}
+
+func (cc *chainConn) Read(b []byte) (int, error) {
+	if cc.r != nil {
+		return cc.r.Read(b)
+	}
+	return cc.Conn.Read(b)
 }

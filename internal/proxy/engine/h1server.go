@@ -1,0 +1,614 @@
+package engine
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The downstream HTTP/1.1 fast path. Plain HTTP/1.1 keep-alive requests
+// are read, handed to serveHTTP and answered on the connection's own
+// goroutine, with pooled buffers: no background read goroutine per
+// request, no per-request deadline juggling and response-writer
+// machinery, as net/http's server has.
+//
+// Only requests whose whole head is in the read buffer and that parse as
+// a strict subset of what net/http accepts are served here. Anything else
+// — the h2c preface, Upgrade, Expect, CONNECT, absolute-form or "*"
+// targets, HTTP/1.0, larger heads, anything malformed — hands the
+// connection over to the listener's http.Server at a request boundary:
+// the bytes peeked so far are replayed (chainConn.r), so net/http sees the
+// request from its first byte, and answers or rejects it as it always
+// did (400, 431, 505 …).
+//
+// Differences from net/http's server: the request context is not
+// cancelled when the client goes away mid-request (a response written to
+// a closed connection fails, which ends the exchange), and responses get
+// no Content-Type sniffing.
+
+// Fast-path limits, as the listener's http.Server has them.
+const (
+	h1ReadBuf       = 4 << 10 // heads larger than this go to net/http
+	h1WriteBuf      = 4 << 10
+	h1HeaderTimeout = 30 * time.Second // http.Server.ReadHeaderTimeout
+	h1IdleTimeout   = time.Hour        // http.Server.IdleTimeout
+	// h1IdleSlack: the idle deadline is only moved when it is this much
+	// closer than h1IdleTimeout, which saves a timer update per request.
+	h1IdleSlack = time.Minute
+	// h1MaxDiscard is the most of an unread request body discarded to
+	// keep the connection (net/http's maxPostHandlerReadBytes).
+	h1MaxDiscard = 256 << 10
+	// h1MaxPending is how much of a response of unknown length is held
+	// back to send it with a Content-Length (net/http's bufferBeforeChunkingSize).
+	h1MaxPending = 2048
+)
+
+var (
+	h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, h1ReadBuf) }}
+	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, h1WriteBuf) }}
+)
+
+// Connection states (h1ServerConn.state) for drain.
+const (
+	h1Active int32 = iota // reading a request or serving it
+	h1Idle                // waiting for the next request of a keep-alive connection
+	h1Closed              // closed by drain while idle
+)
+
+// h1ServerConn is one downstream connection on the fast path.
+type h1ServerConn struct {
+	e       *Engine
+	cc      *chainConn
+	handler http.Handler
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	ctx     context.Context
+	remote  string
+	state   atomic.Int32
+	// deadline is the read deadline currently set (zero: none).
+	deadline time.Time
+	w        h1Writer
+}
+
+// serveHTTP1 serves a connection of an HTTP chain: on the fast path while
+// its requests allow, then (if ever) on bl's http.Server.
+func (e *Engine) serveHTTP1(bl *boundListener, cc *chainConn) {
+	sc := newH1ServerConn(e, cc, http.HandlerFunc(e.serveHTTP))
+	e.trackH1(sc, true)
+	handoff := sc.serve()
+	e.trackH1(sc, false)
+	if !handoff {
+		_ = cc.Conn.Close()
+		sc.release(true)
+		return
+	}
+	cc.r = sc.br // replays what was peeked; no longer pooled
+	sc.release(false)
+	select {
+	case bl.feed <- cc:
+	case <-e.quit:
+		_ = cc.Conn.Close()
+	}
+}
+
+func newH1ServerConn(e *Engine, cc *chainConn, h http.Handler) *h1ServerConn {
+	sc := &h1ServerConn{e: e, cc: cc, handler: h, remote: cc.Conn.RemoteAddr().String()}
+	sc.ctx = context.WithValue(context.Background(), connKey{}, cc)
+	sc.br = h1Readers.Get().(*bufio.Reader)
+	sc.br.Reset(cc.Conn)
+	sc.bw = h1Writers.Get().(*bufio.Writer)
+	sc.bw.Reset(cc.Conn)
+	sc.w.sc = sc
+	return sc
+}
+
+// release returns the buffers to their pools (the reader only with
+// reader set: a handed-off connection keeps reading through it).
+func (sc *h1ServerConn) release(reader bool) {
+	sc.bw.Reset(nil)
+	h1Writers.Put(sc.bw)
+	if reader {
+		sc.br.Reset(nil)
+		h1Readers.Put(sc.br)
+	}
+	sc.w.pending = nil
+}
+
+// setReadDeadline sets the connection's read deadline to d from now; an
+// idle deadline is left alone while it is within h1IdleSlack of that.
+func (sc *h1ServerConn) setReadDeadline(now time.Time, d time.Duration, slack time.Duration) {
+	want := now.Add(d)
+	if !sc.deadline.IsZero() && sc.deadline.After(want.Add(-slack)) && !sc.deadline.After(want) {
+		return
+	}
+	sc.deadline = want
+	_ = sc.cc.Conn.SetReadDeadline(want)
+}
+
+// serve runs the connection's requests; it reports whether the
+// connection must be handed to net/http (else it is to be closed).
+func (sc *h1ServerConn) serve() (handoff bool) {
+	for first := true; ; first = false {
+		if first {
+			sc.setReadDeadline(time.Now(), h1HeaderTimeout, 0)
+		} else {
+			sc.setReadDeadline(time.Now(), h1IdleTimeout, h1IdleSlack)
+			sc.state.Store(h1Idle)
+			if sc.e != nil && sc.e.draining.Load() && sc.state.CompareAndSwap(h1Idle, h1Closed) {
+				return false
+			}
+		}
+		_, err := sc.br.Peek(1)
+		if !first && !sc.state.CompareAndSwap(h1Idle, h1Active) {
+			return false // closed by drain
+		}
+		if err != nil {
+			return false
+		}
+		head, ok := sc.peekHead(first)
+		if !ok {
+			return false
+		}
+		if head == nil {
+			return true
+		}
+		req, body := parseH1Head(head)
+		if req == nil {
+			return true
+		}
+		_, _ = sc.br.Discard(len(head))
+		if !sc.serveRequest(req, body) {
+			return false
+		}
+	}
+}
+
+// peekHead returns the request head (through its empty line) once it is
+// in the read buffer, without consuming it. nil with ok: the head does not
+// fit (the caller hands the connection over); !ok: the connection failed.
+func (sc *h1ServerConn) peekHead(first bool) (head []byte, ok bool) {
+	timed := first
+	for {
+		buf, _ := sc.br.Peek(sc.br.Buffered())
+		if i := bytes.Index(buf, crlfcrlf); i >= 0 {
+			return buf[:i+4], true
+		}
+		if len(buf) >= sc.br.Size() {
+			return nil, true
+		}
+		if !timed {
+			sc.setReadDeadline(time.Now(), h1HeaderTimeout, 0)
+			timed = true
+		}
+		if _, err := sc.br.Peek(len(buf) + 1); err != nil {
+			if len(buf) > 0 && errors.Is(err, bufio.ErrBufferFull) {
+				return nil, true
+			}
+			return nil, false
+		}
+	}
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// serveRequest runs one request; it reports whether the connection can
+// carry another one.
+func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep bool) {
+	req.RemoteAddr = sc.remote
+	req = req.WithContext(sc.ctx)
+	if body != nil {
+		body.br, body.req = sc.br, req
+		if body.isChunked {
+			body.chunked = httputil.NewChunkedReader(sc.br) // reads no further than the body
+		}
+		req.Body = body
+		if !sc.deadline.IsZero() {
+			sc.deadline = time.Time{}
+			_ = sc.cc.Conn.SetReadDeadline(time.Time{}) // bodies have no deadline (no ReadTimeout)
+		}
+	}
+	w := &sc.w
+	w.reset(req)
+	defer func() {
+		if p := recover(); p != nil {
+			keep = false
+			if body != nil {
+				_ = body.Close() // no reads of the connection's buffer once it is pooled
+			}
+			if p != http.ErrAbortHandler && sc.e != nil {
+				sc.e.log.Error("panic serving HTTP/1.1 request", "remote", sc.remote, "panic", p)
+			}
+		}
+	}()
+	sc.handler.ServeHTTP(w, req)
+	keep = w.finish()
+	if body != nil && !body.finish() {
+		keep = false
+	}
+	if err := sc.bw.Flush(); err != nil {
+		return false
+	}
+	return keep && !w.closeAfter
+}
+
+// h1ReqBody is a request body read from the connection: Content-Length
+// bytes or a chunked body (with its trailer). The transport may still read
+// it from another goroutine after the handler returned, hence the lock.
+type h1ReqBody struct {
+	mu        sync.Mutex
+	br        *bufio.Reader
+	n         int64 // bytes left of a Content-Length body
+	isChunked bool
+	chunked   io.Reader
+	req       *http.Request
+	eof       bool
+	err       error
+	closed    bool
+}
+
+func (b *h1ReqBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	return b.read(p)
+}
+
+func (b *h1ReqBody) read(p []byte) (int, error) {
+	if b.eof {
+		return 0, io.EOF
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.chunked != nil {
+		n, err := b.chunked.Read(p)
+		if err == io.EOF {
+			if terr := b.readTrailer(); terr != nil {
+				b.err = terr
+				return n, terr
+			}
+			b.eof = true
+		} else if err != nil {
+			b.err = err
+		}
+		return n, err
+	}
+	if len(p) > int(min(b.n, 1<<30)) {
+		p = p[:b.n]
+	}
+	n, err := b.br.Read(p)
+	b.n -= int64(n)
+	switch {
+	case b.n == 0:
+		b.eof = true
+		return n, io.EOF
+	case err == io.EOF:
+		err = io.ErrUnexpectedEOF
+		fallthrough
+	case err != nil:
+		b.err = err
+	}
+	return n, err
+}
+
+// readTrailer reads the chunked body's trailer section into req.Trailer.
+func (b *h1ReqBody) readTrailer() error {
+	if p, err := b.br.Peek(2); err == nil && p[0] == '\r' && p[1] == '\n' {
+		_, _ = b.br.Discard(2)
+		return nil
+	}
+	hdr, err := textproto.NewReader(b.br).ReadMIMEHeader()
+	if err != nil {
+		if err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if b.req.Trailer == nil {
+		b.req.Trailer = http.Header{}
+	}
+	for k, vs := range hdr {
+		b.req.Trailer[k] = vs
+	}
+	return nil
+}
+
+func (b *h1ReqBody) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	return nil
+}
+
+// finish closes the body after the exchange, discarding what is left of
+// it (up to h1MaxDiscard); it reports whether the connection is
+// positioned at the next request.
+func (b *h1ReqBody) finish() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	if b.err != nil {
+		return false
+	}
+	if b.eof {
+		return true
+	}
+	var buf [512]byte
+	for total := 0; total <= h1MaxDiscard; {
+		n, err := b.read(buf[:])
+		total += n
+		if err == io.EOF {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+	}
+	return false
+}
+
+// parseH1Head parses a request head (ending in its empty line) that the
+// fast path serves. nil: net/http must serve it (it is malformed, or
+// unusual: see the top of this file). The request's strings share one
+// copy of the head.
+func parseH1Head(head []byte) (*http.Request, *h1ReqBody) {
+	s := string(head[:len(head)-2]) // each line with its CRLF
+	i := strings.Index(s, "\r\n")
+	line := s[:i]
+	s = s[i+2:]
+	method, rest, ok := strings.Cut(line, " ")
+	if !ok || !isToken(method) {
+		return nil, nil
+	}
+	target, proto, ok := strings.Cut(rest, " ")
+	if !ok || proto != "HTTP/1.1" || len(target) == 0 || target[0] != '/' {
+		return nil, nil
+	}
+	for j := 0; j < len(target); j++ {
+		if c := target[j]; c <= ' ' || c >= 0x7f {
+			return nil, nil
+		}
+	}
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		return nil, nil
+	}
+	n := strings.Count(s, "\r\n")
+	if n > maxHeadersCount {
+		return nil, nil
+	}
+	h := make(http.Header, n)
+	vals := make([]string, n)
+	req := &http.Request{Method: method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h,
+		RequestURI: target, Body: http.NoBody}
+	var host, cl string
+	var trailer []string
+	hosts, cls := 0, 0
+	chunked := false
+	for k := 0; len(s) > 0; k++ {
+		i := strings.Index(s, "\r\n")
+		line := s[:i]
+		s = s[i+2:]
+		colon := strings.IndexByte(line, ':')
+		if colon <= 0 {
+			return nil, nil
+		}
+		key := line[:colon]
+		if !isToken(key) {
+			return nil, nil
+		}
+		v := strings.Trim(line[colon+1:], " \t")
+		for j := 0; j < len(v); j++ {
+			if c := v[j]; (c < ' ' && c != '\t') || c == 0x7f {
+				return nil, nil
+			}
+		}
+		if !isCanonicalKey(key) {
+			key = textproto.CanonicalMIMEHeaderKey(key)
+		}
+		switch key {
+		case "Host":
+			host = v
+			hosts++
+			continue
+		case "Content-Length":
+			cl = v
+			cls++
+		case "Transfer-Encoding":
+			if chunked || !strings.EqualFold(v, "chunked") {
+				return nil, nil
+			}
+			chunked = true
+			continue // net/http keeps it in req.TransferEncoding only
+		case "Connection":
+			switch {
+			case strings.EqualFold(v, "close"):
+				req.Close = true
+			case strings.EqualFold(v, "keep-alive"):
+			default:
+				return nil, nil
+			}
+		case "Trailer":
+			trailer = append(trailer, v)
+			continue // net/http keeps it in req.Trailer only
+		case "Upgrade", "Expect", "Http2-Settings":
+			return nil, nil
+		}
+		vals[k] = v
+		if prev, ok := h[key]; ok {
+			h[key] = append(prev, v)
+		} else {
+			h[key] = vals[k : k+1 : k+1]
+		}
+	}
+	if hosts != 1 || !isHost(host) || cls > 1 || (chunked && cls > 0) {
+		return nil, nil
+	}
+	req.Host = host
+	if p := h["Pragma"]; len(p) > 0 && p[0] == "no-cache" && h["Cache-Control"] == nil {
+		h["Cache-Control"] = []string{"no-cache"} // as net/http's fixPragmaCacheControl
+	}
+	switch {
+	case chunked:
+		for _, v := range trailer { // as net/http's fixTrailer
+			for _, k := range strings.Split(v, ",") {
+				k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k))
+				switch k {
+				case "Transfer-Encoding", "Trailer", "Content-Length":
+					return nil, nil
+				}
+				if req.Trailer == nil {
+					req.Trailer = http.Header{}
+				}
+				req.Trailer[k] = nil
+			}
+		}
+		req.TransferEncoding = []string{"chunked"}
+		req.ContentLength = -1
+		return req, &h1ReqBody{isChunked: true}
+	case cls == 1:
+		if len(cl) == 0 || len(cl) > 18 {
+			return nil, nil
+		}
+		for j := 0; j < len(cl); j++ {
+			if cl[j] < '0' || cl[j] > '9' {
+				return nil, nil
+			}
+		}
+		n, _ := strconv.ParseInt(cl, 10, 64)
+		req.ContentLength = n
+		if n > 0 {
+			return req, &h1ReqBody{n: n}
+		}
+	}
+	return req, nil
+}
+
+// isToken reports whether s is a non-empty RFC 9110 token.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !tokenByte[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+var tokenByte = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// isCanonicalKey reports whether a token is already in
+// textproto.CanonicalMIMEHeaderKey's form.
+func isCanonicalKey(s string) bool {
+	upper := true
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			return false
+		}
+		upper = c == '-'
+	}
+	return true
+}
+
+// isHost accepts a plain Host header value: a name, IPv4 or bracketed
+// IPv6 address, with an optional port (a subset of what net/http accepts).
+func isHost(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !hostByte[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+var hostByte = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range "-._~:[]" {
+		t[c] = true
+	}
+	return t
+}()
+
+// trackH1 adds or removes a fast-path connection from the set Drain and
+// shutdown see.
+func (e *Engine) trackH1(sc *h1ServerConn, add bool) {
+	e.h1mu.Lock()
+	defer e.h1mu.Unlock()
+	if !add {
+		delete(e.h1conns, sc)
+		return
+	}
+	if e.h1conns == nil {
+		e.h1conns = map[*h1ServerConn]struct{}{}
+	}
+	e.h1conns[sc] = struct{}{}
+}
+
+// closeIdleH1 closes the fast-path connections waiting for their next
+// request (as http.Server.SetKeepAlivesEnabled(false) does); busy ones
+// close after their response, which says Connection: close.
+func (e *Engine) closeIdleH1() {
+	e.h1mu.Lock()
+	defer e.h1mu.Unlock()
+	for sc := range e.h1conns {
+		if sc.state.CompareAndSwap(h1Idle, h1Closed) {
+			_ = sc.cc.Conn.Close()
+		}
+	}
+}
+
+// waitH1 waits until the fast-path connections are gone or ctx ends, as
+// http.Server.Shutdown polls its connections.
+func (e *Engine) waitH1(ctx context.Context) {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		e.closeIdleH1()
+		e.h1mu.Lock()
+		n := len(e.h1conns)
+		e.h1mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
