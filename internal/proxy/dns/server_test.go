@@ -33,13 +33,22 @@ type upstream struct {
 
 func startUpstream(t *testing.T, answer func(q dnsmessage.Message, tcp bool) dnsmessage.Message) *upstream {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
+	// UDP and TCP on one port: the UDP port's TCP twin may be taken (by
+	// any connection's ephemeral port), so try a few.
+	var pc net.PacketConn
+	var ln net.Listener
+	for attempt := 0; ; attempt++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		_ = pc.Close()
+		if attempt == 20 {
+			t.Fatal(err)
+		}
 	}
 	u := &upstream{addr: pc.LocalAddr().String(), answer: answer}
 	t.Cleanup(func() { _ = pc.Close(); _ = ln.Close() })
