@@ -59,12 +59,23 @@ spec:
   resolution: STATIC
   ports: [{number: 9080, name: http, protocol: HTTP}]
   endpoints: [{address: 10.81.0.3, labels: {app: reviews, version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: details}
+spec:
+  hosts: [details.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9082, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.81.0.3, labels: {app: details}}]
 `, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
 
 	bg(t, "app-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9080", "-name", "reviews-v1")
 	bg(t, "ratings-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9081", "-name", "ratings-consul")
+	bg(t, "details-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9082", "-name", "details")
 	for _, h := range []string{"a", "b"} {
 		args := []string{proxyBin, "iptables", "-u", proxyUID, "--owner", "host-" + h}
 		if h == "a" {
@@ -101,6 +112,17 @@ spec:
 		return nil
 	})
 	t.Logf("app on A, 20 requests to http://reviews.mesh:9080/:\n%s", out)
+
+	// A plain short name, as on a Kubernetes node: "details" is
+	// details.<the proxy's namespace>.svc.cluster.local (auto-allocated VIP).
+	eventually(t, "requests by short name", func() error {
+		out, err := in(ns["a"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
+			appBin, "get", "-url", "http://details:9082/", "-n", "5")
+		if err != nil || !strings.Contains(out, "details 5") {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
 
 	// The name came from A's DNS proxy, and both sidecars carried the
 	// requests.
