@@ -169,9 +169,11 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.
 	}
 	// Cancellation unblocks reads and writes by expiring the deadline.
 	stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(time.Unix(1, 0)) })
-	if err := req.Write(pc.bw); err != nil {
-		stop()
-		return nil, false, err
+	if !writeRequestHead(pc.bw, req) {
+		if err := req.Write(pc.bw); err != nil {
+			stop()
+			return nil, false, err
+		}
 	}
 	if err := pc.bw.Flush(); err != nil {
 		stop()
@@ -183,7 +185,7 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.
 			return nil, sent, err
 		}
 		sent = true
-		resp, err = http.ReadResponse(pc.br, req)
+		resp, err = readResponse(pc.br, req)
 		if err != nil {
 			stop()
 			return nil, true, err
