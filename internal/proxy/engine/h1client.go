@@ -14,8 +14,9 @@ import (
 // GET, HEAD and OPTIONS without a body, no upgrade — on pooled
 // connections from the calling goroutine: no read and write loop
 // goroutines per connection and no hand-offs between them, as
-// http.Transport has. Everything else goes to fallback (an
-// http.Transport with its own pool).
+// http.Transport has; request heads are written and response heads parsed
+// by h1clienthead.go where they allow it. Everything else goes to fallback
+// (an http.Transport with its own pool).
 //
 // A pooled connection the peer has closed is found out when it is used:
 // the request, replayable by construction, is then sent once more on a
