@@ -14,8 +14,9 @@ import (
 // GET, HEAD and OPTIONS without a body, no upgrade — on pooled
 // connections from the calling goroutine: no read and write loop
 // goroutines per connection and no hand-offs between them, as
-// http.Transport has. Everything else goes to fallback (an
-// http.Transport with its own pool).
+// http.Transport has; request heads are written and response heads parsed
+// by h1clienthead.go where they allow it. Everything else goes to fallback
+// (an http.Transport with its own pool).
 //
 // A pooled connection the peer has closed is found out when it is used:
 // the request, replayable by construction, is then sent once more on a
@@ -169,9 +170,11 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.
 	}
 	// Cancellation unblocks reads and writes by expiring the deadline.
 	stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(time.Unix(1, 0)) })
-	if err := req.Write(pc.bw); err != nil {
-		stop()
-		return nil, false, err
+	if !writeRequestHead(pc.bw, req) {
+		if err := req.Write(pc.bw); err != nil {
+			stop()
+			return nil, false, err
+		}
 	}
 	if err := pc.bw.Flush(); err != nil {
 		stop()
@@ -183,7 +186,7 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.
 			return nil, sent, err
 		}
 		sent = true
-		resp, err = http.ReadResponse(pc.br, req)
+		resp, err = readResponse(pc.br, req)
 		if err != nil {
 			stop()
 			return nil, true, err

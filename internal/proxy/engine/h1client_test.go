@@ -209,3 +209,79 @@ func TestH1TransportEarlyHintsAndFallback(t *testing.T) {
 		t.Fatalf("POST: %q with %d fast-path dials, want the echo through the fallback", b, dials.Load())
 	}
 }
+
+// Chunked bodies with trailers, HEAD and 204 answers keep the connection;
+// a body delimited by the close does not.
+func TestH1TransportResponseFraming(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/chunked":
+			w.Header().Set("Trailer", "X-Sum")
+			w.(http.Flusher).Flush()
+			_, _ = io.WriteString(w, "chunk")
+			w.Header().Set("X-Sum", "42")
+		case "/empty":
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.Header().Set("Content-Length", "3")
+			_, _ = io.WriteString(w, "abc")
+		}
+	}))
+	defer srv.Close()
+	var dials atomic.Int64
+	tr := newH1(&dials)
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/chunked", nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(b) != "chunk" || resp.Trailer.Get("X-Sum") != "42" {
+		t.Fatalf("/chunked: %q %v, trailer %v", b, err, resp.Trailer)
+	}
+	req, _ = http.NewRequest(http.MethodHead, srv.URL+"/", nil)
+	resp, err = tr.RoundTrip(req)
+	if err != nil || resp.ContentLength != 3 || resp.Body != http.NoBody {
+		t.Fatalf("HEAD: %v %v", resp, err)
+	}
+	if code, body, err := get(t, tr, context.Background(), srv.URL+"/empty"); err != nil || code != 204 || body != "" {
+		t.Fatalf("/empty: %d %q %v", code, body, err)
+	}
+	if code, body, err := get(t, tr, context.Background(), srv.URL+"/"); err != nil || code != 200 || body != "abc" {
+		t.Fatalf("/: %d %q %v", code, body, err)
+	}
+	if dials.Load() != 1 {
+		t.Fatalf("%d dials, want 1", dials.Load())
+	}
+
+	// A raw server: a body without length, ended by the close.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				_, _ = c.Read(buf)
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+			}()
+		}
+	}()
+	for range 2 {
+		if code, body, err := get(t, tr, context.Background(), "http://"+ln.Addr().String()+"/"); err != nil || code != 200 || body != "until the end" {
+			t.Fatalf("close-delimited: %d %q %v", code, body, err)
+		}
+	}
+	if dials.Load() != 3 {
+		t.Fatalf("%d dials, want 3 (close-delimited bodies spend their connection)", dials.Load())
+	}
+}

@@ -267,14 +267,14 @@ func (w *h1Writer) finish() bool {
 }
 
 // writeField writes one header line, as net/http does: CR and LF in the
-// value become spaces, surrounding blanks are trimmed.
+// value become spaces, then surrounding blanks are trimmed.
 func writeField(bw *bufio.Writer, k, v string) {
 	_, _ = bw.WriteString(k)
 	_, _ = bw.WriteString(": ")
-	v = strings.Trim(v, " \t")
 	if strings.ContainsAny(v, "\r\n") {
 		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
 	}
+	v = strings.Trim(v, " \t")
 	_, _ = bw.WriteString(v)
 	_, _ = bw.WriteString("\r\n")
 }
