@@ -9,12 +9,15 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"regexp"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 )
@@ -97,6 +100,15 @@ func TestAccessLogTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
+	// The proxy finishes the connection on its own goroutine; it queues
+	// the entry before counting the connection closed.
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.CollectAndCount(e.metrics.TCPClosed) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the proxied TCP connection was never closed")
+		}
+		goruntime.Gosched() // another goroutine's progress, no channel to wait on
+	}
 	if c, err := net.Dial("tcp", deadAddr.String()); err == nil {
 		_, _ = io.Copy(io.Discard, c) // closed by the proxy
 		c.Close()

@@ -323,10 +323,10 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 	}
 	e.metrics.TCPOpened.With(labels).Inc()
 	counts := tcp.Proxy(down, up, e.opts.TCPIdleTimeout)
+	e.logTCP(start, name, ep.Address, "", counts) // before the metrics: a closed count means the entry is queued
 	e.metrics.TCPReceived.With(labels).Add(float64(counts.Sent))
 	e.metrics.TCPSent.With(labels).Add(float64(counts.Received))
 	e.metrics.TCPClosed.With(labels).Inc()
-	e.logTCP(start, name, ep.Address, "", counts)
 }
 
 // logTCP writes a TCP connection's access log entry, in Envoy's default
