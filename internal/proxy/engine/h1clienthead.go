@@ -327,19 +327,10 @@ func (b *h1RespBody) Read(p []byte) (int, error) {
 		}
 		return n, err
 	}
-	if len(p) > int(min(b.n, 1<<30)) {
-		p = p[:b.n]
-	}
-	n, err := b.br.Read(p)
-	b.n -= int64(n)
-	switch {
-	case b.n == 0:
+	n, err := readFixed(b.br, p, &b.n)
+	if err == io.EOF {
 		b.eof = true
-		return n, io.EOF
-	case err == io.EOF:
-		err = io.ErrUnexpectedEOF
-		fallthrough
-	case err != nil:
+	} else if err != nil {
 		b.err = err
 	}
 	return n, err

@@ -286,20 +286,29 @@ func (b *h1ReqBody) read(p []byte) (int, error) {
 		}
 		return n, err
 	}
-	if len(p) > int(min(b.n, 1<<30)) {
-		p = p[:b.n]
-	}
-	n, err := b.br.Read(p)
-	b.n -= int64(n)
-	switch {
-	case b.n == 0:
+	n, err := readFixed(b.br, p, &b.n)
+	if err == io.EOF {
 		b.eof = true
+	} else if err != nil {
+		b.err = err
+	}
+	return n, err
+}
+
+// readFixed reads a body of known length: at most *remaining bytes into
+// p, counting them off. It returns io.EOF with the last byte, and
+// io.ErrUnexpectedEOF when the connection ends early.
+func readFixed(br *bufio.Reader, p []byte, remaining *int64) (int, error) {
+	if len(p) > int(min(*remaining, 1<<30)) {
+		p = p[:*remaining]
+	}
+	n, err := br.Read(p)
+	*remaining -= int64(n)
+	switch {
+	case *remaining == 0:
 		return n, io.EOF
 	case err == io.EOF:
-		err = io.ErrUnexpectedEOF
-		fallthrough
-	case err != nil:
-		b.err = err
+		return n, io.ErrUnexpectedEOF
 	}
 	return n, err
 }
