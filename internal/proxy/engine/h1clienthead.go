@@ -272,11 +272,11 @@ func parseResponseHead(head []byte, req *http.Request) (*http.Response, *h1RespB
 		resp.ContentLength = 0
 	case length > 0:
 		resp.ContentLength = length
-		return resp, &h1RespBody{resp: resp, n: length}
+		return resp, &h1RespBody{resp: resp, h1Framing: h1Framing{n: length}}
 	default: // delimited by the connection's close
 		resp.ContentLength = -1
 		resp.Close = true
-		return resp, &h1RespBody{resp: resp, n: -1}
+		return resp, &h1RespBody{resp: resp, h1Framing: h1Framing{n: -1}}
 	}
 	return resp, nil
 }
@@ -286,55 +286,15 @@ func parseResponseHead(head []byte, req *http.Request) (*http.Response, *h1RespB
 // body with its trailer, or everything until the connection closes
 // (n < 0).
 type h1RespBody struct {
-	br        *bufio.Reader
+	h1Framing
 	resp      *http.Response
-	n         int64
 	isChunked bool
-	chunked   io.Reader
-	eof       bool
-	err       error
 }
 
 // errTrailerEOF is net/http's error for a trailer cut short.
 var errTrailerEOF = errors.New("http: unexpected EOF reading trailer")
 
-func (b *h1RespBody) Read(p []byte) (int, error) {
-	if b.eof {
-		return 0, io.EOF
-	}
-	if b.err != nil {
-		return 0, b.err
-	}
-	if b.chunked != nil {
-		n, err := b.chunked.Read(p)
-		if err == io.EOF {
-			if terr := b.readTrailer(); terr != nil {
-				b.err = terr
-				return n, terr
-			}
-			b.eof = true
-		} else if err != nil {
-			b.err = err
-		}
-		return n, err
-	}
-	if b.n < 0 {
-		n, err := b.br.Read(p)
-		if err == io.EOF {
-			b.eof = true
-		} else if err != nil {
-			b.err = err
-		}
-		return n, err
-	}
-	n, err := readFixed(b.br, p, &b.n)
-	if err == io.EOF {
-		b.eof = true
-	} else if err != nil {
-		b.err = err
-	}
-	return n, err
-}
+func (b *h1RespBody) Read(p []byte) (int, error) { return b.read(p, b.readTrailer) }
 
 // Close is a no-op: h1Body decides what becomes of the connection.
 func (b *h1RespBody) Close() error { return nil }

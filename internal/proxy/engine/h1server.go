@@ -246,14 +246,10 @@ func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep b
 // bytes or a chunked body (with its trailer). The transport may still read
 // it from another goroutine after the handler returned, hence the lock.
 type h1ReqBody struct {
-	mu        sync.Mutex
-	br        *bufio.Reader
-	n         int64 // bytes left of a Content-Length body
+	mu sync.Mutex
+	h1Framing
 	isChunked bool
-	chunked   io.Reader
 	req       *http.Request
-	eof       bool
-	err       error
 	closed    bool
 }
 
@@ -266,31 +262,49 @@ func (b *h1ReqBody) Read(p []byte) (int, error) {
 	return b.read(p)
 }
 
-func (b *h1ReqBody) read(p []byte) (int, error) {
-	if b.eof {
+func (b *h1ReqBody) read(p []byte) (int, error) { return b.h1Framing.read(p, b.readTrailer) }
+
+// h1Framing reads an HTTP/1.1 message body from the connection's reader,
+// for requests (h1ReqBody) and responses (h1RespBody) alike: Content-Length
+// bytes (n), a chunked body followed by its trailer (chunked set; the
+// trailer is read by the caller's function), or, for responses only,
+// everything until the connection closes (n < 0). Once it has returned
+// io.EOF or an error, it returns the same again.
+type h1Framing struct {
+	br      *bufio.Reader
+	n       int64
+	chunked io.Reader
+	eof     bool
+	err     error
+}
+
+func (f *h1Framing) read(p []byte, readTrailer func() error) (int, error) {
+	if f.eof {
 		return 0, io.EOF
 	}
-	if b.err != nil {
-		return 0, b.err
+	if f.err != nil {
+		return 0, f.err
 	}
-	if b.chunked != nil {
-		n, err := b.chunked.Read(p)
+	var n int
+	var err error
+	switch {
+	case f.chunked != nil:
+		n, err = f.chunked.Read(p)
 		if err == io.EOF {
-			if terr := b.readTrailer(); terr != nil {
-				b.err = terr
+			if terr := readTrailer(); terr != nil {
+				f.err = terr
 				return n, terr
 			}
-			b.eof = true
-		} else if err != nil {
-			b.err = err
 		}
-		return n, err
+	case f.n < 0:
+		n, err = f.br.Read(p)
+	default:
+		n, err = readFixed(f.br, p, &f.n)
 	}
-	n, err := readFixed(b.br, p, &b.n)
 	if err == io.EOF {
-		b.eof = true
+		f.eof = true
 	} else if err != nil {
-		b.err = err
+		f.err = err
 	}
 	return n, err
 }
@@ -500,7 +514,7 @@ func parseH1Head(head []byte) (*http.Request, *h1ReqBody) {
 		n, _ := strconv.ParseInt(cl, 10, 64)
 		req.ContentLength = n
 		if n > 0 {
-			return req, &h1ReqBody{n: n}
+			return req, &h1ReqBody{h1Framing: h1Framing{n: n}}
 		}
 	}
 	return req, nil
