@@ -134,6 +134,8 @@ func sidecarCmd() *cobra.Command {
 	f.StringVar(&cfg.AccessLogFormat, "access-log-format", "text", "access log format: text (Envoy's default) or json")
 	f.IntVar(&cfg.Concurrency, "concurrency", sidecar.DefaultConcurrency(os.Getenv),
 		"CPUs running the proxy at once (GOMAXPROCS; 0: all); default 1, or from GOMAXPROCS / WEFT_CONCURRENCY")
+	f.DurationVar(&cfg.TrimAfter, "trim-memory-after", sidecar.DefaultTrimAfter,
+		"after the first configuration, wait this long, then drop the binary's pages only start-up used from RSS (0: never)")
 	f.DurationVar(&cfg.DrainDuration, "drain-duration", 5*time.Second, "how long connections may finish on SIGTERM")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

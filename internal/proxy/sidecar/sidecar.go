@@ -29,6 +29,7 @@ import (
 	"github.com/weftmesh/weft/internal/proxy/bootstrap"
 	"github.com/weftmesh/weft/internal/proxy/dns"
 	"github.com/weftmesh/weft/internal/proxy/engine"
+	"github.com/weftmesh/weft/internal/proxy/memtrim"
 
 	// The HTTP filters the engine builds from xDS register in init.
 	_ "github.com/weftmesh/weft/internal/proxy/httpfilter/all"
@@ -70,6 +71,10 @@ type Config struct {
 	// this port; 0 disables it, and so does explicit mode (nothing
 	// captures DNS there).
 	DNSPort int
+	// TrimAfter, when positive, is how long after the first configuration
+	// is applied the proxy drops the resident pages of its binary that
+	// start-up touched (see package memtrim); 0 never trims.
+	TrimAfter time.Duration
 }
 
 // Identity configures the workload certificate.
@@ -243,6 +248,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	go func() { xdsDone <- client.Run(ctx) }()
 	log.Info("weft-proxy started", "node", node.GetId(), "discovery", b.Discovery, "admin", cfg.AdminAddr,
 		"concurrency", runtime.GOMAXPROCS(0))
+	if cfg.TrimAfter > 0 {
+		go trimWhenReady(ctx, eng, cfg.TrimAfter, log)
+	}
 	err = eng.Run(ctx, updates)
 	cancel()
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -254,6 +262,37 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Warn("xds client stopped", "error", xerr)
 	}
 	return err
+}
+
+// DefaultTrimAfter is when, after its first configuration, the sidecar
+// trims the pages of its binary that start-up left resident: late enough
+// for listeners, certificates and the first connections to have run their
+// one-off code.
+const DefaultTrimAfter = 5 * time.Second
+
+// trimWhenReady waits for the engine's first configuration, then after
+// delay drops the binary's resident pages that nothing uses any more.
+func trimWhenReady(ctx context.Context, eng *engine.Engine, delay time.Duration, log *slog.Logger) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for ready, _ := eng.Ready(); !ready; ready, _ = eng.Ready() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(delay):
+	}
+	kb, err := memtrim.Trim()
+	if err != nil {
+		log.Warn("trimming binary pages", "error", err)
+		return
+	}
+	log.Info("trimmed start-up pages of the binary", "resident_kb_before", kb)
 }
 
 // newDNS binds the DNS proxy (a clash fails start-up like any port).

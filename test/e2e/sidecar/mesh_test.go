@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -129,7 +130,7 @@ func metricSum(t *testing.T, stats int, metric string, labels ...string) int {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	re := regexp.MustCompile(`^` + regexp.QuoteMeta(metric) + `\{(.*)\} (\d+)`)
+	re := regexp.MustCompile(`^` + regexp.QuoteMeta(metric) + `(?:\{(.*)\})? (\S+)`)
 	total := 0
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -144,9 +145,11 @@ next:
 				continue next
 			}
 		}
-		var v int
-		fmt.Sscan(m[2], &v)
-		total += v
+		v, err := strconv.ParseFloat(m[2], 64)
+		if err != nil {
+			t.Fatalf("%s: sample %q: %v", metric, m[2], err)
+		}
+		total += int(v)
 	}
 	return total
 }
