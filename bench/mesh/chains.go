@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -264,7 +265,10 @@ spec:
   mtls: {mode: STRICT}
 `
 
-func startWeft(ctx context.Context, dir string, t *topology) (*weftMesh, string, error) {
+// envWord is an environment assignment in -sidecar-args.
+var envWord = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*=`)
+
+func startWeft(ctx context.Context, dir string, t *topology, extra []string) (*weftMesh, string, error) {
 	weftBin, proxyBin := filepath.Join(dir, "weft"), filepath.Join(dir, "weft-proxy")
 	data := filepath.Join(dir, "cp-data")
 	if err := os.Mkdir(data, 0o700); err != nil {
@@ -324,10 +328,17 @@ func startWeft(ctx context.Context, dir string, t *topology) (*weftMesh, string,
 		atExit(func() {
 			_, _ = in(context.Background(), commandTimeout, ns, proxyBin, "iptables", "--cleanup", "--owner", owner)
 		})
-		p, err := bg(dir, "sidecar-"+h, t.ns[h], "setpriv", "--reuid="+proxyUID, "--regid="+proxyUID, "--clear-groups",
-			proxyBin, "sidecar", "--ip", t.addr[h], "--name", group+"-1", "--labels", "app="+group, "--service-account", group,
+		// Leading NAME=value words of -sidecar-args are the sidecar's
+		// environment (GOGC=100), the rest its flags.
+		args := []string{"setpriv", "--reuid=" + proxyUID, "--regid=" + proxyUID, "--clear-groups", "env"}
+		flags := extra
+		for len(flags) > 0 && envWord.MatchString(flags[0]) {
+			args, flags = append(args, flags[0]), flags[1:]
+		}
+		args = append(append(args, proxyBin, "sidecar", "--ip", t.addr[h], "--name", group+"-1", "--labels", "app="+group, "--service-account", group,
 			"--discovery-address", t.addr["cp"]+":15012", "--ca-root-file", rootCert,
-			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir)
+			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir), flags...)
+		p, err := bg(dir, "sidecar-"+h, t.ns[h], args...)
 		if err != nil {
 			return nil, "", err
 		}

@@ -59,6 +59,8 @@ type options struct {
 	warmup      time.Duration
 	chains      []string
 	out, fortio string
+	// sidecarArgs are extra weft-proxy sidecar flags (-sidecar-args).
+	sidecarArgs []string
 }
 
 func main() {
@@ -71,8 +73,11 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "warm-up before each chain's runs (not measured)")
 	flag.StringVar(&chains, "chains", "baseline,nginx,haproxy,weft", "chains to measure, in order (baseline is always measured)")
 	flag.StringVar(&o.out, "out", "", "also write the markdown report to this file")
+	var sidecarArgs string
+	flag.StringVar(&sidecarArgs, "sidecar-args", "", "extra weft-proxy sidecar flags, space-separated, after any NAME=value environment words (e.g. \"GOGC=100 --concurrency 2\")")
 	flag.StringVar(&o.fortio, "fortio", "", "fortio binary (default: PATH, then $GOPATH/bin)")
 	flag.Parse()
+	o.sidecarArgs = strings.Fields(sidecarArgs)
 	o.chains = []string{"baseline"}
 	for _, c := range strings.Split(chains, ",") {
 		switch c = strings.TrimSpace(c); c {
@@ -221,7 +226,7 @@ func run(ctx context.Context, o options) error {
 		case "nginx", "haproxy":
 			procs, url, err = startProxyChain(ctx, dir, t, c)
 		case "weft":
-			mesh, url, err = startWeft(ctx, dir, t)
+			mesh, url, err = startWeft(ctx, dir, t, o.sidecarArgs)
 		}
 		if err != nil {
 			return fmt.Errorf("%s chain: %v", c, err)

@@ -96,6 +96,9 @@ func (r *report) markdown() string {
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, "Command: `go run ./bench/mesh` (fortio load -qps %d -c %d -t %s -uniform -nocatchup; max: -qps 0 -c %d -t %s; histogram resolution 10 µs; warm-up %s at 200 qps; GET /echo?size=1024, 1 KiB responses)\n\n",
 		o.qps, o.conns, o.latencyDur, o.conns, o.maxDur, o.warmup)
+	if len(o.sidecarArgs) > 0 {
+		fmt.Fprintf(&b, "weft sidecars started with extra flags `%s`.\n\n", strings.Join(o.sidecarArgs, " "))
+	}
 	fmt.Fprintf(&b, "Date: %s – %s UTC. Machine: %s, %d CPUs, %s/%s, %s; load average %s at the start, %s at the end.\n\n", r.started.UTC().Format("2006-01-02 15:04:05"),
 		r.finished.UTC().Format("15:04:05"), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), r.loadStart, r.loadEnd)
 	base := r.results["baseline"]

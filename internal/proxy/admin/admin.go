@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 
@@ -94,6 +95,13 @@ func (s *Server) AdminHandler() http.Handler {
 		fmt.Fprintln(w, "OK")
 		go s.p.Quit()
 	})
+	// Go's profiles (CPU, heap, goroutines, mutex) on the loopback-only
+	// admin port: Envoy's /cpuprofiler and /heapprofiler for a Go proxy.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

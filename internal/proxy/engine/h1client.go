@@ -162,6 +162,11 @@ func (t *h1Transport) CloseIdleConnections() {
 
 func (pc *h1Conn) close() { _ = pc.c.Close() }
 
+// neverCancelled stands in for context.AfterFunc's stop when the context
+// cannot be cancelled (the HTTP/1.1 server's connection context): nothing
+// to register, nothing to allocate.
+func neverCancelled() bool { return true }
+
 // roundTrip writes req and reads the response head. sent reports whether
 // any of the response was read (the request must then not be replayed).
 func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.Response, sent bool, err error) {
@@ -169,7 +174,10 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.
 		_ = pc.c.SetDeadline(d)
 	}
 	// Cancellation unblocks reads and writes by expiring the deadline.
-	stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(time.Unix(1, 0)) })
+	stop := neverCancelled
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(time.Unix(1, 0)) })
+	}
 	if !writeRequestHead(pc.bw, req) {
 		if err := req.Write(pc.bw); err != nil {
 			stop()

@@ -74,8 +74,11 @@ type h1ServerConn struct {
 	br      *bufio.Reader
 	bw      *bufio.Writer
 	ctx     context.Context
-	remote  string
-	state   atomic.Int32
+	// tmpl is an empty request carrying ctx: parseH1Head copies it, so
+	// requests get the connection's context without WithContext's copy.
+	tmpl   *http.Request
+	remote string
+	state  atomic.Int32
 	// deadline is the read deadline currently set (zero: none).
 	deadline time.Time
 	w        h1Writer
@@ -105,6 +108,7 @@ func (e *Engine) serveHTTP1(bl *boundListener, cc *chainConn) {
 func newH1ServerConn(e *Engine, cc *chainConn, h http.Handler) *h1ServerConn {
 	sc := &h1ServerConn{e: e, cc: cc, handler: h, remote: cc.Conn.RemoteAddr().String()}
 	sc.ctx = context.WithValue(context.Background(), connKey{}, cc)
+	sc.tmpl = (&http.Request{}).WithContext(sc.ctx)
 	sc.br = h1Readers.Get().(*bufio.Reader)
 	sc.br.Reset(cc.Conn)
 	sc.bw = h1Writers.Get().(*bufio.Writer)
@@ -163,7 +167,7 @@ func (sc *h1ServerConn) serve() (handoff bool) {
 		if head == nil {
 			return true
 		}
-		req, body := parseH1Head(head)
+		req, body := parseH1Head(head, sc.tmpl)
 		if req == nil {
 			return true
 		}
@@ -206,7 +210,6 @@ var crlfcrlf = []byte("\r\n\r\n")
 // carry another one.
 func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep bool) {
 	req.RemoteAddr = sc.remote
-	req = req.WithContext(sc.ctx)
 	if body != nil {
 		body.br, body.req = sc.br, req
 		if body.isChunked {
@@ -386,8 +389,9 @@ func (b *h1ReqBody) finish() bool {
 // parseH1Head parses a request head (ending in its empty line) that the
 // fast path serves. nil: net/http must serve it (it is malformed, or
 // unusual: see the top of this file). The request's strings share one
-// copy of the head.
-func parseH1Head(head []byte) (*http.Request, *h1ReqBody) {
+// copy of the head. The request starts as a copy of tmpl (its context),
+// or empty when tmpl is nil.
+func parseH1Head(head []byte, tmpl *http.Request) (*http.Request, *h1ReqBody) {
 	s := string(head[:len(head)-2]) // each line with its CRLF
 	i := strings.Index(s, "\r\n")
 	line := s[:i]
@@ -415,8 +419,12 @@ func parseH1Head(head []byte) (*http.Request, *h1ReqBody) {
 	}
 	h := make(http.Header, n)
 	vals := make([]string, n)
-	req := &http.Request{Method: method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h,
-		RequestURI: target, Body: http.NoBody}
+	req := new(http.Request)
+	if tmpl != nil {
+		*req = *tmpl
+	}
+	req.Method, req.URL, req.Proto, req.ProtoMajor, req.ProtoMinor = method, u, "HTTP/1.1", 1, 1
+	req.Header, req.RequestURI, req.Body = h, target, http.NoBody
 	var host, cl string
 	var trailer []string
 	hosts, cls := 0, 0

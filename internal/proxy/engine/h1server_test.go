@@ -486,7 +486,7 @@ func FuzzH1Head(f *testing.F) {
 			return
 		}
 		head := in[:i+4]
-		req, body := parseH1Head(head)
+		req, body := parseH1Head(head, nil)
 		if req == nil {
 			return
 		}

@@ -250,6 +250,17 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		outHost = host
 	}
 	rtr := e.transport(rt, c, cc.src, upstreamH2(c, r))
+	// The HTTP/1.1 fast path is done with a request when RoundTrip
+	// returns, so attempts without their own deadline send the downstream
+	// request itself, retargeted, instead of a copy; it is put back as it
+	// was for the access log and telemetry. net/http's transports may
+	// still read a request after RoundTrip: they always get a copy.
+	ht, isH1 := rtr.(*h1Transport)
+	inPlace := isH1 && body == nil && ht.fast(r)
+	if inPlace {
+		origURL, origHost, origURI := *r.URL, r.Host, r.RequestURI
+		defer func() { *r.URL, r.Host, r.RequestURI = origURL, origHost, origURI }()
+	}
 	var triedBuf [4]string
 	tried := triedBuf[:0]
 	var releaseRetry func()
@@ -276,10 +287,16 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		if rte.Retry != nil && rte.Retry.PerTryTimeout > 0 {
 			actx, cancelTry = context.WithTimeout(ctx, rte.Retry.PerTryTimeout)
 		}
-		u := *target
-		u.Host = ep.Address
-		out := r.WithContext(actx)
-		out.URL, out.Host, out.RequestURI = &u, outHost, ""
+		out := r
+		if inPlace && actx == r.Context() {
+			*r.URL = target
+			r.URL.Host, r.Host, r.RequestURI = ep.Address, outHost, ""
+		} else {
+			u := target
+			u.Host = ep.Address
+			out = r.WithContext(actx)
+			out.URL, out.Host, out.RequestURI = &u, outHost, ""
+		}
 		if body != nil {
 			out.Body = io.NopCloser(bytes.NewReader(body))
 			out.ContentLength = int64(len(body))
@@ -791,12 +808,12 @@ var pathByte = func() (t [256]bool) {
 // upstreamTarget is the URL to send upstream for the request URL in (Host
 // and Scheme are set per attempt): in's path and query, or those of path
 // when the route rewrote the target (path != orig).
-func upstreamTarget(in *url.URL, path, orig string) *url.URL {
-	u := &url.URL{Path: in.Path, RawPath: in.RawPath, RawQuery: in.RawQuery, ForceQuery: in.ForceQuery}
+func upstreamTarget(in *url.URL, path, orig string) url.URL {
+	u := url.URL{Path: in.Path, RawPath: in.RawPath, RawQuery: in.RawQuery, ForceQuery: in.ForceQuery}
 	if path != orig {
 		// Exactly the rewritten target, without reference resolution
 		// ("//x" stays a path, never a host).
-		setPathQuery(u, path)
+		setPathQuery(&u, path)
 	}
 	return u
 }

@@ -27,7 +27,9 @@ type traceIDs struct {
 	sampled bool
 }
 
-// propagateTrace rewrites h's trace headers for the next hop.
+// propagateTrace rewrites h's trace headers for the next hop. Every value
+// it writes is a slice of one string, and the five values share one
+// backing array: two allocations per request (BenchmarkPropagateTrace).
 func propagateTrace(h http.Header) {
 	var t traceIDs
 	ok := parseTraceparent(h.Get("Traceparent"), &t)
@@ -39,21 +41,39 @@ func propagateTrace(h http.Header) {
 		t.sampled = rand.Float64() < defaultTraceSampling
 	}
 	randBytes(t.span[:])
-	flags := "00"
+	flag := byte('0')
 	if t.sampled {
-		flags = "01"
+		flag = '1'
 	}
-	traceHex, spanHex := hex.EncodeToString(t.trace[:]), hex.EncodeToString(t.span[:])
-	h.Set("Traceparent", "00-"+traceHex+"-"+spanHex+"-"+flags)
-	h.Set("X-B3-Traceid", traceHex)
-	h.Set("X-B3-Spanid", spanHex)
-	if t.parent != ([8]byte{}) {
-		h.Set("X-B3-Parentspanid", hex.EncodeToString(t.parent[:]))
+	// "00-<trace>-<span>-0<flag>" then the parent span's hex: the B3
+	// values are substrings of it.
+	const tpLen = 2 + 1 + 32 + 1 + 16 + 1 + 2
+	var buf [tpLen + 16]byte
+	copy(buf[:], "00-")
+	hex.Encode(buf[3:35], t.trace[:])
+	buf[35] = '-'
+	hex.Encode(buf[36:52], t.span[:])
+	buf[52], buf[53], buf[54] = '-', '0', flag
+	hasParent := t.parent != ([8]byte{})
+	n := tpLen
+	if hasParent {
+		hex.Encode(buf[tpLen:], t.parent[:])
+		n += 16
+	}
+	all := string(buf[:n])
+	vals := make([]string, 5)
+	vals[0], vals[1], vals[2], vals[3] = all[:tpLen], all[3:35], all[36:52], all[54:55]
+	h["Traceparent"] = vals[0:1:1]
+	h["X-B3-Traceid"] = vals[1:2:2]
+	h["X-B3-Spanid"] = vals[2:3:3]
+	h["X-B3-Sampled"] = vals[3:4:4]
+	if hasParent {
+		vals[4] = all[tpLen:]
+		h["X-B3-Parentspanid"] = vals[4:5:5]
 	} else {
-		h.Del("X-B3-Parentspanid")
+		delete(h, "X-B3-Parentspanid")
 	}
-	h.Set("X-B3-Sampled", flags[1:])
-	h.Del("B3") // the single-header form would now disagree
+	delete(h, "B3") // the single-header form would now disagree
 }
 
 func randBytes(b []byte) {
@@ -72,17 +92,15 @@ func randBytes(b []byte) {
 	}
 }
 
-// parseTraceparent reads a version-00 W3C traceparent.
+// parseTraceparent reads a version-00 W3C traceparent:
+// 00-<32 hex>-<16 hex>-<2 hex>.
 func parseTraceparent(v string, t *traceIDs) bool {
-	parts := strings.Split(strings.TrimSpace(v), "-")
-	if len(parts) != 4 || parts[0] != "00" || len(parts[1]) != 32 || len(parts[2]) != 16 || len(parts[3]) != 2 {
+	v = strings.TrimSpace(v)
+	if len(v) != 55 || v[:3] != "00-" || v[35] != '-' || v[52] != '-' {
 		return false
 	}
 	var flags [1]byte
-	if !decodeNonZero(t.trace[:], parts[1]) || !decodeNonZero(t.parent[:], parts[2]) {
-		return false
-	}
-	if _, err := hex.Decode(flags[:], []byte(parts[3])); err != nil {
+	if !decodeNonZero(t.trace[:], v[3:35]) || !decodeNonZero(t.parent[:], v[36:52]) || !decodeHex(flags[:], v[53:55]) {
 		return false
 	}
 	t.sampled = flags[0]&1 == 1
@@ -91,11 +109,18 @@ func parseTraceparent(v string, t *traceIDs) bool {
 
 // parseB3 reads B3 multi-header context (64- or 128-bit trace ids).
 func parseB3(h http.Header, t *traceIDs) bool {
+	*t = traceIDs{} // a traceparent that failed to parse may have left bytes
 	tid, sid := h.Get("X-B3-Traceid"), h.Get("X-B3-Spanid")
-	if len(tid) == 16 {
-		tid = strings.Repeat("0", 16) + tid
+	ok := len(sid) == 16 && decodeNonZero(t.parent[:], sid)
+	switch len(tid) {
+	case 16: // 64-bit: the high half stays zero
+		ok = ok && decodeNonZero(t.trace[8:], tid)
+	case 32:
+		ok = ok && decodeNonZero(t.trace[:], tid)
+	default:
+		ok = false
 	}
-	if len(tid) != 32 || len(sid) != 16 || !decodeNonZero(t.trace[:], tid) || !decodeNonZero(t.parent[:], sid) {
+	if !ok {
 		*t = traceIDs{}
 		return false
 	}
@@ -104,8 +129,10 @@ func parseB3(h http.Header, t *traceIDs) bool {
 	return true
 }
 
+// decodeNonZero decodes hex s (either case) into dst, which must then not
+// be all zeros.
 func decodeNonZero(dst []byte, s string) bool {
-	if _, err := hex.Decode(dst, []byte(strings.ToLower(s))); err != nil {
+	if !decodeHex(dst, s) {
 		return false
 	}
 	for _, b := range dst {
@@ -114,4 +141,32 @@ func decodeNonZero(dst []byte, s string) bool {
 		}
 	}
 	return false
+}
+
+// decodeHex decodes exactly len(dst) bytes of hex s, either case.
+func decodeHex(dst []byte, s string) bool {
+	if len(s) != 2*len(dst) {
+		return false
+	}
+	for i := range dst {
+		hi, ok1 := unhex(s[2*i])
+		lo, ok2 := unhex(s[2*i+1])
+		if !ok1 || !ok2 {
+			return false
+		}
+		dst[i] = hi<<4 | lo
+	}
+	return true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }

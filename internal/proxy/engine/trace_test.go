@@ -42,6 +42,14 @@ func TestPropagateTrace(t *testing.T) {
 		t.Fatalf("B3 child: %v", h)
 	}
 
+	// Upper-case B3 ids are accepted (written back lower-case); a broken
+	// traceparent beside valid B3 leaves nothing of itself behind.
+	h = http.Header{"Traceparent": {"00-ffffffffffffffffffffffffffffffff-zzzzzzzzzzzzzzzz-01"}, "X-B3-Traceid": {"463AC35C9F6413AD"}, "X-B3-Spanid": {"72485A3953BB6124"}}
+	propagateTrace(h)
+	if got := h.Get("X-B3-Traceid"); got != "0000000000000000463ac35c9f6413ad" || h.Get("X-B3-Parentspanid") != "72485a3953bb6124" {
+		t.Fatalf("upper-case B3 beside a broken traceparent: %v", h)
+	}
+
 	// Garbage or all-zero ids start a new trace instead of propagating them.
 	for _, bad := range []string{"00-00000000000000000000000000000000-b7ad6b7169203331-01", "zz", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"} {
 		h = http.Header{"Traceparent": {bad}}
@@ -54,8 +62,11 @@ func TestPropagateTrace(t *testing.T) {
 
 func BenchmarkPropagateTrace(b *testing.B) {
 	b.ReportAllocs()
-	h := http.Header{"Traceparent": {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
+	parent := []string{"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+	h := make(http.Header, 8)
 	for b.Loop() {
+		clear(h)
+		h["Traceparent"] = parent
 		propagateTrace(h)
 	}
 }
