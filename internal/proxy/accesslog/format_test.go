@@ -72,7 +72,7 @@ func TestCustomFormats(t *testing.T) {
 	e := entry
 	e.Headers = []Header{{Name: "X-B3-Traceid", Value: "abc"}, {Response: true, Name: "Content-Type", Value: "text/plain"}}
 	for format, want := range map[string]string{
-		"%REQ(x-b3-traceid)% %RESP(content-type)% %REQ(x-missing?user-agent):7%":             "abc text/plain fortio.\n",
+		"%REQ(x-b3-traceid)% %RESP(content-type)% %REQ(x-missing?user-agent):7%":              "abc text/plain fortio.\n",
 		"%START_TIME(%Y/%m/%d %H:%M:%S.%3f %s)% %HOSTNAME%\n":                                 "2026/11/23 15:04:05.310 1795446245 " + hostname + "\n",
 		"%START_TIME(%F)%|%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%|%RESPONSE_CODE%|100% done": "2026-11-23|-|200|100% done\n",
 	} {
