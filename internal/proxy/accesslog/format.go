@@ -1,7 +1,6 @@
 package accesslog
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/textproto"
 	"os"
@@ -697,7 +696,45 @@ func appendObject(b []byte, fs []field, e *Entry) []byte {
 	return append(b, '}')
 }
 
+// appendJSONString appends s as a JSON string (invalid UTF-8 becomes
+// U+FFFD, as encoding/json writes it).
 func appendJSONString(b []byte, s string) []byte {
-	out, _ := json.Marshal(s) // strings always marshal
-	return append(b, out...)
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c == '\b':
+				b = append(b, '\\', 'b')
+			case c == '\f':
+				b = append(b, '\\', 'f')
+			case c < 0x20 || c == '<' || c == '>' || c == '&':
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+		default:
+			b = append(b, s[i:i+n]...)
+		}
+		i += n
+	}
+	return append(b, '"')
 }

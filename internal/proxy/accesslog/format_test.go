@@ -218,3 +218,14 @@ func FuzzParseFilter(f *testing.F) {
 		}
 	})
 }
+
+func FuzzJSONString(f *testing.F) {
+	f.Add("plain")
+	f.Add("q\"b\\s\n\t\x01<&>\u2028\xff é")
+	f.Fuzz(func(t *testing.T, s string) {
+		want, _ := json.Marshal(s)
+		if got := appendJSONString(nil, s); string(got) != string(want) {
+			t.Fatalf("%q: got %s want %s", s, got, want)
+		}
+	})
+}
