@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 )
 
 // Files opens access log files once per path and shares them: every
@@ -16,6 +17,8 @@ type Files struct {
 	queue int
 	mu    sync.Mutex
 	open  map[string]*sharedFile
+	// closedDropped are the drops of loggers already closed.
+	closedDropped atomic.Uint64
 }
 
 type sharedFile struct {
@@ -76,6 +79,7 @@ func (fs *Files) Release(path string) {
 	fs.mu.Unlock()
 	if ok {
 		sf.close()
+		fs.closedDropped.Add(sf.l.Dropped())
 	}
 }
 
@@ -97,11 +101,12 @@ func (fs *Files) Paths() []string {
 	return out
 }
 
-// Dropped is the number of entries dropped by the open loggers.
+// Dropped is the number of entries dropped because a queue was full,
+// since fs was made.
 func (fs *Files) Dropped() uint64 {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	var n uint64
+	n := fs.closedDropped.Load()
 	for _, sf := range fs.open {
 		n += sf.l.Dropped()
 	}
@@ -116,5 +121,6 @@ func (fs *Files) CloseAll() {
 	fs.mu.Unlock()
 	for _, sf := range open {
 		sf.close()
+		fs.closedDropped.Add(sf.l.Dropped())
 	}
 }

@@ -195,6 +195,10 @@ func (e *Engine) openAccessLogs(rt *runtime) ([]string, error) {
 	return paths, nil
 }
 
+// AccessLogDropped is the number of xDS access log entries dropped
+// because a file's queue was full.
+func (e *Engine) AccessLogDropped() uint64 { return e.logFiles.Dropped() }
+
 // releaseAccessLogs gives up a replaced runtime's files.
 func (e *Engine) releaseAccessLogs(paths []string) {
 	for _, p := range paths {
