@@ -605,8 +605,10 @@ func (e *Entry) details() string {
 		return "cluster_not_found"
 	case "RL":
 		return "request_rate_limited"
-	case "UAEX":
-		return "ext_authz_denied"
+	case "UAEX": // weft's JWT authentication denials
+		return "jwt_authn_access_denied"
+	case "RBAC":
+		return "rbac_access_denied_matched_policy[none]"
 	}
 	return ""
 }
