@@ -138,9 +138,6 @@ var simpleOps = map[string]opKind{
 	"ROUTE_NAME": opRouteName, "HOSTNAME": opHostname, "START_TIME": opStartTime,
 }
 
-// numericOps are typed as numbers in JSON formats.
-var numericOps = map[opKind]bool{opResponseCode: true, opBytesReceived: true, opBytesSent: true, opDuration: true}
-
 // SupportedOperators lists the command operators formats may use.
 func SupportedOperators() []string {
 	out := []string{"REQ(header?alt):max", "RESP(header?alt):max", "START_TIME(strftime)"}

@@ -106,14 +106,11 @@ func compileFileLog(al *accesslogv3.AccessLog) (*fileLog, error) {
 				fl.format, err = accesslog.ParseText(src.GetInlineString())
 			}
 		default:
+			//lint:ignore SA1019 older control planes still send text_format
 			fl.format, err = accesslog.ParseText(lf.GetTextFormat())
 		}
-	case cfg.GetJsonFormat() != nil:
-		fl.format, err = accesslog.ParseJSON(cfg.GetJsonFormat())
-	case cfg.GetTypedJsonFormat() != nil:
-		fl.format, err = accesslog.ParseJSON(cfg.GetTypedJsonFormat())
 	default:
-		fl.format, err = accesslog.ParseText(cfg.GetFormat())
+		fl.format, err = deprecatedFormat(cfg)
 	}
 	if err != nil {
 		return nil, err
@@ -122,6 +119,23 @@ func compileFileLog(al *accesslogv3.AccessLog) (*fileLog, error) {
 		return nil, err
 	}
 	return fl, nil
+}
+
+// deprecatedFormat reads FileAccessLog's pre-log_format fields (json_format,
+// typed_json_format, format), which older control planes still send.
+func deprecatedFormat(cfg *filev3.FileAccessLog) (*accesslog.Formatter, error) {
+	switch f := cfg.GetAccessLogFormat().(type) {
+	case *filev3.FileAccessLog_JsonFormat:
+		//lint:ignore SA1019 older control planes still send json_format
+		return accesslog.ParseJSON(f.JsonFormat)
+	case *filev3.FileAccessLog_TypedJsonFormat:
+		//lint:ignore SA1019 older control planes still send typed_json_format
+		return accesslog.ParseJSON(f.TypedJsonFormat)
+	case *filev3.FileAccessLog_Format:
+		//lint:ignore SA1019 older control planes still send format
+		return accesslog.ParseText(f.Format)
+	}
+	return accesslog.ParseText("")
 }
 
 // accessLogFilter compiles an access log filter: a CEL extension filter
