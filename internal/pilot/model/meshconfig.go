@@ -6,6 +6,7 @@ import (
 	"sort"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 	meshv1 "istio.io/api/mesh/v1alpha1"
 	"sigs.k8s.io/yaml"
 )
@@ -15,6 +16,8 @@ import (
 var meshConfigFields = map[string]bool{
 	"rootNamespace": true, "trustDomain": true, "outboundTrafficPolicy": true,
 	"connectTimeout": true, "enableAutoMtls": true, "pathNormalization": true,
+	"accessLogFile": true, "accessLogEncoding": true, "accessLogFormat": true, "extensionProviders": true,
+	"defaultProviders": true,
 }
 
 // ParseMeshConfig applies an Istio MeshConfig document (YAML or JSON, as
@@ -75,5 +78,57 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 			return base, warnings, fmt.Errorf("mesh config: pathNormalization %s is not supported", n)
 		}
 	}
+	al, w, err := parseAccessLogging(mc)
+	warnings = append(warnings, w...)
+	if err != nil {
+		return base, warnings, err
+	}
+	if al != nil {
+		m.AccessLog = al
+	}
 	return m, warnings, nil
+}
+
+// parseAccessLogging reads the access log fields (nil when none is set).
+func parseAccessLogging(mc *meshv1.MeshConfig) (*AccessLogging, []string, error) {
+	al := &AccessLogging{File: mc.GetAccessLogFile(), Format: mc.GetAccessLogFormat(),
+		JSON: mc.GetAccessLogEncoding() == meshv1.MeshConfig_JSON, Providers: map[string]FileLogProvider{},
+		DefaultProviders: mc.GetDefaultProviders().GetAccessLogging()}
+	var warnings []string
+	if al.JSON && al.Format != "" {
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(al.Format), &obj); err != nil {
+			return nil, warnings, fmt.Errorf("mesh config: accessLogFormat must be a JSON object with accessLogEncoding JSON: %w", err)
+		}
+	}
+	dp := mc.GetDefaultProviders()
+	if len(dp.GetMetrics()) > 0 || len(dp.GetTracing()) > 0 {
+		warnings = append(warnings, "mesh config: defaultProviders.metrics and .tracing are not used by weft (accessLogging is); ignored")
+	}
+	for _, p := range mc.GetExtensionProviders() {
+		f := p.GetEnvoyFileAccessLog()
+		if f == nil {
+			warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: only envoyFileAccessLog providers are used by weft; ignored", p.GetName()))
+			continue
+		}
+		fp := FileLogProvider{Path: f.GetPath(), Text: f.GetLogFormat().GetText()}
+		if labels := f.GetLogFormat().GetLabels(); labels != nil {
+			fp.Labels = map[string]string{}
+			for k, v := range labels.GetFields() {
+				s, ok := v.GetKind().(*structpb.Value_StringValue)
+				if !ok {
+					return nil, warnings, fmt.Errorf("mesh config: extensionProviders %q: logFormat.labels %q must be a string", p.GetName(), k)
+				}
+				fp.Labels[k] = s.StringValue
+			}
+		}
+		if fp.Path == "" {
+			fp.Path = "/dev/stdout"
+		}
+		al.Providers[p.GetName()] = fp
+	}
+	if al.File == "" && len(al.Providers) == 0 && len(al.DefaultProviders) == 0 && al.Format == "" && !al.JSON {
+		return nil, warnings, nil
+	}
+	return al, warnings, nil
 }

@@ -52,6 +52,34 @@ type Mesh struct {
 	// authorization and routing (Istio's pathNormalization). Default
 	// PathNormalizationBase.
 	PathNormalization PathNormalization
+	// AccessLog holds the access log settings (accessLogFile and the file
+	// access log extensionProviders); nil: none. Immutable once built.
+	AccessLog *AccessLogging
+}
+
+// AccessLogging is MeshConfig's access log settings.
+type AccessLogging struct {
+	// File is accessLogFile: every sidecar logs there when no Telemetry
+	// configures access logging for it ("" none; "/dev/stdout").
+	File string
+	// JSON is accessLogEncoding JSON (default TEXT).
+	JSON bool
+	// Format is accessLogFormat: an Envoy text format (TEXT) or a JSON
+	// object of key → operator (JSON); "" is Istio's default.
+	Format string
+	// Providers are the envoyFileAccessLog extensionProviders, by name.
+	Providers map[string]FileLogProvider
+	// DefaultProviders are defaultProviders.accessLogging.
+	DefaultProviders []string
+}
+
+// FileLogProvider is an envoyFileAccessLog extension provider.
+type FileLogProvider struct {
+	Path string
+	// Text is logFormat.text; Labels (logFormat.labels) make the log JSON;
+	// neither: Istio's default TEXT format.
+	Text   string
+	Labels map[string]string
 }
 
 // PathNormalization is Istio's MeshConfig.ProxyPathNormalization.

@@ -79,7 +79,9 @@ func (b *builder) listeners() ([]*listenerv3.Listener, []*routev3.RouteConfigura
 	var rs []*routev3.RouteConfiguration
 	switch b.p.Type {
 	case model.Sidecar:
-		ls, rs = newNetBuilder(b).sidecarListeners()
+		g := newNetBuilder(b)
+		ls, rs = g.sidecarListeners()
+		g.addAccessLogs(ls)
 	case model.Proxyless:
 		ls, rs = newNetBuilder(b).proxylessListeners()
 	default:

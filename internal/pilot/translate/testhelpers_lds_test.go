@@ -27,7 +27,8 @@ import (
 //	kind: TestInclude    file: <path relative to the package>, namespace: <default ns>
 //	kind: TestRegistry   services: [...], endpoints: [...]
 //	kind: TestProxy      type, namespace, ips, labels, serviceAccount, explicit, tproxy
-//	kind: TestMesh       registryOnly, domainSuffix, rootNamespace
+//	kind: TestMesh       registryOnly, domainSuffix, rootNamespace,
+//	                     meshConfig (Istio MeshConfig YAML, applied first)
 //
 // Configs without metadata.creationTimestamp are created one second apart
 // in reading order, so the first one read is the oldest.
@@ -43,6 +44,7 @@ type ldsTestDoc struct {
 	RegistryOnly  bool   `json:"registryOnly"`
 	DomainSuffix  string `json:"domainSuffix"`
 	RootNamespace string `json:"rootNamespace"`
+	MeshConfig    string `json:"meshConfig"`
 }
 
 // ldsCase is one loaded test case.
@@ -108,6 +110,13 @@ func (l *ldsLoader) testDoc(path string, d resource.Document, defaultNS string) 
 	case "TestProxy":
 		l.setProxy(td.testProxyDoc)
 	case "TestMesh":
+		if td.MeshConfig != "" {
+			m, _, err := model.ParseMeshConfig([]byte(td.MeshConfig), l.mesh)
+			if err != nil {
+				t.Fatalf("%s: %v", d.Position(path), err)
+			}
+			l.mesh = m
+		}
 		l.mesh.OutboundTrafficPolicyAllowAny = !td.RegistryOnly
 		if td.DomainSuffix != "" {
 			l.mesh.DomainSuffix = td.DomainSuffix

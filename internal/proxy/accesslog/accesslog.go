@@ -1,8 +1,11 @@
-// Package accesslog writes the sidecar's HTTP access log, one line per
-// request, in Envoy's default text format or as JSON. Requests hand their
-// entry to a bounded queue and never wait for the disk: a writer
-// goroutine formats and writes the lines, and entries that find the queue
-// full are dropped and counted.
+// Package accesslog writes the sidecar's access logs, one line per HTTP
+// request or TCP connection: in Envoy's default text format or a fixed
+// JSON form (the --access-log flag), or in a format compiled from Envoy
+// command operators (Formatter, from xDS file access logs) with an
+// optional filter (Filter). Requests hand their entry to a bounded queue
+// and never wait for the disk: a writer goroutine per file formats and
+// writes the lines, and entries that find the queue full are dropped and
+// counted. Files shares one Logger per path between listeners.
 package accesslog
 
 import (
@@ -66,6 +69,25 @@ type Entry struct {
 	Authority       string
 	UpstreamHost    string
 	UpstreamCluster string
+	// Details is Envoy's RESPONSE_CODE_DETAILS; empty: derived from Flags.
+	Details string
+	// ConnectionTerminationDetails and UpstreamFailure are Envoy's
+	// CONNECTION_TERMINATION_DETAILS and UPSTREAM_TRANSPORT_FAILURE_REASON.
+	ConnectionTerminationDetails, UpstreamFailure string
+	// UpstreamLocal, DownstreamLocal and DownstreamRemote are ip:port
+	// addresses (DownstreamLocal is the original destination).
+	UpstreamLocal, DownstreamLocal, DownstreamRemote string
+	// ServerName is the downstream TLS SNI.
+	ServerName string
+	RouteName  string
+	// Headers are the other headers formats read (Formatter.Headers).
+	Headers []Header
+}
+
+// item is one queued entry and its format (nil: the logger's own).
+type item struct {
+	e Entry
+	f *Formatter
 }
 
 // DefaultQueue is the number of entries waiting to be written before new
@@ -76,7 +98,7 @@ const DefaultQueue = 4096
 // New. A nil *Logger logs nothing.
 type Logger struct {
 	format  Format
-	queue   chan Entry
+	queue   chan item
 	w       *bufio.Writer
 	dropped atomic.Uint64
 	closed  atomic.Bool
@@ -92,19 +114,24 @@ func New(w io.Writer, format Format, queue int) *Logger {
 	if queue <= 0 {
 		queue = DefaultQueue
 	}
-	l := &Logger{format: format, queue: make(chan Entry, queue), w: bufio.NewWriterSize(w, 64<<10),
+	l := &Logger{format: format, queue: make(chan item, queue), w: bufio.NewWriterSize(w, 64<<10),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	go l.run()
 	return l
 }
 
 // Log queues e; when the queue is full, e is dropped (see Dropped).
-func (l *Logger) Log(e *Entry) {
+func (l *Logger) Log(e *Entry) { l.LogWith(nil, e) }
+
+// LogWith queues e to be written in format f (nil: the logger's own
+// format); when the queue is full, e is dropped (see Dropped). After
+// Close, entries are discarded.
+func (l *Logger) LogWith(f *Formatter, e *Entry) {
 	if l == nil || l.closed.Load() {
 		return
 	}
 	select {
-	case l.queue <- *e:
+	case l.queue <- item{e: *e, f: f}:
 	default:
 		l.dropped.Add(1)
 	}
@@ -135,8 +162,19 @@ func (l *Logger) Close() error {
 func (l *Logger) run() {
 	defer close(l.done)
 	buf := make([]byte, 0, 512)
-	write := func(e *Entry) {
-		buf = l.appendEntry(buf[:0], e)
+	write := func(it *item) {
+		if it.f != nil {
+			buf = it.f.Append(buf[:0], &it.e)
+		} else {
+			buf = l.appendEntry(buf[:0], &it.e)
+		}
+		if len(buf) > l.w.Available() && l.w.Buffered() > 0 {
+			// Whole lines per write: processes appending to one file
+			// (O_APPEND) never interleave within a line.
+			if err := l.w.Flush(); err != nil && l.err == nil {
+				l.err = err
+			}
+		}
 		if _, err := l.w.Write(buf); err != nil && l.err == nil {
 			l.err = err
 		}
@@ -148,16 +186,16 @@ func (l *Logger) run() {
 	}
 	for {
 		select {
-		case e := <-l.queue:
-			write(&e)
+		case it := <-l.queue:
+			write(&it)
 			if len(l.queue) == 0 { // idle: make the lines visible
 				flush()
 			}
 		case <-l.stop:
 			for {
 				select {
-				case e := <-l.queue:
-					write(&e)
+				case it := <-l.queue:
+					write(&it)
 				default:
 					flush()
 					return
@@ -174,7 +212,7 @@ func (l *Logger) appendEntry(b []byte, e *Entry) []byte {
 	return appendText(b, e)
 }
 
-const timeLayout = "2006-01-02T15:04:05.000Z"
+const timeLayout = timeLayoutDefault
 
 func appendText(b []byte, e *Entry) []byte {
 	b = append(b, '[')

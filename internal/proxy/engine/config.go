@@ -65,6 +65,8 @@ type httpChain struct {
 	filters []httpfilter.Filter
 	// pathNorm is applied to every request path before filters and routing.
 	pathNorm pathnorm.Options
+	// logs are the HCM's access logs (nil: none).
+	logs *accessLogs
 }
 
 // tcpChain is a tcp_proxy: one cluster or weighted clusters.
@@ -72,6 +74,8 @@ type tcpChain struct {
 	statPrefix string
 	clusters   []weighted
 	total      uint64
+	// logs are the tcp_proxy's access logs (nil: none).
+	logs *accessLogs
 }
 
 type weighted struct {
@@ -116,6 +120,9 @@ type runtime struct {
 	// transports caches the engine's upstream transport of each cluster
 	// for the request path.
 	transports sync.Map // *cluster.Cluster -> http.RoundTripper
+	// logPaths are the access log files acquired for this runtime when
+	// it was applied (released when it is replaced).
+	logPaths []string
 }
 
 func compileRuntime(s *xdsclient.Snapshot) (*runtime, error) {
@@ -293,6 +300,9 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
 			}
 			hc.filters = fs
+			if hc.logs, err = compileAccessLogs(h.GetAccessLog()); err != nil {
+				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
 			if hc.rdsName == "" && hc.inline == nil {
 				return nil, fmt.Errorf("filter %s: neither rds nor route_config", f.GetName())
 			}
@@ -326,6 +336,11 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 			if len(t.clusters) == 0 || t.total == 0 {
 				return nil, fmt.Errorf("filter %s: tcp_proxy without a cluster", f.GetName())
 			}
+			logs, err := compileAccessLogs(tp.GetAccessLog())
+			if err != nil {
+				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
+			t.logs = logs
 			ch.tcp = t
 		default:
 			return nil, fmt.Errorf("network filter %s (%s) is not supported", f.GetName(), tc.GetTypeUrl())

@@ -40,7 +40,9 @@ type Options struct {
 	// Certs is the workload identity for mesh TLS; nil means the proxy has
 	// none, and mesh TLS fails closed.
 	Certs Certs
-	// AccessLog receives one entry per HTTP request; nil logs nothing.
+	// AccessLog receives one entry per HTTP request and TCP connection on
+	// every listener (the --access-log flag), besides the access logs xDS
+	// configures; nil logs nothing.
 	AccessLog *accesslog.Logger
 }
 
@@ -67,6 +69,8 @@ type Engine struct {
 	h1conns map[*h1ServerConn]struct{}
 
 	transports sync.Map // transportKey -> *http.Transport
+	// logFiles are the access log files xDS configures, shared by path.
+	logFiles *accesslog.Files
 	// roots caches the trust bundle merged with the identity's roots.
 	roots atomic.Pointer[mergedRoots]
 }
@@ -103,7 +107,7 @@ func New(log *slog.Logger, opts Options) *Engine {
 		reg = prometheus.NewRegistry()
 	}
 	return &Engine{log: log, opts: opts, metrics: telemetry.NewMetrics(reg), clusters: cluster.NewManager(cluster.Options{}),
-		bound: map[netip.AddrPort]*boundListener{}, quit: make(chan struct{})}
+		bound: map[netip.AddrPort]*boundListener{}, quit: make(chan struct{}), logFiles: accesslog.NewFiles(0)}
 }
 
 // Validate compiles a snapshot; an error makes the xDS client NACK it.
@@ -129,7 +133,15 @@ func (e *Engine) Apply(s *xdsclient.Snapshot) error {
 	rt := v.(*runtime)
 	e.clusters.Update(rt.clusters)
 	rt.clusters = e.clusters.Clusters()
-	e.cur.Store(rt)
+	var errs []error
+	var logErr error
+	rt.logPaths, logErr = e.openAccessLogs(rt)
+	if logErr != nil {
+		errs = append(errs, logErr)
+	}
+	if old := e.cur.Swap(rt); old != nil {
+		e.releaseAccessLogs(old.logPaths)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	want := map[netip.AddrPort]*listenerSpec{}
@@ -138,7 +150,6 @@ func (e *Engine) Apply(s *xdsclient.Snapshot) error {
 			want[ls.addr] = ls
 		}
 	}
-	var errs []error
 	for addr, ls := range want {
 		if bl, ok := e.bound[addr]; ok {
 			if bl.transparent == ls.transparent {
@@ -274,7 +285,7 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 	}
 	switch {
 	case ch.tcp != nil:
-		e.proxyTCP(rt, c, ch.tcp, dst, src)
+		e.proxyTCP(rt, c, ch.tcp, dst, src, in.sni)
 	case ch.http != nil:
 		e.serveHTTP1(bl, &chainConn{Conn: c, chain: ch.http, dst: dst, src: src, origin: originOf(rt, ls, ch)})
 	}
@@ -295,21 +306,21 @@ func (rt *runtime) virtualFor(dst netip.AddrPort) *listenerSpec {
 	return wildcard
 }
 
-func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.AddrPort, src source) {
+func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.AddrPort, src source, sni string) {
 	start := time.Now()
 	name := t.pick(rand.Uint64())
 	c := rt.clusters[name]
 	labels := e.tcpLabels(name)
 	if c == nil {
 		e.log.Debug("tcp: unknown cluster", "cluster", name)
-		e.logTCP(start, name, "", "NC", tcp.Counts{})
+		e.logTCP(t, down, nil, dst, sni, start, name, "", "NC", tcp.Counts{})
 		_ = down.Close()
 		return
 	}
 	ep, err := c.Pick(cluster.PickContext{OriginalDst: dst})
 	if err != nil {
 		e.log.Debug("tcp: no upstream", "cluster", name, "error", err)
-		e.logTCP(start, name, "", "UH", tcp.Counts{})
+		e.logTCP(t, down, nil, dst, sni, start, name, "", "UH", tcp.Counts{})
 		_ = down.Close()
 		return
 	}
@@ -317,26 +328,16 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 	if err != nil {
 		e.log.Warn("tcp: upstream connect failed", "cluster", name, "endpoint", ep.Address, "error", err)
 		c.State().Report(ep, cluster.Outcome{ConnectFailure: true})
-		e.logTCP(start, name, ep.Address, "UF", tcp.Counts{})
+		e.logTCP(t, down, nil, dst, sni, start, name, ep.Address, "UF", tcp.Counts{})
 		_ = down.Close()
 		return
 	}
 	e.metrics.TCPOpened.With(labels).Inc()
 	counts := tcp.Proxy(down, up, e.opts.TCPIdleTimeout)
-	e.logTCP(start, name, ep.Address, "", counts) // before the metrics: a closed count means the entry is queued
+	e.logTCP(t, down, up, dst, sni, start, name, ep.Address, "", counts) // before the metrics: a closed count means the entry is queued
 	e.metrics.TCPReceived.With(labels).Add(float64(counts.Sent))
 	e.metrics.TCPSent.With(labels).Add(float64(counts.Received))
 	e.metrics.TCPClosed.With(labels).Inc()
-}
-
-// logTCP writes a TCP connection's access log entry, in Envoy's default
-// format for TCP ("- - -" for method, path and protocol).
-func (e *Engine) logTCP(start time.Time, cluster, upstream, flags string, counts tcp.Counts) {
-	if e.opts.AccessLog == nil {
-		return
-	}
-	e.opts.AccessLog.Log(&accesslog.Entry{Start: start, Flags: flags, BytesReceived: counts.Sent, BytesSent: counts.Received,
-		Duration: time.Since(start), UpstreamTime: -1, UpstreamHost: upstream, UpstreamCluster: cluster})
 }
 
 // Drain stops taking new connections' requests gracefully: HTTP/1 gets
@@ -374,6 +375,7 @@ func (e *Engine) shutdown() {
 		_ = bl.srv.Shutdown(ctx)
 	}
 	e.waitH1(ctx)
+	e.logFiles.CloseAll()
 	// Pooled upstream connections, so that a peer sidecar's drain does
 	// not wait for connections that will never carry a request.
 	e.transports.Range(func(_, t any) bool {

@@ -18,7 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
 	"github.com/weftmesh/weft/internal/proxy/route"
 	"github.com/weftmesh/weft/internal/telemetry"
@@ -80,6 +79,7 @@ type exchange struct {
 	// (the last attempt); -1 without a response.
 	upstreamTime time.Duration
 	path         string // as received, for the access log
+	route        *route.Route
 }
 
 func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -104,7 +104,7 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if table == nil {
 		table = rt.routes[cc.chain.rdsName]
 	}
-	defer e.record(cc, ex, r)
+	defer e.record(cc, ex, r, w)
 	if tooManyHeaders(r.Header) {
 		ex.code = http.StatusRequestHeaderFieldsTooLarge
 		w.Header().Set("Connection", "close")
@@ -137,6 +137,7 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if table != nil {
 		rte, _, ok = table.Match(req)
 	}
+	ex.route = rte
 	if !ok {
 		ex.flags, ex.code = "NR", http.StatusNotFound
 		w.WriteHeader(http.StatusNotFound)
@@ -674,7 +675,7 @@ func (e *Engine) newTransport(c *cluster.Cluster, src source, h2 bool) http.Roun
 }
 
 // record writes metrics for one request.
-func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request) {
+func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.ResponseWriter) {
 	proto := "http"
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 		proto = "grpc"
@@ -699,15 +700,8 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request) {
 		req.DestinationServiceNamespace = ns
 	}
 	e.metrics.ObserveRequest(req)
-	if e.opts.AccessLog != nil {
-		protocol := r.Proto
-		if r.ProtoMajor == 2 {
-			protocol = "HTTP/2" // Envoy's %PROTOCOL%
-		}
-		e.opts.AccessLog.Log(&accesslog.Entry{Start: ex.start, Method: r.Method, Path: ex.path, Protocol: protocol,
-			Code: ex.code, Flags: ex.flags, BytesReceived: ex.reqBytes, BytesSent: ex.respBytes, Duration: req.Duration,
-			UpstreamTime: ex.upstreamTime, ForwardedFor: r.Header.Get("X-Forwarded-For"), UserAgent: r.Header.Get("User-Agent"),
-			RequestID: r.Header.Get("X-Request-Id"), Authority: r.Host, UpstreamHost: ex.upstream, UpstreamCluster: ex.cluster})
+	if cc.chain.logs != nil || e.opts.AccessLog != nil {
+		e.logHTTP(cc, ex, r, w, req.Duration)
 	}
 }
 

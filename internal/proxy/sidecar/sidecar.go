@@ -195,15 +195,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Error("access log", "error", err)
 		}
 	}()
-	if accessLog != nil {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_access_log_dropped_total",
-			Help: "Access log entries dropped because the write queue was full."},
-			func() float64 { return float64(accessLog.Dropped()) }))
-	}
 	eng := engine.New(log.With("component", "engine"), engine.Options{
 		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
 		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts, AccessLog: accessLog,
 	})
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_access_log_dropped_total",
+		Help: "Access log entries dropped because the write queue was full (--access-log and xDS access logs)."},
+		func() float64 { return float64(accessLog.Dropped() + eng.AccessLogDropped()) }))
 	client := xdsclient.New(xcfg, eng.Validate, log.With("component", "xds"))
 	updates := client.Updates()
 	var dnsSrv *dns.Server

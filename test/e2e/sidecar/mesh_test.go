@@ -30,14 +30,14 @@ type mesh struct {
 // sidecarPorts are one sidecar's local ports.
 type sidecarPorts struct{ admin, stats, ready int }
 
-// startMesh starts the control plane; apply config before starting
-// sidecars.
-func startMesh(t *testing.T) *mesh {
+// startMesh starts the control plane (with extra weft server flags);
+// apply config before starting sidecars.
+func startMesh(t *testing.T, serverArgs ...string) *mesh {
 	t.Helper()
 	m := &mesh{t: t, dataDir: t.TempDir(), tlsPort: freePort(t)}
 	apiPort := freePort(t)
-	process(t, weftBin, "server", "--data-dir", m.dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", apiPort),
-		"--monitoring-listen", "", "--xds-listen", fmt.Sprintf("127.0.0.1:%d", m.tlsPort), "--xds-plaintext-listen", "", "--debounce", "20ms")
+	process(t, weftBin, append([]string{"server", "--data-dir", m.dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", apiPort),
+		"--monitoring-listen", "", "--xds-listen", fmt.Sprintf("127.0.0.1:%d", m.tlsPort), "--xds-plaintext-listen", "", "--debounce", "20ms"}, serverArgs...)...)
 	m.kc = filepath.Join(m.dataDir, "kubeconfig")
 	return m
 }

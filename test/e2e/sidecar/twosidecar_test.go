@@ -36,7 +36,13 @@ type appPort struct {
 // sidecar B in front of ports and sidecar A.
 func startMeshPair(t *testing.T, ports []appPort, services string) *meshPair {
 	t.Helper()
-	m := startMesh(t)
+	return startMeshPairArgs(t, nil, ports, services)
+}
+
+// startMeshPairArgs is startMeshPair with extra weft server flags.
+func startMeshPairArgs(t *testing.T, serverArgs []string, ports []appPort, services string) *meshPair {
+	t.Helper()
+	m := startMesh(t, serverArgs...)
 	var tmpl, inbound []string
 	for _, p := range ports {
 		tmpl = append(tmpl, fmt.Sprintf("%s: %d", p.name, p.app))

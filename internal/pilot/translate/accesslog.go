@@ -1,0 +1,362 @@
+package translate
+
+import (
+	"encoding/json"
+	"sort"
+	"strings"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+	telemetry "istio.io/api/telemetry/v1alpha1"
+)
+
+// Access logs, as istiod configures them: file access loggers
+// (envoy.access_loggers.file) on every HTTP connection manager and
+// tcp_proxy of a sidecar's listeners, outbound listeners being the
+// proxy's CLIENT side and inbound ones its SERVER side.
+//
+// Telemetry resources decide when any applies to the proxy (or MeshConfig
+// sets defaultProviders.accessLogging): the root namespace's oldest
+// selector-less one (mesh), the proxy namespace's oldest selector-less
+// one, and the oldest one of the proxy's namespace whose selector matches
+// it (workload) are merged in that order as Istio merges them: a level
+// naming providers replaces the providers of the levels above, an entry
+// without providers applies to its parent's, disabled turns a provider
+// off, match.mode limits an entry to CLIENT or SERVER. Providers are
+// MeshConfig envoyFileAccessLog extensionProviders, or the built-in
+// "envoy" (/dev/stdout, Istio's TEXT format). Otherwise MeshConfig
+// accessLogFile (with accessLogEncoding and accessLogFormat) applies.
+//
+// A filter expression must be in the CEL subset weft-proxy evaluates
+// (accesslog.ParseFilter); a provider whose filter is outside it, or
+// whose format uses an operator weft-proxy lacks, is left out and
+// reported rather than logging everything.
+
+const (
+	fileAccessLogName = "envoy.access_loggers.file"
+	telemetryKind     = "Telemetry"
+	// builtinEnvoyProvider is Istio's built-in file provider.
+	builtinEnvoyProvider = "envoy"
+)
+
+// addAccessLogs sets the access logs of the proxy's listeners in place.
+func (g *netBuilder) addAccessLogs(ls []*listenerv3.Listener) {
+	var client, server []*accesslogv3.AccessLog
+	var done [2]bool
+	for _, l := range ls {
+		inbound := l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND
+		i := 0
+		if inbound {
+			i = 1
+		}
+		if !done[i] {
+			done[i] = true
+			if inbound {
+				server = g.accessLogs(telemetry.WorkloadMode_SERVER)
+			} else {
+				client = g.accessLogs(telemetry.WorkloadMode_CLIENT)
+			}
+		}
+		als := client
+		if inbound {
+			als = server
+		}
+		if len(als) == 0 {
+			continue
+		}
+		chains := l.GetFilterChains()
+		if l.GetDefaultFilterChain() != nil {
+			chains = append(append([]*listenerv3.FilterChain(nil), chains...), l.GetDefaultFilterChain())
+		}
+		for _, fc := range chains {
+			for _, f := range fc.GetFilters() {
+				setAccessLog(f, als)
+			}
+		}
+	}
+}
+
+// setAccessLog puts als on a filter that is an HCM or a tcp_proxy.
+func setAccessLog(f *listenerv3.Filter, als []*accesslogv3.AccessLog) {
+	tc := f.GetTypedConfig()
+	clone := func() []*accesslogv3.AccessLog {
+		out := make([]*accesslogv3.AccessLog, len(als))
+		for i, a := range als {
+			out[i] = proto.Clone(a).(*accesslogv3.AccessLog)
+		}
+		return out
+	}
+	switch {
+	case tc.MessageIs(&hcmv3.HttpConnectionManager{}):
+		h := &hcmv3.HttpConnectionManager{}
+		if tc.UnmarshalTo(h) != nil {
+			return
+		}
+		h.AccessLog = clone()
+		f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: ldsAny(h)}
+	case tc.MessageIs(&tcpproxyv3.TcpProxy{}):
+		t := &tcpproxyv3.TcpProxy{}
+		if tc.UnmarshalTo(t) != nil {
+			return
+		}
+		t.AccessLog = clone()
+		f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: ldsAny(t)}
+	}
+}
+
+// loggingLevel is the accessLogging of one applicable Telemetry.
+type loggingLevel struct {
+	cfg     *model.Config
+	entries []*telemetry.AccessLogging
+}
+
+// telemetryLevels returns the applicable Telemetries' accessLogging, root
+// first.
+func (g *netBuilder) telemetryLevels() []loggingLevel {
+	root := g.s.Mesh.RootNamespace
+	var rootWide, nsWide, workload *model.Config
+	for _, c := range g.s.Configs(telemetryKind) {
+		tm, ok := c.Spec.(*telemetry.Telemetry)
+		if !ok {
+			continue
+		}
+		if tm.GetTargetRef() != nil || len(tm.GetTargetRefs()) > 0 {
+			if len(tm.GetAccessLogging()) > 0 {
+				g.warnOnce("%s: targetRef is not supported by weft (gateways only); accessLogging ignored", c.Key())
+			}
+			continue
+		}
+		sel := tm.GetSelector().GetMatchLabels()
+		switch {
+		case len(sel) == 0 && c.Namespace == root:
+			if rootWide == nil {
+				rootWide = c
+			}
+		case len(sel) == 0 && c.Namespace == g.p.Namespace:
+			if nsWide == nil {
+				nsWide = c
+			}
+		case len(sel) > 0 && c.Namespace == g.p.Namespace:
+			if workload == nil && labelsMatch(sel, g.p.Labels) {
+				workload = c
+			}
+		}
+	}
+	var out []loggingLevel
+	for _, c := range []*model.Config{rootWide, nsWide, workload} {
+		if c == nil {
+			continue
+		}
+		if e := c.Spec.(*telemetry.Telemetry).GetAccessLogging(); len(e) > 0 {
+			out = append(out, loggingLevel{cfg: c, entries: e})
+		}
+	}
+	return out
+}
+
+// providerFilter is one enabled provider and its filter (nil: none).
+type providerFilter struct {
+	filter *telemetry.AccessLogging_Filter
+	from   *model.Config
+}
+
+// accessLogs computes the access_log entries of one side of the proxy
+// (nil: none).
+func (g *netBuilder) accessLogs(mode telemetry.WorkloadMode) []*accesslogv3.AccessLog {
+	mesh := g.s.Mesh.AccessLog
+	if mesh == nil {
+		mesh = &model.AccessLogging{}
+	}
+	levels := g.telemetryLevels()
+	if len(levels) == 0 && len(mesh.DefaultProviders) == 0 {
+		return g.meshAccessLog(mesh)
+	}
+	providers := mergeLogging(levels, mesh.DefaultProviders, mode)
+	names := make([]string, 0, len(providers))
+	for n := range providers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var out []*accesslogv3.AccessLog
+	for _, n := range names {
+		pf := providers[n]
+		where := "mesh config defaultProviders"
+		if pf.from != nil {
+			where = pf.from.Key()
+		}
+		p, ok := mesh.Providers[n]
+		if !ok && strings.EqualFold(n, builtinEnvoyProvider) {
+			p, ok = model.FileLogProvider{Path: "/dev/stdout"}, true
+		}
+		if !ok {
+			g.warnOnce("%s: access log provider %q is not an envoyFileAccessLog extension provider in the mesh config; ignored", where, n)
+			continue
+		}
+		al := g.fileAccessLog(where+" provider "+n, p.Path, p.Text, p.Labels)
+		if al == nil {
+			continue
+		}
+		if expr := pf.filter.GetExpression(); expr != "" {
+			if _, err := accesslog.ParseFilter(expr); err != nil {
+				g.warnOnce("%s: %v; provider %q does not log for this proxy", where, err, n)
+				continue
+			}
+			al.Filter = celFilter(expr)
+		}
+		out = append(out, al)
+	}
+	return out
+}
+
+// mergeLogging merges Telemetry levels (root first) into the enabled
+// providers of one side, as Istio does.
+func mergeLogging(levels []loggingLevel, defaults []string, mode telemetry.WorkloadMode) map[string]providerFilter {
+	names := func(refs []*telemetry.ProviderRef) []string {
+		out := make([]string, 0, len(refs))
+		for _, r := range refs {
+			out = append(out, r.GetName())
+		}
+		return out
+	}
+	providers := map[string]providerFilter{}
+	if len(levels) == 0 {
+		for _, d := range defaults {
+			providers[d] = providerFilter{}
+		}
+		return providers
+	}
+	// The providers in scope: those of the lowest level that names any.
+	inScope := defaults
+	filters := map[string]providerFilter{}
+	for _, l := range levels {
+		var named []string
+		for _, e := range l.entries {
+			for _, n := range names(e.GetProviders()) {
+				named = append(named, n)
+				filters[n] = providerFilter{filter: e.GetFilter(), from: l.cfg}
+			}
+		}
+		if len(named) > 0 {
+			inScope = named
+		}
+	}
+	scope := map[string]bool{}
+	for _, n := range inScope {
+		scope[n] = true
+	}
+	parent := defaults
+	for _, l := range levels {
+		for _, e := range l.entries {
+			ps := names(e.GetProviders())
+			if len(ps) == 0 {
+				ps = parent
+			}
+			parent = ps
+			if m := e.GetMatch().GetMode(); e.GetMatch() != nil && m != telemetry.WorkloadMode_CLIENT_AND_SERVER && m != mode {
+				continue
+			}
+			for _, p := range ps {
+				if !scope[p] {
+					continue
+				}
+				if e.GetDisabled().GetValue() {
+					delete(providers, p)
+					continue
+				}
+				pf := filters[p]
+				if e.GetFilter() != nil {
+					pf = providerFilter{filter: e.GetFilter(), from: l.cfg}
+				}
+				if pf.from == nil {
+					pf.from = l.cfg
+				}
+				providers[p] = pf
+			}
+		}
+	}
+	return providers
+}
+
+// meshAccessLog is MeshConfig accessLogFile's log (nil when unset).
+func (g *netBuilder) meshAccessLog(mesh *model.AccessLogging) []*accesslogv3.AccessLog {
+	if mesh.File == "" {
+		return nil
+	}
+	var al *accesslogv3.AccessLog
+	if mesh.JSON {
+		labels := accesslog.IstioJSONFormat
+		if mesh.Format != "" {
+			var obj map[string]any
+			if err := json.Unmarshal([]byte(mesh.Format), &obj); err != nil {
+				g.warnOnce("mesh config accessLogFormat: %v; access log not configured", err)
+				return nil
+			}
+			labels = map[string]string{}
+			for k, v := range obj {
+				s, ok := v.(string)
+				if !ok {
+					g.warnOnce("mesh config accessLogFormat: %q is not a string; access log not configured", k)
+					return nil
+				}
+				labels[k] = s
+			}
+		}
+		al = g.fileAccessLog("mesh config accessLogFormat", mesh.File, "", labels)
+	} else {
+		al = g.fileAccessLog("mesh config accessLogFormat", mesh.File, mesh.Format, nil)
+	}
+	if al == nil {
+		return nil
+	}
+	return []*accesslogv3.AccessLog{al}
+}
+
+// fileAccessLog is one file access log: JSON when labels are set, else
+// text (Istio's TEXT format when text is empty). A format weft-proxy
+// cannot write is reported (what names its source) and yields nil.
+func (g *netBuilder) fileAccessLog(what, path, text string, labels map[string]string) *accesslogv3.AccessLog {
+	lf := &corev3.SubstitutionFormatString{}
+	if labels != nil {
+		if _, err := accesslog.ParseJSONMap(labels); err != nil {
+			g.warnOnce("%s: %v; access log not configured", what, err)
+			return nil
+		}
+		s := &structpb.Struct{Fields: map[string]*structpb.Value{}}
+		for k, v := range labels {
+			s.Fields[k] = structpb.NewStringValue(v)
+		}
+		lf.Format = &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: s}
+	} else {
+		if text == "" {
+			text = accesslog.IstioTextFormat
+		}
+		if !strings.HasSuffix(text, "\n") {
+			text += "\n"
+		}
+		if _, err := accesslog.ParseText(text); err != nil {
+			g.warnOnce("%s: %v; access log not configured", what, err)
+			return nil
+		}
+		lf.Format = &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
+			Specifier: &corev3.DataSource_InlineString{InlineString: text}}}
+	}
+	return &accesslogv3.AccessLog{Name: fileAccessLogName, ConfigType: &accesslogv3.AccessLog_TypedConfig{
+		TypedConfig: ldsAny(&filev3.FileAccessLog{Path: path, AccessLogFormat: &filev3.FileAccessLog_LogFormat{LogFormat: lf}})}}
+}
+
+// celFilter is Istio's CEL extension filter for a Telemetry filter
+// expression.
+func celFilter(expr string) *accesslogv3.AccessLogFilter {
+	return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{
+		ExtensionFilter: &accesslogv3.ExtensionFilter{Name: "envoy.access_loggers.extension_filters.cel",
+			ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: ldsAny(&celv3.ExpressionFilter{Expression: expr})}}}}
+}

@@ -1,0 +1,176 @@
+package translate
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/google/go-cmp/cmp"
+	"github.com/weftmesh/weft/internal/pilot/model"
+	"google.golang.org/protobuf/encoding/protojson"
+	telemetry "istio.io/api/telemetry/v1alpha1"
+)
+
+// describeLogs renders access logs as "path text|json [filter]".
+func describeLogs(t *testing.T, als []*accesslogv3.AccessLog) []string {
+	t.Helper()
+	var out []string
+	for _, al := range als {
+		if al.GetName() != fileAccessLogName {
+			t.Fatalf("access log named %q", al.GetName())
+		}
+		f := ldsUnpack(t, al.GetTypedConfig(), &filev3.FileAccessLog{})
+		kind := "text"
+		if f.GetLogFormat().GetJsonFormat() != nil {
+			kind = "json"
+		}
+		s := f.GetPath() + " " + kind
+		if ef := al.GetFilter().GetExtensionFilter(); ef != nil {
+			s += " [" + ldsUnpack(t, ef.GetTypedConfig(), &celv3.ExpressionFilter{}).GetExpression() + "]"
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// chainLogs is the access logs of a chain's HCM or tcp_proxy.
+func chainLogs(t *testing.T, fc *listenerv3.FilterChain) []string {
+	t.Helper()
+	for _, f := range fc.GetFilters() {
+		switch tc := f.GetTypedConfig(); {
+		case tc.MessageIs(&hcmv3.HttpConnectionManager{}):
+			return describeLogs(t, ldsUnpack(t, tc, &hcmv3.HttpConnectionManager{}).GetAccessLog())
+		case tc.MessageIs(&tcpproxyv3.TcpProxy{}):
+			return describeLogs(t, ldsUnpack(t, tc, &tcpproxyv3.TcpProxy{}).GetAccessLog())
+		}
+	}
+	t.Fatalf("chain %s has neither HCM nor tcp_proxy", fc.GetName())
+	return nil
+}
+
+// TestAccessLogPrecedence: which access logs a sidecar's client
+// (virtualOutbound) and server (virtualInbound) side get from MeshConfig
+// and Telemetry, with Istio's precedence.
+func TestAccessLogPrecedence(t *testing.T) {
+	tel := func(ns, name, spec string) *model.Config {
+		tm := &telemetry.Telemetry{}
+		if err := protojson.Unmarshal([]byte(spec), tm); err != nil {
+			t.Fatalf("%s: %v", spec, err)
+		}
+		return &model.Config{Kind: telemetryKind, Namespace: ns, Name: name, Spec: tm}
+	}
+	providers := map[string]model.FileLogProvider{"file-a": {Path: "/a"}, "json": {Path: "/j", Labels: map[string]string{"code": "%RESPONSE_CODE%"}},
+		"bad-format": {Path: "/b", Text: "%NOPE%"}}
+	for name, tc := range map[string]struct {
+		mesh           *model.AccessLogging
+		configs        []*model.Config
+		client, server []string
+		warning        string
+	}{
+		"nothing": {},
+		"mesh file": {mesh: &model.AccessLogging{File: "/dev/stdout"},
+			client: []string{"/dev/stdout text"}, server: []string{"/dev/stdout text"}},
+		"mesh json": {mesh: &model.AccessLogging{File: "/var/log/a", JSON: true},
+			client: []string{"/var/log/a json"}, server: []string{"/var/log/a json"}},
+		"mesh bad format": {mesh: &model.AccessLogging{File: "/x", Format: "%START_TIME% %BOGUS%"},
+			warning: "mesh config accessLogFormat: command operator %BOGUS% is not supported"},
+		"default providers": {mesh: &model.AccessLogging{DefaultProviders: []string{"envoy"}},
+			client: []string{"/dev/stdout text"}, server: []string{"/dev/stdout text"}},
+		"telemetry replaces mesh file": {mesh: &model.AccessLogging{File: "/m", Providers: providers},
+			configs: []*model.Config{tel("istio-system", "mesh", `{"accessLogging": [{"providers": [{"name": "file-a"}]}]}`)},
+			client:  []string{"/a text"}, server: []string{"/a text"}},
+		"workload disabled over mesh file": {mesh: &model.AccessLogging{File: "/m"},
+			configs: []*model.Config{tel("default", "off", `{"selector": {"matchLabels": {"app": "a"}}, "accessLogging": [{"disabled": true}]}`)}},
+		"other workload keeps mesh file": {mesh: &model.AccessLogging{File: "/m"},
+			configs: []*model.Config{tel("default", "off", `{"selector": {"matchLabels": {"app": "b"}}, "accessLogging": [{"disabled": true}]}`)},
+			client:  []string{"/m text"}, server: []string{"/m text"}},
+		"namespace disables root": {configs: []*model.Config{
+			tel("istio-system", "mesh", `{"accessLogging": [{"providers": [{"name": "envoy"}]}]}`),
+			tel("default", "ns", `{"accessLogging": [{"disabled": true}]}`)}},
+		"workload re-enables": {configs: []*model.Config{
+			tel("istio-system", "mesh", `{"accessLogging": [{"providers": [{"name": "envoy"}]}]}`),
+			tel("default", "ns", `{"accessLogging": [{"disabled": true}]}`),
+			tel("default", "wl", `{"selector": {"matchLabels": {"app": "a"}}, "accessLogging": [{"disabled": false}]}`)},
+			client: []string{"/dev/stdout text"}, server: []string{"/dev/stdout text"}},
+		"workload providers replace root": {mesh: &model.AccessLogging{Providers: providers}, configs: []*model.Config{
+			tel("istio-system", "mesh", `{"accessLogging": [{"providers": [{"name": "envoy"}]}]}`),
+			tel("default", "wl", `{"selector": {"matchLabels": {"app": "a"}}, "accessLogging": [{"providers": [{"name": "json"}], "filter": {"expression": "response.code >= 400"}}]}`)},
+			client: []string{"/j json [response.code >= 400]"}, server: []string{"/j json [response.code >= 400]"}},
+		"server side off": {configs: []*model.Config{
+			tel("istio-system", "mesh", `{"accessLogging": [{"providers": [{"name": "envoy"}]}, {"match": {"mode": "SERVER"}, "disabled": true}]}`)},
+			client: []string{"/dev/stdout text"}},
+		"two providers": {mesh: &model.AccessLogging{Providers: providers}, configs: []*model.Config{
+			tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "file-a"}, {"name": "json"}]}]}`)},
+			client: []string{"/a text", "/j json"}, server: []string{"/a text", "/j json"}},
+		"unsupported filter": {configs: []*model.Config{
+			tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expression": "request.headers['x'] == 'y'"}}]}`)},
+			warning: `Telemetry/default/ns: access log filter "request.headers['x'] == 'y'"`},
+		"unknown provider": {configs: []*model.Config{tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "otel"}]}]}`)},
+			warning: `Telemetry/default/ns: access log provider "otel" is not an envoyFileAccessLog extension provider`},
+		"bad provider format": {mesh: &model.AccessLogging{Providers: providers},
+			configs: []*model.Config{tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "bad-format"}]}]}`)},
+			warning: "command operator %NOPE% is not supported"},
+		"other namespace": {configs: []*model.Config{tel("other", "ns", `{"accessLogging": [{"providers": [{"name": "envoy"}]}]}`)}},
+		"oldest namespace-wide wins": {configs: []*model.Config{
+			tel("default", "a-first", `{"accessLogging": [{"providers": [{"name": "envoy"}]}]}`),
+			tel("default", "b-second", `{"accessLogging": [{"disabled": true}]}`)},
+			client: []string{"/dev/stdout text"}, server: []string{"/dev/stdout text"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			mesh := model.DefaultMesh()
+			mesh.AccessLog = tc.mesh
+			for i, c := range tc.configs {
+				c.CreationTime = time.Unix(int64(i), 0)
+			}
+			s := model.NewSnapshot("1", mesh, tc.configs, nil)
+			p := &model.Proxy{Type: model.Sidecar, Namespace: "default", Labels: map[string]string{"app": "a"}, IPs: []string{"10.0.0.1"}}
+			r := Build(s, p)
+			var client, server []string
+			for _, l := range r.Listeners {
+				ldsValidate(t, l)
+				switch l.GetName() {
+				case VirtualOutboundListener:
+					client = chainLogs(t, l.GetDefaultFilterChain())
+				case VirtualInboundListener:
+					server = chainLogs(t, l.GetDefaultFilterChain())
+				}
+			}
+			if diff := cmp.Diff(client, tc.client); diff != "" {
+				t.Errorf("client (-got +want)\n%s", diff)
+			}
+			if diff := cmp.Diff(server, tc.server); diff != "" {
+				t.Errorf("server (-got +want)\n%s", diff)
+			}
+			found := tc.warning == ""
+			for _, w := range r.Warnings {
+				found = found || strings.Contains(w, tc.warning)
+			}
+			if !found {
+				t.Errorf("warnings %q, want one with %q", r.Warnings, tc.warning)
+			}
+		})
+	}
+}
+
+// TestLDSAccessLog: MeshConfig accessLogFile puts Istio's TEXT access log
+// on every HCM and tcp_proxy of a capture-mode sidecar (golden).
+func TestLDSAccessLog(t *testing.T) {
+	r := runLDSCase(t, "accesslog")
+	for _, l := range r.listeners {
+		chains := append(append([]*listenerv3.FilterChain(nil), l.GetFilterChains()...), l.GetDefaultFilterChain())
+		for _, fc := range chains {
+			if fc == nil {
+				continue
+			}
+			if got := chainLogs(t, fc); len(got) != 1 {
+				t.Errorf("listener %s chain %s: access logs %q", l.GetName(), fc.GetName(), got)
+			}
+		}
+	}
+}

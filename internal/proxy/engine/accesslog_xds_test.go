@@ -1,0 +1,294 @@
+package engine
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"strings"
+	"testing"
+	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
+	"github.com/weftmesh/weft/internal/proxy/xdsclient"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// fileLog is an xDS file access log as istiod writes it: text
+// (text_format_source) or JSON (json_format), optionally with a CEL
+// filter.
+func fileLogProto(path, text string, jsonFormat map[string]string, filter string) *accesslogv3.AccessLog {
+	lf := &corev3.SubstitutionFormatString{}
+	if jsonFormat != nil {
+		s := &structpb.Struct{Fields: map[string]*structpb.Value{}}
+		for k, v := range jsonFormat {
+			s.Fields[k] = structpb.NewStringValue(v)
+		}
+		lf.Format = &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: s}
+	} else {
+		lf.Format = &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
+			Specifier: &corev3.DataSource_InlineString{InlineString: text}}}
+	}
+	tc, _ := anypb.New(&filev3.FileAccessLog{Path: path, AccessLogFormat: &filev3.FileAccessLog_LogFormat{LogFormat: lf}})
+	al := &accesslogv3.AccessLog{Name: "envoy.access_loggers.file", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: tc}}
+	if filter != "" {
+		ftc, _ := anypb.New(&celv3.ExpressionFilter{Expression: filter})
+		al.Filter = &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{
+			ExtensionFilter: &accesslogv3.ExtensionFilter{Name: celFilterName, ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: ftc}}}}
+	}
+	return al
+}
+
+// withAccessLogs returns l with als on every chain's HCM or tcp_proxy.
+func withAccessLogs(l *listenerv3.Listener, als ...*accesslogv3.AccessLog) *listenerv3.Listener {
+	l = proto.Clone(l).(*listenerv3.Listener)
+	for _, fc := range l.GetFilterChains() {
+		for _, f := range fc.GetFilters() {
+			tc := f.GetTypedConfig()
+			var m interface {
+				proto.Message
+			}
+			switch {
+			case tc.MessageIs(&hcmv3.HttpConnectionManager{}):
+				h := &hcmv3.HttpConnectionManager{}
+				_ = tc.UnmarshalTo(h)
+				h.AccessLog = als
+				m = h
+			case tc.MessageIs(&tcpproxyv3.TcpProxy{}):
+				t := &tcpproxyv3.TcpProxy{}
+				_ = tc.UnmarshalTo(t)
+				t.AccessLog = als
+				m = t
+			default:
+				continue
+			}
+			a, _ := anypb.New(m)
+			f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+		}
+	}
+	return l
+}
+
+func getStatus(t *testing.T, url string, hdr ...string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestXDSAccessLogHTTP: an HCM's file access logs write each request in
+// their own format (request and response headers, route, cluster), the
+// CEL filter keeps only errors in the JSON log, and a config without
+// access logs closes the files while traffic goes on.
+func TestXDSAccessLogHTTP(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Backend", "b1")
+		if r.URL.Path == "/missing" {
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	defer backend.Close()
+	dir := t.TempDir()
+	textPath, jsonPath := filepath.Join(dir, "text.log"), filepath.Join(dir, "json.log")
+	addr := freeAddr(t)
+	const cluster = "outbound|80||backend"
+	plain := httpListener("0.0.0.0_8080", addr, cluster, nil)
+	logged := withAccessLogs(plain,
+		fileLogProto(textPath, "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESP(x-backend)% %REQ(x-custom?user-agent)% "+
+			"%UPSTREAM_CLUSTER% %RESPONSE_CODE_DETAILS% %DOWNSTREAM_LOCAL_ADDRESS%\n", nil, ""),
+		fileLogProto(jsonPath, "", accesslog.IstioJSONFormat, "response.code >= 400"))
+	e := New(slog.New(slog.DiscardHandler), Options{})
+	defer e.shutdown()
+	snap := func(l *listenerv3.Listener) *xdsclient.Snapshot {
+		return &xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{l.GetName(): l},
+			Clusters: map[string]*clusterv3.Cluster{cluster: staticCluster(cluster, netip.MustParseAddrPort(backend.Listener.Addr().String()), false)}}
+	}
+	if err := e.Apply(snap(logged)); err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + addr.String()
+	if c := getStatus(t, base+"/ok?x=1", "X-Custom", "c1"); c != 200 {
+		t.Fatalf("status %d", c)
+	}
+	if c := getStatus(t, base+"/missing", "User-Agent", "ua"); c != 404 {
+		t.Fatalf("status %d", c)
+	}
+	http.DefaultClient.CloseIdleConnections()
+	// Applying a config without access logs releases the files: their
+	// loggers write what they hold and close.
+	if err := e.Apply(snap(plain)); err != nil {
+		t.Fatal(err)
+	}
+	if p := e.logFiles.Paths(); len(p) != 0 {
+		t.Fatalf("files still open: %v", p)
+	}
+	if c := getStatus(t, base+"/after"); c != 200 {
+		t.Fatalf("status %d", c)
+	}
+	text, _ := os.ReadFile(textPath)
+	want := "GET /ok?x=1 200 b1 c1 outbound|80||backend via_upstream " + addr.String() + "\n" +
+		"GET /missing 404 b1 ua outbound|80||backend via_upstream " + addr.String() + "\n"
+	if diff := cmp.Diff(string(text), want); diff != "" {
+		t.Errorf("text log (-got +want)\n%s", diff)
+	}
+	js, _ := os.ReadFile(jsonPath)
+	lines := strings.Split(strings.TrimSpace(string(js)), "\n")
+	if len(lines) != 1 {
+		t.Fatalf("json log, want the 404 only:\n%s", js)
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["path"] != "/missing" || got["response_code"] != 404.0 || got["method"] != "GET" || got["upstream_host"] != backend.Listener.Addr().String() {
+		t.Errorf("json entry %v", got)
+	}
+}
+
+// TestXDSAccessLogTCP: a tcp_proxy's access log has the connection's
+// addresses and bytes.
+func TestXDSAccessLogTCP(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	path := filepath.Join(t.TempDir(), "tcp.log")
+	addr := freeAddr(t)
+	l := withAccessLogs(&listenerv3.Listener{Name: "echo", Address: socketAddr(addr), FilterChains: []*listenerv3.FilterChain{tcpChainProto("echo", "echo", 0)}},
+		fileLogProto(path, "%REQ(:METHOD)% %RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %DOWNSTREAM_LOCAL_ADDRESS%", nil, ""),
+		fileLogProto(path, "errors only", nil, "response.code >= 400"))
+	e := New(slog.New(slog.DiscardHandler), Options{})
+	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"echo": l},
+		Clusters: map[string]*clusterv3.Cluster{"echo": staticCluster("echo", netip.MustParseAddrPort(echo.Addr().String()), false)}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.WriteString(c, "ping\n")
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.CollectAndCount(e.metrics.TCPClosed) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the proxied TCP connection was never closed")
+		}
+		goruntime.Gosched() // another goroutine's progress, no channel to wait on
+	}
+	e.shutdown() // closes the files
+	got, _ := os.ReadFile(path)
+	want := "- 0 5 5 echo " + echo.Addr().String() + " " + addr.String() + "\n"
+	if diff := cmp.Diff(string(got), want); diff != "" {
+		t.Errorf("(-got +want)\n%s", diff)
+	}
+}
+
+// TestXDSAccessLogNACK: formats and filters weft cannot honour fail
+// validation with the reason (the xDS client NACKs).
+func TestXDSAccessLogNACK(t *testing.T) {
+	dir := t.TempDir()
+	base := httpListener("l", freeAddr(t), "c", nil)
+	grpcLog, _ := anypb.New(&hcmv3.HttpConnectionManager{})
+	for name, tc := range map[string]struct {
+		al   *accesslogv3.AccessLog
+		want string
+	}{
+		"operator":   {fileLogProto(filepath.Join(dir, "a"), "%REQ(:METHOD)% %FOO_BAR%", nil, ""), "command operator %FOO_BAR% is not supported"},
+		"json":       {fileLogProto(filepath.Join(dir, "a"), "", map[string]string{"x": "%DYNAMIC_METADATA(a)%"}, ""), `json_format "x"`},
+		"filter":     {fileLogProto(filepath.Join(dir, "a"), "x", nil, "request.method == 'GET'"), "weft supports response.code"},
+		"logger":     {&accesslogv3.AccessLog{Name: "grpc", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: grpcLog}}, "is not supported (envoy.extensions.access_loggers.file.v3.FileAccessLog only)"},
+		"untyped":    {&accesslogv3.AccessLog{Name: "x"}, "is not supported"},
+		"no path":    {fileLogProto("", "x", nil, ""), "without a path"},
+		"flagfilter": {withFilter(fileLogProto(filepath.Join(dir, "a"), "x", nil, ""), &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{}}}), "ResponseFlagFilter is not supported"},
+	} {
+		e := New(slog.New(slog.DiscardHandler), Options{})
+		err := e.Validate(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"l": withAccessLogs(base, tc.al)},
+			Clusters: map[string]*clusterv3.Cluster{"c": staticCluster("c", freeAddr(t), false)}})
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "listener l:") {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
+	}
+}
+
+func withFilter(al *accesslogv3.AccessLog, f *accesslogv3.AccessLogFilter) *accesslogv3.AccessLog {
+	al.Filter = f
+	return al
+}
+
+// BenchmarkAccessLogHop: one plaintext hop to a backend, without access
+// logs (the request path only checks a nil pointer: the allocations must
+// equal those of a proxy built before access logs existed) and with
+// Istio's TEXT and JSON formats on the HCM.
+func BenchmarkAccessLogHop(b *testing.B) {
+	backend := startBackend(b, 1024)
+	const cluster = "outbound|80||backend"
+	for _, bc := range []struct {
+		name string
+		als  []*accesslogv3.AccessLog
+	}{
+		{"off", nil},
+		{"text", []*accesslogv3.AccessLog{fileLogProto(filepath.Join(b.TempDir(), "a.log"), accesslog.IstioTextFormat, nil, "")}},
+		{"json", []*accesslogv3.AccessLog{fileLogProto(filepath.Join(b.TempDir(), "a.log"), "", accesslog.IstioJSONFormat, "")}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			addr := freeAddr(b)
+			l := httpListener("0.0.0.0_8080", addr, cluster, nil)
+			if bc.als != nil {
+				l = withAccessLogs(l, bc.als...)
+			}
+			startEngine(b, nil, l, staticCluster(cluster, backend, false))
+			tr := &http.Transport{DisableCompression: true}
+			defer tr.CloseIdleConnections()
+			req, _ := http.NewRequest(http.MethodGet, "http://"+addr.String()+"/echo", nil)
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := tr.RoundTrip(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+}
