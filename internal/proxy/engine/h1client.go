@@ -162,10 +162,46 @@ func (t *h1Transport) CloseIdleConnections() {
 
 func (pc *h1Conn) close() { _ = pc.c.Close() }
 
-// neverCancelled stands in for context.AfterFunc's stop when the context
-// cannot be cancelled (the HTTP/1.1 server's connection context): nothing
-// to register, nothing to allocate.
-func neverCancelled() bool { return true }
+// h1Cancel ties one exchange on an upstream connection to its request's
+// cancellation; end reports whether the request was not cancelled.
+type h1Cancel struct {
+	stop func() bool   // from context.AfterFunc, or nil
+	down *h1ServerConn // the fast-path server connection, or nil
+	pc   *h1Conn
+}
+
+// watchCancel arranges for cancellation of ctx to abort pc's exchange by
+// expiring its deadline. The fast-path server's own request context needs
+// no registration: its connection aborts the upstream connection it is
+// told about here (see h1ServerConn.clientGone). A context that cannot be
+// cancelled needs nothing either.
+func watchCancel(ctx context.Context, pc *h1Conn) h1Cancel {
+	if down, _ := ctx.Value(h1ServerKey{}).(*h1ServerConn); down != nil && down.ctx == ctx {
+		down.upstream.Store(pc)
+		if down.gone.Load() {
+			pc.abort()
+		}
+		return h1Cancel{down: down, pc: pc}
+	}
+	if ctx.Done() != nil {
+		return h1Cancel{stop: context.AfterFunc(ctx, pc.abort)}
+	}
+	return h1Cancel{}
+}
+
+func (c h1Cancel) end() bool {
+	switch {
+	case c.down != nil:
+		c.down.upstream.CompareAndSwap(c.pc, nil)
+		return !c.down.gone.Load()
+	case c.stop != nil:
+		return c.stop()
+	}
+	return true
+}
+
+// abort fails the exchange in progress on pc (its reads and writes).
+func (pc *h1Conn) abort() { _ = pc.c.SetDeadline(time.Unix(1, 0)) }
 
 // roundTrip writes req and reads the response head. sent reports whether
 // any of the response was read (the request must then not be replayed).
@@ -173,30 +209,26 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.
 	if d, ok := ctx.Deadline(); ok {
 		_ = pc.c.SetDeadline(d)
 	}
-	// Cancellation unblocks reads and writes by expiring the deadline.
-	stop := neverCancelled
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(time.Unix(1, 0)) })
-	}
+	cn := watchCancel(ctx, pc)
 	if !writeRequestHead(pc.bw, req) {
 		if err := req.Write(pc.bw); err != nil {
-			stop()
+			cn.end()
 			return nil, false, err
 		}
 	}
 	if err := pc.bw.Flush(); err != nil {
-		stop()
+		cn.end()
 		return nil, false, err
 	}
 	for {
 		if _, err := pc.br.Peek(1); err != nil {
-			stop()
+			cn.end()
 			return nil, sent, err
 		}
 		sent = true
 		resp, err = readResponse(pc.br, req)
 		if err != nil {
-			stop()
+			cn.end()
 			return nil, true, err
 		}
 		// 1xx informational answers (103 Early Hints) precede the
@@ -207,7 +239,7 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.
 		break
 	}
 	_, hasDeadline := ctx.Deadline()
-	b := &h1Body{pc: pc, body: resp.Body, stop: stop, reuse: !resp.Close && !req.Close, deadline: hasDeadline}
+	b := &h1Body{pc: pc, body: resp.Body, cancel: cn, reuse: !resp.Close && !req.Close, deadline: hasDeadline}
 	if resp.Body == http.NoBody {
 		b.finish(true)
 		return resp, true, nil
@@ -221,7 +253,7 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.
 type h1Body struct {
 	pc       *h1Conn
 	body     io.ReadCloser
-	stop     func() bool
+	cancel   h1Cancel
 	reuse    bool
 	deadline bool // a deadline was set for the exchange
 	done     bool
@@ -259,7 +291,7 @@ func (b *h1Body) Close() error {
 // not cancelled meanwhile; otherwise it is closed.
 func (b *h1Body) finish(complete bool) {
 	b.done = true
-	notCancelled := b.stop()
+	notCancelled := b.cancel.end()
 	if complete && b.reuse && notCancelled {
 		if b.deadline {
 			_ = b.pc.c.SetDeadline(time.Time{})

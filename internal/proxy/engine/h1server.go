@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"net/textproto"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,7 +83,29 @@ type h1ServerConn struct {
 	// deadline is the read deadline currently set (zero: none).
 	deadline time.Time
 	w        h1Writer
+
+	// Client-gone detection (see armWatch): cancel ends ctx when the
+	// client goes away mid-request; upstream is the pooled upstream
+	// connection serving the current request, aborted then too.
+	cancel    context.CancelFunc
+	gone      atomic.Bool
+	upstream  atomic.Pointer[h1Conn]
+	watch     *time.Timer
+	watchDone chan struct{}
+	watchMu   sync.Mutex
+	watchStop bool // under watchMu: the request is over, do not start
+	armed     bool
 }
+
+// h1WatchDelay is how long a request without a body runs before the
+// connection is watched for its client going away: a read that returns
+// EOF (or a reset) then cancels the request and aborts its upstream
+// exchange, as Envoy resets the upstream stream when the downstream one
+// goes. Faster requests never pay for the watch beyond a timer reset.
+const h1WatchDelay = 100 * time.Millisecond
+
+// h1ServerKey is the context key of a request's *h1ServerConn.
+type h1ServerKey struct{}
 
 // serveHTTP1 serves a connection of an HTTP chain: on the fast path while
 // its requests allow, then (if ever) on bl's http.Server.
@@ -107,7 +130,8 @@ func (e *Engine) serveHTTP1(bl *boundListener, cc *chainConn) {
 
 func newH1ServerConn(e *Engine, cc *chainConn, h http.Handler) *h1ServerConn {
 	sc := &h1ServerConn{e: e, cc: cc, handler: h, remote: cc.Conn.RemoteAddr().String()}
-	sc.ctx = context.WithValue(context.Background(), connKey{}, cc)
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connKey{}, cc))
+	sc.ctx, sc.cancel = context.WithValue(ctx, h1ServerKey{}, sc), cancel
 	sc.tmpl = (&http.Request{}).WithContext(sc.ctx)
 	sc.br = h1Readers.Get().(*bufio.Reader)
 	sc.br.Reset(cc.Conn)
@@ -120,6 +144,7 @@ func newH1ServerConn(e *Engine, cc *chainConn, h http.Handler) *h1ServerConn {
 // release returns the buffers to their pools (the reader only with
 // reader set: a handed-off connection keeps reading through it).
 func (sc *h1ServerConn) release(reader bool) {
+	sc.cancel()
 	sc.bw.Reset(nil)
 	h1Writers.Put(sc.bw)
 	if reader {
@@ -223,8 +248,13 @@ func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep b
 	}
 	w := &sc.w
 	w.reset(req)
+	watched := body == nil // nothing else reads the connection meanwhile
+	if watched {
+		sc.armWatch()
+	}
 	defer func() {
 		if p := recover(); p != nil {
+			sc.disarmWatch()
 			keep = false
 			if body != nil {
 				_ = body.Close() // no reads of the connection's buffer once it is pooled
@@ -235,6 +265,12 @@ func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep b
 		}
 	}()
 	sc.handler.ServeHTTP(w, req)
+	if watched {
+		sc.disarmWatch()
+	}
+	if sc.gone.Load() {
+		return false
+	}
 	keep = w.finish()
 	if body != nil && !body.finish() {
 		keep = false
@@ -243,6 +279,65 @@ func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep b
 		return false
 	}
 	return keep && !w.closeAfter
+}
+
+// armWatch starts the timer that watches the connection for the client
+// going away if the request is still running after h1WatchDelay.
+func (sc *h1ServerConn) armWatch() {
+	if sc.watch == nil {
+		sc.watchDone = make(chan struct{}, 1)
+		sc.watch = time.AfterFunc(h1WatchDelay, sc.watchClient)
+	} else {
+		sc.watch.Reset(h1WatchDelay)
+	}
+	sc.armed = true
+}
+
+// disarmWatch ends the watch; once it returns nothing but the serving
+// goroutine reads the connection.
+func (sc *h1ServerConn) disarmWatch() {
+	if !sc.armed {
+		return
+	}
+	sc.armed = false
+	if sc.watch.Stop() {
+		return // never started
+	}
+	sc.watchMu.Lock()
+	sc.watchStop = true
+	_ = sc.cc.Conn.SetReadDeadline(time.Unix(1, 0)) // unblocks the watching read
+	sc.watchMu.Unlock()
+	<-sc.watchDone
+	sc.watchMu.Lock()
+	sc.watchStop = false
+	sc.watchMu.Unlock()
+	sc.deadline = time.Time{} // unknown: the next setReadDeadline sets one
+}
+
+// watchClient runs on the timer's goroutine: it waits for the next byte
+// from the client. Data (a pipelined request) means the client is there;
+// EOF or an error other than our own deadline means it is gone.
+func (sc *h1ServerConn) watchClient() {
+	defer func() { sc.watchDone <- struct{}{} }()
+	sc.watchMu.Lock()
+	if sc.watchStop {
+		sc.watchMu.Unlock()
+		return
+	}
+	_ = sc.cc.Conn.SetReadDeadline(time.Time{}) // the header deadline no longer applies
+	sc.watchMu.Unlock()
+	if _, err := sc.br.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		sc.clientGone()
+	}
+}
+
+// clientGone cancels the running request and aborts its upstream exchange.
+func (sc *h1ServerConn) clientGone() {
+	sc.gone.Store(true)
+	sc.cancel()
+	if pc := sc.upstream.Load(); pc != nil {
+		pc.abort()
+	}
 }
 
 // h1ReqBody is a request body read from the connection: Content-Length
