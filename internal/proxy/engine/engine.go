@@ -67,6 +67,8 @@ type Engine struct {
 	// h1conns are the connections on the HTTP/1.1 fast path (h1server.go).
 	h1mu    sync.Mutex
 	h1conns map[*h1ServerConn]struct{}
+	// h1watchdog: watchH1 is running (under h1mu).
+	h1watchdog bool
 
 	transports sync.Map // transportKey -> *http.Transport
 	// logFiles are the access log files xDS configures, shared by path.

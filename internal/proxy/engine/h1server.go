@@ -87,22 +87,38 @@ type h1ServerConn struct {
 	// Client-gone detection (see armWatch): cancel ends ctx when the
 	// client goes away mid-request; upstream is the pooled upstream
 	// connection serving the current request, aborted then too.
-	cancel    context.CancelFunc
-	gone      atomic.Bool
-	upstream  atomic.Pointer[h1Conn]
-	watch     *time.Timer
-	watchDone chan struct{}
-	watchMu   sync.Mutex
-	watchStop bool // under watchMu: the request is over, do not start
-	armed     bool
+	cancel     context.CancelFunc
+	gone       atomic.Bool
+	upstream   atomic.Pointer[h1Conn]
+	since      atomic.Int64 // clock() when the watchable request began
+	watchState atomic.Int32 // watchIdle, watchArmed, watchRunning
+	watchDone  chan struct{}
+	watchMu    sync.Mutex
+	watchStop  bool // under watchMu: the request is over, do not start
 }
+
+// Watch states (h1ServerConn.watchState).
+const (
+	watchIdle    int32 = iota // no request, or one with a body
+	watchArmed                // a request without a body is being served
+	watchRunning              // the engine's watchdog started watchClient
+)
 
 // h1WatchDelay is how long a request without a body runs before the
 // connection is watched for its client going away: a read that returns
 // EOF (or a reset) then cancels the request and aborts its upstream
 // exchange, as Envoy resets the upstream stream when the downstream one
-// goes. Faster requests never pay for the watch beyond a timer reset.
-const h1WatchDelay = 100 * time.Millisecond
+// goes. The engine's watchdog looks every h1WatchTick; faster requests
+// cost two atomic stores and a compare-and-swap.
+const (
+	h1WatchDelay = 100 * time.Millisecond
+	h1WatchTick  = 50 * time.Millisecond
+)
+
+// clockBase anchors clock, a cheap monotonic nanosecond count.
+var clockBase = time.Now()
+
+func clock() int64 { return int64(time.Since(clockBase)) }
 
 // h1ServerKey is the context key of a request's *h1ServerConn.
 type h1ServerKey struct{}
@@ -138,6 +154,7 @@ func newH1ServerConn(e *Engine, cc *chainConn, h http.Handler) *h1ServerConn {
 	sc.bw = h1Writers.Get().(*bufio.Writer)
 	sc.bw.Reset(cc.Conn)
 	sc.w.sc = sc
+	sc.watchDone = make(chan struct{}, 1)
 	return sc
 }
 
@@ -281,26 +298,20 @@ func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep b
 	return keep && !w.closeAfter
 }
 
-// armWatch starts the timer that watches the connection for the client
-// going away if the request is still running after h1WatchDelay.
+// armWatch marks the connection's request as watchable by the engine's
+// watchdog (watchH1).
 func (sc *h1ServerConn) armWatch() {
-	if sc.watch == nil {
-		sc.watchDone = make(chan struct{}, 1)
-		sc.watch = time.AfterFunc(h1WatchDelay, sc.watchClient)
-	} else {
-		sc.watch.Reset(h1WatchDelay)
+	if sc.e == nil {
+		return // a bare server in tests: no watchdog
 	}
-	sc.armed = true
+	sc.since.Store(clock())
+	sc.watchState.Store(watchArmed)
 }
 
 // disarmWatch ends the watch; once it returns nothing but the serving
 // goroutine reads the connection.
 func (sc *h1ServerConn) disarmWatch() {
-	if !sc.armed {
-		return
-	}
-	sc.armed = false
-	if sc.watch.Stop() {
+	if sc.watchState.CompareAndSwap(watchArmed, watchIdle) || sc.watchState.Load() == watchIdle {
 		return // never started
 	}
 	sc.watchMu.Lock()
@@ -311,10 +322,11 @@ func (sc *h1ServerConn) disarmWatch() {
 	sc.watchMu.Lock()
 	sc.watchStop = false
 	sc.watchMu.Unlock()
+	sc.watchState.Store(watchIdle)
 	sc.deadline = time.Time{} // unknown: the next setReadDeadline sets one
 }
 
-// watchClient runs on the timer's goroutine: it waits for the next byte
+// watchClient runs on its own goroutine: it waits for the next byte
 // from the client. Data (a pipelined request) means the client is there;
 // EOF or an error other than our own deadline means it is gone.
 func (sc *h1ServerConn) watchClient() {
@@ -703,6 +715,42 @@ func (e *Engine) trackH1(sc *h1ServerConn, add bool) {
 		e.h1conns = map[*h1ServerConn]struct{}{}
 	}
 	e.h1conns[sc] = struct{}{}
+	if !e.h1watchdog {
+		e.h1watchdog = true
+		go e.watchH1()
+	}
+}
+
+// watchH1 is the watchdog of the fast path's connections: every
+// h1WatchTick it starts watchClient for each request without a body that
+// has run for h1WatchDelay. It runs while there are connections.
+func (e *Engine) watchH1() {
+	tick := time.NewTicker(h1WatchTick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-e.quit:
+			e.h1mu.Lock()
+			e.h1watchdog = false
+			e.h1mu.Unlock()
+			return
+		case <-tick.C:
+		}
+		now := clock()
+		e.h1mu.Lock()
+		if len(e.h1conns) == 0 {
+			e.h1watchdog = false
+			e.h1mu.Unlock()
+			return
+		}
+		for sc := range e.h1conns {
+			if sc.watchState.Load() == watchArmed && now-sc.since.Load() >= int64(h1WatchDelay) &&
+				sc.watchState.CompareAndSwap(watchArmed, watchRunning) {
+				go sc.watchClient()
+			}
+		}
+		e.h1mu.Unlock()
+	}
 }
 
 // closeIdleH1 closes the fast-path connections waiting for their next
