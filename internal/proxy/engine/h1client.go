@@ -54,7 +54,7 @@ func (t *h1Transport) fast(req *http.Request) bool {
 		return false
 	}
 	return (req.Body == nil || req.Body == http.NoBody) && req.ContentLength == 0 && len(req.Trailer) == 0 &&
-		len(req.TransferEncoding) == 0 && req.Header.Get("Upgrade") == "" && req.Header.Get("Expect") == ""
+		len(req.TransferEncoding) == 0 && hget(req.Header, "Upgrade") == "" && hget(req.Header, "Expect") == ""
 }
 
 // RoundTrip implements http.RoundTripper.

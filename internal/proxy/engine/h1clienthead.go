@@ -179,7 +179,7 @@ func parseResponseHead(head []byte, req *http.Request) (*http.Response, *h1RespB
 		if !isToken(key) {
 			return nil, nil // also obs-fold: the line starts with a blank
 		}
-		v := strings.Trim(line[colon+1:], " \t")
+		v := trimOWS(line[colon+1:])
 		for j := 0; j < len(v); j++ {
 			if c := v[j]; (c < ' ' && c != '\t') || c == 0x7f {
 				return nil, nil

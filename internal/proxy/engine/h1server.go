@@ -548,7 +548,7 @@ func parseH1Head(head []byte, tmpl *http.Request) (*http.Request, *h1ReqBody) {
 		if !isToken(key) {
 			return nil, nil
 		}
-		v := strings.Trim(line[colon+1:], " \t")
+		v := trimOWS(line[colon+1:])
 		for j := 0; j < len(v); j++ {
 			if c := v[j]; (c < ' ' && c != '\t') || c == 0x7f {
 				return nil, nil

@@ -271,12 +271,35 @@ func (w *h1Writer) finish() bool {
 func writeField(bw *bufio.Writer, k, v string) {
 	_, _ = bw.WriteString(k)
 	_, _ = bw.WriteString(": ")
-	if strings.ContainsAny(v, "\r\n") {
+	if hasCRLF(v) {
 		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
 	}
-	v = strings.Trim(v, " \t")
+	v = trimOWS(v)
 	_, _ = bw.WriteString(v)
 	_, _ = bw.WriteString("\r\n")
+}
+
+// hasCRLF reports whether v has a CR or LF (strings.ContainsAny's general
+// byte-set search is slower on the hot path).
+func hasCRLF(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if v[i] == '\r' || v[i] == '\n' {
+			return true
+		}
+	}
+	return false
+}
+
+// trimOWS strips HTTP's optional white space (spaces and tabs) from both
+// ends of v: strings.Trim(v, " \t") without building a byte set.
+func trimOWS(v string) string {
+	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return v
 }
 
 // tokenListHas reports whether a comma-separated header value lists tok

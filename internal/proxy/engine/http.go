@@ -143,8 +143,8 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotFound)
 		return
 	}
-	if r.Header.Get("X-Request-Id") == "" {
-		r.Header.Set("X-Request-Id", newRequestID())
+	if hget(r.Header, "X-Request-Id") == "" {
+		r.Header["X-Request-Id"] = []string{newRequestID()}
 	}
 	if rte.CORS != nil {
 		if route.IsPreflight(req) {
@@ -236,10 +236,10 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	// attempt sends the same headers, so they are prepared once.
 	removeHopHeaders(r.Header)
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
+		if prior := hget(r.Header, "X-Forwarded-For"); prior != "" {
 			ip = prior + ", " + ip
 		}
-		r.Header.Set("X-Forwarded-For", ip)
+		r.Header["X-Forwarded-For"] = []string{ip}
 	}
 	r.Header["X-Forwarded-Proto"] = []string{"http"}
 	propagateTrace(r.Header)
@@ -406,7 +406,7 @@ func shouldRetry(p *route.RetryPolicy, resp *http.Response, err error, attemptCt
 	if p.RetriableStatus(resp.StatusCode) {
 		return true
 	}
-	if gs := resp.Header.Get("Grpc-Status"); gs != "" {
+	if gs := hget(resp.Header, "Grpc-Status"); gs != "" {
 		if n, err := strconv.Atoi(gs); err == nil && p.RetriableGRPC(n) {
 			return true
 		}
@@ -532,19 +532,28 @@ var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy
 // removeHopHeaders drops hop-by-hop headers, keeping Upgrade requests
 // intact (Connection: Upgrade + Upgrade) and gRPC's "te: trailers".
 func removeHopHeaders(h http.Header) {
-	upgrade := h.Get("Upgrade") != "" && strings.Contains(strings.ToLower(h.Get("Connection")), "upgrade")
-	te := h.Get("Te")
+	upgrade := hget(h, "Upgrade") != "" && strings.Contains(strings.ToLower(hget(h, "Connection")), "upgrade")
+	te := hget(h, "Te")
 	for _, k := range hopHeaders {
-		h.Del(k)
+		delete(h, k) // canonical names: no need for Del's canonicalisation
 	}
 	if upgrade {
-		h.Set("Connection", "Upgrade")
+		h["Connection"] = []string{"Upgrade"}
 	} else {
-		h.Del("Upgrade")
+		delete(h, "Upgrade")
 	}
 	if strings.EqualFold(te, "trailers") {
-		h.Set("Te", "trailers")
+		h["Te"] = []string{"trailers"}
 	}
+}
+
+// hget is h.Get for a key already in canonical form (a constant): the
+// map lookup without Get's canonicalisation of the key.
+func hget(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // moveHeader adds src's fields to dst, handing over src's value slices
@@ -677,7 +686,7 @@ func (e *Engine) newTransport(c *cluster.Cluster, src source, h2 bool) http.Roun
 // record writes metrics for one request.
 func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.ResponseWriter) {
 	proto := "http"
-	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+	if strings.HasPrefix(hget(r.Header, "Content-Type"), "application/grpc") {
 		proto = "grpc"
 	}
 	reporter := "source"

@@ -32,7 +32,7 @@ type traceIDs struct {
 // backing array: two allocations per request (BenchmarkPropagateTrace).
 func propagateTrace(h http.Header) {
 	var t traceIDs
-	ok := parseTraceparent(h.Get("Traceparent"), &t)
+	ok := parseTraceparent(hget(h, "Traceparent"), &t)
 	if !ok {
 		ok = parseB3(h, &t)
 	}
@@ -110,7 +110,7 @@ func parseTraceparent(v string, t *traceIDs) bool {
 // parseB3 reads B3 multi-header context (64- or 128-bit trace ids).
 func parseB3(h http.Header, t *traceIDs) bool {
 	*t = traceIDs{} // a traceparent that failed to parse may have left bytes
-	tid, sid := h.Get("X-B3-Traceid"), h.Get("X-B3-Spanid")
+	tid, sid := hget(h, "X-B3-Traceid"), hget(h, "X-B3-Spanid")
 	ok := len(sid) == 16 && decodeNonZero(t.parent[:], sid)
 	switch len(tid) {
 	case 16: // 64-bit: the high half stays zero
@@ -124,8 +124,8 @@ func parseB3(h http.Header, t *traceIDs) bool {
 		*t = traceIDs{}
 		return false
 	}
-	s := h.Get("X-B3-Sampled")
-	t.sampled = s == "1" || strings.EqualFold(s, "true") || h.Get("X-B3-Flags") == "1"
+	s := hget(h, "X-B3-Sampled")
+	t.sampled = s == "1" || strings.EqualFold(s, "true") || hget(h, "X-B3-Flags") == "1"
 	return true
 }
 
