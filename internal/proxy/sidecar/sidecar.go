@@ -247,6 +247,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("weft-proxy started", "node", node.GetId(), "discovery", b.Discovery, "admin", cfg.AdminAddr,
 		"concurrency", runtime.GOMAXPROCS(0))
 	if cfg.TrimAfter > 0 {
+		// Package initialisation (every Envoy proto's descriptors) is
+		// over: drop its pages now, so that the peak is not its sum with
+		// the first configuration's, and again once that is applied.
+		_, _ = memtrim.Trim()
 		go trimWhenReady(ctx, eng, cfg.TrimAfter, log)
 	}
 	err = eng.Run(ctx, updates)
