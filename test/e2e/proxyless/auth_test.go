@@ -29,14 +29,14 @@ import (
 // but only as a node of the token's namespace and service account.
 func TestTLSXDSNeedsIdentity(t *testing.T) {
 	w := startWeft(t)
-	w.apply(`apiVersion: networking.istio.io/v1
+	w.Apply(`apiVersion: networking.istio.io/v1
 kind: WorkloadGroup
 metadata: {name: ratings}
 spec:
   metadata: {labels: {app: ratings}}
   template: {serviceAccount: ratings}
 `)
-	code, body := w.do("POST", w.api+"/weft/v1/workload-tokens", `{"namespace":"default","group":"ratings","ttl":"1h"}`)
+	code, body := w.Do("POST", "/weft/v1/workload-tokens", `{"namespace":"default","group":"ratings","ttl":"1h"}`)
 	if code != 201 && code != 200 {
 		t.Fatalf("creating a bootstrap token: %d %s", code, body)
 	}
@@ -50,7 +50,7 @@ spec:
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	conn, err := grpc.NewClient(w.xdsTLS, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	conn, err := grpc.NewClient(w.XDSTLS, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
 	if err != nil {
 		t.Fatal(err)
 	}

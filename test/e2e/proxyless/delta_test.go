@@ -18,9 +18,9 @@ import (
 func TestDeltaXDS(t *testing.T) {
 	w := startWeft(t)
 	p1, p2 := startBackend(t, "v1"), startBackend(t, "v2")
-	w.apply(echoConfig(p1, p2, 50, 50))
+	w.Apply(echoConfig(p1, p2, 50, 50))
 
-	conn, err := grpc.NewClient(w.xds, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(w.XDS, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func TestDeltaXDS(t *testing.T) {
 		t.Fatalf("delta CDS lacks the passthrough cluster: %v", clusters)
 	}
 	// A third subset arrives as an incremental update.
-	w.apply(`apiVersion: networking.istio.io/v1
+	w.Apply(`apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: echo}
 spec:

@@ -23,9 +23,9 @@ import (
 func TestNACKShowsInProxyStatus(t *testing.T) {
 	w := startWeft(t)
 	p1, p2 := startBackend(t, "v1"), startBackend(t, "v2")
-	w.apply(echoConfig(p1, p2, 50, 50))
+	w.Apply(echoConfig(p1, p2, 50, 50))
 
-	conn, err := grpc.NewClient(w.xds, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(w.XDS, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestNACKShowsInProxyStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kc.Clusters[0].Cluster.Server = w.api
+	kc.Clusters[0].Cluster.Server = w.API
 	path := filepath.Join(t.TempDir(), "kubeconfig")
 	if err := kc.Write(path); err != nil {
 		t.Fatal(err)
