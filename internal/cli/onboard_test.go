@@ -14,11 +14,9 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/internal/install/onboard"
-	"github.com/weftmesh/weft/internal/kubeconfig"
 	"github.com/weftmesh/weft/internal/proxy/bootstrap"
 	"github.com/weftmesh/weft/internal/proxy/sidecar"
 	"github.com/weftmesh/weft/internal/registry/workload"
-	"github.com/weftmesh/weft/internal/server"
 	"github.com/weftmesh/weft/internal/testutil/wefttest"
 )
 
@@ -29,20 +27,7 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 func startServer(t *testing.T) (kubeconfigPath, xdsAddr string) {
 	t.Helper()
 	srv := wefttest.Start(t, nil)
-	// The server's kubeconfig names the configured port (0): point a copy
-	// at the bound one.
-	kc, err := kubeconfig.Load(filepath.Join(srv.DataDir, server.KubeconfigFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range kc.Clusters {
-		kc.Clusters[i].Cluster.Server = srv.API
-	}
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := kc.Write(path); err != nil {
-		t.Fatal(err)
-	}
-	return path, srv.XDSTLS
+	return srv.Kubeconfig(), srv.XDSTLS
 }
 
 // weftCmd runs the weft command line with args.

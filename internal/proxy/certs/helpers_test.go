@@ -6,8 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -99,15 +97,7 @@ type weft struct {
 func startWeft(t *testing.T, now func() time.Time) *weft {
 	t.Helper()
 	srv := wefttest.Start(t, func(c *server.Config) { c.Clock = now })
-	caPEM, err := os.ReadFile(filepath.Join(srv.DataDir, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		t.Fatal("no certificate in ca.crt")
-	}
-	return &weft{Server: srv, t: t, caPool: pool}
+	return &weft{Server: srv, t: t, caPool: srv.CAPool()}
 }
 
 // group creates WorkloadGroup name in namespace default with the service

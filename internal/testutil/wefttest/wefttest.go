@@ -8,7 +8,7 @@ package wefttest
 
 import (
 	"context"
-	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -29,16 +29,14 @@ import (
 
 // Server is a running in-process weft server.
 type Server struct {
-	DataDir string       // its data directory (CA, kubeconfig, store)
-	APIAddr string       // the config API's address (host:port)
-	API     string       // "https://" + APIAddr
-	XDSTLS  string       // the TLS xDS (and CA) listener's address
-	XDS     string       // the plaintext xDS listener's address
-	Token   string       // the admin's bearer token, from its kubeconfig
-	TLS     *tls.Config  // trusts the API's serving certificate
-	Client  *http.Client // an API client with TLS and a 10 s timeout
+	DataDir string // its data directory (CA, kubeconfig, store)
+	API     string // the config API's URL, https://host:port
+	XDSTLS  string // the TLS xDS (and CA) listener's address
+	XDS     string // the plaintext xDS listener's address
+	Token   string // the admin's bearer token, from its kubeconfig
 
-	t testing.TB
+	t      testing.TB
+	client *http.Client // trusts the API's certificate
 }
 
 // Logger returns a logger that discards everything, or logs at debug level
@@ -95,8 +93,42 @@ func Start(t testing.TB, edit func(*server.Config)) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{t: t, DataDir: cfg.DataDir, APIAddr: addr, API: "https://" + addr, XDSTLS: tlsAddr, XDS: plain, Token: res.Token, TLS: res.TLS,
-		Client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: res.TLS}}}
+	return &Server{DataDir: cfg.DataDir, API: "https://" + addr, XDSTLS: tlsAddr, XDS: plain, Token: res.Token,
+		t: t, client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: res.TLS}}}
+}
+
+// Kubeconfig writes a copy of the server's kubeconfig that names the bound
+// API address (the server's own names the configured port, 0) and returns
+// its path.
+func (s *Server) Kubeconfig() string {
+	s.t.Helper()
+	kc, err := kubeconfig.Load(filepath.Join(s.DataDir, server.KubeconfigFile))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for i := range kc.Clusters {
+		kc.Clusters[i].Cluster.Server = s.API
+	}
+	path := filepath.Join(s.t.TempDir(), "kubeconfig")
+	if err := kc.Write(path); err != nil {
+		s.t.Fatal(err)
+	}
+	return path
+}
+
+// CAPool returns a pool with the server's CA (ca.crt), which signs the
+// certificates of the API and of the TLS xDS listener.
+func (s *Server) CAPool() *x509.CertPool {
+	s.t.Helper()
+	caPEM, err := os.ReadFile(filepath.Join(s.DataDir, "ca.crt"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		s.t.Fatal("no certificate in ca.crt")
+	}
+	return pool
 }
 
 // Do sends a request with the admin token to path on the API (such as
@@ -110,7 +142,7 @@ func (s *Server) Do(method, path, body string) (int, string) {
 	}
 	req.Header.Set("Authorization", "Bearer "+s.Token)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := s.Client.Do(req)
+	resp, err := s.client.Do(req)
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -3,12 +3,9 @@ package proxyless
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -44,13 +41,7 @@ spec:
 	if err := json.Unmarshal([]byte(body), &tok); err != nil || !strings.HasPrefix(tok.Token, "wbt_") {
 		t.Fatalf("token reply %s: %v", body, err)
 	}
-	caPEM, err := os.ReadFile(filepath.Join(filepath.Dir(w.kubeconfig), "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	conn, err := grpc.NewClient(w.XDSTLS, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	conn, err := grpc.NewClient(w.XDSTLS, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: w.CAPool(), ServerName: "127.0.0.1"})))
 	if err != nil {
 		t.Fatal(err)
 	}

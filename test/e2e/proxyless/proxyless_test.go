@@ -7,12 +7,11 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/weftmesh/weft/internal/server"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/weftmesh/weft/internal/testutil/wefttest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -43,17 +42,25 @@ func startBackend(t *testing.T, id string) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// weft is an in-process weft server with an API client.
-type weft struct {
-	*wefttest.Server
-	t          *testing.T
-	kubeconfig string
-}
+// startWeft runs an in-process weft server.
+func startWeft(t *testing.T) *wefttest.Server { return wefttest.Start(t, nil) }
 
-func startWeft(t *testing.T) *weft {
+// startEchoADS starts a weft server with echoConfig over two backends
+// (50/50) and returns it with an ADS client on its plaintext xDS port and a
+// context (30 s) for the client's streams.
+func startEchoADS(t *testing.T) (*wefttest.Server, discovery.AggregatedDiscoveryServiceClient, context.Context) {
 	t.Helper()
-	srv := wefttest.Start(t, nil)
-	return &weft{Server: srv, t: t, kubeconfig: filepath.Join(srv.DataDir, server.KubeconfigFile)}
+	w := startWeft(t)
+	p1, p2 := startBackend(t, "v1"), startBackend(t, "v2")
+	w.Apply(echoConfig(p1, p2, 50, 50))
+	conn, err := grpc.NewClient(w.XDS, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return w, discovery.NewAggregatedDiscoveryServiceClient(conn), ctx
 }
 
 func echoConfig(p1, p2, w1, w2 int) string {
