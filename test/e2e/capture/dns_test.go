@@ -82,29 +82,12 @@ spec:
 	startSidecars(t, ns, hosts, map[string][]string{"a": {"--capture-dns"}})
 
 	// The app on A (an ordinary user) calls the service by name.
-	var out string
-	eventually(t, "requests by name through both sidecars", func() error {
-		var err error
-		out, err = asApp(ns["a"], "get", "-url", "http://reviews.mesh:9080/", "-n", "20")
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		if !strings.Contains(out, "reviews-v1 20") || !strings.Contains(out, "failed 0") {
-			return fmt.Errorf("answers: %s", out)
-		}
-		return nil
-	})
+	out := getAll(t, "requests by name through both sidecars", ns["a"], "http://reviews.mesh:9080/", "reviews-v1", 20)
 	t.Logf("app on A, 20 requests to http://reviews.mesh:9080/:\n%s", out)
 
 	// A plain short name, as on a Kubernetes node: "details" is
 	// details.<the proxy's namespace>.svc.cluster.local (auto-allocated VIP).
-	eventually(t, "requests by short name", func() error {
-		out, err := asApp(ns["a"], "get", "-url", "http://details:9082/", "-n", "5")
-		if err != nil || !strings.Contains(out, "details 5") {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	})
+	getAll(t, "requests by short name", ns["a"], "http://details:9082/", "details", 5)
 
 	// The name came from A's DNS proxy, and both sidecars carried the
 	// requests.
@@ -140,13 +123,7 @@ spec:
 
 	// The Consul name: answered by A's DNS proxy with a VIP from
 	// 240.240.0.0/16, not forwarded (A's resolver does not exist).
-	eventually(t, "ratings.service.consul by name through A's sidecar", func() error {
-		out, err := asApp(ns["a"], "get", "-url", "http://ratings.service.consul:9081/", "-n", "10")
-		if err != nil || !strings.Contains(out, "ratings-consul 10") {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	})
+	getAll(t, "ratings.service.consul by name through A's sidecar", ns["a"], "http://ratings.service.consul:9081/", "ratings-consul", 10)
 	if out, err := in(ns["a"], "getent", "ahostsv4", "ratings.service.consul"); err != nil || !strings.HasPrefix(out, "240.240.") {
 		t.Fatalf("ratings.service.consul resolves to %q (%v), want a VIP in 240.240.0.0/16", out, err)
 	} else {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -105,6 +106,25 @@ func asApp(ns string, args ...string) (string, error) {
 	return in(ns, append([]string{"setpriv", "--reuid=" + appUID, "--regid=" + appUID, "--clear-groups", appBin}, args...)...)
 }
 
+// getAll has the app on ns make n requests to url (retrying, bounded, until
+// backend answered all of them) and returns the app's summary.
+func getAll(t *testing.T, what, ns, url, backend string, n int) string {
+	t.Helper()
+	var out string
+	eventually(t, what, func() error {
+		var err error
+		out, err = asApp(ns, "get", "-url", url, "-n", strconv.Itoa(n))
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		if !strings.Contains(out, fmt.Sprintf("%s %d", backend, n)) || !strings.Contains(out, "failed 0") {
+			return fmt.Errorf("answers: %s", out)
+		}
+		return nil
+	})
+	return out
+}
+
 // startSidecars installs capture rules on hosts a and b (with the extra
 // iptables flags given for a host), starts their sidecars as
 // productpage-1 and reviews-1 (reviews v1) against the control plane's
@@ -166,18 +186,7 @@ spec:
 	startSidecars(t, ns, hosts, nil)
 
 	// The app on A (an ordinary user) calls the VIP; capture does the rest.
-	var out string
-	eventually(t, "requests through both sidecars", func() error {
-		var err error
-		out, err = asApp(ns["a"], "get", "-url", "http://240.240.0.10:9080/", "-n", "50")
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		if !strings.Contains(out, "reviews-v1 50") || !strings.Contains(out, "failed 0") {
-			return fmt.Errorf("answers: %s", out)
-		}
-		return nil
-	})
+	out := getAll(t, "requests through both sidecars", ns["a"], "http://240.240.0.10:9080/", "reviews-v1", 50)
 	t.Logf("app on A, 50 requests to the VIP:\n%s", out)
 
 	// Both sidecars saw the requests: A as the source, B as the destination.
