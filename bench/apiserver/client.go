@@ -9,11 +9,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/weftmesh/weft/bench/internal/harness"
 )
 
 // collectionPath is the VirtualService collection every benchmark uses.
@@ -247,8 +248,8 @@ func benchWrites(ctx context.Context, o options, a *api, res *result) error {
 	}
 	res.writeTotal = total
 	res.writeRate = float64(o.writes) / total.Seconds()
-	res.writeP50, res.writeP99 = percentile(lat, 50), percentile(lat, 99)
-	logf("  %d creates in %s: %.0f writes/s, p50 %s, p99 %s", o.writes, fmtDur(total), res.writeRate, fmtDur(res.writeP50), fmtDur(res.writeP99))
+	res.writeP50, res.writeP99 = harness.Percentile(lat, 50), harness.Percentile(lat, 99)
+	harness.Logf("  %d creates in %s: %.0f writes/s, p50 %s, p99 %s", o.writes, harness.FmtDur(total), res.writeRate, harness.FmtDur(res.writeP50), harness.FmtDur(res.writeP99))
 	return nil
 }
 
@@ -256,13 +257,13 @@ func benchWrites(ctx context.Context, o options, a *api, res *result) error {
 // LISTs, one after the other on one connection.
 func benchList(ctx context.Context, o options, a *api, res *result) error {
 	if fill := o.objects - o.writes; fill > 0 {
-		logf("  filling to %d objects (%d creates)", o.objects, fill)
+		harness.Logf("  filling to %d objects (%d creates)", o.objects, fill)
 		_, total, err := a.createMany(ctx, "fill", fill, o.concurrency)
 		if err != nil {
 			return fmt.Errorf("filling: %w", err)
 		}
 		res.fillCount, res.fillTotal = fill, total
-		logf("  filled in %s (%.0f writes/s)", fmtDur(total), float64(fill)/total.Seconds())
+		harness.Logf("  filled in %s (%.0f writes/s)", harness.FmtDur(total), float64(fill)/total.Seconds())
 	}
 	cl := a.client()
 	// Warm-up: opens the connection and checks the count.
@@ -288,21 +289,9 @@ func benchList(ctx context.Context, o options, a *api, res *result) error {
 		}
 		res.listBytes = n
 	}
-	res.listP50, res.listP99 = percentile(lat, 50), percentile(lat, 99)
-	logf("  %d LISTs of %d objects: p50 %s, p99 %s, %s", o.lists, items, fmtDur(res.listP50), fmtDur(res.listP99), fmtBytes(res.listBytes))
+	res.listP50, res.listP99 = harness.Percentile(lat, 50), harness.Percentile(lat, 99)
+	harness.Logf("  %d LISTs of %d objects: p50 %s, p99 %s, %s", o.lists, items, harness.FmtDur(res.listP50), harness.FmtDur(res.listP99), harness.FmtBytes(res.listBytes))
 	return nil
-}
-
-// percentile returns the nearest-rank p-th percentile of ds.
-func percentile(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	rank := int(float64(len(s))*p/100+0.999999) - 1
-	rank = max(0, min(rank, len(s)-1))
-	return s[rank]
 }
 
 var errWatchEnded = errors.New("watch stream ended")

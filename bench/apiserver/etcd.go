@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weftmesh/weft/bench/internal/harness"
 )
 
 // etcdStartTimeout bounds how long etcd may take to become healthy.
@@ -142,7 +144,7 @@ func (e *etcdProc) stop() {
 	select {
 	case <-e.exited:
 	case <-time.After(10 * time.Second):
-		logf("warning: etcd (pid %d) did not exit within 10s of SIGKILL", e.cmd.Process.Pid)
+		harness.Logf("warning: etcd (pid %d) did not exit within 10s of SIGKILL", e.cmd.Process.Pid)
 	}
 }
 

@@ -29,24 +29,18 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"runtime/pprof"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/weftmesh/weft/internal/kubeconfig"
+	"github.com/weftmesh/weft/bench/internal/harness"
 	"github.com/weftmesh/weft/internal/server"
 	"github.com/weftmesh/weft/internal/store"
-	_ "github.com/weftmesh/weft/internal/store/all" // link the bolt and etcd backends
 )
 
 // options are the command-line flags.
@@ -113,20 +107,7 @@ func parseFlags(args []string) (options, error) {
 	return o, nil
 }
 
-func main() {
-	o, err := parseFlags(os.Args[1:])
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "apiserver bench:", err)
-		os.Exit(2)
-	}
-	if err := run(o); err != nil {
-		fmt.Fprintln(os.Stderr, "apiserver bench: FAILED:", err)
-		os.Exit(1)
-	}
-}
+func main() { harness.Main("apiserver bench", parseFlags, run) }
 
 func run(o options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -134,11 +115,11 @@ func run(o options) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 
-	nofile, err := raiseNoFile(uint64(o.watchers + o.concurrency + 1024))
+	nofile, err := harness.RaiseNoFile(uint64(o.watchers + o.concurrency + 1024))
 	if err != nil {
 		return err
 	}
-	logf("RLIMIT_NOFILE = %d", nofile)
+	harness.Logf("RLIMIT_NOFILE = %d", nofile)
 
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
@@ -154,7 +135,7 @@ func run(o options) error {
 
 	var results []*result
 	for _, backend := range o.stores {
-		logf("=== %s ===", backend)
+		harness.Logf("=== %s ===", backend)
 		res, err := benchBackend(ctx, o, backend)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -164,39 +145,7 @@ func run(o options) error {
 		}
 		results = append(results, res)
 	}
-	table := renderTable(o, results)
-	fmt.Println()
-	fmt.Print(table)
-	if o.out != "" {
-		if err := os.WriteFile(o.out, []byte(table), 0o644); err != nil {
-			return fmt.Errorf("writing -out: %w", err)
-		}
-		logf("wrote %s", o.out)
-	}
-	return nil
-}
-
-// raiseNoFile raises the soft RLIMIT_NOFILE to at least want (up to the hard
-// limit) and fails if the result is below want.
-func raiseNoFile(want uint64) (uint64, error) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, fmt.Errorf("getrlimit: %w", err)
-	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-			return 0, fmt.Errorf("setrlimit NOFILE to %d: %w", rl.Max, err)
-		}
-	}
-	if rl.Cur < want {
-		return rl.Cur, fmt.Errorf("RLIMIT_NOFILE is %d (hard limit %d), need %d: raise the hard limit (ulimit -Hn)", rl.Cur, rl.Max, want)
-	}
-	return rl.Cur, nil
-}
-
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+	return harness.WriteReport(renderTable(o, results), o.out)
 }
 
 // result holds one backend's figures.
@@ -251,61 +200,23 @@ func benchBackend(parent context.Context, o options, backend string) (res *resul
 		defer e.stop()
 		cfg.Store.Endpoints = []string{e.clientURL}
 		cfg.Store.Prefix = "/weft-bench"
-		logf("etcd %s ready at %s (data %s)", e.version, e.clientURL, e.dir)
+		harness.Logf("etcd %s ready at %s (data %s)", e.version, e.clientURL, e.dir)
 	}
 
-	level := slog.LevelWarn
-	if o.verbose {
-		level = slog.LevelInfo
-	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-
-	openCtx, cancelOpen := context.WithTimeout(parent, time.Minute)
-	defer cancelOpen()
-	srv, err := server.New(openCtx, cfg, logger)
+	srv, err := harness.StartServer(parent, cfg, o.verbose)
 	if err != nil {
-		return nil, fmt.Errorf("starting server: %w", err)
+		return nil, err
 	}
-	srvCtx, stopSrv := context.WithCancel(parent)
-	runErr := make(chan error, 1)
-	go func() { runErr <- srv.Run(srvCtx) }()
 	defer func() {
-		stopSrv()
-		select {
-		case e := <-runErr:
-			if e != nil && err == nil {
-				err = fmt.Errorf("server: %w", e)
-			}
-		case <-time.After(30 * time.Second):
-			if err == nil {
-				err = errors.New("server did not stop within 30s")
-			}
+		if e := srv.Stop(); e != nil && err == nil {
+			err = e
 		}
 	}()
-	addrCtx, cancelAddr := context.WithTimeout(parent, 30*time.Second)
-	defer cancelAddr()
-	var addr string
-	select {
-	case e := <-runErr:
-		return nil, fmt.Errorf("server exited at start: %v", e)
-	case addr = <-waitAddr(addrCtx, srv):
-	}
-	if addr == "" {
-		return nil, errors.New("server did not report its address within 30s")
-	}
-	kc, err := kubeconfig.Load(filepath.Join(cfg.DataDir, server.KubeconfigFile))
-	if err != nil {
-		return nil, err
-	}
-	rk, err := kc.Resolve("")
-	if err != nil {
-		return nil, err
-	}
-	api := newAPI("https://"+addr, rk.Token, rk.TLS)
+	api := newAPI("https://"+srv.APIAddr, srv.Token, srv.TLS)
 	defer api.closeAll()
-	logf("server on %s, store %s", addr, backend)
+	harness.Logf("server on %s, store %s", srv.APIAddr, backend)
 
-	resetPeakRSS()
+	harness.ResetPeakRSS()
 	res = &result{backend: backend}
 	if err := phase(parent, o, "writes", func(ctx context.Context) error { return benchWrites(ctx, o, api, res) }); err != nil {
 		return nil, err
@@ -316,121 +227,39 @@ func benchBackend(parent context.Context, o options, backend string) (res *resul
 	if err := phase(parent, o, "watch fan-out", func(ctx context.Context) error { return benchWatch(ctx, o, api, res) }); err != nil {
 		return nil, err
 	}
-	res.peakRSS = peakRSS()
+	res.peakRSS = harness.ProcStatus("VmHWM:")
 	return res, nil
 }
 
-// resetPeakRSS resets the kernel's record of the process's peak RSS
-// (best effort; Linux only).
-func resetPeakRSS() {
-	_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
-}
-
-// peakRSS returns VmHWM from /proc/self/status in bytes, or 0.
-func peakRSS() uint64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmHWM:" && f[2] == "kB" {
-			n, _ := strconv.ParseUint(f[1], 10, 64)
-			return n << 10
-		}
-	}
-	return 0
-}
-
-func waitAddr(ctx context.Context, srv *server.Server) <-chan string {
-	ch := make(chan string, 1)
-	go func() {
-		a, _ := srv.Addr(ctx)
-		ch <- a
-	}()
-	return ch
-}
-
-// phase runs f under -phase-timeout and labels its error.
+// phase runs f under -phase-timeout.
 func phase(parent context.Context, o options, name string, f func(context.Context) error) error {
-	ctx, cancel := context.WithTimeoutCause(parent, o.phaseTimeout, fmt.Errorf("phase %q exceeded -phase-timeout %s", name, o.phaseTimeout))
-	defer cancel()
-	start := time.Now()
-	logf("phase %s: start", name)
-	if err := f(ctx); err != nil {
-		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
-			err = fmt.Errorf("%w (%v)", err, cause)
-		}
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	logf("phase %s: done in %s", name, time.Since(start).Round(time.Millisecond))
-	return nil
+	return harness.Phase(parent, name, o.phaseTimeout, fmt.Errorf("phase %q exceeded -phase-timeout %s", name, o.phaseTimeout), f)
 }
 
 // renderTable formats the results as markdown.
 func renderTable(o options, rs []*result) string {
-	var b strings.Builder
-	host, _ := os.Hostname()
-	fmt.Fprintf(&b, "weft config API benchmark, %s, %s/%s, %d CPUs (GOMAXPROCS %d), %s, host %s\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), host)
-	fmt.Fprintf(&b, "Parameters: -objects %d -watchers %d -writes %d -concurrency %d -lists %d -fanout %d -watch-conns %d -watch-batch %d\n\n",
-		o.objects, o.watchers, o.writes, o.concurrency, o.lists, o.fanout, o.watchConns, o.watchBatch)
-	b.WriteString("| Measurement |")
-	for _, r := range rs {
-		fmt.Fprintf(&b, " %s |", r.backend)
-	}
-	b.WriteString("\n|---|")
-	for range rs {
-		b.WriteString("---:|")
-	}
-	b.WriteString("\n")
-	row := func(name string, f func(r *result) string) {
-		fmt.Fprintf(&b, "| %s |", name)
-		for _, r := range rs {
-			fmt.Fprintf(&b, " %s |", f(r))
-		}
-		b.WriteString("\n")
-	}
-	row(fmt.Sprintf("Create %d VirtualServices, %d clients: total", o.writes, o.concurrency), func(r *result) string { return fmtDur(r.writeTotal) })
-	row("Create throughput", func(r *result) string { return fmt.Sprintf("%.0f writes/s", r.writeRate) })
-	row("Create latency p50 / p99", func(r *result) string { return fmtDur(r.writeP50) + " / " + fmtDur(r.writeP99) })
-	row("Fill up to -objects (more creates, for reference)", func(r *result) string {
+	t := harness.NewTable("weft config API benchmark",
+		fmt.Sprintf("-objects %d -watchers %d -writes %d -concurrency %d -lists %d -fanout %d -watch-conns %d -watch-batch %d",
+			o.objects, o.watchers, o.writes, o.concurrency, o.lists, o.fanout, o.watchConns, o.watchBatch),
+		rs, func(r *result) string { return r.backend })
+	t.Row(fmt.Sprintf("Create %d VirtualServices, %d clients: total", o.writes, o.concurrency), func(r *result) string { return harness.FmtDur(r.writeTotal) })
+	t.Row("Create throughput", func(r *result) string { return fmt.Sprintf("%.0f writes/s", r.writeRate) })
+	t.Row("Create latency p50 / p99", func(r *result) string { return harness.FmtDur(r.writeP50) + " / " + harness.FmtDur(r.writeP99) })
+	t.Row("Fill up to -objects (more creates, for reference)", func(r *result) string {
 		if r.fillCount == 0 {
 			return "-"
 		}
-		return fmt.Sprintf("%d in %s (%.0f/s)", r.fillCount, fmtDur(r.fillTotal), float64(r.fillCount)/r.fillTotal.Seconds())
+		return fmt.Sprintf("%d in %s (%.0f/s)", r.fillCount, harness.FmtDur(r.fillTotal), float64(r.fillCount)/r.fillTotal.Seconds())
 	})
-	row(fmt.Sprintf("LIST %d objects (%d requests) p50 / p99", o.objects, o.lists), func(r *result) string { return fmtDur(r.listP50) + " / " + fmtDur(r.listP99) })
-	row("LIST response size", func(r *result) string { return fmt.Sprintf("%s (%d bytes)", fmtBytes(r.listBytes), r.listBytes) })
-	row(fmt.Sprintf("Open and confirm %d watch streams", o.watchers), func(r *result) string { return fmtDur(r.watchersOpen) })
-	row(fmt.Sprintf("Write to last of %d watchers p50 / max (%d writes)", o.watchers, o.fanout), func(r *result) string { return fmtDur(r.fanoutP50) + " / " + fmtDur(r.fanoutMax) })
-	row("Write to first watcher p50", func(r *result) string { return fmtDur(r.fanoutFirst) })
-	row("Fan-out write's own response p50", func(r *result) string { return fmtDur(r.fanoutAckP50) })
-	row(fmt.Sprintf("Go heap in use with %d watchers open (after GC)", o.watchers), func(r *result) string { return fmtBytes(int64(r.heapWatching)) })
-	row("Peak RSS of the bench process (server + clients)", func(r *result) string { return fmtBytes(int64(r.peakRSS)) })
-	return b.String()
-}
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d >= 10*time.Second:
-		return fmt.Sprintf("%.1f s", d.Seconds())
-	case d >= time.Second:
-		return fmt.Sprintf("%.2f s", d.Seconds())
-	case d >= 10*time.Millisecond:
-		return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond))
-	default:
-		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
-	}
-}
-
-func fmtBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d bytes", n)
+	t.Row(fmt.Sprintf("LIST %d objects (%d requests) p50 / p99", o.objects, o.lists), func(r *result) string { return harness.FmtDur(r.listP50) + " / " + harness.FmtDur(r.listP99) })
+	t.Row("LIST response size", func(r *result) string {
+		return fmt.Sprintf("%s (%d bytes)", harness.FmtBytes(r.listBytes), r.listBytes)
+	})
+	t.Row(fmt.Sprintf("Open and confirm %d watch streams", o.watchers), func(r *result) string { return harness.FmtDur(r.watchersOpen) })
+	t.Row(fmt.Sprintf("Write to last of %d watchers p50 / max (%d writes)", o.watchers, o.fanout), func(r *result) string { return harness.FmtDur(r.fanoutP50) + " / " + harness.FmtDur(r.fanoutMax) })
+	t.Row("Write to first watcher p50", func(r *result) string { return harness.FmtDur(r.fanoutFirst) })
+	t.Row("Fan-out write's own response p50", func(r *result) string { return harness.FmtDur(r.fanoutAckP50) })
+	t.Row(fmt.Sprintf("Go heap in use with %d watchers open (after GC)", o.watchers), func(r *result) string { return harness.FmtBytes(int64(r.heapWatching)) })
+	t.Row("Peak RSS of the bench process (server + clients)", func(r *result) string { return harness.FmtBytes(int64(r.peakRSS)) })
+	return t.String()
 }

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/weftmesh/weft/bench/internal/harness"
 )
 
 // eventWait bounds how long one write may take to reach every watcher.
@@ -202,7 +204,7 @@ func benchWatch(ctx context.Context, o options, a *api, res *result) error {
 		select {
 		case <-done:
 		case <-time.After(30 * time.Second):
-			logf("warning: watch streams did not end within 30s of cancelling them")
+			harness.Logf("warning: watch streams did not end within 30s of cancelling them")
 		}
 	}()
 
@@ -237,8 +239,8 @@ func benchWatch(ctx context.Context, o options, a *api, res *result) error {
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
 	res.heapWatching = ms.HeapInuse
-	logf("  %d watch streams on %d connections established in %s; heap in use %s, %d goroutines",
-		opened, len(conns), fmtDur(res.watchersOpen), fmtBytes(int64(ms.HeapInuse)), runtime.NumGoroutine())
+	harness.Logf("  %d watch streams on %d connections established in %s; heap in use %s, %d goroutines",
+		opened, len(conns), harness.FmtDur(res.watchersOpen), harness.FmtBytes(int64(ms.HeapInuse)), runtime.NumGoroutine())
 
 	var lastLat, firstLat, ackLat []time.Duration
 	for i := 0; i < o.fanout; i++ {
@@ -255,12 +257,12 @@ func benchWatch(ctx context.Context, o options, a *api, res *result) error {
 		lastLat = append(lastLat, arr.last.Sub(t0))
 		firstLat = append(firstLat, arr.first.Sub(t0))
 		ackLat = append(ackLat, ack)
-		logf("  fan-out write %d (rv %d): response %s, first watcher %s, last watcher %s",
-			i, rv, fmtDur(ack), fmtDur(arr.first.Sub(t0)), fmtDur(arr.last.Sub(t0)))
+		harness.Logf("  fan-out write %d (rv %d): response %s, first watcher %s, last watcher %s",
+			i, rv, harness.FmtDur(ack), harness.FmtDur(arr.first.Sub(t0)), harness.FmtDur(arr.last.Sub(t0)))
 	}
-	res.fanoutP50, res.fanoutMax = percentile(lastLat, 50), percentile(lastLat, 100)
-	res.fanoutFirst = percentile(firstLat, 50)
-	res.fanoutAckP50 = percentile(ackLat, 50)
+	res.fanoutP50, res.fanoutMax = harness.Percentile(lastLat, 50), harness.Percentile(lastLat, 100)
+	res.fanoutFirst = harness.Percentile(firstLat, 50)
+	res.fanoutAckP50 = harness.Percentile(ackLat, 50)
 	t.mu.Lock()
 	err = t.err
 	t.mu.Unlock()

@@ -4,16 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/weftmesh/weft/internal/kubeconfig"
+	"github.com/weftmesh/weft/bench/internal/harness"
 	"github.com/weftmesh/weft/internal/server"
 	"github.com/weftmesh/weft/internal/store"
-	_ "github.com/weftmesh/weft/internal/store/all" // link the bolt backend
 )
 
 // result holds the figures of one client count.
@@ -72,40 +70,17 @@ func benchN(parent context.Context, o options, n int, prof profiles) (res *resul
 			Debounce:        o.debounce,
 		},
 	}
-	level := slog.LevelWarn
-	if o.verbose {
-		level = slog.LevelInfo
-	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-
-	openCtx, cancelOpen := context.WithTimeout(parent, time.Minute)
-	defer cancelOpen()
-	srv, err := server.New(openCtx, cfg, logger)
+	srv, err := harness.StartServer(parent, cfg, o.verbose)
 	if err != nil {
-		return nil, fmt.Errorf("starting server: %w", err)
+		return nil, err
 	}
-	srvCtx, stopSrv := context.WithCancel(parent)
-	runErr := make(chan error, 1)
-	go func() { runErr <- srv.Run(srvCtx) }()
 	defer func() {
-		stopSrv()
-		select {
-		case e := <-runErr:
-			if e != nil && err == nil {
-				err = fmt.Errorf("server: %w", e)
-			}
-		case <-time.After(30 * time.Second):
-			if err == nil {
-				err = errors.New("server did not stop within 30s")
-			}
+		if e := srv.Stop(); e != nil && err == nil {
+			err = e
 		}
 	}()
 	addrCtx, cancelAddr := context.WithTimeout(parent, 30*time.Second)
 	defer cancelAddr()
-	addr, err := srv.Addr(addrCtx)
-	if err != nil {
-		return nil, fmt.Errorf("server API address: %w", err)
-	}
 	_, xdsAddr, err := srv.XDSAddrs(addrCtx)
 	if err != nil {
 		return nil, fmt.Errorf("server xDS addresses: %w", err)
@@ -113,18 +88,10 @@ func benchN(parent context.Context, o options, n int, prof profiles) (res *resul
 	if xdsAddr == "" {
 		return nil, errors.New("the server has no plaintext xDS listener")
 	}
-	kc, err := kubeconfig.Load(filepath.Join(cfg.DataDir, server.KubeconfigFile))
-	if err != nil {
-		return nil, err
-	}
-	rk, err := kc.Resolve("")
-	if err != nil {
-		return nil, err
-	}
-	a := newAPI("https://"+addr, rk.Token, rk.TLS)
+	a := newAPI("https://"+srv.APIAddr, srv.Token, srv.TLS)
 	defer a.close()
 	metricsURL := "http://" + monAddr + "/metrics"
-	logf("server: API %s, xDS (plaintext) %s, metrics %s", addr, xdsAddr, metricsURL)
+	harness.Logf("server: API %s, xDS (plaintext) %s, metrics %s", srv.APIAddr, xdsAddr, metricsURL)
 
 	res = &result{clients: n, conns: (n + o.streamsPerConn - 1) / o.streamsPerConn}
 	var m *mesh
@@ -142,7 +109,7 @@ func benchN(parent context.Context, o options, n int, prof profiles) (res *resul
 	}
 
 	res.before = readProcStats()
-	resetPeakRSS()
+	harness.ResetPeakRSS()
 	var f *fleet
 	defer func() {
 		if f != nil {
@@ -209,12 +176,12 @@ func benchN(parent context.Context, o options, n int, prof profiles) (res *resul
 	if err != nil {
 		return nil, err
 	}
-	res.peakRSS = procStatus("VmHWM:")
+	res.peakRSS = harness.ProcStatus("VmHWM:")
 	if res.afterChanges, err = scrapeMetrics(parent, metricsURL); err != nil {
 		return nil, err
 	}
-	res.changeP50, res.changeP99 = percentile(res.changes, 50), percentile(res.changes, 99)
-	res.changeMax = percentile(res.changes, 100)
+	res.changeP50, res.changeP99 = harness.Percentile(res.changes, 50), harness.Percentile(res.changes, 99)
+	res.changeMax = harness.Percentile(res.changes, 100)
 	return res, nil
 }
 
@@ -241,9 +208,9 @@ func settle(ctx context.Context, xdsAddr string, o options) error {
 		if ok && time.Since(time.Unix(0, p.lastResponse.Load())) >= quiet {
 			var parts []string
 			for t := 0; t < numTypes; t++ {
-				parts = append(parts, fmt.Sprintf("%s %d resources %s", shortType(t), p.count[t].Load(), fmtBytes(p.size[t].Load())))
+				parts = append(parts, fmt.Sprintf("%s %d resources %s", shortType(t), p.count[t].Load(), harness.FmtBytes(p.size[t].Load())))
 			}
-			logf("config settled; one client's resources: %s", strings.Join(parts, ", "))
+			harness.Logf("config settled; one client's resources: %s", strings.Join(parts, ", "))
 			return nil
 		}
 		select {
@@ -329,8 +296,8 @@ func change(ctx context.Context, o options, a *api, m *mesh, f *fleet, i int, re
 	res.changes = append(res.changes, d)
 	res.firsts = append(res.firsts, time.Unix(0, first).Sub(start))
 	res.puts = append(res.puts, put)
-	logf("  change %d (%s -> %d/%d): PUT %s, first client %s, last client %s", len(res.changes), serviceName(i), w1, 100-w1,
-		fmtDur(put), fmtDur(time.Unix(0, first).Sub(start)), fmtDur(d))
+	harness.Logf("  change %d (%s -> %d/%d): PUT %s, first client %s, last client %s", len(res.changes), serviceName(i), w1, 100-w1,
+		harness.FmtDur(put), harness.FmtDur(time.Unix(0, first).Sub(start)), harness.FmtDur(d))
 	return nil
 }
 
@@ -341,18 +308,7 @@ func minNonZero(a, b int64) int64 {
 	return a
 }
 
-// phase runs f under a time limit and labels its error.
+// phase runs f under limit.
 func phase(parent context.Context, limit time.Duration, name string, f func(context.Context) error) error {
-	ctx, cancel := context.WithTimeoutCause(parent, limit, fmt.Errorf("phase %q exceeded its limit of %s", name, limit))
-	defer cancel()
-	start := time.Now()
-	logf("phase %s: start", name)
-	if err := f(ctx); err != nil {
-		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
-			err = fmt.Errorf("%w (%v)", err, cause)
-		}
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	logf("phase %s: done in %s", name, time.Since(start).Round(time.Millisecond))
-	return nil
+	return harness.Phase(parent, name, limit, fmt.Errorf("phase %q exceeded its limit of %s", name, limit), f)
 }

@@ -17,6 +17,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/weftmesh/weft/bench/internal/harness"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
@@ -159,7 +160,7 @@ func (f *fleet) stop() {
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
-		logf("warning: client goroutines did not stop within 30s")
+		harness.Logf("warning: client goroutines did not stop within 30s")
 	}
 	for _, cc := range f.conns {
 		cc.Close()
@@ -177,7 +178,7 @@ func (f *fleet) waitSynced(ctx context.Context) error {
 		case err := <-f.errc:
 			return err
 		case <-tick.C:
-			logf("  %d of %d clients synced", f.synced.Load(), len(f.clients))
+			harness.Logf("  %d of %d clients synced", f.synced.Load(), len(f.clients))
 		case <-ctx.Done():
 			return fmt.Errorf("%d of %d clients synced: %w", f.synced.Load(), len(f.clients), context.Cause(ctx))
 		}

@@ -50,6 +50,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weftmesh/weft/bench/internal/harness"
 )
 
 // options are the command-line flags.
@@ -112,20 +114,7 @@ func parseFlags(args []string) (options, error) {
 	return o, nil
 }
 
-func main() {
-	o, err := parseFlags(os.Args[1:])
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "xds bench:", err)
-		os.Exit(2)
-	}
-	if err := run(o); err != nil {
-		fmt.Fprintln(os.Stderr, "xds bench: FAILED:", err)
-		os.Exit(1)
-	}
-}
+func main() { harness.Main("xds bench", parseFlags, run) }
 
 func run(o options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -140,15 +129,15 @@ func run(o options) error {
 	// Each gRPC connection is two descriptors in this process (both ends);
 	// the API clients, the store and the listeners need a few more.
 	conns := (largest + o.streamsPerConn - 1) / o.streamsPerConn
-	nofile, err := raiseNoFile(uint64(2*conns + 1024))
+	nofile, err := harness.RaiseNoFile(uint64(2*conns + 1024))
 	if err != nil {
 		return err
 	}
-	logf("RLIMIT_NOFILE = %d, GOMAXPROCS %d", nofile, runtime.GOMAXPROCS(0))
+	harness.Logf("RLIMIT_NOFILE = %d, GOMAXPROCS %d", nofile, runtime.GOMAXPROCS(0))
 
 	var results []*result
 	for i, n := range o.clients {
-		logf("=== %d clients ===", n)
+		harness.Logf("=== %d clients ===", n)
 		prof := profiles{}
 		if n == largest && !hasLaterEqual(o.clients[i+1:], largest) {
 			prof = profiles{cpu: o.cpuProfile, mem: o.memProfile}
@@ -161,19 +150,10 @@ func run(o options) error {
 			return fmt.Errorf("%d clients: %w", n, err)
 		}
 		results = append(results, res)
-		logf("%d clients: sync %s, change p50 %s p99 %s max %s, %s/client (RSS)", n, fmtDur(res.syncTime),
-			fmtDur(res.changeP50), fmtDur(res.changeP99), fmtDur(res.changeMax), fmtBytes(res.rssPerClient()))
+		harness.Logf("%d clients: sync %s, change p50 %s p99 %s max %s, %s/client (RSS)", n, harness.FmtDur(res.syncTime),
+			harness.FmtDur(res.changeP50), harness.FmtDur(res.changeP99), harness.FmtDur(res.changeMax), harness.FmtBytes(res.rssPerClient()))
 	}
-	table := renderTable(o, results)
-	fmt.Println()
-	fmt.Print(table)
-	if o.out != "" {
-		if err := os.WriteFile(o.out, []byte(table), 0o644); err != nil {
-			return fmt.Errorf("writing -out: %w", err)
-		}
-		logf("wrote %s", o.out)
-	}
-	return nil
+	return harness.WriteReport(renderTable(o, results), o.out)
 }
 
 func hasLaterEqual(rest []int, n int) bool {
@@ -203,7 +183,7 @@ func startCPUProfile(path string) (stop func(), err error) {
 	return func() {
 		pprof.StopCPUProfile()
 		f.Close()
-		logf("wrote CPU profile %s", path)
+		harness.Logf("wrote CPU profile %s", path)
 	}, nil
 }
 
@@ -220,29 +200,6 @@ func writeHeapProfile(path string) error {
 	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
 		return err
 	}
-	logf("wrote heap profile %s", path)
+	harness.Logf("wrote heap profile %s", path)
 	return nil
-}
-
-// raiseNoFile raises the soft RLIMIT_NOFILE to the hard limit and fails if
-// that is below want.
-func raiseNoFile(want uint64) (uint64, error) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, fmt.Errorf("getrlimit: %w", err)
-	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-			return 0, fmt.Errorf("setrlimit NOFILE to %d: %w", rl.Max, err)
-		}
-	}
-	if rl.Cur < want {
-		return rl.Cur, fmt.Errorf("RLIMIT_NOFILE is %d (hard limit %d), need %d: raise the hard limit (ulimit -Hn)", rl.Cur, rl.Max, want)
-	}
-	return rl.Cur, nil
-}
-
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 }

@@ -8,7 +8,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"os"
 	"runtime"
 	"runtime/debug"
 	"sort"
@@ -16,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weftmesh/weft/bench/internal/harness"
 )
 
 // procStats is the process's memory at one moment, after a GC.
@@ -32,26 +33,8 @@ func readProcStats() procStats {
 	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return procStats{heap: ms.HeapAlloc, rss: procStatus("VmRSS:"), goroutines: runtime.NumGoroutine()}
+	return procStats{heap: ms.HeapAlloc, rss: harness.ProcStatus("VmRSS:"), goroutines: runtime.NumGoroutine()}
 }
-
-// procStatus returns a "kB" field of /proc/self/status in bytes, or 0.
-func procStatus(field string) uint64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) == 3 && f[0] == field && f[2] == "kB" {
-			n, _ := strconv.ParseUint(f[1], 10, 64)
-			return n << 10
-		}
-	}
-	return 0
-}
-
-// resetPeakRSS resets the kernel's peak RSS record (VmHWM); best effort.
-func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
 // cpuTime is the user+system CPU time the process has used so far.
 func cpuTime() (time.Duration, error) {
@@ -231,49 +214,9 @@ func (h histogram) quantile(q float64) float64 {
 	return prevLe
 }
 
-// percentile returns the p-th percentile (0-100) of ds by nearest rank.
-func percentile(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	k := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(k, len(s)-1))]
-}
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d >= 10*time.Second:
-		return fmt.Sprintf("%.1f s", d.Seconds())
-	case d >= time.Second:
-		return fmt.Sprintf("%.2f s", d.Seconds())
-	case d >= 10*time.Millisecond:
-		return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond))
-	default:
-		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
-	}
-}
-
 func fmtSeconds(s float64) string {
 	if math.IsNaN(s) {
 		return "-"
 	}
-	return fmtDur(time.Duration(s * float64(time.Second)))
-}
-
-func fmtBytes(n int64) string {
-	neg := ""
-	if n < 0 {
-		neg, n = "-", -n
-	}
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%s%.2f GiB", neg, float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%s%.1f MiB", neg, float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%s%.1f KiB", neg, float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%s%d bytes", neg, n)
+	return harness.FmtDur(time.Duration(s * float64(time.Second)))
 }

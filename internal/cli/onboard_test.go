@@ -14,13 +14,10 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/internal/install/onboard"
-	"github.com/weftmesh/weft/internal/kubeconfig"
 	"github.com/weftmesh/weft/internal/proxy/bootstrap"
 	"github.com/weftmesh/weft/internal/proxy/sidecar"
 	"github.com/weftmesh/weft/internal/registry/workload"
-	"github.com/weftmesh/weft/internal/server"
-	"github.com/weftmesh/weft/internal/store"
-	_ "github.com/weftmesh/weft/internal/store/all"
+	"github.com/weftmesh/weft/internal/testutil/wefttest"
 )
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -29,47 +26,8 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 // path and TLS xDS address.
 func startServer(t *testing.T) (kubeconfigPath, xdsAddr string) {
 	t.Helper()
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, server.Config{DataDir: dir, Listen: "127.0.0.1:0", Store: store.Config{Backend: "bolt"},
-		Discovery: server.DiscoveryConfig{Listen: "127.0.0.1:0", PlaintextListen: "127.0.0.1:0", Debounce: 20 * time.Millisecond}}, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Error("weft server did not stop within 15s")
-		}
-	})
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	addr, err := srv.Addr(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsAddr, _, err := srv.XDSAddrs(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The server's kubeconfig names the configured port (0): point a copy
-	// at the bound one.
-	kc, err := kubeconfig.Load(filepath.Join(dir, server.KubeconfigFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range kc.Clusters {
-		kc.Clusters[i].Cluster.Server = "https://" + addr
-	}
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := kc.Write(path); err != nil {
-		t.Fatal(err)
-	}
-	return path, tlsAddr
+	srv := wefttest.Start(t, nil)
+	return srv.Kubeconfig(), srv.XDSTLS
 }
 
 // weftCmd runs the weft command line with args.

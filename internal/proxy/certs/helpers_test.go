@@ -6,29 +6,15 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/weftmesh/weft/internal/kubeconfig"
 	"github.com/weftmesh/weft/internal/proxy/certs"
 	"github.com/weftmesh/weft/internal/server"
-	"github.com/weftmesh/weft/internal/store"
-	_ "github.com/weftmesh/weft/internal/store/all"
+	"github.com/weftmesh/weft/internal/testutil/wefttest"
 )
-
-func logger() *slog.Logger {
-	if os.Getenv("WEFT_TEST_VERBOSE") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
 
 // fakeClock is a manual clock. Waiters fire when Advance reaches them;
 // every After call is reported on afters so tests know what is pending.
@@ -101,11 +87,8 @@ func (c *fakeClock) nextAfter(t *testing.T) time.Duration {
 
 // weft is an in-process weft server with an API client.
 type weft struct {
+	*wefttest.Server
 	t      *testing.T
-	api    string
-	token  string
-	client *http.Client
-	caAddr string         // :15012
 	caPool *x509.CertPool // the API server CA, which signs :15012's certificate
 }
 
@@ -113,72 +96,8 @@ type weft struct {
 // means the system clock.
 func startWeft(t *testing.T, now func() time.Time) *weft {
 	t.Helper()
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, server.Config{
-		DataDir: dir, Listen: "127.0.0.1:0", Store: store.Config{Backend: "bolt"}, MonitorListen: "",
-		Discovery: server.DiscoveryConfig{Listen: "127.0.0.1:0", PlaintextListen: "127.0.0.1:0", Debounce: 20 * time.Millisecond},
-		Clock:     now,
-	}, logger())
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Error("weft server did not stop within 15s")
-		}
-	})
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	addr, err := srv.Addr(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsAddr, _, err := srv.XDSAddrs(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc, err := kubeconfig.Load(filepath.Join(dir, server.KubeconfigFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := kc.Resolve("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		t.Fatal("no certificate in ca.crt")
-	}
-	return &weft{t: t, api: "https://" + addr, token: res.Token, caAddr: tlsAddr, caPool: pool,
-		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: res.TLS}}}
-}
-
-func (w *weft) do(method, path, body string) (int, string) {
-	w.t.Helper()
-	req, err := http.NewRequest(method, w.api+path, strings.NewReader(body))
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+w.token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := w.client.Do(req)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	srv := wefttest.Start(t, func(c *server.Config) { c.Clock = now })
+	return &weft{Server: srv, t: t, caPool: srv.CAPool()}
 }
 
 // group creates WorkloadGroup name in namespace default with the service
@@ -187,10 +106,10 @@ func (w *weft) group(name, sa string) (token, id string) {
 	w.t.Helper()
 	obj := fmt.Sprintf(`{"apiVersion":"networking.istio.io/v1","kind":"WorkloadGroup","metadata":{"name":%q,"namespace":"default"},
 		"spec":{"metadata":{"labels":{"app":%q}},"template":{"serviceAccount":%q}}}`, name, name, sa)
-	if code, body := w.do("POST", "/apis/networking.istio.io/v1/namespaces/default/workloadgroups", obj); code != 201 {
+	if code, body := w.Do("POST", "/apis/networking.istio.io/v1/namespaces/default/workloadgroups", obj); code != 201 {
 		w.t.Fatalf("creating WorkloadGroup %s: %d %s", name, code, body)
 	}
-	code, body := w.do("POST", "/weft/v1/workload-tokens", fmt.Sprintf(`{"namespace":"default","group":%q,"ttl":"1h"}`, name))
+	code, body := w.Do("POST", "/weft/v1/workload-tokens", fmt.Sprintf(`{"namespace":"default","group":%q,"ttl":"1h"}`, name))
 	if code != 201 {
 		w.t.Fatalf("creating a bootstrap token: %d %s", code, body)
 	}
@@ -203,14 +122,14 @@ func (w *weft) group(name, sa string) (token, id string) {
 
 func (w *weft) revoke(id string) {
 	w.t.Helper()
-	if code, body := w.do("DELETE", "/weft/v1/workload-tokens/"+id, ""); code != 200 {
+	if code, body := w.Do("DELETE", "/weft/v1/workload-tokens/"+id, ""); code != 200 {
 		w.t.Fatalf("revoking token %s: %d %s", id, code, body)
 	}
 }
 
 // config is a Manager config for w's CA.
 func (w *weft) config(token string, clock certs.Clock) certs.Config {
-	c := certs.Config{CAAddress: w.caAddr, CARoots: w.caPool, ServerName: "127.0.0.1", BootstrapToken: token}
+	c := certs.Config{CAAddress: w.XDSTLS, CARoots: w.caPool, ServerName: "127.0.0.1", BootstrapToken: token}
 	if clock != nil {
 		c.Clock = clock
 	}
@@ -227,7 +146,7 @@ type running struct {
 
 func start(t *testing.T, cfg certs.Config) *running {
 	t.Helper()
-	m, err := certs.New(cfg, logger())
+	m, err := certs.New(cfg, wefttest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,7 @@
 package dns
 
 import (
-	"encoding/json"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,21 +9,11 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/priority/previous_priorities/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
-	"google.golang.org/protobuf/encoding/protojson"
+	"github.com/weftmesh/weft/internal/testutil/ldsgolden"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -162,37 +150,15 @@ func TestNewTable(t *testing.T) {
 	}
 }
 
-// goldenDir holds the LDS/RDS golden outputs of weft's translator: the
-// exact listeners and routes the control plane sends.
-const goldenDir = "../../pilot/translate/testdata/lds"
-
 // goldenSnapshot decodes the listeners and routes of one golden file.
 func goldenSnapshot(t testing.TB, file string) *xdsclient.Snapshot {
 	t.Helper()
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc struct {
-		Listeners []json.RawMessage `json:"listeners"`
-		Routes    []json.RawMessage `json:"routes"`
-	}
-	if err := json.Unmarshal(raw, &doc); err != nil {
-		t.Fatalf("%s: %v", file, err)
-	}
+	listeners, routes := ldsgolden.Load(t, file)
 	s := &xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{}, Routes: map[string]*routev3.RouteConfiguration{}}
-	for _, r := range doc.Routes {
-		rc := &routev3.RouteConfiguration{}
-		if err := protojson.Unmarshal(r, rc); err != nil {
-			t.Fatalf("%s: route: %v", file, err)
-		}
+	for _, rc := range routes {
 		s.Routes[rc.GetName()] = rc
 	}
-	for _, l := range doc.Listeners {
-		lis := &listenerv3.Listener{}
-		if err := protojson.Unmarshal(l, lis); err != nil {
-			t.Fatalf("%s: listener: %v", file, err)
-		}
+	for _, lis := range listeners {
 		s.Listeners[lis.GetName()] = lis
 	}
 	return s
@@ -221,7 +187,7 @@ func TestFromSnapshotGolden(t *testing.T) {
 		"proxyless.json": {},
 	} {
 		t.Run(file, func(t *testing.T) {
-			got := dump(FromSnapshot(goldenSnapshot(t, filepath.Join(goldenDir, file))))
+			got := dump(FromSnapshot(goldenSnapshot(t, filepath.Join(ldsgolden.Dir, file))))
 			if d := cmp.Diff(got, want); d != "" {
 				t.Fatalf("table (-got +want):\n%s", d)
 			}
@@ -229,7 +195,7 @@ func TestFromSnapshotGolden(t *testing.T) {
 	}
 	// Every golden file decodes and builds; no name is a wildcard and
 	// every name has an address.
-	files, _ := filepath.Glob(filepath.Join(goldenDir, "*.json"))
+	files, _ := filepath.Glob(filepath.Join(ldsgolden.Dir, "*.json"))
 	if len(files) == 0 {
 		t.Fatal("no golden files")
 	}

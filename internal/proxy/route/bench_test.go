@@ -9,6 +9,7 @@ import (
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/weftmesh/weft/internal/testutil/ldsgolden"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -121,8 +122,8 @@ func BenchmarkCompile(b *testing.B) {
 }
 
 func FuzzMatch(f *testing.F) {
-	rcs := goldenRoutes(f, filepath.Join(goldenDir, "http-match.json"))
-	rcs = append(rcs, goldenRoutes(f, filepath.Join(goldenDir, "http-actions.json"))...)
+	rcs := goldenRoutes(f, filepath.Join(ldsgolden.Dir, "http-match.json"))
+	rcs = append(rcs, goldenRoutes(f, filepath.Join(ldsgolden.Dir, "http-actions.json"))...)
 	rcs = append(rcs, benchConfig())
 	var tables []*Table
 	for _, rc := range rcs {

@@ -1,64 +1,24 @@
 package route
 
 import (
-	"encoding/json"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/priority/previous_priorities/v3"
-	"google.golang.org/protobuf/encoding/protojson"
+	"github.com/weftmesh/weft/internal/testutil/ldsgolden"
 )
-
-// goldenDir holds the LDS/RDS golden outputs of weft's translator: the
-// exact RouteConfigurations the control plane sends.
-const goldenDir = "../../pilot/translate/testdata/lds"
 
 // goldenRoutes decodes every RouteConfiguration of one golden file: the
 // RDS ones and those inline in listeners' HTTP connection managers.
 func goldenRoutes(t testing.TB, file string) []*routev3.RouteConfiguration {
 	t.Helper()
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc struct {
-		Listeners []json.RawMessage `json:"listeners"`
-		Routes    []json.RawMessage `json:"routes"`
-	}
-	if err := json.Unmarshal(raw, &doc); err != nil {
-		t.Fatalf("%s: %v", file, err)
-	}
-	var out []*routev3.RouteConfiguration
-	for _, r := range doc.Routes {
-		rc := &routev3.RouteConfiguration{}
-		if err := protojson.Unmarshal(r, rc); err != nil {
-			t.Fatalf("%s: route: %v", file, err)
-		}
-		out = append(out, rc)
-	}
-	for _, l := range doc.Listeners {
-		lis := &listenerv3.Listener{}
-		if err := protojson.Unmarshal(l, lis); err != nil {
-			t.Fatalf("%s: listener: %v", file, err)
-		}
+	listeners, out := ldsgolden.Load(t, file)
+	for _, lis := range listeners {
 		chains := append([]*listenerv3.FilterChain{lis.GetDefaultFilterChain()}, lis.GetFilterChains()...)
 		for _, fc := range chains {
 			for _, f := range fc.GetFilters() {
@@ -80,7 +40,7 @@ func goldenRoutes(t testing.TB, file string) []*routev3.RouteConfiguration {
 // goldenTable compiles the RouteConfiguration named name in a golden file.
 func goldenTable(t testing.TB, file, name string) *Table {
 	t.Helper()
-	for _, rc := range goldenRoutes(t, filepath.Join(goldenDir, file)) {
+	for _, rc := range goldenRoutes(t, filepath.Join(ldsgolden.Dir, file)) {
 		if rc.GetName() == name {
 			tb, err := Compile(rc)
 			if err != nil {
@@ -94,9 +54,9 @@ func goldenTable(t testing.TB, file, name string) *Table {
 }
 
 func TestGoldenAllCompile(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join(goldenDir, "*.json"))
+	files, err := filepath.Glob(filepath.Join(ldsgolden.Dir, "*.json"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no golden files in %s: %v", goldenDir, err)
+		t.Fatalf("no golden files in %s: %v", ldsgolden.Dir, err)
 	}
 	total := 0
 	for _, f := range files {

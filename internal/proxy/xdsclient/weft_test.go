@@ -2,118 +2,18 @@ package xdsclient_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net/http"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/weftmesh/weft/internal/kubeconfig"
 	pilotxds "github.com/weftmesh/weft/internal/pilot/xds"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
-	"github.com/weftmesh/weft/internal/resource"
-	"github.com/weftmesh/weft/internal/server"
-	"github.com/weftmesh/weft/internal/store"
-	_ "github.com/weftmesh/weft/internal/store/all"
+	"github.com/weftmesh/weft/internal/testutil/wefttest"
 )
 
-// weft is an in-process weft server (the real control plane).
-type weft struct {
-	t      *testing.T
-	api    string
-	token  string
-	client *http.Client
-	xds    string
-}
-
-func logger() *slog.Logger {
-	if os.Getenv("WEFT_TEST_VERBOSE") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
-func startWeft(t *testing.T) *weft {
-	t.Helper()
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, server.Config{
-		DataDir: dir, Listen: "127.0.0.1:0", Store: store.Config{Backend: "bolt"},
-		Discovery: server.DiscoveryConfig{Listen: "127.0.0.1:0", PlaintextListen: "127.0.0.1:0", Debounce: 20 * time.Millisecond},
-	}, logger())
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Error("weft server did not stop within 15s")
-		}
-	})
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	addr, err := srv.Addr(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, plain, err := srv.XDSAddrs(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc, err := kubeconfig.Load(filepath.Join(dir, "kubeconfig"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := kc.Resolve("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &weft{t: t, api: "https://" + addr, token: res.Token, xds: plain,
-		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: res.TLS}}}
-}
-
-// create posts objects from YAML through the API.
-func (w *weft) create(yamlDocs string) {
-	w.t.Helper()
-	docs, err := resource.SplitYAML([]byte(yamlDocs))
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	for _, d := range docs {
-		k, err := resource.ByKind(d.Object["apiVersion"].(string), d.Object["kind"].(string))
-		if err != nil {
-			w.t.Fatal(err)
-		}
-		body, err := json.Marshal(d.Object)
-		if err != nil {
-			w.t.Fatal(err)
-		}
-		url := fmt.Sprintf("%s/apis/%s/%s/namespaces/default/%s", w.api, k.Group, k.StorageVersion(), k.Resource)
-		req, _ := http.NewRequest("POST", url, strings.NewReader(string(body)))
-		req.Header.Set("Authorization", "Bearer "+w.token)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := w.client.Do(req)
-		if err != nil {
-			w.t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			w.t.Fatalf("POST %s: %d %s", url, resp.StatusCode, b)
-		}
-	}
-}
+// startWeft runs an in-process weft server (the real control plane).
+func startWeft(t *testing.T) *wefttest.Server { return wefttest.Start(t, nil) }
 
 const serviceEntry = `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -138,7 +38,7 @@ func TestAgainstWeft(t *testing.T) {
 			// go-control-plane's stream ID, which SotW and delta count
 			// separately, so concurrent streams of both kinds collide.
 			w := startWeft(t)
-			w.create(serviceEntry)
+			w.Apply(serviceEntry)
 			info := xdsclient.NodeInfo{IP: "127.0.0.1", Name: fmt.Sprintf("app-%v", delta), Namespace: "default",
 				Labels: map[string]string{"app": "app"}, Explicit: true}
 			node := xdsclient.NewNode(info)
@@ -147,10 +47,10 @@ func TestAgainstWeft(t *testing.T) {
 				t.Fatalf("weft reads the node as %+v (%v)", p, err)
 			}
 			var validated atomic.Int32
-			c := xdsclient.New(xdsclient.Config{Server: w.xds, Node: node, Delta: delta}, func(s *xdsclient.Snapshot) error {
+			c := xdsclient.New(xdsclient.Config{Server: w.XDS, Node: node, Delta: delta}, func(s *xdsclient.Snapshot) error {
 				validated.Add(1)
 				return nil
-			}, logger())
+			}, wefttest.Logger())
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- c.Run(ctx) }()

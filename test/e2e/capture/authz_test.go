@@ -13,28 +13,9 @@ import (
 // httpbin (HTTP 9080, TCP 9000), all with sidecars and STRICT mTLS.
 var authzHosts = map[string]string{"cp": "10.81.0.1", "a": "10.81.0.2", "b": "10.81.0.3", "c": "10.81.0.4"}
 
+// authzMeshYAML is the mesh's config (the WorkloadGroups come with the
+// sidecars).
 const authzMeshYAML = `apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: sleep, namespace: default}
-spec:
-  metadata: {labels: {app: sleep}}
-  template: {serviceAccount: sleep}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: other, namespace: ops}
-spec:
-  metadata: {labels: {app: other}}
-  template: {serviceAccount: other}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: httpbin, namespace: default}
-spec:
-  metadata: {labels: {app: httpbin}}
-  template: {serviceAccount: httpbin}
----
-apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: httpbin, namespace: default}
 spec:
@@ -98,41 +79,8 @@ func authzMesh(t *testing.T, prefix, meshConfig string) (map[string]string, func
 	}
 	bg(t, "httpbin-9080", ns["b"], appBin, "record", "-addr", "0.0.0.0:9080", "-name", "httpbin")
 	bg(t, "httpbin-9000", ns["b"], appBin, "record", "-addr", "0.0.0.0:9000", "-name", "httpbin-tcp")
-	rootDir := worldDir(t)
-	rootCert := filepath.Join(rootDir, "root-cert.pem")
-	caPEM, err := os.ReadFile(filepath.Join(data, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(rootCert, caPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	type wl struct{ group, namespace string }
-	wls := map[string]wl{"a": {"sleep", "default"}, "b": {"httpbin", "default"}, "c": {"other", "ops"}}
-	for _, h := range []string{"a", "b", "c"} {
-		w := wls[h]
-		tok, err := weft("", "-n", w.namespace, "workload", "token", "create", "--group", w.group, "--ttl", "1h")
-		if err != nil {
-			t.Fatal(err)
-		}
-		certDir := worldDir(t)
-		if err := os.Chmod(certDir, 0o777); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := in(ns[h], proxyBin, "iptables", "-u", proxyUID, "--owner", "host-"+h); err != nil {
-			t.Fatalf("iptables on %s: %v\n%s", h, err, out)
-		}
-		bg(t, "sidecar-"+h, ns[h], "setpriv", "--reuid="+proxyUID, "--regid="+proxyUID, "--clear-groups",
-			proxyBin, "sidecar", "--ip", authzHosts[h], "--name", w.group+"-1", "-n", w.namespace, "--labels", "app="+w.group,
-			"--service-account", w.group, "--discovery-address", authzHosts["cp"]+":15012", "--ca-root-file", rootCert,
-			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir, "--log-level", "debug")
-	}
-	for _, h := range []string{"a", "b", "c"} {
-		eventually(t, "sidecar on "+h+" ready", func() error {
-			_, err := in(ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15021/healthz/ready")
-			return err
-		})
-	}
+	startMTLSSidecars(t, ns, authzHosts, data, weft,
+		map[string]meshedHost{"a": {"sleep", "default"}, "b": {"httpbin", "default"}, "c": {"other", "ops"}}, "--log-level", "debug")
 	eventually(t, "sleep reaches httpbin, /admin denied", func() error {
 		if st, body, err := raw(ns["a"], "/"); err != nil || st != 200 || body != "httpbin uri=/" {
 			return fmt.Errorf("/: %d %q %v", st, body, err)
@@ -148,8 +96,7 @@ func authzMesh(t *testing.T, prefix, meshConfig string) (map[string]string, func
 // raw sends one raw request line from the app side of ns through its
 // sidecar to httpbin.mesh:9080.
 func raw(ns, target string) (int, string, error) {
-	out, err := in(ns, "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
-		appBin, "raw", "-addr", "240.240.0.20:9080", "-host", "httpbin.mesh", "-target", target)
+	out, err := asApp(ns, "raw", "-addr", "240.240.0.20:9080", "-host", "httpbin.mesh", "-target", target)
 	if err != nil {
 		return 0, "", fmt.Errorf("%v: %s", err, out)
 	}
@@ -247,8 +194,7 @@ func TestAuthzBase(t *testing.T) {
 	// chains a DENY rule drops it and denies every connection (Istio's
 	// conservative behaviour).
 	tcp := func(h string) (string, error) {
-		return in(ns[h], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
-			appBin, "fetch", "-url", "http://240.240.0.20:9000/tcp")
+		return asApp(ns[h], "fetch", "-url", "http://240.240.0.20:9000/tcp")
 	}
 	if out, err := tcp("a"); err == nil {
 		t.Errorf("sleep over TCP 9000 got through a DENY with HTTP-only fields: %q", out)

@@ -77,52 +77,17 @@ spec:
 	bg(t, "ratings-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9081", "-name", "ratings-consul")
 	bg(t, "details-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9082", "-name", "details")
 	for _, h := range []string{"a", "b"} {
-		args := []string{proxyBin, "iptables", "-u", proxyUID, "--owner", "host-" + h}
-		if h == "a" {
-			args = append(args, "--capture-dns")
-		}
-		if out, err := in(ns[h], args...); err != nil {
-			t.Fatalf("iptables on %s: %v\n%s", h, err, out)
-		}
 		t.Cleanup(func() { _, _ = in(ns[h], proxyBin, "iptables", "--cleanup", "--owner", "host-"+h) })
-		bg(t, "sidecar-"+h, ns[h], "setpriv", "--reuid="+proxyUID, "--regid="+proxyUID, "--clear-groups",
-			proxyBin, "sidecar", "--ip", hosts[h], "--name", map[string]string{"a": "productpage-1", "b": "reviews-1"}[h],
-			"--labels", map[string]string{"a": "app=productpage", "b": "app=reviews,version=v1"}[h],
-			"--discovery-address", hosts["cp"]+":15010")
 	}
-	for _, h := range []string{"a", "b"} {
-		eventually(t, "sidecar on "+h+" ready", func() error {
-			_, err := in(ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15021/healthz/ready")
-			return err
-		})
-	}
+	startSidecars(t, ns, hosts, map[string][]string{"a": {"--capture-dns"}})
 
 	// The app on A (an ordinary user) calls the service by name.
-	var out string
-	eventually(t, "requests by name through both sidecars", func() error {
-		var err error
-		out, err = in(ns["a"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
-			appBin, "get", "-url", "http://reviews.mesh:9080/", "-n", "20")
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		if !strings.Contains(out, "reviews-v1 20") || !strings.Contains(out, "failed 0") {
-			return fmt.Errorf("answers: %s", out)
-		}
-		return nil
-	})
+	out := getAll(t, "requests by name through both sidecars", ns["a"], "http://reviews.mesh:9080/", "reviews-v1", 20)
 	t.Logf("app on A, 20 requests to http://reviews.mesh:9080/:\n%s", out)
 
 	// A plain short name, as on a Kubernetes node: "details" is
 	// details.<the proxy's namespace>.svc.cluster.local (auto-allocated VIP).
-	eventually(t, "requests by short name", func() error {
-		out, err := in(ns["a"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
-			appBin, "get", "-url", "http://details:9082/", "-n", "5")
-		if err != nil || !strings.Contains(out, "details 5") {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	})
+	getAll(t, "requests by short name", ns["a"], "http://details:9082/", "details", 5)
 
 	// The name came from A's DNS proxy, and both sidecars carried the
 	// requests.
@@ -158,14 +123,7 @@ spec:
 
 	// The Consul name: answered by A's DNS proxy with a VIP from
 	// 240.240.0.0/16, not forwarded (A's resolver does not exist).
-	eventually(t, "ratings.service.consul by name through A's sidecar", func() error {
-		out, err := in(ns["a"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
-			appBin, "get", "-url", "http://ratings.service.consul:9081/", "-n", "10")
-		if err != nil || !strings.Contains(out, "ratings-consul 10") {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	})
+	getAll(t, "ratings.service.consul by name through A's sidecar", ns["a"], "http://ratings.service.consul:9081/", "ratings-consul", 10)
 	if out, err := in(ns["a"], "getent", "ahostsv4", "ratings.service.consul"); err != nil || !strings.HasPrefix(out, "240.240.") {
 		t.Fatalf("ratings.service.consul resolves to %q (%v), want a VIP in 240.240.0.0/16", out, err)
 	} else {
@@ -174,8 +132,7 @@ spec:
 
 	// Without the sidecar's answer the name does not resolve: B has no
 	// DNS capture and no resolver, so the same call by name fails there.
-	if out, err := in(ns["b"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
-		appBin, "fetch", "-url", "http://reviews.mesh:9080/"); err == nil {
+	if out, err := asApp(ns["b"], "fetch", "-url", "http://reviews.mesh:9080/"); err == nil {
 		t.Fatalf("B resolved reviews.mesh without DNS capture: %s", out)
 	}
 }

@@ -230,7 +230,7 @@ func newJWTMesh(t *testing.T, extra string) *jwtMesh {
 		t.Fatal(err)
 	}
 	bg(t, "app-b", m.ns["b"], appBin, "headers", "-addr", "0.0.0.0:9080")
-	startMTLSSidecars(t, m.ns, m.hosts, data, m.weft)
+	startMTLSSidecars(t, m.ns, m.hosts, data, m.weft, productpageReviews)
 	m.call = func(token string, extra ...string) (int, string) {
 		t.Helper()
 		args := []string{"setpriv", "--reuid=" + appUID, "--regid=" + appUID, "--clear-groups",

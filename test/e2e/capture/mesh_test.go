@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -99,6 +100,61 @@ func eventually(t *testing.T, what string, f func() error) {
 
 const proxyUID = "1337"
 
+// asApp runs the app binary in ns as the unprivileged app user (so that
+// its traffic is captured).
+func asApp(ns string, args ...string) (string, error) {
+	return in(ns, append([]string{"setpriv", "--reuid=" + appUID, "--regid=" + appUID, "--clear-groups", appBin}, args...)...)
+}
+
+// getAll has the app on ns make n requests to url (retrying, bounded, until
+// backend answered all of them) and returns the app's summary.
+func getAll(t *testing.T, what, ns, url, backend string, n int) string {
+	t.Helper()
+	var out string
+	eventually(t, what, func() error {
+		var err error
+		out, err = asApp(ns, "get", "-url", url, "-n", strconv.Itoa(n))
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		if !strings.Contains(out, fmt.Sprintf("%s %d", backend, n)) || !strings.Contains(out, "failed 0") {
+			return fmt.Errorf("answers: %s", out)
+		}
+		return nil
+	})
+	return out
+}
+
+// startSidecars installs capture rules on hosts a and b (with the extra
+// iptables flags given for a host), starts their sidecars as
+// productpage-1 and reviews-1 (reviews v1) against the control plane's
+// plaintext xDS port 15010, and waits until both are ready.
+func startSidecars(t *testing.T, ns, hosts map[string]string, iptablesFlags map[string][]string) {
+	t.Helper()
+	for _, h := range []string{"a", "b"} {
+		args := append([]string{proxyBin, "iptables", "-u", proxyUID, "--owner", "host-" + h}, iptablesFlags[h]...)
+		if out, err := in(ns[h], args...); err != nil {
+			t.Fatalf("iptables on %s: %v\n%s", h, err, out)
+		}
+		bg(t, "sidecar-"+h, ns[h], "setpriv", "--reuid="+proxyUID, "--regid="+proxyUID, "--clear-groups",
+			proxyBin, "sidecar", "--ip", hosts[h], "--name", map[string]string{"a": "productpage-1", "b": "reviews-1"}[h],
+			"--labels", map[string]string{"a": "app=productpage", "b": "app=reviews,version=v1"}[h],
+			"--discovery-address", hosts["cp"]+":15010")
+	}
+	waitSidecarsReady(t, ns, "a", "b")
+}
+
+// waitSidecarsReady waits until the sidecars on hosts report ready.
+func waitSidecarsReady(t *testing.T, ns map[string]string, hosts ...string) {
+	t.Helper()
+	for _, h := range hosts {
+		eventually(t, "sidecar on "+h+" ready", func() error {
+			_, err := in(ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15021/healthz/ready")
+			return err
+		})
+	}
+}
+
 // TestMeshThroughTwoSidecars: a control plane and two "VM" hosts in
 // network namespaces on a bridge. The app on host A calls the service's
 // VIP; iptables sends it through A's sidecar (15001), which routes it to
@@ -127,36 +183,10 @@ spec:
 
 	// Host B: the app, capture rules, then the sidecar as the exempt UID.
 	bg(t, "app-b", ns["b"], appBin, "serve", "-addr", "0.0.0.0:9080", "-name", "reviews-v1")
-	for _, h := range []string{"a", "b"} {
-		if out, err := in(ns[h], proxyBin, "iptables", "-u", proxyUID, "--owner", "host-"+h); err != nil {
-			t.Fatalf("iptables on %s: %v\n%s", h, err, out)
-		}
-		bg(t, "sidecar-"+h, ns[h], "setpriv", "--reuid="+proxyUID, "--regid="+proxyUID, "--clear-groups",
-			proxyBin, "sidecar", "--ip", hosts[h], "--name", map[string]string{"a": "productpage-1", "b": "reviews-1"}[h],
-			"--labels", map[string]string{"a": "app=productpage", "b": "app=reviews,version=v1"}[h],
-			"--discovery-address", hosts["cp"]+":15010")
-	}
-	for _, h := range []string{"a", "b"} {
-		eventually(t, "sidecar on "+h+" ready", func() error {
-			_, err := in(ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15021/healthz/ready")
-			return err
-		})
-	}
+	startSidecars(t, ns, hosts, nil)
 
 	// The app on A (an ordinary user) calls the VIP; capture does the rest.
-	var out string
-	eventually(t, "requests through both sidecars", func() error {
-		var err error
-		out, err = in(ns["a"], "setpriv", "--reuid="+appUID, "--regid="+appUID, "--clear-groups",
-			appBin, "get", "-url", "http://240.240.0.10:9080/", "-n", "50")
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		if !strings.Contains(out, "reviews-v1 50") || !strings.Contains(out, "failed 0") {
-			return fmt.Errorf("answers: %s", out)
-		}
-		return nil
-	})
+	out := getAll(t, "requests through both sidecars", ns["a"], "http://240.240.0.10:9080/", "reviews-v1", 50)
 	t.Logf("app on A, 50 requests to the VIP:\n%s", out)
 
 	// Both sidecars saw the requests: A as the source, B as the destination.

@@ -10,10 +10,12 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"math/big"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,21 +32,9 @@ type secMesh struct {
 	certDirs  map[string]string
 }
 
+// secConfig is the mesh's config (the WorkloadGroups come with the
+// sidecars); %s is host b's address.
 const secConfig = `apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: productpage}
-spec:
-  metadata: {labels: {app: productpage}}
-  template: {serviceAccount: productpage}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: reviews}
-spec:
-  metadata: {labels: {app: reviews}}
-  template: {serviceAccount: reviews}
----
-apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews}
 spec:
@@ -78,7 +68,7 @@ func startSecMesh(t *testing.T, prefix, subnet string, serverFlags ...string) *s
 		t.Fatal(err)
 	}
 	bg(t, "app-b", m.ns["b"], appBin, "echo", "-http", "0.0.0.0:9080", "-tcp", "0.0.0.0:9090", "-name", "reviews-v1")
-	m.certDirs = startMTLSSidecars(t, m.ns, m.hosts, data, m.weft)
+	m.certDirs = startMTLSSidecars(t, m.ns, m.hosts, data, m.weft, productpageReviews)
 	eventually(t, "meshed HTTP and TCP through both sidecars", func() error {
 		out, err := m.asApp("a", "get", "-url", "http://240.240.0.10:9080/", "-n", "5")
 		if err != nil || !strings.Contains(out, "reviews-v1 5") {
@@ -94,9 +84,7 @@ func startSecMesh(t *testing.T, prefix, subnet string, serverFlags ...string) *s
 
 // asApp runs the app binary on host h as the unprivileged app user (so
 // its traffic is captured).
-func (m *secMesh) asApp(h string, args ...string) (string, error) {
-	return in(m.ns[h], append([]string{"setpriv", "--reuid=" + appUID, "--regid=" + appUID, "--clear-groups", appBin}, args...)...)
-}
+func (m *secMesh) asApp(h string, args ...string) (string, error) { return asApp(m.ns[h], args...) }
 
 // conns is how many connections b's app has accepted so far.
 func (m *secMesh) conns(t *testing.T) int {
@@ -362,10 +350,19 @@ func worldDir(t *testing.T) string {
 	return d
 }
 
-// startMTLSSidecars onboards hosts a (productpage) and b (reviews) with
-// bootstrap tokens, installs capture rules and starts their sidecars with
-// certificate dirs (returned by host), and waits until both are ready.
-func startMTLSSidecars(t *testing.T, ns, hosts map[string]string, data string, weft func(string, ...string) (string, error)) (certDirs map[string]string) {
+// meshedHost is the workload on a host with an mTLS sidecar: WorkloadGroup
+// group (labels app=<group>, service account <group>) in namespace.
+type meshedHost struct{ group, namespace string }
+
+// productpageReviews: host a runs productpage, host b reviews.
+var productpageReviews = map[string]meshedHost{"a": {"productpage", "default"}, "b": {"reviews", "default"}}
+
+// startMTLSSidecars onboards the hosts of workloads: it creates their
+// WorkloadGroups and a bootstrap token each, installs capture rules and
+// starts their sidecars (with the extra sidecar flags) with certificate dirs
+// (returned by host), and waits until all are ready.
+func startMTLSSidecars(t *testing.T, ns, hosts map[string]string, data string, weft func(string, ...string) (string, error),
+	workloads map[string]meshedHost, extra ...string) (certDirs map[string]string) {
 	t.Helper()
 	rootCert := filepath.Join(worldDir(t), "root-cert.pem")
 	caPEM, err := os.ReadFile(filepath.Join(data, "ca.crt"))
@@ -375,10 +372,25 @@ func startMTLSSidecars(t *testing.T, ns, hosts map[string]string, data string, w
 	if err := os.WriteFile(rootCert, caPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	order := slices.Sorted(maps.Keys(workloads))
+	var groups []string
+	for _, h := range order {
+		w := workloads[h]
+		groups = append(groups, fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: %s, namespace: %s}
+spec:
+  metadata: {labels: {app: %[1]s}}
+  template: {serviceAccount: %[1]s}
+`, w.group, w.namespace))
+	}
+	if _, err := weft(strings.Join(groups, "---\n"), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
 	certDirs = map[string]string{}
-	for _, h := range []string{"a", "b"} {
-		group := map[string]string{"a": "productpage", "b": "reviews"}[h]
-		tok, err := weft("", "workload", "token", "create", "--group", group, "--ttl", "1h")
+	for _, h := range order {
+		w := workloads[h]
+		tok, err := weft("", "-n", w.namespace, "workload", "token", "create", "--group", w.group, "--ttl", "1h")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -390,16 +402,11 @@ func startMTLSSidecars(t *testing.T, ns, hosts map[string]string, data string, w
 		if out, err := in(ns[h], proxyBin, "iptables", "-u", proxyUID, "--owner", "host-"+h); err != nil {
 			t.Fatalf("iptables on %s: %v\n%s", h, err, out)
 		}
-		bg(t, "sidecar-"+h, ns[h], "setpriv", "--reuid="+proxyUID, "--regid="+proxyUID, "--clear-groups",
-			proxyBin, "sidecar", "--ip", hosts[h], "--name", group+"-1", "--labels", "app="+group, "--service-account", group,
-			"--discovery-address", hosts["cp"]+":15012", "--ca-root-file", rootCert,
-			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir)
+		bg(t, "sidecar-"+h, ns[h], append([]string{"setpriv", "--reuid=" + proxyUID, "--regid=" + proxyUID, "--clear-groups",
+			proxyBin, "sidecar", "--ip", hosts[h], "--name", w.group + "-1", "-n", w.namespace, "--labels", "app=" + w.group,
+			"--service-account", w.group, "--discovery-address", hosts["cp"] + ":15012", "--ca-root-file", rootCert,
+			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir}, extra...)...)
 	}
-	for _, h := range []string{"a", "b"} {
-		eventually(t, "sidecar on "+h+" ready", func() error {
-			_, err := in(ns[h], appBin, "fetch", "-url", "http://127.0.0.1:15021/healthz/ready")
-			return err
-		})
-	}
+	waitSidecarsReady(t, ns, order...)
 	return certDirs
 }

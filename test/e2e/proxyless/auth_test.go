@@ -3,12 +3,9 @@ package proxyless
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,14 +26,14 @@ import (
 // but only as a node of the token's namespace and service account.
 func TestTLSXDSNeedsIdentity(t *testing.T) {
 	w := startWeft(t)
-	w.apply(`apiVersion: networking.istio.io/v1
+	w.Apply(`apiVersion: networking.istio.io/v1
 kind: WorkloadGroup
 metadata: {name: ratings}
 spec:
   metadata: {labels: {app: ratings}}
   template: {serviceAccount: ratings}
 `)
-	code, body := w.do("POST", w.api+"/weft/v1/workload-tokens", `{"namespace":"default","group":"ratings","ttl":"1h"}`)
+	code, body := w.Do("POST", "/weft/v1/workload-tokens", `{"namespace":"default","group":"ratings","ttl":"1h"}`)
 	if code != 201 && code != 200 {
 		t.Fatalf("creating a bootstrap token: %d %s", code, body)
 	}
@@ -44,13 +41,7 @@ spec:
 	if err := json.Unmarshal([]byte(body), &tok); err != nil || !strings.HasPrefix(tok.Token, "wbt_") {
 		t.Fatalf("token reply %s: %v", body, err)
 	}
-	caPEM, err := os.ReadFile(filepath.Join(filepath.Dir(w.kubeconfig), "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	conn, err := grpc.NewClient(w.xdsTLS, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	conn, err := grpc.NewClient(w.XDSTLS, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: w.CAPool(), ServerName: "127.0.0.1"})))
 	if err != nil {
 		t.Fatal(err)
 	}

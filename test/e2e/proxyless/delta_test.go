@@ -1,33 +1,19 @@
 package proxyless
 
 import (
-	"context"
 	"testing"
-	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // TestDeltaXDS subscribes to clusters over incremental (delta) ADS, the
 // protocol Envoy prefers, and follows an added subset cluster.
 func TestDeltaXDS(t *testing.T) {
-	w := startWeft(t)
-	p1, p2 := startBackend(t, "v1"), startBackend(t, "v2")
-	w.apply(echoConfig(p1, p2, 50, 50))
-
-	conn, err := grpc.NewClient(w.xds, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	w, ads, ctx := startEchoADS(t)
+	stream, err := ads.DeltaAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +51,7 @@ func TestDeltaXDS(t *testing.T) {
 		t.Fatalf("delta CDS lacks the passthrough cluster: %v", clusters)
 	}
 	// A third subset arrives as an incremental update.
-	w.apply(`apiVersion: networking.istio.io/v1
+	w.Apply(`apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: echo}
 spec:

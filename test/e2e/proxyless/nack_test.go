@@ -2,8 +2,6 @@ package proxyless
 
 import (
 	"bytes"
-	"context"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,27 +10,14 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/weftmesh/weft/internal/cli"
-	"github.com/weftmesh/weft/internal/kubeconfig"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // TestNACKShowsInProxyStatus connects a raw ADS client that rejects every
 // listener update and checks that proxy-status names the rejection.
 func TestNACKShowsInProxyStatus(t *testing.T) {
-	w := startWeft(t)
-	p1, p2 := startBackend(t, "v1"), startBackend(t, "v2")
-	w.apply(echoConfig(p1, p2, 50, 50))
-
-	conn, err := grpc.NewClient(w.xds, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	w, ads, ctx := startEchoADS(t)
+	stream, err := ads.StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,15 +39,7 @@ func TestNACKShowsInProxyStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	kc, err := kubeconfig.Load(w.kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc.Clusters[0].Cluster.Server = w.api
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := kc.Write(path); err != nil {
-		t.Fatal(err)
-	}
+	path := w.Kubeconfig()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var out, errb bytes.Buffer

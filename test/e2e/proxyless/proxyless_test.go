@@ -5,23 +5,14 @@ package proxyless
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
-	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/weftmesh/weft/internal/kubeconfig"
-	"github.com/weftmesh/weft/internal/resource"
-	"github.com/weftmesh/weft/internal/server"
-	"github.com/weftmesh/weft/internal/store"
-	_ "github.com/weftmesh/weft/internal/store/all"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/weftmesh/weft/internal/testutil/wefttest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -51,114 +42,25 @@ func startBackend(t *testing.T, id string) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// weft is an in-process weft server with an API client.
-type weft struct {
-	t          *testing.T
-	kubeconfig string
-	xdsTLS     string
-	api        string
-	token      string
-	client     *http.Client
-	xds        string
-}
+// startWeft runs an in-process weft server.
+func startWeft(t *testing.T) *wefttest.Server { return wefttest.Start(t, nil) }
 
-func startWeft(t *testing.T) *weft {
+// startEchoADS starts a weft server with echoConfig over two backends
+// (50/50) and returns it with an ADS client on its plaintext xDS port and a
+// context (30 s) for the client's streams.
+func startEchoADS(t *testing.T) (*wefttest.Server, discovery.AggregatedDiscoveryServiceClient, context.Context) {
 	t.Helper()
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if os.Getenv("WEFT_TEST_VERBOSE") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	srv, err := server.New(ctx, server.Config{
-		DataDir: dir, Listen: "127.0.0.1:0", Store: store.Config{Backend: "bolt"},
-		Discovery: server.DiscoveryConfig{Listen: "127.0.0.1:0", PlaintextListen: "127.0.0.1:0", Debounce: 20 * time.Millisecond},
-	}, log)
+	w := startWeft(t)
+	p1, p2 := startBackend(t, "v1"), startBackend(t, "v2")
+	w.Apply(echoConfig(p1, p2, 50, 50))
+	conn, err := grpc.NewClient(w.XDS, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Error("weft server did not stop within 15s")
-		}
-	})
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	addr, err := srv.Addr(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsAddr, plain, err := srv.XDSAddrs(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc, err := kubeconfig.Load(filepath.Join(dir, "kubeconfig"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := kc.Resolve("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &weft{t: t, xdsTLS: tlsAddr, kubeconfig: filepath.Join(dir, "kubeconfig"), api: "https://" + addr, token: res.Token, xds: plain,
-		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: res.TLS}}}
-}
-
-// apply creates or replaces objects from YAML through the API.
-func (w *weft) apply(yamlDocs string) {
-	w.t.Helper()
-	docs, err := resource.SplitYAML([]byte(yamlDocs))
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	for _, d := range docs {
-		k, err := resource.ByKind(d.Object["apiVersion"].(string), d.Object["kind"].(string))
-		if err != nil {
-			w.t.Fatal(err)
-		}
-		name := d.Object["metadata"].(map[string]any)["name"].(string)
-		coll := fmt.Sprintf("%s/apis/%s/%s/namespaces/default/%s", w.api, k.Group, k.StorageVersion(), k.Resource)
-		if code, body := w.do("GET", coll+"/"+name, ""); code == 200 {
-			// Replace: carry the resourceVersion for compare-and-swap.
-			rv := between(body, `"resourceVersion":"`, `"`)
-			d.Object["metadata"].(map[string]any)["resourceVersion"] = rv
-			if code, body := w.do("PUT", coll+"/"+name, jsonOf(d.Object)); code != 200 {
-				w.t.Fatalf("PUT %s: %d %s", name, code, body)
-			}
-			continue
-		}
-		if code, body := w.do("POST", coll, jsonOf(d.Object)); code != 201 {
-			w.t.Fatalf("POST %s: %d %s", name, code, body)
-		}
-	}
-}
-
-func (w *weft) do(method, url, body string) (int, string) {
-	w.t.Helper()
-	req, _ := http.NewRequest(method, url, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+w.token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := w.client.Do(req)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-func between(s, start, end string) string {
-	i := strings.Index(s, start)
-	if i < 0 {
-		return ""
-	}
-	s = s[i+len(start):]
-	return s[:strings.Index(s, end)]
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return w, discovery.NewAggregatedDiscoveryServiceClient(conn), ctx
 }
 
 func echoConfig(p1, p2, w1, w2 int) string {
@@ -222,13 +124,13 @@ func split(t *testing.T, c testpb.TestServiceClient, n int) float64 {
 func TestGRPCProxylessWeightedSplit(t *testing.T) {
 	w := startWeft(t)
 	p1, p2 := startBackend(t, "v1"), startBackend(t, "v2")
-	w.apply(echoConfig(p1, p2, 80, 20))
+	w.Apply(echoConfig(p1, p2, 80, 20))
 
 	bootstrap := fmt.Sprintf(`{
   "xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
   "node": {"id": "sidecar~127.0.0.1~client.default~default.svc.cluster.local",
            "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default"}}
-}`, w.xds)
+}`, w.XDS)
 	builder, err := xds.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
 	if err != nil {
 		t.Fatal(err)
@@ -240,8 +142,8 @@ func TestGRPCProxylessWeightedSplit(t *testing.T) {
 	defer conn.Close()
 	c := testpb.NewTestServiceClient(conn)
 	dump = func() {
-		_, body := w.do("GET", w.api+"/weft/v1/debug/config_dump?proxyID=sidecar~127.0.0.1~client.default~default.svc.cluster.local", "")
-		_, sync := w.do("GET", w.api+"/weft/v1/debug/syncz", "")
+		_, body := w.Do("GET", "/weft/v1/debug/config_dump?proxyID=sidecar~127.0.0.1~client.default~default.svc.cluster.local", "")
+		_, sync := w.Do("GET", "/weft/v1/debug/syncz", "")
 		t.Logf("config_dump:\n%s\nsyncz:\n%s", body, sync)
 	}
 	defer func() { dump = nil }()
@@ -254,7 +156,7 @@ func TestGRPCProxylessWeightedSplit(t *testing.T) {
 	}
 
 	// Change the weights; the same client follows without reconnecting.
-	w.apply(echoConfig(p1, p2, 10, 90))
+	w.Apply(echoConfig(p1, p2, 10, 90))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		got = split(t, c, 200)
@@ -272,16 +174,8 @@ func TestGRPCProxylessWeightedSplit(t *testing.T) {
 	}
 
 	// proxy-status sees the client, synced.
-	code, body := w.do("GET", w.api+"/weft/v1/debug/syncz", "")
+	code, body := w.Do("GET", "/weft/v1/debug/syncz", "")
 	if code != 200 || !strings.Contains(body, `"type": "proxyless"`) || !strings.Contains(body, `"lds": "SYNCED"`) {
 		t.Fatalf("syncz: %d %s", code, body)
 	}
-}
-
-func jsonOf(v any) string {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	return string(b)
 }

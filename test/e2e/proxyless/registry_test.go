@@ -2,9 +2,6 @@ package proxyless
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,9 +12,9 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/weftmesh/weft/internal/server"
-	"github.com/weftmesh/weft/internal/store"
 	"github.com/weftmesh/weft/internal/testutil/fakeconsul"
 	"github.com/weftmesh/weft/internal/testutil/fakenomad"
+	"github.com/weftmesh/weft/internal/testutil/wefttest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -129,37 +126,14 @@ func (w *adsWatcher) await(what string, start time.Time, cond func(map[string]in
 	}
 }
 
+// startWeftWithRegistry runs a weft server with one registry source and
+// the default push debounce, and returns its plaintext xDS address.
 func startWeftWithRegistry(t *testing.T, registry string) string {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if os.Getenv("WEFT_TEST_VERBOSE") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	srv, err := server.New(ctx, server.Config{
-		DataDir: t.TempDir(), Listen: "127.0.0.1:0", Store: store.Config{Backend: "bolt"},
-		Discovery: server.DiscoveryConfig{Listen: "127.0.0.1:0", PlaintextListen: "127.0.0.1:0", Registries: []string{registry}},
-	}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Error("weft server did not stop within 15s")
-		}
-	})
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	_, plain, err := srv.XDSAddrs(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return plain
+	return wefttest.Start(t, func(c *server.Config) {
+		c.Discovery.Debounce = 0 // the default
+		c.Discovery.Registries = []string{registry}
+	}).XDS
 }
 
 // registryChanges drives one registry through add, scale-out and removal,
