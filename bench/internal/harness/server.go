@@ -28,8 +28,7 @@ type Server struct {
 	runErr     chan error
 }
 
-// StartServer creates a server with cfg (one minute at most), runs it under
-// ctx and waits up to 30 s for its API address. It logs to stderr: warnings,
+// StartServer creates a server with cfg, runs it under ctx and waits up to 30 s for its API address. It logs to stderr: warnings,
 // and info messages too when verbose. The caller must Stop it.
 func StartServer(ctx context.Context, cfg server.Config, verbose bool) (*Server, error) {
 	level := slog.LevelWarn
@@ -39,8 +38,9 @@ func StartServer(ctx context.Context, cfg server.Config, verbose bool) (*Server,
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
 	// server.New keeps its context for the life of the server (the xDS
-	// streams end with it), so it is cancelled in Stop, not here.
-	openCtx, cancelOpen := context.WithTimeout(ctx, time.Minute)
+	// streams end with it): no time limit of its own (the run's applies),
+	// cancelled in Stop.
+	openCtx, cancelOpen := context.WithCancel(ctx)
 	srv, err := server.New(openCtx, cfg, logger)
 	if err != nil {
 		cancelOpen()
