@@ -230,6 +230,20 @@ func startProxyChain(ctx context.Context, dir string, t *topology, kind string) 
 type weftMesh struct {
 	sidecars map[string]*proc
 	pids     map[string]int
+	cp       *proc
+	cleanups []func() // capture rules
+}
+
+// stop ends the chain (another weft chain may follow): sidecars, control
+// plane, capture rules.
+func (m *weftMesh) stop() {
+	for _, p := range m.sidecars {
+		p.stop()
+	}
+	m.cp.stop()
+	for _, f := range m.cleanups {
+		f()
+	}
 }
 
 const meshConfig = `apiVersion: networking.istio.io/v1
@@ -254,7 +268,7 @@ spec:
   addresses: [` + vip + `]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{number: 8080, name: http, protocol: HTTP}]
+  ports: [{number: 8080, name: %s, protocol: %s}]
   endpoints:
   - {address: %s, serviceAccount: echo, labels: {app: echo, security.istio.io/tlsMode: istio}}
 ---
@@ -268,13 +282,20 @@ spec:
 // envWord is an environment assignment in -sidecar-args.
 var envWord = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*=`)
 
-func startWeft(ctx context.Context, dir string, t *topology, extra []string) (*weftMesh, string, error) {
+// startWeft runs the control plane and the two sidecars. With tcp, the
+// echo service's port is declared TCP: the sidecars relay its bytes over
+// mesh mTLS without HTTP processing (the L4 path, for comparison).
+func startWeft(ctx context.Context, dir string, t *topology, extra []string, tcp bool) (*weftMesh, string, error) {
 	weftBin, proxyBin := filepath.Join(dir, "weft"), filepath.Join(dir, "weft-proxy")
-	data := filepath.Join(dir, "cp-data")
+	name := "weft"
+	if tcp {
+		name = "weft-tcp"
+	}
+	data := filepath.Join(dir, name+"-cp-data")
 	if err := os.Mkdir(data, 0o700); err != nil {
 		return nil, "", err
 	}
-	cp, err := bg(dir, "weft-server", t.ns["cp"], weftBin, "server", "--data-dir", data, "--listen", "127.0.0.1:15443",
+	cp, err := bg(dir, name+"-server", t.ns["cp"], weftBin, "server", "--data-dir", data, "--listen", "127.0.0.1:15443",
 		"--tls-san", t.addr["cp"], "--monitoring-listen", "", "--xds-listen", "0.0.0.0:15012", "--xds-plaintext-listen", "",
 		"--debounce", "20ms")
 	if err != nil {
@@ -295,25 +316,29 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string) (*w
 	if err := eventually(ctx, "weft server answering", readyTimeout, func() error { _, err := weft("", "get", "ns"); return err }, cp); err != nil {
 		return nil, "", err
 	}
-	if _, err := weft(fmt.Sprintf(meshConfig, t.addr["b"]), "apply", "-f", "-"); err != nil {
+	portName, protocol := "http", "HTTP"
+	if tcp {
+		portName, protocol = "tcp", "TCP"
+	}
+	if _, err := weft(fmt.Sprintf(meshConfig, portName, protocol, t.addr["b"]), "apply", "-f", "-"); err != nil {
 		return nil, "", err
 	}
 	caPEM, err := os.ReadFile(filepath.Join(data, "ca.crt"))
 	if err != nil {
 		return nil, "", err
 	}
-	rootCert := filepath.Join(dir, "root-cert.pem")
+	rootCert := filepath.Join(dir, name+"-root-cert.pem")
 	if err := os.WriteFile(rootCert, caPEM, 0o644); err != nil {
 		return nil, "", err
 	}
-	m := &weftMesh{sidecars: map[string]*proc{}, pids: map[string]int{}}
+	m := &weftMesh{sidecars: map[string]*proc{}, pids: map[string]int{}, cp: cp}
 	for _, h := range []string{"b", "a"} {
 		group := map[string]string{"a": "client", "b": "echo"}[h]
 		tok, err := weft("", "workload", "token", "create", "--group", group, "--ttl", "1h")
 		if err != nil {
 			return nil, "", err
 		}
-		certDir := filepath.Join(dir, "certs-"+h)
+		certDir := filepath.Join(dir, name+"-certs-"+h)
 		if err := os.Mkdir(certDir, 0o777); err != nil {
 			return nil, "", err
 		}
@@ -325,9 +350,11 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string) (*w
 			return nil, "", fmt.Errorf("iptables on %s: %v %s", h, err, out)
 		}
 		ns := t.ns[h]
-		atExit(func() {
+		cleanup := func() {
 			_, _ = in(context.Background(), commandTimeout, ns, proxyBin, "iptables", "--cleanup", "--owner", owner)
-		})
+		}
+		atExit(cleanup)
+		m.cleanups = append(m.cleanups, cleanup)
 		// Leading NAME=value words of -sidecar-args are the sidecar's
 		// environment (GOGC=100), the rest its flags.
 		args := []string{"setpriv", "--reuid=" + proxyUID, "--regid=" + proxyUID, "--clear-groups", "env"}
@@ -338,7 +365,7 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string) (*w
 		args = append(append(args, proxyBin, "sidecar", "--ip", t.addr[h], "--name", group+"-1", "--labels", "app="+group, "--service-account", group,
 			"--discovery-address", t.addr["cp"]+":15012", "--ca-root-file", rootCert,
 			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir), flags...)
-		p, err := bg(dir, "sidecar-"+h, t.ns[h], args...)
+		p, err := bg(dir, name+"-sidecar-"+h, t.ns[h], args...)
 		if err != nil {
 			return nil, "", err
 		}

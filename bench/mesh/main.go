@@ -17,7 +17,10 @@
 //   - weft: A -> sidecar A -> mTLS -> sidecar B -> B, capture rules
 //     (`weft-proxy iptables -u 1337`) on both hosts, sidecars as UID 1337
 //     with workload certificates from bootstrap tokens, STRICT mTLS; the
-//     client calls a ServiceEntry VIP.
+//     client calls a ServiceEntry VIP;
+//   - weft-tcp (only when asked for): the weft chain with the service port
+//     declared TCP, so the sidecars relay bytes over mTLS without HTTP
+//     processing — the floor under the weft chain, for diagnosis.
 //
 // For each chain: a short warm-up, then `fortio load -qps 1000 -c 16 -t 30s
 // -uniform -nocatchup` on /echo?size=1024 (1 KiB responses) for latency,
@@ -33,6 +36,7 @@
 // Usage:
 //
 //	go run ./bench/mesh -out bench/results/mesh.md
+//	go run ./bench/mesh -chains weft,weft-tcp -sidecar-args "GOGC=100"
 package main
 
 import (
@@ -82,7 +86,7 @@ func main() {
 	for _, c := range strings.Split(chains, ",") {
 		switch c = strings.TrimSpace(c); c {
 		case "baseline", "":
-		case "nginx", "haproxy", "weft":
+		case "nginx", "haproxy", "weft", "weft-tcp":
 			o.chains = append(o.chains, c)
 		default:
 			fmt.Fprintf(os.Stderr, "mesh: unknown chain %q\n", c)
@@ -216,7 +220,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	rep := &report{started: time.Now(), loadStart: loadavg(), opts: o, results: map[string]*chainResult{}}
-	var weftRes *weftUsage
+	weftRes := map[string]*weftUsage{}
 	for _, c := range o.chains {
 		logf("chain %s", c)
 		var procs []*proc
@@ -225,8 +229,8 @@ func run(ctx context.Context, o options) error {
 		switch c {
 		case "nginx", "haproxy":
 			procs, url, err = startProxyChain(ctx, dir, t, c)
-		case "weft":
-			mesh, url, err = startWeft(ctx, dir, t, o.sidecarArgs)
+		case "weft", "weft-tcp":
+			mesh, url, err = startWeft(ctx, dir, t, o.sidecarArgs, c == "weft-tcp")
 		}
 		if err != nil {
 			return fmt.Errorf("%s chain: %v", c, err)
@@ -237,12 +241,15 @@ func run(ctx context.Context, o options) error {
 		}
 		rep.results[c] = res
 		if usage != nil {
-			weftRes = usage
+			weftRes[c] = usage
 		}
 		logf("%s: p50 %.3f ms p90 %.3f ms p99 %.3f ms at %.0f qps; max %.0f qps", c,
 			res.lat.p[0]*1e3, res.lat.p[1]*1e3, res.lat.p[2]*1e3, res.lat.qps, res.max.qps)
 		for _, p := range procs {
 			p.stop()
+		}
+		if mesh != nil {
+			mesh.stop()
 		}
 	}
 	rep.weft = weftRes

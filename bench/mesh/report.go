@@ -78,7 +78,7 @@ type report struct {
 	loadStart, loadEnd string
 	opts               options
 	results            map[string]*chainResult
-	weft               *weftUsage
+	weft               map[string]*weftUsage // by chain
 }
 
 var chainTitle = map[string]string{
@@ -86,6 +86,7 @@ var chainTitle = map[string]string{
 	"nginx":    "nginx → mTLS → nginx",
 	"haproxy":  "haproxy → mTLS → haproxy",
 	"weft":     "weft sidecar → mTLS → weft sidecar",
+	"weft-tcp": "weft sidecar → mTLS → weft sidecar, port declared TCP (L4 relay, no HTTP)",
 }
 
 func ms(s float64) string { return fmt.Sprintf("%.3f", s*1e3) }
@@ -119,8 +120,12 @@ func (r *report) markdown() string {
 			ms(res.lat.p[0]), ms(res.lat.p[1]), ms(res.lat.p[2]), added[0], added[1], added[2],
 			res.lat.qps, res.lat.count-res.lat.ok, res.max.qps, res.max.count-res.max.ok)
 	}
-	if w := r.weft; w != nil {
-		fmt.Fprintf(&b, "\nweft sidecars over the %s latency run at %.1f achieved rps (CPU from /proc/<pid>/stat utime+stime; memory from /proc/<pid>/status):\n\n", o.latencyDur, w.qps)
+	for _, c := range o.chains {
+		w := r.weft[c]
+		if w == nil {
+			continue
+		}
+		fmt.Fprintf(&b, "\n%s: sidecars over the %s latency run at %.1f achieved rps (CPU from /proc/<pid>/stat utime+stime; memory from /proc/<pid>/status):\n\n", chainTitle[c], o.latencyDur, w.qps)
 		fmt.Fprintf(&b, "| sidecar | vCPU | vCPU per 1,000 rps | VmRSS after latency run | VmRSS after max run | VmHWM (peak) |\n")
 		fmt.Fprintf(&b, "|---|---:|---:|---:|---:|---:|\n")
 		for _, h := range []string{"a", "b"} {
