@@ -67,6 +67,12 @@ type httpChain struct {
 	pathNorm pathnorm.Options
 	// logs are the HCM's access logs (nil: none).
 	logs *accessLogs
+	// useRemoteAddress is the HCM's use_remote_address: the connection's
+	// peer is the client (Istio sets it on gateways, never on sidecars).
+	// Only then is x-forwarded-for appended (unless skip_xff_append) and
+	// x-forwarded-proto overwritten, as Envoy does; otherwise both pass
+	// as they came, x-forwarded-proto set only where it is missing.
+	useRemoteAddress, appendXFF bool
 }
 
 // tcpChain is a tcp_proxy: one cluster or weighted clusters.
@@ -282,7 +288,9 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 			if err := tc.UnmarshalTo(h); err != nil {
 				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
 			}
-			hc := &httpChain{statPrefix: h.GetStatPrefix(), rdsName: h.GetRds().GetRouteConfigName()}
+			hc := &httpChain{statPrefix: h.GetStatPrefix(), rdsName: h.GetRds().GetRouteConfigName(),
+				useRemoteAddress: h.GetUseRemoteAddress().GetValue()}
+			hc.appendXFF = hc.useRemoteAddress && !h.GetSkipXffAppend()
 			pn, err := compilePathNorm(h)
 			if err != nil {
 				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	crand "crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -235,13 +236,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	// server reads nothing from it once the handler runs, and every
 	// attempt sends the same headers, so they are prepared once.
 	removeHopHeaders(r.Header)
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior := hget(r.Header, "X-Forwarded-For"); prior != "" {
-			ip = prior + ", " + ip
-		}
-		r.Header["X-Forwarded-For"] = []string{ip}
-	}
-	r.Header["X-Forwarded-Proto"] = []string{"http"}
+	forwardedHeaders(r, cc)
 	propagateTrace(r.Header)
 	rte.ApplyRequestHeaders(r.Header, wc)
 	target := upstreamTarget(r.URL, path, req.Path)
@@ -545,6 +540,34 @@ func removeHopHeaders(h http.Header) {
 	if strings.EqualFold(te, "trailers") {
 		h["Te"] = []string{"trailers"}
 	}
+}
+
+// forwardedHeaders sets x-forwarded-for and x-forwarded-proto as Envoy's
+// connection manager does (see httpChain.useRemoteAddress).
+func forwardedHeaders(r *http.Request, cc *chainConn) {
+	hc := cc.chain
+	if hc.appendXFF {
+		if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+			if prior := hget(r.Header, "X-Forwarded-For"); prior != "" {
+				ip = prior + ", " + ip
+			}
+			r.Header["X-Forwarded-For"] = []string{ip}
+		}
+	}
+	if hc.useRemoteAddress || hget(r.Header, "X-Forwarded-Proto") == "" {
+		proto := xfpHTTP
+		if r.TLS != nil || isTLS(cc.Conn) {
+			proto = xfpHTTPS
+		}
+		r.Header["X-Forwarded-Proto"] = []string{proto}
+	}
+}
+
+const xfpHTTP, xfpHTTPS = "http", "https"
+
+func isTLS(c net.Conn) bool {
+	_, ok := c.(*tls.Conn)
+	return ok
 }
 
 // hget is h.Get for a key already in canonical form (a constant): the
