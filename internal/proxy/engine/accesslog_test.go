@@ -90,25 +90,7 @@ func TestAccessLogTCP(t *testing.T) {
 	if err := e.Apply(s); err != nil {
 		t.Fatal(err)
 	}
-	c, err := net.Dial("tcp", addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.WriteString(c, "ping\n")
-	buf := make([]byte, 5)
-	if _, err := io.ReadFull(c, buf); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	// The proxy finishes the connection on its own goroutine; it queues
-	// the entry before counting the connection closed.
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.CollectAndCount(e.metrics.TCPClosed) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the proxied TCP connection was never closed")
-		}
-		goruntime.Gosched() // another goroutine's progress, no channel to wait on
-	}
+	pingTCP(t, e, addr)
 	if c, err := net.Dial("tcp", deadAddr.String()); err == nil {
 		_, _ = io.Copy(io.Discard, c) // closed by the proxy
 		c.Close()
@@ -122,5 +104,29 @@ func TestAccessLogTCP(t *testing.T) {
 	failLine := regexp.MustCompile(`^\[[^]]+\] "- - -" 0 UF 0 0 \d+ - "-" "-" "-" "-" "` + regexp.QuoteMeta(dead.String()) + `"$`)
 	if len(lines) != 2 || !slices.ContainsFunc(lines, okLine.MatchString) || !slices.ContainsFunc(lines, failLine.MatchString) {
 		t.Fatalf("access log:\n%s", out.String())
+	}
+}
+
+// pingTCP sends one line through e's TCP listener at addr, reads the echo,
+// closes, and waits until e has counted the connection closed (it queues
+// the access log entry before that).
+func pingTCP(t *testing.T, e *Engine, addr netip.AddrPort) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.WriteString(c, "ping\n")
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.CollectAndCount(e.metrics.TCPClosed) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the proxied TCP connection was never closed")
+		}
+		goruntime.Gosched() // another goroutine's progress, no channel to wait on
 	}
 }

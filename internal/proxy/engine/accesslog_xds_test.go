@@ -10,10 +10,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
 	"strings"
 	"testing"
-	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -24,7 +22,6 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/google/go-cmp/cmp"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 	"google.golang.org/protobuf/proto"
@@ -198,23 +195,7 @@ func TestXDSAccessLogTCP(t *testing.T) {
 		Clusters: map[string]*clusterv3.Cluster{"echo": staticCluster("echo", netip.MustParseAddrPort(echo.Addr().String()), false)}}); err != nil {
 		t.Fatal(err)
 	}
-	c, err := net.Dial("tcp", addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.WriteString(c, "ping\n")
-	buf := make([]byte, 5)
-	if _, err := io.ReadFull(c, buf); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.CollectAndCount(e.metrics.TCPClosed) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the proxied TCP connection was never closed")
-		}
-		goruntime.Gosched() // another goroutine's progress, no channel to wait on
-	}
+	pingTCP(t, e, addr)
 	e.shutdown() // closes the files
 	got, _ := os.ReadFile(path)
 	want := "- 0 5 5 echo " + echo.Addr().String() + " " + addr.String() + "\n"
