@@ -71,6 +71,10 @@ type Engine struct {
 	h1watchdog bool
 
 	transports sync.Map // transportKey -> *http.Transport
+	// clientPools: last use (clock()) of each TPROXY client's pools;
+	// poolJanitor: sweepClientPools is running (clientpools.go).
+	clientPools sync.Map // netip.Addr -> *atomic.Int64
+	poolJanitor atomic.Bool
 	// logFiles are the access log files xDS configures, shared by path.
 	logFiles *accesslog.Files
 	// roots caches the trust bundle merged with the identity's roots.

@@ -623,6 +623,9 @@ func newRequestID() string {
 // request goes upstream as HTTP/2 (upstreamH2) in plaintext; mesh TLS (negotiating h2 or
 // http/1.1 by ALPN) when the cluster has a transport socket.
 func (e *Engine) transport(rt *runtime, c *cluster.Cluster, src source, h2 bool) http.RoundTripper {
+	if src.addr.IsValid() {
+		e.touchClientPools(src.addr)
+	}
 	k := runtimeTransportKey{c: c, src: src.addr, h2: h2}
 	if t, ok := rt.transports.Load(k); ok {
 		return t.(http.RoundTripper)
