@@ -286,6 +286,13 @@ func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep b
 		sc.disarmWatch()
 	}
 	if sc.gone.Load() {
+		// The client went away (or half-closed) while the request ran: an
+		// answer the handler completed still goes out, then the
+		// connection closes; a cancelled one (DC) sends nothing.
+		if w.wroteHeader {
+			w.finish()
+			_ = sc.bw.Flush()
+		}
 		return false
 	}
 	keep = w.finish()
