@@ -9,7 +9,6 @@ import (
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/textproto"
-	"strconv"
 	"strings"
 )
 
@@ -161,101 +160,28 @@ func parseResponseHead(head []byte, req *http.Request) (*http.Response, *h1RespB
 		}
 	}
 	code := int(line[9]-'0')*100 + int(line[10]-'0')*10 + int(line[11]-'0')
-	n := strings.Count(s, "\r\n")
-	h := make(http.Header, n)
-	vals := make([]string, n)
-	var cl string
-	cls := 0
-	chunked, closing := false, false
-	for k := 0; len(s) > 0; k++ {
-		i := strings.Index(s, "\r\n")
-		line := s[:i]
-		s = s[i+2:]
-		colon := strings.IndexByte(line, ':')
-		if colon <= 0 {
-			return nil, nil
-		}
-		key := line[:colon]
-		if !isToken(key) {
-			return nil, nil // also obs-fold: the line starts with a blank
-		}
-		v := trimOWS(line[colon+1:])
-		for j := 0; j < len(v); j++ {
-			if c := v[j]; (c < ' ' && c != '\t') || c == 0x7f {
-				return nil, nil
-			}
-		}
-		if !isCanonicalKey(key) {
-			key = textproto.CanonicalMIMEHeaderKey(key)
-		}
-		switch key {
-		case "Transfer-Encoding":
-			if chunked || !strings.EqualFold(v, "chunked") {
-				return nil, nil
-			}
-			chunked = true
-			continue // net/http keeps it in resp.TransferEncoding only
-		case "Content-Length":
-			cl = v
-			cls++
-		case "Connection":
-			switch {
-			case strings.EqualFold(v, "close"):
-				closing = true
-			case strings.EqualFold(v, "keep-alive"):
-			default:
-				return nil, nil
-			}
-		}
-		vals[k] = v
-		if prev, ok := h[key]; ok {
-			h[key] = append(prev, v)
-		} else {
-			h[key] = vals[k : k+1 : k+1]
-		}
-	}
-	if cls > 1 || (chunked && cls > 0) {
+	f, ok := parseFields(s, false)
+	if !ok {
 		return nil, nil
 	}
 	length := int64(-1)
-	if cls == 1 {
-		if len(cl) == 0 || len(cl) > 18 {
+	if f.cls == 1 {
+		if length, ok = f.contentLength(); !ok {
 			return nil, nil
 		}
-		for j := 0; j < len(cl); j++ {
-			if cl[j] < '0' || cl[j] > '9' {
-				return nil, nil
-			}
-		}
-		length, _ = strconv.ParseInt(cl, 10, 64)
 	}
-	if closing {
+	h, chunked := f.h, f.chunked
+	if f.closing {
 		delete(h, "Connection") // as net/http's shouldClose
 	}
-	if p := h["Pragma"]; len(p) > 0 && p[0] == "no-cache" && h["Cache-Control"] == nil {
-		h["Cache-Control"] = []string{"no-cache"} // as net/http's fixPragmaCacheControl
-	}
 	resp := &http.Response{Status: line[9:], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: h, Body: http.NoBody, Close: closing, Request: req}
+		Header: h, Body: http.NoBody, Close: f.closing, Request: req}
 	if chunked {
 		resp.TransferEncoding = []string{"chunked"}
-		if tv, ok := h["Trailer"]; ok { // as net/http's fixTrailer
+		if tv, has := h["Trailer"]; has { // as net/http's fixTrailer
 			delete(h, "Trailer")
-			for _, v := range tv {
-				for _, k := range strings.Split(v, ",") {
-					if k = textproto.TrimString(k); k == "" {
-						continue
-					}
-					k = textproto.CanonicalMIMEHeaderKey(k)
-					switch k {
-					case "Transfer-Encoding", "Trailer", "Content-Length":
-						return nil, nil
-					}
-					if resp.Trailer == nil {
-						resp.Trailer = http.Header{}
-					}
-					resp.Trailer[k] = nil
-				}
+			if resp.Trailer, ok = trailerKeys(tv); !ok {
+				return nil, nil
 			}
 		}
 	}

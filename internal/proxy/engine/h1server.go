@@ -11,7 +11,6 @@ import (
 	"net/textproto"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -527,113 +526,29 @@ func parseH1Head(head []byte, tmpl *http.Request) (*http.Request, *h1ReqBody) {
 	if err != nil {
 		return nil, nil
 	}
-	n := strings.Count(s, "\r\n")
-	if n > maxHeadersCount {
+	f, ok := parseFields(s, true)
+	if !ok || f.hosts != 1 || !isHost(f.host) {
 		return nil, nil
 	}
-	h := make(http.Header, n)
-	vals := make([]string, n)
 	req := new(http.Request)
 	if tmpl != nil {
 		*req = *tmpl
 	}
 	req.Method, req.URL, req.Proto, req.ProtoMajor, req.ProtoMinor = method, u, "HTTP/1.1", 1, 1
-	req.Header, req.RequestURI, req.Body = h, target, http.NoBody
-	var host, cl string
-	var trailer []string
-	hosts, cls := 0, 0
-	chunked := false
-	for k := 0; len(s) > 0; k++ {
-		i := strings.Index(s, "\r\n")
-		line := s[:i]
-		s = s[i+2:]
-		colon := strings.IndexByte(line, ':')
-		if colon <= 0 {
-			return nil, nil
-		}
-		key := line[:colon]
-		if !isToken(key) {
-			return nil, nil
-		}
-		v := trimOWS(line[colon+1:])
-		for j := 0; j < len(v); j++ {
-			if c := v[j]; (c < ' ' && c != '\t') || c == 0x7f {
-				return nil, nil
-			}
-		}
-		if !isCanonicalKey(key) {
-			key = textproto.CanonicalMIMEHeaderKey(key)
-		}
-		switch key {
-		case "Host":
-			host = v
-			hosts++
-			continue
-		case "Content-Length":
-			cl = v
-			cls++
-		case "Transfer-Encoding":
-			if chunked || !strings.EqualFold(v, "chunked") {
-				return nil, nil
-			}
-			chunked = true
-			continue // net/http keeps it in req.TransferEncoding only
-		case "Connection":
-			switch {
-			case strings.EqualFold(v, "close"):
-				req.Close = true
-			case strings.EqualFold(v, "keep-alive"):
-			default:
-				return nil, nil
-			}
-		case "Trailer":
-			trailer = append(trailer, v)
-			continue // net/http keeps it in req.Trailer only
-		case "Upgrade", "Expect", "Http2-Settings":
-			return nil, nil
-		}
-		vals[k] = v
-		if prev, ok := h[key]; ok {
-			h[key] = append(prev, v)
-		} else {
-			h[key] = vals[k : k+1 : k+1]
-		}
-	}
-	if hosts != 1 || !isHost(host) || cls > 1 || (chunked && cls > 0) {
-		return nil, nil
-	}
-	req.Host = host
-	if p := h["Pragma"]; len(p) > 0 && p[0] == "no-cache" && h["Cache-Control"] == nil {
-		h["Cache-Control"] = []string{"no-cache"} // as net/http's fixPragmaCacheControl
-	}
+	req.Header, req.RequestURI, req.Body, req.Host, req.Close = f.h, target, http.NoBody, f.host, f.closing
 	switch {
-	case chunked:
-		for _, v := range trailer { // as net/http's fixTrailer
-			for _, k := range strings.Split(v, ",") {
-				k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k))
-				switch k {
-				case "Transfer-Encoding", "Trailer", "Content-Length":
-					return nil, nil
-				}
-				if req.Trailer == nil {
-					req.Trailer = http.Header{}
-				}
-				req.Trailer[k] = nil
-			}
+	case f.chunked:
+		if req.Trailer, ok = trailerKeys(f.trailer); !ok { // as net/http's fixTrailer
+			return nil, nil
 		}
 		req.TransferEncoding = []string{"chunked"}
 		req.ContentLength = -1
 		return req, &h1ReqBody{isChunked: true}
-	case cls == 1:
-		if len(cl) == 0 || len(cl) > 18 {
+	case f.cls == 1:
+		n, ok := f.contentLength()
+		if !ok {
 			return nil, nil
 		}
-		for j := 0; j < len(cl); j++ {
-			if cl[j] < '0' || cl[j] > '9' {
-				return nil, nil
-			}
-		}
-		n, _ := strconv.ParseInt(cl, 10, 64)
 		req.ContentLength = n
 		if n > 0 {
 			return req, &h1ReqBody{h1Framing: h1Framing{n: n}}
