@@ -178,11 +178,8 @@ func parseResponseHead(head []byte, req *http.Request) (*http.Response, *h1RespB
 		Header: h, Body: http.NoBody, Close: f.closing, Request: req}
 	if chunked {
 		resp.TransferEncoding = []string{"chunked"}
-		if tv, has := h["Trailer"]; has { // as net/http's fixTrailer
-			delete(h, "Trailer")
-			if resp.Trailer, ok = trailerKeys(tv); !ok {
-				return nil, nil
-			}
+		if resp.Trailer, ok = takeTrailer(h); !ok {
+			return nil, nil
 		}
 	}
 	bodyAllowed := code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified

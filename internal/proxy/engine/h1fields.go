@@ -20,18 +20,16 @@ type h1Fields struct {
 	cls     int    // Content-Length fields seen
 	chunked bool   // Transfer-Encoding: chunked (kept out of h, as net/http does)
 	closing bool   // Connection: close
-	// Requests only: Host (kept out of h) and the Trailer values (kept
-	// out of h; net/http has them in Request.Trailer only).
-	host    string
-	hosts   int
-	trailer []string
+	// Requests only: Host (kept out of h, as net/http does).
+	host  string
+	hosts int
 }
 
 // parseFields parses field lines s, each ending in CRLF. A request's
-// Host and Trailer fields are taken out of the header, and Upgrade,
-// Expect and HTTP2-Settings refuse it, and so do more than
-// maxHeadersCount fields; a response keeps its Trailer
-// field (see trailerKeys). !ok: net/http must parse the head.
+// Host field is taken out of the header, and Upgrade, Expect,
+// HTTP2-Settings or more than maxHeadersCount fields refuse it. The
+// Trailer field stays in the header (see takeTrailer). !ok: net/http
+// must parse the head.
 func parseFields(s string, request bool) (f h1Fields, ok bool) {
 	n := strings.Count(s, "\r\n")
 	if request && n > maxHeadersCount {
@@ -85,9 +83,6 @@ func parseFields(s string, request bool) (f h1Fields, ok bool) {
 				f.host = v
 				f.hosts++
 				continue
-			case "Trailer":
-				f.trailer = append(f.trailer, v)
-				continue
 			case "Upgrade", "Expect", "Http2-Settings":
 				return f, false
 			}
@@ -124,11 +119,17 @@ func (f *h1Fields) contentLength() (int64, bool) {
 	return n, true
 }
 
-// trailerKeys is the trailer a chunked message declares in its Trailer
-// field values, as net/http's fixTrailer makes it: each listed name
-// canonical, with a nil value (nil: none declared). !ok: a name net/http
-// refuses there.
-func trailerKeys(vs []string) (trailer http.Header, ok bool) {
+// takeTrailer is net/http's fixTrailer for a chunked message: the names
+// its Trailer fields list, canonical, with nil values, the Trailer field
+// itself taken out of h (nil: none declared). A message that is not
+// chunked keeps its Trailer field in the header and has no trailer.
+// !ok: a name net/http refuses there.
+func takeTrailer(h http.Header) (trailer http.Header, ok bool) {
+	vs, has := h["Trailer"]
+	if !has {
+		return nil, true
+	}
+	delete(h, "Trailer")
 	for _, v := range vs {
 		for _, k := range strings.Split(v, ",") {
 			if k = textproto.TrimString(k); k == "" {

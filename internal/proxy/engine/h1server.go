@@ -538,7 +538,7 @@ func parseH1Head(head []byte, tmpl *http.Request) (*http.Request, *h1ReqBody) {
 	req.Header, req.RequestURI, req.Body, req.Host, req.Close = f.h, target, http.NoBody, f.host, f.closing
 	switch {
 	case f.chunked:
-		if req.Trailer, ok = trailerKeys(f.trailer); !ok { // as net/http's fixTrailer
+		if req.Trailer, ok = takeTrailer(f.h); !ok {
 			return nil, nil
 		}
 		req.TransferEncoding = []string{"chunked"}

@@ -435,6 +435,7 @@ var h1Seeds = []string{
 	"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
 	"GET /x?y=1 HTTP/1.1\r\nHost: a:80\r\nConnection: close\r\nPragma: no-cache\r\n\r\n",
 	"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+	"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: x-a, ,X-b\r\nTrailer: x-c\r\n\r\n0\r\nX-A: 1\r\n\r\n",
 	"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: b\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
@@ -459,12 +460,13 @@ func FuzzH1Head(f *testing.F) {
 		header            http.Header
 		cl                int64
 		te                []string
+		trailer           http.Header
 		close             bool
 		remote            string
 	}
 	got := make(chan seen, 16)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got <- seen{r.Method, r.RequestURI, r.Host, r.Header, r.ContentLength, r.TransferEncoding, r.Close, r.RemoteAddr}
+		got <- seen{r.Method, r.RequestURI, r.Host, r.Header, r.ContentLength, r.TransferEncoding, r.Trailer, r.Close, r.RemoteAddr}
 		// Answer before the body, which nobody sends.
 		_ = http.NewResponseController(w).EnableFullDuplex()
 		w.WriteHeader(http.StatusOK)
@@ -506,7 +508,7 @@ func FuzzH1Head(f *testing.F) {
 			if s.remote != c.LocalAddr().String() {
 				continue // an earlier connection's
 			}
-			want := seen{req.Method, req.RequestURI, req.Host, req.Header, req.ContentLength, req.TransferEncoding, req.Close, s.remote}
+			want := seen{req.Method, req.RequestURI, req.Host, req.Header, req.ContentLength, req.TransferEncoding, req.Trailer, req.Close, s.remote}
 			if len(want.header) == 0 && len(s.header) == 0 {
 				s.header, want.header = nil, nil
 			}
