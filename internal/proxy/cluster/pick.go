@@ -42,7 +42,7 @@ const maxPickAttempts = 5
 // except when the available set changed since the previous Pick.
 func (c *Cluster) Pick(ctx PickContext) (*Endpoint, error) {
 	if c.Type == OriginalDst {
-		return c.pickOriginalDst(ctx)
+		return c.pickOriginalDst(ctx.OriginalDst) // the address alone: ctx (its Exclude) does not escape
 	}
 	s := c.state
 	s.maybeSweep()
@@ -72,8 +72,7 @@ func (c *Cluster) Pick(ctx PickContext) (*Endpoint, error) {
 	return ep, nil
 }
 
-func (c *Cluster) pickOriginalDst(ctx PickContext) (*Endpoint, error) {
-	ap := ctx.OriginalDst
+func (c *Cluster) pickOriginalDst(ap netip.AddrPort) (*Endpoint, error) {
 	if !ap.IsValid() {
 		return nil, ErrNoOriginalDst
 	}

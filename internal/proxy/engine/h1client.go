@@ -189,6 +189,16 @@ func watchCancel(ctx context.Context, pc *h1Conn) h1Cancel {
 	return h1Cancel{}
 }
 
+// heads is where the response is parsed into: the downstream fast-path
+// connection's, when the exchange runs on its goroutine and context
+// (nil otherwise: a new response is made).
+func (c h1Cancel) heads() *h1Heads {
+	if c.down == nil {
+		return nil
+	}
+	return c.down.heads
+}
+
 func (c h1Cancel) end() bool {
 	switch {
 	case c.down != nil:
@@ -226,7 +236,7 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.
 			return nil, sent, err
 		}
 		sent = true
-		resp, err = readResponse(pc.br, req)
+		resp, err = readResponse(pc.br, req, cn.heads())
 		if err != nil {
 			cn.end()
 			return nil, true, err
@@ -239,7 +249,13 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (resp *http.
 		break
 	}
 	_, hasDeadline := ctx.Deadline()
-	b := &h1Body{pc: pc, body: resp.Body, cancel: cn, reuse: !resp.Close && !req.Close, deadline: hasDeadline}
+	var b *h1Body
+	if hs := cn.heads(); hs != nil {
+		b = &hs.body
+	} else {
+		b = new(h1Body)
+	}
+	*b = h1Body{pc: pc, body: resp.Body, cancel: cn, reuse: !resp.Close && !req.Close, deadline: hasDeadline}
 	if resp.Body == http.NoBody {
 		b.finish(true)
 		return resp, true, nil

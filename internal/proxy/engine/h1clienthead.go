@@ -99,10 +99,11 @@ func hasCTL(s string) bool {
 // readResponse reads the head of the response to req from br and
 // prepares its body: parsed here when the whole head is in the buffer and
 // parseResponseHead takes it, else by http.ReadResponse (which then sees
-// the head from its first byte).
-func readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+// the head from its first byte). With hs, the response, its header and
+// body reader are hs's, reused (see h1Heads).
+func readResponse(br *bufio.Reader, req *http.Request, hs *h1Heads) (*http.Response, error) {
 	if head := peekResponseHead(br); head != nil {
-		if resp, body := parseResponseHead(head, req); resp != nil {
+		if resp, body := parseResponseHead(head, req, hs); resp != nil {
 			_, _ = br.Discard(len(head))
 			if body != nil {
 				body.br = br
@@ -145,7 +146,7 @@ func peekResponseHead(br *bufio.Reader) []byte {
 // and never with Content-Length, Connection only "close" or
 // "keep-alive". nil: http.ReadResponse must read it. The body is nil
 // when the response has none (resp.Body is then http.NoBody).
-func parseResponseHead(head []byte, req *http.Request) (*http.Response, *h1RespBody) {
+func parseResponseHead(head []byte, req *http.Request, hs *h1Heads) (*http.Response, *h1RespBody) {
 	s := string(head[:len(head)-2]) // each line with its CRLF
 	i := strings.Index(s, "\r\n")
 	line := s[:i]
@@ -160,9 +161,18 @@ func parseResponseHead(head []byte, req *http.Request) (*http.Response, *h1RespB
 		}
 	}
 	code := int(line[9]-'0')*100 + int(line[10]-'0')*10 + int(line[11]-'0')
-	f, ok := parseFields(s, false)
+	h, vals := hs.respFields()
+	f, ok := parseFields(s, false, h, vals)
 	if !ok {
 		return nil, nil
+	}
+	var resp *http.Response
+	var rb *h1RespBody
+	if hs != nil {
+		hs.respVals = f.vals
+		resp, rb = &hs.resp, &hs.respBody
+	} else {
+		resp = new(http.Response)
 	}
 	length := int64(-1)
 	if f.cls == 1 {
@@ -174,8 +184,9 @@ func parseResponseHead(head []byte, req *http.Request) (*http.Response, *h1RespB
 	if f.closing {
 		delete(h, "Connection") // as net/http's shouldClose
 	}
-	resp := &http.Response{Status: line[9:], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+	*resp = http.Response{Status: line[9:], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, Body: http.NoBody, Close: f.closing, Request: req}
+
 	if chunked {
 		resp.TransferEncoding = []string{"chunked"}
 		if resp.Trailer, ok = takeTrailer(h); !ok {
@@ -190,18 +201,27 @@ func parseResponseHead(head []byte, req *http.Request) (*http.Response, *h1RespB
 		resp.ContentLength = 0
 	case chunked:
 		resp.ContentLength = -1
-		return resp, &h1RespBody{resp: resp, isChunked: true}
+		return resp, setRespBody(rb, h1RespBody{resp: resp, isChunked: true})
 	case length == 0:
 		resp.ContentLength = 0
 	case length > 0:
 		resp.ContentLength = length
-		return resp, &h1RespBody{resp: resp, h1Framing: h1Framing{n: length}}
+		return resp, setRespBody(rb, h1RespBody{resp: resp, h1Framing: h1Framing{n: length}})
 	default: // delimited by the connection's close
 		resp.ContentLength = -1
 		resp.Close = true
-		return resp, &h1RespBody{resp: resp, h1Framing: h1Framing{n: -1}}
+		return resp, setRespBody(rb, h1RespBody{resp: resp, h1Framing: h1Framing{n: -1}})
 	}
 	return resp, nil
+}
+
+// setRespBody stores b in rb, or in a new h1RespBody when rb is nil.
+func setRespBody(rb *h1RespBody, b h1RespBody) *h1RespBody {
+	if rb == nil {
+		rb = new(h1RespBody)
+	}
+	*rb = b
+	return rb
 }
 
 // h1RespBody is a response body read from the connection, as net/http's:

@@ -16,6 +16,7 @@ import (
 // h1Fields is a head's header and what its framing fields say.
 type h1Fields struct {
 	h       http.Header
+	vals    []string // the values' backing array, for reuse (see h1Heads)
 	cl      string // the Content-Length value, when cls == 1
 	cls     int    // Content-Length fields seen
 	chunked bool   // Transfer-Encoding: chunked (kept out of h, as net/http does)
@@ -28,15 +29,25 @@ type h1Fields struct {
 // parseFields parses field lines s, each ending in CRLF. A request's
 // Host field is taken out of the header, and Upgrade, Expect,
 // HTTP2-Settings or more than maxHeadersCount fields refuse it. The
-// Trailer field stays in the header (see takeTrailer). !ok: net/http
-// must parse the head.
-func parseFields(s string, request bool) (f h1Fields, ok bool) {
+// Trailer field stays in the header (see takeTrailer). The fields go
+// into h and their values into vals when they are given (h empty, vals
+// of any length: it is reused when its capacity allows); else both are
+// made. !ok: net/http must parse the head.
+func parseFields(s string, request bool, h http.Header, vals []string) (f h1Fields, ok bool) {
 	n := strings.Count(s, "\r\n")
 	if request && n > maxHeadersCount {
 		return f, false
 	}
-	f.h = make(http.Header, n)
-	vals := make([]string, n) // one backing array for the values
+	if f.h = h; h == nil {
+		f.h = make(http.Header, n)
+	}
+	if cap(vals) >= n {
+		vals = vals[:n]
+		clear(vals)
+	} else {
+		vals = make([]string, n) // one backing array for the values
+	}
+	f.vals = vals
 	for k := 0; len(s) > 0; k++ {
 		i := strings.Index(s, "\r\n")
 		line := s[:i]

@@ -82,6 +82,11 @@ type h1ServerConn struct {
 	// deadline is the read deadline currently set (zero: none).
 	deadline time.Time
 	w        h1Writer
+	// heads is what requests and their upstream responses are parsed
+	// into, reused from one request to the next unless the request
+	// escaped (see h1Heads).
+	heads   *h1Heads
+	escaped bool
 
 	// Client-gone detection (see armWatch): cancel ends ctx when the
 	// client goes away mid-request; upstream is the pooled upstream
@@ -208,7 +213,10 @@ func (sc *h1ServerConn) serve() (handoff bool) {
 		if head == nil {
 			return true
 		}
-		req, body := parseH1Head(head, sc.tmpl)
+		if sc.escaped || sc.heads == nil {
+			sc.heads, sc.escaped = new(h1Heads), false
+		}
+		req, body := parseH1Head(head, sc.tmpl, sc.heads)
 		if req == nil {
 			return true
 		}
@@ -503,8 +511,9 @@ func (b *h1ReqBody) finish() bool {
 // fast path serves. nil: net/http must serve it (it is malformed, or
 // unusual: see the top of this file). The request's strings share one
 // copy of the head. The request starts as a copy of tmpl (its context),
-// or empty when tmpl is nil.
-func parseH1Head(head []byte, tmpl *http.Request) (*http.Request, *h1ReqBody) {
+// or empty when tmpl is nil. With hs, the request, its URL and header
+// are hs's, reused (see h1Heads); else they are new.
+func parseH1Head(head []byte, tmpl *http.Request, hs *h1Heads) (*http.Request, *h1ReqBody) {
 	s := string(head[:len(head)-2]) // each line with its CRLF
 	i := strings.Index(s, "\r\n")
 	line := s[:i]
@@ -522,15 +531,28 @@ func parseH1Head(head []byte, tmpl *http.Request) (*http.Request, *h1ReqBody) {
 			return nil, nil
 		}
 	}
-	u, err := url.ParseRequestURI(target)
-	if err != nil {
+	var u *url.URL
+	if hs != nil {
+		u = &hs.url
+	} else {
+		u = new(url.URL)
+	}
+	if !parseTarget(target, u) {
 		return nil, nil
 	}
-	f, ok := parseFields(s, true)
+	h, vals := hs.reqFields()
+	f, ok := parseFields(s, true, h, vals)
 	if !ok || f.hosts != 1 || !isHost(f.host) {
 		return nil, nil
 	}
-	req := new(http.Request)
+	var req *http.Request
+	if hs != nil {
+		hs.reqVals = f.vals
+		req = &hs.req
+	} else {
+		req = new(http.Request)
+	}
+	*req = http.Request{}
 	if tmpl != nil {
 		*req = *tmpl
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/netip"
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -488,9 +489,15 @@ func FuzzH1Head(f *testing.F) {
 			return
 		}
 		head := in[:i+4]
-		req, body := parseH1Head(head, nil)
+		// Parsed into heads that a previous request used, as a kept-alive
+		// connection does: nothing of that request may show through.
+		hs := dirtyHeads(t)
+		req, body := parseH1Head(head, nil, hs)
 		if req == nil {
 			return
+		}
+		if u, err := url.ParseRequestURI(req.RequestURI); err != nil || *u != *req.URL {
+			t.Fatalf("%q: URL %+v, url.ParseRequestURI %+v (%v)", head, req.URL, u, err)
 		}
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
@@ -519,6 +526,112 @@ func FuzzH1Head(f *testing.F) {
 				t.Fatalf("%q: fast path body %v, net/http content length %d, transfer encoding %v", head, body != nil, s.cl, s.te)
 			}
 			return
+		}
+	})
+}
+
+// dirtyHeads returns heads that a request and its response with other
+// fields, a query, a trailer and a body were parsed into.
+func dirtyHeads(t *testing.T) *h1Heads {
+	t.Helper()
+	hs := new(h1Heads)
+	req, _ := parseH1Head([]byte("POST /old/%41?q=1 HTTP/1.1\r\nHost: old\r\nX-Old: 1\r\nX-Old: 2\r\nTrailer: X-T\r\n"+
+		"Transfer-Encoding: chunked\r\nConnection: close\r\nPragma: no-cache\r\n\r\n"), nil, hs)
+	if req == nil || req.URL.RawPath == "" || len(req.Header) < 2 {
+		t.Fatalf("dirty request: %+v", req)
+	}
+	resp, _ := parseResponseHead([]byte("HTTP/1.1 500 Old\r\nX-Old: 1\r\nTrailer: X-T\r\nTransfer-Encoding: chunked\r\n"+
+		"Connection: close\r\n\r\n"), req, hs)
+	if resp == nil || resp.Trailer == nil {
+		t.Fatalf("dirty response: %+v", resp)
+	}
+	return hs
+}
+
+// TestH1HeadsReused: a connection's second request and response are
+// parsed into the first one's structures, with nothing of them left.
+func TestH1HeadsReused(t *testing.T) {
+	hs := dirtyHeads(t)
+	req, body := parseH1Head([]byte("GET /a/b?x=y HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n"), nil, hs)
+	if req != &hs.req || req.URL != &hs.url || body != nil {
+		t.Fatalf("request not parsed into the heads: %p %p %v", req, req.URL, body)
+	}
+	want := http.Header{"Accept": {"*/*"}}
+	if req.Method != "GET" || req.Host != "h" || req.URL.Path != "/a/b" || req.URL.RawPath != "" || req.URL.RawQuery != "x=y" ||
+		!reflect.DeepEqual(req.Header, want) || req.Trailer != nil || req.TransferEncoding != nil || req.Close || req.ContentLength != 0 {
+		t.Fatalf("reused request: %+v %+v", req, req.URL)
+	}
+	resp, rb := parseResponseHead([]byte("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"), req, hs)
+	if resp != &hs.resp || rb != &hs.respBody {
+		t.Fatal("response not parsed into the heads")
+	}
+	if resp.StatusCode != 200 || resp.Status != "200 OK" || !reflect.DeepEqual(resp.Header, http.Header{"Content-Length": {"3"}}) ||
+		resp.Trailer != nil || resp.TransferEncoding != nil || resp.Close || resp.ContentLength != 3 || rb.isChunked || rb.n != 3 {
+		t.Fatalf("reused response: %+v, body %+v", resp, rb)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		hs.reqFields()
+		if r, _ := parseH1Head([]byte("GET /a/b?x=y HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nX-A: 1\r\n\r\n"), nil, hs); r == nil {
+			panic("refused")
+		}
+	}); n > 1 {
+		t.Fatalf("a request parsed into reused heads makes %v allocations, want 1 (the head's string)", n)
+	}
+}
+
+// TestH1HeadsEscape: a connection's requests share one http.Request and
+// header map, until a request escapes (markEscaped): that one keeps its
+// own, untouched by the requests after it.
+func TestH1HeadsEscape(t *testing.T) {
+	type seen struct {
+		r *http.Request
+		h http.Header
+	}
+	var got []seen
+	s := startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, seen{r, r.Header})
+		if r.URL.Path == "/escape" {
+			markEscaped(r)
+		}
+	})
+	c := rawConn(t, s.addr)
+	for _, p := range []string{"/a", "/b", "/escape", "/c", "/d"} {
+		if resp := c.get(t, p); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", p, resp.StatusCode)
+		}
+	}
+	if len(got) != 5 {
+		t.Fatalf("%d requests served", len(got))
+	}
+	if got[0].r != got[1].r || got[1].r != got[2].r {
+		t.Fatal("requests before the escape were not parsed into the same heads")
+	}
+	if got[3].r == got[2].r || got[3].r != got[4].r {
+		t.Fatal("the request after the escape reused the escaped request's heads, or the next one did not reuse its own")
+	}
+	if esc := got[2]; esc.r.URL.Path != "/escape" || esc.h.Get("Host") != "" || esc.r.Host != "a" {
+		t.Fatalf("the escaped request changed after it was served: %s %v", esc.r.URL.Path, esc.h)
+	}
+}
+
+// FuzzParseTarget: parseTarget makes of a request target what
+// url.ParseRequestURI makes of it, whatever the URL held before.
+func FuzzParseTarget(f *testing.F) {
+	for _, s := range []string{"/", "/a/b?c=d", "/a?", "/a??", "/a?b?", "/%41", "/a b", "/a#f", "/(x)", "/~u/$&+,;=:@", "//x/y", "/a%zz"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		if target == "" || target[0] != '/' || hasCTL(target) || strings.Contains(target, " ") {
+			return // the server refuses these before
+		}
+		u := url.URL{Scheme: "x", Host: "old", Path: "/old", RawPath: "/%6Fld", RawQuery: "q", ForceQuery: true, Fragment: "f"}
+		ok := parseTarget(target, &u)
+		want, err := url.ParseRequestURI(target)
+		if ok != (err == nil) {
+			t.Fatalf("%q: parseTarget %v, url.ParseRequestURI %v", target, ok, err)
+		}
+		if ok && u != *want {
+			t.Fatalf("%q: parseTarget %+v, url.ParseRequestURI %+v", target, u, *want)
 		}
 	})
 }

@@ -257,8 +257,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		origURL, origHost, origURI := *r.URL, r.Host, r.RequestURI
 		defer func() { *r.URL, r.Host, r.RequestURI = origURL, origHost, origURI }()
 	}
-	var triedBuf [4]string
-	tried := triedBuf[:0]
+	var tried []string // endpoints already tried, listed only once there is a retry
 	var releaseRetry func()
 	for attempt := 0; ; attempt++ {
 		ep, err := c.Pick(cluster.PickContext{HashKey: hashKey, HasHash: hasHash, Exclude: tried, OriginalDst: cc.dst})
@@ -276,7 +275,6 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			_, _ = w.Write([]byte("upstream connect error or disconnect/reset before headers. reset reason: overflow"))
 			return
 		}
-		tried = append(tried, ep.Address)
 		ex.upstream = ep.Address
 		actx := ctx
 		var cancelTry context.CancelFunc
@@ -292,6 +290,9 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			u.Host = ep.Address
 			out = r.WithContext(actx)
 			out.URL, out.Host, out.RequestURI = &u, outHost, ""
+			if !isH1 || !ht.fast(out) {
+				markEscaped(r) // the copy shares r's header map
+			}
 		}
 		if body != nil {
 			out.Body = io.NopCloser(bytes.NewReader(body))
@@ -343,6 +344,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			}
 			return
 		}
+		tried = append(tried, ep.Address)
 		if resp != nil {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
