@@ -17,10 +17,10 @@ import (
 type h1Fields struct {
 	h       http.Header
 	vals    []string // the values' backing array, for reuse (see h1Heads)
-	cl      string // the Content-Length value, when cls == 1
-	cls     int    // Content-Length fields seen
-	chunked bool   // Transfer-Encoding: chunked (kept out of h, as net/http does)
-	closing bool   // Connection: close
+	cl      string   // the Content-Length value, when cls == 1
+	cls     int      // Content-Length fields seen
+	chunked bool     // Transfer-Encoding: chunked (kept out of h, as net/http does)
+	closing bool     // Connection: close
 	// Requests only: Host (kept out of h, as net/http does).
 	host  string
 	hosts int
