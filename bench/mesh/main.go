@@ -319,10 +319,19 @@ func measure(ctx context.Context, o options, t *topology, fortio, url string, me
 			usage.sidecars[h] = sidecarUsage{vcpu: float64(ticks-before[h]) / hz / wall, rssKB: rss, hwmKB: hwm}
 		}
 	}
+	snap, err := takeCPUSnapshot()
+	if err != nil {
+		return nil, nil, err
+	}
 	max, err := load(0, o.maxDur)
 	if err != nil {
 		return nil, nil, fmt.Errorf("throughput run: %v", err)
 	}
+	end, err := takeCPUSnapshot()
+	if err != nil {
+		return nil, nil, err
+	}
+	maxCPU := snap.until(end)
 	if mesh != nil {
 		for h, pid := range mesh.pids {
 			rss, hwm, err := memKB(pid)
@@ -333,5 +342,5 @@ func measure(ctx context.Context, o options, t *topology, fortio, url string, me
 			}
 		}
 	}
-	return &chainResult{url: url, lat: lat, max: max}, usage, nil
+	return &chainResult{url: url, lat: lat, max: max, maxCPU: maxCPU}, usage, nil
 }

@@ -61,7 +61,16 @@ func parseFortio(b []byte) (*fortioResult, error) {
 type chainResult struct {
 	url      string
 	lat, max *fortioResult
+	// maxCPU is the CPU used over the maximum-throughput run, by
+	// command, and the machine's idle share then.
+	maxCPU cpuUse
 }
+
+// proxyComms are the proxies' command names (all their processes and
+// threads count); loadComm is fortio's (load generator and echo server).
+var proxyComms = []string{"nginx", "haproxy", "weft-proxy"}
+
+const loadComm = "fortio"
 
 type sidecarUsage struct {
 	vcpu                        float64 // CPUs used over the latency run
@@ -119,6 +128,24 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %.1f | %d | %.0f | %d |\n", chainTitle[c],
 			ms(res.lat.p[0]), ms(res.lat.p[1]), ms(res.lat.p[2]), added[0], added[1], added[2],
 			res.lat.qps, res.lat.count-res.lat.ok, res.max.qps, res.max.count-res.max.ok)
+	}
+	fmt.Fprintf(&b, "\nWhere the CPU went over the maximum-throughput runs (utime+stime of every process by command from /proc/<pid>/stat; idle and iowait from /proc/stat; µs per request = CPU seconds / requests completed):\n\n")
+	fmt.Fprintf(&b, "| chain | proxies' CPU µs per request (both hops) | fortio's (client and app) | machine idle |\n|---|---:|---:|---:|\n")
+	for _, c := range o.chains {
+		res := r.results[c]
+		if res == nil || res.max.count == 0 {
+			continue
+		}
+		var proxies float64
+		for _, p := range proxyComms {
+			proxies += res.maxCPU.seconds[p]
+		}
+		per := func(sec float64) string { return fmt.Sprintf("%.1f", sec/float64(res.max.count)*1e6) }
+		proxyCol := per(proxies)
+		if c == "baseline" {
+			proxyCol = "—"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %.0f %% |\n", chainTitle[c], proxyCol, per(res.maxCPU.seconds[loadComm]), res.maxCPU.idle*100)
 	}
 	for _, c := range o.chains {
 		w := r.weft[c]

@@ -282,3 +282,85 @@ func procPID(leader int, comm string) (int, error) {
 	}
 	return 0, fmt.Errorf("no %s process under pid %d", comm, leader)
 }
+
+// cpuSnapshot is the CPU time of every process by command name (comm),
+// and of the whole machine, at one moment.
+type cpuSnapshot struct {
+	byComm map[string]int64 // utime+stime in clock ticks
+	// reaped is cutime+cstime of this program: its children that ended
+	// (the fortio load client, exec'd by ip netns exec and setpriv).
+	reaped     int64
+	busy, idle int64 // /proc/stat, all CPUs, in clock ticks
+}
+
+func takeCPUSnapshot() (cpuSnapshot, error) {
+	s := cpuSnapshot{byComm: map[string]int64{}}
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(filepath.Base(d))
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(d + "/comm")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		ticks, err := cpuTicks(pid)
+		if err != nil {
+			continue
+		}
+		s.byComm[strings.TrimSpace(string(b))] += ticks
+	}
+	self, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return s, err
+	}
+	if i := strings.LastIndexByte(string(self), ')'); i >= 0 {
+		if f := strings.Fields(string(self[i+1:])); len(f) > 14 {
+			cu, _ := strconv.ParseInt(f[13], 10, 64)
+			cs, _ := strconv.ParseInt(f[14], 10, 64)
+			s.reaped = cu + cs
+		}
+	}
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return s, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return s, fmt.Errorf("unexpected /proc/stat: %q", line)
+	}
+	for i, v := range f[1:9] {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		if i == 3 || i == 4 { // idle, iowait
+			s.idle += n
+		} else {
+			s.busy += n
+		}
+	}
+	return s, nil
+}
+
+// cpuUse is what happened between two snapshots: CPU seconds by command
+// (of the processes that exited meanwhile, only this program's children
+// count, as fortio: the load client) and the machine's idle share.
+type cpuUse struct {
+	seconds map[string]float64
+	idle    float64
+}
+
+func (a cpuSnapshot) until(b cpuSnapshot) cpuUse {
+	hz := float64(clockTicks())
+	u := cpuUse{seconds: map[string]float64{}}
+	for c, t := range b.byComm {
+		if d := t - a.byComm[c]; d > 0 {
+			u.seconds[c] = float64(d) / hz
+		}
+	}
+	u.seconds[loadComm] += float64(b.reaped-a.reaped) / hz
+	if total := (b.busy - a.busy) + (b.idle - a.idle); total > 0 {
+		u.idle = float64(b.idle-a.idle) / float64(total)
+	}
+	return u
+}
