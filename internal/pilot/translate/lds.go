@@ -18,6 +18,7 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/registry"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // Listener layout (LDS), by proxy type:
@@ -293,6 +294,12 @@ func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.Fi
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc},
 		HttpFilters:    g.inboundHTTPFilters(),
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+		// As Istio's sidecars: the application learns its mTLS caller's
+		// identity from x-forwarded-client-cert (outbound managers keep
+		// Envoy's default, SANITIZE).
+		ForwardClientCertDetails: hcmv3.HttpConnectionManager_APPEND_FORWARD,
+		SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
+			Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
 	}
 	g.setPathNormalization(h)
 	fc.Filters = []*listenerv3.Filter{networkFilter(hcmFilterName, h)}

@@ -73,6 +73,8 @@ type httpChain struct {
 	// x-forwarded-proto overwritten, as Envoy does; otherwise both pass
 	// as they came, x-forwarded-proto set only where it is missing.
 	useRemoteAddress, appendXFF bool
+	// xfcc is what becomes of x-forwarded-client-cert (xfcc.go).
+	xfcc xfccConfig
 }
 
 // tcpChain is a tcp_proxy: one cluster or weighted clusters.
@@ -291,6 +293,11 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 			hc := &httpChain{statPrefix: h.GetStatPrefix(), rdsName: h.GetRds().GetRouteConfigName(),
 				useRemoteAddress: h.GetUseRemoteAddress().GetValue()}
 			hc.appendXFF = hc.useRemoteAddress && !h.GetSkipXffAppend()
+			xfcc, err := compileXFCC(h)
+			if err != nil {
+				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
+			hc.xfcc = xfcc
 			pn, err := compilePathNorm(h)
 			if err != nil {
 				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)

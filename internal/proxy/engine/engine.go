@@ -476,6 +476,8 @@ type chainConn struct {
 	// HTTP/2 streams served and streams reset prematurely (flood limit).
 	h2Streams, h2Resets atomic.Int64
 	h2Closed            atomic.Bool
+	// xfcc caches the connection's x-forwarded-client-cert element.
+	xfcc xfccCache
 }
 
 func (cc *chainConn) Read(b []byte) (int, error) {

@@ -1,0 +1,143 @@
+package engine
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+)
+
+// x-forwarded-client-cert (XFCC), as Envoy's connection manager sets it
+// by forward_client_cert_details: Istio's sidecars APPEND_FORWARD on
+// inbound, with the client certificate's Subject, URI and DNS SANs, so an
+// application learns its caller's SPIFFE identity from the header; every
+// other connection manager sanitises the header (Envoy's default), so an
+// application cannot pass a forged one on to the next hop.
+
+const xfccHeader = "X-Forwarded-Client-Cert"
+
+// xfccConfig is a connection manager's forward_client_cert_details and
+// set_current_client_cert_details.
+type xfccConfig struct {
+	mode              hcmv3.HttpConnectionManager_ForwardClientCertDetails
+	subject, uri, dns bool
+}
+
+func compileXFCC(h *hcmv3.HttpConnectionManager) (xfccConfig, error) {
+	c := xfccConfig{mode: h.GetForwardClientCertDetails()}
+	if _, ok := hcmv3.HttpConnectionManager_ForwardClientCertDetails_name[int32(c.mode)]; !ok {
+		return c, fmt.Errorf("forward_client_cert_details: unknown value %d", c.mode)
+	}
+	s := h.GetSetCurrentClientCertDetails()
+	if s == nil {
+		return c, nil
+	}
+	if s.GetCert() || s.GetChain() || s.GetIssuer() {
+		return c, fmt.Errorf("set_current_client_cert_details: cert, chain and issuer are not supported (subject, uri and dns are)")
+	}
+	if s.GetFormat() != hcmv3.HttpConnectionManager_TEXT {
+		return c, fmt.Errorf("set_current_client_cert_details: format %v is not supported (TEXT is)", s.GetFormat())
+	}
+	c.subject, c.uri, c.dns = s.GetSubject().GetValue(), s.GetUri(), s.GetDns()
+	return c, nil
+}
+
+// clientCertHeader applies the chain's forward_client_cert_details to
+// r's XFCC header. With a client certificate (mutual TLS downstream):
+// FORWARD_ONLY keeps the header, APPEND_FORWARD appends this hop's
+// element, SANITIZE_SET replaces the header with it. Without one, those
+// three remove the header, as SANITIZE (the default) always does;
+// ALWAYS_FORWARD_ONLY never touches it.
+func clientCertHeader(r *http.Request, cc *chainConn, certs Certs) {
+	c := cc.chain.xfcc
+	switch c.mode {
+	case hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY:
+		return
+	case hcmv3.HttpConnectionManager_SANITIZE:
+		delete(r.Header, xfccHeader)
+		return
+	}
+	elem := cc.xfccElement(c, certs)
+	if elem == "" {
+		delete(r.Header, xfccHeader)
+		return
+	}
+	switch c.mode {
+	case hcmv3.HttpConnectionManager_FORWARD_ONLY:
+		return
+	case hcmv3.HttpConnectionManager_APPEND_FORWARD:
+		if prior := r.Header[xfccHeader]; len(prior) > 0 {
+			elem = strings.Join(prior, ",") + "," + elem
+		}
+	}
+	r.Header[xfccHeader] = []string{elem}
+}
+
+// xfccCache is a connection's XFCC element, made once per configuration
+// of the connection manager (the client and this proxy keep their
+// certificates for the connection's life).
+type xfccCache struct {
+	mu   sync.Mutex
+	cfg  xfccConfig
+	elem string
+	done bool
+}
+
+// xfccElement is this hop's XFCC element for the connection's client
+// certificate ("" without one): By (this proxy's URI SANs), Hash (the
+// SHA-256 of the client certificate, hex), then Subject, URI and DNS as
+// configured, in Envoy's order and spelling.
+func (cc *chainConn) xfccElement(c xfccConfig, certs Certs) string {
+	cc.xfcc.mu.Lock()
+	defer cc.xfcc.mu.Unlock()
+	if cc.xfcc.done && cc.xfcc.cfg == c {
+		return cc.xfcc.elem
+	}
+	cc.xfcc.cfg, cc.xfcc.done, cc.xfcc.elem = c, true, ""
+	tc, ok := cc.Conn.(*tls.Conn)
+	if !ok {
+		return ""
+	}
+	peers := tc.ConnectionState().PeerCertificates
+	if len(peers) == 0 {
+		return ""
+	}
+	client := peers[0]
+	var parts []string
+	if certs != nil {
+		if own, err := certs.GetCertificate(&tls.ClientHelloInfo{}); err == nil && own != nil {
+			leaf := own.Leaf
+			if leaf == nil && len(own.Certificate) > 0 {
+				leaf, _ = x509.ParseCertificate(own.Certificate[0])
+			}
+			if leaf != nil {
+				for _, u := range leaf.URIs {
+					parts = append(parts, "By="+u.String())
+				}
+			}
+		}
+	}
+	sum := sha256.Sum256(client.Raw)
+	parts = append(parts, "Hash="+hex.EncodeToString(sum[:]))
+	if c.subject {
+		parts = append(parts, `Subject="`+strings.ReplaceAll(client.Subject.String(), `"`, `\"`)+`"`)
+	}
+	if c.uri {
+		for _, u := range client.URIs {
+			parts = append(parts, "URI="+u.String())
+		}
+	}
+	if c.dns {
+		for _, d := range client.DNSNames {
+			parts = append(parts, "DNS="+d)
+		}
+	}
+	cc.xfcc.elem = strings.Join(parts, ";")
+	return cc.xfcc.elem
+}

@@ -1,0 +1,120 @@
+package engine
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// withHCM edits the connection manager of l's first filter chain.
+func withHCM(tb testing.TB, l *listenerv3.Listener, edit func(*hcmv3.HttpConnectionManager)) *listenerv3.Listener {
+	tb.Helper()
+	tc := l.FilterChains[0].Filters[0].GetTypedConfig()
+	h := &hcmv3.HttpConnectionManager{}
+	if err := tc.UnmarshalTo(h); err != nil {
+		tb.Fatal(err)
+	}
+	edit(h)
+	a, err := anypb.New(h)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tc.Value = a.Value
+	return l
+}
+
+// TestClientCertHeader: x-forwarded-client-cert as Envoy sets it under
+// Istio. The outbound sidecar (Envoy's default, SANITIZE) drops what the
+// application sent; the inbound one (APPEND_FORWARD with subject, URI and
+// DNS, as pilot configures it) tells the backend who called over mTLS.
+func TestClientCertHeader(t *testing.T) {
+	seen := make(chan []string, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Values("X-Forwarded-Client-Cert")
+	}))
+	defer backend.Close()
+	backendAddr := netip.MustParseAddrPort(backend.Listener.Addr().String())
+	clientID, serverID := newTestMesh(t)
+	sum := sha256.Sum256(clientID.cert.Certificate[0])
+	elem := "By=spiffe://cluster.local/ns/default/sa/server;Hash=" + hex.EncodeToString(sum[:]) +
+		`;Subject="";URI=spiffe://cluster.local/ns/default/sa/client`
+
+	for _, tc := range []struct {
+		name     string
+		outbound hcmv3.HttpConnectionManager_ForwardClientCertDetails
+		inbound  hcmv3.HttpConnectionManager_ForwardClientCertDetails
+		plain    bool // the inbound hop without mTLS
+		sent     string
+		want     []string
+	}{
+		{name: "istio: forged header dropped, caller appended", outbound: hcmv3.HttpConnectionManager_SANITIZE,
+			inbound: hcmv3.HttpConnectionManager_APPEND_FORWARD, sent: "By=forged", want: []string{elem}},
+		{name: "append to a forwarded header", outbound: hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY,
+			inbound: hcmv3.HttpConnectionManager_APPEND_FORWARD, sent: "By=upstream", want: []string{"By=upstream," + elem}},
+		{name: "sanitize_set replaces", outbound: hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY,
+			inbound: hcmv3.HttpConnectionManager_SANITIZE_SET, sent: "By=upstream", want: []string{elem}},
+		{name: "forward_only keeps", outbound: hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY,
+			inbound: hcmv3.HttpConnectionManager_FORWARD_ONLY, sent: "By=upstream", want: []string{"By=upstream"}},
+		{name: "no mTLS: removed", outbound: hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY,
+			inbound: hcmv3.HttpConnectionManager_APPEND_FORWARD, plain: true, sent: "By=upstream", want: nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var tlsCtx = inboundTLS()
+			if tc.plain {
+				tlsCtx = nil
+			}
+			inAddr := freeAddr(t)
+			in := withHCM(t, httpListener("virtualInbound", inAddr, "inbound|8080||", tlsCtx), func(h *hcmv3.HttpConnectionManager) {
+				h.ForwardClientCertDetails = tc.inbound
+				h.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
+					Subject: wrapperspb.Bool(true), Uri: true, Dns: true}
+			})
+			startEngine(t, serverID, in, staticCluster("inbound|8080||", backendAddr, false))
+			outAddr := freeAddr(t)
+			const svc = "outbound|8080||server.default.svc.cluster.local"
+			out := withHCM(t, httpListener("0.0.0.0_8080", outAddr, svc, nil), func(h *hcmv3.HttpConnectionManager) {
+				h.ForwardClientCertDetails = tc.outbound
+			})
+			startEngine(t, clientID, out, staticCluster(svc, inAddr, !tc.plain))
+
+			for i := range 2 { // the second request reuses the connection's element
+				req, _ := http.NewRequest("GET", "http://"+outAddr.String()+"/", nil)
+				req.Header.Set("X-Forwarded-Client-Cert", tc.sent)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if got := <-seen; strings.Join(got, "|") != strings.Join(tc.want, "|") {
+					t.Fatalf("request %d: backend saw XFCC %q, want %q", i, got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// TestClientCertHeaderConfig: what weft cannot put in the header is
+// refused with the reason, not silently dropped.
+func TestClientCertHeaderConfig(t *testing.T) {
+	for _, s := range []*hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
+		{Cert: true}, {Chain: true}, {Issuer: true}, {Format: hcmv3.HttpConnectionManager_JSON},
+	} {
+		_, err := compileXFCC(&hcmv3.HttpConnectionManager{ForwardClientCertDetails: hcmv3.HttpConnectionManager_APPEND_FORWARD,
+			SetCurrentClientCertDetails: s})
+		if err == nil || !strings.Contains(err.Error(), "not supported") {
+			t.Fatalf("%v: error %v, want a refusal", s, err)
+		}
+	}
+	if _, err := compileXFCC(&hcmv3.HttpConnectionManager{ForwardClientCertDetails: 42}); err == nil {
+		t.Fatal("unknown forward_client_cert_details accepted")
+	}
+}
