@@ -63,6 +63,28 @@ func (fs *Files) Acquire(path string) (*Logger, error) {
 	return sf.l, nil
 }
 
+// Check reports whether Acquire(path) would succeed, without keeping
+// anything open: a path already open is fine, another is opened for
+// appending (and created, as Acquire would) and closed again. Config that
+// names a file the proxy cannot write is refused with this error (the xDS
+// client NACKs it) instead of logging nothing.
+func (fs *Files) Check(path string) error {
+	fs.mu.Lock()
+	_, open := fs.open[path]
+	fs.mu.Unlock()
+	switch {
+	case open, path == "/dev/stdout", path == "/dev/stderr":
+		return nil
+	case path == "":
+		return fmt.Errorf("access log: empty path")
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("access log: %w", err)
+	}
+	return f.Close()
+}
+
 // Release gives up one use of path; the last one writes what is queued
 // and closes the file.
 func (fs *Files) Release(path string) {

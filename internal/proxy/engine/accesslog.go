@@ -174,12 +174,9 @@ func (ls *listenerSpec) allChains() []*chain {
 	return out
 }
 
-// openAccessLogs gives every access log of rt its shared logger and
-// returns the paths acquired (released when rt is replaced). A file that
-// cannot be opened is reported; its logs stay silent.
-func (e *Engine) openAccessLogs(rt *runtime) ([]string, error) {
-	var paths []string
-	var errs []error
+// fileLogs yields every file access log of rt's listeners, with where
+// it is configured ("listener L: chain C").
+func (rt *runtime) fileLogs(yield func(where string, fl *fileLog) bool) {
 	for _, ls := range rt.listeners {
 		for _, ch := range ls.allChains() {
 			var als *accessLogs
@@ -193,15 +190,41 @@ func (e *Engine) openAccessLogs(rt *runtime) ([]string, error) {
 				continue
 			}
 			for _, fl := range als.logs {
-				l, err := e.logFiles.Acquire(fl.path)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("listener %s chain %s: %w", ls.name, ch.name, err))
-					continue
+				if !yield("listener "+ls.name+": chain "+ch.name, fl) {
+					return
 				}
-				fl.logger = l
-				paths = append(paths, fl.path)
 			}
 		}
+	}
+}
+
+// checkAccessLogs refuses a configuration whose access log files cannot
+// be opened for writing (Validate: the xDS client NACKs it with the
+// reason, as Envoy rejects a listener whose log it cannot open).
+func (e *Engine) checkAccessLogs(rt *runtime) error {
+	for where, fl := range rt.fileLogs {
+		if err := e.logFiles.Check(fl.path); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+	}
+	return nil
+}
+
+// openAccessLogs gives every access log of rt its shared logger and
+// returns the paths acquired (released when rt is replaced). A file that
+// cannot be opened (Validate checked, so only one removed or made
+// unwritable since) is reported; its logs stay silent.
+func (e *Engine) openAccessLogs(rt *runtime) ([]string, error) {
+	var paths []string
+	var errs []error
+	for where, fl := range rt.fileLogs {
+		l, err := e.logFiles.Acquire(fl.path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			continue
+		}
+		fl.logger = l
+		paths = append(paths, fl.path)
 	}
 	if len(errs) > 0 {
 		return paths, fmt.Errorf("%v", errs)

@@ -220,6 +220,7 @@ func TestXDSAccessLogNACK(t *testing.T) {
 		"logger":     {&accesslogv3.AccessLog{Name: "grpc", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: grpcLog}}, "is not supported (envoy.extensions.access_loggers.file.v3.FileAccessLog only)"},
 		"untyped":    {&accesslogv3.AccessLog{Name: "x"}, "is not supported"},
 		"no path":    {fileLogProto("", "x", nil, ""), "without a path"},
+		"unwritable": {fileLogProto(filepath.Join(dir, "missing", "a.log"), "x", nil, ""), "access log: open " + filepath.Join(dir, "missing", "a.log") + ": no such file or directory"},
 		"flagfilter": {withFilter(fileLogProto(filepath.Join(dir, "a"), "x", nil, ""), &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{}}}), "ResponseFlagFilter is not supported"},
 	} {
 		e := New(slog.New(slog.DiscardHandler), Options{})

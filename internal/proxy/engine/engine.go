@@ -122,6 +122,9 @@ func (e *Engine) Validate(s *xdsclient.Snapshot) error {
 	if err != nil {
 		return err
 	}
+	if err := e.checkAccessLogs(rt); err != nil {
+		return err
+	}
 	e.compiled.Store(s, rt)
 	return nil
 }
