@@ -275,6 +275,9 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 	}
 	en.DownstreamRemote = r.RemoteAddr
 	en.DownstreamLocal = cc.dst.String()
+	if ex.upstreamLocal != nil {
+		en.UpstreamLocal = ex.upstreamLocal.String()
+	}
 	en.ServerName = serverName(cc.Conn)
 	if ex.route != nil {
 		en.RouteName = ex.route.Name

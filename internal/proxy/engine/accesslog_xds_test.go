@@ -2,6 +2,7 @@ package engine
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -165,6 +166,47 @@ func TestXDSAccessLogHTTP(t *testing.T) {
 	}
 	if got["path"] != "/missing" || got["response_code"] != 404.0 || got["method"] != "GET" || got["upstream_host"] != backend.Listener.Addr().String() {
 		t.Errorf("json entry %v", got)
+	}
+}
+
+// TestXDSAccessLogUpstreamLocal: %UPSTREAM_LOCAL_ADDRESS% is the address
+// the backend saw the request come from, on the in-place HTTP/1.1 fast
+// path (GET) and through net/http's transport (POST with a body).
+func TestXDSAccessLogUpstreamLocal(t *testing.T) {
+	peers := make(chan string, 4)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		peers <- r.RemoteAddr
+	}))
+	defer backend.Close()
+	path := filepath.Join(t.TempDir(), "a.log")
+	addr := freeAddr(t)
+	const cluster = "outbound|80||backend"
+	l := withAccessLogs(httpListener("0.0.0.0_8080", addr, cluster, nil),
+		fileLogProto(path, "%REQ(:METHOD)% %UPSTREAM_LOCAL_ADDRESS%\n", nil, ""))
+	e := New(slog.New(slog.DiscardHandler), Options{})
+	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{l.GetName(): l},
+		Clusters: map[string]*clusterv3.Cluster{cluster: staticCluster(cluster, netip.MustParseAddrPort(backend.Listener.Addr().String()), false)}}); err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	for _, method := range []string{"GET", "POST"} {
+		req, _ := http.NewRequest(method, "http://"+addr.String()+"/", nil)
+		if method == "POST" {
+			req, _ = http.NewRequest(method, "http://"+addr.String()+"/", strings.NewReader("body"))
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		fmt.Fprintf(&want, "%s %s\n", method, <-peers)
+	}
+	e.shutdown() // writes what the logger holds
+	got, _ := os.ReadFile(path)
+	if string(got) != want.String() {
+		t.Errorf("access log:\n%s\nwant (the backend's view of the sidecar's address):\n%s", got, want.String())
 	}
 }
 

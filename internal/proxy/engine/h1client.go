@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"sync"
 	"time"
 )
@@ -67,6 +68,9 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		pc, reused, err := t.get(ctx, req.URL.Host)
 		if err != nil {
 			return nil, err
+		}
+		if tr := httptrace.ContextClientTrace(ctx); tr != nil && tr.GotConn != nil {
+			tr.GotConn(httptrace.GotConnInfo{Conn: pc.c, Reused: reused})
 		}
 		resp, sent, err := pc.roundTrip(ctx, req)
 		if err == nil {
@@ -178,6 +182,7 @@ type h1Cancel struct {
 func watchCancel(ctx context.Context, pc *h1Conn) h1Cancel {
 	if down, _ := ctx.Value(h1ServerKey{}).(*h1ServerConn); down != nil && down.ctx == ctx {
 		down.upstream.Store(pc)
+		down.upstreamLocal = pc.c.LocalAddr() // for the access log (forward)
 		if down.gone.Load() {
 			pc.abort()
 		}

@@ -26,7 +26,8 @@ import (
 // into spaces and trimmed, fields with invalid names dropped. It reports
 // false, having written nothing, for a request req.Write must write
 // (opaque URLs, a Host that is not plain ASCII, a control byte in the
-// target, a Connection field, a client trace).
+// target, a Connection field, a client trace that wants to hear of the
+// writing).
 func writeRequestHead(bw *bufio.Writer, req *http.Request) bool {
 	u := req.URL
 	host := req.Host
@@ -44,8 +45,9 @@ func writeRequestHead(bw *bufio.Writer, req *http.Request) bool {
 	if hasCTL(path) || query && hasCTL(u.RawQuery) {
 		return false
 	}
-	if httptrace.ContextClientTrace(req.Context()) != nil {
-		return false
+	if tr := httptrace.ContextClientTrace(req.Context()); tr != nil &&
+		(tr.WroteHeaderField != nil || tr.WroteHeaders != nil || tr.WroteRequest != nil) {
+		return false // req.Write reports those
 	}
 	_, _ = bw.WriteString(req.Method)
 	_ = bw.WriteByte(' ')

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/textproto"
@@ -87,6 +88,10 @@ type h1ServerConn struct {
 	// escaped (see h1Heads).
 	heads   *h1Heads
 	escaped bool
+	// upstreamLocal is the local address of the upstream connection the
+	// in-place fast path last used (watchCancel sets it, forward takes
+	// it for %UPSTREAM_LOCAL_ADDRESS%).
+	upstreamLocal net.Addr
 
 	// Client-gone detection (see armWatch): cancel ends ctx when the
 	// client goes away mid-request; upstream is the pooled upstream

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"net/url"
 	"strconv"
@@ -81,6 +82,10 @@ type exchange struct {
 	upstreamTime time.Duration
 	path         string // as received, for the access log
 	route        *route.Route
+	// upstreamLocal is the local address of the last attempt's upstream
+	// connection (%UPSTREAM_LOCAL_ADDRESS%), found only when the chain
+	// writes access logs.
+	upstreamLocal net.Addr
 }
 
 func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -299,10 +304,21 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			out.Body = io.NopCloser(bytes.NewReader(body))
 			out.ContentLength = int64(len(body))
 		}
+		logged := cc.chain.logs != nil
+		if logged && out != r {
+			out = out.WithContext(httptrace.WithClientTrace(out.Context(), &httptrace.ClientTrace{
+				GotConn: func(info httptrace.GotConnInfo) { ex.upstreamLocal = info.Conn.LocalAddr() }}))
+		}
 		ep.StartRequest()
 		sent := time.Now()
 		resp, err := rtr.RoundTrip(out)
 		ep.EndRequest()
+		if logged && out == r {
+			// The in-place fast path tells the downstream connection.
+			if sc, _ := r.Context().Value(h1ServerKey{}).(*h1ServerConn); sc != nil {
+				ex.upstreamLocal, sc.upstreamLocal = sc.upstreamLocal, nil
+			}
+		}
 		if err == nil {
 			ex.upstreamTime = time.Since(sent)
 		}
