@@ -25,6 +25,9 @@ type slowBackend struct {
 func startSlowBackend(t *testing.T, delay time.Duration) *slowBackend {
 	b := &slowBackend{started: make(chan struct{}, 16)}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// net/http notices a client gone (r.Context()) only once the
+		// request body has been read.
+		_, _ = io.Copy(io.Discard, r.Body)
 		b.hits.Add(1)
 		b.started <- struct{}{}
 		select {
@@ -76,6 +79,72 @@ func TestH1ClientGoneCancelsUpstream(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // a retry would have arrived by now
 	if n := backend.hits.Load(); n != 1 {
 		t.Fatalf("backend saw %d requests, want 1 (no retry for a client that left)", n)
+	}
+}
+
+// TestH1ClientGoneAfterBody: a client that sends a request with a body
+// and leaves while the upstream is slow gets that upstream exchange
+// cancelled too, once its body has been read (the watch starts then), and
+// the request is not retried.
+func TestH1ClientGoneAfterBody(t *testing.T) {
+	backend := startSlowBackend(t, 30*time.Second)
+	addr := freeAddr(t)
+	startEngine(t, nil, httpListener("out", addr, "backend", nil), staticCluster("backend", backend.addr, false))
+
+	for _, body := range []string{
+		"Content-Length: 5\r\n\r\nhello",
+		"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+	} {
+		before := backend.cancelled.Load()
+		c, err := net.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprint(c, "POST /slow HTTP/1.1\r\nHost: backend\r\n"+body)
+		backend.waitStarted(t)
+		time.Sleep(2 * h1WatchDelay) // the watch is running
+		_ = c.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for backend.cancelled.Load() == before && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if backend.cancelled.Load() != before+1 {
+			t.Fatalf("%q: the backend's request was not cancelled after the client left", body)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // a retry would have arrived by now
+	if n := backend.hits.Load(); n != 2 {
+		t.Fatalf("backend saw %d requests, want 2 (no retry for a client that left)", n)
+	}
+}
+
+// TestH1SlowBodyRequestClientStays: a request with a body outliving the
+// watch delay is answered, and its connection carries the next request.
+func TestH1SlowBodyRequestClientStays(t *testing.T) {
+	backend := startSlowBackend(t, 3*h1WatchDelay)
+	addr := freeAddr(t)
+	startEngine(t, nil, httpListener("out", addr, "backend", nil), staticCluster("backend", backend.addr, false))
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for i := range 2 {
+		fmt.Fprint(c, "POST /slow HTTP/1.1\r\nHost: backend\r\nContent-Length: 5\r\n\r\nhello")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "done" {
+			t.Fatalf("response %d: %d %q", i, resp.StatusCode, b)
+		}
+	}
+	if n := backend.cancelled.Load(); n != 0 {
+		t.Fatalf("%d requests cancelled, want none", n)
 	}
 }
 

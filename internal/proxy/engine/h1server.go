@@ -33,9 +33,9 @@ import (
 // request from its first byte, and answers or rejects it as it always
 // did (400, 431, 505 …).
 //
-// Differences from net/http's server: the request context is not
-// cancelled when the client goes away mid-request (a response written to
-// a closed connection fails, which ends the exchange), and responses get
+// Differences from net/http's server: a client going away is noticed by
+// a watch started 100 ms into a request (once its body has been read),
+// not by a read running all along (see h1WatchDelay), and responses get
 // no Content-Type sniffing.
 
 // Fast-path limits, as the listener's http.Server has them.
@@ -104,17 +104,18 @@ type h1ServerConn struct {
 	watchDone  chan struct{}
 	watchMu    sync.Mutex
 	watchStop  bool // under watchMu: the request is over, do not start
+	handling   bool // under watchMu: a request with a body is being served
 }
 
 // Watch states (h1ServerConn.watchState).
 const (
-	watchIdle    int32 = iota // no request, or one with a body
-	watchArmed                // a request without a body is being served
+	watchIdle    int32 = iota // no request, or one whose body is still being read
+	watchArmed                // a request is served and nothing else reads the connection
 	watchRunning              // the engine's watchdog started watchClient
 )
 
-// h1WatchDelay is how long a request without a body runs before the
-// connection is watched for its client going away: a read that returns
+// h1WatchDelay is how long a request runs (after its body, if any, has
+// been read to its end) before the connection is watched for its client going away: a read that returns
 // EOF (or a reset) then cancels the request and aborts its upstream
 // exchange, as Envoy resets the upstream stream when the downstream one
 // goes. The engine's watchdog looks every h1WatchTick; faster requests
@@ -277,12 +278,15 @@ func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep b
 	}
 	w := &sc.w
 	w.reset(req)
-	watched := body == nil // nothing else reads the connection meanwhile
-	if watched {
-		sc.armWatch()
+	if body == nil {
+		sc.armWatch() // nothing else reads the connection meanwhile
+	} else {
+		body.sc = sc // armed once the body is read (armAfterBody)
+		sc.setHandling(true)
 	}
 	defer func() {
 		if p := recover(); p != nil {
+			sc.setHandling(false)
 			sc.disarmWatch()
 			keep = false
 			if body != nil {
@@ -294,9 +298,10 @@ func (sc *h1ServerConn) serveRequest(req *http.Request, body *h1ReqBody) (keep b
 		}
 	}()
 	sc.handler.ServeHTTP(w, req)
-	if watched {
-		sc.disarmWatch()
+	if body != nil {
+		sc.setHandling(false)
 	}
+	sc.disarmWatch()
 	if sc.gone.Load() {
 		// The client went away (or half-closed) while the request ran: an
 		// answer the handler completed still goes out, then the
@@ -325,6 +330,30 @@ func (sc *h1ServerConn) armWatch() {
 	}
 	sc.since.Store(clock())
 	sc.watchState.Store(watchArmed)
+}
+
+// setHandling marks the handler of a request with a body as running or
+// done; armAfterBody arms the watch only while it runs.
+func (sc *h1ServerConn) setHandling(on bool) {
+	sc.watchMu.Lock()
+	sc.handling = on
+	sc.watchMu.Unlock()
+}
+
+// armAfterBody arms the watch once a request's body has been read to its
+// end (by the handler or a transport, on any goroutine): from then on
+// nothing but the watch reads the connection until the answer, so a
+// client that leaves is noticed as for a request without a body.
+func (sc *h1ServerConn) armAfterBody() {
+	if sc.e == nil {
+		return
+	}
+	sc.watchMu.Lock()
+	defer sc.watchMu.Unlock()
+	if sc.handling && sc.watchState.Load() == watchIdle {
+		sc.since.Store(clock())
+		sc.watchState.Store(watchArmed)
+	}
 }
 
 // disarmWatch ends the watch; once it returns nothing but the serving
@@ -380,6 +409,10 @@ type h1ReqBody struct {
 	isChunked bool
 	req       *http.Request
 	closed    bool
+	// sc is told when the body has been read to its end (armAfterBody),
+	// once (armed).
+	sc    *h1ServerConn
+	armed bool
 }
 
 func (b *h1ReqBody) Read(p []byte) (int, error) {
@@ -391,7 +424,14 @@ func (b *h1ReqBody) Read(p []byte) (int, error) {
 	return b.read(p)
 }
 
-func (b *h1ReqBody) read(p []byte) (int, error) { return b.h1Framing.read(p, b.readTrailer) }
+func (b *h1ReqBody) read(p []byte) (int, error) {
+	n, err := b.h1Framing.read(p, b.readTrailer)
+	if err == io.EOF && b.sc != nil && !b.armed {
+		b.armed = true
+		b.sc.armAfterBody()
+	}
+	return n, err
+}
 
 // h1Framing reads an HTTP/1.1 message body from the connection's reader,
 // for requests (h1ReqBody) and responses (h1RespBody) alike: Content-Length
@@ -671,7 +711,7 @@ func (e *Engine) trackH1(sc *h1ServerConn, add bool) {
 }
 
 // watchH1 is the watchdog of the fast path's connections: every
-// h1WatchTick it starts watchClient for each request without a body that
+// h1WatchTick it starts watchClient for each armed request that
 // has run for h1WatchDelay. It runs while there are connections.
 func (e *Engine) watchH1() {
 	tick := time.NewTicker(h1WatchTick)
