@@ -6,9 +6,10 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
-	"sync"
+	"sync/atomic"
 
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 )
@@ -63,8 +64,8 @@ func clientCertHeader(r *http.Request, cc *chainConn, certs Certs) {
 		delete(r.Header, xfccHeader)
 		return
 	}
-	elem := cc.xfccElement(c, certs)
-	if elem == "" {
+	x := cc.xfccElement(c, certs)
+	if x.elem == "" {
 		delete(r.Header, xfccHeader)
 		return
 	}
@@ -73,34 +74,49 @@ func clientCertHeader(r *http.Request, cc *chainConn, certs Certs) {
 		return
 	case hcmv3.HttpConnectionManager_APPEND_FORWARD:
 		if prior := r.Header[xfccHeader]; len(prior) > 0 {
-			elem = strings.Join(prior, ",") + "," + elem
+			r.Header[xfccHeader] = []string{strings.Join(prior, ",") + "," + x.elem}
+			return
 		}
 	}
-	r.Header[xfccHeader] = []string{elem}
+	r.Header[xfccHeader] = x.vals[:1:1]
 }
 
 // xfccCache is a connection's XFCC element, made once per configuration
 // of the connection manager (the client and this proxy keep their
 // certificates for the connection's life).
 type xfccCache struct {
-	mu   sync.Mutex
+	p atomic.Pointer[xfccElem]
+}
+
+type xfccElem struct {
 	cfg  xfccConfig
 	elem string
-	done bool
+	// vals is the header's value when it is only this element; the
+	// header map of every request on the connection shares it (header
+	// operations replace values, they never write into them).
+	vals []string
 }
 
 // xfccElement is this hop's XFCC element for the connection's client
 // certificate ("" without one): By (this proxy's URI SANs), Hash (the
 // SHA-256 of the client certificate, hex), then Subject, URI and DNS as
 // configured, in Envoy's order and spelling.
-func (cc *chainConn) xfccElement(c xfccConfig, certs Certs) string {
-	cc.xfcc.mu.Lock()
-	defer cc.xfcc.mu.Unlock()
-	if cc.xfcc.done && cc.xfcc.cfg == c {
-		return cc.xfcc.elem
+func (cc *chainConn) xfccElement(c xfccConfig, certs Certs) *xfccElem {
+	if x := cc.xfcc.p.Load(); x != nil && x.cfg == c {
+		return x
 	}
-	cc.xfcc.cfg, cc.xfcc.done, cc.xfcc.elem = c, true, ""
-	tc, ok := cc.Conn.(*tls.Conn)
+	x := &xfccElem{cfg: c}
+	x.elem = clientCertElement(cc.Conn, c, certs)
+	if x.elem != "" {
+		x.vals = []string{x.elem}
+	}
+	cc.xfcc.p.Store(x)
+	return x
+}
+
+// clientCertElement makes the element xfccElement describes.
+func clientCertElement(conn net.Conn, c xfccConfig, certs Certs) string {
+	tc, ok := conn.(*tls.Conn)
 	if !ok {
 		return ""
 	}
@@ -138,6 +154,5 @@ func (cc *chainConn) xfccElement(c xfccConfig, certs Certs) string {
 			parts = append(parts, "DNS="+d)
 		}
 	}
-	cc.xfcc.elem = strings.Join(parts, ";")
-	return cc.xfcc.elem
+	return strings.Join(parts, ";")
 }
