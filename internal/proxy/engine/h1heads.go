@@ -41,12 +41,7 @@ func (hs *h1Heads) reqFields() (http.Header, []string) {
 	if hs == nil {
 		return nil, nil
 	}
-	if hs.reqH == nil {
-		hs.reqH = make(http.Header, 16)
-	} else {
-		clear(hs.reqH)
-	}
-	return hs.reqH, hs.reqVals
+	return emptied(&hs.reqH), hs.reqVals
 }
 
 // respFields is reqFields for the upstream response.
@@ -54,12 +49,17 @@ func (hs *h1Heads) respFields() (http.Header, []string) {
 	if hs == nil {
 		return nil, nil
 	}
-	if hs.respH == nil {
-		hs.respH = make(http.Header, 16)
+	return emptied(&hs.respH), hs.respVals
+}
+
+// emptied clears *h, making it first if need be.
+func emptied(h *http.Header) http.Header {
+	if *h == nil {
+		*h = make(http.Header, 16)
 	} else {
-		clear(hs.respH)
+		clear(*h)
 	}
-	return hs.respH, hs.respVals
+	return *h
 }
 
 // markEscaped records that r (or its header map) may be read after the
@@ -94,15 +94,4 @@ func parseTarget(target string, u *url.URL) bool {
 // plainPathByte marks the bytes url.URL keeps as they are in both
 // directions in a path: unescaping changes nothing ('%' is absent) and
 // EscapedPath escapes none of them (so RawPath stays empty).
-var plainPathByte = func() (t [256]bool) {
-	for c := 'a'; c <= 'z'; c++ {
-		t[c], t[c-'a'+'A'] = true, true
-	}
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for _, c := range "-._~$&+,/:;=@" {
-		t[c] = true
-	}
-	return t
-}()
+var plainPathByte = alnumAnd("-._~$&+,/:;=@")

@@ -840,18 +840,7 @@ func requestTarget(r *http.Request) string {
 
 // pathByte marks the bytes a path may hold verbatim: unreserved, sub-delims,
 // ':', '@', '/', '%' (the server has rejected bad escapes), '[' and ']'.
-var pathByte = func() (t [256]bool) {
-	for c := 'a'; c <= 'z'; c++ {
-		t[c], t[c-'a'+'A'] = true, true
-	}
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for _, c := range "-._~!$&'()*+,;=:@/%[]" {
-		t[c] = true
-	}
-	return t
-}()
+var pathByte = alnumAnd("-._~!$&'()*+,;=:@/%[]")
 
 // upstreamTarget is the URL to send upstream for the request URL in (Host
 // and Scheme are set per attempt): in's path and query, or those of path
