@@ -187,13 +187,8 @@ spec:
 	}
 }
 
-// backendCounting is backend (sidecar_test.go) counting requests in hits.
-func backendCounting(t *testing.T, id string, hits *atomic.Int64) int {
-	return backendRecording(t, id, hits, nil)
-}
-
-// backendRecording is backendCounting that also keeps the
-// x-forwarded-client-cert of the last request in xfcc (when not nil).
+// backendRecording is backend (sidecar_test.go) counting requests in
+// hits and keeping the x-forwarded-client-cert of the last one in xfcc.
 func backendRecording(t *testing.T, id string, hits *atomic.Int64, xfcc *atomic.Value) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -202,9 +197,7 @@ func backendRecording(t *testing.T, id string, hits *atomic.Int64, xfcc *atomic.
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
-		if xfcc != nil {
-			xfcc.Store(strings.Join(r.Header.Values("X-Forwarded-Client-Cert"), "|"))
-		}
+		xfcc.Store(strings.Join(r.Header.Values("X-Forwarded-Client-Cert"), "|"))
 		fmt.Fprint(w, id)
 	})}
 	go func() { _ = srv.Serve(l) }()
