@@ -236,12 +236,8 @@ func twoHopIDs(tb testing.TB, size int) (netip.AddrPort, *testCerts) {
 	inAddr := freeAddr(tb)
 	// The inbound connection manager as pilot configures it (Istio's):
 	// x-forwarded-client-cert appended for the backend.
-	in := withHCM(tb, httpListener("virtualInbound", inAddr, "inbound|8080||", inboundTLS()), func(h *hcmv3.HttpConnectionManager) {
-		h.ForwardClientCertDetails = hcmv3.HttpConnectionManager_APPEND_FORWARD
-		h.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
-			Subject: wrapperspb.Bool(true), Uri: true, Dns: true}
-	})
-	startEngine(tb, serverID, in, staticCluster("inbound|8080||", backendAddr, false))
+	startEngine(tb, serverID, xfccInbound(tb, inAddr, inboundTLS(), hcmv3.HttpConnectionManager_APPEND_FORWARD),
+		staticCluster("inbound|8080||", backendAddr, false))
 
 	outAddr := freeAddr(tb)
 	const svc = "outbound|8080||server.default.svc.cluster.local"

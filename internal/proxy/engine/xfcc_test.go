@@ -11,6 +11,7 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -30,6 +31,18 @@ func withHCM(tb testing.TB, l *listenerv3.Listener, edit func(*hcmv3.HttpConnect
 	}
 	tc.Value = a.Value
 	return l
+}
+
+// xfccInbound is the inbound listener of the tests' two-hop chains with
+// x-forwarded-client-cert treated by mode, with subject, URI and DNS (as
+// pilot configures inbound sidecars: APPEND_FORWARD).
+func xfccInbound(tb testing.TB, addr netip.AddrPort, tlsCtx *tlsv3.DownstreamTlsContext,
+	mode hcmv3.HttpConnectionManager_ForwardClientCertDetails) *listenerv3.Listener {
+	return withHCM(tb, httpListener("virtualInbound", addr, "inbound|8080||", tlsCtx), func(h *hcmv3.HttpConnectionManager) {
+		h.ForwardClientCertDetails = mode
+		h.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
+			Subject: wrapperspb.Bool(true), Uri: true, Dns: true}
+	})
 }
 
 // TestClientCertHeader: x-forwarded-client-cert as Envoy sets it under
@@ -73,12 +86,7 @@ func TestClientCertHeader(t *testing.T) {
 				tlsCtx = nil
 			}
 			inAddr := freeAddr(t)
-			in := withHCM(t, httpListener("virtualInbound", inAddr, "inbound|8080||", tlsCtx), func(h *hcmv3.HttpConnectionManager) {
-				h.ForwardClientCertDetails = tc.inbound
-				h.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
-					Subject: wrapperspb.Bool(true), Uri: true, Dns: true}
-			})
-			startEngine(t, serverID, in, staticCluster("inbound|8080||", backendAddr, false))
+			startEngine(t, serverID, xfccInbound(t, inAddr, tlsCtx, tc.inbound), staticCluster("inbound|8080||", backendAddr, false))
 			outAddr := freeAddr(t)
 			const svc = "outbound|8080||server.default.svc.cluster.local"
 			out := withHCM(t, httpListener("0.0.0.0_8080", outAddr, svc, nil), func(h *hcmv3.HttpConnectionManager) {
