@@ -81,12 +81,12 @@ func (cc *chainConn) resolve(rt *runtime) *connView {
 	}
 	for _, ch := range ls.chains {
 		if ch.name == cc.origin.chain && ch.http != nil {
-			v.cc = &chainConn{Conn: cc.Conn, chain: ch.http, dst: cc.dst, src: cc.src, origin: cc.origin}
+			v.cc = &chainConn{Conn: cc.Conn, chain: ch.http, dst: cc.dst, src: cc.src, origin: cc.origin, local: cc.local}
 			return v
 		}
 	}
 	if ch := ls.defChain; ch != nil && ch.name == cc.origin.chain && ch.http != nil {
-		v.cc = &chainConn{Conn: cc.Conn, chain: ch.http, dst: cc.dst, src: cc.src, origin: cc.origin}
+		v.cc = &chainConn{Conn: cc.Conn, chain: ch.http, dst: cc.dst, src: cc.src, origin: cc.origin, local: cc.local}
 	}
 	return v
 }

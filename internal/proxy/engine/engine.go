@@ -270,13 +270,14 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 		_ = c.Close()
 		return
 	}
+	var local *tls.Certificate // the certificate this proxy presented, if mesh TLS
 	if ch.tls != nil {
 		if e.opts.Certs == nil {
 			e.log.Warn("refusing a mesh TLS connection", "listener", ls.name, "error", errNoIdentity)
 			_ = c.Close()
 			return
 		}
-		tc := tls.Server(c, ch.tls.serverConfig(e.meshCerts()))
+		tc := tls.Server(c, ch.tls.serverConfig(e.meshCerts(), &local))
 		hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := tc.HandshakeContext(hctx)
 		cancel()
@@ -296,7 +297,7 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 	case ch.tcp != nil:
 		e.proxyTCP(rt, c, ch.tcp, dst, src, in.sni)
 	case ch.http != nil:
-		e.serveHTTP1(bl, &chainConn{Conn: c, chain: ch.http, dst: dst, src: src, origin: originOf(rt, ls, ch)})
+		e.serveHTTP1(bl, &chainConn{Conn: c, chain: ch.http, dst: dst, src: src, origin: originOf(rt, ls, ch), local: local})
 	}
 }
 
@@ -479,6 +480,9 @@ type chainConn struct {
 	// HTTP/2 streams served and streams reset prematurely (flood limit).
 	h2Streams, h2Resets atomic.Int64
 	h2Closed            atomic.Bool
+	// local is the certificate this proxy presented on the connection
+	// (mesh TLS only): the By of its x-forwarded-client-cert element.
+	local *tls.Certificate
 	// xfcc caches the connection's x-forwarded-client-cert element.
 	xfcc xfccCache
 }

@@ -115,10 +115,10 @@ const (
 )
 
 // h1WatchDelay is how long a request runs (after its body, if any, has
-// been read to its end) before the connection is watched for its client going away: a read that returns
-// EOF (or a reset) then cancels the request and aborts its upstream
-// exchange, as Envoy resets the upstream stream when the downstream one
-// goes. The engine's watchdog looks every h1WatchTick; faster requests
+// been read to its end) before the connection is watched for its client
+// going away: a read that returns EOF (or a reset) then cancels the
+// request and aborts its upstream exchange, as Envoy resets the upstream
+// stream when the downstream one goes. The engine's watchdog looks every h1WatchTick; faster requests
 // cost two atomic stores and a compare-and-swap.
 const (
 	h1WatchDelay = 100 * time.Millisecond

@@ -242,7 +242,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	// attempt sends the same headers, so they are prepared once.
 	removeHopHeaders(r.Header)
 	forwardedHeaders(r, cc)
-	clientCertHeader(r, cc, e.opts.Certs)
+	clientCertHeader(r, cc)
 	propagateTrace(r.Header)
 	rte.ApplyRequestHeaders(r.Header, wc)
 	target := upstreamTarget(r.URL, path, req.Path)

@@ -62,8 +62,9 @@ func compileDownstreamTLS(ts *corev3.TransportSocket) (*downstreamTLS, error) {
 	return &downstreamTLS{requireClientCert: req, alpn: common.GetAlpnProtocols()}, nil
 }
 
-// serverConfig builds the tls.Config for a TLS filter chain.
-func (d *downstreamTLS) serverConfig(c Certs) *tls.Config {
+// serverConfig builds the tls.Config for a TLS filter chain. With served,
+// the certificate the handshake presents is stored there.
+func (d *downstreamTLS) serverConfig(c Certs, served **tls.Certificate) *tls.Config {
 	alpn := d.alpn
 	if len(alpn) == 0 {
 		alpn = []string{"h2", "http/1.1"}
@@ -73,6 +74,13 @@ func (d *downstreamTLS) serverConfig(c Certs) *tls.Config {
 		GetCertificate:         c.GetCertificate,
 		NextProtos:             alpn,
 		SessionTicketsDisabled: true, // verification must run on every handshake
+	}
+	if served != nil {
+		cfg.GetCertificate = func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			cert, err := c.GetCertificate(h)
+			*served = cert
+			return cert, err
+		}
 	}
 	if d.requireClientCert {
 		cfg.ClientAuth = tls.RequireAnyClientCert

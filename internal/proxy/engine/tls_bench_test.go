@@ -81,7 +81,7 @@ func BenchmarkMeshTLSHandshake(b *testing.B) {
 		b.Run(version.name, func(b *testing.B) {
 			ids := meshIdentities(b, "spiffe://cluster.local/ns/default/sa/client", "spiffe://cluster.local/ns/default/sa/server")
 			client, server := ids[0], ids[1]
-			srvCfg := (&downstreamTLS{requireClientCert: true, alpn: []string{"istio", "http/1.1"}}).serverConfig(server)
+			srvCfg := (&downstreamTLS{requireClientCert: true, alpn: []string{"istio", "http/1.1"}}).serverConfig(server, nil)
 			srvCfg.MaxVersion = version.max
 			e := New(slog.New(slog.DiscardHandler), Options{Certs: client})
 			c := &cluster.Cluster{Name: "outbound|80||server", TLS: &cluster.UpstreamTLS{CertSDS: sdsCert, CASDS: sdsRoot, Verify: true,
@@ -146,7 +146,7 @@ func BenchmarkMeshTLSHandshake(b *testing.B) {
 // a server with an identity the cluster does not allow is refused.
 func TestMeshTLSSecureNaming(t *testing.T) {
 	ids := meshIdentities(t, "spiffe://cluster.local/ns/default/sa/client", "spiffe://cluster.local/ns/default/sa/impostor")
-	srvCfg := (&downstreamTLS{requireClientCert: true}).serverConfig(ids[1])
+	srvCfg := (&downstreamTLS{requireClientCert: true}).serverConfig(ids[1], nil)
 	e := New(slog.New(slog.DiscardHandler), Options{Certs: ids[0]})
 	c := &cluster.Cluster{Name: "outbound|80||server", TLS: &cluster.UpstreamTLS{CertSDS: sdsCert, CASDS: sdsRoot, Verify: true,
 		SANs: []cluster.SANMatcher{{Type: cluster.SANURI, StringMatcher: cluster.StringMatcher{Exact: "spiffe://cluster.local/ns/default/sa/server"}}}}}

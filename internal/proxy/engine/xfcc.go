@@ -55,7 +55,7 @@ func compileXFCC(h *hcmv3.HttpConnectionManager) (xfccConfig, error) {
 // element, SANITIZE_SET replaces the header with it. Without one, those
 // three remove the header, as SANITIZE (the default) always does;
 // ALWAYS_FORWARD_ONLY never touches it.
-func clientCertHeader(r *http.Request, cc *chainConn, certs Certs) {
+func clientCertHeader(r *http.Request, cc *chainConn) {
 	c := cc.chain.xfcc
 	switch c.mode {
 	case hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY:
@@ -64,7 +64,7 @@ func clientCertHeader(r *http.Request, cc *chainConn, certs Certs) {
 		delete(r.Header, xfccHeader)
 		return
 	}
-	x := cc.xfccElement(c, certs)
+	x := cc.xfccElement(c)
 	if x.elem == "" {
 		delete(r.Header, xfccHeader)
 		return
@@ -98,15 +98,16 @@ type xfccElem struct {
 }
 
 // xfccElement is this hop's XFCC element for the connection's client
-// certificate ("" without one): By (this proxy's URI SANs), Hash (the
+// certificate ("" without one): By (the URI SANs of the certificate this
+// proxy presented on the connection), Hash (the
 // SHA-256 of the client certificate, hex), then Subject, URI and DNS as
 // configured, in Envoy's order and spelling.
-func (cc *chainConn) xfccElement(c xfccConfig, certs Certs) *xfccElem {
+func (cc *chainConn) xfccElement(c xfccConfig) *xfccElem {
 	if x := cc.xfcc.p.Load(); x != nil && x.cfg == c {
 		return x
 	}
 	x := &xfccElem{cfg: c}
-	x.elem = clientCertElement(cc.Conn, c, certs)
+	x.elem = clientCertElement(cc.Conn, cc.local, c)
 	if x.elem != "" {
 		x.vals = []string{x.elem}
 	}
@@ -115,7 +116,7 @@ func (cc *chainConn) xfccElement(c xfccConfig, certs Certs) *xfccElem {
 }
 
 // clientCertElement makes the element xfccElement describes.
-func clientCertElement(conn net.Conn, c xfccConfig, certs Certs) string {
+func clientCertElement(conn net.Conn, local *tls.Certificate, c xfccConfig) string {
 	tc, ok := conn.(*tls.Conn)
 	if !ok {
 		return ""
@@ -126,16 +127,14 @@ func clientCertElement(conn net.Conn, c xfccConfig, certs Certs) string {
 	}
 	client := peers[0]
 	var parts []string
-	if certs != nil {
-		if own, err := certs.GetCertificate(&tls.ClientHelloInfo{}); err == nil && own != nil {
-			leaf := own.Leaf
-			if leaf == nil && len(own.Certificate) > 0 {
-				leaf, _ = x509.ParseCertificate(own.Certificate[0])
-			}
-			if leaf != nil {
-				for _, u := range leaf.URIs {
-					parts = append(parts, "By="+u.String())
-				}
+	if local != nil {
+		leaf := local.Leaf
+		if leaf == nil && len(local.Certificate) > 0 {
+			leaf, _ = x509.ParseCertificate(local.Certificate[0])
+		}
+		if leaf != nil {
+			for _, u := range leaf.URIs {
+				parts = append(parts, "By="+u.String())
 			}
 		}
 	}
