@@ -224,15 +224,25 @@ func startProxyChain(ctx context.Context, dir string, t *topology, kind string) 
 	return procs, url, err
 }
 
-// weftMesh is the weft chain: the control plane in cp, and on A and B the
-// capture rules and a sidecar as the proxy UID with a workload
-// certificate from a bootstrap token; STRICT mTLS.
+// weftMesh is the weft chain: the control plane in cp, and on A and B a
+// sidecar as the proxy UID with a workload certificate from a bootstrap
+// token, behind capture rules or in explicit mode; STRICT mTLS.
 type weftMesh struct {
 	sidecars map[string]*proc
 	pids     map[string]int
 	cp       *proc
 	cleanups []func() // capture rules
 }
+
+// The weft chains' kinds.
+const (
+	weftCapture  = "weft"          // capture rules on both hosts, the client calls a VIP
+	weftTCP      = "weft-tcp"      // the same with the port declared TCP
+	weftExplicit = "weft-explicit" // no capture: nginx's shape
+)
+
+// explicitInbound is sidecar B's port in front of the app in explicit mode.
+const explicitInbound = "15080"
 
 // stop ends the chain (another weft chain may follow): sidecars, control
 // plane, capture rules.
@@ -279,18 +289,61 @@ spec:
   mtls: {mode: STRICT}
 `
 
+// explicitConfig is the weft-explicit chain's mesh: the same workloads,
+// but the echo service selects its auto-registered WorkloadEntry, which
+// advertises sidecar B's inbound port (--inbound-ports), and B's Sidecar
+// resource keeps B from binding the upstream listener 127.0.0.1:8080 that
+// the app holds.
+const explicitConfig = `apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: client}
+spec:
+  metadata: {labels: {app: client}}
+  template: {serviceAccount: client}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: echo}
+spec:
+  metadata: {labels: {app: echo}}
+  template: {serviceAccount: echo, ports: {http: ` + appPort + `}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo.mesh]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: ` + appPort + `, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: echo}
+spec:
+  workloadSelector: {labels: {app: echo}}
+  egress: [{hosts: ["~/*"]}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default}
+spec:
+  mtls: {mode: STRICT}
+`
+
 // envWord is an environment assignment in -sidecar-args.
 var envWord = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*=`)
 
-// startWeft runs the control plane and the two sidecars. With tcp, the
-// echo service's port is declared TCP: the sidecars relay its bytes over
-// mesh mTLS without HTTP processing (the L4 path, for comparison).
-func startWeft(ctx context.Context, dir string, t *topology, extra []string, tcp bool) (*weftMesh, string, error) {
+// startWeft runs the control plane and the two sidecars of the chain
+// name (weftCapture, weftTCP or weftExplicit). For weftTCP the echo
+// service's port is declared TCP: the sidecars relay its bytes over mesh
+// mTLS without HTTP processing (the L4 path, for comparison). For
+// weftExplicit nothing is captured: the client calls sidecar A on
+// 127.0.0.1:8080, and sidecar A calls sidecar B's inbound port, as the
+// nginx and haproxy chains do.
+func startWeft(ctx context.Context, dir string, t *topology, extra []string, name string) (*weftMesh, string, error) {
 	weftBin, proxyBin := filepath.Join(dir, "weft"), filepath.Join(dir, "weft-proxy")
-	name := "weft"
-	if tcp {
-		name = "weft-tcp"
-	}
 	data := filepath.Join(dir, name+"-cp-data")
 	if err := os.Mkdir(data, 0o700); err != nil {
 		return nil, "", err
@@ -316,11 +369,14 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string, tcp
 	if err := eventually(ctx, "weft server answering", readyTimeout, func() error { _, err := weft("", "get", "ns"); return err }, cp); err != nil {
 		return nil, "", err
 	}
-	portName, protocol := "http", "HTTP"
-	if tcp {
-		portName, protocol = "tcp", "TCP"
+	config := fmt.Sprintf(meshConfig, "http", "HTTP", t.addr["b"])
+	switch name {
+	case weftTCP:
+		config = fmt.Sprintf(meshConfig, "tcp", "TCP", t.addr["b"])
+	case weftExplicit:
+		config = explicitConfig
 	}
-	if _, err := weft(fmt.Sprintf(meshConfig, portName, protocol, t.addr["b"]), "apply", "-f", "-"); err != nil {
+	if _, err := weft(config, "apply", "-f", "-"); err != nil {
 		return nil, "", err
 	}
 	caPEM, err := os.ReadFile(filepath.Join(data, "ca.crt"))
@@ -345,16 +401,24 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string, tcp
 		if err := os.Chmod(certDir, 0o777); err != nil { // past the umask
 			return nil, "", err
 		}
-		owner := "bench-" + h
-		if out, err := in(ctx, commandTimeout, t.ns[h], proxyBin, "iptables", "-u", proxyUID, "--owner", owner); err != nil {
-			return nil, "", fmt.Errorf("iptables on %s: %v %s", h, err, out)
+		var mode []string
+		if name == weftExplicit {
+			mode = []string{"--explicit", "--workload-group", group}
+			if h == "b" {
+				mode = append(mode, "--inbound-ports", appPort+"="+explicitInbound)
+			}
+		} else {
+			owner := "bench-" + h
+			if out, err := in(ctx, commandTimeout, t.ns[h], proxyBin, "iptables", "-u", proxyUID, "--owner", owner); err != nil {
+				return nil, "", fmt.Errorf("iptables on %s: %v %s", h, err, out)
+			}
+			ns := t.ns[h]
+			cleanup := func() {
+				_, _ = in(context.Background(), commandTimeout, ns, proxyBin, "iptables", "--cleanup", "--owner", owner)
+			}
+			atExit(cleanup)
+			m.cleanups = append(m.cleanups, cleanup)
 		}
-		ns := t.ns[h]
-		cleanup := func() {
-			_, _ = in(context.Background(), commandTimeout, ns, proxyBin, "iptables", "--cleanup", "--owner", owner)
-		}
-		atExit(cleanup)
-		m.cleanups = append(m.cleanups, cleanup)
 		// Leading NAME=value words of -sidecar-args are the sidecar's
 		// environment (GOGC=100), the rest its flags.
 		args := []string{"setpriv", "--reuid=" + proxyUID, "--regid=" + proxyUID, "--clear-groups", "env"}
@@ -364,7 +428,7 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string, tcp
 		}
 		args = append(append(args, proxyBin, "sidecar", "--ip", t.addr[h], "--name", group+"-1", "--labels", "app="+group, "--service-account", group,
 			"--discovery-address", t.addr["cp"]+":15012", "--ca-root-file", rootCert,
-			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir), flags...)
+			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir), append(mode, flags...)...)
 		p, err := bg(dir, name+"-sidecar-"+h, t.ns[h], args...)
 		if err != nil {
 			return nil, "", err
@@ -385,6 +449,9 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string, tcp
 		m.pids[h] = pid
 	}
 	url := "http://" + vip + ":" + appPort + "/echo?size=1024"
+	if name == weftExplicit {
+		url = "http://127.0.0.1:" + appPort + "/echo?size=1024"
+	}
 	err = eventually(ctx, "request through both sidecars", readyTimeout, func() error {
 		_, err := in(ctx, commandTimeout, t.ns["a"], "setpriv", "--reuid="+clientUID, "--regid="+clientUID, "--clear-groups",
 			filepath.Join(dir, "fortio"), "curl", "-quiet", url)

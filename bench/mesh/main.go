@@ -20,7 +20,11 @@
 //     client calls a ServiceEntry VIP;
 //   - weft-tcp (only when asked for): the weft chain with the service port
 //     declared TCP, so the sidecars relay bytes over mTLS without HTTP
-//     processing — the floor under the weft chain, for diagnosis.
+//     processing — the floor under the weft chain, for diagnosis;
+//   - weft-explicit (only when asked for): the weft chain without capture
+//     rules, in nginx's shape: the client calls sidecar A on
+//     127.0.0.1:8080 (--explicit), which calls sidecar B's inbound port
+//     (--inbound-ports 8080=15080) over mTLS; B forwards to the app.
 //
 // For each chain: a short warm-up, then `fortio load -qps 1000 -c 16 -t 30s
 // -uniform -nocatchup` on /echo?size=1024 (1 KiB responses) for latency,
@@ -86,7 +90,7 @@ func main() {
 	for _, c := range strings.Split(chains, ",") {
 		switch c = strings.TrimSpace(c); c {
 		case "baseline", "":
-		case "nginx", "haproxy", "weft", "weft-tcp":
+		case "nginx", "haproxy", weftCapture, weftTCP, weftExplicit:
 			o.chains = append(o.chains, c)
 		default:
 			fmt.Fprintf(os.Stderr, "mesh: unknown chain %q\n", c)
@@ -229,8 +233,8 @@ func run(ctx context.Context, o options) error {
 		switch c {
 		case "nginx", "haproxy":
 			procs, url, err = startProxyChain(ctx, dir, t, c)
-		case "weft", "weft-tcp":
-			mesh, url, err = startWeft(ctx, dir, t, o.sidecarArgs, c == "weft-tcp")
+		case weftCapture, weftTCP, weftExplicit:
+			mesh, url, err = startWeft(ctx, dir, t, o.sidecarArgs, c)
 		}
 		if err != nil {
 			return fmt.Errorf("%s chain: %v", c, err)

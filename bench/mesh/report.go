@@ -91,11 +91,12 @@ type report struct {
 }
 
 var chainTitle = map[string]string{
-	"baseline": "baseline (A → B direct)",
-	"nginx":    "nginx → mTLS → nginx",
-	"haproxy":  "haproxy → mTLS → haproxy",
-	"weft":     "weft sidecar → mTLS → weft sidecar",
-	"weft-tcp": "weft sidecar → mTLS → weft sidecar, port declared TCP (L4 relay, no HTTP)",
+	"baseline":      "baseline (A → B direct)",
+	"nginx":         "nginx → mTLS → nginx",
+	"haproxy":       "haproxy → mTLS → haproxy",
+	"weft":          "weft sidecar → mTLS → weft sidecar",
+	"weft-tcp":      "weft sidecar → mTLS → weft sidecar, port declared TCP (L4 relay, no HTTP)",
+	"weft-explicit": "weft sidecar → mTLS → weft sidecar, explicit mode (no capture rules, as the nginx chain)",
 }
 
 func ms(s float64) string { return fmt.Sprintf("%.3f", s*1e3) }
