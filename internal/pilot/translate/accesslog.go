@@ -36,10 +36,10 @@ import (
 // "envoy" (/dev/stdout, Istio's TEXT format). Otherwise MeshConfig
 // accessLogFile (with accessLogEncoding and accessLogFormat) applies.
 //
-// A filter expression must be in the CEL subset weft-proxy evaluates
-// (accesslog.ParseFilter); a provider whose filter is outside it, or
-// whose format uses an operator weft-proxy lacks, is left out and
-// reported rather than logging everything.
+// A filter expression must compile as weft-proxy compiles it
+// (accesslog.ParseFilter: CEL over Envoy's attributes); a provider whose
+// filter does not, or whose format uses an operator weft-proxy lacks, is
+// left out and reported rather than logging everything.
 
 const (
 	fileAccessLogName = "envoy.access_loggers.file"

@@ -109,8 +109,11 @@ func TestAccessLogPrecedence(t *testing.T) {
 			tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "file-a"}, {"name": "json"}]}]}`)},
 			client: []string{"/a text", "/j json"}, server: []string{"/a text", "/j json"}},
 		"unsupported filter": {configs: []*model.Config{
-			tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expression": "request.headers['x'] == 'y'"}}]}`)},
-			warning: `Telemetry/default/ns: access log filter "request.headers['x'] == 'y'"`},
+			tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expression": "size(request.headers) > 2"}}]}`)},
+			warning: `Telemetry/default/ns: access log filter "size(request.headers) > 2": request.headers and response.headers can only be read by a constant name`},
+		"filter syntax": {configs: []*model.Config{
+			tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expression": "response.code >="}}]}`)},
+			warning: `Telemetry/default/ns: access log filter "response.code >=": ERROR: <input>:1:17: Syntax error`},
 		"unknown provider": {configs: []*model.Config{tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "otel"}]}]}`)},
 			warning: `Telemetry/default/ns: access log provider "otel" is not an envoyFileAccessLog extension provider`},
 		"bad provider format": {mesh: &model.AccessLogging{Providers: providers},

@@ -77,8 +77,10 @@ type Entry struct {
 	// UpstreamLocal, DownstreamLocal and DownstreamRemote are ip:port
 	// addresses (DownstreamLocal is the original destination).
 	UpstreamLocal, DownstreamLocal, DownstreamRemote string
-	// ServerName is the downstream TLS SNI.
+	// ServerName is the downstream TLS SNI; MTLS is whether the
+	// downstream connection is TLS with a client certificate.
 	ServerName string
+	MTLS       bool
 	RouteName  string
 	// Headers are the other headers formats read (Formatter.Headers).
 	Headers []Header

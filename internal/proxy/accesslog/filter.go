@@ -1,198 +1,332 @@
 package accesslog
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
+	"sync"
+
+	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common/ast"
+	"cel.dev/cel-go/common/operators"
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/interpreter"
 )
 
-// Filter decides whether an entry is logged: the subset of CEL that
-// Istio's Telemetry accessLogging filters commonly use. Expressions
-// compare response.code with integers (==, !=, <, <=, >, >=) and combine
-// comparisons with &&, ||, ! and parentheses, e.g.
-// "response.code >= 400" or "response.code >= 500 || response.code == 429".
-// A TCP connection has no response code: its comparisons are false (as
-// in Envoy, where the attribute is absent). A nil Filter logs everything.
+// Filter decides whether an entry is logged: a CEL expression over
+// Envoy's attributes, as Istio's Telemetry accessLogging filters and
+// Envoy's CEL access log filter (envoy.access_loggers.extension_filters.cel)
+// evaluate it, e.g. "response.code >= 400",
+// "request.headers['x-debug'] == 'true'", "response.flags != 0u" or
+// "xds.cluster_name.startsWith('outbound|9080')". An expression whose
+// evaluation fails, such as one reading an attribute the entry does not
+// have (response.code of a TCP connection), does not log, as in Envoy.
+// A nil Filter logs everything. See Attributes for the names.
 type Filter struct {
 	expr string
-	root node
+	prg  cel.Program
+	// headers are the headers the expression reads, with the key it reads
+	// each by (request.headers['X-Debug'] and request.headers['x-debug']
+	// are the same header, as in Envoy).
+	headers []filterHeader
 }
 
-// FilterSyntax describes what ParseFilter accepts.
-const FilterSyntax = "response.code compared (==, !=, <, <=, >, >=) with an integer, combined with &&, ||, ! and parentheses"
+type filterHeader struct {
+	key string
+	ref HeaderRef
+}
+
+// Attributes lists the attributes a Filter can read (Envoy's names).
+const Attributes = "request.{path, url_path, query, host, method, protocol, headers, referer, useragent, id, time, duration, size}, " +
+	"response.{code, code_details, flags, size, headers}, source.{address, port}, destination.{address, port}, " +
+	"connection.{mtls, requested_server_name, termination_details}, upstream.{address, port, local_address, transport_failure_reason}, " +
+	"xds.{cluster_name, route_name}"
+
+// filterVars are the top-level names, each a map from attribute to value.
+var filterVars = []string{"request", "response", "source", "destination", "connection", "upstream", "xds"}
+
+var filterEnv = sync.OnceValues(func() (*cel.Env, error) {
+	opts := make([]cel.EnvOption, 0, len(filterVars))
+	for _, v := range filterVars {
+		opts = append(opts, cel.Variable(v, cel.MapType(cel.StringType, cel.DynType)))
+	}
+	return cel.NewEnv(opts...)
+})
 
 // String is the expression.
 func (f *Filter) String() string { return f.expr }
+
+// Headers lists the headers the filter reads that Entry has no field
+// for; the caller captures them into Entry.Headers.
+func (f *Filter) Headers() []HeaderRef {
+	if f == nil {
+		return nil
+	}
+	var out []HeaderRef
+	for _, h := range f.headers {
+		if !fieldHeaders[h.ref.Name] && !strings.HasPrefix(h.ref.Name, ":") {
+			out = append(out, h.ref)
+		}
+	}
+	return out
+}
 
 // Match reports whether e passes the filter.
 func (f *Filter) Match(e *Entry) bool {
 	if f == nil {
 		return true
 	}
-	return f.root.eval(e)
+	out, _, err := f.prg.Eval(&filterActivation{f: f, e: e})
+	return err == nil && out == types.True
 }
 
-// ParseFilter compiles a CEL expression of the supported subset; any
-// other expression is an error naming what is supported.
+// ParseFilter compiles a CEL expression; one that does not parse, is not
+// a boolean, or reads headers other than by a constant name is an error
+// naming the problem.
 func ParseFilter(expr string) (*Filter, error) {
-	p := &celParser{src: expr}
-	p.next()
-	n, err := p.or()
-	if err == nil && p.tok != "" {
-		err = fmt.Errorf("unexpected %q", p.tok)
-	}
+	env, err := filterEnv()
 	if err != nil {
-		return nil, fmt.Errorf("access log filter %q: %w; weft supports %s", expr, err, FilterSyntax)
+		return nil, err
 	}
-	return &Filter{expr: expr, root: n}, nil
+	checked, iss := env.Compile(expr)
+	if iss.Err() != nil {
+		return nil, fmt.Errorf("access log filter %q: %v", expr, iss.Err())
+	}
+	if t := checked.OutputType(); !t.IsExactType(types.BoolType) && !t.IsExactType(types.DynType) {
+		return nil, fmt.Errorf("access log filter %q: the expression is a %s, not a bool", expr, t)
+	}
+	f := &Filter{expr: expr}
+	if err := f.collectHeaders(checked.NativeRep().Expr()); err != nil {
+		return nil, fmt.Errorf("access log filter %q: %v", expr, err)
+	}
+	if f.prg, err = env.Program(checked, cel.CostLimit(filterCostLimit)); err != nil {
+		return nil, fmt.Errorf("access log filter %q: %v", expr, err)
+	}
+	return f, nil
 }
 
-type node interface{ eval(*Entry) bool }
+// filterCostLimit bounds one evaluation (CEL's cost units, about one per
+// operation): an expression that would run longer, such as nested
+// comprehensions over long lists, stops and does not log.
+const filterCostLimit = 10_000
 
-type andNode struct{ a, b node }
-type orNode struct{ a, b node }
-type notNode struct{ a node }
-type cmpNode struct {
-	op string
-	n  int64
+var errHeaderUse = errors.New("request.headers and response.headers can only be read by a constant name " +
+	"(request.headers['x-debug'], 'x-debug' in request.headers)")
+
+// collectHeaders records every header e reads, and refuses any other use
+// of a headers map: the entry captures only the headers named.
+func (f *Filter) collectHeaders(e ast.Expr) error {
+	switch e.Kind() {
+	case ast.SelectKind:
+		s := e.AsSelect()
+		if headersMap(e) != 0 {
+			return errHeaderUse
+		}
+		if resp := headersMap(s.Operand()); resp != 0 {
+			return f.addHeader(resp, s.FieldName())
+		}
+		if op := s.Operand(); op.Kind() == ast.IdentKind && op.AsIdent() == "request" && s.FieldName() == "referer" {
+			return f.addHeader(1, "referer")
+		}
+		return f.collectHeaders(s.Operand())
+	case ast.CallKind:
+		c := e.AsCall()
+		args := c.Args()
+		rest := args
+		switch {
+		case c.FunctionName() == operators.Index && len(args) == 2 && headersMap(args[0]) != 0:
+			if args[1].Kind() != ast.LiteralKind || args[1].AsLiteral().Type() != types.StringType {
+				return errHeaderUse
+			}
+			if err := f.addHeader(headersMap(args[0]), string(args[1].AsLiteral().(types.String))); err != nil {
+				return err
+			}
+			rest = nil
+		case c.FunctionName() == operators.In && len(args) == 2 && headersMap(args[1]) != 0:
+			if args[0].Kind() != ast.LiteralKind || args[0].AsLiteral().Type() != types.StringType {
+				return errHeaderUse
+			}
+			if err := f.addHeader(headersMap(args[1]), string(args[0].AsLiteral().(types.String))); err != nil {
+				return err
+			}
+			rest = nil
+		}
+		if c.IsMemberFunction() {
+			rest = append([]ast.Expr{c.Target()}, rest...)
+		}
+		return f.collectAll(rest...)
+	case ast.ListKind:
+		return f.collectAll(e.AsList().Elements()...)
+	case ast.MapKind:
+		for _, en := range e.AsMap().Entries() {
+			me := en.AsMapEntry()
+			if err := f.collectAll(me.Key(), me.Value()); err != nil {
+				return err
+			}
+		}
+	case ast.StructKind:
+		for _, fl := range e.AsStruct().Fields() {
+			if err := f.collectHeaders(fl.AsStructField().Value()); err != nil {
+				return err
+			}
+		}
+	case ast.ComprehensionKind:
+		c := e.AsComprehension()
+		return f.collectAll(c.IterRange(), c.AccuInit(), c.LoopCondition(), c.LoopStep(), c.Result())
+	}
+	return nil
 }
 
-func (n andNode) eval(e *Entry) bool { return n.a.eval(e) && n.b.eval(e) }
-func (n orNode) eval(e *Entry) bool  { return n.a.eval(e) || n.b.eval(e) }
-func (n notNode) eval(e *Entry) bool { return !n.a.eval(e) }
-
-func (n cmpNode) eval(e *Entry) bool {
-	if e.Code == 0 {
-		return false // no response code (TCP, or no response)
-	}
-	c := int64(e.Code)
-	switch n.op {
-	case "==":
-		return c == n.n
-	case "!=":
-		return c != n.n
-	case "<":
-		return c < n.n
-	case "<=":
-		return c <= n.n
-	case ">":
-		return c > n.n
-	case ">=":
-		return c >= n.n
-	}
-	return false
-}
-
-// celParser is a recursive-descent parser over a tiny tokenizer.
-type celParser struct {
-	src string
-	pos int
-	tok string
-}
-
-func (p *celParser) next() {
-	s := p.src
-	for p.pos < len(s) && (s[p.pos] == ' ' || s[p.pos] == '\t' || s[p.pos] == '\n') {
-		p.pos++
-	}
-	if p.pos >= len(s) {
-		p.tok = ""
-		return
-	}
-	start := p.pos
-	for _, op := range []string{"&&", "||", "==", "!=", "<=", ">="} {
-		if strings.HasPrefix(s[p.pos:], op) {
-			p.pos += 2
-			p.tok = op
-			return
+func (f *Filter) collectAll(es ...ast.Expr) error {
+	for _, e := range es {
+		if err := f.collectHeaders(e); err != nil {
+			return err
 		}
 	}
-	c := s[p.pos]
-	if strings.IndexByte("()<>!", c) >= 0 {
-		p.pos++
-		p.tok = s[start:p.pos]
-		return
-	}
-	for p.pos < len(s) && (isIdent(s[p.pos]) || s[p.pos] == '.') {
-		p.pos++
-	}
-	if p.pos == start {
-		p.pos++ // an unknown character: its own token, rejected by the parser
-	}
-	p.tok = s[start:p.pos]
+	return nil
 }
 
-func isIdent(c byte) bool {
-	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+// headersMap is 1 when e is request.headers, 2 for response.headers and
+// 0 otherwise.
+func headersMap(e ast.Expr) int {
+	if e.Kind() != ast.SelectKind || e.AsSelect().IsTestOnly() || e.AsSelect().FieldName() != "headers" {
+		return 0
+	}
+	op := e.AsSelect().Operand()
+	if op.Kind() != ast.IdentKind {
+		return 0
+	}
+	switch op.AsIdent() {
+	case "request":
+		return 1
+	case "response":
+		return 2
+	}
+	return 0
 }
 
-func (p *celParser) or() (node, error) {
-	a, err := p.and()
-	for err == nil && p.tok == "||" {
-		p.next()
-		var b node
-		if b, err = p.and(); err == nil {
-			a = orNode{a, b}
+func (f *Filter) addHeader(which int, key string) error {
+	name, err := headerName(key, which == 1)
+	if err != nil {
+		return err
+	}
+	for _, h := range f.headers {
+		if h.key == key && h.ref.Response == (which == 2) {
+			return nil
 		}
 	}
-	return a, err
+	f.headers = append(f.headers, filterHeader{key: key, ref: HeaderRef{Response: which == 2, Name: name}})
+	return nil
 }
 
-func (p *celParser) and() (node, error) {
-	a, err := p.unary()
-	for err == nil && p.tok == "&&" {
-		p.next()
-		var b node
-		if b, err = p.unary(); err == nil {
-			a = andNode{a, b}
-		}
-	}
-	return a, err
+// filterActivation resolves the attributes of one entry, building each
+// top-level map only when the expression reads it.
+type filterActivation struct {
+	f *Filter
+	e *Entry
 }
 
-func (p *celParser) unary() (node, error) {
-	switch p.tok {
-	case "!":
-		p.next()
-		a, err := p.unary()
-		return notNode{a}, err
-	case "(":
-		p.next()
-		a, err := p.or()
-		if err != nil {
-			return nil, err
-		}
-		if p.tok != ")" {
-			return nil, fmt.Errorf("missing ')'")
-		}
-		p.next()
-		return a, nil
-	}
-	return p.comparison()
-}
+func (a *filterActivation) Parent() interpreter.Activation { return nil }
 
-// comparison is "response.code OP INT" or "INT OP response.code".
-func (p *celParser) comparison() (node, error) {
-	left := p.tok
-	p.next()
-	op := p.tok
-	switch op {
-	case "==", "!=", "<", "<=", ">", ">=":
+func (a *filterActivation) ResolveName(name string) (any, bool) {
+	e := a.e
+	m := map[string]any{}
+	switch name {
+	case "request":
+		if e.Method == "" {
+			return m, true // a TCP connection: no request attributes
+		}
+		path, query, _ := strings.Cut(e.Path, "?")
+		m["path"], m["url_path"], m["query"] = e.Path, path, query
+		m["host"], m["method"], m["protocol"] = e.Authority, e.Method, e.Protocol
+		m["useragent"], m["id"] = e.UserAgent, e.RequestID
+		m["referer"] = e.header(false, "Referer")
+		m["time"], m["duration"], m["size"] = e.Start, e.Duration, e.BytesReceived
+		m["headers"] = a.headers(false)
+	case "response":
+		if e.Method != "" { // HTTP; a TCP connection has flags and bytes only
+			if e.Code != 0 {
+				m["code"] = int64(e.Code)
+			}
+			m["headers"] = a.headers(true)
+			m["code_details"] = e.details()
+		}
+		m["flags"], m["size"] = responseFlagBits(e.Flags), e.BytesSent
+	case "source":
+		addressAttrs(m, e.DownstreamRemote)
+	case "destination":
+		addressAttrs(m, e.DownstreamLocal)
+	case "upstream":
+		addressAttrs(m, e.UpstreamHost)
+		if e.UpstreamLocal != "" {
+			m["local_address"] = e.UpstreamLocal
+		}
+		if e.UpstreamFailure != "" {
+			m["transport_failure_reason"] = e.UpstreamFailure
+		}
+	case "connection":
+		m["mtls"] = e.MTLS
+		if e.ServerName != "" {
+			m["requested_server_name"] = e.ServerName
+		}
+		if e.ConnectionTerminationDetails != "" {
+			m["termination_details"] = e.ConnectionTerminationDetails
+		}
+	case "xds":
+		if e.UpstreamCluster != "" {
+			m["cluster_name"] = e.UpstreamCluster
+		}
+		if e.RouteName != "" {
+			m["route_name"] = e.RouteName
+		}
 	default:
-		if left == "" {
-			return nil, fmt.Errorf("unexpected end of expression")
-		}
-		return nil, fmt.Errorf("%q is not a comparison", left)
+		return nil, false
 	}
-	p.next()
-	right := p.tok
-	p.next()
-	if n, err := strconv.ParseInt(right, 10, 64); err == nil && left == "response.code" {
-		return cmpNode{op: op, n: n}, nil
-	}
-	if n, err := strconv.ParseInt(left, 10, 64); err == nil && right == "response.code" {
-		flip := map[string]string{"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
-		return cmpNode{op: flip[op], n: n}, nil
-	}
-	return nil, fmt.Errorf("%s %s %s: only response.code compared with an integer is supported", left, op, right)
+	return m, true
 }
+
+// headers is the request's or response's headers the filter reads, by
+// the keys it reads them with; absent headers are left out.
+func (a *filterActivation) headers(resp bool) map[string]string {
+	m := map[string]string{}
+	for _, h := range a.f.headers {
+		if h.ref.Response == resp {
+			if v := a.e.header(resp, h.ref.Name); v != "" {
+				m[h.key] = v
+			}
+		}
+	}
+	return m
+}
+
+// addressAttrs sets address (ip:port, as Envoy writes it) and port.
+func addressAttrs(m map[string]any, hostPort string) {
+	if hostPort == "" {
+		return
+	}
+	m["address"] = hostPort
+	if _, p, err := net.SplitHostPort(hostPort); err == nil {
+		if n, err := strconv.ParseInt(p, 10, 64); err == nil {
+			m["port"] = n
+		}
+	}
+}
+
+// responseFlagBits are Envoy's response flags as the bit field CEL's
+// response.flags reads (StreamInfo::ResponseFlag).
+var responseFlagBits = func() func(string) uint64 {
+	bits := map[string]uint64{}
+	for i, f := range []string{"LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE",
+		"DC", "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR"} {
+		bits[f] = 1 << i
+	}
+	return func(flags string) uint64 {
+		var out uint64
+		for f := range strings.SplitSeq(flags, ",") {
+			out |= bits[f]
+		}
+		return out
+	}
+}()

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -133,6 +134,8 @@ func TestFilter(t *testing.T) {
 		"400 <= response.code && !(response.code >= 500)": {404, 429},
 		"response.code != 200":                            {404, 429, 500, 503},
 		"response.code < 300":                             {200},
+		"response.code in [500, 503]":                     {500, 503},
+		"!has(response.code)":                             {0},
 	} {
 		f, err := ParseFilter(expr)
 		if err != nil {
@@ -140,7 +143,7 @@ func TestFilter(t *testing.T) {
 		}
 		var got []int
 		for _, c := range []int{200, 404, 429, 500, 503, 0} {
-			if f.Match(&Entry{Code: c}) {
+			if f.Match(&Entry{Method: "GET", Code: c}) {
 				got = append(got, c)
 			}
 		}
@@ -148,11 +151,94 @@ func TestFilter(t *testing.T) {
 			t.Errorf("%q: (-got +want)\n%s", expr, diff)
 		}
 	}
-	for _, bad := range []string{"", "response.code", "response.code >= '400'", "request.method == 'GET'",
-		"response.code >= 400 &&", "(response.code >= 400", "response.flags != '-'", "response.code in [500, 503]",
-		"has(request.headers.x)", "response.code >= 400 response.code"} {
-		if _, err := ParseFilter(bad); err == nil || !strings.Contains(err.Error(), "weft supports") {
-			t.Errorf("%q: %v", bad, err)
+
+	// Every attribute, on an HTTP entry and on a TCP connection's.
+	e := entry
+	e.Flags, e.BytesReceived = "UF,URX", 5
+	e.DownstreamRemote, e.DownstreamLocal, e.UpstreamLocal = "10.0.0.7:40000", "10.0.0.8:8080", "10.0.0.7:41000"
+	e.ServerName, e.MTLS, e.RouteName = "outbound_.8080_._.server", true, "default"
+	e.Headers = []Header{{Name: "X-Debug", Value: "on"}, {Name: "Referer", Value: "http://r"}, {Response: true, Name: "Content-Type", Value: "text/plain"}}
+	tcp := Entry{Start: e.Start, Flags: "UF", BytesReceived: 7, BytesSent: 9, Duration: time.Second, UpstreamTime: -1,
+		UpstreamHost: "10.0.0.8:3306", UpstreamCluster: "outbound|3306||db", DownstreamRemote: "10.0.0.7:40001", UpstreamFailure: "connection_failure"}
+	for expr, want := range map[string][2]bool{ // HTTP entry, TCP entry
+		"request.path == '/echo?size=1024' && request.url_path == '/echo' && request.query == 'size=1024'":           {true, false},
+		"request.host == 'server.default.svc.cluster.local:8080' && request.method == 'GET'":                         {true, false},
+		"request.protocol == 'HTTP/1.1' && request.useragent.startsWith('fortio')":                                   {true, false},
+		"request.id.size() == 36 && request.referer == 'http://r'":                                                   {true, false},
+		"request.headers['x-debug'] == 'on' && request.headers['X-DEBUG'] == 'on'":                                   {true, false},
+		"'x-debug' in request.headers && !('x-other' in request.headers)":                                            {true, false},
+		"has(request.headers.referer) && request.headers[':method'] == 'GET'":                                        {true, false},
+		"request.time < timestamp('2027-01-01T00:00:00Z') && request.duration == duration('3ms')":                    {true, false},
+		"request.size == 5 && response.size == 1024":                                                                 {true, false},
+		"response.headers['content-type'] == 'text/plain'":                                                           {true, false},
+		"response.flags == 32u + 32768u":                                                                             {true, false},
+		"response.flags == 32u && response.size == 9":                                                                {false, true},
+		"source.address == '10.0.0.7:40000' && source.port == 40000 && destination.port == 8080":                     {true, false},
+		"source.port == 40001 && !has(destination.address)":                                                          {false, true},
+		"upstream.address == '10.0.0.8:8080' && upstream.port == 8080 && upstream.local_address == '10.0.0.7:41000'": {true, false},
+		"upstream.transport_failure_reason == 'connection_failure'":                                                  {false, true},
+		"connection.mtls && connection.requested_server_name.endsWith('server')":                                     {true, false},
+		"!connection.mtls": {false, true},
+		"xds.cluster_name.startsWith('outbound|3306')":                {false, true},
+		"xds.route_name == 'default'":                                 {true, false},
+		"request.method == 'GET' || response.code >= 400":             {true, false}, // TCP: both sides fail
+		"response.code >= 400 || response.flags != 0u":                {true, true},  // an error on the left, true on the right
+		"response.flags != 0u && request.headers.size() > 0 == false": {false, false},
+	} {
+		f, err := ParseFilter(expr)
+		if strings.Contains(expr, "request.headers.size()") {
+			if err == nil || !strings.Contains(err.Error(), "constant name") {
+				t.Errorf("%q: %v, want the headers error", expr, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", expr, err)
+			continue
+		}
+		if got := [2]bool{f.Match(&e), f.Match(&tcp)}; got != want {
+			t.Errorf("%q: HTTP, TCP %v, want %v", expr, got, want)
+		}
+	}
+
+	if f, _ := ParseFilter("response.code_details == 'via_upstream'"); !f.Match(&entry) {
+		t.Error("response.code_details: not via_upstream")
+	}
+	// Evaluation is bounded: 10,000 nested iterations stop and do not log.
+	ten := "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"
+	small, _ := ParseFilter(ten + ".all(a, " + ten + ".all(b, a * b > 0))")
+	large, _ := ParseFilter(ten + ".all(a, " + ten + ".all(b, " + ten + ".all(c, " + ten + ".all(d, a * b * c * d > 0))))")
+	if !small.Match(&entry) || large.Match(&entry) {
+		t.Errorf("100 iterations logged %v, 10,000 logged %v; want true, false", small.Match(&entry), large.Match(&entry))
+	}
+
+	// The headers a filter reads are captured; those Entry has fields for
+	// and pseudo-headers are not.
+	f, err := ParseFilter("request.headers['x-a'] == request.headers['user-agent'] || response.headers['x-b'] != '' || " +
+		"request.referer == '' || has(request.headers.x_c) || request.headers[':path'] == '/'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRefs := []HeaderRef{{Name: "X-A"}, {Response: true, Name: "X-B"}, {Name: "Referer"}, {Name: "X_c"}}
+	if diff := cmp.Diff(f.Headers(), wantRefs); diff != "" {
+		t.Errorf("headers (-got +want)\n%s", diff)
+	}
+
+	for bad, want := range map[string]string{
+		"":                                      "Syntax error",
+		"response.code >= 400 &&":               "Syntax error",
+		"(response.code >= 400":                 "Syntax error",
+		"response.code >= 400 response.code":    "Syntax error",
+		"1 + 2":                                 "not a bool",
+		"'x'":                                   "not a bool",
+		"foo.bar == 1":                          "undeclared reference",
+		"size(request.headers) > 3":             "constant name",
+		"request.headers[request.method] == ''": "constant name",
+		"request.headers.exists(k, k == 'x')":   "constant name",
+		"request.headers['bad name'] == ''":     "bad header name",
+	} {
+		if _, err := ParseFilter(bad); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", bad, err, want)
 		}
 	}
 	var nilFilter *Filter
@@ -228,4 +314,24 @@ func FuzzJSONString(f *testing.F) {
 			t.Fatalf("%q: got %s want %s", s, got, want)
 		}
 	})
+}
+
+// BenchmarkFilter: one evaluation, for a filter on the code alone and
+// one that reads a request header too.
+func BenchmarkFilter(b *testing.B) {
+	e := entry
+	e.Headers = []Header{{Name: "X-Debug", Value: "on"}}
+	for name, expr := range map[string]string{"code": "response.code >= 400",
+		"header": "request.headers['x-debug'] == 'on' && response.code == 200"} {
+		f, err := ParseFilter(expr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				f.Match(&e)
+			}
+		})
+	}
 }

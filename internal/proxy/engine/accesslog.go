@@ -24,8 +24,8 @@ import (
 // accessLogs are one chain's file access logs.
 type accessLogs struct {
 	logs []*fileLog
-	// headers are the headers any of the formats reads beyond Entry's
-	// fields, captured once per entry.
+	// headers are the headers any of the formats or filters reads beyond
+	// Entry's fields, captured once per entry.
 	headers []accesslog.HeaderRef
 }
 
@@ -45,6 +45,7 @@ const celFilterName = "envoy.access_loggers.extension_filters.cel"
 
 // compileAccessLogs reads an HCM's or tcp_proxy's access_log; only file
 // access loggers are supported, with the filters accessLogFilter takes.
+// The headers the formats and filters read are captured for each entry.
 func compileAccessLogs(als []*accesslogv3.AccessLog) (*accessLogs, error) {
 	if len(als) == 0 {
 		return nil, nil
@@ -56,7 +57,7 @@ func compileAccessLogs(als []*accesslogv3.AccessLog) (*accessLogs, error) {
 			return nil, fmt.Errorf("access_log[%d] %s: %w", i, al.GetName(), err)
 		}
 		out.logs = append(out.logs, fl)
-		for _, h := range fl.format.Headers() {
+		for _, h := range append(fl.format.Headers(), fl.filter.Headers()...) {
 			dup := false
 			for _, x := range out.headers {
 				dup = dup || x == h
@@ -139,7 +140,7 @@ func deprecatedFormat(cfg *filev3.FileAccessLog) (*accesslog.Formatter, error) {
 }
 
 // accessLogFilter compiles an access log filter: a CEL extension filter
-// (the subset accesslog.ParseFilter reads) or a status_code_filter.
+// (accesslog.ParseFilter) or a status_code_filter.
 func accessLogFilter(f *accesslogv3.AccessLogFilter) (*accesslog.Filter, error) {
 	switch {
 	case f == nil:
@@ -278,7 +279,7 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 	if ex.upstreamLocal != nil {
 		en.UpstreamLocal = ex.upstreamLocal.String()
 	}
-	en.ServerName = serverName(cc.Conn)
+	en.ServerName, en.MTLS = connTLS(cc.Conn)
 	if ex.route != nil {
 		en.RouteName = ex.route.Name
 	}
@@ -296,12 +297,14 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 	als.log(en)
 }
 
-// serverName is the SNI of a mesh TLS connection ("" otherwise).
-func serverName(c net.Conn) string {
+// connTLS is the SNI of a TLS connection and whether its client
+// presented a certificate ("", false when c is not TLS).
+func connTLS(c net.Conn) (sni string, mtls bool) {
 	if tc, ok := c.(*tls.Conn); ok {
-		return tc.ConnectionState().ServerName
+		st := tc.ConnectionState()
+		return st.ServerName, len(st.PeerCertificates) > 0
 	}
-	return ""
+	return "", false
 }
 
 // logTCP writes a TCP connection's entries, in Envoy's TCP form ("- - -"
@@ -322,9 +325,11 @@ func (e *Engine) logTCP(t *tcpChain, down, up net.Conn, dst netip.AddrPort, sni 
 	en.DownstreamRemote = down.RemoteAddr().String()
 	en.DownstreamLocal = dst.String()
 	en.ServerName = sni
-	if s := serverName(down); s != "" {
+	s, mtls := connTLS(down)
+	if s != "" {
 		en.ServerName = s
 	}
+	en.MTLS = mtls
 	if up != nil {
 		en.UpstreamLocal = up.LocalAddr().String()
 	}

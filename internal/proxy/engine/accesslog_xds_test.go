@@ -102,8 +102,9 @@ func getStatus(t *testing.T, url string, hdr ...string) int {
 
 // TestXDSAccessLogHTTP: an HCM's file access logs write each request in
 // their own format (request and response headers, route, cluster), the
-// CEL filter keeps only errors in the JSON log, and a config without
-// access logs closes the files while traffic goes on.
+// CEL filters keep only errors in the JSON log and only requests with a
+// header no format reads in the third, and a config without access logs
+// closes the files while traffic goes on.
 func TestXDSAccessLogHTTP(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Backend", "b1")
@@ -113,14 +114,16 @@ func TestXDSAccessLogHTTP(t *testing.T) {
 	}))
 	defer backend.Close()
 	dir := t.TempDir()
-	textPath, jsonPath := filepath.Join(dir, "text.log"), filepath.Join(dir, "json.log")
+	textPath, jsonPath, debugPath := filepath.Join(dir, "text.log"), filepath.Join(dir, "json.log"), filepath.Join(dir, "debug.log")
 	addr := freeAddr(t)
 	const cluster = "outbound|80||backend"
 	plain := httpListener("0.0.0.0_8080", addr, cluster, nil)
 	logged := withAccessLogs(plain,
 		fileLogProto(textPath, "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESP(x-backend)% %REQ(x-custom?user-agent)% "+
 			"%UPSTREAM_CLUSTER% %RESPONSE_CODE_DETAILS% %DOWNSTREAM_LOCAL_ADDRESS%\n", nil, ""),
-		fileLogProto(jsonPath, "", accesslog.IstioJSONFormat, "response.code >= 400"))
+		fileLogProto(jsonPath, "", accesslog.IstioJSONFormat, "response.code >= 400"),
+		fileLogProto(debugPath, "%REQ(:PATH)% %RESPONSE_CODE%\n", nil,
+			"request.headers['X-Debug'] == 'on' && response.headers['x-backend'].startsWith('b') && xds.cluster_name == '"+cluster+"'"))
 	e := New(slog.New(slog.DiscardHandler), Options{})
 	defer e.shutdown()
 	snap := func(l *listenerv3.Listener) *xdsclient.Snapshot {
@@ -134,7 +137,10 @@ func TestXDSAccessLogHTTP(t *testing.T) {
 	if c := getStatus(t, base+"/ok?x=1", "X-Custom", "c1"); c != 200 {
 		t.Fatalf("status %d", c)
 	}
-	if c := getStatus(t, base+"/missing", "User-Agent", "ua"); c != 404 {
+	if c := getStatus(t, base+"/missing", "User-Agent", "ua", "X-Debug", "on"); c != 404 {
+		t.Fatalf("status %d", c)
+	}
+	if c := getStatus(t, base+"/other", "X-Debug", "off"); c != 200 {
 		t.Fatalf("status %d", c)
 	}
 	http.DefaultClient.CloseIdleConnections()
@@ -151,9 +157,14 @@ func TestXDSAccessLogHTTP(t *testing.T) {
 	}
 	text, _ := os.ReadFile(textPath)
 	want := "GET /ok?x=1 200 b1 c1 outbound|80||backend via_upstream " + addr.String() + "\n" +
-		"GET /missing 404 b1 ua outbound|80||backend via_upstream " + addr.String() + "\n"
+		"GET /missing 404 b1 ua outbound|80||backend via_upstream " + addr.String() + "\n" +
+		"GET /other 200 b1 Go-http-client/1.1 outbound|80||backend via_upstream " + addr.String() + "\n"
 	if diff := cmp.Diff(string(text), want); diff != "" {
 		t.Errorf("text log (-got +want)\n%s", diff)
+	}
+	debug, _ := os.ReadFile(debugPath)
+	if diff := cmp.Diff(string(debug), "/missing 404\n"); diff != "" {
+		t.Errorf("debug log, want the request with X-Debug: on only (-got +want)\n%s", diff)
 	}
 	js, _ := os.ReadFile(jsonPath)
 	lines := strings.Split(strings.TrimSpace(string(js)), "\n")
@@ -258,7 +269,9 @@ func TestXDSAccessLogNACK(t *testing.T) {
 	}{
 		"operator":   {fileLogProto(filepath.Join(dir, "a"), "%REQ(:METHOD)% %FOO_BAR%", nil, ""), "command operator %FOO_BAR% is not supported"},
 		"json":       {fileLogProto(filepath.Join(dir, "a"), "", map[string]string{"x": "%DYNAMIC_METADATA(a)%"}, ""), `json_format "x"`},
-		"filter":     {fileLogProto(filepath.Join(dir, "a"), "x", nil, "request.method == 'GET'"), "weft supports response.code"},
+		"filter":     {fileLogProto(filepath.Join(dir, "a"), "x", nil, "request.headers[request.method] == 'x'"), "can only be read by a constant name"},
+		"cel syntax": {fileLogProto(filepath.Join(dir, "a"), "x", nil, "response.code >= "), "Syntax error"},
+		"not bool":   {fileLogProto(filepath.Join(dir, "a"), "x", nil, "1 + 2"), "not a bool"},
 		"logger":     {&accesslogv3.AccessLog{Name: "grpc", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: grpcLog}}, "is not supported (envoy.extensions.access_loggers.file.v3.FileAccessLog only)"},
 		"untyped":    {&accesslogv3.AccessLog{Name: "x"}, "is not supported"},
 		"no path":    {fileLogProto("", "x", nil, ""), "without a path"},
