@@ -93,6 +93,7 @@ func TestRulesRejectsBadConfig(t *testing.T) {
 	}{
 		{"no owner", func(c *Config) { c.Owner = "" }, `owner ""`},
 		{"owner with space", func(c *Config) { c.Owner = "a b" }, `owner "a b"`},
+		{"owner too long", func(c *Config) { c.Owner = strings.Repeat("a", 201) }, "must be 1-200 letters"},
 		{"no uid", func(c *Config) { c.ProxyUIDs = nil }, "at least one proxy UID or GID"},
 		{"bad uid", func(c *Config) { c.ProxyUIDs = []string{"1337; rm"} }, `proxy UID/GID "1337; rm"`},
 		{"bad mode", func(c *Config) { c.InboundMode = "NAT" }, `inbound mode "NAT"`},
@@ -103,6 +104,9 @@ func TestRulesRejectsBadConfig(t *testing.T) {
 		{"bad inbound", func(c *Config) { c.IncludeInboundPorts = []string{"http"} }, `"http" is not a port`},
 		{"bad exclude port", func(c *Config) { c.ExcludeInboundPorts = []int{0} }, "0 is not a port"},
 		{"dns vs 53", func(c *Config) { c.CaptureDNS = true; c.ExcludeOutboundPorts = []int{53} }, "DNS capture conflicts"},
+	}
+	if _, _, err := Rules(DefaultConfig(strings.Repeat("a", 200))); err != nil {
+		t.Errorf("an owner of 200 characters: %v", err)
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
