@@ -82,7 +82,8 @@ type Entry struct {
 	ServerName string
 	MTLS       bool
 	RouteName  string
-	// Headers are the other headers formats read (Formatter.Headers).
+	// Headers are the other headers formats and filters read
+	// (Formatter.Headers, Filter.Headers).
 	Headers []Header
 }
 

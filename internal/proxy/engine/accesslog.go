@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -57,7 +58,7 @@ func compileAccessLogs(als []*accesslogv3.AccessLog) (*accessLogs, error) {
 			return nil, fmt.Errorf("access_log[%d] %s: %w", i, al.GetName(), err)
 		}
 		out.logs = append(out.logs, fl)
-		for _, h := range append(fl.format.Headers(), fl.filter.Headers()...) {
+		for _, h := range slices.Concat(fl.format.Headers(), fl.filter.Headers()) {
 			dup := false
 			for _, x := range out.headers {
 				dup = dup || x == h
