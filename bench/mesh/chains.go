@@ -256,45 +256,10 @@ func (m *weftMesh) stop() {
 	}
 }
 
-const meshConfig = `apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: client}
-spec:
-  metadata: {labels: {app: client}}
-  template: {serviceAccount: client}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: echo}
-spec:
-  metadata: {labels: {app: echo}}
-  template: {serviceAccount: echo}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: echo}
-spec:
-  hosts: [echo.mesh]
-  addresses: [` + vip + `]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 8080, name: %s, protocol: %s}]
-  endpoints:
-  - {address: %s, serviceAccount: echo, labels: {app: echo, security.istio.io/tlsMode: istio}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default}
-spec:
-  mtls: {mode: STRICT}
-`
-
-// explicitConfig is the weft-explicit chain's mesh: the same workloads,
-// but the echo service selects its auto-registered WorkloadEntry, which
-// advertises sidecar B's inbound port (--inbound-ports), and B's Sidecar
-// resource keeps B from binding the upstream listener 127.0.0.1:8080 that
-// the app holds.
-const explicitConfig = `apiVersion: networking.istio.io/v1
+// meshWorkloads are every weft chain's workload groups (the echo
+// group's port matters only to the auto-registered entry of the explicit
+// chain) and STRICT mTLS.
+const meshWorkloads = `apiVersion: networking.istio.io/v1
 kind: WorkloadGroup
 metadata: {name: client}
 spec:
@@ -308,6 +273,34 @@ spec:
   metadata: {labels: {app: echo}}
   template: {serviceAccount: echo, ports: {http: ` + appPort + `}}
 ---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default}
+spec:
+  mtls: {mode: STRICT}
+`
+
+// meshConfig is the capture chains' echo service: a VIP with a static
+// endpoint; the port's name and protocol, and the endpoint, are filled in.
+const meshConfig = meshWorkloads + `---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo.mesh]
+  addresses: [` + vip + `]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: ` + appPort + `, name: %s, protocol: %s}]
+  endpoints:
+  - {address: %s, serviceAccount: echo, labels: {app: echo, security.istio.io/tlsMode: istio}}
+`
+
+// explicitConfig is the weft-explicit chain's echo service: it selects
+// its auto-registered WorkloadEntry, which advertises sidecar B's inbound
+// port (--inbound-ports); B's Sidecar resource keeps B from binding the
+// upstream listener 127.0.0.1:8080 that the app holds.
+const explicitConfig = meshWorkloads + `---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: echo}
@@ -324,12 +317,6 @@ metadata: {name: echo}
 spec:
   workloadSelector: {labels: {app: echo}}
   egress: [{hosts: ["~/*"]}]
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default}
-spec:
-  mtls: {mode: STRICT}
 `
 
 // envWord is an environment assignment in -sidecar-args.
