@@ -329,13 +329,14 @@ var envWord = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*=`)
 // weftExplicit nothing is captured: the client calls sidecar A on
 // 127.0.0.1:8080, and sidecar A calls sidecar B's inbound port, as the
 // nginx and haproxy chains do.
-func startWeft(ctx context.Context, dir string, t *topology, extra []string, name string) (*weftMesh, string, error) {
+// Its files are named after tag (the chain, and the round after the first).
+func startWeft(ctx context.Context, dir string, t *topology, extra []string, name, tag string) (*weftMesh, string, error) {
 	weftBin, proxyBin := filepath.Join(dir, "weft"), filepath.Join(dir, "weft-proxy")
-	data := filepath.Join(dir, name+"-cp-data")
+	data := filepath.Join(dir, tag+"-cp-data")
 	if err := os.Mkdir(data, 0o700); err != nil {
 		return nil, "", err
 	}
-	cp, err := bg(dir, name+"-server", t.ns["cp"], weftBin, "server", "--data-dir", data, "--listen", "127.0.0.1:15443",
+	cp, err := bg(dir, tag+"-server", t.ns["cp"], weftBin, "server", "--data-dir", data, "--listen", "127.0.0.1:15443",
 		"--tls-san", t.addr["cp"], "--monitoring-listen", "", "--xds-listen", "0.0.0.0:15012", "--xds-plaintext-listen", "",
 		"--debounce", "20ms")
 	if err != nil {
@@ -370,7 +371,7 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string, nam
 	if err != nil {
 		return nil, "", err
 	}
-	rootCert := filepath.Join(dir, name+"-root-cert.pem")
+	rootCert := filepath.Join(dir, tag+"-root-cert.pem")
 	if err := os.WriteFile(rootCert, caPEM, 0o644); err != nil {
 		return nil, "", err
 	}
@@ -381,7 +382,7 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string, nam
 		if err != nil {
 			return nil, "", err
 		}
-		certDir := filepath.Join(dir, name+"-certs-"+h)
+		certDir := filepath.Join(dir, tag+"-certs-"+h)
 		if err := os.Mkdir(certDir, 0o777); err != nil {
 			return nil, "", err
 		}
@@ -416,7 +417,7 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string, nam
 		args = append(append(args, proxyBin, "sidecar", "--ip", t.addr[h], "--name", group+"-1", "--labels", "app="+group, "--service-account", group,
 			"--discovery-address", t.addr["cp"]+":15012", "--ca-root-file", rootCert,
 			"--bootstrap-token", strings.TrimSpace(tok), "--cert-dir", certDir), append(mode, flags...)...)
-		p, err := bg(dir, name+"-sidecar-"+h, t.ns[h], args...)
+		p, err := bg(dir, tag+"-sidecar-"+h, t.ns[h], args...)
 		if err != nil {
 			return nil, "", err
 		}

@@ -66,6 +66,7 @@ type options struct {
 	maxDur      time.Duration
 	warmup      time.Duration
 	chains      []string
+	rounds      int
 	out, fortio string
 	// sidecarArgs are extra weft-proxy sidecar flags (-sidecar-args).
 	sidecarArgs []string
@@ -81,6 +82,7 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "warm-up before each chain's runs (not measured)")
 	flag.StringVar(&chains, "chains", "baseline,nginx,haproxy,weft", "chains to measure, in order (baseline is always measured)")
 	flag.StringVar(&o.out, "out", "", "also write the markdown report to this file")
+	flag.IntVar(&o.rounds, "rounds", 1, "measure every chain this many times, in alternation (a round runs each chain once); the report adds each chain's medians over the rounds")
 	var sidecarArgs string
 	flag.StringVar(&sidecarArgs, "sidecar-args", "", "extra weft-proxy sidecar flags, space-separated, after any NAME=value environment words (e.g. \"GOGC=100 --concurrency 2\")")
 	flag.StringVar(&o.fortio, "fortio", "", "fortio binary (default: PATH, then $GOPATH/bin)")
@@ -223,10 +225,38 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	rep := &report{started: time.Now(), loadStart: loadavg(), opts: o, results: map[string]*chainResult{}}
+	rep := &report{started: time.Now(), loadStart: loadavg(), opts: o}
 	weftRes := map[string]*weftUsage{}
+	for round := range o.rounds {
+		results := map[string]*chainResult{}
+		rep.rounds = append(rep.rounds, results)
+		if err := measureRound(ctx, o, dir, t, fortio, directURL, round, results, weftRes); err != nil {
+			return err
+		}
+	}
+	rep.results = rep.rounds[0]
+	rep.weft = weftRes
+	rep.finished, rep.loadEnd = time.Now(), loadavg()
+	md := rep.markdown()
+	fmt.Print(md)
+	if o.out != "" {
+		if err := os.WriteFile(o.out, []byte(md), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// measureRound runs every chain once, in order, into results; the weft
+// sidecars' usage is kept from the first round.
+func measureRound(ctx context.Context, o options, dir string, t *topology, fortio, directURL string, round int,
+	results map[string]*chainResult, weftRes map[string]*weftUsage) error {
+	if o.rounds > 1 {
+		logf("round %d of %d", round+1, o.rounds)
+	}
 	for _, c := range o.chains {
 		logf("chain %s", c)
+		var err error
 		var procs []*proc
 		url := directURL
 		var mesh *weftMesh
@@ -234,7 +264,11 @@ func run(ctx context.Context, o options) error {
 		case "nginx", "haproxy":
 			procs, url, err = startProxyChain(ctx, dir, t, c)
 		case weftCapture, weftTCP, weftExplicit:
-			mesh, url, err = startWeft(ctx, dir, t, o.sidecarArgs, c)
+			tag := c
+			if round > 0 {
+				tag = fmt.Sprintf("%s-r%d", c, round+1)
+			}
+			mesh, url, err = startWeft(ctx, dir, t, o.sidecarArgs, c, tag)
 		}
 		if err != nil {
 			return fmt.Errorf("%s chain: %v", c, err)
@@ -243,8 +277,8 @@ func run(ctx context.Context, o options) error {
 		if err != nil {
 			return fmt.Errorf("%s chain: %v", c, err)
 		}
-		rep.results[c] = res
-		if usage != nil {
+		results[c] = res
+		if usage != nil && round == 0 {
 			weftRes[c] = usage
 		}
 		logf("%s: p50 %.3f ms p90 %.3f ms p99 %.3f ms at %.0f qps; max %.0f qps", c,
@@ -254,15 +288,6 @@ func run(ctx context.Context, o options) error {
 		}
 		if mesh != nil {
 			mesh.stop()
-		}
-	}
-	rep.weft = weftRes
-	rep.finished, rep.loadEnd = time.Now(), loadavg()
-	md := rep.markdown()
-	fmt.Print(md)
-	if o.out != "" {
-		if err := os.WriteFile(o.out, []byte(md), 0o644); err != nil {
-			return err
 		}
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -86,7 +87,8 @@ type report struct {
 	started, finished  time.Time
 	loadStart, loadEnd string
 	opts               options
-	results            map[string]*chainResult
+	results            map[string]*chainResult // the first round's
+	rounds             []map[string]*chainResult
 	weft               map[string]*weftUsage // by chain
 }
 
@@ -148,6 +150,9 @@ func (r *report) markdown() string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %.0f %% |\n", chainTitle[c], proxyCol, per(res.maxCPU.seconds[loadComm]), res.maxCPU.idle*100)
 	}
+	if len(r.rounds) > 1 {
+		r.roundsMarkdown(&b)
+	}
 	for _, c := range o.chains {
 		w := r.weft[c]
 		if w == nil {
@@ -167,4 +172,80 @@ func (r *report) markdown() string {
 		}
 	}
 	return b.String()
+}
+
+// roundsMarkdown is the comparison over several rounds: each chain's
+// added latency (against the same round's baseline) and maximum
+// throughput, as the median and every round's value, and for each chain
+// the rounds in which it did at least as well as nginx's.
+func (r *report) roundsMarkdown(b *strings.Builder) {
+	n := len(r.rounds)
+	fmt.Fprintf(b, "\nOver %d rounds (every chain measured once a round, in the order above; medians, then each round's value):\n\n", n)
+	fmt.Fprintf(b, "| chain | added p50 ms | added p90 ms | added p99 ms | max qps |\n|---|---|---|---|---|\n")
+	// added[c][i] are chain c's added p50, p90, p99 and its max qps, by round.
+	added := map[string][4][]float64{}
+	for _, c := range r.opts.chains {
+		if c == "baseline" {
+			continue
+		}
+		var v [4][]float64
+		for _, res := range r.rounds {
+			base, cr := res["baseline"], res[c]
+			if base == nil || cr == nil {
+				continue
+			}
+			for i := range 3 {
+				v[i] = append(v[i], (cr.lat.p[i]-base.lat.p[i])*1e3)
+			}
+			v[3] = append(v[3], cr.max.qps)
+		}
+		added[c] = v
+		cells := make([]string, 4)
+		for i := range cells {
+			format := "%+.3f"
+			if i == 3 {
+				format = "%.0f"
+			}
+			each := make([]string, len(v[i]))
+			for k, x := range v[i] {
+				each[k] = fmt.Sprintf(format, x)
+			}
+			cells[i] = fmt.Sprintf("**"+format+"** (%s)", median(v[i]), strings.Join(each, " / "))
+		}
+		fmt.Fprintf(b, "| %s | %s |\n", chainTitle[c], strings.Join(cells, " | "))
+	}
+	ng, ok := added["nginx"]
+	if !ok {
+		return
+	}
+	fmt.Fprintf(b, "\nRounds in which each chain did at least as well as nginx's (added latency no more, throughput no less):\n\n")
+	fmt.Fprintf(b, "| chain | p50 | p90 | p99 | max qps |\n|---|---:|---:|---:|---:|\n")
+	for _, c := range r.opts.chains {
+		v, ok := added[c]
+		if !ok || c == "nginx" {
+			continue
+		}
+		var wins [4]int
+		for i := range wins {
+			for k := range v[i] {
+				if k < len(ng[i]) && ((i < 3 && v[i][k] <= ng[i][k]) || (i == 3 && v[i][k] >= ng[i][k])) {
+					wins[i]++
+				}
+			}
+		}
+		fmt.Fprintf(b, "| %s | %d of %d | %d of %d | %d of %d | %d of %d |\n", chainTitle[c], wins[0], n, wins[1], n, wins[2], n, wins[3], n)
+	}
+}
+
+// median of xs (0 for none).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

@@ -1,0 +1,37 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestRoundsMarkdown: added latency is taken against each round's own
+// baseline, medians are of the rounds' values, and a chain's rounds at
+// least as good as nginx's are counted per percentile.
+func TestRoundsMarkdown(t *testing.T) {
+	res := func(p50, p90, p99, maxQPS float64) *chainResult {
+		return &chainResult{lat: &fortioResult{p: [3]float64{p50 / 1e3, p90 / 1e3, p99 / 1e3}}, max: &fortioResult{qps: maxQPS}}
+	}
+	r := &report{opts: options{chains: []string{"baseline", "nginx", "weft"}}}
+	for _, round := range []struct{ base, nginx, weft *chainResult }{
+		{res(0.1, 0.2, 0.3, 60000), res(0.3, 0.4, 0.6, 20000), res(0.31, 0.39, 0.7, 18000)},
+		{res(0.2, 0.3, 0.4, 60000), res(0.4, 0.5, 0.7, 21000), res(0.39, 0.5, 0.8, 21500)},
+		{res(0.1, 0.2, 0.3, 60000), res(0.3, 0.4, 0.6, 22000), res(0.3, 0.45, 0.5, 17000)},
+	} {
+		r.rounds = append(r.rounds, map[string]*chainResult{"baseline": round.base, "nginx": round.nginx, "weft": round.weft})
+	}
+	var b strings.Builder
+	r.roundsMarkdown(&b)
+	for _, want := range []string{
+		"| nginx → mTLS → nginx | **+0.200** (+0.200 / +0.200 / +0.200) | **+0.200** (+0.200 / +0.200 / +0.200) | **+0.300** (+0.300 / +0.300 / +0.300) | **21000** (20000 / 21000 / 22000) |",
+		"| weft sidecar → mTLS → weft sidecar | **+0.200** (+0.210 / +0.190 / +0.200) | **+0.200** (+0.190 / +0.200 / +0.250) | **+0.400** (+0.400 / +0.400 / +0.200) | **18000** (18000 / 21500 / 17000) |",
+		"| weft sidecar → mTLS → weft sidecar | 2 of 3 | 2 of 3 | 1 of 3 | 1 of 3 |",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("missing %q in\n%s", want, b.String())
+		}
+	}
+	if m := median([]float64{3, 1, 2, 10}); m != 2.5 {
+		t.Errorf("median = %v, want 2.5", m)
+	}
+}
