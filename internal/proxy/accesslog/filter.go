@@ -134,29 +134,16 @@ func (f *Filter) collectHeaders(e ast.Expr) error {
 	case ast.CallKind:
 		c := e.AsCall()
 		args := c.Args()
-		rest := args
 		switch {
 		case c.FunctionName() == operators.Index && len(args) == 2 && headersMap(args[0]) != 0:
-			if args[1].Kind() != ast.LiteralKind || args[1].AsLiteral().Type() != types.StringType {
-				return errHeaderUse
-			}
-			if err := f.addHeader(headersMap(args[0]), string(args[1].AsLiteral().(types.String))); err != nil {
-				return err
-			}
-			rest = nil
+			return f.addHeaderLiteral(args[0], args[1])
 		case c.FunctionName() == operators.In && len(args) == 2 && headersMap(args[1]) != 0:
-			if args[0].Kind() != ast.LiteralKind || args[0].AsLiteral().Type() != types.StringType {
-				return errHeaderUse
-			}
-			if err := f.addHeader(headersMap(args[1]), string(args[0].AsLiteral().(types.String))); err != nil {
-				return err
-			}
-			rest = nil
+			return f.addHeaderLiteral(args[1], args[0])
 		}
 		if c.IsMemberFunction() {
-			rest = append([]ast.Expr{c.Target()}, rest...)
+			args = append([]ast.Expr{c.Target()}, args...)
 		}
-		return f.collectAll(rest...)
+		return f.collectAll(args...)
 	case ast.ListKind:
 		return f.collectAll(e.AsList().Elements()...)
 	case ast.MapKind:
@@ -205,6 +192,15 @@ func headersMap(e ast.Expr) int {
 		return 2
 	}
 	return 0
+}
+
+// addHeaderLiteral records the header that key, which must be a string
+// literal, names in the headers map m.
+func (f *Filter) addHeaderLiteral(m, key ast.Expr) error {
+	if key.Kind() != ast.LiteralKind || key.AsLiteral().Type() != types.StringType {
+		return errHeaderUse
+	}
+	return f.addHeader(headersMap(m), string(key.AsLiteral().(types.String)))
 }
 
 func (f *Filter) addHeader(which int, key string) error {
