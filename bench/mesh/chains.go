@@ -280,37 +280,36 @@ spec:
   mtls: {mode: STRICT}
 `
 
-// meshConfig is the capture chains' echo service: a VIP with a static
-// endpoint; the port's name and protocol, and the endpoint, are filled in.
-const meshConfig = meshWorkloads + `---
+// echoEntry is the echo ServiceEntry on port appPort with the port's name
+// and protocol, and its endpoints (the spec's last lines).
+func echoEntry(portName, protocol, endpoints string) string {
+	return `---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: echo}
 spec:
   hosts: [echo.mesh]
-  addresses: [` + vip + `]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{number: ` + appPort + `, name: %s, protocol: %s}]
-  endpoints:
-  - {address: %s, serviceAccount: echo, labels: {app: echo, security.istio.io/tlsMode: istio}}
-`
+  ports: [{number: ` + appPort + `, name: ` + portName + `, protocol: ` + protocol + `}]
+` + endpoints
+}
 
-// explicitConfig is the weft-explicit chain's echo service: it selects
-// its auto-registered WorkloadEntry, which advertises sidecar B's inbound
-// port (--inbound-ports); B's Sidecar resource keeps B from binding the
-// upstream listener 127.0.0.1:8080 that the app holds.
-const explicitConfig = meshWorkloads + `---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: echo}
-spec:
-  hosts: [echo.mesh]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: ` + appPort + `, name: http, protocol: HTTP}]
-  workloadSelector: {labels: {app: echo}}
----
+// captureConfig is the capture chains' mesh: the echo service on a VIP,
+// with a static endpoint at addr.
+func captureConfig(portName, protocol, addr string) string {
+	return meshWorkloads + echoEntry(portName, protocol, `  addresses: [`+vip+`]
+  endpoints:
+  - {address: `+addr+`, serviceAccount: echo, labels: {app: echo, security.istio.io/tlsMode: istio}}
+`)
+}
+
+// explicitConfig is the weft-explicit chain's mesh: the echo service
+// selects its auto-registered WorkloadEntry, which advertises sidecar B's
+// inbound port (--inbound-ports); B's Sidecar resource keeps B from
+// binding the upstream listener 127.0.0.1:8080 that the app holds.
+var explicitConfig = meshWorkloads + echoEntry("http", "HTTP", `  workloadSelector: {labels: {app: echo}}
+`) + `---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {name: echo}
@@ -357,10 +356,10 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string, nam
 	if err := eventually(ctx, "weft server answering", readyTimeout, func() error { _, err := weft("", "get", "ns"); return err }, cp); err != nil {
 		return nil, "", err
 	}
-	config := fmt.Sprintf(meshConfig, "http", "HTTP", t.addr["b"])
+	config := captureConfig("http", "HTTP", t.addr["b"])
 	switch name {
 	case weftTCP:
-		config = fmt.Sprintf(meshConfig, "tcp", "TCP", t.addr["b"])
+		config = captureConfig("tcp", "TCP", t.addr["b"])
 	case weftExplicit:
 		config = explicitConfig
 	}
