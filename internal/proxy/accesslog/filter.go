@@ -92,7 +92,7 @@ func ParseFilter(expr string) (*Filter, error) {
 	}
 	checked, iss := env.Compile(expr)
 	if iss.Err() != nil {
-		return nil, fmt.Errorf("access log filter %q: %v", expr, iss.Err())
+		return nil, fmt.Errorf("access log filter %q: %v (the attributes are %s)", expr, iss.Err(), Attributes)
 	}
 	if t := checked.OutputType(); !t.IsExactType(types.BoolType) && !t.IsExactType(types.DynType) {
 		return nil, fmt.Errorf("access log filter %q: the expression is a %s, not a bool", expr, t)

@@ -231,7 +231,7 @@ func TestFilter(t *testing.T) {
 		"response.code >= 400 response.code":    "Syntax error",
 		"1 + 2":                                 "not a bool",
 		"'x'":                                   "not a bool",
-		"foo.bar == 1":                          "undeclared reference",
+		"foo.bar == 1":                          "^ (the attributes are request.{path,",
 		"size(request.headers) > 3":             "constant name",
 		"request.headers[request.method] == ''": "constant name",
 		"request.headers.exists(k, k == 'x')":   "constant name",
