@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/http"
@@ -26,8 +27,8 @@ const xfccHeader = "X-Forwarded-Client-Cert"
 // xfccConfig is a connection manager's forward_client_cert_details and
 // set_current_client_cert_details.
 type xfccConfig struct {
-	mode              hcmv3.HttpConnectionManager_ForwardClientCertDetails
-	subject, uri, dns bool
+	mode                           hcmv3.HttpConnectionManager_ForwardClientCertDetails
+	cert, chain, subject, uri, dns bool
 }
 
 func compileXFCC(h *hcmv3.HttpConnectionManager) (xfccConfig, error) {
@@ -39,13 +40,13 @@ func compileXFCC(h *hcmv3.HttpConnectionManager) (xfccConfig, error) {
 	if s == nil {
 		return c, nil
 	}
-	if s.GetCert() || s.GetChain() || s.GetIssuer() {
-		return c, fmt.Errorf("set_current_client_cert_details: cert, chain and issuer are not supported (subject, uri and dns are)")
+	if s.GetIssuer() {
+		return c, fmt.Errorf("set_current_client_cert_details: issuer is not supported (cert, chain, subject, uri and dns are)")
 	}
 	if s.GetFormat() != hcmv3.HttpConnectionManager_TEXT {
 		return c, fmt.Errorf("set_current_client_cert_details: format %v is not supported (TEXT is)", s.GetFormat())
 	}
-	c.subject, c.uri, c.dns = s.GetSubject().GetValue(), s.GetUri(), s.GetDns()
+	c.cert, c.chain, c.subject, c.uri, c.dns = s.GetCert(), s.GetChain(), s.GetSubject().GetValue(), s.GetUri(), s.GetDns()
 	return c, nil
 }
 
@@ -99,9 +100,11 @@ type xfccElem struct {
 
 // xfccElement is this hop's XFCC element for the connection's client
 // certificate ("" without one): By (the URI SANs of the certificate this
-// proxy presented on the connection), Hash (the
-// SHA-256 of the client certificate, hex), then Subject, URI and DNS as
-// configured, in Envoy's order and spelling.
+// proxy presented on the connection), Hash (the SHA-256 of the client
+// certificate, hex), then Cert (the client certificate, URL-encoded
+// PEM), Chain (every certificate the client sent, leaf first, the same
+// way), Subject, URI and DNS as configured, in Envoy's order and
+// spelling.
 func (cc *chainConn) xfccElement(c xfccConfig) *xfccElem {
 	if x := cc.xfcc.p.Load(); x != nil && x.cfg == c {
 		return x
@@ -140,6 +143,12 @@ func clientCertElement(conn net.Conn, local *tls.Certificate, c xfccConfig) stri
 	}
 	sum := sha256.Sum256(client.Raw)
 	parts = append(parts, "Hash="+hex.EncodeToString(sum[:]))
+	if c.cert {
+		parts = append(parts, `Cert="`+urlEncodedPEM(peers[:1])+`"`)
+	}
+	if c.chain {
+		parts = append(parts, `Chain="`+urlEncodedPEM(peers)+`"`)
+	}
 	if c.subject {
 		parts = append(parts, `Subject="`+strings.ReplaceAll(client.Subject.String(), `"`, `\"`)+`"`)
 	}
@@ -154,4 +163,16 @@ func clientCertElement(conn net.Conn, local *tls.Certificate, c xfccConfig) stri
 		}
 	}
 	return strings.Join(parts, ";")
+}
+
+// pemURLEncoder escapes PEM text as Envoy does for XFCC's Cert and Chain.
+var pemURLEncoder = strings.NewReplacer("\n", "%0A", " ", "%20", "+", "%2B", "/", "%2F", "=", "%3D")
+
+// urlEncodedPEM is certs as concatenated PEM blocks, URL-encoded.
+func urlEncodedPEM(certs []*x509.Certificate) string {
+	var b strings.Builder
+	for _, c := range certs {
+		b.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+	}
+	return pemURLEncoder.Replace(b.String())
 }

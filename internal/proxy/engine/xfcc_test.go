@@ -2,7 +2,9 @@ package engine
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
+	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -60,12 +62,36 @@ func TestClientCertHeader(t *testing.T) {
 	sum := sha256.Sum256(clientID.cert.Certificate[0])
 	elem := "By=spiffe://cluster.local/ns/default/sa/server;Hash=" + hex.EncodeToString(sum[:]) +
 		`;Subject="";URI=spiffe://cluster.local/ns/default/sa/client`
+	// With cert and chain: the client's certificate, and every one it
+	// sent, as PEM with Envoy's URL escapes (written out here, not by
+	// the code under test).
+	escape := func(ders [][]byte) string {
+		var b strings.Builder
+		for _, der := range ders {
+			b.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+		}
+		out := b.String()
+		for _, r := range [][2]string{{"\n", "%0A"}, {" ", "%20"}, {"+", "%2B"}, {"/", "%2F"}, {"=", "%3D"}} {
+			out = strings.ReplaceAll(out, r[0], r[1])
+		}
+		return out
+	}
+	// That case's client sends its CA certificate after its own.
+	chainID := &testCerts{roots: clientID.roots, ca: clientID.ca,
+		cert: &tls.Certificate{Certificate: [][]byte{clientID.cert.Certificate[0], clientID.ca}, PrivateKey: clientID.cert.PrivateKey}}
+	withCert := "By=spiffe://cluster.local/ns/default/sa/server;Hash=" + hex.EncodeToString(sum[:]) +
+		`;Cert="` + escape(chainID.cert.Certificate[:1]) + `";Chain="` + escape(chainID.cert.Certificate) +
+		`";Subject="";URI=spiffe://cluster.local/ns/default/sa/client`
+	if chain := escape(chainID.cert.Certificate); strings.ContainsAny(chain, "\n /+=") || strings.Count(chain, "BEGIN%20CERTIFICATE") != 2 {
+		t.Fatal("the escaped PEM still has characters Envoy escapes")
+	}
 
 	for _, tc := range []struct {
 		name     string
 		outbound hcmv3.HttpConnectionManager_ForwardClientCertDetails
 		inbound  hcmv3.HttpConnectionManager_ForwardClientCertDetails
 		plain    bool // the inbound hop without mTLS
+		certs    bool // set_current_client_cert_details cert and chain too
 		sent     string
 		want     []string
 	}{
@@ -77,6 +103,8 @@ func TestClientCertHeader(t *testing.T) {
 			inbound: hcmv3.HttpConnectionManager_SANITIZE_SET, sent: "By=upstream", want: []string{elem}},
 		{name: "forward_only keeps", outbound: hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY,
 			inbound: hcmv3.HttpConnectionManager_FORWARD_ONLY, sent: "By=upstream", want: []string{"By=upstream"}},
+		{name: "cert and chain", outbound: hcmv3.HttpConnectionManager_SANITIZE,
+			inbound: hcmv3.HttpConnectionManager_SANITIZE_SET, certs: true, sent: "By=forged", want: []string{withCert}},
 		{name: "no mTLS: removed", outbound: hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY,
 			inbound: hcmv3.HttpConnectionManager_APPEND_FORWARD, plain: true, sent: "By=upstream", want: nil},
 	} {
@@ -86,13 +114,23 @@ func TestClientCertHeader(t *testing.T) {
 				tlsCtx = nil
 			}
 			inAddr := freeAddr(t)
-			startEngine(t, serverID, xfccInbound(t, inAddr, tlsCtx, tc.inbound), staticCluster("inbound|8080||", backendAddr, false))
+			in := xfccInbound(t, inAddr, tlsCtx, tc.inbound)
+			if tc.certs {
+				in = withHCM(t, in, func(h *hcmv3.HttpConnectionManager) {
+					h.SetCurrentClientCertDetails.Cert, h.SetCurrentClientCertDetails.Chain = true, true
+				})
+			}
+			startEngine(t, serverID, in, staticCluster("inbound|8080||", backendAddr, false))
 			outAddr := freeAddr(t)
 			const svc = "outbound|8080||server.default.svc.cluster.local"
 			out := withHCM(t, httpListener("0.0.0.0_8080", outAddr, svc, nil), func(h *hcmv3.HttpConnectionManager) {
 				h.ForwardClientCertDetails = tc.outbound
 			})
-			startEngine(t, clientID, out, staticCluster(svc, inAddr, !tc.plain))
+			id := clientID
+			if tc.certs {
+				id = chainID
+			}
+			startEngine(t, id, out, staticCluster(svc, inAddr, !tc.plain))
 
 			for i := range 2 { // the second request reuses the connection's element
 				req, _ := http.NewRequest("GET", "http://"+outAddr.String()+"/", nil)
@@ -114,7 +152,7 @@ func TestClientCertHeader(t *testing.T) {
 // refused with the reason, not silently dropped.
 func TestClientCertHeaderConfig(t *testing.T) {
 	for _, s := range []*hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
-		{Cert: true}, {Chain: true}, {Issuer: true}, {Format: hcmv3.HttpConnectionManager_JSON},
+		{Issuer: true}, {Format: hcmv3.HttpConnectionManager_JSON},
 	} {
 		_, err := compileXFCC(&hcmv3.HttpConnectionManager{ForwardClientCertDetails: hcmv3.HttpConnectionManager_APPEND_FORWARD,
 			SetCurrentClientCertDetails: s})
