@@ -10,6 +10,7 @@ package accesslog
 
 import (
 	"bufio"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -78,10 +79,17 @@ type Entry struct {
 	// addresses (DownstreamLocal is the original destination).
 	UpstreamLocal, DownstreamLocal, DownstreamRemote string
 	// ServerName is the downstream TLS SNI; MTLS is whether the
-	// downstream connection is TLS with a client certificate.
+	// downstream connection is TLS with a client certificate, PeerCert
+	// that certificate and TLSVersion the connection's version
+	// ("TLSv1.3", empty without TLS).
 	ServerName string
 	MTLS       bool
-	RouteName  string
+	PeerCert   *x509.Certificate
+	TLSVersion string
+	// Scheme is the request's scheme: https on a TLS connection, else
+	// http (empty for TCP).
+	Scheme    string
+	RouteName string
 	// Headers are the other headers formats and filters read
 	// (Formatter.Headers, Filter.Headers).
 	Headers []Header

@@ -39,9 +39,10 @@ type filterHeader struct {
 }
 
 // Attributes lists the attributes a Filter can read (Envoy's names).
-const Attributes = "request.{path, url_path, query, host, method, protocol, headers, referer, useragent, id, time, duration, size}, " +
+const Attributes = "request.{path, url_path, query, host, scheme, method, protocol, headers, referer, useragent, id, time, duration, size}, " +
 	"response.{code, code_details, flags, size, headers}, source.{address, port}, destination.{address, port}, " +
-	"connection.{mtls, requested_server_name, termination_details}, upstream.{address, port, local_address, transport_failure_reason}, " +
+	"connection.{mtls, requested_server_name, tls_version, subject_peer_certificate, uri_san_peer_certificate, dns_san_peer_certificate, " +
+	"sha256_peer_certificate_digest, termination_details}, upstream.{address, port, local_address, transport_failure_reason}, " +
 	"xds.{cluster_name, route_name}"
 
 // filterVars are the top-level names, each a map from attribute to value.
@@ -235,6 +236,7 @@ func (a *filterActivation) ResolveName(name string) (any, bool) {
 			return m, true // a TCP connection: no request attributes
 		}
 		path, query, _ := strings.Cut(e.Path, "?")
+		m["scheme"] = e.Scheme
 		m["path"], m["url_path"], m["query"] = e.Path, path, query
 		m["host"], m["method"], m["protocol"] = e.Authority, e.Method, e.Protocol
 		m["useragent"], m["id"] = e.UserAgent, e.RequestID
@@ -264,6 +266,19 @@ func (a *filterActivation) ResolveName(name string) (any, bool) {
 		}
 	case "connection":
 		m["mtls"] = e.MTLS
+		if e.TLSVersion != "" {
+			m["tls_version"] = e.TLSVersion
+		}
+		if e.PeerCert != nil {
+			m["subject_peer_certificate"] = e.peerSubject()
+			m["sha256_peer_certificate_digest"] = e.peerFingerprint()
+			if len(e.PeerCert.URIs) > 0 {
+				m["uri_san_peer_certificate"] = e.PeerCert.URIs[0].String()
+			}
+			if len(e.PeerCert.DNSNames) > 0 {
+				m["dns_san_peer_certificate"] = e.PeerCert.DNSNames[0]
+			}
+		}
 		if e.ServerName != "" {
 			m["requested_server_name"] = e.ServerName
 		}

@@ -1,6 +1,8 @@
 package accesslog
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/textproto"
 	"os"
@@ -123,6 +125,12 @@ const (
 	opServerName
 	opRouteName
 	opHostname
+	opTLSVersion
+	opPeerURISAN
+	opPeerDNSSAN
+	opPeerSubject
+	opPeerIssuer
+	opPeerFingerprint256
 )
 
 // simpleOps are the operators without arguments.
@@ -136,6 +144,9 @@ var simpleOps = map[string]opKind{
 	"DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": opDownstreamLocalNoPort, "DOWNSTREAM_REMOTE_ADDRESS": opDownstreamRemote,
 	"DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": opDownstreamRemoteNoPort, "REQUESTED_SERVER_NAME": opServerName,
 	"ROUTE_NAME": opRouteName, "HOSTNAME": opHostname, "START_TIME": opStartTime,
+	"DOWNSTREAM_TLS_VERSION": opTLSVersion, "DOWNSTREAM_PEER_URI_SAN": opPeerURISAN,
+	"DOWNSTREAM_PEER_DNS_SAN": opPeerDNSSAN, "DOWNSTREAM_PEER_SUBJECT": opPeerSubject,
+	"DOWNSTREAM_PEER_ISSUER": opPeerIssuer, "DOWNSTREAM_PEER_FINGERPRINT_256": opPeerFingerprint256,
 }
 
 // SupportedOperators lists the command operators formats may use.
@@ -527,8 +538,60 @@ func (s *segment) value(e *Entry) (string, int64, bool) {
 		return e.RouteName, 0, false
 	case opHostname:
 		return hostname, 0, false
+	case opTLSVersion:
+		return e.TLSVersion, 0, false
+	case opPeerURISAN:
+		return e.peerURISANs(), 0, false
+	case opPeerDNSSAN:
+		return e.peerDNSSANs(), 0, false
+	case opPeerSubject:
+		return e.peerSubject(), 0, false
+	case opPeerIssuer:
+		if e.PeerCert == nil {
+			return "", 0, false
+		}
+		return e.PeerCert.Issuer.String(), 0, false
+	case opPeerFingerprint256:
+		return e.peerFingerprint(), 0, false
 	}
 	return "", 0, false
+}
+
+// The client certificate's attributes as Envoy writes them ("" without
+// one): URI and DNS SANs comma-separated, the subject in RFC 2253 form,
+// the SHA-256 fingerprint in hex.
+
+func (e *Entry) peerURISANs() string {
+	if e.PeerCert == nil {
+		return ""
+	}
+	out := make([]string, len(e.PeerCert.URIs))
+	for i, u := range e.PeerCert.URIs {
+		out[i] = u.String()
+	}
+	return strings.Join(out, ",")
+}
+
+func (e *Entry) peerDNSSANs() string {
+	if e.PeerCert == nil {
+		return ""
+	}
+	return strings.Join(e.PeerCert.DNSNames, ",")
+}
+
+func (e *Entry) peerSubject() string {
+	if e.PeerCert == nil {
+		return ""
+	}
+	return e.PeerCert.Subject.String()
+}
+
+func (e *Entry) peerFingerprint() string {
+	if e.PeerCert == nil {
+		return ""
+	}
+	sum := sha256.Sum256(e.PeerCert.Raw)
+	return hex.EncodeToString(sum[:])
 }
 
 func withoutPort(hp string) string {

@@ -280,7 +280,11 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 	if ex.upstreamLocal != nil {
 		en.UpstreamLocal = ex.upstreamLocal.String()
 	}
-	en.ServerName, en.MTLS = connTLS(cc.Conn)
+	connTLS(en, cc.Conn)
+	en.Scheme = "http"
+	if en.TLSVersion != "" {
+		en.Scheme = "https"
+	}
 	if ex.route != nil {
 		en.RouteName = ex.route.Name
 	}
@@ -298,14 +302,37 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 	als.log(en)
 }
 
-// connTLS is the SNI of a TLS connection and whether its client
-// presented a certificate ("", false when c is not TLS).
-func connTLS(c net.Conn) (sni string, mtls bool) {
-	if tc, ok := c.(*tls.Conn); ok {
-		st := tc.ConnectionState()
-		return st.ServerName, len(st.PeerCertificates) > 0
+// connTLS sets en's TLS attributes of the downstream connection c: its
+// SNI (when it has one), version and client certificate. It changes
+// nothing when c is not TLS.
+func connTLS(en *accesslog.Entry, c net.Conn) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return
 	}
-	return "", false
+	st := tc.ConnectionState()
+	if st.ServerName != "" {
+		en.ServerName = st.ServerName
+	}
+	en.TLSVersion = envoyTLSVersion(st.Version)
+	if len(st.PeerCertificates) > 0 {
+		en.MTLS, en.PeerCert = true, st.PeerCertificates[0]
+	}
+}
+
+// envoyTLSVersion names a TLS version as Envoy's %DOWNSTREAM_TLS_VERSION%.
+func envoyTLSVersion(v uint16) string {
+	switch v {
+	case tls.VersionTLS10:
+		return "TLSv1"
+	case tls.VersionTLS11:
+		return "TLSv1.1"
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	}
+	return "unknown"
 }
 
 // logTCP writes a TCP connection's entries, in Envoy's TCP form ("- - -"
@@ -326,11 +353,7 @@ func (e *Engine) logTCP(t *tcpChain, down, up net.Conn, dst netip.AddrPort, sni 
 	en.DownstreamRemote = down.RemoteAddr().String()
 	en.DownstreamLocal = dst.String()
 	en.ServerName = sni
-	s, mtls := connTLS(down)
-	if s != "" {
-		en.ServerName = s
-	}
-	en.MTLS = mtls
+	connTLS(en, down)
 	if up != nil {
 		en.UpstreamLocal = up.LocalAddr().String()
 	}

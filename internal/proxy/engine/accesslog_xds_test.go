@@ -329,3 +329,33 @@ func BenchmarkAccessLogHop(b *testing.B) {
 		})
 	}
 }
+
+// TestXDSAccessLogPeerCertificate: on an inbound chain under mutual TLS
+// the access log has the client certificate's URI SAN and the TLS
+// version, and a CEL filter on the connection's attributes passes.
+func TestXDSAccessLogPeerCertificate(t *testing.T) {
+	backend := startBackend(t, 10)
+	clientID, serverID := newTestMesh(t)
+	path := filepath.Join(t.TempDir(), "in.log")
+	inAddr := freeAddr(t)
+	in := withAccessLogs(httpListener("virtualInbound", inAddr, "inbound|8080||", inboundTLS()),
+		fileLogProto(path, "%DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_TLS_VERSION% %REQ(:METHOD)%\n", nil,
+			"connection.mtls && request.scheme == 'https' && connection.uri_san_peer_certificate.endsWith('/sa/client')"))
+	inbound, err := newEngine(serverID, in, staticCluster("inbound|8080||", backend, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inbound.shutdown()
+	outAddr := freeAddr(t)
+	const svc = "outbound|8080||server.default.svc.cluster.local"
+	startEngine(t, clientID, httpListener("0.0.0.0_8080", outAddr, svc, nil), staticCluster(svc, inAddr, true))
+	if c := getStatus(t, "http://"+outAddr.String()+"/"); c != 200 {
+		t.Fatalf("status %d", c)
+	}
+	http.DefaultClient.CloseIdleConnections()
+	inbound.shutdown() // writes the queued lines
+	got, _ := os.ReadFile(path)
+	if want := "spiffe://cluster.local/ns/default/sa/client TLSv1.3 GET\n"; string(got) != want {
+		t.Errorf("inbound log %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,82 @@
+package accesslog
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"math/big"
+	"net/url"
+	"testing"
+	"time"
+)
+
+// peerCert is a client certificate with a SPIFFE URI SAN, two DNS SANs
+// and a subject and issuer that have more than one attribute.
+func peerCert(t *testing.T) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse("spiffe://cluster.local/ns/shop/sa/cart")
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		Subject: pkix.Name{CommonName: "cart", Organization: []string{"shop"}}, URIs: []*url.URL{u},
+		DNSNames: []string{"cart.shop", "cart"}}
+	issuer := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mesh CA", Organization: []string{"weft"}}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestPeerCertificate: the downstream TLS operators and CEL attributes,
+// with a client certificate and without one.
+func TestPeerCertificate(t *testing.T) {
+	cert := peerCert(t)
+	sum := sha256.Sum256(cert.Raw)
+	withCert := entry
+	withCert.MTLS, withCert.PeerCert, withCert.TLSVersion, withCert.Scheme = true, cert, "TLSv1.3", "https"
+	plain := entry
+	plain.Scheme = "http"
+
+	f, err := ParseText("%DOWNSTREAM_TLS_VERSION%|%DOWNSTREAM_PEER_URI_SAN%|%DOWNSTREAM_PEER_DNS_SAN%|" +
+		"%DOWNSTREAM_PEER_SUBJECT%|%DOWNSTREAM_PEER_ISSUER%|%DOWNSTREAM_PEER_FINGERPRINT_256%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "TLSv1.3|spiffe://cluster.local/ns/shop/sa/cart|cart.shop,cart|CN=cart,O=shop|CN=mesh CA,O=weft|" + hex.EncodeToString(sum[:])
+	if got := string(f.Append(nil, &withCert)); got != want+"\n" {
+		t.Errorf("with a client certificate:\n got %s\nwant %s", got, want)
+	}
+	if got := string(f.Append(nil, &plain)); got != "-|-|-|-|-|-\n" {
+		t.Errorf("without TLS: %s", got)
+	}
+
+	for expr, want := range map[string][2]bool{ // with the certificate, without TLS
+		"connection.mtls && connection.tls_version == 'TLSv1.3'":                                                {true, false},
+		"connection.uri_san_peer_certificate == 'spiffe://cluster.local/ns/shop/sa/cart'":                       {true, false},
+		"connection.dns_san_peer_certificate == 'cart.shop'":                                                    {true, false},
+		"connection.subject_peer_certificate == 'CN=cart,O=shop'":                                               {true, false},
+		"connection.sha256_peer_certificate_digest == '" + hex.EncodeToString(sum[:]) + "'":                     {true, false},
+		"request.scheme == 'https'":                                                                             {true, false},
+		"request.scheme == 'http' && !has(connection.tls_version)":                                              {false, true},
+		"!has(connection.uri_san_peer_certificate) || connection.uri_san_peer_certificate.endsWith('/sa/cart')": {true, true},
+	} {
+		fl, err := ParseFilter(expr)
+		if err != nil {
+			t.Fatalf("%q: %v", expr, err)
+		}
+		if got := [2]bool{fl.Match(&withCert), fl.Match(&plain)}; got != want {
+			t.Errorf("%q: %v, want %v", expr, got, want)
+		}
+	}
+}
