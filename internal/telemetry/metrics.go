@@ -6,6 +6,7 @@ package telemetry
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -134,14 +135,46 @@ type requestObservers struct {
 
 // ObserveRequest records one request in every request metric.
 func (m *Metrics) ObserveRequest(r Request) {
-	key := requestKey{reporter: r.Reporter, src: r.Source, dst: r.Destination, svc: r.DestinationService,
-		svcName: r.DestinationServiceName, svcNS: r.DestinationServiceNamespace, proto: r.Protocol,
-		grpcStatus: r.GRPCStatus, flags: r.Flags, sec: r.Security, code: r.Code}
-	if o, ok := m.observers.Load(key); ok {
-		m.observe(o.(*requestObservers), r)
+	m.observe(m.observersFor(r.key(), r), r)
+}
+
+// RequestCache remembers the observers of the last label set recorded
+// through it, so that ObserveRequestCached skips hashing the labels when
+// a request has the same ones, as the requests of one connection mostly
+// do. One per connection; safe for concurrent use (HTTP/2 streams).
+type RequestCache struct {
+	last atomic.Pointer[cachedObservers]
+}
+
+type cachedObservers struct {
+	key requestKey
+	o   *requestObservers
+}
+
+// ObserveRequestCached is ObserveRequest through c.
+func (m *Metrics) ObserveRequestCached(r Request, c *RequestCache) {
+	key := r.key()
+	if last := c.last.Load(); last != nil && last.key == key {
+		m.observe(last.o, r)
 		return
 	}
-	m.observeSlow(key, r)
+	o := m.observersFor(key, r)
+	c.last.Store(&cachedObservers{key: key, o: o})
+	m.observe(o, r)
+}
+
+func (r *Request) key() requestKey {
+	return requestKey{reporter: r.Reporter, src: r.Source, dst: r.Destination, svc: r.DestinationService,
+		svcName: r.DestinationServiceName, svcNS: r.DestinationServiceNamespace, proto: r.Protocol,
+		grpcStatus: r.GRPCStatus, flags: r.Flags, sec: r.Security, code: r.Code}
+}
+
+// observersFor is key's observers, made the first time it is seen.
+func (m *Metrics) observersFor(key requestKey, r Request) *requestObservers {
+	if o, ok := m.observers.Load(key); ok {
+		return o.(*requestObservers)
+	}
+	return m.newObservers(key, r)
 }
 
 func (m *Metrics) observe(o *requestObservers, r Request) {
@@ -151,8 +184,8 @@ func (m *Metrics) observe(o *requestObservers, r Request) {
 	o.respBytes.Observe(float64(r.ResponseBytes))
 }
 
-// observeSlow builds the label set once for a new key.
-func (m *Metrics) observeSlow(key requestKey, r Request) {
+// newObservers builds the label set once for a new key.
+func (m *Metrics) newObservers(key requestKey, r Request) *requestObservers {
 	flags := r.Flags
 	if flags == "" {
 		flags = "-"
@@ -185,5 +218,5 @@ func (m *Metrics) observeSlow(key requestKey, r Request) {
 	o := &requestObservers{requests: m.Requests.With(l), duration: m.RequestDuration.With(l),
 		reqBytes: m.RequestBytes.With(l), respBytes: m.ResponseBytes.With(l)}
 	actual, _ := m.observers.LoadOrStore(key, o)
-	m.observe(actual.(*requestObservers), r)
+	return actual.(*requestObservers)
 }

@@ -485,6 +485,8 @@ type chainConn struct {
 	local *tls.Certificate
 	// xfcc caches the connection's x-forwarded-client-cert element.
 	xfcc xfccCache
+	// metrics caches the request metrics its last request recorded in.
+	metrics telemetry.RequestCache
 }
 
 func (cc *chainConn) Read(b []byte) (int, error) {

@@ -753,7 +753,7 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 	if ns, tail, ok := strings.Cut(rest, "."); ok && strings.HasPrefix(tail, "svc.") {
 		req.DestinationServiceNamespace = ns
 	}
-	e.metrics.ObserveRequest(req)
+	e.metrics.ObserveRequestCached(req, &cc.metrics)
 	if cc.chain.logs != nil || e.opts.AccessLog != nil {
 		e.logHTTP(cc, ex, r, w, req.Duration)
 	}
