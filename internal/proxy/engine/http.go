@@ -86,6 +86,9 @@ type exchange struct {
 	// connection (%UPSTREAM_LOCAL_ADDRESS%), found only when the chain
 	// writes access logs.
 	upstreamLocal net.Addr
+	// grpcStatus is a gRPC response's grpc-status (trailer, or header of
+	// a trailers-only response): the grpc_response_status label.
+	grpcStatus string
 }
 
 func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -473,6 +476,10 @@ func (e *Engine) respond(w http.ResponseWriter, resp *http.Response, rte *route.
 	defer resp.Body.Close()
 	removeHopHeaders(resp.Header)
 	rte.ApplyResponseHeaders(resp.Header, wc)
+	grpc := strings.HasPrefix(hget(resp.Header, "Content-Type"), "application/grpc")
+	if grpc {
+		ex.grpcStatus = hget(resp.Header, "Grpc-Status") // trailers-only
+	}
 	h := w.Header()
 	moveHeader(h, resp.Header)
 	for k := range resp.Trailer {
@@ -513,6 +520,11 @@ func (e *Engine) respond(w http.ResponseWriter, resp *http.Response, rte *route.
 	for k, vs := range resp.Trailer {
 		for _, v := range vs {
 			h.Add(http.TrailerPrefix+k, v)
+		}
+	}
+	if grpc {
+		if st := hget(resp.Trailer, "Grpc-Status"); st != "" {
+			ex.grpcStatus = st
 		}
 	}
 }
@@ -739,7 +751,7 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 		reporter = "destination"
 	}
 	svc := clusterService(ex.cluster)
-	req := telemetry.Request{Reporter: reporter, Protocol: proto, Code: ex.code, Flags: ex.flags,
+	req := telemetry.Request{Reporter: reporter, Protocol: proto, Code: ex.code, Flags: ex.flags, GRPCStatus: ex.grpcStatus,
 		Duration: time.Since(ex.start), RequestBytes: ex.reqBytes, DestinationService: svc}
 	if reporter == "source" {
 		req.Source = e.opts.Workload

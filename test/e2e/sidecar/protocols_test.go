@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 )
 
 type greeter struct {
@@ -22,6 +24,11 @@ type greeter struct {
 }
 
 func (greeter) UnaryCall(_ context.Context, r *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	if st := r.GetResponseStatus(); st.GetCode() != 0 {
+		// The interop service's echo status: an error before any message,
+		// which gRPC sends as a trailers-only response.
+		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
+	}
 	return &testpb.SimpleResponse{ServerId: "greeter", Payload: r.GetPayload()}, nil
 }
 
@@ -200,5 +207,24 @@ func checkUpgrade(t *testing.T, port int, host string) {
 		if err != nil || got != msg {
 			t.Fatalf("upgraded connection echo: %q, %v", got, err)
 		}
+	}
+}
+
+// checkGRPCStatus makes a unary call that the backend fails with code,
+// and checks that the client gets that status through the sidecars.
+func checkGRPCStatus(t *testing.T, port int, authority string, code codes.Code) {
+	t.Helper()
+	conn, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", port), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithAuthority(authority))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = testpb.NewTestServiceClient(conn).UnaryCall(ctx, &testpb.SimpleRequest{
+		ResponseStatus: &testpb.EchoStatus{Code: int32(code), Message: "as asked"}})
+	if status.Code(err) != code {
+		t.Fatalf("gRPC call asking for %v: %v", code, err)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/net/websocket"
+
+	"google.golang.org/grpc/codes"
 )
 
 // meshPair is app A → sidecar A → mTLS → sidecar B → app B on one host:
@@ -211,6 +213,7 @@ spec:
 	// gRPC unary and bidirectional streaming.
 	eventually(t, "gRPC port", func() error { return dialOK(svc["grpc"]) })
 	checkGRPC(t, svc["grpc"], "grpc.b.mesh")
+	checkGRPCStatus(t, svc["grpc"], "grpc.b.mesh", codes.NotFound)
 
 	// WebSocket: the upgrade and several echoed messages.
 	eventually(t, "WebSocket through both sidecars", func() error {
@@ -226,6 +229,16 @@ spec:
 
 	pair.checkReported(t, "istio_requests_total", 2, "http.b.mesh", "h2c.b.mesh", "grpc.b.mesh", "ws.b.mesh")
 	pair.checkReported(t, "istio_tcp_connections_opened_total", 1, "tcp.b.mesh")
+	// grpc_response_status: 0 from the trailers of the successful calls,
+	// 5 (NOT_FOUND) from the header of the trailers-only failure.
+	for st, want := range map[string]int{"0": 2, "5": 1} {
+		a := metricSum(t, pair.a.stats, "istio_requests_total", `reporter="source"`, `destination_service="grpc.b.mesh"`,
+			`request_protocol="grpc"`, `grpc_response_status="`+st+`"`)
+		b := metricSum(t, pair.b.stats, "istio_requests_total", `reporter="destination"`, `grpc_response_status="`+st+`"`)
+		if a != want || b != want {
+			t.Errorf("istio_requests_total{grpc_response_status=%q}: sidecar A %d, sidecar B %d, want %d each", st, a, b, want)
+		}
+	}
 }
 
 // checkReported checks that sidecar A counted metric with reporter=source
