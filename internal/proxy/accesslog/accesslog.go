@@ -86,6 +86,8 @@ type Entry struct {
 	MTLS       bool
 	PeerCert   *x509.Certificate
 	TLSVersion string
+	// GRPCStatus is a gRPC response's grpc-status ("" otherwise).
+	GRPCStatus string
 	// Scheme is the request's scheme: https on a TLS connection, else
 	// http (empty for TCP).
 	Scheme    string

@@ -40,7 +40,7 @@ type filterHeader struct {
 
 // Attributes lists the attributes a Filter can read (Envoy's names).
 const Attributes = "request.{path, url_path, query, host, scheme, method, protocol, headers, referer, useragent, id, time, duration, size}, " +
-	"response.{code, code_details, flags, size, headers}, source.{address, port}, destination.{address, port}, " +
+	"response.{code, code_details, flags, grpc_status, size, headers}, source.{address, port}, destination.{address, port}, " +
 	"connection.{mtls, requested_server_name, tls_version, subject_peer_certificate, uri_san_peer_certificate, dns_san_peer_certificate, " +
 	"sha256_peer_certificate_digest, termination_details}, upstream.{address, port, local_address, transport_failure_reason}, " +
 	"xds.{cluster_name, route_name}"
@@ -250,6 +250,9 @@ func (a *filterActivation) ResolveName(name string) (any, bool) {
 			}
 			m["headers"] = a.headers(true)
 			m["code_details"] = e.details()
+			if n, err := strconv.ParseInt(e.GRPCStatus, 10, 64); err == nil {
+				m["grpc_status"] = n
+			}
 		}
 		m["flags"], m["size"] = responseFlagBits(e.Flags), e.BytesSent
 	case "source":

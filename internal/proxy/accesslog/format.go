@@ -131,6 +131,7 @@ const (
 	opPeerSubject
 	opPeerIssuer
 	opPeerFingerprint256
+	opGRPCStatusNumber
 )
 
 // simpleOps are the operators without arguments.
@@ -147,6 +148,7 @@ var simpleOps = map[string]opKind{
 	"DOWNSTREAM_TLS_VERSION": opTLSVersion, "DOWNSTREAM_PEER_URI_SAN": opPeerURISAN,
 	"DOWNSTREAM_PEER_DNS_SAN": opPeerDNSSAN, "DOWNSTREAM_PEER_SUBJECT": opPeerSubject,
 	"DOWNSTREAM_PEER_ISSUER": opPeerIssuer, "DOWNSTREAM_PEER_FINGERPRINT_256": opPeerFingerprint256,
+	"GRPC_STATUS_NUMBER": opGRPCStatusNumber,
 }
 
 // SupportedOperators lists the command operators formats may use.
@@ -553,6 +555,8 @@ func (s *segment) value(e *Entry) (string, int64, bool) {
 		return e.PeerCert.Issuer.String(), 0, false
 	case opPeerFingerprint256:
 		return e.peerFingerprint(), 0, false
+	case opGRPCStatusNumber:
+		return e.GRPCStatus, 0, false
 	}
 	return "", 0, false
 }

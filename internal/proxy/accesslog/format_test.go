@@ -154,7 +154,7 @@ func TestFilter(t *testing.T) {
 
 	// Every attribute, on an HTTP entry and on a TCP connection's.
 	e := entry
-	e.Flags, e.BytesReceived = "UF,URX", 5
+	e.Flags, e.BytesReceived, e.GRPCStatus = "UF,URX", 5, "14"
 	e.DownstreamRemote, e.DownstreamLocal, e.UpstreamLocal = "10.0.0.7:40000", "10.0.0.8:8080", "10.0.0.7:41000"
 	e.ServerName, e.MTLS, e.RouteName = "outbound_.8080_._.server", true, "default"
 	e.Headers = []Header{{Name: "X-Debug", Value: "on"}, {Name: "Referer", Value: "http://r"}, {Response: true, Name: "Content-Type", Value: "text/plain"}}
@@ -172,6 +172,7 @@ func TestFilter(t *testing.T) {
 		"request.size == 5 && response.size == 1024":                                                                 {true, false},
 		"response.headers['content-type'] == 'text/plain'":                                                           {true, false},
 		"response.flags == 32u + 32768u":                                                                             {true, false},
+		"response.grpc_status == 14":                                                                                 {true, false},
 		"response.flags == 32u && response.size == 9":                                                                {false, true},
 		"source.address == '10.0.0.7:40000' && source.port == 40000 && destination.port == 8080":                     {true, false},
 		"source.port == 40001 && !has(destination.address)":                                                          {false, true},

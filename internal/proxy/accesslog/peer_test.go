@@ -39,7 +39,8 @@ func peerCert(t *testing.T) *x509.Certificate {
 }
 
 // TestPeerCertificate: the downstream TLS operators and CEL attributes,
-// with a client certificate and without one.
+// with a client certificate and without one (and %GRPC_STATUS_NUMBER%,
+// with a gRPC status and without).
 func TestPeerCertificate(t *testing.T) {
 	cert := peerCert(t)
 	sum := sha256.Sum256(cert.Raw)
@@ -48,16 +49,17 @@ func TestPeerCertificate(t *testing.T) {
 	plain := entry
 	plain.Scheme = "http"
 
+	withCert.GRPCStatus = "5"
 	f, err := ParseText("%DOWNSTREAM_TLS_VERSION%|%DOWNSTREAM_PEER_URI_SAN%|%DOWNSTREAM_PEER_DNS_SAN%|" +
-		"%DOWNSTREAM_PEER_SUBJECT%|%DOWNSTREAM_PEER_ISSUER%|%DOWNSTREAM_PEER_FINGERPRINT_256%")
+		"%DOWNSTREAM_PEER_SUBJECT%|%DOWNSTREAM_PEER_ISSUER%|%DOWNSTREAM_PEER_FINGERPRINT_256%|%GRPC_STATUS_NUMBER%")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "TLSv1.3|spiffe://cluster.local/ns/shop/sa/cart|cart.shop,cart|CN=cart,O=shop|CN=mesh CA,O=weft|" + hex.EncodeToString(sum[:])
+	want := "TLSv1.3|spiffe://cluster.local/ns/shop/sa/cart|cart.shop,cart|CN=cart,O=shop|CN=mesh CA,O=weft|" + hex.EncodeToString(sum[:]) + "|5"
 	if got := string(f.Append(nil, &withCert)); got != want+"\n" {
 		t.Errorf("with a client certificate:\n got %s\nwant %s", got, want)
 	}
-	if got := string(f.Append(nil, &plain)); got != "-|-|-|-|-|-\n" {
+	if got := string(f.Append(nil, &plain)); got != "-|-|-|-|-|-|-\n" {
 		t.Errorf("without TLS: %s", got)
 	}
 
