@@ -61,19 +61,27 @@ func startGRPCBackend(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// checkGRPC calls the backend through the sidecar's explicit listener.
-func checkGRPC(t *testing.T, port int, authority string) {
+// grpcClient is a test-service client of the sidecar's explicit
+// listener on port, closed at the test's end, and a context for its calls.
+func grpcClient(t *testing.T, port int, authority string) (testpb.TestServiceClient, context.Context) {
 	t.Helper()
 	conn, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", port), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithAuthority(authority))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
+	return testpb.NewTestServiceClient(conn), ctx
+}
+
+// checkGRPC calls the backend through the sidecar's explicit listener.
+func checkGRPC(t *testing.T, port int, authority string) {
+	t.Helper()
+	client, ctx := grpcClient(t, port, authority)
 	body := strings.Repeat("g", 100_000)
-	resp, err := testpb.NewTestServiceClient(conn).UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte(body)}})
+	resp, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte(body)}})
 	if err != nil {
 		t.Fatalf("gRPC through the sidecar: %v", err)
 	}
@@ -81,7 +89,7 @@ func checkGRPC(t *testing.T, port int, authority string) {
 		t.Fatalf("gRPC answer: server %q, %d payload bytes", resp.GetServerId(), len(resp.GetPayload().GetBody()))
 	}
 	// Bidirectional streaming: messages go back and forth on one stream.
-	stream, err := testpb.NewTestServiceClient(conn).FullDuplexCall(ctx)
+	stream, err := client.FullDuplexCall(ctx)
 	if err != nil {
 		t.Fatalf("gRPC stream through the sidecar: %v", err)
 	}
@@ -214,15 +222,8 @@ func checkUpgrade(t *testing.T, port int, host string) {
 // and checks that the client gets that status through the sidecars.
 func checkGRPCStatus(t *testing.T, port int, authority string, code codes.Code) {
 	t.Helper()
-	conn, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", port), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithAuthority(authority))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, err = testpb.NewTestServiceClient(conn).UnaryCall(ctx, &testpb.SimpleRequest{
+	client, ctx := grpcClient(t, port, authority)
+	_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{
 		ResponseStatus: &testpb.EchoStatus{Code: int32(code), Message: "as asked"}})
 	if status.Code(err) != code {
 		t.Fatalf("gRPC call asking for %v: %v", code, err)
