@@ -167,7 +167,7 @@ func accessLogFilter(f *accesslogv3.AccessLogFilter) (*accesslog.Filter, error) 
 	return nil, fmt.Errorf("access log filter %T is not supported (CEL extension filter or status_code_filter)", f.GetFilterSpecifier())
 }
 
-// chains lists a listener's chains, the default one included.
+// allChains lists a listener's chains, the default one last.
 func (ls *listenerSpec) allChains() []*chain {
 	out := ls.chains
 	if ls.defChain != nil {

@@ -79,14 +79,11 @@ func (cc *chainConn) resolve(rt *runtime) *connView {
 	if ls == nil {
 		return v
 	}
-	for _, ch := range ls.chains {
+	for _, ch := range ls.allChains() {
 		if ch.name == cc.origin.chain && ch.http != nil {
 			v.cc = &chainConn{Conn: cc.Conn, chain: ch.http, dst: cc.dst, src: cc.src, origin: cc.origin, local: cc.local}
 			return v
 		}
-	}
-	if ch := ls.defChain; ch != nil && ch.name == cc.origin.chain && ch.http != nil {
-		v.cc = &chainConn{Conn: cc.Conn, chain: ch.http, dst: cc.dst, src: cc.src, origin: cc.origin, local: cc.local}
 	}
 	return v
 }
