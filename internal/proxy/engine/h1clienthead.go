@@ -188,7 +188,6 @@ func parseResponseHead(head []byte, req *http.Request, hs *h1Heads) (*http.Respo
 	}
 	*resp = http.Response{Status: line[9:], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, Body: http.NoBody, Close: f.closing, Request: req}
-
 	if chunked {
 		resp.TransferEncoding = []string{"chunked"}
 		if resp.Trailer, ok = takeTrailer(h); !ok {

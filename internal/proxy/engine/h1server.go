@@ -345,14 +345,10 @@ func (sc *h1ServerConn) setHandling(on bool) {
 // nothing but the watch reads the connection until the answer, so a
 // client that leaves is noticed as for a request without a body.
 func (sc *h1ServerConn) armAfterBody() {
-	if sc.e == nil {
-		return
-	}
 	sc.watchMu.Lock()
 	defer sc.watchMu.Unlock()
 	if sc.handling && sc.watchState.Load() == watchIdle {
-		sc.since.Store(clock())
-		sc.watchState.Store(watchArmed)
+		sc.armWatch()
 	}
 }
 
