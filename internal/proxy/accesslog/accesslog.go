@@ -78,20 +78,16 @@ type Entry struct {
 	// UpstreamLocal, DownstreamLocal and DownstreamRemote are ip:port
 	// addresses (DownstreamLocal is the original destination).
 	UpstreamLocal, DownstreamLocal, DownstreamRemote string
-	// ServerName is the downstream TLS SNI; MTLS is whether the
-	// downstream connection is TLS with a client certificate, PeerCert
-	// that certificate and TLSVersion the connection's version
-	// ("TLSv1.3", empty without TLS).
+	// ServerName is the downstream TLS SNI, TLSVersion the connection's
+	// version ("TLSv1.3", empty without TLS: the request's scheme is then
+	// http, else https) and PeerCert the client's certificate (nil
+	// without mutual TLS).
 	ServerName string
-	MTLS       bool
-	PeerCert   *x509.Certificate
 	TLSVersion string
+	PeerCert   *x509.Certificate
 	// GRPCStatus is a gRPC response's grpc-status ("" otherwise).
 	GRPCStatus string
-	// Scheme is the request's scheme: https on a TLS connection, else
-	// http (empty for TCP).
-	Scheme    string
-	RouteName string
+	RouteName  string
 	// Headers are the other headers formats and filters read
 	// (Formatter.Headers, Filter.Headers).
 	Headers []Header

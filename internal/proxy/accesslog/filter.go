@@ -236,7 +236,10 @@ func (a *filterActivation) ResolveName(name string) (any, bool) {
 			return m, true // a TCP connection: no request attributes
 		}
 		path, query, _ := strings.Cut(e.Path, "?")
-		m["scheme"] = e.Scheme
+		m["scheme"] = "http"
+		if e.TLSVersion != "" {
+			m["scheme"] = "https"
+		}
 		m["path"], m["url_path"], m["query"] = e.Path, path, query
 		m["host"], m["method"], m["protocol"] = e.Authority, e.Method, e.Protocol
 		m["useragent"], m["id"] = e.UserAgent, e.RequestID
@@ -268,7 +271,7 @@ func (a *filterActivation) ResolveName(name string) (any, bool) {
 			m["transport_failure_reason"] = e.UpstreamFailure
 		}
 	case "connection":
-		m["mtls"] = e.MTLS
+		m["mtls"] = e.PeerCert != nil
 		if e.TLSVersion != "" {
 			m["tls_version"] = e.TLSVersion
 		}

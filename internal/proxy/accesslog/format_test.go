@@ -156,7 +156,7 @@ func TestFilter(t *testing.T) {
 	e := entry
 	e.Flags, e.BytesReceived, e.GRPCStatus = "UF,URX", 5, "14"
 	e.DownstreamRemote, e.DownstreamLocal, e.UpstreamLocal = "10.0.0.7:40000", "10.0.0.8:8080", "10.0.0.7:41000"
-	e.ServerName, e.MTLS, e.RouteName = "outbound_.8080_._.server", true, "default"
+	e.ServerName, e.PeerCert, e.TLSVersion, e.RouteName = "outbound_.8080_._.server", peerCert(t), "TLSv1.3", "default"
 	e.Headers = []Header{{Name: "X-Debug", Value: "on"}, {Name: "Referer", Value: "http://r"}, {Response: true, Name: "Content-Type", Value: "text/plain"}}
 	tcp := Entry{Start: e.Start, Flags: "UF", BytesReceived: 7, BytesSent: 9, Duration: time.Second, UpstreamTime: -1,
 		UpstreamHost: "10.0.0.8:3306", UpstreamCluster: "outbound|3306||db", DownstreamRemote: "10.0.0.7:40001", UpstreamFailure: "connection_failure"}

@@ -45,9 +45,8 @@ func TestPeerCertificate(t *testing.T) {
 	cert := peerCert(t)
 	sum := sha256.Sum256(cert.Raw)
 	withCert := entry
-	withCert.MTLS, withCert.PeerCert, withCert.TLSVersion, withCert.Scheme = true, cert, "TLSv1.3", "https"
+	withCert.PeerCert, withCert.TLSVersion = cert, "TLSv1.3"
 	plain := entry
-	plain.Scheme = "http"
 
 	withCert.GRPCStatus = "5"
 	f, err := ParseText("%DOWNSTREAM_TLS_VERSION%|%DOWNSTREAM_PEER_URI_SAN%|%DOWNSTREAM_PEER_DNS_SAN%|" +

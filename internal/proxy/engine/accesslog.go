@@ -281,10 +281,6 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 		en.UpstreamLocal = ex.upstreamLocal.String()
 	}
 	connTLS(en, cc.Conn)
-	en.Scheme = "http"
-	if en.TLSVersion != "" {
-		en.Scheme = "https"
-	}
 	if ex.route != nil {
 		en.RouteName = ex.route.Name
 	}
@@ -316,7 +312,7 @@ func connTLS(en *accesslog.Entry, c net.Conn) {
 	}
 	en.TLSVersion = envoyTLSVersion(st.Version)
 	if len(st.PeerCertificates) > 0 {
-		en.MTLS, en.PeerCert = true, st.PeerCertificates[0]
+		en.PeerCert = st.PeerCertificates[0]
 	}
 }
 
