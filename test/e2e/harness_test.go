@@ -13,12 +13,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/weftmesh/weft/internal/kubeconfig"
+	"github.com/weftmesh/weft/internal/testutil/freeport"
 )
 
 // weftBin is the weft binary built once for the whole suite.
@@ -45,12 +47,7 @@ func TestMain(m *testing.M) {
 // freePort returns a loopback address that was free a moment ago.
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(freeport.Get(t)))
 }
 
 // weftServer is a `weft server` process.

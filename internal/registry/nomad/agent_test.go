@@ -3,7 +3,6 @@ package nomad
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/weftmesh/weft/internal/registry"
 	"github.com/weftmesh/weft/internal/registry/registrytest"
+	"github.com/weftmesh/weft/internal/testutil/freeport"
 )
 
 // nomadBinary finds a Nomad binary: $WEFT_NOMAD_BIN, else nomad on $PATH.
@@ -35,12 +35,7 @@ func nomadBinary(t *testing.T) string {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return freeport.Get(t)
 }
 
 // startAgent runs `nomad agent -dev` on free loopback ports and returns its
