@@ -62,7 +62,7 @@ func (e *Engine) currentChain(w http.ResponseWriter, r *http.Request, cc *chainC
 		w.Header().Set("Connection", "close")
 	}
 	if v.cc == nil {
-		http.Error(w, "filter chain removed by a config update", http.StatusServiceUnavailable)
+		localReply(w, r, &exchange{}, http.StatusServiceUnavailable, -1, "filter chain removed by a config update")
 		return nil
 	}
 	return v.cc

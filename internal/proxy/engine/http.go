@@ -2,12 +2,12 @@ package engine
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	crand "crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -96,7 +96,7 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	cc, _ := r.Context().Value(connKey{}).(*chainConn)
 	rt := e.cur.Load()
 	if cc == nil || rt == nil {
-		http.Error(w, "no configuration", http.StatusServiceUnavailable)
+		localReply(w, r, ex, http.StatusServiceUnavailable, -1, "no configuration")
 		return
 	}
 	if cc = e.currentChain(w, r, cc, rt); cc == nil {
@@ -115,27 +115,22 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer e.record(cc, ex, r, w)
 	if tooManyHeaders(r.Header) {
-		ex.code = http.StatusRequestHeaderFieldsTooLarge
 		w.Header().Set("Connection", "close")
-		w.WriteHeader(ex.code)
-		_, _ = io.WriteString(w, "Request Header Fields Too Large")
+		localReply(w, r, ex, http.StatusRequestHeaderFieldsTooLarge, -1, "Request Header Fields Too Large")
 		return
 	}
 	// One canonical request view: the path is normalised before filters
 	// and routing, and r.URL is what RBAC, the router and the upstream see.
 	if !canonicalize(r, cc.chain.pathNorm) {
-		ex.code = http.StatusBadRequest
 		w.Header().Set("Connection", "close")
-		w.WriteHeader(ex.code)
-		_, _ = io.WriteString(w, "Bad Request")
+		localReply(w, r, ex, http.StatusBadRequest, -1, "Bad Request")
 		return
 	}
 	if len(cc.chain.filters) > 0 {
 		if rep := runFilters(cc, r); rep != nil {
-			ex.flags, ex.code = rep.Flags, rep.Status
+			ex.flags = rep.Flags
 			copyHeader(w.Header(), rep.Header)
-			w.WriteHeader(rep.Status)
-			_, _ = io.WriteString(w, rep.Body)
+			localReply(w, r, ex, rep.Status, -1, rep.Body)
 			return
 		}
 	}
@@ -148,8 +143,8 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ex.route = rte
 	if !ok {
-		ex.flags, ex.code = "NR", http.StatusNotFound
-		w.WriteHeader(http.StatusNotFound)
+		ex.flags = "NR"
+		localReply(w, r, ex, http.StatusNotFound, -1, "")
 		return
 	}
 	if hget(r.Header, "X-Request-Id") == "" {
@@ -169,19 +164,20 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch rte.Action {
 	case route.ActionDirectResponse:
-		ex.code, ex.respBytes = rte.DirectResponse.Status, int64(len(rte.DirectResponse.Body))
-		w.WriteHeader(ex.code)
-		_, _ = w.Write(rte.DirectResponse.Body)
+		localReply(w, r, ex, rte.DirectResponse.Status, -1, string(rte.DirectResponse.Body))
 		return
 	case route.ActionRedirect:
 		loc, code, _ := rte.RedirectFor(req)
 		w.Header().Set("Location", loc)
-		ex.code = code
-		w.WriteHeader(code)
+		localReply(w, r, ex, code, -1, "")
 		return
 	}
+	// The cluster is chosen with the route, as in Envoy: a request the
+	// fault filter ends is still counted against its destination.
+	name, wc := rte.PickCluster(rand.Uint32())
+	ex.cluster = name
 	if f := rte.Fault; f != nil {
-		delay, abort, _ := f.Decide(rand.Uint32())
+		delay, abort, abortGRPC := f.Decide(rand.Uint32())
 		if delay > 0 {
 			ex.flags = "DI"
 			select {
@@ -190,20 +186,17 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		if abort > 0 {
-			const msg = "fault filter abort"
-			ex.flags, ex.code, ex.respBytes = "FI", abort, int64(len(msg))
-			w.WriteHeader(abort)
-			_, _ = io.WriteString(w, msg)
+		if abort > 0 || abortGRPC >= 0 {
+			// A gRPC abort answers other requests with 200, as Envoy does.
+			ex.flags = "FI"
+			localReply(w, r, ex, max(abort, http.StatusOK), abortGRPC, cmp.Or(f.AbortBody, "fault filter abort"))
 			return
 		}
 	}
-	name, wc := rte.PickCluster(rand.Uint32())
-	ex.cluster = name
 	c := rt.clusters[name]
 	if c == nil {
-		ex.flags, ex.code = "NC", rte.ClusterNotFoundStatus
-		w.WriteHeader(ex.code)
+		ex.flags = "NC"
+		localReply(w, r, ex, rte.ClusterNotFoundStatus, -1, "")
 		return
 	}
 	e.forward(w, r, req, rte, wc, c, rt, cc, ex)
@@ -226,8 +219,8 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	if r.Body != nil && r.Body != http.NoBody && retries > 0 && r.ContentLength >= 0 && r.ContentLength <= maxRetryBody {
 		b, err := io.ReadAll(io.LimitReader(r.Body, maxRetryBody+1))
 		if err != nil {
-			ex.flags, ex.code = "DPE", http.StatusBadRequest
-			w.WriteHeader(ex.code)
+			ex.flags = "DPE"
+			localReply(w, r, ex, http.StatusBadRequest, -1, "")
 			return
 		}
 		body = b
@@ -271,17 +264,15 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	for attempt := 0; ; attempt++ {
 		ep, err := c.Pick(cluster.PickContext{HashKey: hashKey, HasHash: hasHash, Exclude: tried, OriginalDst: cc.dst})
 		if err != nil {
-			ex.flags, ex.code = "UH", http.StatusServiceUnavailable
-			w.WriteHeader(ex.code)
-			_, _ = w.Write([]byte("no healthy upstream"))
+			ex.flags = "UH"
+			localReply(w, r, ex, http.StatusServiceUnavailable, -1, "no healthy upstream")
 			return
 		}
 		release, ok := c.State().Acquire(cluster.Requests)
 		if !ok {
-			ex.flags, ex.code = "UO", http.StatusServiceUnavailable
+			ex.flags = "UO"
 			w.Header().Set("X-Envoy-Overloaded", "true")
-			w.WriteHeader(ex.code)
-			_, _ = w.Write([]byte("upstream connect error or disconnect/reset before headers. reset reason: overflow"))
+			localReply(w, r, ex, http.StatusServiceUnavailable, -1, "upstream connect error or disconnect/reset before headers. reset reason: overflow")
 			return
 		}
 		ex.upstream = ep.Address
@@ -355,7 +346,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 				if cancelTry != nil {
 					cancelTry()
 				}
-				e.upstreamError(w, ctx, err, ex)
+				e.upstreamError(w, r, ctx, err, ex)
 				return
 			}
 			e.respond(w, resp, rte, wc, ex)
@@ -452,22 +443,20 @@ func isConnectError(err error) bool {
 }
 
 // upstreamError answers a failed exchange the way Envoy does.
-func (e *Engine) upstreamError(w http.ResponseWriter, ctx context.Context, err error, ex *exchange) {
+func (e *Engine) upstreamError(w http.ResponseWriter, r *http.Request, ctx context.Context, err error, ex *exchange) {
+	const reset = "upstream connect error or disconnect/reset before headers. reset reason: "
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		ex.flags, ex.code = "UT", http.StatusGatewayTimeout
-		w.WriteHeader(ex.code)
-		_, _ = w.Write([]byte("upstream request timeout"))
+		ex.flags = "UT"
+		localReply(w, r, ex, http.StatusGatewayTimeout, -1, "upstream request timeout")
 	case errors.Is(ctx.Err(), context.Canceled):
 		ex.flags, ex.code = "DC", 499
 	case isConnectError(err):
-		ex.flags, ex.code = "UF", http.StatusServiceUnavailable
-		w.WriteHeader(ex.code)
-		_, _ = fmt.Fprintf(w, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+		ex.flags = "UF"
+		localReply(w, r, ex, http.StatusServiceUnavailable, -1, reset+"connection failure")
 	default:
-		ex.flags, ex.code = "UC", http.StatusServiceUnavailable
-		w.WriteHeader(ex.code)
-		_, _ = fmt.Fprintf(w, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+		ex.flags = "UC"
+		localReply(w, r, ex, http.StatusServiceUnavailable, -1, reset+"connection termination")
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"golang.org/x/net/websocket"
 
 	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 )
 
 // meshPair is app A → sidecar A → mTLS → sidecar B → app B on one host:
@@ -132,6 +134,18 @@ spec:
   workloadSelector: {labels: {app: b}}
 `, p.name, svc[p.name], proto))
 	}
+	// An Istio fault abort with a gRPC status, on one method only.
+	ses = append(ses, `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: grpc-fault}
+spec:
+  hosts: [grpc.b.mesh]
+  http:
+  - match: [{uri: {exact: /grpc.testing.TestService/EmptyCall}}]
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}
+    route: [{destination: {host: grpc.b.mesh}}]
+  - route: [{destination: {host: grpc.b.mesh}}]
+`)
 	pair := startMeshPair(t, ports, strings.Join(ses, "---\n"))
 
 	// HTTP/1.1: one kept-alive connection from app A, chunked request and
@@ -214,6 +228,11 @@ spec:
 	eventually(t, "gRPC port", func() error { return dialOK(svc["grpc"]) })
 	checkGRPC(t, svc["grpc"], "grpc.b.mesh")
 	checkGRPCStatus(t, svc["grpc"], "grpc.b.mesh", codes.NotFound)
+	// Sidecar A aborts EmptyCall itself, as a gRPC status.
+	client, ctx := grpcClient(t, svc["grpc"], "grpc.b.mesh")
+	if _, err := client.EmptyCall(ctx, &testpb.Empty{}); status.Code(err) != codes.Unavailable || status.Convert(err).Message() != "fault filter abort" {
+		t.Errorf("EmptyCall under a grpcStatus: UNAVAILABLE fault: %v, want Unavailable \"fault filter abort\"", err)
+	}
 
 	// WebSocket: the upgrade and several echoed messages.
 	eventually(t, "WebSocket through both sidecars", func() error {
@@ -231,6 +250,10 @@ spec:
 	pair.checkReported(t, "istio_tcp_connections_opened_total", 1, "tcp.b.mesh")
 	// grpc_response_status: 0 from the trailers of the successful calls,
 	// 5 (NOT_FOUND) from the header of the trailers-only failure.
+	if n := metricSum(t, pair.a.stats, "istio_requests_total", `reporter="source"`, `destination_service="grpc.b.mesh"`,
+		`response_code="200"`, `grpc_response_status="14"`, `response_flags="FI"`); n != 1 {
+		t.Errorf("sidecar A: istio_requests_total{grpc_response_status=\"14\",response_flags=\"FI\"} = %d, want 1 (the aborted EmptyCall)", n)
+	}
 	for st, want := range map[string]int{"0": 2, "5": 1} {
 		a := metricSum(t, pair.a.stats, "istio_requests_total", `reporter="source"`, `destination_service="grpc.b.mesh"`,
 			`request_protocol="grpc"`, `grpc_response_status="`+st+`"`)
