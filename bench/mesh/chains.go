@@ -241,6 +241,18 @@ const (
 	weftExplicit = "weft-explicit" // no capture: nginx's shape
 )
 
+// chainKind splits a -chains entry into its kind and, for a variant
+// ("weft@GOGC=100 --concurrency 2"), the sidecar flags after the @, which
+// follow -sidecar-args; variants of one kind alternate in -rounds like
+// any other chains.
+func chainKind(c string) (kind string, flags []string) {
+	kind, rest, ok := strings.Cut(c, "@")
+	if !ok {
+		return c, nil
+	}
+	return kind, strings.Fields(rest)
+}
+
 // explicitInbound is sidecar B's port in front of the app in explicit mode.
 const explicitInbound = "15080"
 

@@ -55,6 +55,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -90,12 +91,20 @@ func main() {
 	o.sidecarArgs = strings.Fields(sidecarArgs)
 	o.chains = []string{"baseline"}
 	for _, c := range strings.Split(chains, ",") {
-		switch c = strings.TrimSpace(c); c {
+		c = strings.TrimSpace(c)
+		kind, args := chainKind(c)
+		switch kind {
 		case "baseline", "":
-		case "nginx", "haproxy", weftCapture, weftTCP, weftExplicit:
+		case "nginx", "haproxy":
+			if args != nil {
+				fmt.Fprintf(os.Stderr, "mesh: chain %q: only weft chains take @flags\n", c)
+				os.Exit(2)
+			}
+			o.chains = append(o.chains, c)
+		case weftCapture, weftTCP, weftExplicit:
 			o.chains = append(o.chains, c)
 		default:
-			fmt.Fprintf(os.Stderr, "mesh: unknown chain %q\n", c)
+			fmt.Fprintf(os.Stderr, "mesh: unknown chain %q (baseline, nginx, haproxy, weft, weft-tcp, weft-explicit; a weft chain may add sidecar flags after @)\n", c)
 			os.Exit(2)
 		}
 	}
@@ -260,15 +269,16 @@ func measureRound(ctx context.Context, o options, dir string, t *topology, forti
 		var procs []*proc
 		url := directURL
 		var mesh *weftMesh
-		switch c {
+		kind, variant := chainKind(c)
+		switch kind {
 		case "nginx", "haproxy":
 			procs, url, err = startProxyChain(ctx, dir, t, c)
 		case weftCapture, weftTCP, weftExplicit:
-			tag := c
+			tag := fmt.Sprintf("%s-%d", kind, slices.Index(o.chains, c))
 			if round > 0 {
-				tag = fmt.Sprintf("%s-r%d", c, round+1)
+				tag = fmt.Sprintf("%s-r%d", tag, round+1)
 			}
-			mesh, url, err = startWeft(ctx, dir, t, o.sidecarArgs, c, tag)
+			mesh, url, err = startWeft(ctx, dir, t, slices.Concat(o.sidecarArgs, variant), kind, tag)
 		}
 		if err != nil {
 			return fmt.Errorf("%s chain: %v", c, err)

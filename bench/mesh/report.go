@@ -92,7 +92,18 @@ type report struct {
 	weft               map[string]*weftUsage // by chain
 }
 
-var chainTitle = map[string]string{
+// chainTitle names chain c in the report: its kind's title, and a
+// variant's flags.
+func chainTitle(c string) string {
+	kind, flags := chainKind(c)
+	t := chainTitles[kind]
+	if flags != nil {
+		t += fmt.Sprintf(", sidecars with `%s`", strings.Join(flags, " "))
+	}
+	return t
+}
+
+var chainTitles = map[string]string{
 	"baseline":      "baseline (A → B direct)",
 	"nginx":         "nginx → mTLS → nginx",
 	"haproxy":       "haproxy → mTLS → haproxy",
@@ -128,7 +139,7 @@ func (r *report) markdown() string {
 				added[i] = fmt.Sprintf("%+.3f", (res.lat.p[i]-base.lat.p[i])*1e3)
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %.1f | %d | %.0f | %d |\n", chainTitle[c],
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %.1f | %d | %.0f | %d |\n", chainTitle(c),
 			ms(res.lat.p[0]), ms(res.lat.p[1]), ms(res.lat.p[2]), added[0], added[1], added[2],
 			res.lat.qps, res.lat.count-res.lat.ok, res.max.qps, res.max.count-res.max.ok)
 	}
@@ -148,7 +159,7 @@ func (r *report) markdown() string {
 		if c == "baseline" {
 			proxyCol = "—"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %.0f %% |\n", chainTitle[c], proxyCol, per(res.maxCPU.seconds[loadComm]), res.maxCPU.idle*100)
+		fmt.Fprintf(&b, "| %s | %s | %s | %.0f %% |\n", chainTitle(c), proxyCol, per(res.maxCPU.seconds[loadComm]), res.maxCPU.idle*100)
 	}
 	if len(r.rounds) > 1 {
 		r.roundsMarkdown(&b)
@@ -158,7 +169,7 @@ func (r *report) markdown() string {
 		if w == nil {
 			continue
 		}
-		fmt.Fprintf(&b, "\n%s: sidecars over the %s latency run at %.1f achieved rps (CPU from /proc/<pid>/stat utime+stime; memory from /proc/<pid>/status):\n\n", chainTitle[c], o.latencyDur, w.qps)
+		fmt.Fprintf(&b, "\n%s: sidecars over the %s latency run at %.1f achieved rps (CPU from /proc/<pid>/stat utime+stime; memory from /proc/<pid>/status):\n\n", chainTitle(c), o.latencyDur, w.qps)
 		fmt.Fprintf(&b, "| sidecar | vCPU | vCPU per 1,000 rps | VmRSS after latency run | VmRSS after max run | VmHWM (peak) |\n")
 		fmt.Fprintf(&b, "|---|---:|---:|---:|---:|---:|\n")
 		for _, h := range []string{"a", "b"} {
@@ -212,7 +223,7 @@ func (r *report) roundsMarkdown(b *strings.Builder) {
 			}
 			cells[i] = fmt.Sprintf("**"+format+"** (%s)", median(v[i]), strings.Join(each, " / "))
 		}
-		fmt.Fprintf(b, "| %s | %s |\n", chainTitle[c], strings.Join(cells, " | "))
+		fmt.Fprintf(b, "| %s | %s |\n", chainTitle(c), strings.Join(cells, " | "))
 	}
 	ng, ok := added["nginx"]
 	if !ok {
@@ -233,7 +244,7 @@ func (r *report) roundsMarkdown(b *strings.Builder) {
 				}
 			}
 		}
-		fmt.Fprintf(b, "| %s | %d of %d | %d of %d | %d of %d | %d of %d |\n", chainTitle[c], wins[0], n, wins[1], n, wins[2], n, wins[3], n)
+		fmt.Fprintf(b, "| %s | %d of %d | %d of %d | %d of %d | %d of %d |\n", chainTitle(c), wins[0], n, wins[1], n, wins[2], n, wins[3], n)
 	}
 }
 

@@ -35,3 +35,18 @@ func TestRoundsMarkdown(t *testing.T) {
 		t.Errorf("median = %v, want 2.5", m)
 	}
 }
+
+// TestChainVariant: a weft chain with flags after @ keeps its kind, passes
+// its flags and is named with them in the report.
+func TestChainVariant(t *testing.T) {
+	kind, flags := chainKind("weft-explicit@GOGC=100 --concurrency 2")
+	if kind != weftExplicit || strings.Join(flags, "|") != "GOGC=100|--concurrency|2" {
+		t.Errorf("chainKind: %q %q", kind, flags)
+	}
+	if kind, flags := chainKind("nginx"); kind != "nginx" || flags != nil {
+		t.Errorf("chainKind(nginx): %q %q", kind, flags)
+	}
+	if got, want := chainTitle("weft@GOGC=1000"), "weft sidecar → mTLS → weft sidecar, sidecars with `GOGC=1000`"; got != want {
+		t.Errorf("chainTitle = %q, want %q", got, want)
+	}
+}
