@@ -47,6 +47,10 @@ type Metrics struct {
 	// budget or max_retries was exhausted (Envoy's
 	// upstream_rq_retry_overflow).
 	RetryOverflow prometheus.Counter
+	// SpansSent and SpansDropped count the spans reported to a tracing
+	// collector and those lost (queue full, collector unknown or failing),
+	// as Envoy's tracing.zipkin.spans_sent and reports_dropped do.
+	SpansSent, SpansDropped prometheus.Counter
 }
 
 // Istio's default histogram buckets.
@@ -85,9 +89,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		RetryOverflow: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weft_upstream_rq_retry_overflow_total", Help: "Retries not made because the cluster's retry budget (or max_retries) was exhausted.",
 		}),
+		SpansSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_tracing_spans_sent_total", Help: "Spans delivered to a tracing collector.",
+		}),
+		SpansDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_tracing_spans_dropped_total", Help: "Spans lost: queue full, collector cluster unknown or without endpoints, or the collector failed.",
+		}),
 	}
 	reg.MustRegister(m.Requests, m.RequestDuration, m.RequestBytes, m.ResponseBytes, m.TCPSent, m.TCPReceived, m.TCPOpened, m.TCPClosed,
-		m.RetryOverflow)
+		m.RetryOverflow, m.SpansSent, m.SpansDropped)
 	return m
 }
 

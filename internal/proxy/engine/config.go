@@ -75,6 +75,8 @@ type httpChain struct {
 	useRemoteAddress, appendXFF bool
 	// xfcc is what becomes of x-forwarded-client-cert (xfcc.go).
 	xfcc xfccConfig
+	// tracing reports sampled requests as spans (tracing.go); nil: none.
+	tracing *tracingConfig
 }
 
 // tcpChain is a tcp_proxy: one cluster or weighted clusters.
@@ -298,6 +300,9 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
 			}
 			hc.xfcc = xfcc
+			if hc.tracing, err = compileTracing(h); err != nil {
+				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
 			pn, err := compilePathNorm(h)
 			if err != nil {
 				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)

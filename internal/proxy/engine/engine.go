@@ -44,6 +44,11 @@ type Options struct {
 	// every listener (the --access-log flag), besides the access logs xDS
 	// configures; nil logs nothing.
 	AccessLog *accesslog.Logger
+	// NodeID is the proxy's xDS node id (the node_id tag of its spans).
+	NodeID string
+	// TraceFlushInterval is how often queued spans are sent when fewer
+	// than five are waiting. Default 5s, as Envoy's Zipkin tracer.
+	TraceFlushInterval time.Duration
 }
 
 // Engine is the running data plane.
@@ -77,6 +82,10 @@ type Engine struct {
 	poolJanitor atomic.Bool
 	// logFiles are the access log files xDS configures, shared by path.
 	logFiles *accesslog.Files
+	// reporters send spans, one per tracing collector (tracing.go);
+	// traceWarn logs the first span delivery failure.
+	reporters sync.Map // zipkinCollector -> *zipkinReporter
+	traceWarn sync.Once
 	// roots caches the trust bundle merged with the identity's roots.
 	roots atomic.Pointer[mergedRoots]
 }

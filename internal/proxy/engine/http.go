@@ -89,6 +89,10 @@ type exchange struct {
 	// grpcStatus is a gRPC response's grpc-status (trailer, or header of
 	// a trailers-only response): the grpc_response_status label.
 	grpcStatus string
+	// trace is the request's trace context once forwarded (traced);
+	// sharedSpan: an inbound span that shares the caller's span id.
+	trace              traceIDs
+	traced, sharedSpan bool
 }
 
 // exchanges recycles exchange structs: one per request was a fifth of the
@@ -247,7 +251,12 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	removeHopHeaders(r.Header)
 	forwardedHeaders(r, cc)
 	clientCertHeader(r, cc)
-	propagateTrace(r.Header)
+	sampling, shared := defaultTraceSampling, false
+	if tc := cc.chain.tracing; tc != nil {
+		sampling = tc.sampling
+		shared = tc.sharedSpanContext && strings.HasPrefix(ex.cluster, "inbound|")
+	}
+	ex.trace, ex.traced, ex.sharedSpan = propagateTrace(r.Header, sampling, shared), true, shared
 	rte.ApplyRequestHeaders(r.Header, wc)
 	target := upstreamTarget(r.URL, path, req.Path)
 	target.Scheme = upstreamScheme(c)
@@ -763,6 +772,9 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 		req.DestinationServiceNamespace = ns
 	}
 	e.metrics.ObserveRequestCached(req, &cc.metrics)
+	if tc := cc.chain.tracing; tc != nil && ex.traced && ex.trace.sampled {
+		e.reportSpan(cc, tc, ex, r, reporter == "destination", req.Duration)
+	}
 	if cc.chain.logs != nil || e.opts.AccessLog != nil {
 		e.logHTTP(cc, ex, r, w, req.Duration)
 	}

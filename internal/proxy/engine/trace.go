@@ -11,10 +11,11 @@ import (
 // tracing on: every hop is a span. A request that carries a W3C
 // traceparent or B3 headers keeps its trace id and gets a new span id
 // whose parent is the incoming span; a request without a trace starts
-// one (sampled with probability defaultTraceSampling, Istio's default 1 %).
-// Both header families are written, so applications using either library
-// join the same trace. weft-proxy reports no spans itself yet: the headers
-// are what applications and tracers downstream need.
+// one (sampled at the connection manager's random_sampling, or without
+// tracing config at defaultTraceSampling, Istio's default 1 %). Both
+// header families are written, so applications using either library join
+// the same trace. Spans are reported when the connection manager
+// configures a tracer (tracing.go).
 
 // defaultTraceSampling is Istio's default sampling rate for new traces.
 const defaultTraceSampling = 0.01
@@ -27,20 +28,32 @@ type traceIDs struct {
 	sampled bool
 }
 
-// propagateTrace rewrites h's trace headers for the next hop. Every value
-// it writes is a slice of one string, and the five values share one
-// backing array: two allocations per request (BenchmarkPropagateTrace).
-func propagateTrace(h http.Header) {
+// propagateTrace rewrites h's trace headers for the next hop and returns
+// the hop's context. A new trace is sampled with probability sampling.
+// With shared (Zipkin's shared span context, on a server span) an
+// incoming span keeps its id, and its B3 parent stays the parent.
+// Every value it writes is a slice of one string, and the five values
+// share one backing array: two allocations per request
+// (BenchmarkPropagateTrace).
+func propagateTrace(h http.Header, sampling float64, shared bool) traceIDs {
 	var t traceIDs
 	ok := parseTraceparent(hget(h, "Traceparent"), &t)
 	if !ok {
 		ok = parseB3(h, &t)
 	}
-	if !ok {
+	switch {
+	case !ok:
 		randBytes(t.trace[:])
-		t.sampled = rand.Float64() < defaultTraceSampling
+		t.sampled = rand.Float64() < sampling
+		randBytes(t.span[:])
+	case shared:
+		t.span = t.parent
+		if !decodeNonZero(t.parent[:], hget(h, "X-B3-Parentspanid")) {
+			t.parent = [8]byte{}
+		}
+	default:
+		randBytes(t.span[:])
 	}
-	randBytes(t.span[:])
 	flag := byte('0')
 	if t.sampled {
 		flag = '1'
@@ -74,6 +87,7 @@ func propagateTrace(h http.Header) {
 		delete(h, "X-B3-Parentspanid")
 	}
 	delete(h, "B3") // the single-header form would now disagree
+	return t
 }
 
 func randBytes(b []byte) {

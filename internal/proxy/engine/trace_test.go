@@ -12,7 +12,7 @@ var traceparentRE = regexp.MustCompile(`^00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]$
 func TestPropagateTrace(t *testing.T) {
 	// A new trace: both families written and consistent.
 	h := http.Header{}
-	propagateTrace(h)
+	propagateTrace(h, defaultTraceSampling, false)
 	m := traceparentRE.FindStringSubmatch(h.Get("Traceparent"))
 	if m == nil {
 		t.Fatalf("new traceparent %q", h.Get("Traceparent"))
@@ -23,7 +23,7 @@ func TestPropagateTrace(t *testing.T) {
 
 	// A W3C parent: same trace, new span, parent = incoming span, flags kept.
 	h = http.Header{"Traceparent": {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, "Tracestate": {"vendor=x"}}
-	propagateTrace(h)
+	propagateTrace(h, defaultTraceSampling, false)
 	m = traceparentRE.FindStringSubmatch(h.Get("Traceparent"))
 	if m == nil || m[1] != "0af7651916cd43dd8448eb211c80319c" || m[2] == "b7ad6b7169203331" || !strings.HasSuffix(h.Get("Traceparent"), "-01") {
 		t.Fatalf("child traceparent %q", h.Get("Traceparent"))
@@ -34,7 +34,7 @@ func TestPropagateTrace(t *testing.T) {
 
 	// B3 only, 64-bit trace id: continued, padded to 128 bits.
 	h = http.Header{"X-B3-Traceid": {"463ac35c9f6413ad"}, "X-B3-Spanid": {"72485a3953bb6124"}, "X-B3-Sampled": {"0"}}
-	propagateTrace(h)
+	propagateTrace(h, defaultTraceSampling, false)
 	if got := h.Get("X-B3-Traceid"); got != "0000000000000000463ac35c9f6413ad" {
 		t.Fatalf("B3 trace id %q", got)
 	}
@@ -45,7 +45,7 @@ func TestPropagateTrace(t *testing.T) {
 	// Upper-case B3 ids are accepted (written back lower-case); a broken
 	// traceparent beside valid B3 leaves nothing of itself behind.
 	h = http.Header{"Traceparent": {"00-ffffffffffffffffffffffffffffffff-zzzzzzzzzzzzzzzz-01"}, "X-B3-Traceid": {"463AC35C9F6413AD"}, "X-B3-Spanid": {"72485A3953BB6124"}}
-	propagateTrace(h)
+	propagateTrace(h, defaultTraceSampling, false)
 	if got := h.Get("X-B3-Traceid"); got != "0000000000000000463ac35c9f6413ad" || h.Get("X-B3-Parentspanid") != "72485a3953bb6124" {
 		t.Fatalf("upper-case B3 beside a broken traceparent: %v", h)
 	}
@@ -53,7 +53,7 @@ func TestPropagateTrace(t *testing.T) {
 	// Garbage or all-zero ids start a new trace instead of propagating them.
 	for _, bad := range []string{"00-00000000000000000000000000000000-b7ad6b7169203331-01", "zz", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"} {
 		h = http.Header{"Traceparent": {bad}}
-		propagateTrace(h)
+		propagateTrace(h, defaultTraceSampling, false)
 		if m := traceparentRE.FindStringSubmatch(h.Get("Traceparent")); m == nil || h.Get("X-B3-Parentspanid") != "" {
 			t.Errorf("from %q: %v", bad, h)
 		}
@@ -67,6 +67,6 @@ func BenchmarkPropagateTrace(b *testing.B) {
 	for b.Loop() {
 		clear(h)
 		h["Traceparent"] = parent
-		propagateTrace(h)
+		propagateTrace(h, defaultTraceSampling, false)
 	}
 }

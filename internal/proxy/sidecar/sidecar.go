@@ -197,7 +197,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}()
 	eng := engine.New(log.With("component", "engine"), engine.Options{
 		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
-		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts, AccessLog: accessLog,
+		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts, AccessLog: accessLog, NodeID: node.GetId(),
 	})
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_access_log_dropped_total",
 		Help: "Access log entries dropped because the write queue was full (--access-log and xDS access logs)."},

@@ -1,0 +1,282 @@
+package engine
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tracingtagv3 "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/weftmesh/weft/internal/proxy/xdsclient"
+	"github.com/weftmesh/weft/internal/telemetry"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+const zipkinCluster = "outbound|9411||zipkin.istio-system.svc.cluster.local"
+
+// hcmTracing is the tracing istiod sets for its Zipkin provider, at
+// sampling percent; shared leaves shared_span_context unset (Envoy's
+// default, true) instead of Istio's false.
+func hcmTracing(sampling float64, shared bool, tags ...*tracingtagv3.CustomTag) *hcmv3.HttpConnectionManager_Tracing {
+	zc := &tracev3.ZipkinConfig{CollectorCluster: zipkinCluster, CollectorEndpoint: "/api/v2/spans",
+		CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true,
+		CollectorHostname: "zipkin.istio-system.svc.cluster.local"}
+	if !shared {
+		zc.SharedSpanContext = wrapperspb.Bool(false)
+	}
+	a, _ := anypb.New(zc)
+	return &hcmv3.HttpConnectionManager_Tracing{RandomSampling: &typev3.Percent{Value: sampling}, CustomTags: tags,
+		Provider: &tracev3.Tracing_Http{Name: zipkinTracerName, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}}}
+}
+
+// withTracing returns l with tr on its HCMs.
+func withTracing(t *testing.T, l *listenerv3.Listener, tr *hcmv3.HttpConnectionManager_Tracing) *listenerv3.Listener {
+	t.Helper()
+	l = proto.Clone(l).(*listenerv3.Listener)
+	for _, fc := range l.GetFilterChains() {
+		for _, f := range fc.GetFilters() {
+			h := &hcmv3.HttpConnectionManager{}
+			if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
+				t.Fatal(err)
+			}
+			h.Tracing = tr
+			a, _ := anypb.New(h)
+			f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+		}
+	}
+	return l
+}
+
+// collector is a Zipkin collector: it keeps every span POSTed as JSON.
+type collector struct {
+	mu    sync.Mutex
+	spans []zipkinSpan
+	hosts []string
+}
+
+func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var spans []zipkinSpan
+	if r.Method != http.MethodPost || r.URL.Path != "/api/v2/spans" || r.Header.Get("Content-Type") != "application/json" {
+		http.Error(w, "want POST /api/v2/spans with JSON", http.StatusBadRequest)
+		return
+	}
+	if err := json.NewDecoder(r.Body).Decode(&spans); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	c.mu.Lock()
+	c.spans = append(c.spans, spans...)
+	c.hosts = append(c.hosts, r.Host)
+	c.mu.Unlock()
+	w.WriteHeader(http.StatusAccepted)
+}
+
+func (c *collector) wait(t *testing.T, n int) []zipkinSpan {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		got := append([]zipkinSpan(nil), c.spans...)
+		c.mu.Unlock()
+		if len(got) >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(20 * time.Millisecond) // the reporter flushes on its own clock
+	}
+}
+
+// TestZipkinSpans: a request crossing an outbound and an inbound
+// connection manager with Zipkin tracing becomes a CLIENT and a SERVER
+// span of one trace, delivered as Zipkin v2 JSON to the collector
+// cluster: a new trace when the request has none (sampling 100 %), the
+// caller's trace and parent when it has one, nothing when the caller
+// decided not to sample. The inbound side keeps Envoy's default shared
+// span context (same span id, marked shared); Istio's false gives the
+// outbound span a new id under the caller's.
+func TestZipkinSpans(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fail" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	defer backend.Close()
+	col := &collector{}
+	zipkin := httptest.NewServer(col)
+	defer zipkin.Close()
+
+	outAddr, inAddr := freeAddr(t), freeAddr(t)
+	const svc = "outbound|8080||svc.default.svc.cluster.local"
+	const inb = "inbound|8080||"
+	out := withTracing(t, httpListener("out", outAddr, svc, nil), hcmTracing(100, false,
+		&tracingtagv3.CustomTag{Tag: "istio.mesh_id", Type: &tracingtagv3.CustomTag_Literal_{Literal: &tracingtagv3.CustomTag_Literal{Value: "cluster.local"}}},
+		&tracingtagv3.CustomTag{Tag: "tenant", Type: &tracingtagv3.CustomTag_RequestHeader{RequestHeader: &tracingtagv3.CustomTag_Header{Name: "x-tenant", DefaultValue: "none"}}}))
+	in := withTracing(t, httpListener("in", inAddr, inb, nil), hcmTracing(100, true))
+	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 50 * time.Millisecond, NodeID: "sidecar~10.0.0.1~a.default~default.svc.cluster.local",
+		Workload: telemetry.Peer{Workload: "a", Namespace: "default", App: "a"}})
+	defer e.shutdown()
+	snap := &xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"out": out, "in": in},
+		Clusters: map[string]*clusterv3.Cluster{
+			svc:           staticCluster(svc, inAddr, false),
+			inb:           staticCluster(inb, netip.MustParseAddrPort(backend.Listener.Addr().String()), false),
+			zipkinCluster: staticCluster(zipkinCluster, netip.MustParseAddrPort(zipkin.Listener.Addr().String()), false),
+		}}
+	if err := e.Apply(snap); err != nil {
+		t.Fatal(err)
+	}
+	get := func(path string, hdr ...string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+outAddr.String()+path, nil)
+		req.Host = "svc.default:8080"
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	const callerTrace, callerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	get("/new?x=1", "X-Tenant", "t1")
+	get("/fail", "Traceparent", "00-"+callerTrace+"-"+callerSpan+"-01")
+	get("/unsampled", "X-B3-Traceid", "463ac35c9f6413ad", "X-B3-Spanid", "a2fb4a1d1a96d312", "X-B3-Sampled", "0")
+
+	spans := col.wait(t, 4)
+	time.Sleep(100 * time.Millisecond) // a fifth span would come by now
+	spans = col.wait(t, 4)
+	if len(spans) != 4 {
+		t.Fatalf("collector got %d spans, want 4 (two sampled requests, two hops):\n%+v", len(spans), spans)
+	}
+	byKind := map[string][]zipkinSpan{}
+	for _, s := range spans {
+		byKind[s.Kind+" "+s.Tags["http.url"]] = append(byKind[s.Kind+" "+s.Tags["http.url"]], s)
+	}
+	one := func(key string) zipkinSpan {
+		t.Helper()
+		if len(byKind[key]) != 1 {
+			t.Fatalf("spans %q: %d, want 1 (have %v)", key, len(byKind[key]), spans)
+		}
+		return byKind[key][0]
+	}
+	c1, s1 := one("CLIENT http://svc.default:8080/new?x=1"), one("SERVER http://svc.default:8080/new?x=1")
+	if len(c1.TraceID) != 32 || c1.ParentID != "" || c1.TraceID != s1.TraceID {
+		t.Errorf("new trace: client %s/%s parent %q, server %s, want one 128-bit trace and a root client span", c1.TraceID, c1.ID, c1.ParentID, s1.TraceID)
+	}
+	if s1.ID != c1.ID || !s1.Shared || c1.Shared {
+		t.Errorf("shared span context: server span %s shared=%v, client span %s shared=%v; want the client's id, shared", s1.ID, s1.Shared, c1.ID, c1.Shared)
+	}
+	c2, s2 := one("CLIENT http://svc.default:8080/fail"), one("SERVER http://svc.default:8080/fail")
+	if c2.TraceID != callerTrace || c2.ParentID != callerSpan || c2.ID == callerSpan || s2.TraceID != callerTrace || s2.ID != c2.ID {
+		t.Errorf("continued trace: client %+v server %+v, want trace %s with the client span under %s", c2, s2, callerTrace, callerSpan)
+	}
+	for tag, want := range map[string]string{
+		"http.method": "GET", "http.status_code": "200", "upstream_cluster": svc, "istio.mesh_id": "cluster.local",
+		"tenant": "t1", "component": "proxy", "node_id": "sidecar~10.0.0.1~a.default~default.svc.cluster.local", "response_flags": "-",
+	} {
+		if got := c1.Tags[tag]; got != want {
+			t.Errorf("client span tag %s = %q, want %q", tag, got, want)
+		}
+	}
+	if c1.Name != "svc.default.svc.cluster.local:8080/*" || c1.LocalEndpoint.ServiceName != "a.default" || c1.LocalEndpoint.IPv4 != "127.0.0.1" {
+		t.Errorf("client span name %q, local endpoint %+v", c1.Name, c1.LocalEndpoint)
+	}
+	if c1.Tags["guid:x-request-id"] == "" || c1.Tags["guid:x-request-id"] != s1.Tags["guid:x-request-id"] {
+		t.Errorf("x-request-id tags: client %q server %q, want one id", c1.Tags["guid:x-request-id"], s1.Tags["guid:x-request-id"])
+	}
+	if c2.Tags["http.status_code"] != "503" || c2.Tags["error"] != "true" || c2.Tags["tenant"] != "none" || c1.Tags["error"] != "" {
+		t.Errorf("failed request's tags: %v", c2.Tags)
+	}
+	if c1.Duration <= 0 || c1.Timestamp < time.Now().Add(-time.Minute).UnixMicro() {
+		t.Errorf("client span timestamp %d duration %d", c1.Timestamp, c1.Duration)
+	}
+	col.mu.Lock()
+	for _, h := range col.hosts {
+		if h != "zipkin.istio-system.svc.cluster.local" {
+			t.Errorf("collector request Host %q, want collector_hostname", h)
+		}
+	}
+	col.mu.Unlock()
+	if got := testutil.ToFloat64(e.metrics.SpansSent); got != 4 {
+		t.Errorf("weft_tracing_spans_sent_total = %v, want 4", got)
+	}
+
+	// Without the collector cluster the spans are counted as dropped.
+	delete(snap.Clusters, zipkinCluster)
+	if err := e.Apply(snap); err != nil {
+		t.Fatal(err)
+	}
+	get("/dropped")
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(e.metrics.SpansDropped) < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(e.metrics.SpansDropped); got != 2 {
+		t.Errorf("weft_tracing_spans_dropped_total = %v, want 2 (no collector cluster)", got)
+	}
+}
+
+// TestTracingConfigErrors: tracing weft-proxy cannot honour is refused
+// with the reason, so the update is NACKed rather than half applied.
+func TestTracingConfigErrors(t *testing.T) {
+	otel, _ := anypb.New(&tracev3.OpenTelemetryConfig{})
+	zc := &tracev3.ZipkinConfig{}
+	_ = hcmTracing(1, false).GetProvider().GetTypedConfig().UnmarshalTo(zc)
+	with := func(f func(*tracev3.ZipkinConfig)) *hcmv3.HttpConnectionManager_Tracing {
+		z := proto.Clone(zc).(*tracev3.ZipkinConfig)
+		f(z)
+		a, _ := anypb.New(z)
+		tr := hcmTracing(1, false)
+		tr.Provider.ConfigType = &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}
+		return tr
+	}
+	for _, tc := range []struct {
+		tr   *hcmv3.HttpConnectionManager_Tracing
+		want string
+	}{
+		{&hcmv3.HttpConnectionManager_Tracing{Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.opentelemetry",
+			ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: otel}}}, `provider "envoy.tracers.opentelemetry" is not supported`},
+		{with(func(z *tracev3.ZipkinConfig) { z.CollectorEndpointVersion = tracev3.ZipkinConfig_HTTP_PROTO }), "collector_endpoint_version HTTP_PROTO is not supported"},
+		{with(func(z *tracev3.ZipkinConfig) { z.CollectorCluster = "" }), "collector_cluster and collector_endpoint are required"},
+		{with(func(z *tracev3.ZipkinConfig) { z.CollectorEndpoint = "api/v2/spans" }), "must be a path"},
+		{func() *hcmv3.HttpConnectionManager_Tracing {
+			tr := hcmTracing(1, false)
+			tr.RandomSampling = &typev3.Percent{Value: 150}
+			return tr
+		}(), "random_sampling 150 is not a percentage"},
+		{hcmTracing(1, false, &tracingtagv3.CustomTag{Tag: "m", Type: &tracingtagv3.CustomTag_Metadata_{Metadata: &tracingtagv3.CustomTag_Metadata{}}}),
+			`custom tag "m": only literal, request_header and environment tags are supported`},
+		{func() *hcmv3.HttpConnectionManager_Tracing {
+			tr := hcmTracing(1, false)
+			tr.SpawnUpstreamSpan = wrapperspb.Bool(true)
+			return tr
+		}(), "spawn_upstream_span is not supported"},
+	} {
+		_, err := compileTracing(&hcmv3.HttpConnectionManager{Tracing: tc.tr})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("compileTracing: %v, want an error with %q", err, tc.want)
+		}
+	}
+	e := New(slog.New(slog.DiscardHandler), Options{})
+	defer e.shutdown()
+	l := withTracing(t, httpListener("out", freeAddr(t), "c", nil), &hcmv3.HttpConnectionManager_Tracing{
+		Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.opentelemetry", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: otel}}})
+	if err := e.Validate(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"out": l}}); err == nil || !strings.Contains(err.Error(), "not supported") {
+		t.Errorf("Validate with an OpenTelemetry tracer: %v, want a NACK", err)
+	}
+}
