@@ -3,6 +3,7 @@ package model
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"sort"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -17,8 +18,12 @@ var meshConfigFields = map[string]bool{
 	"rootNamespace": true, "trustDomain": true, "outboundTrafficPolicy": true,
 	"connectTimeout": true, "enableAutoMtls": true, "pathNormalization": true,
 	"accessLogFile": true, "accessLogEncoding": true, "accessLogFormat": true, "extensionProviders": true,
-	"defaultProviders": true,
+	"defaultProviders": true, "enableTracing": true, "defaultConfig": true,
 }
+
+// defaultConfigFields are the defaultConfig (ProxyConfig) fields weft
+// uses.
+var defaultConfigFields = map[string]bool{"tracing": true}
 
 // ParseMeshConfig applies an Istio MeshConfig document (YAML or JSON, as
 // in the istio ConfigMap's "mesh" key) over base. It returns the result
@@ -41,6 +46,19 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 			continue
 		}
 		warnings = append(warnings, fmt.Sprintf("mesh config: field %q is not used by weft; ignored", k))
+	}
+	if dc, ok := used["defaultConfig"]; ok {
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(dc, &fields); err != nil {
+			return base, warnings, fmt.Errorf("mesh config: defaultConfig: %w", err)
+		}
+		for k := range fields {
+			if !defaultConfigFields[k] {
+				warnings = append(warnings, fmt.Sprintf("mesh config: defaultConfig.%s is not used by weft; ignored", k))
+				delete(fields, k)
+			}
+		}
+		used["defaultConfig"], _ = json.Marshal(fields)
 	}
 	sort.Strings(warnings)
 	js, _ = json.Marshal(used)
@@ -78,6 +96,35 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 			return base, warnings, fmt.Errorf("mesh config: pathNormalization %s is not supported", n)
 		}
 	}
+	if _, ok := used["enableTracing"]; ok {
+		m.Tracing.Enabled = mc.GetEnableTracing()
+	}
+	if t := mc.GetDefaultConfig().GetTracing(); t != nil {
+		if s := t.GetSampling(); s != 0 {
+			if s < 0 || s > 100 {
+				return base, warnings, fmt.Errorf("mesh config: defaultConfig.tracing.sampling %v is not a percentage", s)
+			}
+			m.Tracing.Sampling = s
+		}
+		switch t.GetTracer().(type) {
+		case nil:
+		case *meshv1.Tracing_Zipkin_:
+			if a := t.GetZipkin().GetAddress(); a != "" {
+				if _, _, err := net.SplitHostPort(a); err != nil {
+					return base, warnings, fmt.Errorf("mesh config: defaultConfig.tracing.zipkin.address %q: want host:port", a)
+				}
+				m.Tracing.ZipkinAddress = a
+			}
+		default:
+			return base, warnings, fmt.Errorf("mesh config: defaultConfig.tracing: only zipkin is supported (tracers report as Zipkin v2 JSON)")
+		}
+	}
+	tr, w, err := parseTracingProviders(mc, m.Tracing)
+	warnings = append(warnings, w...)
+	if err != nil {
+		return base, warnings, err
+	}
+	m.Tracing = tr
 	al, w, err := parseAccessLogging(mc)
 	warnings = append(warnings, w...)
 	if err != nil {
@@ -102,13 +149,15 @@ func parseAccessLogging(mc *meshv1.MeshConfig) (*AccessLogging, []string, error)
 		}
 	}
 	dp := mc.GetDefaultProviders()
-	if len(dp.GetMetrics()) > 0 || len(dp.GetTracing()) > 0 {
-		warnings = append(warnings, "mesh config: defaultProviders.metrics and .tracing are not used by weft (accessLogging is); ignored")
+	if len(dp.GetMetrics()) > 0 {
+		warnings = append(warnings, "mesh config: defaultProviders.metrics is not used by weft (accessLogging and tracing are); ignored")
 	}
 	for _, p := range mc.GetExtensionProviders() {
 		f := p.GetEnvoyFileAccessLog()
 		if f == nil {
-			warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: only envoyFileAccessLog providers are used by weft; ignored", p.GetName()))
+			if p.GetZipkin() == nil {
+				warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: only envoyFileAccessLog and zipkin providers are used by weft; ignored", p.GetName()))
+			}
 			continue
 		}
 		fp := FileLogProvider{Path: f.GetPath(), Text: f.GetLogFormat().GetText()}
@@ -131,4 +180,23 @@ func parseAccessLogging(mc *meshv1.MeshConfig) (*AccessLogging, []string, error)
 		return nil, warnings, nil
 	}
 	return al, warnings, nil
+}
+
+// parseTracingProviders adds the zipkin extensionProviders and
+// defaultProviders.tracing to t.
+func parseTracingProviders(mc *meshv1.MeshConfig, t Tracing) (Tracing, []string, error) {
+	var warnings []string
+	t.DefaultProviders = mc.GetDefaultProviders().GetTracing()
+	t.Providers = map[string]ZipkinProvider{}
+	for _, p := range mc.GetExtensionProviders() {
+		z := p.GetZipkin()
+		if z == nil {
+			continue
+		}
+		if z.GetService() == "" || z.GetPort() == 0 {
+			return t, warnings, fmt.Errorf("mesh config: extensionProviders %q: zipkin service and port are required", p.GetName())
+		}
+		t.Providers[p.GetName()] = ZipkinProvider{Service: z.GetService(), Port: z.GetPort(), MaxTagLength: z.GetMaxTagLength()}
+	}
+	return t, warnings, nil
 }

@@ -24,14 +24,15 @@ defaultConfig: {concurrency: 2}
 	}
 	want := Mesh{RootNamespace: "mesh-root", TrustDomain: "example.org", DomainSuffix: "svc.cluster.local",
 		ConnectTimeout: 3 * time.Second, PathNormalization: PathNormalizationDecodeAndMergeSlashes,
-		AccessLog: m.AccessLog}
-	if m != want {
-		t.Errorf("got %+v\nwant %+v", m, want)
+		AccessLog: m.AccessLog, Tracing: DefaultMesh().Tracing}
+	want.Tracing.Providers = map[string]ZipkinProvider{}
+	if diff := cmp.Diff(m, want); diff != "" {
+		t.Errorf("mesh (-got +want)\n%s", diff)
 	}
 	if diff := cmp.Diff(m.AccessLog, &AccessLogging{File: "/dev/stdout", Providers: map[string]FileLogProvider{}}); diff != "" {
 		t.Errorf("access log (-got +want)\n%s", diff)
 	}
-	if len(warnings) != 1 || !strings.Contains(warnings[0], `"defaultConfig"`) {
+	if len(warnings) != 1 || !strings.Contains(warnings[0], `defaultConfig.concurrency`) {
 		t.Errorf("warnings %q", warnings)
 	}
 	for in, want := range map[string]PathNormalization{
@@ -78,8 +79,54 @@ extensionProviders:
 	if diff := cmp.Diff(m.AccessLog, want); diff != "" {
 		t.Errorf("(-got +want)\n%s", diff)
 	}
-	if len(warnings) != 2 || !strings.Contains(warnings[0], "defaultProviders.metrics and .tracing") || !strings.Contains(warnings[1], `"zipkin"`) {
+	if len(warnings) != 0 {
 		t.Errorf("warnings %q", warnings)
+	}
+	if diff := cmp.Diff(m.Tracing.Providers, map[string]ZipkinProvider{"zipkin": {Service: "zipkin.istio-system.svc.cluster.local", Port: 9411}}); diff != "" {
+		t.Errorf("tracing providers (-got +want)\n%s", diff)
+	}
+	if diff := cmp.Diff(m.Tracing.DefaultProviders, []string{"zipkin"}); diff != "" {
+		t.Errorf("default tracing providers (-got +want)\n%s", diff)
+	}
+}
+
+// TestParseMeshConfigTracing: Istio's tracing settings — enableTracing,
+// defaultConfig.tracing (sampling, zipkin address) — over its defaults,
+// and the errors that leave the mesh as it was.
+func TestParseMeshConfigTracing(t *testing.T) {
+	if d := DefaultMesh().Tracing; !d.Enabled || d.Sampling != 1 || d.ZipkinAddress != "zipkin.istio-system:9411" {
+		t.Errorf("default tracing %+v, want Istio's: enabled, 1 %%, zipkin.istio-system:9411", d)
+	}
+	m, warnings, err := ParseMeshConfig([]byte(`
+enableTracing: true
+defaultConfig:
+  tracing:
+    sampling: 100.0
+    zipkin: {address: "jaeger-collector.observability:9411"}
+  holdApplicationUntilProxyStarts: true
+`), DefaultMesh())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Tracing.Sampling != 100 || m.Tracing.ZipkinAddress != "jaeger-collector.observability:9411" || !m.Tracing.Enabled {
+		t.Errorf("tracing %+v", m.Tracing)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "defaultConfig.holdApplicationUntilProxyStarts") {
+		t.Errorf("warnings %q", warnings)
+	}
+	if m, _, err := ParseMeshConfig([]byte("enableTracing: false"), DefaultMesh()); err != nil || m.Tracing.Enabled {
+		t.Errorf("enableTracing: false: %+v %v", m.Tracing, err)
+	}
+	for _, bad := range []string{
+		"defaultConfig: {tracing: {sampling: 150}}",
+		"defaultConfig: {tracing: {zipkin: {address: zipkin}}}",
+		"defaultConfig: {tracing: {datadog: {address: 'dd:8126'}}}",
+		"extensionProviders: [{name: z, zipkin: {service: zipkin.istio-system.svc.cluster.local}}]",
+		"defaultConfig: [1]",
+	} {
+		if m, _, err := ParseMeshConfig([]byte(bad), DefaultMesh()); err == nil || !cmp.Equal(m, DefaultMesh()) {
+			t.Errorf("%q: accepted (%v) or changed the mesh", bad, err)
+		}
 	}
 }
 
@@ -88,7 +135,7 @@ func FuzzParseMeshConfig(f *testing.F) {
 	f.Add([]byte("connectTimeout: 1s\noutboundTrafficPolicy: {mode: ALLOW_ANY}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, _, err := ParseMeshConfig(data, DefaultMesh())
-		if err != nil && m != DefaultMesh() {
+		if err != nil && !cmp.Equal(m, DefaultMesh()) {
 			t.Fatalf("error %v but mesh changed: %+v", err, m)
 		}
 	})

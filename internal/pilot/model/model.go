@@ -55,6 +55,35 @@ type Mesh struct {
 	// AccessLog holds the access log settings (accessLogFile and the file
 	// access log extensionProviders); nil: none. Immutable once built.
 	AccessLog *AccessLogging
+	// Tracing holds the span reporting settings (enableTracing,
+	// defaultConfig.tracing, the zipkin extensionProviders and
+	// defaultProviders.tracing). Immutable once built.
+	Tracing Tracing
+}
+
+// Tracing is MeshConfig's tracing settings.
+type Tracing struct {
+	// Enabled is enableTracing (Istio's default true): without a
+	// Telemetry or default provider, sidecars report to ZipkinAddress.
+	Enabled bool
+	// Sampling is defaultConfig.tracing.sampling, the percentage of new
+	// traces sampled (Istio's default 1).
+	Sampling float64
+	// ZipkinAddress is defaultConfig.tracing.zipkin.address, host:port
+	// (Istio's default "zipkin.istio-system:9411").
+	ZipkinAddress string
+	// Providers are the zipkin extensionProviders, by name.
+	Providers map[string]ZipkinProvider
+	// DefaultProviders are defaultProviders.tracing.
+	DefaultProviders []string
+}
+
+// ZipkinProvider is a zipkin extensionProvider: the collector service
+// (a hostname, or "namespace/hostname") and port.
+type ZipkinProvider struct {
+	Service      string
+	Port         uint32
+	MaxTagLength uint32
 }
 
 // AccessLogging is MeshConfig's access log settings.
@@ -104,7 +133,8 @@ const (
 func DefaultMesh() Mesh {
 	return Mesh{RootNamespace: "istio-system", TrustDomain: "cluster.local", DomainSuffix: "svc.cluster.local",
 		OutboundTrafficPolicyAllowAny: true, ConnectTimeout: 10 * time.Second,
-		EnableAutoMTLS: true, PathNormalization: PathNormalizationBase}
+		EnableAutoMTLS: true, PathNormalization: PathNormalizationBase,
+		Tracing: Tracing{Enabled: true, Sampling: 1, ZipkinAddress: "zipkin.istio-system:9411"}}
 }
 
 // Snapshot is config plus registry at one moment. Immutable.

@@ -122,6 +122,20 @@ type loggingLevel struct {
 // telemetryLevels returns the applicable Telemetries' accessLogging, root
 // first.
 func (g *netBuilder) telemetryLevels() []loggingLevel {
+	var out []loggingLevel
+	for _, c := range g.telemetryScopes() {
+		if e := c.Spec.(*telemetry.Telemetry).GetAccessLogging(); len(e) > 0 {
+			out = append(out, loggingLevel{cfg: c, entries: e})
+		}
+	}
+	return out
+}
+
+// telemetryScopes returns the Telemetries that apply to the proxy, root
+// first: the root namespace's oldest selector-less one, the proxy
+// namespace's oldest selector-less one, and the oldest one of its
+// namespace whose selector matches it.
+func (g *netBuilder) telemetryScopes() []*model.Config {
 	root := g.s.Mesh.RootNamespace
 	var rootWide, nsWide, workload *model.Config
 	for _, c := range g.s.Configs(telemetryKind) {
@@ -130,8 +144,8 @@ func (g *netBuilder) telemetryLevels() []loggingLevel {
 			continue
 		}
 		if tm.GetTargetRef() != nil || len(tm.GetTargetRefs()) > 0 {
-			if len(tm.GetAccessLogging()) > 0 {
-				g.warnOnce("%s: targetRef is not supported by weft (gateways only); accessLogging ignored", c.Key())
+			if len(tm.GetAccessLogging()) > 0 || len(tm.GetTracing()) > 0 {
+				g.warnOnce("%s: targetRef is not supported by weft (gateways only); accessLogging and tracing ignored", c.Key())
 			}
 			continue
 		}
@@ -151,13 +165,10 @@ func (g *netBuilder) telemetryLevels() []loggingLevel {
 			}
 		}
 	}
-	var out []loggingLevel
+	var out []*model.Config
 	for _, c := range []*model.Config{rootWide, nsWide, workload} {
-		if c == nil {
-			continue
-		}
-		if e := c.Spec.(*telemetry.Telemetry).GetAccessLogging(); len(e) > 0 {
-			out = append(out, loggingLevel{cfg: c, entries: e})
+		if c != nil {
+			out = append(out, c)
 		}
 	}
 	return out

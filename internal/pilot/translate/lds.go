@@ -83,6 +83,7 @@ func (b *builder) listeners() ([]*listenerv3.Listener, []*routev3.RouteConfigura
 		g := newNetBuilder(b)
 		ls, rs = g.sidecarListeners()
 		g.addAccessLogs(ls)
+		g.addTracing(ls)
 	case model.Proxyless:
 		ls, rs = newNetBuilder(b).proxylessListeners()
 	default:

@@ -1,0 +1,218 @@
+package translate
+
+import (
+	"cmp"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tracingtagv3 "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	telemetry "istio.io/api/telemetry/v1alpha1"
+)
+
+// Tracing, as istiod configures it for its Zipkin tracer: every HTTP
+// connection manager of a sidecar gets tracing with the
+// envoy.tracers.zipkin provider, reporting to the collector service's
+// outbound cluster, sampling new traces at a percentage.
+//
+// The provider is the first one the applicable Telemetry resources name
+// (merged root, namespace, workload as for access logs; match.mode limits
+// an entry to CLIENT or SERVER), else MeshConfig defaultProviders.tracing,
+// else — with enableTracing, Istio's default — defaultConfig.tracing's
+// zipkin address (zipkin.istio-system:9411 unless set). Sampling is the
+// Telemetry's randomSamplingPercentage, else defaultConfig.tracing.sampling
+// (1 %). disableSpanReporting turns reporting off. A collector service the
+// proxy cannot see leaves tracing off (with a warning for a named
+// provider; Istio's default address names a collector most meshes do not
+// run); the proxy then only propagates trace headers.
+
+const zipkinTracer = "envoy.tracers.zipkin"
+
+// addTracing sets the tracing of the proxy's HTTP connection managers in
+// place.
+func (g *netBuilder) addTracing(ls []*listenerv3.Listener) {
+	client := g.tracing(telemetry.WorkloadMode_CLIENT)
+	server := g.tracing(telemetry.WorkloadMode_SERVER)
+	for _, l := range ls {
+		tr := client
+		if l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND {
+			tr = server
+		}
+		if tr == nil {
+			continue
+		}
+		chains := l.GetFilterChains()
+		if l.GetDefaultFilterChain() != nil {
+			chains = append(append([]*listenerv3.FilterChain(nil), chains...), l.GetDefaultFilterChain())
+		}
+		for _, fc := range chains {
+			for _, f := range fc.GetFilters() {
+				tc := f.GetTypedConfig()
+				if !tc.MessageIs(&hcmv3.HttpConnectionManager{}) {
+					continue
+				}
+				h := &hcmv3.HttpConnectionManager{}
+				if tc.UnmarshalTo(h) != nil {
+					continue
+				}
+				h.Tracing = proto.Clone(tr).(*hcmv3.HttpConnectionManager_Tracing)
+				f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: ldsAny(h)}
+			}
+		}
+	}
+}
+
+// tracing computes one side's connection manager tracing (nil: none).
+func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionManager_Tracing {
+	mt := g.s.Mesh.Tracing
+	var providers []string
+	sampling, disabled := -1.0, false
+	tags := map[string]*telemetry.Tracing_CustomTag{}
+	for _, c := range g.telemetryScopes() {
+		for _, tr := range c.Spec.(*telemetry.Telemetry).GetTracing() {
+			if m := tr.GetMatch().GetMode(); m != telemetry.WorkloadMode_CLIENT_AND_SERVER && m != mode {
+				continue
+			}
+			if ps := tr.GetProviders(); len(ps) > 0 {
+				providers = providers[:0]
+				for _, p := range ps {
+					providers = append(providers, p.GetName())
+				}
+			}
+			if s := tr.GetRandomSamplingPercentage(); s != nil {
+				sampling = s.GetValue()
+			}
+			if d := tr.GetDisableSpanReporting(); d != nil {
+				disabled = d.GetValue()
+			}
+			for k, v := range tr.GetCustomTags() {
+				tags[k] = v
+			}
+		}
+	}
+	if providers == nil {
+		providers = mt.DefaultProviders
+	}
+	if disabled {
+		return nil
+	}
+	var host string
+	var port uint32
+	var maxTag uint32
+	switch {
+	case len(providers) > 0:
+		if len(providers) > 1 {
+			g.warnOnce("tracing: providers %v: a sidecar reports to one tracer; using %q", providers, providers[0])
+		}
+		p, ok := mt.Providers[providers[0]]
+		if !ok {
+			g.warnOnce("tracing: provider %q is not a zipkin extensionProvider in the mesh config; spans are not reported", providers[0])
+			return nil
+		}
+		host, port, maxTag = p.Service, p.Port, p.MaxTagLength
+		if _, h, ok := strings.Cut(host, "/"); ok { // "namespace/hostname"
+			host = h
+		}
+	case mt.Enabled && mt.ZipkinAddress != "":
+		h, ps, err := net.SplitHostPort(mt.ZipkinAddress)
+		if err != nil {
+			return nil
+		}
+		n, err := strconv.ParseUint(ps, 10, 32)
+		if err != nil {
+			return nil
+		}
+		host, port = h, uint32(n)
+	default:
+		return nil
+	}
+	svc := g.collectorService(host, port)
+	if svc == "" {
+		// Istio's default address names a collector most meshes do not
+		// run: only a provider someone chose is worth a warning.
+		if len(providers) > 0 {
+			g.warnOnce("tracing: provider %q: no service %s with port %d is visible to this proxy; spans are not reported", providers[0], host, port)
+		}
+		return nil
+	}
+	if sampling < 0 {
+		sampling = mt.Sampling
+	}
+	zc := &tracev3.ZipkinConfig{CollectorCluster: OutboundCluster(port, "", svc), CollectorEndpoint: "/api/v2/spans",
+		CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true,
+		SharedSpanContext: wrapperspb.Bool(false), CollectorHostname: svc}
+	a, _ := anypb.New(zc)
+	out := &hcmv3.HttpConnectionManager_Tracing{RandomSampling: &typev3.Percent{Value: sampling},
+		Provider:   &tracev3.Tracing_Http{Name: zipkinTracer, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}},
+		CustomTags: g.istioTags()}
+	if maxTag > 0 {
+		out.MaxPathTagLength = wrapperspb.UInt32(maxTag)
+	}
+	names := make([]string, 0, len(tags))
+	for k := range tags {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		ct := &tracingtagv3.CustomTag{Tag: k}
+		switch t := tags[k].GetType().(type) {
+		case *telemetry.Tracing_CustomTag_Literal:
+			ct.Type = &tracingtagv3.CustomTag_Literal_{Literal: &tracingtagv3.CustomTag_Literal{Value: t.Literal.GetValue()}}
+		case *telemetry.Tracing_CustomTag_Environment:
+			ct.Type = &tracingtagv3.CustomTag_Environment_{Environment: &tracingtagv3.CustomTag_Environment{
+				Name: t.Environment.GetName(), DefaultValue: t.Environment.GetDefaultValue()}}
+		case *telemetry.Tracing_CustomTag_Header:
+			ct.Type = &tracingtagv3.CustomTag_RequestHeader{RequestHeader: &tracingtagv3.CustomTag_Header{
+				Name: t.Header.GetName(), DefaultValue: t.Header.GetDefaultValue()}}
+		default:
+			g.warnOnce("tracing: custom tag %q: only literal, environment and header tags are supported; left out", k)
+			continue
+		}
+		out.CustomTags = append(out.CustomTags, ct)
+	}
+	return out
+}
+
+// collectorService finds the collector among the services the proxy sees:
+// host as given, or a short Kubernetes name ("zipkin.istio-system") under
+// the domain suffix, with the port. "" when there is none.
+func (g *netBuilder) collectorService(host string, port uint32) string {
+	for _, h := range []string{host, host + "." + g.s.Mesh.DomainSuffix} {
+		s := g.byHost[h]
+		if s == nil {
+			continue
+		}
+		for _, p := range s.Ports {
+			if p.Number == port {
+				return h
+			}
+		}
+	}
+	return ""
+}
+
+// istioTags are the literal tags istiod puts on every span: the proxy's
+// canonical service and revision, namespace and mesh.
+func (g *netBuilder) istioTags() []*tracingtagv3.CustomTag {
+	lit := func(k, v string) *tracingtagv3.CustomTag {
+		return &tracingtagv3.CustomTag{Tag: k, Type: &tracingtagv3.CustomTag_Literal_{Literal: &tracingtagv3.CustomTag_Literal{Value: v}}}
+	}
+	l := g.p.Labels
+	svc := cmp.Or(l["service.istio.io/canonical-name"], l["app.kubernetes.io/name"], l["app"], g.p.WorkloadName)
+	rev := cmp.Or(l["service.istio.io/canonical-revision"], l["app.kubernetes.io/version"], l["version"], "latest")
+	return []*tracingtagv3.CustomTag{
+		lit("istio.canonical_revision", rev),
+		lit("istio.canonical_service", svc),
+		lit("istio.mesh_id", g.s.Mesh.TrustDomain),
+		lit("istio.namespace", g.p.Namespace),
+	}
+}

@@ -1,0 +1,173 @@
+package translate
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/google/go-cmp/cmp"
+	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/registry"
+	"google.golang.org/protobuf/encoding/protojson"
+	telemetry "istio.io/api/telemetry/v1alpha1"
+)
+
+// describeTracing is an HCM's tracing in a line: collector cluster,
+// sampling and the tags beyond Istio's four (nil: none).
+func describeTracing(t *testing.T, tr *hcmv3.HttpConnectionManager_Tracing) string {
+	t.Helper()
+	if tr == nil {
+		return ""
+	}
+	zc := &tracev3.ZipkinConfig{}
+	if err := tr.GetProvider().GetTypedConfig().UnmarshalTo(zc); err != nil {
+		t.Fatal(err)
+	}
+	var tags []string
+	for _, ct := range tr.GetCustomTags() {
+		if !strings.HasPrefix(ct.GetTag(), "istio.") {
+			tags = append(tags, ct.GetTag())
+		}
+	}
+	sort.Strings(tags)
+	return fmt.Sprintf("%s %g%% %v", zc.GetCollectorCluster(), tr.GetRandomSampling().GetValue(), tags)
+}
+
+// sideTracing returns the tracing of the proxy's outbound and inbound
+// HCMs, checking that every HCM of a side has the same.
+func sideTracing(t *testing.T, ls []*listenerv3.Listener) (client, server string) {
+	t.Helper()
+	seen := map[corev3.TrafficDirection]map[string]bool{}
+	for _, l := range ls {
+		chains := append(append([]*listenerv3.FilterChain(nil), l.GetFilterChains()...), l.GetDefaultFilterChain())
+		for _, fc := range chains {
+			for _, f := range fc.GetFilters() {
+				if !f.GetTypedConfig().MessageIs(&hcmv3.HttpConnectionManager{}) {
+					continue
+				}
+				h := ldsUnpack(t, f.GetTypedConfig(), &hcmv3.HttpConnectionManager{})
+				d := l.GetTrafficDirection()
+				if seen[d] == nil {
+					seen[d] = map[string]bool{}
+				}
+				seen[d][describeTracing(t, h.GetTracing())] = true
+			}
+		}
+	}
+	one := func(d corev3.TrafficDirection) string {
+		if len(seen[d]) != 1 {
+			t.Fatalf("%v HCMs have tracing %v, want one setting", d, seen[d])
+		}
+		for k := range seen[d] {
+			return k
+		}
+		return ""
+	}
+	return one(corev3.TrafficDirection_OUTBOUND), one(corev3.TrafficDirection_INBOUND)
+}
+
+// TestLDSTracing: the installation guide's tracing settings (golden).
+func TestLDSTracing(t *testing.T) {
+	r := runLDSCase(t, "tracing")
+	client, server := sideTracing(t, r.listeners)
+	const want = "outbound|9411||zipkin.istio-system.svc.cluster.local 100% []"
+	if client != want || server != want {
+		t.Errorf("tracing: client %q server %q, want %q on both", client, server, want)
+	}
+}
+
+// TestTracingPrecedence: which tracer and sampling a sidecar gets from
+// the mesh config and Telemetry resources.
+func TestTracingPrecedence(t *testing.T) {
+	tel := func(ns, name, spec string) *model.Config {
+		tm := &telemetry.Telemetry{}
+		if err := protojson.Unmarshal([]byte(spec), tm); err != nil {
+			t.Fatalf("%s: %v", spec, err)
+		}
+		return &model.Config{Kind: telemetryKind, Namespace: ns, Name: name, Spec: tm}
+	}
+	const zipkin = "outbound|9411||zipkin.istio-system.svc.cluster.local"
+	const jaeger = "outbound|9411||jaeger-collector.observability.svc.cluster.local"
+	providers := map[string]model.ZipkinProvider{
+		"zipkin": {Service: "zipkin.istio-system.svc.cluster.local", Port: 9411},
+		"jaeger": {Service: "observability/jaeger-collector.observability.svc.cluster.local", Port: 9411},
+		"nowhere": {Service: "tempo.observability.svc.cluster.local", Port: 9411},
+	}
+	for name, tc := range map[string]struct {
+		tracing        func(*model.Tracing)
+		noZipkin       bool
+		configs        []*model.Config
+		client, server string
+		warning        string
+	}{
+		"istio default, zipkin installed": {client: zipkin + " 1% []", server: zipkin + " 1% []"},
+		"istio default, no zipkin":        {noZipkin: true},
+		"enableTracing false":             {tracing: func(m *model.Tracing) { m.Enabled = false }},
+		"mesh sampling": {tracing: func(m *model.Tracing) { m.Sampling = 25 },
+			client: zipkin + " 25% []", server: zipkin + " 25% []"},
+		"default provider": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"jaeger"} },
+			client: jaeger + " 1% []", server: jaeger + " 1% []"},
+		"telemetry provider and sampling": {tracing: func(m *model.Tracing) { m.Providers = providers },
+			configs: []*model.Config{tel("istio-system", "mesh", `{"tracing": [{"providers": [{"name": "jaeger"}], "randomSamplingPercentage": 100,
+				"customTags": {"team": {"literal": {"value": "a"}}, "user": {"header": {"name": "x-user"}}}}]}`)},
+			client: jaeger + " 100% [team user]", server: jaeger + " 100% [team user]"},
+		"namespace sampling over root provider": {tracing: func(m *model.Tracing) { m.Providers = providers },
+			configs: []*model.Config{
+				tel("istio-system", "mesh", `{"tracing": [{"providers": [{"name": "jaeger"}], "randomSamplingPercentage": 10}]}`),
+				tel("default", "ns", `{"tracing": [{"randomSamplingPercentage": 50}]}`)},
+			client: jaeger + " 50% []", server: jaeger + " 50% []"},
+		"workload disables reporting": {configs: []*model.Config{
+			tel("default", "wl", `{"selector": {"matchLabels": {"app": "a"}}, "tracing": [{"disableSpanReporting": true}]}`)}},
+		"client side only": {configs: []*model.Config{
+			tel("istio-system", "mesh", `{"tracing": [{"match": {"mode": "SERVER"}, "disableSpanReporting": true}]}`)},
+			client: zipkin + " 1% []"},
+		"unknown provider": {configs: []*model.Config{tel("default", "ns", `{"tracing": [{"providers": [{"name": "otel"}]}]}`)},
+			warning: `tracing: provider "otel" is not a zipkin extensionProvider`},
+		"provider without service": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"nowhere"} },
+			warning: `tracing: provider "nowhere": no service tempo.observability.svc.cluster.local with port 9411 is visible`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			mesh := model.DefaultMesh()
+			if tc.tracing != nil {
+				tc.tracing(&mesh.Tracing)
+			}
+			for i, c := range tc.configs {
+				c.CreationTime = time.Unix(int64(i), 0)
+			}
+			svcs := []registry.Service{
+				{Hostname: "jaeger-collector.observability.svc.cluster.local", Namespace: "observability", Ports: []registry.Port{{Name: "http", Number: 9411, Protocol: "HTTP"}}},
+				{Hostname: "reviews.default.svc.cluster.local", Namespace: "default", Addresses: []string{"10.0.0.13"}, Ports: []registry.Port{{Name: "http", Number: 9080, Protocol: "HTTP"}}},
+			}
+			if !tc.noZipkin {
+				svcs = append(svcs, registry.Service{Hostname: "zipkin.istio-system.svc.cluster.local", Namespace: "istio-system",
+					Ports: []registry.Port{{Name: "http", Number: 9411, Protocol: "HTTP"}}})
+			}
+			reg := &registry.Snapshot{Version: 1, Services: svcs, Endpoints: map[string][]registry.Endpoint{
+				registry.Key("default", "reviews.default.svc.cluster.local"): {{Hostname: "reviews.default.svc.cluster.local", Namespace: "default",
+					Address: "10.0.0.1", Labels: map[string]string{"app": "a"}, Healthy: true}}}}
+			s := model.NewSnapshot("1", mesh, tc.configs, reg)
+			p := &model.Proxy{Type: model.Sidecar, Namespace: "default", Labels: map[string]string{"app": "a"}, IPs: []string{"10.0.0.1"}}
+			r := Build(s, p)
+			for _, l := range r.Listeners {
+				ldsValidate(t, l)
+			}
+			client, server := sideTracing(t, r.Listeners)
+			if diff := cmp.Diff([]string{client, server}, []string{tc.client, tc.server}); diff != "" {
+				t.Errorf("client, server tracing (-got +want)\n%s", diff)
+			}
+			found := tc.warning == ""
+			for _, w := range r.Warnings {
+				found = found || strings.Contains(w, tc.warning)
+			}
+			if !found {
+				t.Errorf("warnings %q, want one with %q", r.Warnings, tc.warning)
+			}
+		})
+	}
+}
