@@ -95,8 +95,8 @@ func TestTracingPrecedence(t *testing.T) {
 	const zipkin = "outbound|9411||zipkin.istio-system.svc.cluster.local"
 	const jaeger = "outbound|9411||jaeger-collector.observability.svc.cluster.local"
 	providers := map[string]model.ZipkinProvider{
-		"zipkin": {Service: "zipkin.istio-system.svc.cluster.local", Port: 9411},
-		"jaeger": {Service: "observability/jaeger-collector.observability.svc.cluster.local", Port: 9411},
+		"zipkin":  {Service: "zipkin.istio-system.svc.cluster.local", Port: 9411},
+		"jaeger":  {Service: "observability/jaeger-collector.observability.svc.cluster.local", Port: 9411},
 		"nowhere": {Service: "tempo.observability.svc.cluster.local", Port: 9411},
 	}
 	for name, tc := range map[string]struct {

@@ -49,7 +49,6 @@ type tracingConfig struct {
 	sampling, overall float64
 	collector         zipkinCollector
 	sharedSpanContext bool
-	traceID128        bool
 	maxPathTag        int
 	tags              []customTag
 }
@@ -93,7 +92,9 @@ func compileTracing(h *hcmv3.HttpConnectionManager) (*tracingConfig, error) {
 	if zc.GetCollectorService() != nil {
 		return nil, errors.New("tracing: zipkin: collector_service is not supported (collector_cluster and collector_endpoint are)")
 	}
-	c := &tracingConfig{sampling: 1, overall: 1, traceID128: zc.GetTraceId_128Bit(), maxPathTag: 256,
+	// trace_id_128bit is moot: new traces always get 128-bit ids, which
+	// traceparent carries; a caller's 64-bit B3 trace stays 64-bit.
+	c := &tracingConfig{sampling: 1, overall: 1, maxPathTag: 256,
 		sharedSpanContext: zc.GetSharedSpanContext() == nil || zc.GetSharedSpanContext().GetValue(),
 		collector: zipkinCollector{cluster: zc.GetCollectorCluster(), path: zc.GetCollectorEndpoint(),
 			host: cmp.Or(zc.GetCollectorHostname(), zc.GetCollectorCluster())}}
@@ -164,7 +165,7 @@ func (e *Engine) reportSpan(cc *chainConn, tc *tracingConfig, ex *exchange, r *h
 	sp := &zipkinSpan{ID: hex.EncodeToString(t.span[:]), Kind: "CLIENT", Name: spanName(ex.cluster, r.Host),
 		Timestamp: ex.start.UnixMicro(), Duration: max(d.Microseconds(), 1),
 		LocalEndpoint: e.localEndpoint(cc)}
-	if t.trace[0]|t.trace[1]|t.trace[2]|t.trace[3]|t.trace[4]|t.trace[5]|t.trace[6]|t.trace[7] == 0 && !tc.traceID128 {
+	if [8]byte(t.trace[:8]) == ([8]byte{}) { // a 64-bit trace stays one
 		sp.TraceID = hex.EncodeToString(t.trace[8:])
 	} else {
 		sp.TraceID = hex.EncodeToString(t.trace[:])
@@ -347,7 +348,7 @@ func (r *zipkinReporter) send(spans []*zipkinSpan) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, upstreamScheme(c)+"://"+ep.Address+r.col.path, bytes.NewReader(body))
 	req.Host = r.col.host
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := r.e.transport(rt, c, source{}, false).RoundTrip(req)
+	resp, err := r.e.transport(rt, c, source{}, upstreamH2(c, req)).RoundTrip(req)
 	if err != nil {
 		r.fail(n, err.Error())
 		return
