@@ -772,8 +772,14 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 		req.DestinationServiceNamespace = ns
 	}
 	e.metrics.ObserveRequestCached(req, &cc.metrics)
-	if tc := cc.chain.tracing; tc != nil && ex.traced && ex.trace.sampled {
-		e.reportSpan(cc, tc, ex, r, reporter == "destination", req.Duration)
+	if tc := cc.chain.tracing; tc != nil {
+		if !ex.traced { // answered by the proxy itself: a span all the same
+			ex.sharedSpan = tc.sharedSpanContext && reporter == "destination"
+			ex.trace, ex.traced = traceContext(r.Header, tc.sampling, ex.sharedSpan), true
+		}
+		if ex.trace.sampled {
+			e.reportSpan(cc, tc, ex, r, reporter == "destination", req.Duration)
+		}
 	}
 	if cc.chain.logs != nil || e.opts.AccessLog != nil {
 		e.logHTTP(cc, ex, r, w, req.Duration)

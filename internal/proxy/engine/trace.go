@@ -29,13 +29,21 @@ type traceIDs struct {
 }
 
 // propagateTrace rewrites h's trace headers for the next hop and returns
-// the hop's context. A new trace is sampled with probability sampling.
-// With shared (Zipkin's shared span context, on a server span) an
-// incoming span keeps its id, and its B3 parent stays the parent.
-// Every value it writes is a slice of one string, and the five values
-// share one backing array: two allocations per request
-// (BenchmarkPropagateTrace).
+// the hop's context (traceContext). Every value it writes is a slice of
+// one string, and the five values share one backing array: two
+// allocations per request (BenchmarkPropagateTrace).
 func propagateTrace(h http.Header, sampling float64, shared bool) traceIDs {
+	t := traceContext(h, sampling, shared)
+	writeTrace(h, &t)
+	return t
+}
+
+// traceContext is this hop's trace context for a request with headers h:
+// the incoming trace with a new span under the caller's, or a new trace,
+// sampled with probability sampling. With shared (Zipkin's shared span
+// context, on a server span) an incoming span keeps its id, and its B3
+// parent stays the parent.
+func traceContext(h http.Header, sampling float64, shared bool) traceIDs {
 	var t traceIDs
 	ok := parseTraceparent(hget(h, "Traceparent"), &t)
 	if !ok {
@@ -54,6 +62,11 @@ func propagateTrace(h http.Header, sampling float64, shared bool) traceIDs {
 	default:
 		randBytes(t.span[:])
 	}
+	return t
+}
+
+// writeTrace sets h's traceparent and B3 headers to t.
+func writeTrace(h http.Header, t *traceIDs) {
 	flag := byte('0')
 	if t.sampled {
 		flag = '1'
@@ -87,7 +100,6 @@ func propagateTrace(h http.Header, sampling float64, shared bool) traceIDs {
 		delete(h, "X-B3-Parentspanid")
 	}
 	delete(h, "B3") // the single-header form would now disagree
-	return t
 }
 
 func randBytes(b []byte) {

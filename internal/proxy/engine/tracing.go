@@ -25,9 +25,9 @@ import (
 // Span reporting, as an Istio sidecar's Envoy does it with the Zipkin
 // tracer: an HTTP connection manager whose tracing names the
 // envoy.tracers.zipkin provider samples new traces at random_sampling
-// percent (incoming decisions are kept), and every sampled request it
-// forwards becomes one span — CLIENT on outbound listeners, SERVER on
-// inbound ones — sent in batches as Zipkin v2 JSON to the collector
+// percent (incoming decisions are kept), and every sampled request
+// becomes one span — CLIENT on outbound listeners, SERVER on inbound
+// ones, local replies included — sent in batches as Zipkin v2 JSON to the collector
 // cluster. Chains without tracing propagate trace headers as before
 // (trace.go) and report nothing.
 
@@ -156,7 +156,7 @@ type zipkinEndpoint struct {
 	IPv6        string `json:"ipv6,omitempty"`
 }
 
-// reportSpan queues the span of a sampled request that was forwarded.
+// reportSpan queues the span of a sampled request.
 func (e *Engine) reportSpan(cc *chainConn, tc *tracingConfig, ex *exchange, r *http.Request, inbound bool, d time.Duration) {
 	if tc.overall < 1 && rand.Float64() >= tc.overall {
 		return

@@ -23,6 +23,7 @@ import (
 	"github.com/weftmesh/weft/internal/telemetry"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -119,18 +120,21 @@ func TestZipkinSpans(t *testing.T) {
 	zipkin := httptest.NewServer(col)
 	defer zipkin.Close()
 
-	outAddr, inAddr := freeAddr(t), freeAddr(t)
+	outAddr, inAddr, uhAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	const svc = "outbound|8080||svc.default.svc.cluster.local"
 	const inb = "inbound|8080||"
+	const empty = "outbound|80||empty.default.svc.cluster.local"
 	out := withTracing(t, httpListener("out", outAddr, svc, nil), hcmTracing(100, false,
 		&tracingtagv3.CustomTag{Tag: "istio.mesh_id", Type: &tracingtagv3.CustomTag_Literal_{Literal: &tracingtagv3.CustomTag_Literal{Value: "cluster.local"}}},
 		&tracingtagv3.CustomTag{Tag: "tenant", Type: &tracingtagv3.CustomTag_RequestHeader{RequestHeader: &tracingtagv3.CustomTag_Header{Name: "x-tenant", DefaultValue: "none"}}}))
 	in := withTracing(t, httpListener("in", inAddr, inb, nil), hcmTracing(100, true))
+	uh := withTracing(t, httpListener("uh", uhAddr, empty, nil), hcmTracing(100, false))
 	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 50 * time.Millisecond, NodeID: "sidecar~10.0.0.1~a.default~default.svc.cluster.local",
 		Workload: telemetry.Peer{Workload: "a", Namespace: "default", App: "a"}})
 	defer e.shutdown()
-	snap := &xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"out": out, "in": in},
+	snap := &xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"out": out, "in": in, "uh": uh},
 		Clusters: map[string]*clusterv3.Cluster{
+			empty:         {Name: empty, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}, ConnectTimeout: durationpb.New(time.Second)},
 			svc:           staticCluster(svc, inAddr, false),
 			inb:           staticCluster(inb, netip.MustParseAddrPort(backend.Listener.Addr().String()), false),
 			zipkinCluster: staticCluster(zipkinCluster, netip.MustParseAddrPort(zipkin.Listener.Addr().String()), false),
@@ -138,9 +142,9 @@ func TestZipkinSpans(t *testing.T) {
 	if err := e.Apply(snap); err != nil {
 		t.Fatal(err)
 	}
-	get := func(path string, hdr ...string) {
+	getAt := func(addr netip.AddrPort, path string, hdr ...string) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, "http://"+outAddr.String()+path, nil)
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr.String()+path, nil)
 		req.Host = "svc.default:8080"
 		for i := 0; i+1 < len(hdr); i += 2 {
 			req.Header.Set(hdr[i], hdr[i+1])
@@ -152,16 +156,19 @@ func TestZipkinSpans(t *testing.T) {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
+	get := func(path string, hdr ...string) { t.Helper(); getAt(outAddr, path, hdr...) }
 	const callerTrace, callerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 	get("/new?x=1", "X-Tenant", "t1")
 	get("/fail", "Traceparent", "00-"+callerTrace+"-"+callerSpan+"-01")
 	get("/unsampled", "X-B3-Traceid", "463ac35c9f6413ad", "X-B3-Spanid", "a2fb4a1d1a96d312", "X-B3-Sampled", "0")
+	// The proxy's own answer (no healthy upstream) is a span too.
+	getAt(uhAddr, "/nobody", "X-B3-Traceid", "463ac35c9f6413ad", "X-B3-Spanid", "a2fb4a1d1a96d312", "X-B3-Sampled", "1")
 
-	spans := col.wait(t, 4)
-	time.Sleep(100 * time.Millisecond) // a fifth span would come by now
-	spans = col.wait(t, 4)
-	if len(spans) != 4 {
-		t.Fatalf("collector got %d spans, want 4 (two sampled requests, two hops):\n%+v", len(spans), spans)
+	spans := col.wait(t, 5)
+	time.Sleep(100 * time.Millisecond) // a sixth span would come by now
+	spans = col.wait(t, 5)
+	if len(spans) != 5 {
+		t.Fatalf("collector got %d spans, want 5 (two sampled requests, two hops; one local reply):\n%+v", len(spans), spans)
 	}
 	byKind := map[string][]zipkinSpan{}
 	for _, s := range spans {
@@ -202,6 +209,11 @@ func TestZipkinSpans(t *testing.T) {
 	if c2.Tags["http.status_code"] != "503" || c2.Tags["error"] != "true" || c2.Tags["tenant"] != "none" || c1.Tags["error"] != "" {
 		t.Errorf("failed request's tags: %v", c2.Tags)
 	}
+	uhSpan := one("CLIENT http://svc.default:8080/nobody")
+	if uhSpan.TraceID != "463ac35c9f6413ad" || uhSpan.ParentID != "a2fb4a1d1a96d312" || uhSpan.Tags["response_flags"] != "UH" ||
+		uhSpan.Tags["http.status_code"] != "503" || uhSpan.Tags["error"] != "true" || uhSpan.Name != "empty.default.svc.cluster.local:80/*" {
+		t.Errorf("local reply span %+v, want the caller's 64-bit trace, UH, 503, error", uhSpan)
+	}
 	if c1.Duration <= 0 || c1.Timestamp < time.Now().Add(-time.Minute).UnixMicro() {
 		t.Errorf("client span timestamp %d duration %d", c1.Timestamp, c1.Duration)
 	}
@@ -212,8 +224,8 @@ func TestZipkinSpans(t *testing.T) {
 		}
 	}
 	col.mu.Unlock()
-	if got := testutil.ToFloat64(e.metrics.SpansSent); got != 4 {
-		t.Errorf("weft_tracing_spans_sent_total = %v, want 4", got)
+	if got := testutil.ToFloat64(e.metrics.SpansSent); got != 5 {
+		t.Errorf("weft_tracing_spans_sent_total = %v, want 5", got)
 	}
 
 	// Without the collector cluster the spans are counted as dropped.
