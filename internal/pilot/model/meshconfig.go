@@ -3,7 +3,6 @@ package model
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"sort"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -110,7 +109,7 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 		case nil:
 		case *meshv1.Tracing_Zipkin_:
 			if a := t.GetZipkin().GetAddress(); a != "" {
-				if _, _, err := net.SplitHostPort(a); err != nil {
+				if _, _, ok := (Tracing{ZipkinAddress: a}).ZipkinHostPort(); !ok {
 					return base, warnings, fmt.Errorf("mesh config: defaultConfig.tracing.zipkin.address %q: want host:port", a)
 				}
 				m.Tracing.ZipkinAddress = a

@@ -6,7 +6,9 @@ package model
 
 import (
 	"fmt"
+	"net"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -76,6 +78,20 @@ type Tracing struct {
 	Providers map[string]ZipkinProvider
 	// DefaultProviders are defaultProviders.tracing.
 	DefaultProviders []string
+}
+
+// ZipkinHostPort splits ZipkinAddress; ok is false when it is not
+// host:port with a numeric port.
+func (t Tracing) ZipkinHostPort() (host string, port uint32, ok bool) {
+	h, p, err := net.SplitHostPort(t.ZipkinAddress)
+	if err != nil {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || n == 0 {
+		return "", 0, false
+	}
+	return h, uint32(n), true
 }
 
 // ZipkinProvider is a zipkin extensionProvider: the collector service

@@ -73,16 +73,21 @@ func (g *netBuilder) addAccessLogs(ls []*listenerv3.Listener) {
 		if len(als) == 0 {
 			continue
 		}
-		chains := l.GetFilterChains()
-		if l.GetDefaultFilterChain() != nil {
-			chains = append(append([]*listenerv3.FilterChain(nil), chains...), l.GetDefaultFilterChain())
-		}
-		for _, fc := range chains {
+		for _, fc := range listenerChains(l) {
 			for _, f := range fc.GetFilters() {
 				setAccessLog(f, als)
 			}
 		}
 	}
+}
+
+// listenerChains are l's filter chains, its default chain last.
+func listenerChains(l *listenerv3.Listener) []*listenerv3.FilterChain {
+	chains := l.GetFilterChains()
+	if l.GetDefaultFilterChain() != nil {
+		chains = append(append([]*listenerv3.FilterChain(nil), chains...), l.GetDefaultFilterChain())
+	}
+	return chains
 }
 
 // setAccessLog puts als on a filter that is an HCM or a tcp_proxy.

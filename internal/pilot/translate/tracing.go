@@ -2,9 +2,7 @@ package translate
 
 import (
 	"cmp"
-	"net"
 	"sort"
-	"strconv"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -50,11 +48,7 @@ func (g *netBuilder) addTracing(ls []*listenerv3.Listener) {
 		if tr == nil {
 			continue
 		}
-		chains := l.GetFilterChains()
-		if l.GetDefaultFilterChain() != nil {
-			chains = append(append([]*listenerv3.FilterChain(nil), chains...), l.GetDefaultFilterChain())
-		}
-		for _, fc := range chains {
+		for _, fc := range listenerChains(l) {
 			for _, f := range fc.GetFilters() {
 				tc := f.GetTypedConfig()
 				if !tc.MessageIs(&hcmv3.HttpConnectionManager{}) {
@@ -123,15 +117,10 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 			host = h
 		}
 	case mt.Enabled && mt.ZipkinAddress != "":
-		h, ps, err := net.SplitHostPort(mt.ZipkinAddress)
-		if err != nil {
+		var ok bool
+		if host, port, ok = mt.ZipkinHostPort(); !ok {
 			return nil
 		}
-		n, err := strconv.ParseUint(ps, 10, 32)
-		if err != nil {
-			return nil
-		}
-		host, port = h, uint32(n)
 	default:
 		return nil
 	}

@@ -85,10 +85,16 @@ func withAccessLogs(l *listenerv3.Listener, als ...*accesslogv3.AccessLog) *list
 	return l
 }
 
+// getStatus GETs url with the header pairs in hdr ("Host" sets the
+// authority) and returns the status.
 func getStatus(t *testing.T, url string, hdr ...string) int {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "Host" {
+			req.Host = hdr[i+1]
+			continue
+		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	resp, err := http.DefaultClient.Do(req)

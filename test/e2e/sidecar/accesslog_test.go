@@ -54,17 +54,7 @@ extensionProviders:
 		_, _ = io.WriteString(w, "ok")
 	})})
 	svcPort := freePort(t)
-	pair := startMeshPairArgs(t, []string{"--mesh-config", meshConfig}, []appPort{{"http", backend, freePort(t)}},
-		fmt.Sprintf(`apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: web}
-spec:
-  hosts: [web.b.mesh]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: %d, name: http, protocol: HTTP}]
-  workloadSelector: {labels: {app: b}}
-`, svcPort))
+	pair := startMeshPairArgs(t, []string{"--mesh-config", meshConfig}, []appPort{{"http", backend, freePort(t)}}, webService(svcPort))
 	client := &http.Client{Timeout: 10 * time.Second}
 	call := func(path string) (int, error) {
 		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", svcPort, path), nil)
@@ -249,4 +239,19 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// webService is the ServiceEntry web.b.mesh: app B's HTTP port, called on
+// port.
+func webService(port int) string {
+	return fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web}
+spec:
+  hosts: [web.b.mesh]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: %d, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: b}}
+`, port)
 }

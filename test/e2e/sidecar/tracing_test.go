@@ -62,16 +62,7 @@ defaultConfig:
 	}
 	svcPort := freePort(t)
 	startMeshPairArgs(t, []string{"--mesh-config", meshConfig}, []appPort{{"http", backend, freePort(t)}},
-		fmt.Sprintf(`apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: web}
-spec:
-  hosts: [web.b.mesh]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: %d, name: http, protocol: HTTP}]
-  workloadSelector: {labels: {app: b}}
----
+		webService(svcPort)+fmt.Sprintf(`---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: zipkin}
@@ -81,7 +72,7 @@ spec:
   resolution: STATIC
   ports: [{number: 9411, name: http-query, protocol: HTTP, targetPort: %d}]
   endpoints: [{address: 127.0.0.1}]
-`, svcPort, collector))
+`, collector))
 	client := &http.Client{Timeout: 10 * time.Second}
 	call := func() error {
 		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/traced", svcPort), nil)
