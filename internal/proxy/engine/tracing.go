@@ -174,10 +174,7 @@ func (e *Engine) reportSpan(cc *chainConn, tc *tracingConfig, ex *exchange, r *h
 		sp.ParentID = hex.EncodeToString(t.parent[:])
 	}
 	if inbound {
-		sp.Kind = "SERVER"
-		if ex.sharedSpan {
-			sp.Shared = true
-		}
+		sp.Kind, sp.Shared = "SERVER", ex.sharedSpan
 	}
 	scheme := "http"
 	if r.TLS != nil {
