@@ -26,6 +26,9 @@ type traceIDs struct {
 	parent  [8]byte // the incoming span (zero: root)
 	span    [8]byte
 	sampled bool
+	// deferred: the caller sent B3 ids without a sampling decision
+	// (no X-B3-Sampled or X-B3-Flags), which this hop then makes.
+	deferred bool
 }
 
 // propagateTrace rewrites h's trace headers for the next hop and returns
@@ -48,6 +51,9 @@ func traceContext(h http.Header, sampling float64, shared bool) traceIDs {
 	ok := parseTraceparent(hget(h, "Traceparent"), &t)
 	if !ok {
 		ok = parseB3(h, &t)
+	}
+	if ok && t.deferred {
+		t.sampled, t.deferred = rand.Float64() < sampling, false
 	}
 	switch {
 	case !ok:
@@ -150,8 +156,9 @@ func parseB3(h http.Header, t *traceIDs) bool {
 		*t = traceIDs{}
 		return false
 	}
-	s := hget(h, "X-B3-Sampled")
-	t.sampled = s == "1" || strings.EqualFold(s, "true") || hget(h, "X-B3-Flags") == "1"
+	s, flags := hget(h, "X-B3-Sampled"), hget(h, "X-B3-Flags")
+	t.sampled = s == "1" || strings.EqualFold(s, "true") || flags == "1"
+	t.deferred = s == "" && flags == ""
 	return true
 }
 

@@ -50,6 +50,15 @@ func TestPropagateTrace(t *testing.T) {
 		t.Fatalf("upper-case B3 beside a broken traceparent: %v", h)
 	}
 
+	// B3 ids without a sampling decision: this hop decides, at its rate.
+	for rate, want := range map[float64]string{1: "1", 0: "0"} {
+		h = http.Header{"X-B3-Traceid": {"463ac35c9f6413ad"}, "X-B3-Spanid": {"72485a3953bb6124"}}
+		tr := propagateTrace(h, rate, false)
+		if h.Get("X-B3-Sampled") != want || tr.sampled != (want == "1") || h.Get("X-B3-Parentspanid") != "72485a3953bb6124" {
+			t.Errorf("deferred B3 decision at rate %v: %v, want sampled %s", rate, h, want)
+		}
+	}
+
 	// Garbage or all-zero ids start a new trace instead of propagating them.
 	for _, bad := range []string{"00-00000000000000000000000000000000-b7ad6b7169203331-01", "zz", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"} {
 		h = http.Header{"Traceparent": {bad}}
