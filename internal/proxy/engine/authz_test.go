@@ -19,6 +19,7 @@ import (
 	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	// The RBAC HTTP filter, as weft-proxy links it.
 	_ "github.com/weftmesh/weft/internal/proxy/httpfilter/rbac"
 	"github.com/weftmesh/weft/internal/proxy/route"
@@ -183,5 +184,61 @@ func TestNetworkRBAC(t *testing.T) {
 	fc.Filters[0], fc.Filters[1] = fc.Filters[1], fc.Filters[0]
 	if _, err := compileChain(fc); err == nil {
 		t.Error("RBAC after tcp_proxy accepted")
+	}
+}
+
+// TestInboundDenialReporter: a request an inbound listener's RBAC denies
+// (before any cluster is chosen) is counted as the destination's, as
+// Istio's inbound sidecar reports it; the same chain on an outbound
+// listener reports it as the source's.
+func TestInboundDenialReporter(t *testing.T) {
+	for dir, want := range map[corev3.TrafficDirection]string{
+		corev3.TrafficDirection_INBOUND: "destination", corev3.TrafficDirection_OUTBOUND: "source"} {
+		reg := prometheus.NewRegistry()
+		e := New(slog.New(slog.DiscardHandler), Options{Registerer: reg})
+		e.cur.Store(&runtime{routes: map[string]*route.Table{}})
+		fc := &listenerv3.FilterChain{Filters: []*listenerv3.Filter{{Name: "hcm",
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(t, &hcmv3.HttpConnectionManager{
+				StatPrefix: "test", RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: "r"}},
+				HttpFilters: []*hcmv3.HttpFilter{
+					{Name: "envoy.filters.http.rbac", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAnyT(t, &rbachttpv3.RBAC{Rules: denyAdmin()})}},
+					{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAnyT(t, &routerv3.Router{})}},
+				}})}}}}
+		ls, err := compileListener(&listenerv3.Listener{Name: "l", TrafficDirection: dir,
+			Address: socketAddr(netip.MustParseAddrPort("127.0.0.1:1")), FilterChains: []*listenerv3.FilterChain{fc}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, b := net.Pipe()
+		cc := &chainConn{Conn: a, chain: ls.chains[0].http}
+		r := httptest.NewRequest("GET", "/admin", nil)
+		r = r.WithContext(context.WithValue(r.Context(), connKey{}, cc))
+		w := httptest.NewRecorder()
+		e.serveHTTP(w, r)
+		a.Close()
+		b.Close()
+		if w.Code != 403 {
+			t.Fatalf("%v: status %d, want 403", dir, w.Code)
+		}
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, mf := range mfs {
+			if mf.GetName() != "istio_requests_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == "reporter" {
+						got = append(got, lp.GetValue())
+					}
+				}
+			}
+		}
+		if len(got) != 1 || got[0] != want {
+			t.Errorf("%v listener: istio_requests_total reporters %v, want [%s]", dir, got, want)
+		}
 	}
 }

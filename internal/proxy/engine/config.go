@@ -77,6 +77,10 @@ type httpChain struct {
 	xfcc xfccConfig
 	// tracing reports sampled requests as spans (tracing.go); nil: none.
 	tracing *tracingConfig
+	// inbound: the listener's traffic_direction is INBOUND, so requests
+	// are reported as the destination's (metrics reporter, SERVER spans)
+	// even when the proxy answers them before choosing a cluster.
+	inbound bool
 }
 
 // tcpChain is a tcp_proxy: one cluster or weighted clusters.
@@ -233,10 +237,14 @@ func compileListener(l *listenerv3.Listener) (*listenerSpec, error) {
 			ls.originalSrc, ls.srcMark = true, cfg.GetMark()
 		}
 	}
+	inbound := l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND
 	for i, fc := range l.GetFilterChains() {
 		ch, err := compileChain(fc)
 		if err != nil {
 			return nil, fmt.Errorf("filter_chains[%d] %s: %w", i, fc.GetName(), err)
+		}
+		if ch.http != nil {
+			ch.http.inbound = inbound
 		}
 		ls.chains = append(ls.chains, ch)
 	}
@@ -244,6 +252,9 @@ func compileListener(l *listenerv3.Listener) (*listenerSpec, error) {
 		ch, err := compileChain(dc)
 		if err != nil {
 			return nil, fmt.Errorf("default_filter_chain: %w", err)
+		}
+		if ch.http != nil {
+			ch.http.inbound = inbound
 		}
 		ls.defChain = ch
 	}

@@ -139,6 +139,7 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(cc.chain.filters) > 0 {
+		ex.path = requestTarget(r) // for the log and span of a denial
 		if rep := runFilters(cc, r); rep != nil {
 			ex.flags = rep.Flags
 			copyHeader(w.Header(), rep.Header)
@@ -254,7 +255,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	sampling, shared := defaultTraceSampling, false
 	if tc := cc.chain.tracing; tc != nil {
 		sampling = tc.sampling
-		shared = tc.sharedSpanContext && strings.HasPrefix(ex.cluster, "inbound|")
+		shared = tc.sharedSpanContext && (cc.chain.inbound || strings.HasPrefix(ex.cluster, "inbound|"))
 	}
 	ex.trace, ex.traced, ex.sharedSpan = propagateTrace(r.Header, sampling, shared), true, shared
 	rte.ApplyRequestHeaders(r.Header, wc)
@@ -753,7 +754,7 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 		proto = "grpc"
 	}
 	reporter := "source"
-	if strings.HasPrefix(ex.cluster, "inbound|") {
+	if cc.chain.inbound || strings.HasPrefix(ex.cluster, "inbound|") {
 		reporter = "destination"
 	}
 	svc := clusterService(ex.cluster)
