@@ -12,12 +12,12 @@ import (
 
 // zipkinSpan is the part of a Zipkin v2 span the test reads.
 type zipkinSpan struct {
-	TraceID       string            `json:"traceId"`
-	ID            string            `json:"id"`
-	ParentID      string            `json:"parentId"`
-	Kind          string            `json:"kind"`
+	TraceID       string                       `json:"traceId"`
+	ID            string                       `json:"id"`
+	ParentID      string                       `json:"parentId"`
+	Kind          string                       `json:"kind"`
 	LocalEndpoint struct{ ServiceName string } `json:"localEndpoint"`
-	Tags          map[string]string `json:"tags"`
+	Tags          map[string]string            `json:"tags"`
 }
 
 // TestMeshTracing: the installation guide's tracing settings
