@@ -241,6 +241,12 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	} else if r.ContentLength > 0 {
 		ex.reqBytes = r.ContentLength
 	}
+	// A body of unknown length (gRPC, chunked) streams to the first
+	// attempt and is kept as it goes, so a retry can send it again.
+	var rb *replayBody
+	if retries > 0 && body == nil && r.Body != nil && r.Body != http.NoBody && r.ContentLength < 0 {
+		rb = newReplayBody(r.Body, maxRetryBody)
+	}
 	hashKey, hasHash := rte.HashKey(req)
 	path := rte.RewritePath(req.Path)
 	if len(rte.Mirrors) > 0 && (body != nil || r.Body == nil || r.Body == http.NoBody) {
@@ -272,7 +278,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	// was for the access log and telemetry. net/http's transports may
 	// still read a request after RoundTrip: they always get a copy.
 	ht, isH1 := rtr.(*h1Transport)
-	inPlace := isH1 && body == nil && ht.fast(r)
+	inPlace := isH1 && body == nil && rb == nil && ht.fast(r)
 	if inPlace {
 		origURL, origHost, origURI := *r.URL, r.Host, r.RequestURI
 		defer func() { *r.URL, r.Host, r.RequestURI = origURL, origHost, origURI }()
@@ -315,6 +321,8 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		if body != nil {
 			out.Body = io.NopCloser(bytes.NewReader(body))
 			out.ContentLength = int64(len(body))
+		} else if rb != nil {
+			out.Body = rb.attempt()
 		}
 		logged := cc.chain.logs != nil
 		if logged && out != r {
@@ -348,8 +356,8 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			releaseRetry() // the retry attempt is over
 			releaseRetry = nil
 		}
-		retry := attempt < retries && ctx.Err() == nil && (body != nil || r.Body == nil || r.Body == http.NoBody) &&
-			shouldRetry(rte.Retry, resp, err, actx)
+		replayable := body != nil || r.Body == nil || r.Body == http.NoBody || (rb != nil && rb.replayable())
+		retry := attempt < retries && ctx.Err() == nil && replayable && shouldRetry(rte.Retry, resp, err, actx)
 		if retry {
 			// The cluster's retry budget (or max_retries) bounds retries
 			// in flight, so they cannot multiply the load on a failing
@@ -357,6 +365,10 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			if releaseRetry, retry = c.State().AcquireRetry(); !retry {
 				e.metrics.RetryOverflow.Inc()
 			}
+		}
+		if retry && rb != nil && !rb.next() { // the body outgrew the buffer meanwhile
+			releaseRetry()
+			releaseRetry, retry = nil, false
 		}
 		if !retry {
 			release()

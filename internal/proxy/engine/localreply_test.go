@@ -15,6 +15,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
@@ -25,6 +26,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -213,5 +216,67 @@ func TestGRPCMessageEncoding(t *testing.T) {
 		if got := grpcMessage(in); got != want {
 			t.Errorf("grpcMessage(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestRetryOnLocalReplyUnavailable: a calling sidecar's retryOn
+// "unavailable" applies to the trailers-only UNAVAILABLE another sidecar
+// makes itself. Sidecar A's cluster has two endpoints: sidecar B, whose
+// only cluster has no endpoints (every call there ends in B's own
+// no-healthy-upstream reply), and a gRPC server. Every call succeeds,
+// and B was asked: A retried B's answers on the server.
+func TestRetryOnLocalReplyUnavailable(t *testing.T) {
+	gl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go func() { _ = gs.Serve(gl) }()
+	defer gs.Stop()
+	const two, empty = "outbound|80||two.default.svc.cluster.local", "inbound|80||"
+	aAddr, bAddr := freeAddr(t), freeAddr(t)
+	logPath := filepath.Join(t.TempDir(), "b.log")
+	b := httpListener("b", bAddr, empty, nil)
+	lbEP := func(ap netip.AddrPort) *endpointv3.LbEndpoint {
+		return &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddr(ap)}}}
+	}
+	c := &clusterv3.Cluster{Name: two, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout: durationpb.New(time.Second),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: two, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{lbEP(bAddr), lbEP(netip.MustParseAddrPort(gl.Addr().String()))}}}}}
+	//lint:ignore SA1019 Envoy still accepts this field and Istio-era configs use it
+	c.Http2ProtocolOptions = &corev3.Http2ProtocolOptions{} //nolint:staticcheck // gRPC upstream
+	e := New(slog.New(slog.DiscardHandler), Options{})
+	defer e.shutdown()
+	snap := func(b *listenerv3.Listener) *xdsclient.Snapshot {
+		return &xdsclient.Snapshot{
+			Listeners: map[string]*listenerv3.Listener{"a": httpListener("a", aAddr, two, nil), "b": b},
+			Clusters: map[string]*clusterv3.Cluster{two: c,
+				empty: {Name: empty, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}, ConnectTimeout: durationpb.New(time.Second)}}}
+	}
+	if err := e.Apply(snap(withAccessLogs(b, fileLogProto(logPath, "%RESPONSE_FLAGS% %GRPC_STATUS_NUMBER%\n", nil, "")))); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("passthrough:///"+aAddr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := healthpb.NewHealthClient(conn)
+	for i := range 6 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d through sidecar A: %v (B's UNAVAILABLE not retried)", i, err)
+		}
+	}
+	if err := e.Apply(snap(b)); err != nil { // closes B's log
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(logPath)
+	if !strings.HasPrefix(string(got), "UH 14\n") {
+		t.Errorf("sidecar B's log %q: want its no-healthy-upstream replies (UH, grpc-status 14)", got)
 	}
 }
