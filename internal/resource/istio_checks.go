@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
 	security "istio.io/api/security/v1beta1"
+	telemetry "istio.io/api/telemetry/v1alpha1"
 )
 
 // semanticChecks are Istio's validation rules beyond the schema: what
@@ -28,6 +29,7 @@ var semanticChecks = map[string]func(*FieldErrors, proto.Message){
 	"RequestAuthentication": func(es *FieldErrors, m proto.Message) {
 		checkRequestAuthentication(es, m.(*security.RequestAuthentication))
 	},
+	"Telemetry": func(es *FieldErrors, m proto.Message) { checkTelemetry(es, m.(*telemetry.Telemetry)) },
 }
 
 func checkHost(es *FieldErrors, path, host string) {
@@ -355,4 +357,32 @@ func (k *Kind) Normalize(obj map[string]any) []string {
 		warnings = append(warnings, path+" is deprecated; converted to percentage.value")
 	}
 	return warnings
+}
+
+// checkTelemetry: Istio's rules for tracing — a sampling percentage in
+// [0, 100], named providers, custom tags with a value kind.
+func checkTelemetry(es *FieldErrors, tm *telemetry.Telemetry) {
+	for i, tr := range tm.GetTracing() {
+		path := fmt.Sprintf("spec.tracing[%d]", i)
+		if s := tr.GetRandomSamplingPercentage(); s != nil && (s.GetValue() < 0 || s.GetValue() > 100) {
+			es.add(path+".randomSamplingPercentage", "Invalid value: %v: must be in [0, 100]", s.GetValue())
+		}
+		for j, p := range tr.GetProviders() {
+			if p.GetName() == "" {
+				es.add(fmt.Sprintf("%s.providers[%d].name", path, j), "Required value")
+			}
+		}
+		for k, ct := range tr.GetCustomTags() {
+			if ct.GetType() == nil {
+				es.add(fmt.Sprintf("%s.customTags[%s]", path, k), "Required value: literal, environment or header")
+			}
+		}
+	}
+	for i, al := range tm.GetAccessLogging() {
+		for j, p := range al.GetProviders() {
+			if p.GetName() == "" {
+				es.add(fmt.Sprintf("spec.accessLogging[%d].providers[%d].name", i, j), "Required value")
+			}
+		}
+	}
 }

@@ -123,6 +123,18 @@ metadata: {name: j}
 spec:
   jwtRules: [{issuer: i, jwks: "{}", fromHeaders: [{prefix: "Bearer "}], outputClaimToHeaders: [{header: x-sub}]}]
 `, `spec.jwtRules[0].fromHeaders[0].name: Required value`},
+		{`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: t}
+spec:
+  tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 150}]
+`, `spec.tracing[0].randomSamplingPercentage: Invalid value: 150: must be in [0, 100]`},
+		{`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: t}
+spec:
+  tracing: [{customTags: {team: {}}}]
+`, `spec.tracing[0].customTags[team]: Required value: literal, environment or header`},
 		{`apiVersion: networking.istio.io/v1alpha3
 kind: VirtualService
 metadata: {name: r}

@@ -83,7 +83,13 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 				}
 			}
 			if s := tr.GetRandomSamplingPercentage(); s != nil {
-				sampling = s.GetValue()
+				// The API server refuses others; one stored before that
+				// would make every sidecar NACK its listeners.
+				if v := s.GetValue(); v >= 0 && v <= 100 {
+					sampling = v
+				} else {
+					g.warnOnce("%s: tracing randomSamplingPercentage %v is not in [0, 100]; ignored", c.Key(), v)
+				}
 			}
 			if d := tr.GetDisableSpanReporting(); d != nil {
 				disabled = d.GetValue()

@@ -127,6 +127,8 @@ func TestTracingPrecedence(t *testing.T) {
 		"client side only": {configs: []*model.Config{
 			tel("istio-system", "mesh", `{"tracing": [{"match": {"mode": "SERVER"}, "disableSpanReporting": true}]}`)},
 			client: zipkin + " 1% []"},
+		"sampling out of range": {configs: []*model.Config{tel("default", "ns", `{"tracing": [{"randomSamplingPercentage": 250}]}`)},
+			client: zipkin + " 1% []", server: zipkin + " 1% []", warning: "randomSamplingPercentage 250 is not in [0, 100]"},
 		"unknown provider": {configs: []*model.Config{tel("default", "ns", `{"tracing": [{"providers": [{"name": "otel"}]}]}`)},
 			warning: `tracing: provider "otel" is not a zipkin extensionProvider`},
 		"provider without service": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"nowhere"} },
