@@ -7,6 +7,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -76,6 +77,14 @@ func FuzzCompileListener(f *testing.F) {
 	seed, _ := proto.Marshal(&listenerv3.Listener{Name: "seed", Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
 		SocketAddress: &corev3.SocketAddress{Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 80}}}},
 		FilterChains: []*listenerv3.FilterChain{tcpChainProto("c", "c", 80, "10.0.0.0/8")}})
+	f.Add(seed)
+	// An HCM with Zipkin tracing, as pilot writes it.
+	traced := httpListener("traced", netip.MustParseAddrPort("0.0.0.0:8080"), "c", nil)
+	h := &hcmv3.HttpConnectionManager{}
+	_ = traced.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(h)
+	h.Tracing = hcmTracing(10, false)
+	traced.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(f, h)}
+	seed, _ = proto.Marshal(traced)
 	f.Add(seed)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		l := &listenerv3.Listener{}
