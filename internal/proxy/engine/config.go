@@ -237,14 +237,10 @@ func compileListener(l *listenerv3.Listener) (*listenerSpec, error) {
 			ls.originalSrc, ls.srcMark = true, cfg.GetMark()
 		}
 	}
-	inbound := l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND
 	for i, fc := range l.GetFilterChains() {
 		ch, err := compileChain(fc)
 		if err != nil {
 			return nil, fmt.Errorf("filter_chains[%d] %s: %w", i, fc.GetName(), err)
-		}
-		if ch.http != nil {
-			ch.http.inbound = inbound
 		}
 		ls.chains = append(ls.chains, ch)
 	}
@@ -253,10 +249,12 @@ func compileListener(l *listenerv3.Listener) (*listenerSpec, error) {
 		if err != nil {
 			return nil, fmt.Errorf("default_filter_chain: %w", err)
 		}
-		if ch.http != nil {
-			ch.http.inbound = inbound
-		}
 		ls.defChain = ch
+	}
+	for _, ch := range ls.allChains() {
+		if ch.http != nil {
+			ch.http.inbound = l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND
+		}
 	}
 	ls.inspect.fromChains(append(append([]*chain{}, ls.chains...), ls.defChain))
 	return ls, nil

@@ -89,10 +89,14 @@ type exchange struct {
 	// grpcStatus is a gRPC response's grpc-status (trailer, or header of
 	// a trailers-only response): the grpc_response_status label.
 	grpcStatus string
-	// trace is the request's trace context once forwarded (traced);
-	// sharedSpan: an inbound span that shares the caller's span id.
-	trace              traceIDs
-	traced, sharedSpan bool
+	// trace is the request's trace context once forwarded (zero before).
+	trace traceIDs
+}
+
+// inbound tells whether the exchange is the destination's: on an inbound
+// listener, or sent to an inbound cluster.
+func (ex *exchange) inbound(cc *chainConn) bool {
+	return cc.chain.inbound || strings.HasPrefix(ex.cluster, "inbound|")
 }
 
 // exchanges recycles exchange structs: one per request was a fifth of the
@@ -260,10 +264,9 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	clientCertHeader(r, cc)
 	sampling, shared := defaultTraceSampling, false
 	if tc := cc.chain.tracing; tc != nil {
-		sampling = tc.sampling
-		shared = tc.sharedSpanContext && (cc.chain.inbound || strings.HasPrefix(ex.cluster, "inbound|"))
+		sampling, shared = tc.sampling, tc.sharedSpanContext && ex.inbound(cc)
 	}
-	ex.trace, ex.traced, ex.sharedSpan = propagateTrace(r.Header, sampling, shared), true, shared
+	ex.trace = propagateTrace(r.Header, sampling, shared)
 	rte.ApplyRequestHeaders(r.Header, wc)
 	target := upstreamTarget(r.URL, path, req.Path)
 	target.Scheme = upstreamScheme(c)
@@ -606,7 +609,7 @@ func forwardedHeaders(r *http.Request, cc *chainConn) {
 	}
 	if hc.useRemoteAddress || hget(r.Header, "X-Forwarded-Proto") == "" {
 		proto := xfpHTTP
-		if r.TLS != nil || isTLS(cc.Conn) {
+		if overTLS(r, cc) {
 			proto = xfpHTTPS
 		}
 		r.Header["X-Forwarded-Proto"] = []string{proto}
@@ -615,8 +618,13 @@ func forwardedHeaders(r *http.Request, cc *chainConn) {
 
 const xfpHTTP, xfpHTTPS = "http", "https"
 
-func isTLS(c net.Conn) bool {
-	_, ok := c.(*tls.Conn)
+// overTLS tells whether r came over TLS (the fast path leaves
+// r.TLS unset: the connection says).
+func overTLS(r *http.Request, cc *chainConn) bool {
+	if r.TLS != nil {
+		return true
+	}
+	_, ok := cc.Conn.(*tls.Conn)
 	return ok
 }
 
@@ -765,8 +773,9 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 	if strings.HasPrefix(hget(r.Header, "Content-Type"), "application/grpc") {
 		proto = "grpc"
 	}
+	inbound := ex.inbound(cc)
 	reporter := "source"
-	if cc.chain.inbound || strings.HasPrefix(ex.cluster, "inbound|") {
+	if inbound {
 		reporter = "destination"
 	}
 	svc := clusterService(ex.cluster)
@@ -786,12 +795,11 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 	}
 	e.metrics.ObserveRequestCached(req, &cc.metrics)
 	if tc := cc.chain.tracing; tc != nil {
-		if !ex.traced { // answered by the proxy itself: a span all the same
-			ex.sharedSpan = tc.sharedSpanContext && reporter == "destination"
-			ex.trace, ex.traced = traceContext(r.Header, tc.sampling, ex.sharedSpan), true
+		if ex.trace.trace == ([16]byte{}) { // answered by the proxy itself: a span all the same
+			ex.trace = traceContext(r.Header, tc.sampling, tc.sharedSpanContext && inbound)
 		}
 		if ex.trace.sampled {
-			e.reportSpan(cc, tc, ex, r, reporter == "destination", req.Duration)
+			e.reportSpan(cc, tc, ex, r, inbound, req.Duration)
 		}
 	}
 	if cc.chain.logs != nil || e.opts.AccessLog != nil {

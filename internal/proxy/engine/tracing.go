@@ -174,10 +174,10 @@ func (e *Engine) reportSpan(cc *chainConn, tc *tracingConfig, ex *exchange, r *h
 		sp.ParentID = hex.EncodeToString(t.parent[:])
 	}
 	if inbound {
-		sp.Kind, sp.Shared = "SERVER", ex.sharedSpan
+		sp.Kind, sp.Shared = "SERVER", tc.sharedSpanContext
 	}
 	scheme := "http"
-	if r.TLS != nil {
+	if overTLS(r, cc) {
 		scheme = "https"
 	}
 	url := scheme + "://" + r.Host + ex.path
