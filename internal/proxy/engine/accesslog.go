@@ -59,11 +59,7 @@ func compileAccessLogs(als []*accesslogv3.AccessLog) (*accessLogs, error) {
 		}
 		out.logs = append(out.logs, fl)
 		for _, h := range slices.Concat(fl.format.Headers(), fl.filter.Headers()) {
-			dup := false
-			for _, x := range out.headers {
-				dup = dup || x == h
-			}
-			if !dup {
+			if !slices.Contains(out.headers, h) {
 				out.headers = append(out.headers, h)
 			}
 		}
