@@ -142,8 +142,10 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		localReply(w, r, ex, http.StatusBadRequest, -1, "Bad Request")
 		return
 	}
+	// The canonical target, for routing and for the log and span of any
+	// answer from here on (filters never change it).
+	ex.path = requestTarget(r)
 	if len(cc.chain.filters) > 0 {
-		ex.path = requestTarget(r) // for the log and span of a denial
 		if rep := runFilters(cc, r); rep != nil {
 			ex.flags = rep.Flags
 			copyHeader(w.Header(), rep.Header)
@@ -152,8 +154,7 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	src, _ := netip.ParseAddrPort(r.RemoteAddr)
-	req := &route.Request{Method: r.Method, Host: r.Host, Path: requestTarget(r), Headers: r.Header, SourceIP: src.Addr()}
-	ex.path = req.Path
+	req := &route.Request{Method: r.Method, Host: r.Host, Path: ex.path, Headers: r.Header, SourceIP: src.Addr()}
 	rte, _, ok := (*route.Route)(nil), (*route.VirtualHost)(nil), false
 	if table != nil {
 		rte, _, ok = table.Match(req)
