@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -195,7 +196,15 @@ func parseTracingProviders(mc *meshv1.MeshConfig, t Tracing) (Tracing, []string,
 		if z.GetService() == "" || z.GetPort() == 0 {
 			return t, warnings, fmt.Errorf("mesh config: extensionProviders %q: zipkin service and port are required", p.GetName())
 		}
-		t.Providers[p.GetName()] = ZipkinProvider{Service: z.GetService(), Port: z.GetPort(), MaxTagLength: z.GetMaxTagLength()}
+		if z.GetPath() != "" && !strings.HasPrefix(z.GetPath(), "/") {
+			return t, warnings, fmt.Errorf("mesh config: extensionProviders %q: zipkin path %q must start with /", p.GetName(), z.GetPath())
+		}
+		if z.GetTimeout() != nil || len(z.GetHeaders()) > 0 {
+			warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: zipkin timeout and headers are not supported; spans go out without them", p.GetName()))
+		}
+		t.Providers[p.GetName()] = ZipkinProvider{Service: z.GetService(), Port: z.GetPort(), MaxTagLength: z.GetMaxTagLength(),
+			Path: z.GetPath(), TraceID64: z.GetEnable_64BitTraceId(),
+			W3C: z.GetTraceContextOption() == meshv1.MeshConfig_ExtensionProvider_ZipkinTracingProvider_USE_B3_WITH_W3C_PROPAGATION}
 	}
 	return t, warnings, nil
 }

@@ -117,7 +117,30 @@ defaultConfig:
 	if m, _, err := ParseMeshConfig([]byte("enableTracing: false"), DefaultMesh()); err != nil || m.Tracing.Enabled {
 		t.Errorf("enableTracing: false: %+v %v", m.Tracing, err)
 	}
+	m, warnings, err = ParseMeshConfig([]byte(`
+extensionProviders:
+- name: plain
+  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+- name: w3c
+  zipkin: {service: jaeger.observability.svc.cluster.local, port: 9411, path: /zipkin/spans, enable64bitTraceId: true,
+    traceContextOption: USE_B3_WITH_W3C_PROPAGATION, timeout: 2s}
+`), DefaultMesh())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]ZipkinProvider{
+		"plain": {Service: "zipkin.istio-system.svc.cluster.local", Port: 9411},
+		"w3c":   {Service: "jaeger.observability.svc.cluster.local", Port: 9411, Path: "/zipkin/spans", TraceID64: true, W3C: true},
+	}
+	if !cmp.Equal(m.Tracing.Providers, want) {
+		t.Errorf("zipkin providers: %s", cmp.Diff(want, m.Tracing.Providers))
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], `"w3c": zipkin timeout and headers are not supported`) {
+		t.Errorf("warnings %q", warnings)
+	}
 	for _, bad := range []string{
+		"extensionProviders: [{name: z, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, path: api/v2/spans}}]",
+		"extensionProviders: [{name: z, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, traceContextOption: W3C}}]",
 		"defaultConfig: {tracing: {sampling: 150}}",
 		"defaultConfig: {tracing: {zipkin: {address: zipkin}}}",
 		"defaultConfig: {tracing: {datadog: {address: 'dd:8126'}}}",

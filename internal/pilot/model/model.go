@@ -95,11 +95,18 @@ func (t Tracing) ZipkinHostPort() (host string, port uint32, ok bool) {
 }
 
 // ZipkinProvider is a zipkin extensionProvider: the collector service
-// (a hostname, or "namespace/hostname") and port.
+// (a hostname, or "namespace/hostname") and port, the collector's path
+// ("" Zipkin's /api/v2/spans), and how trace ids are made and carried.
 type ZipkinProvider struct {
 	Service      string
 	Port         uint32
 	MaxTagLength uint32
+	Path         string
+	// TraceID64 is enable64bitTraceId: new traces get 64-bit ids.
+	TraceID64 bool
+	// W3C is traceContextOption USE_B3_WITH_W3C_PROPAGATION: a W3C
+	// traceparent is read when B3 is absent, and written beside B3.
+	W3C bool
 }
 
 // AccessLogging is MeshConfig's access log settings.

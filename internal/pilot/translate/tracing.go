@@ -11,6 +11,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tracingtagv3 "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/weftmesh/weft/internal/pilot/model"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -108,6 +109,7 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 	var host string
 	var port uint32
 	var maxTag uint32
+	zp := model.ZipkinProvider{}
 	switch {
 	case len(providers) > 0:
 		if len(providers) > 1 {
@@ -118,6 +120,7 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 			g.warnOnce("tracing: provider %q is not a zipkin extensionProvider in the mesh config; spans are not reported", providers[0])
 			return nil
 		}
+		zp = p
 		host, port, maxTag = p.Service, p.Port, p.MaxTagLength
 		if _, h, ok := strings.Cut(host, "/"); ok { // "namespace/hostname"
 			host = h
@@ -142,9 +145,12 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 	if sampling < 0 {
 		sampling = mt.Sampling
 	}
-	zc := &tracev3.ZipkinConfig{CollectorCluster: OutboundCluster(port, "", svc), CollectorEndpoint: "/api/v2/spans",
-		CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true,
+	zc := &tracev3.ZipkinConfig{CollectorCluster: OutboundCluster(port, "", svc), CollectorEndpoint: cmp.Or(zp.Path, "/api/v2/spans"),
+		CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: !zp.TraceID64,
 		SharedSpanContext: wrapperspb.Bool(false), CollectorHostname: svc}
+	if zp.W3C {
+		zc.TraceContextOption = tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION
+	}
 	a, _ := anypb.New(zc)
 	out := &hcmv3.HttpConnectionManager_Tracing{RandomSampling: &typev3.Percent{Value: sampling},
 		Provider:   &tracev3.Tracing_Http{Name: zipkinTracer, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}},

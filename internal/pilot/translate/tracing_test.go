@@ -36,7 +36,17 @@ func describeTracing(t *testing.T, tr *hcmv3.HttpConnectionManager_Tracing) stri
 		}
 	}
 	sort.Strings(tags)
-	return fmt.Sprintf("%s %g%% %v", zc.GetCollectorCluster(), tr.GetRandomSampling().GetValue(), tags)
+	d := fmt.Sprintf("%s %g%% %v", zc.GetCollectorCluster(), tr.GetRandomSampling().GetValue(), tags)
+	if p := zc.GetCollectorEndpoint(); p != "/api/v2/spans" {
+		d += " " + p
+	}
+	if !zc.GetTraceId_128Bit() {
+		d += " 64-bit"
+	}
+	if zc.GetTraceContextOption() == tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION {
+		d += " w3c"
+	}
+	return d
 }
 
 // sideTracing returns the tracing of the proxy's outbound and inbound
@@ -98,6 +108,8 @@ func TestTracingPrecedence(t *testing.T) {
 		"zipkin":  {Service: "zipkin.istio-system.svc.cluster.local", Port: 9411},
 		"jaeger":  {Service: "observability/jaeger-collector.observability.svc.cluster.local", Port: 9411},
 		"nowhere": {Service: "tempo.observability.svc.cluster.local", Port: 9411},
+		"jaeger-w3c": {Service: "jaeger-collector.observability.svc.cluster.local", Port: 9411, Path: "/zipkin/spans",
+			TraceID64: true, W3C: true},
 	}
 	for name, tc := range map[string]struct {
 		tracing        func(*model.Tracing)
@@ -113,6 +125,8 @@ func TestTracingPrecedence(t *testing.T) {
 			client: zipkin + " 25% []", server: zipkin + " 25% []"},
 		"default provider": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"jaeger"} },
 			client: jaeger + " 1% []", server: jaeger + " 1% []"},
+		"provider path, 64-bit ids and W3C": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"jaeger-w3c"} },
+			client: jaeger + " 1% [] /zipkin/spans 64-bit w3c", server: jaeger + " 1% [] /zipkin/spans 64-bit w3c"},
 		"telemetry provider and sampling": {tracing: func(m *model.Tracing) { m.Providers = providers },
 			configs: []*model.Config{tel("istio-system", "mesh", `{"tracing": [{"providers": [{"name": "jaeger"}], "randomSamplingPercentage": 100,
 				"customTags": {"team": {"literal": {"value": "a"}}, "user": {"header": {"name": "x-user"}}}}]}`)},

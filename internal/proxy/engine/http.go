@@ -263,11 +263,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	removeHopHeaders(r.Header)
 	forwardedHeaders(r, cc)
 	clientCertHeader(r, cc)
-	sampling, shared := defaultTraceSampling, false
-	if tc := cc.chain.tracing; tc != nil {
-		sampling, shared = tc.sampling, tc.sharedSpanContext && ex.inbound(cc)
-	}
-	ex.trace = propagateTrace(r.Header, sampling, shared)
+	ex.trace = propagateTrace(r.Header, cc.chain.tracing.traceOptions(ex.inbound(cc)))
 	rte.ApplyRequestHeaders(r.Header, wc)
 	target := upstreamTarget(r.URL, path, req.Path)
 	target.Scheme = upstreamScheme(c)
@@ -797,7 +793,7 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 	e.metrics.ObserveRequestCached(req, &cc.metrics)
 	if tc := cc.chain.tracing; tc != nil {
 		if ex.trace.trace == ([16]byte{}) { // answered by the proxy itself: a span all the same
-			ex.trace = traceContext(r.Header, tc.sampling, tc.sharedSpanContext && inbound)
+			ex.trace = traceContext(r.Header, tc.traceOptions(inbound))
 		}
 		if ex.trace.sampled {
 			e.reportSpan(cc, tc, ex, r, inbound, req.Duration)

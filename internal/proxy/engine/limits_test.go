@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -129,26 +131,53 @@ func TestHeaderCountLimit(t *testing.T) {
 }
 
 // TestTraceContextCrossesTheSidecar: the upstream sees the caller's trace
-// continued — same trace id, a new span whose parent is the caller's — in
-// both W3C and B3 form.
+// continued — same trace id, a new span whose parent is the caller's.
+// Without tracing config or with the Zipkin tracer's default USE_B3 that
+// is B3 only, and a W3C traceparent passes through untouched, as in
+// Envoy; with USE_B3_WITH_W3C_PROPAGATION the traceparent is read and
+// both forms are written.
 func TestTraceContextCrossesTheSidecar(t *testing.T) {
 	seen := make(chan http.Header, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen <- r.Header.Clone() }))
 	t.Cleanup(srv.Close)
 	backend := netip.MustParseAddrPort(srv.Listener.Addr().String())
-	addr := freeAddr(t)
-	startEngine(t, nil, httpListener("out", addr, "backend", nil), staticCluster("backend", backend, false))
-	req, _ := http.NewRequest("GET", "http://"+addr.String()+"/", nil)
-	req.Header.Set("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
+	plain, w3c := freeAddr(t), freeAddr(t)
+	e := New(slog.New(slog.DiscardHandler), Options{})
+	t.Cleanup(e.shutdown)
+	withW3C := withTracing(t, httpListener("w3c", w3c, "backend", nil), w3cTracing(hcmTracing(1, false)))
+	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"out": httpListener("out", plain, "backend", nil), "w3c": withW3C},
+		Clusters: map[string]*clusterv3.Cluster{"backend": staticCluster("backend", backend, false), zipkinCluster: staticCluster(zipkinCluster, backend, false)}}); err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	h := <-seen
+	const parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	send := func(addr netip.AddrPort, hdr ...string) http.Header {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+addr.String()+"/", nil)
+		for i := 0; i < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return <-seen
+	}
+
+	h := send(w3c, "Traceparent", parent)
 	tp := h.Get("Traceparent")
 	if !strings.HasPrefix(tp, "00-0af7651916cd43dd8448eb211c80319c-") || strings.Contains(tp, "b7ad6b7169203331") ||
 		h.Get("X-B3-Traceid") != "0af7651916cd43dd8448eb211c80319c" || h.Get("X-B3-Parentspanid") != "b7ad6b7169203331" {
-		t.Fatalf("upstream trace headers: traceparent %q, b3 %q/%q/%q", tp, h.Get("X-B3-Traceid"), h.Get("X-B3-Spanid"), h.Get("X-B3-Parentspanid"))
+		t.Fatalf("W3C propagation: upstream trace headers: traceparent %q, b3 %q/%q/%q", tp, h.Get("X-B3-Traceid"), h.Get("X-B3-Spanid"), h.Get("X-B3-Parentspanid"))
+	}
+
+	h = send(plain, "Traceparent", parent)
+	if h.Get("Traceparent") != parent || len(h.Get("X-B3-Traceid")) != 32 || h.Get("X-B3-Traceid") == "0af7651916cd43dd8448eb211c80319c" || h.Get("X-B3-Parentspanid") != "" {
+		t.Fatalf("B3 only: a traceparent is neither read nor rewritten: %v", h)
+	}
+	h = send(plain, "X-B3-Traceid", "0af7651916cd43dd8448eb211c80319c", "X-B3-Spanid", "b7ad6b7169203331", "X-B3-Sampled", "1")
+	if h.Get("X-B3-Traceid") != "0af7651916cd43dd8448eb211c80319c" || h.Get("X-B3-Parentspanid") != "b7ad6b7169203331" ||
+		h.Get("X-B3-Spanid") == "b7ad6b7169203331" || h.Get("X-B3-Sampled") != "1" || h.Get("Traceparent") != "" {
+		t.Fatalf("B3 only: upstream trace headers %v", h)
 	}
 }

@@ -8,22 +8,37 @@ import (
 )
 
 // Trace context propagation, as an Istio sidecar's Envoy does it with
-// tracing on: every hop is a span. A request that carries a W3C
-// traceparent or B3 headers keeps its trace id and gets a new span id
-// whose parent is the incoming span; a request without a trace starts
-// one (sampled at the connection manager's random_sampling, or without
-// tracing config at defaultTraceSampling, Istio's default 1 %). Both
-// header families are written, so applications using either library join
-// the same trace. Spans are reported when the connection manager
+// its Zipkin tracer: every hop is a span. A request that carries B3
+// headers keeps its trace id and gets a new span id whose parent is the
+// incoming span; a request without a trace starts one (sampled at the
+// connection manager's random_sampling, or without tracing config at
+// defaultTraceSampling, Istio's default 1 %). By default only B3 is read
+// and written (the tracer's trace_context_option USE_B3); with
+// USE_B3_WITH_W3C_PROPAGATION a W3C traceparent is read when B3 is
+// absent, and written beside B3, so applications using either library
+// join the same trace. Spans are reported when the connection manager
 // configures a tracer (tracing.go).
 
 // defaultTraceSampling is Istio's default sampling rate for new traces.
 const defaultTraceSampling = 0.01
 
+// traceOptions are how one hop reads and writes trace context.
+type traceOptions struct {
+	sampling float64 // the share of new traces sampled
+	// shared: Zipkin's shared span context, on a server span (an
+	// incoming span keeps its id).
+	shared bool
+	// w3c: trace_context_option USE_B3_WITH_W3C_PROPAGATION.
+	w3c bool
+	// id64: new traces get 64-bit ids (the tracer's trace_id_128bit
+	// false); W3C propagation needs 128 bits and overrides it.
+	id64 bool
+}
+
 // traceIDs are one hop's trace context.
 type traceIDs struct {
-	trace   [16]byte
-	parent  [8]byte // the incoming span (zero: root)
+	trace   [16]byte // a 64-bit id is the low half; the high half is zero
+	parent  [8]byte  // the incoming span (zero: root)
 	span    [8]byte
 	sampled bool
 	// deferred: the caller sent B3 ids without a sampling decision
@@ -33,34 +48,38 @@ type traceIDs struct {
 
 // propagateTrace rewrites h's trace headers for the next hop and returns
 // the hop's context (traceContext). Every value it writes is a slice of
-// one string, and the five values share one backing array: two
-// allocations per request (BenchmarkPropagateTrace).
-func propagateTrace(h http.Header, sampling float64, shared bool) traceIDs {
-	t := traceContext(h, sampling, shared)
-	writeTrace(h, &t)
+// one string, and the values share one backing array: two allocations
+// per request (BenchmarkPropagateTrace).
+func propagateTrace(h http.Header, o traceOptions) traceIDs {
+	t := traceContext(h, o)
+	writeTrace(h, &t, o.w3c)
 	return t
 }
 
 // traceContext is this hop's trace context for a request with headers h:
 // the incoming trace with a new span under the caller's, or a new trace,
-// sampled with probability sampling. With shared (Zipkin's shared span
-// context, on a server span) an incoming span keeps its id, and its B3
-// parent stays the parent.
-func traceContext(h http.Header, sampling float64, shared bool) traceIDs {
+// sampled with probability o.sampling. With o.shared an incoming span
+// keeps its id, and its B3 parent stays the parent.
+func traceContext(h http.Header, o traceOptions) traceIDs {
 	var t traceIDs
-	ok := parseTraceparent(hget(h, "Traceparent"), &t)
-	if !ok {
-		ok = parseB3(h, &t)
+	ok := parseB3(h, &t)
+	if !ok && o.w3c {
+		ok = parseTraceparent(hget(h, "Traceparent"), &t)
 	}
 	if ok && t.deferred {
-		t.sampled, t.deferred = rand.Float64() < sampling, false
+		t.sampled, t.deferred = rand.Float64() < o.sampling, false
 	}
 	switch {
 	case !ok:
-		randBytes(t.trace[:])
-		t.sampled = rand.Float64() < sampling
+		t = traceIDs{} // a traceparent that failed to parse may have left bytes
+		if o.id64 && !o.w3c {
+			randBytes(t.trace[8:])
+		} else {
+			randBytes(t.trace[:])
+		}
+		t.sampled = rand.Float64() < o.sampling
 		randBytes(t.span[:])
-	case shared:
+	case o.shared:
 		t.span = t.parent
 		if !decodeNonZero(t.parent[:], hget(h, "X-B3-Parentspanid")) {
 			t.parent = [8]byte{}
@@ -71,8 +90,12 @@ func traceContext(h http.Header, sampling float64, shared bool) traceIDs {
 	return t
 }
 
-// writeTrace sets h's traceparent and B3 headers to t.
-func writeTrace(h http.Header, t *traceIDs) {
+// is64 reports whether t's trace id is a 64-bit one.
+func (t *traceIDs) is64() bool { return [8]byte(t.trace[:8]) == [8]byte{} }
+
+// writeTrace sets h's B3 headers to t, and with w3c its traceparent;
+// without, a traceparent passes through untouched, as Envoy's USE_B3.
+func writeTrace(h http.Header, t *traceIDs, w3c bool) {
 	flag := byte('0')
 	if t.sampled {
 		flag = '1'
@@ -95,7 +118,12 @@ func writeTrace(h http.Header, t *traceIDs) {
 	all := string(buf[:n])
 	vals := make([]string, 5)
 	vals[0], vals[1], vals[2], vals[3] = all[:tpLen], all[3:35], all[36:52], all[54:55]
-	h["Traceparent"] = vals[0:1:1]
+	if t.is64() {
+		vals[1] = all[19:35] // B3 keeps a 64-bit id 16 digits long
+	}
+	if w3c {
+		h["Traceparent"] = vals[0:1:1]
+	}
 	h["X-B3-Traceid"] = vals[1:2:2]
 	h["X-B3-Spanid"] = vals[2:3:3]
 	h["X-B3-Sampled"] = vals[3:4:4]
@@ -141,7 +169,7 @@ func parseTraceparent(v string, t *traceIDs) bool {
 
 // parseB3 reads B3 multi-header context (64- or 128-bit trace ids).
 func parseB3(h http.Header, t *traceIDs) bool {
-	*t = traceIDs{} // a traceparent that failed to parse may have left bytes
+	*t = traceIDs{}
 	tid, sid := hget(h, "X-B3-Traceid"), hget(h, "X-B3-Spanid")
 	ok := len(sid) == 16 && decodeNonZero(t.parent[:], sid)
 	switch len(tid) {

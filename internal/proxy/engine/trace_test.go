@@ -9,10 +9,21 @@ import (
 
 var traceparentRE = regexp.MustCompile(`^00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]$`)
 
+var b3TraceRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
 func TestPropagateTrace(t *testing.T) {
-	// A new trace: both families written and consistent.
+	b3 := traceOptions{sampling: defaultTraceSampling}
+	w3c := traceOptions{sampling: defaultTraceSampling, w3c: true}
+
+	// A new trace, by default (USE_B3): B3 only, 128-bit.
 	h := http.Header{}
-	propagateTrace(h, defaultTraceSampling, false)
+	propagateTrace(h, b3)
+	if !b3TraceRE.MatchString(h.Get("X-B3-Traceid")) || len(h.Get("X-B3-Spanid")) != 16 || h.Get("X-B3-Parentspanid") != "" || h.Get("Traceparent") != "" {
+		t.Fatalf("new B3 trace: %v", h)
+	}
+	// With W3C propagation: both families written and consistent.
+	h = http.Header{}
+	propagateTrace(h, w3c)
 	m := traceparentRE.FindStringSubmatch(h.Get("Traceparent"))
 	if m == nil {
 		t.Fatalf("new traceparent %q", h.Get("Traceparent"))
@@ -21,9 +32,17 @@ func TestPropagateTrace(t *testing.T) {
 		t.Fatalf("B3 %v disagrees with traceparent %s", h, h.Get("Traceparent"))
 	}
 
-	// A W3C parent: same trace, new span, parent = incoming span, flags kept.
-	h = http.Header{"Traceparent": {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, "Tracestate": {"vendor=x"}}
-	propagateTrace(h, defaultTraceSampling, false)
+	// A W3C parent: by default not read (a new B3 trace; the traceparent
+	// passes through untouched), with W3C propagation continued: same
+	// trace, new span, parent = incoming span, flags kept.
+	const parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	h = http.Header{"Traceparent": {parent}}
+	propagateTrace(h, b3)
+	if h.Get("Traceparent") != parent || h.Get("X-B3-Traceid") == "0af7651916cd43dd8448eb211c80319c" || h.Get("X-B3-Parentspanid") != "" {
+		t.Fatalf("W3C parent under USE_B3: %v", h)
+	}
+	h = http.Header{"Traceparent": {parent}, "Tracestate": {"vendor=x"}}
+	propagateTrace(h, w3c)
 	m = traceparentRE.FindStringSubmatch(h.Get("Traceparent"))
 	if m == nil || m[1] != "0af7651916cd43dd8448eb211c80319c" || m[2] == "b7ad6b7169203331" || !strings.HasSuffix(h.Get("Traceparent"), "-01") {
 		t.Fatalf("child traceparent %q", h.Get("Traceparent"))
@@ -31,39 +50,66 @@ func TestPropagateTrace(t *testing.T) {
 	if h.Get("X-B3-Parentspanid") != "b7ad6b7169203331" || h.Get("X-B3-Sampled") != "1" || h.Get("Tracestate") != "vendor=x" {
 		t.Fatalf("child B3 / tracestate: %v", h)
 	}
-
-	// B3 only, 64-bit trace id: continued, padded to 128 bits.
-	h = http.Header{"X-B3-Traceid": {"463ac35c9f6413ad"}, "X-B3-Spanid": {"72485a3953bb6124"}, "X-B3-Sampled": {"0"}}
-	propagateTrace(h, defaultTraceSampling, false)
-	if got := h.Get("X-B3-Traceid"); got != "0000000000000000463ac35c9f6413ad" {
-		t.Fatalf("B3 trace id %q", got)
+	// B3 beside a traceparent of another trace: B3 first.
+	h = http.Header{"Traceparent": {parent}, "X-B3-Traceid": {"463ac35c9f6413ad463ac35c9f6413ad"}, "X-B3-Spanid": {"72485a3953bb6124"}}
+	propagateTrace(h, w3c)
+	if h.Get("X-B3-Traceid") != "463ac35c9f6413ad463ac35c9f6413ad" || !strings.HasPrefix(h.Get("Traceparent"), "00-463ac35c9f6413ad463ac35c9f6413ad-") {
+		t.Fatalf("B3 and W3C disagreeing: %v", h)
 	}
-	if h.Get("X-B3-Parentspanid") != "72485a3953bb6124" || h.Get("X-B3-Spanid") == "72485a3953bb6124" || !strings.HasSuffix(h.Get("Traceparent"), "-00") {
-		t.Fatalf("B3 child: %v", h)
+
+	// B3 only, 64-bit trace id: continued, 64-bit in B3 (as Envoy), padded
+	// to 128 bits in a traceparent.
+	for _, o := range []traceOptions{b3, w3c} {
+		h = http.Header{"X-B3-Traceid": {"463ac35c9f6413ad"}, "X-B3-Spanid": {"72485a3953bb6124"}, "X-B3-Sampled": {"0"}}
+		propagateTrace(h, o)
+		if got := h.Get("X-B3-Traceid"); got != "463ac35c9f6413ad" {
+			t.Fatalf("B3 trace id %q", got)
+		}
+		if h.Get("X-B3-Parentspanid") != "72485a3953bb6124" || h.Get("X-B3-Spanid") == "72485a3953bb6124" || h.Get("X-B3-Sampled") != "0" {
+			t.Fatalf("B3 child: %v", h)
+		}
+		if tp := h.Get("Traceparent"); o.w3c != strings.HasPrefix(tp, "00-0000000000000000463ac35c9f6413ad-") {
+			t.Fatalf("traceparent of a 64-bit trace (w3c %v): %q", o.w3c, tp)
+		}
+	}
+
+	// trace_id_128bit false: new traces get 64-bit ids, unless written as
+	// W3C too.
+	h = http.Header{}
+	propagateTrace(h, traceOptions{id64: true})
+	if got := h.Get("X-B3-Traceid"); len(got) != 16 {
+		t.Fatalf("new 64-bit trace id %q", got)
+	}
+	h = http.Header{}
+	propagateTrace(h, traceOptions{id64: true, w3c: true})
+	if got := h.Get("X-B3-Traceid"); len(got) != 32 {
+		t.Fatalf("new W3C trace id %q", got)
 	}
 
 	// Upper-case B3 ids are accepted (written back lower-case); a broken
 	// traceparent beside valid B3 leaves nothing of itself behind.
 	h = http.Header{"Traceparent": {"00-ffffffffffffffffffffffffffffffff-zzzzzzzzzzzzzzzz-01"}, "X-B3-Traceid": {"463AC35C9F6413AD"}, "X-B3-Spanid": {"72485A3953BB6124"}}
-	propagateTrace(h, defaultTraceSampling, false)
-	if got := h.Get("X-B3-Traceid"); got != "0000000000000000463ac35c9f6413ad" || h.Get("X-B3-Parentspanid") != "72485a3953bb6124" {
+	propagateTrace(h, w3c)
+	if got := h.Get("X-B3-Traceid"); got != "463ac35c9f6413ad" || h.Get("X-B3-Parentspanid") != "72485a3953bb6124" {
 		t.Fatalf("upper-case B3 beside a broken traceparent: %v", h)
 	}
 
 	// B3 ids without a sampling decision: this hop decides, at its rate.
 	for rate, want := range map[float64]string{1: "1", 0: "0"} {
 		h = http.Header{"X-B3-Traceid": {"463ac35c9f6413ad"}, "X-B3-Spanid": {"72485a3953bb6124"}}
-		tr := propagateTrace(h, rate, false)
+		tr := propagateTrace(h, traceOptions{sampling: rate})
 		if h.Get("X-B3-Sampled") != want || tr.sampled != (want == "1") || h.Get("X-B3-Parentspanid") != "72485a3953bb6124" {
 			t.Errorf("deferred B3 decision at rate %v: %v, want sampled %s", rate, h, want)
 		}
 	}
 
-	// Garbage or all-zero ids start a new trace instead of propagating them.
-	for _, bad := range []string{"00-00000000000000000000000000000000-b7ad6b7169203331-01", "zz", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"} {
+	// Garbage or all-zero ids start a new trace instead of propagating
+	// them; a half-parsed traceparent leaves no parent behind.
+	for _, bad := range []string{"00-00000000000000000000000000000000-b7ad6b7169203331-01", "zz", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-zz"} {
 		h = http.Header{"Traceparent": {bad}}
-		propagateTrace(h, defaultTraceSampling, false)
-		if m := traceparentRE.FindStringSubmatch(h.Get("Traceparent")); m == nil || h.Get("X-B3-Parentspanid") != "" {
+		tr := propagateTrace(h, w3c)
+		if m := traceparentRE.FindStringSubmatch(h.Get("Traceparent")); m == nil || h.Get("X-B3-Parentspanid") != "" || tr.parent != ([8]byte{}) {
 			t.Errorf("from %q: %v", bad, h)
 		}
 	}
@@ -76,6 +122,6 @@ func BenchmarkPropagateTrace(b *testing.B) {
 	for b.Loop() {
 		clear(h)
 		h["Traceparent"] = parent
-		propagateTrace(h, defaultTraceSampling, false)
+		propagateTrace(h, traceOptions{sampling: defaultTraceSampling, w3c: true})
 	}
 }

@@ -49,8 +49,21 @@ type tracingConfig struct {
 	sampling, overall float64
 	collector         zipkinCollector
 	sharedSpanContext bool
-	maxPathTag        int
-	tags              []customTag
+	// w3c and id64: trace_context_option USE_B3_WITH_W3C_PROPAGATION,
+	// trace_id_128bit false (traceOptions).
+	w3c, id64  bool
+	maxPathTag int
+	tags       []customTag
+}
+
+// traceOptions are how a chain with tracing c (nil: none, as Istio's
+// default Zipkin tracer without a collector) reads and writes trace
+// context; inbound: on the destination's side (a server span).
+func (c *tracingConfig) traceOptions(inbound bool) traceOptions {
+	if c == nil {
+		return traceOptions{sampling: defaultTraceSampling}
+	}
+	return traceOptions{sampling: c.sampling, shared: c.sharedSpanContext && inbound, w3c: c.w3c, id64: c.id64}
 }
 
 // zipkinCollector is where spans go: a cluster, the path and Host.
@@ -92,10 +105,12 @@ func compileTracing(h *hcmv3.HttpConnectionManager) (*tracingConfig, error) {
 	if zc.GetCollectorService() != nil {
 		return nil, errors.New("tracing: zipkin: collector_service is not supported (collector_cluster and collector_endpoint are)")
 	}
-	// trace_id_128bit is moot: new traces always get 128-bit ids, which
-	// traceparent carries; a caller's 64-bit B3 trace stays 64-bit.
+	// A caller's 64-bit B3 trace stays 64-bit whatever trace_id_128bit
+	// says; it sizes new traces' ids.
 	c := &tracingConfig{sampling: 1, overall: 1, maxPathTag: 256,
 		sharedSpanContext: zc.GetSharedSpanContext() == nil || zc.GetSharedSpanContext().GetValue(),
+		w3c:               zc.GetTraceContextOption() == tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION,
+		id64:              !zc.GetTraceId_128Bit(),
 		collector: zipkinCollector{cluster: zc.GetCollectorCluster(), path: zc.GetCollectorEndpoint(),
 			host: cmp.Or(zc.GetCollectorHostname(), zc.GetCollectorCluster())}}
 	pct := func(name string, v float64) (float64, error) {
@@ -165,7 +180,7 @@ func (e *Engine) reportSpan(cc *chainConn, tc *tracingConfig, ex *exchange, r *h
 	sp := &zipkinSpan{ID: hex.EncodeToString(t.span[:]), Kind: "CLIENT", Name: spanName(ex.cluster, r.Host),
 		Timestamp: ex.start.UnixMicro(), Duration: max(d.Microseconds(), 1),
 		LocalEndpoint: e.localEndpoint(cc)}
-	if [8]byte(t.trace[:8]) == ([8]byte{}) { // a 64-bit trace stays one
+	if t.is64() { // a 64-bit trace stays one
 		sp.TraceID = hex.EncodeToString(t.trace[8:])
 	} else {
 		sp.TraceID = hex.EncodeToString(t.trace[:])

@@ -44,6 +44,17 @@ func hcmTracing(sampling float64, shared bool, tags ...*tracingtagv3.CustomTag) 
 		Provider: &tracev3.Tracing_Http{Name: zipkinTracerName, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}}}
 }
 
+// w3cTracing is tr with the Zipkin tracer's
+// USE_B3_WITH_W3C_PROPAGATION.
+func w3cTracing(tr *hcmv3.HttpConnectionManager_Tracing) *hcmv3.HttpConnectionManager_Tracing {
+	zc := &tracev3.ZipkinConfig{}
+	_ = tr.GetProvider().GetTypedConfig().UnmarshalTo(zc)
+	zc.TraceContextOption = tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION
+	a, _ := anypb.New(zc)
+	tr.Provider.ConfigType = &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}
+	return tr
+}
+
 // withTracing returns l with tr on its HCMs.
 func withTracing(t *testing.T, l *listenerv3.Listener, tr *hcmv3.HttpConnectionManager_Tracing) *listenerv3.Listener {
 	t.Helper()
@@ -124,9 +135,11 @@ func TestZipkinSpans(t *testing.T) {
 	const svc = "outbound|8080||svc.default.svc.cluster.local"
 	const inb = "inbound|8080||"
 	const empty = "outbound|80||empty.default.svc.cluster.local"
-	out := withTracing(t, httpListener("out", outAddr, svc, nil), hcmTracing(100, false,
+	// The outbound side reads and writes W3C trace context too; the
+	// inbound side keeps Zipkin's default, B3 only.
+	out := withTracing(t, httpListener("out", outAddr, svc, nil), w3cTracing(hcmTracing(100, false,
 		&tracingtagv3.CustomTag{Tag: "istio.mesh_id", Type: &tracingtagv3.CustomTag_Literal_{Literal: &tracingtagv3.CustomTag_Literal{Value: "cluster.local"}}},
-		&tracingtagv3.CustomTag{Tag: "tenant", Type: &tracingtagv3.CustomTag_RequestHeader{RequestHeader: &tracingtagv3.CustomTag_Header{Name: "x-tenant", DefaultValue: "none"}}}))
+		&tracingtagv3.CustomTag{Tag: "tenant", Type: &tracingtagv3.CustomTag_RequestHeader{RequestHeader: &tracingtagv3.CustomTag_Header{Name: "x-tenant", DefaultValue: "none"}}})))
 	in := withTracing(t, httpListener("in", inAddr, inb, nil), hcmTracing(100, true))
 	uh := withTracing(t, httpListener("uh", uhAddr, empty, nil), hcmTracing(100, false))
 	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 50 * time.Millisecond, NodeID: "sidecar~10.0.0.1~a.default~default.svc.cluster.local",

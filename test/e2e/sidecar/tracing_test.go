@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -46,10 +45,10 @@ func TestTracingSpans(t *testing.T) {
 		mu.Unlock()
 		w.WriteHeader(http.StatusAccepted)
 	})})
-	type seen struct{ traceparent, parent string }
+	type seen struct{ trace, sampled, parent, traceparent string }
 	appSaw := make(chan seen, 16)
 	backend := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		appSaw <- seen{r.Header.Get("Traceparent"), r.Header.Get("X-B3-Parentspanid")}
+		appSaw <- seen{r.Header.Get("X-B3-Traceid"), r.Header.Get("X-B3-Sampled"), r.Header.Get("X-B3-Parentspanid"), r.Header.Get("Traceparent")}
 		_, _ = io.WriteString(w, "ok")
 	})})
 	meshConfig := filepath.Join(t.TempDir(), "mesh.yaml")
@@ -100,9 +99,10 @@ spec:
 	for len(appSaw) > 0 {
 		last = <-appSaw
 	}
-	parts := strings.Split(last.traceparent, "-")
-	if len(parts) != 4 || parts[3] != "01" {
-		t.Fatalf("app B's traceparent %q: want a sampled W3C trace", last.traceparent)
+	// Istio's Zipkin tracer by default (traceContextOption USE_B3):
+	// B3 headers only.
+	if len(last.trace) != 32 || last.sampled != "1" || last.traceparent != "" {
+		t.Fatalf("app B saw %+v: want a sampled 128-bit B3 trace and no traceparent", last)
 	}
 	var mine []span
 	eventually(t, "sidecar A's spans at the collector", func() error {
@@ -110,12 +110,12 @@ spec:
 		defer mu.Unlock()
 		mine = mine[:0]
 		for _, s := range spans {
-			if s.TraceID == parts[1] {
+			if s.TraceID == last.trace {
 				mine = append(mine, s)
 			}
 		}
 		if len(mine) == 0 {
-			return fmt.Errorf("%d spans, none of trace %s", len(spans), parts[1])
+			return fmt.Errorf("%d spans, none of trace %s", len(spans), last.trace)
 		}
 		return nil
 	})
