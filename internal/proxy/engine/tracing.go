@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
@@ -269,12 +270,23 @@ func (e *Engine) localEndpoint(cc *chainConn) zipkinEndpoint {
 	return ep
 }
 
-// zipkinReporter batches spans for one collector.
+// zipkinReporter batches spans for one collector. Its goroutine ends
+// once no span has come for reporterIdleTicks flush intervals, so that
+// collectors a config no longer names leave nothing running; a span for
+// one of them after that starts a new reporter.
 type zipkinReporter struct {
 	e   *Engine
 	col zipkinCollector
 	ch  chan *zipkinSpan
+	mu  sync.Mutex
+	// done: run has returned (idle), and the reporter is out of
+	// e.reporters; enqueue hands spans to the collector's next one.
+	done bool
 }
+
+// reporterIdleTicks is how many flush intervals without a span end a
+// reporter (a minute at Envoy's 5 s).
+const reporterIdleTicks = 12
 
 // zipkin returns the reporter for col, starting it on first use.
 func (e *Engine) zipkin(col zipkinCollector) *zipkinReporter {
@@ -290,15 +302,23 @@ func (e *Engine) zipkin(col zipkinCollector) *zipkinReporter {
 }
 
 func (r *zipkinReporter) enqueue(sp *zipkinSpan) {
+	r.mu.Lock()
+	if r.done {
+		r.mu.Unlock()
+		r.e.zipkin(r.col).enqueue(sp)
+		return
+	}
 	select {
 	case r.ch <- sp:
 	default:
 		r.e.metrics.SpansDropped.Inc()
 	}
+	r.mu.Unlock()
 }
 
 // run sends a batch once zipkinMinFlushSpans are waiting, or every flush
-// interval, until the engine shuts down (then once more, briefly).
+// interval, until it has been idle for reporterIdleTicks intervals or the
+// engine shuts down (then once more, briefly).
 func (r *zipkinReporter) run() {
 	every := r.e.opts.TraceFlushInterval
 	if every <= 0 {
@@ -307,9 +327,11 @@ func (r *zipkinReporter) run() {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	var batch []*zipkinSpan
+	idle := 0
 	for {
 		select {
 		case sp := <-r.ch:
+			idle = 0
 			batch = append(batch, sp)
 			if len(batch) >= zipkinMinFlushSpans {
 				r.send(batch)
@@ -319,6 +341,10 @@ func (r *zipkinReporter) run() {
 			if len(batch) > 0 {
 				r.send(batch)
 				batch = nil
+				continue
+			}
+			if idle++; idle >= reporterIdleTicks && r.retire() {
+				return
 			}
 		case <-r.e.quit:
 			for len(r.ch) > 0 {
@@ -330,6 +356,19 @@ func (r *zipkinReporter) run() {
 			return
 		}
 	}
+}
+
+// retire takes an idle reporter out of service, unless a span has just
+// come.
+func (r *zipkinReporter) retire() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.ch) > 0 {
+		return false
+	}
+	r.done = true
+	r.e.reporters.CompareAndDelete(r.col, r)
+	return true
 }
 
 // send posts spans to an endpoint of the collector cluster, through the

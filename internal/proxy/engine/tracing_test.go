@@ -295,3 +295,49 @@ func TestTracingConfigErrors(t *testing.T) {
 		t.Errorf("Validate with an OpenTelemetry tracer: %v, want a NACK", err)
 	}
 }
+
+// TestZipkinReporterRetires: a collector's reporter ends once idle (so a
+// collector the config no longer names leaves no goroutine behind), and a
+// span for it afterwards starts a new one and is delivered.
+func TestZipkinReporterRetires(t *testing.T) {
+	col := &collector{}
+	zipkin := httptest.NewServer(col)
+	defer zipkin.Close()
+	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 5 * time.Millisecond})
+	defer e.shutdown()
+	if err := e.Apply(&xdsclient.Snapshot{Clusters: map[string]*clusterv3.Cluster{
+		zipkinCluster: staticCluster(zipkinCluster, netip.MustParseAddrPort(zipkin.Listener.Addr().String()), false)}}); err != nil {
+		t.Fatal(err)
+	}
+	target := zipkinCollector{cluster: zipkinCluster, path: "/api/v2/spans", host: "zipkin"}
+	reporters := func() int {
+		n := 0
+		e.reporters.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	first := e.zipkin(target)
+	first.enqueue(&zipkinSpan{TraceID: "463ac35c9f6413ad", ID: "a2fb4a1d1a96d312", Name: "one"})
+	col.wait(t, 1)
+	deadline := time.Now().Add(10 * time.Second)
+	for reporters() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("an idle reporter is still registered")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	first.mu.Lock()
+	done := first.done
+	first.mu.Unlock()
+	if !done {
+		t.Fatal("an idle reporter left the map but is not done")
+	}
+	// A span handed to the retired reporter (a request that looked it up
+	// before it retired) reaches the collector through a new one.
+	first.enqueue(&zipkinSpan{TraceID: "463ac35c9f6413ad", ID: "b2fb4a1d1a96d312", Name: "two"})
+	if got := col.wait(t, 2); len(got) != 2 || got[1].Name != "two" {
+		t.Fatalf("collector got %+v, want the span sent after retirement", got)
+	}
+	if reporters() != 1 {
+		t.Fatalf("%d reporters after a span for a retired one, want 1", reporters())
+	}
+}
