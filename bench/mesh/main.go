@@ -235,7 +235,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	rep := &report{started: time.Now(), loadStart: loadavg(), opts: o}
-	weftRes := map[string]*weftUsage{}
+	weftRes := map[string][]*weftUsage{}
 	for round := range o.rounds {
 		results := map[string]*chainResult{}
 		rep.rounds = append(rep.rounds, results)
@@ -257,9 +257,9 @@ func run(ctx context.Context, o options) error {
 }
 
 // measureRound runs every chain once, in order, into results; the weft
-// sidecars' usage is kept from the first round.
+// sidecars' usage is appended to weftRes.
 func measureRound(ctx context.Context, o options, dir string, t *topology, fortio, directURL string, round int,
-	results map[string]*chainResult, weftRes map[string]*weftUsage) error {
+	results map[string]*chainResult, weftRes map[string][]*weftUsage) error {
 	if o.rounds > 1 {
 		logf("round %d of %d", round+1, o.rounds)
 	}
@@ -288,8 +288,8 @@ func measureRound(ctx context.Context, o options, dir string, t *topology, forti
 			return fmt.Errorf("%s chain: %v", c, err)
 		}
 		results[c] = res
-		if usage != nil && round == 0 {
-			weftRes[c] = usage
+		if usage != nil {
+			weftRes[c] = append(weftRes[c], usage)
 		}
 		logf("%s: p50 %.3f ms p90 %.3f ms p99 %.3f ms at %.0f qps; max %.0f qps", c,
 			res.lat.p[0]*1e3, res.lat.p[1]*1e3, res.lat.p[2]*1e3, res.lat.qps, res.max.qps)

@@ -89,7 +89,7 @@ type report struct {
 	opts               options
 	results            map[string]*chainResult // the first round's
 	rounds             []map[string]*chainResult
-	weft               map[string]*weftUsage // by chain
+	weft               map[string][]*weftUsage // by chain, a round each
 }
 
 // chainTitle names chain c in the report: its kind's title, and a
@@ -165,24 +165,40 @@ func (r *report) markdown() string {
 		r.roundsMarkdown(&b)
 	}
 	for _, c := range o.chains {
-		w := r.weft[c]
-		if w == nil {
-			continue
+		if len(r.weft[c]) > 0 {
+			r.sidecarsMarkdown(&b, c)
 		}
-		fmt.Fprintf(&b, "\n%s: sidecars over the %s latency run at %.1f achieved rps (CPU from /proc/<pid>/stat utime+stime; memory from /proc/<pid>/status):\n\n", chainTitle(c), o.latencyDur, w.qps)
-		fmt.Fprintf(&b, "| sidecar | vCPU | vCPU per 1,000 rps | VmRSS after latency run | VmRSS after max run | VmHWM (peak) |\n")
-		fmt.Fprintf(&b, "|---|---:|---:|---:|---:|---:|\n")
+	}
+	return b.String()
+}
+
+// sidecarsMarkdown is weft chain c's sidecars' CPU and memory in every
+// round, and the extremes over the rounds.
+func (r *report) sidecarsMarkdown(b *strings.Builder, c string) {
+	us := r.weft[c]
+	fmt.Fprintf(b, "\n%s: sidecars over the %s latency run (CPU from /proc/<pid>/stat utime+stime; memory from /proc/<pid>/status):\n\n", chainTitle(c), r.opts.latencyDur)
+	fmt.Fprintf(b, "| round | sidecar | achieved rps | vCPU | vCPU per 1,000 rps | VmRSS after latency run | VmRSS after max run | VmHWM (peak) |\n")
+	fmt.Fprintf(b, "|---:|---|---:|---:|---:|---:|---:|---:|\n")
+	var perK []float64
+	var rss, rssMax int64
+	for i, w := range us {
 		for _, h := range []string{"a", "b"} {
 			s, ok := w.sidecars[h]
 			if !ok {
 				continue
 			}
 			name := map[string]string{"a": "A (client side, outbound)", "b": "B (server side, inbound)"}[h]
-			fmt.Fprintf(&b, "| %s | %.3f | %.3f | %.1f MiB | %.1f MiB | %.1f MiB |\n", name, s.vcpu, s.vcpu/(w.qps/1000),
+			fmt.Fprintf(b, "| %d | %s | %.1f | %.3f | %.3f | %.1f MiB | %.1f MiB | %.1f MiB |\n", i+1, name, w.qps, s.vcpu, s.vcpu/(w.qps/1000),
 				float64(s.rssKB)/1024, float64(s.rssAfterMaxKB)/1024, float64(s.hwmKB)/1024)
+			perK = append(perK, s.vcpu/(w.qps/1000))
+			rss, rssMax = max(rss, s.rssKB), max(rssMax, s.rssAfterMaxKB)
 		}
 	}
-	return b.String()
+	if len(perK) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\nOver %d round(s): %.3f–%.3f vCPU per 1,000 rps; VmRSS at most %.1f MiB (%.1f MB) after the latency run, %.1f MiB (%.1f MB) after the maximum run.\n",
+		len(us), slices.Min(perK), slices.Max(perK), float64(rss)/1024, float64(rss)*1024/1e6, float64(rssMax)/1024, float64(rssMax)*1024/1e6)
 }
 
 // roundsMarkdown is the comparison over several rounds: each chain's
