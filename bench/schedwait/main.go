@@ -1,9 +1,11 @@
 // Command schedwait reads a Go execution trace (a sidecar's
 // /debug/pprof/trace?seconds=N) and reports how long goroutines waited
 // between becoming runnable and running: percentiles over all waits, the
-// time spent in GC mark phases, and the longest waits with what ran on
-// the processor meanwhile. It is how docs/performance.md found what
-// holds up the sidecar's tail latency.
+// time spent in GC mark phases, how long each kind of system call took
+// from entry to return (time the thread waited for a CPU included; a
+// write on loopback that wakes its reader often waits for it), and the
+// longest waits with what ran on the processor meanwhile. It is how
+// docs/performance.md found what holds up the sidecar's tail latency.
 //
 // Usage:
 //
@@ -12,10 +14,13 @@
 package main
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -67,6 +72,9 @@ type analysis struct {
 	spans      []span
 	markTime   time.Duration
 	markCycles int
+	// syscalls are system calls' durations, by the function that made
+	// them (syscall.write, …).
+	syscalls map[string][]time.Duration
 }
 
 func analyze(r io.Reader) (*analysis, error) {
@@ -74,7 +82,12 @@ func analyze(r io.Reader) (*analysis, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &analysis{}
+	a := &analysis{syscalls: map[string][]time.Duration{}}
+	type call struct {
+		fn    string
+		start trace.Time
+	}
+	inSyscall := map[trace.GoID]call{}
 	runnable := map[trace.GoID]wait{}
 	running := map[trace.GoID]int{} // index into a.spans
 	var marking bool
@@ -114,7 +127,15 @@ func analyze(r io.Reader) (*analysis, error) {
 					delete(running, g)
 				}
 			}
+			if from == trace.GoSyscall {
+				if c, ok := inSyscall[g]; ok {
+					a.syscalls[c.fn] = append(a.syscalls[c.fn], ev.Time().Sub(c.start))
+					delete(inSyscall, g)
+				}
+			}
 			switch to {
+			case trace.GoSyscall:
+				inSyscall[g] = call{fn: frames(ev.Stack(), 1), start: ev.Time()}
 			case trace.GoRunnable:
 				runnable[g] = wait{g: g, from: ev.Time(), duringMark: marking, readiedBy: frames(ev.Stack(), 3)}
 			case trace.GoRunning:
@@ -129,6 +150,9 @@ func analyze(r io.Reader) (*analysis, error) {
 		}
 	}
 	sort.Slice(a.waits, func(i, j int) bool { return a.waits[i].d() > a.waits[j].d() })
+	for _, ds := range a.syscalls {
+		slices.Sort(ds)
+	}
 	return a, nil
 }
 
@@ -157,6 +181,15 @@ func (a *analysis) print(w io.Writer, top int) {
 	fmt.Fprintf(w, "%d runnable-to-running waits; %d GC mark phases, %v in all\n", len(a.waits), a.markCycles, a.markTime)
 	for _, q := range []float64{0.5, 0.9, 0.99, 0.999} {
 		fmt.Fprintf(w, "p%-5v %v\n", q*100, a.percentile(q))
+	}
+	names := slices.Sorted(maps.Keys(a.syscalls))
+	if len(names) > 0 {
+		fmt.Fprintf(w, "\nsystem calls, entry to return (waiting for a CPU included):\n")
+	}
+	for _, fn := range names {
+		ds := a.syscalls[fn]
+		q := func(p float64) time.Duration { return ds[min(int(float64(len(ds))*p), len(ds)-1)] }
+		fmt.Fprintf(w, "  %-24s %7d calls; p50 %v p90 %v p99 %v max %v\n", cmp.Or(fn, "(no stack)"), len(ds), q(0.5), q(0.9), q(0.99), ds[len(ds)-1])
 	}
 	for _, wt := range a.waits[:min(top, len(a.waits))] {
 		by := wt.readiedBy

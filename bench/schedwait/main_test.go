@@ -2,18 +2,33 @@ package main
 
 import (
 	"bytes"
+	"maps"
+	"os"
 	"runtime/trace"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 )
 
-// TestAnalyze traces goroutines that wake each other through channels and
-// checks that their waits are found, ordered, and printed.
+// TestAnalyze traces goroutines that wake each other through channels,
+// and writes to a pipe, and checks that their waits are found, ordered,
+// and printed, and the writes timed.
 func TestAnalyze(t *testing.T) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
 	var buf bytes.Buffer
 	if err := trace.Start(&buf); err != nil {
 		t.Skipf("tracing unavailable: %v", err)
+	}
+	for range 20 {
+		if _, err := pw.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ping, pong := make(chan int), make(chan int)
 	go func() {
@@ -46,9 +61,13 @@ func TestAnalyze(t *testing.T) {
 	if a.percentile(0.5) > a.percentile(0.99) || a.percentile(0.99) != a.waits[len(a.waits)/100].d() {
 		t.Fatalf("percentiles: p50 %v p99 %v", a.percentile(0.5), a.percentile(0.99))
 	}
+	if n := len(a.syscalls["syscall.write"]); n < 20 {
+		t.Fatalf("%d timed write calls, want at least 20 (syscalls %v)", n, slices.Collect(maps.Keys(a.syscalls)))
+	}
 	var out bytes.Buffer
 	a.print(&out, 2)
-	if s := out.String(); !strings.Contains(s, "runnable-to-running waits") || strings.Count(s, "made runnable by") != 2 {
+	if s := out.String(); !strings.Contains(s, "runnable-to-running waits") || strings.Count(s, "made runnable by") != 2 ||
+		!strings.Contains(s, "syscall.write") {
 		t.Fatalf("report:\n%s", s)
 	}
 }
