@@ -12,7 +12,10 @@ import (
 // headers keeps its trace id and gets a new span id whose parent is the
 // incoming span; a request without a trace starts one (sampled at the
 // connection manager's random_sampling, or without tracing config at
-// defaultTraceSampling, Istio's default 1 %). By default only B3 is read
+// defaultTraceSampling, Istio's default 1 %; always with
+// x-envoy-force-trace from the sidecar's own application, and at
+// client_sampling with x-client-trace-id, Envoy's other two ways to
+// initiate a trace). By default only B3 is read
 // and written (the tracer's trace_context_option USE_B3); with
 // USE_B3_WITH_W3C_PROPAGATION a W3C traceparent is read when B3 is
 // absent, and written beside B3, so applications using either library
@@ -25,6 +28,10 @@ const defaultTraceSampling = 0.01
 // traceOptions are how one hop reads and writes trace context.
 type traceOptions struct {
 	sampling float64 // the share of new traces sampled
+	client   float64 // the share sampled when x-client-trace-id is set
+	// force: x-envoy-force-trace is honoured (a request from the
+	// sidecar's own application; Envoy honours it from internal callers).
+	force bool
 	// shared: Zipkin's shared span context, on a server span (an
 	// incoming span keeps its id).
 	shared bool
@@ -67,7 +74,7 @@ func traceContext(h http.Header, o traceOptions) traceIDs {
 		ok = parseTraceparent(hget(h, "Traceparent"), &t)
 	}
 	if ok && t.deferred {
-		t.sampled, t.deferred = rand.Float64() < o.sampling, false
+		t.sampled, t.deferred = o.decide(h), false
 	}
 	switch {
 	case !ok:
@@ -77,7 +84,7 @@ func traceContext(h http.Header, o traceOptions) traceIDs {
 		} else {
 			randBytes(t.trace[:])
 		}
-		t.sampled = rand.Float64() < o.sampling
+		t.sampled = o.decide(h)
 		randBytes(t.span[:])
 	case o.shared:
 		t.span = t.parent
@@ -88,6 +95,19 @@ func traceContext(h http.Header, o traceOptions) traceIDs {
 		randBytes(t.span[:])
 	}
 	return t
+}
+
+// decide is the sampling decision for a request that brings none, in
+// Envoy's order: x-client-trace-id at the client rate, else
+// x-envoy-force-trace where honoured, else the random rate.
+func (o traceOptions) decide(h http.Header) bool {
+	if hget(h, "X-Client-Trace-Id") != "" && rand.Float64() < o.client {
+		return true
+	}
+	if o.force && hget(h, "X-Envoy-Force-Trace") != "" {
+		return true
+	}
+	return rand.Float64() < o.sampling
 }
 
 // is64 reports whether t's trace id is a 64-bit one.

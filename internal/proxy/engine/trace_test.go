@@ -5,6 +5,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 )
 
 var traceparentRE = regexp.MustCompile(`^00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]$`)
@@ -123,5 +126,52 @@ func BenchmarkPropagateTrace(b *testing.B) {
 		clear(h)
 		h["Traceparent"] = parent
 		propagateTrace(h, traceOptions{sampling: defaultTraceSampling, w3c: true})
+	}
+}
+
+// TestForcedTraces: Envoy's other two ways to initiate a trace. With no
+// random sampling, x-envoy-force-trace samples a request from the
+// sidecar's own application (not one arriving inbound), and
+// x-client-trace-id samples at client_sampling; B3 ids without a decision
+// are decided the same way, and an explicit decision is kept.
+func TestForcedTraces(t *testing.T) {
+	out := traceOptions{client: 1, force: true}
+	in := traceOptions{client: 1}
+	for _, tc := range []struct {
+		name string
+		h    http.Header
+		o    traceOptions
+		want bool
+	}{
+		{"nothing", http.Header{}, out, false},
+		{"force, outbound", http.Header{"X-Envoy-Force-Trace": {"true"}}, out, true},
+		{"force, inbound", http.Header{"X-Envoy-Force-Trace": {"true"}}, in, false},
+		{"client id", http.Header{"X-Client-Trace-Id": {"abc"}}, in, true},
+		{"client id, client_sampling 0", http.Header{"X-Client-Trace-Id": {"abc"}}, traceOptions{force: true}, false},
+		{"client id at 0 falls back to force", http.Header{"X-Client-Trace-Id": {"abc"}, "X-Envoy-Force-Trace": {"1"}}, traceOptions{force: true}, true},
+		{"deferred B3, forced", http.Header{"X-B3-Traceid": {"463ac35c9f6413ad"}, "X-B3-Spanid": {"72485a3953bb6124"}, "X-Envoy-Force-Trace": {"1"}}, out, true},
+		{"B3 not sampled stays so", http.Header{"X-B3-Traceid": {"463ac35c9f6413ad"}, "X-B3-Spanid": {"72485a3953bb6124"}, "X-B3-Sampled": {"0"}, "X-Envoy-Force-Trace": {"1"}}, out, false},
+	} {
+		if got := propagateTrace(tc.h, tc.o); got.sampled != tc.want || tc.h.Get("X-B3-Sampled") != map[bool]string{true: "1", false: "0"}[tc.want] {
+			t.Errorf("%s: sampled %v (header %q), want %v", tc.name, got.sampled, tc.h.Get("X-B3-Sampled"), tc.want)
+		}
+	}
+
+	// The connection manager's client_sampling (default 100 %) and the
+	// chain's direction make the options.
+	tr := hcmTracing(0, false)
+	tr.ClientSampling = &typev3.Percent{Value: 25}
+	c, err := compileTracing(&hcmv3.HttpConnectionManager{Tracing: tr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := c.traceOptions(false); o.client != 0.25 || o.sampling != 0 || !o.force {
+		t.Errorf("outbound options %+v", o)
+	}
+	if o := c.traceOptions(true); o.force {
+		t.Errorf("inbound options %+v: x-envoy-force-trace honoured from a remote caller", o)
+	}
+	if o := (*tracingConfig)(nil).traceOptions(false); o.client != 1 || o.sampling != defaultTraceSampling || !o.force {
+		t.Errorf("options without tracing config %+v", o)
 	}
 }

@@ -46,10 +46,12 @@ const (
 // tracingConfig is one connection manager's compiled tracing.
 type tracingConfig struct {
 	// sampling is the share of new traces sampled (random_sampling),
-	// overall the share of sampled requests reported (overall_sampling).
-	sampling, overall float64
-	collector         zipkinCollector
-	sharedSpanContext bool
+	// client the share of requests with x-client-trace-id sampled
+	// (client_sampling), overall the share of sampled requests reported
+	// (overall_sampling).
+	sampling, client, overall float64
+	collector                 zipkinCollector
+	sharedSpanContext         bool
 	// w3c and id64: trace_context_option USE_B3_WITH_W3C_PROPAGATION,
 	// trace_id_128bit false (traceOptions).
 	w3c, id64  bool
@@ -62,9 +64,10 @@ type tracingConfig struct {
 // context; inbound: on the destination's side (a server span).
 func (c *tracingConfig) traceOptions(inbound bool) traceOptions {
 	if c == nil {
-		return traceOptions{sampling: defaultTraceSampling}
+		return traceOptions{sampling: defaultTraceSampling, client: 1, force: !inbound}
 	}
-	return traceOptions{sampling: c.sampling, shared: c.sharedSpanContext && inbound, w3c: c.w3c, id64: c.id64}
+	return traceOptions{sampling: c.sampling, client: c.client, force: !inbound,
+		shared: c.sharedSpanContext && inbound, w3c: c.w3c, id64: c.id64}
 }
 
 // zipkinCollector is where spans go: a cluster, the path and Host.
@@ -108,7 +111,7 @@ func compileTracing(h *hcmv3.HttpConnectionManager) (*tracingConfig, error) {
 	}
 	// A caller's 64-bit B3 trace stays 64-bit whatever trace_id_128bit
 	// says; it sizes new traces' ids.
-	c := &tracingConfig{sampling: 1, overall: 1, maxPathTag: 256,
+	c := &tracingConfig{sampling: 1, client: 1, overall: 1, maxPathTag: 256,
 		sharedSpanContext: zc.GetSharedSpanContext() == nil || zc.GetSharedSpanContext().GetValue(),
 		w3c:               zc.GetTraceContextOption() == tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION,
 		id64:              !zc.GetTraceId_128Bit(),
@@ -123,6 +126,11 @@ func compileTracing(h *hcmv3.HttpConnectionManager) (*tracingConfig, error) {
 	var err error
 	if s := t.GetRandomSampling(); s != nil {
 		if c.sampling, err = pct("random_sampling", s.GetValue()); err != nil {
+			return nil, err
+		}
+	}
+	if s := t.GetClientSampling(); s != nil {
+		if c.client, err = pct("client_sampling", s.GetValue()); err != nil {
 			return nil, err
 		}
 	}

@@ -274,6 +274,11 @@ func TestTracingConfigErrors(t *testing.T) {
 			tr.RandomSampling = &typev3.Percent{Value: 150}
 			return tr
 		}(), "random_sampling 150 is not a percentage"},
+		{func() *hcmv3.HttpConnectionManager_Tracing {
+			tr := hcmTracing(1, false)
+			tr.ClientSampling = &typev3.Percent{Value: -1}
+			return tr
+		}(), "client_sampling -1 is not a percentage"},
 		{hcmTracing(1, false, &tracingtagv3.CustomTag{Tag: "m", Type: &tracingtagv3.CustomTag_Metadata_{Metadata: &tracingtagv3.CustomTag_Metadata{}}}),
 			`custom tag "m": only literal, request_header and environment tags are supported`},
 		{func() *hcmv3.HttpConnectionManager_Tracing {
