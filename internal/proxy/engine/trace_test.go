@@ -175,3 +175,50 @@ func TestForcedTraces(t *testing.T) {
 		t.Errorf("options without tracing config %+v", o)
 	}
 }
+
+var (
+	b3IDRE   = regexp.MustCompile(`^([0-9a-f]{16}|[0-9a-f]{32})$`)
+	b3SpanRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
+)
+
+// FuzzPropagateTrace: whatever trace headers a caller sends, the next
+// hop gets well-formed B3 (and, with W3C propagation, a well-formed
+// traceparent agreeing with it), a continued trace keeps a valid
+// caller's ids, and nothing panics.
+func FuzzPropagateTrace(f *testing.F) {
+	f.Add("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "463ac35c9f6413ad", "72485a3953bb6124", "1", "", true)
+	f.Add("", "463AC35C9F6413AD463ac35c9f6413ad", "72485a3953bb6124", "", "a2fb4a1d1a96d312", false)
+	f.Add("00-00000000000000000000000000000000-b7ad6b7169203331-01", "zz", "", "true", "0", true)
+	f.Fuzz(func(t *testing.T, tp, tid, sid, sampled, parent string, w3c bool) {
+		h := http.Header{}
+		for k, v := range map[string]string{"Traceparent": tp, "X-B3-Traceid": tid, "X-B3-Spanid": sid, "X-B3-Sampled": sampled, "X-B3-Parentspanid": parent} {
+			if v != "" {
+				h[k] = []string{v}
+			}
+		}
+		var in traceIDs
+		b3In := parseB3(h.Clone(), &in)
+		got := propagateTrace(h, traceOptions{sampling: 0.5, client: 1, w3c: w3c})
+		if !b3IDRE.MatchString(h.Get("X-B3-Traceid")) || !b3SpanRE.MatchString(h.Get("X-B3-Spanid")) ||
+			(h.Get("X-B3-Sampled") != "0" && h.Get("X-B3-Sampled") != "1") {
+			t.Fatalf("malformed B3 out: %v", h)
+		}
+		if p := h.Get("X-B3-Parentspanid"); p != "" && !b3SpanRE.MatchString(p) {
+			t.Fatalf("malformed parent: %q", p)
+		}
+		if got.span == ([8]byte{}) || got.trace == ([16]byte{}) {
+			t.Fatalf("zero ids: %+v", got)
+		}
+		if w3c {
+			m := traceparentRE.FindStringSubmatch(h.Get("Traceparent"))
+			if m == nil || !strings.HasSuffix(m[1], h.Get("X-B3-Traceid")) || m[2] != h.Get("X-B3-Spanid") {
+				t.Fatalf("traceparent %q disagrees with B3 %v", h.Get("Traceparent"), h)
+			}
+		} else if h.Get("Traceparent") != tp && tp != "" {
+			t.Fatalf("USE_B3 rewrote the traceparent %q to %q", tp, h.Get("Traceparent"))
+		}
+		if b3In && (got.trace != in.trace || got.parent != in.parent) {
+			t.Fatalf("valid B3 in (%x/%x) not continued: %x/%x", in.trace, in.parent, got.trace, got.parent)
+		}
+	})
+}
