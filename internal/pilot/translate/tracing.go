@@ -108,8 +108,7 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 	}
 	var host string
 	var port uint32
-	var maxTag uint32
-	zp := model.ZipkinProvider{}
+	var zp model.ZipkinProvider // a named provider's settings
 	switch {
 	case len(providers) > 0:
 		if len(providers) > 1 {
@@ -121,7 +120,7 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 			return nil
 		}
 		zp = p
-		host, port, maxTag = p.Service, p.Port, p.MaxTagLength
+		host, port = p.Service, p.Port
 		if _, h, ok := strings.Cut(host, "/"); ok { // "namespace/hostname"
 			host = h
 		}
@@ -155,8 +154,8 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 	out := &hcmv3.HttpConnectionManager_Tracing{RandomSampling: &typev3.Percent{Value: sampling},
 		Provider:   &tracev3.Tracing_Http{Name: zipkinTracer, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}},
 		CustomTags: g.istioTags()}
-	if maxTag > 0 {
-		out.MaxPathTagLength = wrapperspb.UInt32(maxTag)
+	if zp.MaxTagLength > 0 {
+		out.MaxPathTagLength = wrapperspb.UInt32(zp.MaxTagLength)
 	}
 	names := make([]string, 0, len(tags))
 	for k := range tags {
