@@ -23,45 +23,45 @@ type span struct {
 	Tags          map[string]string            `json:"tags"`
 }
 
-// TestTracingSpans: tracing set up the way the installation guide does
-// (meshConfig.enableTracing with defaultConfig.tracing.sampling: 100) and
-// a Zipkin collector registered as Istio's add-on names it
-// (zipkin.istio-system:9411). Requests from app A cross both sidecars;
-// sidecar A reports one CLIENT span per request, as Zipkin v2 JSON, to the
-// collector, and app B receives the same trace with A's span as its
-// parent. (Sidecar B calls nothing in this pair, so it sees no collector
-// and only propagates; the engine tests cover SERVER spans.)
-func TestTracingSpans(t *testing.T) {
-	var mu sync.Mutex
-	var spans []span
+// tracedPair is a mesh pair with a Zipkin collector registered as
+// Istio's add-on names it (zipkin.istio-system:9411), and what app B saw.
+type tracedPair struct {
+	t       *testing.T
+	svcPort int
+	client  *http.Client
+	appSaw  chan seenTrace
+	mu      sync.Mutex
+	spans   []span
+}
+
+// seenTrace is the trace context app B received.
+type seenTrace struct{ trace, sampled, parent, traceparent string }
+
+// startTracedPair starts the pair with mesh config meshYAML.
+func startTracedPair(t *testing.T, meshYAML string) *tracedPair {
+	p := &tracedPair{t: t, client: &http.Client{Timeout: 10 * time.Second}, appSaw: make(chan seenTrace, 16)}
 	collector := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var got []span
 		if r.URL.Path != "/api/v2/spans" || json.NewDecoder(r.Body).Decode(&got) != nil {
 			http.Error(w, "want Zipkin v2 JSON on /api/v2/spans", http.StatusBadRequest)
 			return
 		}
-		mu.Lock()
-		spans = append(spans, got...)
-		mu.Unlock()
+		p.mu.Lock()
+		p.spans = append(p.spans, got...)
+		p.mu.Unlock()
 		w.WriteHeader(http.StatusAccepted)
 	})})
-	type seen struct{ trace, sampled, parent, traceparent string }
-	appSaw := make(chan seen, 16)
 	backend := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		appSaw <- seen{r.Header.Get("X-B3-Traceid"), r.Header.Get("X-B3-Sampled"), r.Header.Get("X-B3-Parentspanid"), r.Header.Get("Traceparent")}
+		p.appSaw <- seenTrace{r.Header.Get("X-B3-Traceid"), r.Header.Get("X-B3-Sampled"), r.Header.Get("X-B3-Parentspanid"), r.Header.Get("Traceparent")}
 		_, _ = io.WriteString(w, "ok")
 	})})
 	meshConfig := filepath.Join(t.TempDir(), "mesh.yaml")
-	if err := os.WriteFile(meshConfig, []byte(`enableTracing: true
-defaultConfig:
-  tracing:
-    sampling: 100.0
-`), 0o644); err != nil {
+	if err := os.WriteFile(meshConfig, []byte(meshYAML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	svcPort := freePort(t)
+	p.svcPort = freePort(t)
 	startMeshPairArgs(t, []string{"--mesh-config", meshConfig}, []appPort{{"http", backend, freePort(t)}},
-		webService(svcPort)+fmt.Sprintf(`---
+		webService(p.svcPort)+fmt.Sprintf(`---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: zipkin}
@@ -72,60 +72,129 @@ spec:
   ports: [{number: 9411, name: http-query, protocol: HTTP, targetPort: %d}]
   endpoints: [{address: 127.0.0.1}]
 `, collector))
-	client := &http.Client{Timeout: 10 * time.Second}
-	call := func() error {
-		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/traced", svcPort), nil)
-		req.Host = "web.b.mesh"
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("status %d", resp.StatusCode)
-		}
-		return nil
-	}
-	eventually(t, "a request through both sidecars", call)
+	eventually(t, "a request through both sidecars", func() error { return p.call() })
 	// Sidecar A may have got its tracing config after the first request:
 	// five more fill a batch, which is sent at once.
 	for range 5 {
-		if err := call(); err != nil {
+		if err := p.call(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	var last seen
-	for len(appSaw) > 0 {
-		last = <-appSaw
+	return p
+}
+
+// call sends app A's request, with headers hdr (name, value, …).
+func (p *tracedPair) call(hdr ...string) error {
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/traced", p.svcPort), nil)
+	req.Host = "web.b.mesh"
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
 	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// lastSeen is the trace context of app B's latest request.
+func (p *tracedPair) lastSeen() seenTrace {
+	var last seenTrace
+	for len(p.appSaw) > 0 {
+		last = <-p.appSaw
+	}
+	return last
+}
+
+// spansOf waits for the collector to have spans of trace, and returns
+// them.
+func (p *tracedPair) spansOf(trace string) []span {
+	var mine []span
+	eventually(p.t, "sidecar A's spans at the collector", func() error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		mine = mine[:0]
+		for _, s := range p.spans {
+			if s.TraceID == trace {
+				mine = append(mine, s)
+			}
+		}
+		if len(mine) == 0 {
+			return fmt.Errorf("%d spans, none of trace %s", len(p.spans), trace)
+		}
+		return nil
+	})
+	return mine
+}
+
+// TestTracingSpans: tracing set up the way the installation guide does
+// (meshConfig.enableTracing with defaultConfig.tracing.sampling: 100).
+// Requests from app A cross both sidecars; sidecar A reports one CLIENT
+// span per request, as Zipkin v2 JSON, to the collector, and app B
+// receives the same trace, in B3 headers only, with A's span as its
+// parent. (Sidecar B calls nothing in this pair, so it sees no collector
+// and only propagates; the engine tests cover SERVER spans.)
+func TestTracingSpans(t *testing.T) {
+	p := startTracedPair(t, `enableTracing: true
+defaultConfig:
+  tracing:
+    sampling: 100.0
+`)
+	last := p.lastSeen()
 	// Istio's Zipkin tracer by default (traceContextOption USE_B3):
 	// B3 headers only.
 	if len(last.trace) != 32 || last.sampled != "1" || last.traceparent != "" {
 		t.Fatalf("app B saw %+v: want a sampled 128-bit B3 trace and no traceparent", last)
 	}
-	var mine []span
-	eventually(t, "sidecar A's spans at the collector", func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		mine = mine[:0]
-		for _, s := range spans {
-			if s.TraceID == last.trace {
-				mine = append(mine, s)
-			}
-		}
-		if len(mine) == 0 {
-			return fmt.Errorf("%d spans, none of trace %s", len(spans), last.trace)
-		}
-		return nil
-	})
+	mine := p.spansOf(last.trace)
 	s := mine[0]
 	if len(mine) != 1 || s.Kind != "CLIENT" || s.ID != last.parent || s.ParentID != "" {
 		t.Errorf("spans of the last trace: %+v; want one root CLIENT span whose id (%s) app B sees as its parent", mine, last.parent)
 	}
-	wantName := "web.b.mesh:" + fmt.Sprint(svcPort) + "/*"
+	wantName := "web.b.mesh:" + fmt.Sprint(p.svcPort) + "/*"
 	if s.Name != wantName || s.LocalEndpoint.ServiceName != "a.default" || s.Tags["http.status_code"] != "200" ||
-		s.Tags["istio.canonical_service"] != "a" || s.Tags["upstream_cluster"] != "outbound|"+fmt.Sprint(svcPort)+"||web.b.mesh" {
+		s.Tags["istio.canonical_service"] != "a" || s.Tags["upstream_cluster"] != "outbound|"+fmt.Sprint(p.svcPort)+"||web.b.mesh" {
 		t.Errorf("span %+v: want name %s, service a.default, status 200, Istio's tags", s, wantName)
+	}
+}
+
+// TestTracingW3C: a zipkin extension provider with Istio's
+// traceContextOption USE_B3_WITH_W3C_PROPAGATION. App A's request
+// carries only a W3C traceparent (an OpenTelemetry client): sidecar A
+// continues that trace, reports its CLIENT span under the caller's span,
+// and app B receives the trace in both forms.
+func TestTracingW3C(t *testing.T) {
+	p := startTracedPair(t, `extensionProviders:
+- name: jaeger
+  zipkin:
+    service: zipkin.istio-system.svc.cluster.local
+    port: 9411
+    traceContextOption: USE_B3_WITH_W3C_PROPAGATION
+defaultProviders:
+  tracing: [jaeger]
+defaultConfig:
+  tracing:
+    sampling: 100.0
+`)
+	const trace, caller = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	for range 5 { // a whole batch of this trace
+		if err := p.call("Traceparent", "00-"+trace+"-"+caller+"-01"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := p.lastSeen()
+	if last.trace != trace || last.sampled != "1" || len(last.parent) != 16 || last.parent == caller ||
+		last.traceparent != "00-"+trace+"-"+last.parent+"-01" {
+		t.Fatalf("app B saw %+v: want trace %s in B3 and W3C, under sidecar A's span", last, trace)
+	}
+	for _, s := range p.spansOf(trace) {
+		if s.Kind != "CLIENT" || s.ParentID != caller {
+			t.Errorf("span %+v: want sidecar A's CLIENT spans under the caller's span %s", s, caller)
+		}
 	}
 }
