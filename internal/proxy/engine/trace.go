@@ -10,17 +10,16 @@ import (
 // Trace context propagation, as an Istio sidecar's Envoy does it with
 // its Zipkin tracer: every hop is a span. A request that carries B3
 // headers keeps its trace id and gets a new span id whose parent is the
-// incoming span; a request without a trace starts one (sampled at the
-// connection manager's random_sampling, or without tracing config at
-// defaultTraceSampling, Istio's default 1 %; always with
-// x-envoy-force-trace from the sidecar's own application, and at
-// client_sampling with x-client-trace-id, Envoy's other two ways to
-// initiate a trace). By default only B3 is read
-// and written (the tracer's trace_context_option USE_B3); with
-// USE_B3_WITH_W3C_PROPAGATION a W3C traceparent is read when B3 is
-// absent, and written beside B3, so applications using either library
-// join the same trace. Spans are reported when the connection manager
-// configures a tracer (tracing.go).
+// incoming span. A request without a trace starts one, sampled at the
+// connection manager's random_sampling (without tracing config at
+// defaultTraceSampling, Istio's default 1 %), or as Envoy's other two
+// ways to initiate a trace say: at client_sampling with
+// x-client-trace-id, always with x-envoy-force-trace from the sidecar's
+// own application. By default only B3 is read and written (the tracer's
+// trace_context_option USE_B3); with USE_B3_WITH_W3C_PROPAGATION a W3C
+// traceparent is read when B3 is absent, and written beside B3, so
+// applications using either library join the same trace. Spans are
+// reported when the connection manager configures a tracer (tracing.go).
 
 // defaultTraceSampling is Istio's default sampling rate for new traces.
 const defaultTraceSampling = 0.01
@@ -65,7 +64,7 @@ func propagateTrace(h http.Header, o traceOptions) traceIDs {
 
 // traceContext is this hop's trace context for a request with headers h:
 // the incoming trace with a new span under the caller's, or a new trace,
-// sampled with probability o.sampling. With o.shared an incoming span
+// sampled as o.decide says. With o.shared an incoming span
 // keeps its id, and its B3 parent stays the parent.
 func traceContext(h http.Header, o traceOptions) traceIDs {
 	var t traceIDs
