@@ -91,6 +91,9 @@ type exchange struct {
 	grpcStatus string
 	// trace is the request's trace context once forwarded (zero before).
 	trace traceIDs
+	// vhost is the matched virtual host (its x-envoy-attempt-count
+	// settings), nil before routing.
+	vhost *route.VirtualHost
 }
 
 // inbound tells whether the exchange is the destination's: on an inbound
@@ -155,9 +158,9 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	src, _ := netip.ParseAddrPort(r.RemoteAddr)
 	req := &route.Request{Method: r.Method, Host: r.Host, Path: ex.path, Headers: r.Header, SourceIP: src.Addr()}
-	rte, _, ok := (*route.Route)(nil), (*route.VirtualHost)(nil), false
+	rte, ok := (*route.Route)(nil), false
 	if table != nil {
-		rte, _, ok = table.Match(req)
+		rte, ex.vhost, ok = table.Match(req)
 	}
 	ex.route = rte
 	if !ok {
@@ -318,6 +321,14 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 				markEscaped(r) // the copy shares r's header map
 			}
 		}
+		if ex.vhost.IncludeRequestAttemptCount {
+			if attempt > 0 {
+				// An earlier attempt's transport may still read r's
+				// header map; a retry gets its own.
+				out.Header = out.Header.Clone()
+			}
+			out.Header["X-Envoy-Attempt-Count"] = attemptCount(attempt + 1)
+		}
 		if body != nil {
 			out.Body = io.NopCloser(bytes.NewReader(body))
 			out.ContentLength = int64(len(body))
@@ -379,6 +390,9 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 				e.upstreamError(w, r, ctx, err, ex)
 				return
 			}
+			if ex.vhost.IncludeAttemptCountInResponse {
+				resp.Header["X-Envoy-Attempt-Count"] = attemptCount(attempt + 1)
+			}
 			e.respond(w, resp, rte, wc, ex)
 			if cancelTry != nil {
 				cancelTry()
@@ -399,6 +413,25 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		case <-ctx.Done():
 		}
 	}
+}
+
+// attemptCounts are x-envoy-attempt-count values, made once: the header
+// goes on every request of a virtual host that asks for it (Istio's
+// outbound ones do).
+var attemptCounts = func() [][]string {
+	v := make([][]string, 11)
+	for i := range v {
+		v[i] = []string{strconv.Itoa(i)}
+	}
+	return v
+}()
+
+// attemptCount is the x-envoy-attempt-count value for attempt n (from 1).
+func attemptCount(n int) []string {
+	if n < len(attemptCounts) {
+		return attemptCounts[n][:1:1]
+	}
+	return []string{strconv.Itoa(n)}
 }
 
 // maxHeadersCount is Envoy's default limit on request header fields

@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -179,5 +181,75 @@ func TestTraceContextCrossesTheSidecar(t *testing.T) {
 	if h.Get("X-B3-Traceid") != "0af7651916cd43dd8448eb211c80319c" || h.Get("X-B3-Parentspanid") != "b7ad6b7169203331" ||
 		h.Get("X-B3-Spanid") == "b7ad6b7169203331" || h.Get("X-B3-Sampled") != "1" || h.Get("Traceparent") != "" {
 		t.Fatalf("B3 only: upstream trace headers %v", h)
+	}
+}
+
+// TestAttemptCount: a virtual host with include_request_attempt_count
+// (Istio's outbound ones) sends x-envoy-attempt-count with every attempt
+// — 1, then 2 on the retry — and with include_attempt_count_in_response
+// the client learns the count too; without them the header is not made.
+func TestAttemptCount(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Get("X-Envoy-Attempt-Count"))
+		first := len(seen)%2 == 1
+		mu.Unlock()
+		if r.URL.Path == "/flaky" && first {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	})}
+	backendAddr := freeAddr(t)
+	ln, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", backendAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	for _, tc := range []struct {
+		name              string
+		request, response bool
+		want              []string
+		wantResponse      string
+	}{
+		{"not asked for", false, false, []string{"", ""}, ""},
+		{"request", true, false, []string{"1", "2"}, ""},
+		{"request and response", true, true, []string{"1", "2"}, "2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			seen = nil
+			mu.Unlock()
+			addr := freeAddr(t)
+			l := httpListener("out", addr, "backend", nil)
+			setRetry(t, l, "5xx", 1)
+			f := l.GetFilterChains()[0].GetFilters()[0]
+			h := &hcmv3.HttpConnectionManager{}
+			if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
+				t.Fatal(err)
+			}
+			vh := h.GetRouteConfig().GetVirtualHosts()[0]
+			vh.IncludeRequestAttemptCount, vh.IncludeAttemptCountInResponse = tc.request, tc.response
+			a, _ := anypb.New(h)
+			f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+			startEngine(t, nil, l, staticCluster("backend", backendAddr, false))
+			resp, err := http.Get("http://" + addr.String() + "/flaky")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			mu.Lock()
+			got := slices.Clone(seen)
+			mu.Unlock()
+			if resp.StatusCode != http.StatusOK || !slices.Equal(got, tc.want) || resp.Header.Get("X-Envoy-Attempt-Count") != tc.wantResponse {
+				t.Fatalf("status %d, backend saw attempt counts %q, response %q; want 200, %q, %q", resp.StatusCode, got,
+					resp.Header.Get("X-Envoy-Attempt-Count"), tc.want, tc.wantResponse)
+			}
+		})
 	}
 }
