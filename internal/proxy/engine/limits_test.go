@@ -33,17 +33,10 @@ import (
 // multiply the load on the failing backend.
 func TestRetryBudgetBoundsRetries(t *testing.T) {
 	var hits atomic.Int64
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	backendAddr := serveHandler(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		hits.Add(1)
 		w.WriteHeader(http.StatusServiceUnavailable)
-	})}
-	backendAddr := freeAddr(t)
-	ln, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", backendAddr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	}))
 
 	for _, tc := range []struct {
 		name      string
@@ -90,6 +83,20 @@ func TestRetryBudgetBoundsRetries(t *testing.T) {
 }
 
 // setRetry replaces the listener's inline route retry policy.
+// serveHandler serves h on a free loopback port until the test ends.
+func serveHandler(t *testing.T, h http.Handler) netip.AddrPort {
+	t.Helper()
+	srv := &http.Server{Handler: h}
+	addr := freeAddr(t)
+	ln, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return addr
+}
+
 func setRetry(t *testing.T, l *listenerv3.Listener, on string, n uint32) {
 	t.Helper()
 	f := l.GetFilterChains()[0].GetFilters()[0]
@@ -191,7 +198,7 @@ func TestTraceContextCrossesTheSidecar(t *testing.T) {
 func TestAttemptCount(t *testing.T) {
 	var mu sync.Mutex
 	var seen []string
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	backendAddr := serveHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		seen = append(seen, r.Header.Get("X-Envoy-Attempt-Count"))
 		first := len(seen)%2 == 1
@@ -201,14 +208,7 @@ func TestAttemptCount(t *testing.T) {
 			return
 		}
 		_, _ = io.WriteString(w, "ok")
-	})}
-	backendAddr := freeAddr(t)
-	ln, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", backendAddr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	}))
 
 	for _, tc := range []struct {
 		name              string
