@@ -70,6 +70,9 @@ type Entry struct {
 	Authority       string
 	UpstreamHost    string
 	UpstreamCluster string
+	// Attempts is how many times the request was sent upstream (0:
+	// never), Envoy's UPSTREAM_REQUEST_ATTEMPT_COUNT.
+	Attempts int
 	// Details is Envoy's RESPONSE_CODE_DETAILS; empty: derived from Flags.
 	Details string
 	// ConnectionTerminationDetails and UpstreamFailure are Envoy's

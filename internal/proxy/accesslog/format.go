@@ -132,6 +132,7 @@ const (
 	opPeerIssuer
 	opPeerFingerprint256
 	opGRPCStatusNumber
+	opUpstreamAttempts
 )
 
 // simpleOps are the operators without arguments.
@@ -148,7 +149,7 @@ var simpleOps = map[string]opKind{
 	"DOWNSTREAM_TLS_VERSION": opTLSVersion, "DOWNSTREAM_PEER_URI_SAN": opPeerURISAN,
 	"DOWNSTREAM_PEER_DNS_SAN": opPeerDNSSAN, "DOWNSTREAM_PEER_SUBJECT": opPeerSubject,
 	"DOWNSTREAM_PEER_ISSUER": opPeerIssuer, "DOWNSTREAM_PEER_FINGERPRINT_256": opPeerFingerprint256,
-	"GRPC_STATUS_NUMBER": opGRPCStatusNumber,
+	"GRPC_STATUS_NUMBER": opGRPCStatusNumber, "UPSTREAM_REQUEST_ATTEMPT_COUNT": opUpstreamAttempts,
 }
 
 // SupportedOperators lists the command operators formats may use.
@@ -514,6 +515,8 @@ func (s *segment) value(e *Entry) (string, int64, bool) {
 		return "", max(e.BytesSent, 0), true
 	case opDuration:
 		return "", e.Duration.Milliseconds(), true
+	case opUpstreamAttempts:
+		return "", int64(e.Attempts), true
 	case opReq, opResp:
 		v := e.header(s.op == opResp, s.hdr)
 		if v == "" && s.alt != "" {

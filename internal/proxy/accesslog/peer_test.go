@@ -81,3 +81,28 @@ func TestPeerCertificate(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamAttempts: %UPSTREAM_REQUEST_ATTEMPT_COUNT% is how many times
+// the request went upstream — 0 when the proxy answered itself — as a
+// number in JSON.
+func TestUpstreamAttempts(t *testing.T) {
+	f, err := ParseText("attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	retried, local := entry, entry
+	retried.Attempts = 3
+	if got := string(f.Append(nil, &retried)); got != "attempts=3\n" {
+		t.Errorf("retried: %q", got)
+	}
+	if got := string(f.Append(nil, &local)); got != "attempts=0\n" {
+		t.Errorf("never sent upstream: %q", got)
+	}
+	j, err := ParseJSONMap(map[string]string{"attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(j.Append(nil, &retried)); got != `{"attempts":3}`+"\n" {
+		t.Errorf("JSON: %q", got)
+	}
+}

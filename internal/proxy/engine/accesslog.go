@@ -260,7 +260,8 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 	en := &accesslog.Entry{Start: ex.start, Method: r.Method, Path: ex.path, Protocol: protocol,
 		Code: ex.code, Flags: ex.flags, GRPCStatus: ex.grpcStatus, BytesReceived: ex.reqBytes, BytesSent: ex.respBytes, Duration: d,
 		UpstreamTime: ex.upstreamTime, ForwardedFor: r.Header.Get("X-Forwarded-For"), UserAgent: r.Header.Get("User-Agent"),
-		RequestID: r.Header.Get("X-Request-Id"), Authority: r.Host, UpstreamHost: ex.upstream, UpstreamCluster: ex.cluster}
+		RequestID: r.Header.Get("X-Request-Id"), Authority: r.Host, UpstreamHost: ex.upstream, UpstreamCluster: ex.cluster,
+		Attempts: ex.attempts}
 	if e.opts.AccessLog != nil {
 		e.opts.AccessLog.Log(en)
 	}

@@ -94,6 +94,8 @@ type exchange struct {
 	// vhost is the matched virtual host (its x-envoy-attempt-count
 	// settings), nil before routing.
 	vhost *route.VirtualHost
+	// attempts is how many times the request was sent upstream.
+	attempts int
 }
 
 // inbound tells whether the exchange is the destination's: on an inbound
@@ -340,6 +342,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			out = out.WithContext(httptrace.WithClientTrace(out.Context(), &httptrace.ClientTrace{
 				GotConn: func(info httptrace.GotConnInfo) { ex.upstreamLocal = info.Conn.LocalAddr() }}))
 		}
+		ex.attempts = attempt + 1
 		ep.StartRequest()
 		sent := time.Now()
 		resp, err := rtr.RoundTrip(out)

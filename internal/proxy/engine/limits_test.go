@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -195,6 +197,7 @@ func TestTraceContextCrossesTheSidecar(t *testing.T) {
 // (Istio's outbound ones) sends x-envoy-attempt-count with every attempt
 // — 1, then 2 on the retry — and with include_attempt_count_in_response
 // the client learns the count too; without them the header is not made.
+// The access log's %UPSTREAM_REQUEST_ATTEMPT_COUNT% says 2 either way.
 func TestAttemptCount(t *testing.T) {
 	var mu sync.Mutex
 	var seen []string
@@ -236,13 +239,22 @@ func TestAttemptCount(t *testing.T) {
 			vh.IncludeRequestAttemptCount, vh.IncludeAttemptCountInResponse = tc.request, tc.response
 			a, _ := anypb.New(h)
 			f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
-			startEngine(t, nil, l, staticCluster("backend", backendAddr, false))
+			logPath := filepath.Join(t.TempDir(), "a.log")
+			l = withAccessLogs(l, fileLogProto(logPath, "%UPSTREAM_REQUEST_ATTEMPT_COUNT%\n", nil, ""))
+			e, err := newEngineOpts(Options{}, l, staticCluster("backend", backendAddr, false))
+			if err != nil {
+				t.Fatal(err)
+			}
 			resp, err := http.Get("http://" + addr.String() + "/flaky")
 			if err != nil {
 				t.Fatal(err)
 			}
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
+			e.shutdown() // writes what the logger holds
+			if logged, _ := os.ReadFile(logPath); string(logged) != "2\n" {
+				t.Errorf("%%UPSTREAM_REQUEST_ATTEMPT_COUNT%% logged %q, want 2", logged)
+			}
 			mu.Lock()
 			got := slices.Clone(seen)
 			mu.Unlock()
