@@ -1,14 +1,12 @@
 package engine
 
 import (
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 	"github.com/weftmesh/weft/internal/telemetry"
+	"github.com/weftmesh/weft/internal/testutil/zipkintest"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -73,44 +72,6 @@ func withTracing(t *testing.T, l *listenerv3.Listener, tr *hcmv3.HttpConnectionM
 	return l
 }
 
-// collector is a Zipkin collector: it keeps every span POSTed as JSON.
-type collector struct {
-	mu    sync.Mutex
-	spans []zipkinSpan
-	hosts []string
-}
-
-func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var spans []zipkinSpan
-	if r.Method != http.MethodPost || r.URL.Path != "/api/v2/spans" || r.Header.Get("Content-Type") != "application/json" {
-		http.Error(w, "want POST /api/v2/spans with JSON", http.StatusBadRequest)
-		return
-	}
-	if err := json.NewDecoder(r.Body).Decode(&spans); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	c.mu.Lock()
-	c.spans = append(c.spans, spans...)
-	c.hosts = append(c.hosts, r.Host)
-	c.mu.Unlock()
-	w.WriteHeader(http.StatusAccepted)
-}
-
-func (c *collector) wait(t *testing.T, n int) []zipkinSpan {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c.mu.Lock()
-		got := append([]zipkinSpan(nil), c.spans...)
-		c.mu.Unlock()
-		if len(got) >= n || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(20 * time.Millisecond) // the reporter flushes on its own clock
-	}
-}
-
 // TestZipkinSpans: a request crossing an outbound and an inbound
 // connection manager with Zipkin tracing becomes a CLIENT and a SERVER
 // span of one trace, delivered as Zipkin v2 JSON to the collector
@@ -127,7 +88,7 @@ func TestZipkinSpans(t *testing.T) {
 		_, _ = io.WriteString(w, "ok")
 	}))
 	defer backend.Close()
-	col := &collector{}
+	col := &zipkintest.Collector{}
 	zipkin := httptest.NewServer(col)
 	defer zipkin.Close()
 
@@ -167,17 +128,17 @@ func TestZipkinSpans(t *testing.T) {
 	// The proxy's own answer (no healthy upstream) is a span too.
 	getAt(uhAddr, "/nobody", "X-B3-Traceid", "463ac35c9f6413ad", "X-B3-Spanid", "a2fb4a1d1a96d312", "X-B3-Sampled", "1")
 
-	col.wait(t, 5)
+	col.Wait(5, 10*time.Second)
 	time.Sleep(100 * time.Millisecond) // a sixth span would come by now
-	spans := col.wait(t, 5)
+	spans := col.Wait(5, 10*time.Second)
 	if len(spans) != 5 {
 		t.Fatalf("collector got %d spans, want 5 (two sampled requests, two hops; one local reply):\n%+v", len(spans), spans)
 	}
-	byKind := map[string][]zipkinSpan{}
+	byKind := map[string][]zipkintest.Span{}
 	for _, s := range spans {
 		byKind[s.Kind+" "+s.Tags["http.url"]] = append(byKind[s.Kind+" "+s.Tags["http.url"]], s)
 	}
-	one := func(key string) zipkinSpan {
+	one := func(key string) zipkintest.Span {
 		t.Helper()
 		if len(byKind[key]) != 1 {
 			t.Fatalf("spans %q: %d, want 1 (have %v)", key, len(byKind[key]), spans)
@@ -220,13 +181,11 @@ func TestZipkinSpans(t *testing.T) {
 	if c1.Duration <= 0 || c1.Timestamp < time.Now().Add(-time.Minute).UnixMicro() {
 		t.Errorf("client span timestamp %d duration %d", c1.Timestamp, c1.Duration)
 	}
-	col.mu.Lock()
-	for _, h := range col.hosts {
+	for _, h := range col.Hosts() {
 		if h != "zipkin.istio-system.svc.cluster.local" {
 			t.Errorf("collector request Host %q, want collector_hostname", h)
 		}
 	}
-	col.mu.Unlock()
 	if got := testutil.ToFloat64(e.metrics.SpansSent); got != 5 {
 		t.Errorf("weft_tracing_spans_sent_total = %v, want 5", got)
 	}
@@ -305,7 +264,7 @@ func TestTracingConfigErrors(t *testing.T) {
 // collector the config no longer names leaves no goroutine behind), and a
 // span for it afterwards starts a new one and is delivered.
 func TestZipkinReporterRetires(t *testing.T) {
-	col := &collector{}
+	col := &zipkintest.Collector{}
 	zipkin := httptest.NewServer(col)
 	defer zipkin.Close()
 	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 5 * time.Millisecond})
@@ -322,7 +281,7 @@ func TestZipkinReporterRetires(t *testing.T) {
 	}
 	first := e.zipkin(target)
 	first.enqueue(&zipkinSpan{TraceID: "463ac35c9f6413ad", ID: "a2fb4a1d1a96d312", Name: "one"})
-	col.wait(t, 1)
+	col.Wait(1, 10*time.Second)
 	deadline := time.Now().Add(10 * time.Second)
 	for reporters() != 0 {
 		if time.Now().After(deadline) {
@@ -339,7 +298,7 @@ func TestZipkinReporterRetires(t *testing.T) {
 	// A span handed to the retired reporter (a request that looked it up
 	// before it retired) reaches the collector through a new one.
 	first.enqueue(&zipkinSpan{TraceID: "463ac35c9f6413ad", ID: "b2fb4a1d1a96d312", Name: "two"})
-	if got := col.wait(t, 2); len(got) != 2 || got[1].Name != "two" {
+	if got := col.Wait(2, 10*time.Second); len(got) != 2 || got[1].Name != "two" {
 		t.Fatalf("collector got %+v, want the span sent after retirement", got)
 	}
 	if reporters() != 1 {

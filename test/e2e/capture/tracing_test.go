@@ -1,24 +1,14 @@
 package capture
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
-)
 
-// zipkinSpan is the part of a Zipkin v2 span the test reads.
-type zipkinSpan struct {
-	TraceID       string                       `json:"traceId"`
-	ID            string                       `json:"id"`
-	ParentID      string                       `json:"parentId"`
-	Kind          string                       `json:"kind"`
-	LocalEndpoint struct{ ServiceName string } `json:"localEndpoint"`
-	Tags          map[string]string            `json:"tags"`
-}
+	"github.com/weftmesh/weft/internal/testutil/zipkintest"
+)
 
 // TestMeshTracing: the installation guide's tracing settings
 // (enableTracing, defaultConfig.tracing.sampling: 100) on capture-mode
@@ -29,24 +19,13 @@ type zipkinSpan struct {
 // (RBAC, 403) is a SERVER span too.
 func TestMeshTracing(t *testing.T) {
 	ns, weft := authzMesh(t, "weft-trace", "enableTracing: true\ndefaultConfig:\n  tracing:\n    sampling: 100.0\n")
-	var mu sync.Mutex
-	var spans []zipkinSpan
+	var col zipkintest.Collector
 	var ln net.Listener
 	inNetns(t, ns["cp"], func() (err error) {
 		ln, err = net.Listen("tcp", authzHosts["cp"]+":9411")
 		return err
 	})
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var got []zipkinSpan
-		if r.URL.Path != "/api/v2/spans" || json.NewDecoder(r.Body).Decode(&got) != nil {
-			http.Error(w, "want Zipkin v2 JSON", http.StatusBadRequest)
-			return
-		}
-		mu.Lock()
-		spans = append(spans, got...)
-		mu.Unlock()
-		w.WriteHeader(http.StatusAccepted)
-	})}
+	srv := &http.Server{Handler: &col}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close() })
 	if _, err := weft(`apiVersion: networking.istio.io/v1
@@ -63,9 +42,8 @@ spec:
 	}
 	// pair finds a CLIENT span from sleep's sidecar and the SERVER span of
 	// httpbin's sidecar under it, for requests to target with status.
-	pair := func(target, status string) (client, server *zipkinSpan) {
-		mu.Lock()
-		defer mu.Unlock()
+	pair := func(target, status string) (client, server *zipkintest.Span) {
+		spans := col.Spans()
 		for i := range spans {
 			s := &spans[i]
 			if s.Kind == "SERVER" && s.Tags["http.status_code"] == status && strings.HasSuffix(s.Tags["http.url"], target) {
@@ -79,7 +57,7 @@ spec:
 		}
 		return nil, nil
 	}
-	var c, s *zipkinSpan
+	var c, s *zipkintest.Span
 	eventually(t, "a CLIENT and a SERVER span of one request at the collector", func() error {
 		// Five requests fill a batch, which each sidecar sends at once.
 		for range 5 {
@@ -88,9 +66,7 @@ spec:
 			}
 		}
 		if c, s = pair("/traced", "200"); c == nil {
-			mu.Lock()
-			defer mu.Unlock()
-			return fmt.Errorf("%d spans, no CLIENT/SERVER pair yet", len(spans))
+			return fmt.Errorf("%d spans, no CLIENT/SERVER pair yet", len(col.Spans()))
 		}
 		return nil
 	})
@@ -105,10 +81,8 @@ spec:
 			}
 		}
 		if _, s := pair("/admin", "403"); s == nil {
-			mu.Lock()
-			defer mu.Unlock()
 			var seen []string
-			for _, s := range spans {
+			for _, s := range col.Spans() {
 				seen = append(seen, s.Kind+" "+s.Tags["http.status_code"]+" "+s.Tags["http.url"]+" "+s.ID+"<"+s.ParentID)
 			}
 			return fmt.Errorf("no span pair for /admin yet; spans: %v", seen[max(0, len(seen)-12):])

@@ -1,27 +1,16 @@
 package sidecar
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
-)
 
-// span is the part of a Zipkin v2 span the test reads.
-type span struct {
-	TraceID       string                       `json:"traceId"`
-	ID            string                       `json:"id"`
-	ParentID      string                       `json:"parentId"`
-	Name          string                       `json:"name"`
-	Kind          string                       `json:"kind"`
-	LocalEndpoint struct{ ServiceName string } `json:"localEndpoint"`
-	Tags          map[string]string            `json:"tags"`
-}
+	"github.com/weftmesh/weft/internal/testutil/zipkintest"
+)
 
 // tracedPair is a mesh pair with a Zipkin collector registered as
 // Istio's add-on names it (zipkin.istio-system:9411), and what app B saw.
@@ -30,8 +19,7 @@ type tracedPair struct {
 	svcPort int
 	client  *http.Client
 	appSaw  chan seenTrace
-	mu      sync.Mutex
-	spans   []span
+	spans   zipkintest.Collector
 }
 
 // seenTrace is the trace context app B received.
@@ -40,17 +28,7 @@ type seenTrace struct{ trace, sampled, parent, traceparent string }
 // startTracedPair starts the pair with mesh config meshYAML.
 func startTracedPair(t *testing.T, meshYAML string) *tracedPair {
 	p := &tracedPair{t: t, client: &http.Client{Timeout: 10 * time.Second}, appSaw: make(chan seenTrace, 16)}
-	collector := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var got []span
-		if r.URL.Path != "/api/v2/spans" || json.NewDecoder(r.Body).Decode(&got) != nil {
-			http.Error(w, "want Zipkin v2 JSON on /api/v2/spans", http.StatusBadRequest)
-			return
-		}
-		p.mu.Lock()
-		p.spans = append(p.spans, got...)
-		p.mu.Unlock()
-		w.WriteHeader(http.StatusAccepted)
-	})})
+	collector := serve(t, &http.Server{Handler: &p.spans})
 	backend := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.appSaw <- seenTrace{r.Header.Get("X-B3-Traceid"), r.Header.Get("X-B3-Sampled"), r.Header.Get("X-B3-Parentspanid"), r.Header.Get("Traceparent")}
 		_, _ = io.WriteString(w, "ok")
@@ -113,19 +91,18 @@ func (p *tracedPair) lastSeen() seenTrace {
 
 // spansOf waits for the collector to have spans of trace, and returns
 // them.
-func (p *tracedPair) spansOf(trace string) []span {
-	var mine []span
+func (p *tracedPair) spansOf(trace string) []zipkintest.Span {
+	var mine []zipkintest.Span
 	eventually(p.t, "sidecar A's spans at the collector", func() error {
-		p.mu.Lock()
-		defer p.mu.Unlock()
+		all := p.spans.Spans()
 		mine = mine[:0]
-		for _, s := range p.spans {
+		for _, s := range all {
 			if s.TraceID == trace {
 				mine = append(mine, s)
 			}
 		}
 		if len(mine) == 0 {
-			return fmt.Errorf("%d spans, none of trace %s", len(p.spans), trace)
+			return fmt.Errorf("%d spans, none of trace %s", len(all), trace)
 		}
 		return nil
 	})
