@@ -323,13 +323,14 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 				markEscaped(r) // the copy shares r's header map
 			}
 		}
+		ex.attempts = attempt + 1
 		if ex.vhost.IncludeRequestAttemptCount {
 			if attempt > 0 {
 				// An earlier attempt's transport may still read r's
 				// header map; a retry gets its own.
 				out.Header = out.Header.Clone()
 			}
-			out.Header["X-Envoy-Attempt-Count"] = attemptCount(attempt + 1)
+			out.Header["X-Envoy-Attempt-Count"] = attemptCount(ex.attempts)
 		}
 		if body != nil {
 			out.Body = io.NopCloser(bytes.NewReader(body))
@@ -342,7 +343,6 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			out = out.WithContext(httptrace.WithClientTrace(out.Context(), &httptrace.ClientTrace{
 				GotConn: func(info httptrace.GotConnInfo) { ex.upstreamLocal = info.Conn.LocalAddr() }}))
 		}
-		ex.attempts = attempt + 1
 		ep.StartRequest()
 		sent := time.Now()
 		resp, err := rtr.RoundTrip(out)
@@ -394,7 +394,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 				return
 			}
 			if ex.vhost.IncludeAttemptCountInResponse {
-				resp.Header["X-Envoy-Attempt-Count"] = attemptCount(attempt + 1)
+				resp.Header["X-Envoy-Attempt-Count"] = attemptCount(ex.attempts)
 			}
 			e.respond(w, resp, rte, wc, ex)
 			if cancelTry != nil {
