@@ -83,7 +83,6 @@ func (b *builder) listeners() ([]*listenerv3.Listener, []*routev3.RouteConfigura
 		g := newNetBuilder(b)
 		ls, rs = g.sidecarListeners()
 		g.addAccessLogs(ls)
-		g.addTracing(ls)
 	case model.Proxyless:
 		ls, rs = newNetBuilder(b).proxylessListeners()
 	default:
@@ -193,6 +192,7 @@ func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
 			httpFilter(routerFilterName, &routerv3.Router{}),
 		},
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+		Tracing:        g.hcmTracingFor(false),
 	}
 	g.setPathNormalization(h)
 	return &listenerv3.FilterChain{Name: "http", Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, h)}}
@@ -301,6 +301,7 @@ func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.Fi
 		ForwardClientCertDetails: hcmv3.HttpConnectionManager_APPEND_FORWARD,
 		SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
 			Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
+		Tracing: g.hcmTracingFor(true),
 	}
 	g.setPathNormalization(h)
 	fc.Filters = []*listenerv3.Filter{networkFilter(hcmFilterName, h)}

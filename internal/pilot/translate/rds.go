@@ -56,6 +56,8 @@ type netBuilder struct {
 	warned  map[string]bool
 	// authzF are the inbound RBAC filters (authz), built on first use.
 	authzF *authzFilters
+	// tracingF is the connection managers' tracing, built on first use.
+	tracingF *sideTracings
 }
 
 // newNetBuilder prepares LDS/RDS for b's proxy: services by hostname and

@@ -5,14 +5,11 @@ import (
 	"sort"
 	"strings"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tracingtagv3 "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	telemetry "istio.io/api/telemetry/v1alpha1"
@@ -36,34 +33,23 @@ import (
 
 const zipkinTracer = "envoy.tracers.zipkin"
 
-// addTracing sets the tracing of the proxy's HTTP connection managers in
-// place.
-func (g *netBuilder) addTracing(ls []*listenerv3.Listener) {
-	client := g.tracing(telemetry.WorkloadMode_CLIENT)
-	server := g.tracing(telemetry.WorkloadMode_SERVER)
-	for _, l := range ls {
-		tr := client
-		if l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND {
-			tr = server
-		}
-		if tr == nil {
-			continue
-		}
-		for _, fc := range listenerChains(l) {
-			for _, f := range fc.GetFilters() {
-				tc := f.GetTypedConfig()
-				if !tc.MessageIs(&hcmv3.HttpConnectionManager{}) {
-					continue
-				}
-				h := &hcmv3.HttpConnectionManager{}
-				if tc.UnmarshalTo(h) != nil {
-					continue
-				}
-				h.Tracing = proto.Clone(tr).(*hcmv3.HttpConnectionManager_Tracing)
-				f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: ldsAny(h)}
-			}
-		}
+// sideTracings are the tracing of the proxy's outbound (CLIENT) and
+// inbound (SERVER) connection managers; nil when a side has none.
+type sideTracings struct {
+	client, server *hcmv3.HttpConnectionManager_Tracing
+}
+
+// hcmTracingFor is the tracing an outbound or inbound connection manager
+// gets, worked out on first use and shared by every manager of the side
+// (each is marshalled as it is built).
+func (g *netBuilder) hcmTracingFor(inbound bool) *hcmv3.HttpConnectionManager_Tracing {
+	if g.tracingF == nil {
+		g.tracingF = &sideTracings{client: g.tracing(telemetry.WorkloadMode_CLIENT), server: g.tracing(telemetry.WorkloadMode_SERVER)}
 	}
+	if inbound {
+		return g.tracingF.server
+	}
+	return g.tracingF.client
 }
 
 // tracing computes one side's connection manager tracing (nil: none).
