@@ -3,9 +3,11 @@ package model
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 
+	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 	meshv1 "istio.io/api/mesh/v1alpha1"
@@ -155,8 +157,8 @@ func parseAccessLogging(mc *meshv1.MeshConfig) (*AccessLogging, []string, error)
 	for _, p := range mc.GetExtensionProviders() {
 		f := p.GetEnvoyFileAccessLog()
 		if f == nil {
-			if p.GetZipkin() == nil {
-				warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: only envoyFileAccessLog and zipkin providers are used by weft; ignored", p.GetName()))
+			if p.GetZipkin() == nil && p.GetOpentelemetry() == nil {
+				warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: only envoyFileAccessLog, zipkin and opentelemetry providers are used by weft; ignored", p.GetName()))
 			}
 			continue
 		}
@@ -182,13 +184,22 @@ func parseAccessLogging(mc *meshv1.MeshConfig) (*AccessLogging, []string, error)
 	return al, warnings, nil
 }
 
-// parseTracingProviders adds the zipkin extensionProviders and
-// defaultProviders.tracing to t.
+// parseTracingProviders adds the zipkin and opentelemetry
+// extensionProviders and defaultProviders.tracing to t.
 func parseTracingProviders(mc *meshv1.MeshConfig, t Tracing) (Tracing, []string, error) {
 	var warnings []string
 	t.DefaultProviders = mc.GetDefaultProviders().GetTracing()
-	t.Providers = map[string]ZipkinProvider{}
+	t.Providers = map[string]TracingProvider{}
 	for _, p := range mc.GetExtensionProviders() {
+		if o := p.GetOpentelemetry(); o != nil {
+			tp, w, err := parseOTelProvider(p.GetName(), o)
+			warnings = append(warnings, w...)
+			if err != nil {
+				return t, warnings, err
+			}
+			t.Providers[p.GetName()] = tp
+			continue
+		}
 		z := p.GetZipkin()
 		if z == nil {
 			continue
@@ -202,9 +213,59 @@ func parseTracingProviders(mc *meshv1.MeshConfig, t Tracing) (Tracing, []string,
 		if z.GetTimeout() != nil || len(z.GetHeaders()) > 0 {
 			warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: zipkin timeout and headers are not supported; spans go out without them", p.GetName()))
 		}
-		t.Providers[p.GetName()] = ZipkinProvider{Service: z.GetService(), Port: z.GetPort(), MaxTagLength: z.GetMaxTagLength(),
+		t.Providers[p.GetName()] = TracingProvider{Service: z.GetService(), Port: z.GetPort(), MaxTagLength: z.GetMaxTagLength(),
 			Path: z.GetPath(), TraceID64: z.GetEnable_64BitTraceId(),
 			W3C: z.GetTraceContextOption() == meshv1.MeshConfig_ExtensionProvider_ZipkinTracingProvider_USE_B3_WITH_W3C_PROPAGATION}
 	}
 	return t, warnings, nil
+}
+
+// defaultOTLPPath is where an OpenTelemetry collector takes OTLP/HTTP
+// traces, for an http provider without a path.
+const defaultOTLPPath = "/v1/traces"
+
+// parseOTelProvider reads an opentelemetry extensionProvider.
+func parseOTelProvider(name string, o *meshv1.MeshConfig_ExtensionProvider_OpenTelemetryTracingProvider) (TracingProvider, []string, error) {
+	var warnings []string
+	if o.GetService() == "" || o.GetPort() == 0 {
+		return TracingProvider{}, nil, fmt.Errorf("mesh config: extensionProviders %q: opentelemetry service and port are required", name)
+	}
+	tp := TracingProvider{OTel: true, Service: o.GetService(), Port: o.GetPort(), MaxTagLength: o.GetMaxTagLength()}
+	headers := o.GetGrpc().GetInitialMetadata()
+	timeout := o.GetGrpc().GetTimeout()
+	if h := o.GetHttp(); h != nil {
+		tp.OTLPHTTP, headers, timeout = true, h.GetHeaders(), h.GetTimeout()
+		tp.Path = h.GetPath()
+		if tp.Path == "" {
+			tp.Path = defaultOTLPPath
+		} else if !strings.HasPrefix(tp.Path, "/") { // Istio joins it to the host
+			tp.Path = "/" + tp.Path
+		}
+		if strings.ContainsAny(tp.Path, "?# ") {
+			return TracingProvider{}, nil, fmt.Errorf("mesh config: extensionProviders %q: opentelemetry http path %q must be a plain path", name, h.GetPath())
+		}
+	}
+	if timeout != nil {
+		if err := timeout.CheckValid(); err != nil || timeout.AsDuration() <= 0 {
+			return TracingProvider{}, nil, fmt.Errorf("mesh config: extensionProviders %q: opentelemetry timeout must be positive", name)
+		}
+		tp.Timeout = timeout.AsDuration()
+	}
+	for _, h := range headers {
+		if !httpguts.ValidHeaderFieldName(h.GetName()) {
+			return TracingProvider{}, nil, fmt.Errorf("mesh config: extensionProviders %q: opentelemetry header name %q is not valid", name, h.GetName())
+		}
+		v := h.GetValue()
+		if env := h.GetEnvName(); env != "" {
+			v = os.Getenv(env) // read by the control plane, as istiod does
+		}
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return TracingProvider{}, nil, fmt.Errorf("mesh config: extensionProviders %q: opentelemetry header %q has a value that is not valid", name, h.GetName())
+		}
+		tp.Headers = append(tp.Headers, Header{Name: h.GetName(), Value: v})
+	}
+	if o.GetResourceDetectors() != nil || o.GetDynatraceSampler() != nil {
+		warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: opentelemetry resourceDetectors and dynatraceSampler are not supported; ignored", name))
+	}
+	return tp, warnings, nil
 }

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ defaultConfig: {concurrency: 2}
 	want := Mesh{RootNamespace: "mesh-root", TrustDomain: "example.org", DomainSuffix: "svc.cluster.local",
 		ConnectTimeout: 3 * time.Second, PathNormalization: PathNormalizationDecodeAndMergeSlashes,
 		AccessLog: m.AccessLog, Tracing: DefaultMesh().Tracing}
-	want.Tracing.Providers = map[string]ZipkinProvider{}
+	want.Tracing.Providers = map[string]TracingProvider{}
 	if diff := cmp.Diff(m, want); diff != "" {
 		t.Errorf("mesh (-got +want)\n%s", diff)
 	}
@@ -82,7 +83,7 @@ extensionProviders:
 	if len(warnings) != 0 {
 		t.Errorf("warnings %q", warnings)
 	}
-	if diff := cmp.Diff(m.Tracing.Providers, map[string]ZipkinProvider{"zipkin": {Service: "zipkin.istio-system.svc.cluster.local", Port: 9411}}); diff != "" {
+	if diff := cmp.Diff(m.Tracing.Providers, map[string]TracingProvider{"zipkin": {Service: "zipkin.istio-system.svc.cluster.local", Port: 9411}}); diff != "" {
 		t.Errorf("tracing providers (-got +want)\n%s", diff)
 	}
 	if diff := cmp.Diff(m.Tracing.DefaultProviders, []string{"zipkin"}); diff != "" {
@@ -128,7 +129,7 @@ extensionProviders:
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]ZipkinProvider{
+	want := map[string]TracingProvider{
 		"plain": {Service: "zipkin.istio-system.svc.cluster.local", Port: 9411},
 		"w3c":   {Service: "jaeger.observability.svc.cluster.local", Port: 9411, Path: "/zipkin/spans", TraceID64: true, W3C: true},
 	}
@@ -138,7 +139,44 @@ extensionProviders:
 	if len(warnings) != 1 || !strings.Contains(warnings[0], `"w3c": zipkin timeout and headers are not supported`) {
 		t.Errorf("warnings %q", warnings)
 	}
+	t.Setenv("OTEL_TOKEN", "s3cret")
+	m, warnings, err = ParseMeshConfig([]byte(`
+extensionProviders:
+- name: otel
+  opentelemetry: {service: opentelemetry-collector.observability.svc.cluster.local, port: 4317, maxTagLength: 99,
+    grpc: {timeout: 3s, initialMetadata: [{name: x-tenant, value: a}]}}
+- name: otel-http
+  opentelemetry:
+    service: otel-http.observability.svc.cluster.local
+    port: 4318
+    http: {path: v1/traces, timeout: 1s, headers: [{name: Authorization, envName: OTEL_TOKEN}]}
+    resourceDetectors: {environment: {}}
+- name: otel-http-default
+  opentelemetry: {service: otel-http.observability.svc.cluster.local, port: 4318, http: {}}
+defaultProviders: {tracing: [otel]}
+`), DefaultMesh())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = map[string]TracingProvider{
+		"otel": {OTel: true, Service: "opentelemetry-collector.observability.svc.cluster.local", Port: 4317, MaxTagLength: 99,
+			Timeout: 3 * time.Second, Headers: []Header{{"x-tenant", "a"}}},
+		"otel-http": {OTel: true, OTLPHTTP: true, Service: "otel-http.observability.svc.cluster.local", Port: 4318, Path: "/v1/traces",
+			Timeout: time.Second, Headers: []Header{{"Authorization", "s3cret"}}},
+		"otel-http-default": {OTel: true, OTLPHTTP: true, Service: "otel-http.observability.svc.cluster.local", Port: 4318, Path: "/v1/traces"},
+	}
+	if !cmp.Equal(m.Tracing.Providers, want) || !slices.Equal(m.Tracing.DefaultProviders, []string{"otel"}) {
+		t.Errorf("opentelemetry providers: %s, defaults %v", cmp.Diff(want, m.Tracing.Providers), m.Tracing.DefaultProviders)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], `"otel-http": opentelemetry resourceDetectors and dynatraceSampler are not supported`) {
+		t.Errorf("warnings %q", warnings)
+	}
 	for _, bad := range []string{
+		"extensionProviders: [{name: o, opentelemetry: {service: otel.observability.svc.cluster.local}}]",
+		"extensionProviders: [{name: o, opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317, grpc: {timeout: 0s}}}]",
+		"extensionProviders: [{name: o, opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317, http: {path: '/v1/traces?x=1'}}}]",
+		"extensionProviders: [{name: o, opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317, http: {headers: [{name: 'a b', value: v}]}}}]",
+		"extensionProviders: [{name: o, opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317, grpc: {initialMetadata: [{name: a, value: \"v\\n\"}]}}}]",
 		"extensionProviders: [{name: z, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, path: api/v2/spans}}]",
 		"extensionProviders: [{name: z, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, traceContextOption: W3C}}]",
 		"defaultConfig: {tracing: {sampling: 150}}",

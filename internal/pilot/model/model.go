@@ -58,7 +58,7 @@ type Mesh struct {
 	// access log extensionProviders); nil: none. Immutable once built.
 	AccessLog *AccessLogging
 	// Tracing holds the span reporting settings (enableTracing,
-	// defaultConfig.tracing, the zipkin extensionProviders and
+	// defaultConfig.tracing, the zipkin and opentelemetry extensionProviders and
 	// defaultProviders.tracing). Immutable once built.
 	Tracing Tracing
 }
@@ -74,8 +74,9 @@ type Tracing struct {
 	// ZipkinAddress is defaultConfig.tracing.zipkin.address, host:port
 	// (Istio's default "zipkin.istio-system:9411").
 	ZipkinAddress string
-	// Providers are the zipkin extensionProviders, by name.
-	Providers map[string]ZipkinProvider
+	// Providers are the zipkin and opentelemetry extensionProviders, by
+	// name.
+	Providers map[string]TracingProvider
 	// DefaultProviders are defaultProviders.tracing.
 	DefaultProviders []string
 }
@@ -94,20 +95,37 @@ func (t Tracing) ZipkinHostPort() (host string, port uint32, ok bool) {
 	return h, uint32(n), true
 }
 
-// ZipkinProvider is a zipkin extensionProvider: the collector service
-// (a hostname, or "namespace/hostname") and port, the collector's path
-// ("" Zipkin's /api/v2/spans), and how trace ids are made and carried.
-type ZipkinProvider struct {
+// TracingProvider is a zipkin or opentelemetry extensionProvider: the
+// collector service (a hostname, or "namespace/hostname") and port, and
+// how spans are sent and trace ids made and carried.
+type TracingProvider struct {
 	Service      string
 	Port         uint32
 	MaxTagLength uint32
-	Path         string
-	// TraceID64 is enable64bitTraceId: new traces get 64-bit ids.
+	// OTel: an opentelemetry provider (Envoy's OpenTelemetry tracer: W3C
+	// trace context, spans as OTLP); else a zipkin one.
+	OTel bool
+	// Path is a zipkin collector's path ("" Zipkin's /api/v2/spans), or
+	// with OTLPHTTP the OTLP/HTTP path.
+	Path string
+	// TraceID64 is zipkin's enable64bitTraceId: new traces get 64-bit ids.
 	TraceID64 bool
-	// W3C is traceContextOption USE_B3_WITH_W3C_PROPAGATION: a W3C
-	// traceparent is read when B3 is absent, and written beside B3.
+	// W3C is zipkin's traceContextOption USE_B3_WITH_W3C_PROPAGATION: a
+	// W3C traceparent is read when B3 is absent, and written beside B3.
 	W3C bool
+	// OTLPHTTP: an opentelemetry provider's http, spans sent over
+	// OTLP/HTTP; else over OTLP/gRPC.
+	OTLPHTTP bool
+	// Timeout bounds an opentelemetry export (its http or grpc timeout;
+	// 0: the sidecar's default).
+	Timeout time.Duration
+	// Headers go with every opentelemetry export: http headers or grpc
+	// initialMetadata, envName values read when the mesh config is.
+	Headers []Header
 }
+
+// Header is a header name and value.
+type Header struct{ Name, Value string }
 
 // AccessLogging is MeshConfig's access log settings.
 type AccessLogging struct {

@@ -4,21 +4,26 @@ import (
 	"cmp"
 	"sort"
 	"strings"
+	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tracingtagv3 "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	telemetry "istio.io/api/telemetry/v1alpha1"
 )
 
-// Tracing, as istiod configures it for its Zipkin tracer: every HTTP
-// connection manager of a sidecar gets tracing with the
-// envoy.tracers.zipkin provider, reporting to the collector service's
-// outbound cluster, sampling new traces at a percentage.
+// Tracing, as istiod configures it for its Zipkin and OpenTelemetry
+// tracers: every HTTP connection manager of a sidecar gets tracing with
+// the envoy.tracers.zipkin provider (Zipkin v2 JSON) or the
+// envoy.tracers.opentelemetry one (OTLP over gRPC, or over HTTP with the
+// provider's http), reporting to the collector service's outbound
+// cluster, sampling new traces at a percentage.
 //
 // The provider is the first one the applicable Telemetry resources name
 // (merged root, namespace, workload as for access logs; match.mode limits
@@ -31,7 +36,13 @@ import (
 // provider; Istio's default address names a collector most meshes do not
 // run); the proxy then only propagates trace headers.
 
-const zipkinTracer = "envoy.tracers.zipkin"
+const (
+	zipkinTracer = "envoy.tracers.zipkin"
+	otelTracer   = "envoy.tracers.opentelemetry"
+	// defaultOTLPTimeout bounds an OTLP/HTTP export whose provider sets
+	// no timeout.
+	defaultOTLPTimeout = 5 * time.Second
+)
 
 // sideTracings are the tracing of the proxy's outbound (CLIENT) and
 // inbound (SERVER) connection managers; nil when a side has none.
@@ -94,7 +105,7 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 	}
 	var host string
 	var port uint32
-	var zp model.ZipkinProvider // a named provider's settings
+	var tp model.TracingProvider // a named provider's settings
 	switch {
 	case len(providers) > 0:
 		if len(providers) > 1 {
@@ -102,10 +113,10 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 		}
 		p, ok := mt.Providers[providers[0]]
 		if !ok {
-			g.warnOnce("tracing: provider %q is not a zipkin extensionProvider in the mesh config; spans are not reported", providers[0])
+			g.warnOnce("tracing: provider %q is not a zipkin or opentelemetry extensionProvider in the mesh config; spans are not reported", providers[0])
 			return nil
 		}
-		zp = p
+		tp = p
 		host, port = p.Service, p.Port
 		if _, h, ok := strings.Cut(host, "/"); ok { // "namespace/hostname"
 			host = h
@@ -130,18 +141,12 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 	if sampling < 0 {
 		sampling = mt.Sampling
 	}
-	zc := &tracev3.ZipkinConfig{CollectorCluster: OutboundCluster(port, "", svc), CollectorEndpoint: cmp.Or(zp.Path, "/api/v2/spans"),
-		CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: !zp.TraceID64,
-		SharedSpanContext: wrapperspb.Bool(false), CollectorHostname: svc}
-	if zp.W3C {
-		zc.TraceContextOption = tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION
-	}
-	a, _ := anypb.New(zc)
+	a, name := g.tracerConfig(tp, svc, port)
 	out := &hcmv3.HttpConnectionManager_Tracing{RandomSampling: &typev3.Percent{Value: sampling},
-		Provider:   &tracev3.Tracing_Http{Name: zipkinTracer, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}},
+		Provider:   &tracev3.Tracing_Http{Name: name, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}},
 		CustomTags: g.istioTags()}
-	if zp.MaxTagLength > 0 {
-		out.MaxPathTagLength = wrapperspb.UInt32(zp.MaxTagLength)
+	if tp.MaxTagLength > 0 {
+		out.MaxPathTagLength = wrapperspb.UInt32(tp.MaxTagLength)
 	}
 	names := make([]string, 0, len(tags))
 	for k := range tags {
@@ -166,6 +171,56 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 		out.CustomTags = append(out.CustomTags, ct)
 	}
 	return out
+}
+
+// tracerConfig is the tracer a provider's spans go to the collector
+// service svc through, and its name: Envoy's OpenTelemetry tracer
+// (OTLP over gRPC, or over HTTP), or its Zipkin tracer (tp zero: Istio's
+// default zipkin address).
+func (g *netBuilder) tracerConfig(tp model.TracingProvider, svc string, port uint32) (*anypb.Any, string) {
+	cluster := OutboundCluster(port, "", svc)
+	if !tp.OTel {
+		zc := &tracev3.ZipkinConfig{CollectorCluster: cluster, CollectorEndpoint: cmp.Or(tp.Path, "/api/v2/spans"),
+			CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: !tp.TraceID64,
+			SharedSpanContext: wrapperspb.Bool(false), CollectorHostname: svc}
+		if tp.W3C {
+			zc.TraceContextOption = tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION
+		}
+		a, _ := anypb.New(zc)
+		return a, zipkinTracer
+	}
+	var timeout *durationpb.Duration
+	if tp.Timeout > 0 {
+		timeout = durationpb.New(tp.Timeout)
+	}
+	if timeout == nil && tp.OTLPHTTP { // Envoy requires one for HTTP
+		timeout = durationpb.New(defaultOTLPTimeout)
+	}
+	// The service is Istio's service cluster, as the proxy's Zipkin spans
+	// name it: "<canonical service>.<namespace>".
+	oc := &tracev3.OpenTelemetryConfig{}
+	if name := g.canonicalService(); name != "" {
+		oc.ServiceName = name + "." + g.p.Namespace
+	}
+	if tp.OTLPHTTP {
+		hs := &corev3.HttpService{HttpUri: &corev3.HttpUri{Uri: svc + tp.Path,
+			HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: cluster}, Timeout: timeout}}
+		for _, h := range tp.Headers {
+			hs.RequestHeadersToAdd = append(hs.RequestHeadersToAdd, &corev3.HeaderValueOption{
+				Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD})
+		}
+		oc.HttpService = hs
+	} else {
+		gs := &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
+			ClusterName: cluster, Authority: svc}}, Timeout: timeout}
+		for _, h := range tp.Headers {
+			gs.InitialMetadata = append(gs.InitialMetadata, &corev3.HeaderValue{Key: strings.ToLower(h.Name), Value: h.Value})
+		}
+		oc.GrpcService = gs
+	}
+	a, _ := anypb.New(oc)
+	return a, otelTracer
 }
 
 // collectorService finds the collector among the services the proxy sees:
@@ -193,7 +248,7 @@ func (g *netBuilder) istioTags() []*tracingtagv3.CustomTag {
 		return &tracingtagv3.CustomTag{Tag: k, Type: &tracingtagv3.CustomTag_Literal_{Literal: &tracingtagv3.CustomTag_Literal{Value: v}}}
 	}
 	l := g.p.Labels
-	svc := cmp.Or(l["service.istio.io/canonical-name"], l["app.kubernetes.io/name"], l["app"], g.p.WorkloadName)
+	svc := g.canonicalService()
 	rev := cmp.Or(l["service.istio.io/canonical-revision"], l["app.kubernetes.io/version"], l["version"], "latest")
 	return []*tracingtagv3.CustomTag{
 		lit("istio.canonical_revision", rev),
@@ -201,4 +256,11 @@ func (g *netBuilder) istioTags() []*tracingtagv3.CustomTag {
 		lit("istio.mesh_id", g.s.Mesh.TrustDomain),
 		lit("istio.namespace", g.p.Namespace),
 	}
+}
+
+// canonicalService is the proxy's canonical service name, as Istio's
+// injector derives it from the workload's labels.
+func (g *netBuilder) canonicalService() string {
+	l := g.p.Labels
+	return cmp.Or(l["service.istio.io/canonical-name"], l["app.kubernetes.io/name"], l["app"], g.p.WorkloadName)
 }

@@ -25,10 +25,6 @@ func describeTracing(t *testing.T, tr *hcmv3.HttpConnectionManager_Tracing) stri
 	if tr == nil {
 		return ""
 	}
-	zc := &tracev3.ZipkinConfig{}
-	if err := tr.GetProvider().GetTypedConfig().UnmarshalTo(zc); err != nil {
-		t.Fatal(err)
-	}
 	var tags []string
 	for _, ct := range tr.GetCustomTags() {
 		if !strings.HasPrefix(ct.GetTag(), "istio.") {
@@ -36,6 +32,30 @@ func describeTracing(t *testing.T, tr *hcmv3.HttpConnectionManager_Tracing) stri
 		}
 	}
 	sort.Strings(tags)
+	if oc := (&tracev3.OpenTelemetryConfig{}); tr.GetProvider().GetTypedConfig().MessageIs(oc) {
+		if err := tr.GetProvider().GetTypedConfig().UnmarshalTo(oc); err != nil || tr.GetProvider().GetName() != otelTracer {
+			t.Fatalf("%s: %v", tr.GetProvider().GetName(), err)
+		}
+		if gs := oc.GetGrpcService(); gs != nil {
+			var md []string
+			for _, h := range gs.GetInitialMetadata() {
+				md = append(md, h.GetKey()+"="+h.GetValue())
+			}
+			return fmt.Sprintf("otlp/grpc %s %s %s %v %g%% %v %v", gs.GetEnvoyGrpc().GetClusterName(), gs.GetEnvoyGrpc().GetAuthority(),
+				oc.GetServiceName(), gs.GetTimeout().AsDuration(), tr.GetRandomSampling().GetValue(), tags, md)
+		}
+		hs := oc.GetHttpService()
+		var hdr []string
+		for _, h := range hs.GetRequestHeadersToAdd() {
+			hdr = append(hdr, h.GetHeader().GetKey()+"="+h.GetHeader().GetValue())
+		}
+		return fmt.Sprintf("otlp/http %s %s %s %v %g%% %v %v", hs.GetHttpUri().GetCluster(), hs.GetHttpUri().GetUri(),
+			oc.GetServiceName(), hs.GetHttpUri().GetTimeout().AsDuration(), tr.GetRandomSampling().GetValue(), tags, hdr)
+	}
+	zc := &tracev3.ZipkinConfig{}
+	if err := tr.GetProvider().GetTypedConfig().UnmarshalTo(zc); err != nil || tr.GetProvider().GetName() != zipkinTracer {
+		t.Fatalf("%s: %v", tr.GetProvider().GetName(), err)
+	}
 	d := fmt.Sprintf("%s %g%% %v", zc.GetCollectorCluster(), tr.GetRandomSampling().GetValue(), tags)
 	if p := zc.GetCollectorEndpoint(); p != "/api/v2/spans" {
 		d += " " + p
@@ -104,13 +124,19 @@ func TestTracingPrecedence(t *testing.T) {
 	}
 	const zipkin = "outbound|9411||zipkin.istio-system.svc.cluster.local"
 	const jaeger = "outbound|9411||jaeger-collector.observability.svc.cluster.local"
-	providers := map[string]model.ZipkinProvider{
+	providers := map[string]model.TracingProvider{
 		"zipkin":  {Service: "zipkin.istio-system.svc.cluster.local", Port: 9411},
 		"jaeger":  {Service: "observability/jaeger-collector.observability.svc.cluster.local", Port: 9411},
 		"nowhere": {Service: "tempo.observability.svc.cluster.local", Port: 9411},
 		"jaeger-w3c": {Service: "jaeger-collector.observability.svc.cluster.local", Port: 9411, Path: "/zipkin/spans",
 			TraceID64: true, W3C: true},
+		"otel": {OTel: true, Service: "otel-collector.observability.svc.cluster.local", Port: 4317, Timeout: 3 * time.Second,
+			Headers: []model.Header{{Name: "X-Tenant", Value: "a"}}},
+		"otel-http": {OTel: true, OTLPHTTP: true, Service: "otel-collector.observability.svc.cluster.local", Port: 4318, Path: "/v1/traces",
+			Headers: []model.Header{{Name: "Authorization", Value: "Bearer x"}}},
 	}
+	const otelGRPC = "otlp/grpc outbound|4317||otel-collector.observability.svc.cluster.local otel-collector.observability.svc.cluster.local a.default 3s"
+	const otelHTTP = "otlp/http outbound|4318||otel-collector.observability.svc.cluster.local otel-collector.observability.svc.cluster.local/v1/traces a.default 5s"
 	for name, tc := range map[string]struct {
 		tracing        func(*model.Tracing)
 		noZipkin       bool
@@ -127,6 +153,11 @@ func TestTracingPrecedence(t *testing.T) {
 			client: jaeger + " 1% []", server: jaeger + " 1% []"},
 		"provider path, 64-bit ids and W3C": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"jaeger-w3c"} },
 			client: jaeger + " 1% [] /zipkin/spans 64-bit w3c", server: jaeger + " 1% [] /zipkin/spans 64-bit w3c"},
+		"opentelemetry over gRPC": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"otel"} },
+			client: otelGRPC + " 1% [] [x-tenant=a]", server: otelGRPC + " 1% [] [x-tenant=a]"},
+		"opentelemetry over HTTP from a Telemetry": {tracing: func(m *model.Tracing) { m.Providers = providers },
+			configs: []*model.Config{tel("istio-system", "mesh", `{"tracing": [{"providers": [{"name": "otel-http"}], "randomSamplingPercentage": 5}]}`)},
+			client:  otelHTTP + " 5% [] [Authorization=Bearer x]", server: otelHTTP + " 5% [] [Authorization=Bearer x]"},
 		"telemetry provider and sampling": {tracing: func(m *model.Tracing) { m.Providers = providers },
 			configs: []*model.Config{tel("istio-system", "mesh", `{"tracing": [{"providers": [{"name": "jaeger"}], "randomSamplingPercentage": 100,
 				"customTags": {"team": {"literal": {"value": "a"}}, "user": {"header": {"name": "x-user"}}}}]}`)},
@@ -144,7 +175,7 @@ func TestTracingPrecedence(t *testing.T) {
 		"sampling out of range": {configs: []*model.Config{tel("default", "ns", `{"tracing": [{"randomSamplingPercentage": 250}]}`)},
 			client: zipkin + " 1% []", server: zipkin + " 1% []", warning: "randomSamplingPercentage 250 is not in [0, 100]"},
 		"unknown provider": {configs: []*model.Config{tel("default", "ns", `{"tracing": [{"providers": [{"name": "otel"}]}]}`)},
-			warning: `tracing: provider "otel" is not a zipkin extensionProvider`},
+			warning: `tracing: provider "otel" is not a zipkin or opentelemetry extensionProvider`},
 		"provider without service": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"nowhere"} },
 			warning: `tracing: provider "nowhere": no service tempo.observability.svc.cluster.local with port 9411 is visible`},
 	} {
@@ -158,6 +189,8 @@ func TestTracingPrecedence(t *testing.T) {
 			}
 			svcs := []registry.Service{
 				{Hostname: "jaeger-collector.observability.svc.cluster.local", Namespace: "observability", Ports: []registry.Port{{Name: "http", Number: 9411, Protocol: "HTTP"}}},
+				{Hostname: "otel-collector.observability.svc.cluster.local", Namespace: "observability", Ports: []registry.Port{
+					{Name: "grpc-otlp", Number: 4317, Protocol: "GRPC"}, {Name: "http-otlp", Number: 4318, Protocol: "HTTP"}}},
 				{Hostname: "reviews.default.svc.cluster.local", Namespace: "default", Addresses: []string{"10.0.0.13"}, Ports: []registry.Port{{Name: "http", Number: 9080, Protocol: "HTTP"}}},
 			}
 			if !tc.noZipkin {

@@ -84,7 +84,7 @@ type Engine struct {
 	logFiles *accesslog.Files
 	// reporters send spans, one per tracing collector (tracing.go);
 	// traceWarn logs the first span delivery failure.
-	reporters sync.Map // zipkinCollector -> *zipkinReporter
+	reporters sync.Map // spanCollector -> *spanReporter
 	traceWarn sync.Once
 	// roots caches the trust bundle merged with the identity's roots.
 	roots atomic.Pointer[mergedRoots]

@@ -18,8 +18,10 @@ import (
 // own application. By default only B3 is read and written (the tracer's
 // trace_context_option USE_B3); with USE_B3_WITH_W3C_PROPAGATION a W3C
 // traceparent is read when B3 is absent, and written beside B3, so
-// applications using either library join the same trace. Spans are
-// reported when the connection manager configures a tracer (tracing.go).
+// applications using either library join the same trace. With its
+// OpenTelemetry tracer Envoy reads and writes only traceparent, and B3
+// headers pass through untouched. Spans are reported when the connection
+// manager configures a tracer (tracing.go).
 
 // defaultTraceSampling is Istio's default sampling rate for new traces.
 const defaultTraceSampling = 0.01
@@ -36,6 +38,9 @@ type traceOptions struct {
 	shared bool
 	// w3c: trace_context_option USE_B3_WITH_W3C_PROPAGATION.
 	w3c bool
+	// otel: W3C trace context only, as Envoy's OpenTelemetry tracer
+	// (B3 is neither read nor written).
+	otel bool
 	// id64: new traces get 64-bit ids (the tracer's trace_id_128bit
 	// false); W3C propagation needs 128 bits and overrides it.
 	id64 bool
@@ -58,7 +63,7 @@ type traceIDs struct {
 // per request (BenchmarkPropagateTrace).
 func propagateTrace(h http.Header, o traceOptions) traceIDs {
 	t := traceContext(h, o)
-	writeTrace(h, &t, o.w3c)
+	writeTrace(h, &t, o)
 	return t
 }
 
@@ -68,8 +73,8 @@ func propagateTrace(h http.Header, o traceOptions) traceIDs {
 // keeps its id, and its B3 parent stays the parent.
 func traceContext(h http.Header, o traceOptions) traceIDs {
 	var t traceIDs
-	ok := parseB3(h, &t)
-	if !ok && o.w3c {
+	ok := !o.otel && parseB3(h, &t)
+	if !ok && (o.w3c || o.otel) {
 		ok = parseTraceparent(hget(h, "Traceparent"), &t)
 	}
 	if ok && t.deferred {
@@ -78,7 +83,7 @@ func traceContext(h http.Header, o traceOptions) traceIDs {
 	switch {
 	case !ok:
 		t = traceIDs{} // a traceparent that failed to parse may have left bytes
-		if o.id64 && !o.w3c {
+		if o.id64 && !o.w3c && !o.otel {
 			randBytes(t.trace[8:])
 		} else {
 			randBytes(t.trace[:])
@@ -112,9 +117,10 @@ func (o traceOptions) decide(h http.Header) bool {
 // is64 reports whether t's trace id is a 64-bit one.
 func (t *traceIDs) is64() bool { return [8]byte(t.trace[:8]) == [8]byte{} }
 
-// writeTrace sets h's B3 headers to t, and with w3c its traceparent;
+// writeTrace sets h's B3 headers to t, and with o.w3c its traceparent;
 // without, a traceparent passes through untouched, as Envoy's USE_B3.
-func writeTrace(h http.Header, t *traceIDs, w3c bool) {
+// With o.otel it sets only the traceparent.
+func writeTrace(h http.Header, t *traceIDs, o traceOptions) {
 	flag := byte('0')
 	if t.sampled {
 		flag = '1'
@@ -140,8 +146,11 @@ func writeTrace(h http.Header, t *traceIDs, w3c bool) {
 	if t.is64() {
 		vals[1] = all[19:35] // B3 keeps a 64-bit id 16 digits long
 	}
-	if w3c {
+	if o.w3c || o.otel {
 		h["Traceparent"] = vals[0:1:1]
+	}
+	if o.otel {
+		return
 	}
 	h["X-B3-Traceid"] = vals[1:2:2]
 	h["X-B3-Spanid"] = vals[2:3:3]

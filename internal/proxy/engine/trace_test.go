@@ -1,8 +1,10 @@
 package engine
 
 import (
+	"encoding/hex"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -221,4 +223,33 @@ func FuzzPropagateTrace(f *testing.F) {
 			t.Fatalf("valid B3 in (%x/%x) not continued: %x/%x", in.trace, in.parent, got.trace, got.parent)
 		}
 	})
+}
+
+// TestPropagateTraceOTel: with the OpenTelemetry tracer only W3C trace
+// context is read and written; B3 headers pass through as they came.
+func TestPropagateTraceOTel(t *testing.T) {
+	o := traceOptions{sampling: 1, client: 1, otel: true}
+	b3 := http.Header{"X-B3-Traceid": {"463ac35c9f6413ad"}, "X-B3-Spanid": {"a2fb4a1d1a96d312"}, "X-B3-Sampled": {"0"}, "B3": {"463ac35c9f6413ad-a2fb4a1d1a96d312-0"}}
+	h := b3.Clone()
+	got := propagateTrace(h, o)
+	if got.is64() || got.parent != ([8]byte{}) || !got.sampled {
+		t.Errorf("B3 only: %+v, want a new sampled 128-bit root trace", got)
+	}
+	for k, v := range b3 {
+		if !slices.Equal(h[k], v) {
+			t.Errorf("%s = %q, want %q untouched", k, h[k], v)
+		}
+	}
+	m := traceparentRE.FindStringSubmatch(h.Get("Traceparent"))
+	if m == nil || m[1] != hex.EncodeToString(got.trace[:]) || m[2] != hex.EncodeToString(got.span[:]) {
+		t.Errorf("traceparent %q for %+v", h.Get("Traceparent"), got)
+	}
+	h = http.Header{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}, "Tracestate": {"vendor=1"}}
+	got = propagateTrace(h, o)
+	if hex.EncodeToString(got.trace[:]) != "4bf92f3577b34da6a3ce929d0e0e4736" || hex.EncodeToString(got.parent[:]) != "00f067aa0ba902b7" || got.sampled {
+		t.Errorf("continued: %+v, want the caller's trace under its span, not sampled", got)
+	}
+	if h.Get("Tracestate") != "vendor=1" || h.Get("X-B3-Traceid") != "" || !strings.HasSuffix(h.Get("Traceparent"), "-00") {
+		t.Errorf("headers out %v, want tracestate kept, no B3, traceparent unsampled", h)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,26 +23,45 @@ import (
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"golang.org/x/net/http/httpguts"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// Span reporting, as an Istio sidecar's Envoy does it with the Zipkin
-// tracer: an HTTP connection manager whose tracing names the
-// envoy.tracers.zipkin provider samples new traces at random_sampling
-// percent (incoming decisions are kept), and every sampled request
-// becomes one span — CLIENT on outbound listeners, SERVER on inbound
-// ones, local replies included — sent in batches as Zipkin v2 JSON to the collector
-// cluster. Chains without tracing propagate trace headers as before
+// Span reporting, as an Istio sidecar's Envoy does it with its Zipkin or
+// OpenTelemetry tracer: an HTTP connection manager whose tracing names
+// the envoy.tracers.zipkin or envoy.tracers.opentelemetry provider
+// samples new traces at random_sampling percent (incoming decisions are
+// kept), and every sampled request becomes one span — CLIENT on outbound
+// listeners, SERVER on inbound ones, local replies included — sent in
+// batches to the collector cluster: as Zipkin v2 JSON, or as OTLP over
+// gRPC or HTTP. Chains without tracing propagate trace headers as before
 // (trace.go) and report nothing.
 
 const (
 	zipkinTracerName = "envoy.tracers.zipkin"
-	// zipkinMinFlushSpans is Envoy's tracing.zipkin.min_flush_spans.
-	zipkinMinFlushSpans = 5
-	// zipkinQueue bounds the spans waiting for a collector; more are
+	otelTracerName   = "envoy.tracers.opentelemetry"
+	// minFlushSpans is Envoy's tracing.zipkin.min_flush_spans and
+	// tracing.opentelemetry.min_flush_spans.
+	minFlushSpans = 5
+	// spanQueue bounds the spans waiting for a collector; more are
 	// dropped and counted.
-	zipkinQueue = 1024
-	// defaultTraceFlushInterval is Envoy's tracing.zipkin.flush_interval_ms.
+	spanQueue = 1024
+	// defaultTraceFlushInterval is Envoy's tracing.zipkin.flush_interval_ms
+	// (and its OpenTelemetry tracer's).
 	defaultTraceFlushInterval = 5 * time.Second
+	// defaultExportTimeout bounds a batch's delivery when the config
+	// gives no timeout.
+	defaultExportTimeout = 5 * time.Second
+	// otlpExportPath is OTLP/gRPC's trace export method.
+	otlpExportPath = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+	// unknownService is the OTLP service.name without service_name, as
+	// Envoy's.
+	unknownService = "unknown_service:envoy"
 )
 
 // tracingConfig is one connection manager's compiled tracing.
@@ -50,10 +71,11 @@ type tracingConfig struct {
 	// (client_sampling), overall the share of sampled requests reported
 	// (overall_sampling).
 	sampling, client, overall float64
-	collector                 zipkinCollector
+	collector                 spanCollector
 	sharedSpanContext         bool
 	// w3c and id64: trace_context_option USE_B3_WITH_W3C_PROPAGATION,
-	// trace_id_128bit false (traceOptions).
+	// trace_id_128bit false (traceOptions); both false with OTLP, whose
+	// trace context is W3C's alone.
 	w3c, id64  bool
 	maxPathTag int
 	tags       []customTag
@@ -67,12 +89,28 @@ func (c *tracingConfig) traceOptions(inbound bool) traceOptions {
 		return traceOptions{sampling: defaultTraceSampling, client: 1, force: !inbound}
 	}
 	return traceOptions{sampling: c.sampling, client: c.client, force: !inbound,
-		shared: c.sharedSpanContext && inbound, w3c: c.w3c, id64: c.id64}
+		shared: c.sharedSpanContext && inbound, w3c: c.w3c, id64: c.id64, otel: c.collector.format != zipkinJSON}
 }
 
-// zipkinCollector is where spans go: a cluster, the path and Host.
-type zipkinCollector struct {
+// spanFormat is how a collector takes spans.
+type spanFormat uint8
+
+const (
+	zipkinJSON spanFormat = iota // Zipkin v2 JSON over HTTP
+	otlpGRPC                     // OTLP over gRPC
+	otlpHTTP                     // OTLP/HTTP, binary protobuf
+)
+
+// spanCollector is where spans go: the format, a cluster, the path and
+// Host, the export's timeout (0: defaultExportTimeout) and extra headers
+// ("name\x00value\x00…", so that collectors compare), and the OTLP
+// resource's service.name. One reporter serves each.
+type spanCollector struct {
+	format              spanFormat
 	cluster, path, host string
+	timeout             time.Duration
+	headers             string
+	service             string
 }
 
 // customTag is one custom_tags entry: a literal, or a request header or
@@ -90,40 +128,27 @@ func compileTracing(h *hcmv3.HttpConnectionManager) (*tracingConfig, error) {
 	if t.GetSpawnUpstreamSpan().GetValue() {
 		return nil, errors.New("tracing: spawn_upstream_span is not supported (the sidecar reports one span per request)")
 	}
+	c := &tracingConfig{sampling: 1, client: 1, overall: 1, maxPathTag: 256}
 	p := t.GetProvider()
-	zc := &tracev3.ZipkinConfig{}
-	if tc := p.GetTypedConfig(); tc == nil || !tc.MessageIs(zc) {
-		return nil, fmt.Errorf("tracing: provider %q is not supported (%s with a ZipkinConfig is)", p.GetName(), zipkinTracerName)
-	} else if err := tc.UnmarshalTo(zc); err != nil {
+	var err error
+	switch tc := p.GetTypedConfig(); {
+	case tc != nil && tc.MessageIs(&tracev3.ZipkinConfig{}):
+		err = c.compileZipkin(tc)
+	case tc != nil && tc.MessageIs(&tracev3.OpenTelemetryConfig{}):
+		err = c.compileOTel(tc)
+	default:
+		return nil, fmt.Errorf("tracing: provider %q is not supported (%s with a ZipkinConfig and %s with an OpenTelemetryConfig are)",
+			p.GetName(), zipkinTracerName, otelTracerName)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("tracing: provider %q: %w", p.GetName(), err)
 	}
-	if zc.GetCollectorCluster() == "" || zc.GetCollectorEndpoint() == "" {
-		return nil, errors.New("tracing: zipkin: collector_cluster and collector_endpoint are required")
-	}
-	if !strings.HasPrefix(zc.GetCollectorEndpoint(), "/") {
-		return nil, fmt.Errorf("tracing: zipkin: collector_endpoint %q must be a path", zc.GetCollectorEndpoint())
-	}
-	if v := zc.GetCollectorEndpointVersion(); v != tracev3.ZipkinConfig_HTTP_JSON {
-		return nil, fmt.Errorf("tracing: zipkin: collector_endpoint_version %v is not supported (HTTP_JSON is)", v)
-	}
-	if zc.GetCollectorService() != nil {
-		return nil, errors.New("tracing: zipkin: collector_service is not supported (collector_cluster and collector_endpoint are)")
-	}
-	// A caller's 64-bit B3 trace stays 64-bit whatever trace_id_128bit
-	// says; it sizes new traces' ids.
-	c := &tracingConfig{sampling: 1, client: 1, overall: 1, maxPathTag: 256,
-		sharedSpanContext: zc.GetSharedSpanContext() == nil || zc.GetSharedSpanContext().GetValue(),
-		w3c:               zc.GetTraceContextOption() == tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION,
-		id64:              !zc.GetTraceId_128Bit(),
-		collector: zipkinCollector{cluster: zc.GetCollectorCluster(), path: zc.GetCollectorEndpoint(),
-			host: cmp.Or(zc.GetCollectorHostname(), zc.GetCollectorCluster())}}
 	pct := func(name string, v float64) (float64, error) {
 		if v < 0 || v > 100 {
 			return 0, fmt.Errorf("tracing: %s %v is not a percentage", name, v)
 		}
 		return v / 100, nil
 	}
-	var err error
 	if s := t.GetRandomSampling(); s != nil {
 		if c.sampling, err = pct("random_sampling", s.GetValue()); err != nil {
 			return nil, err
@@ -160,6 +185,122 @@ func compileTracing(h *hcmv3.HttpConnectionManager) (*tracingConfig, error) {
 	return c, nil
 }
 
+// compileZipkin reads an envoy.tracers.zipkin provider's ZipkinConfig.
+func (c *tracingConfig) compileZipkin(tc *anypb.Any) error {
+	zc := &tracev3.ZipkinConfig{}
+	if err := tc.UnmarshalTo(zc); err != nil {
+		return err
+	}
+	if zc.GetCollectorCluster() == "" || zc.GetCollectorEndpoint() == "" {
+		return errors.New("zipkin: collector_cluster and collector_endpoint are required")
+	}
+	if !strings.HasPrefix(zc.GetCollectorEndpoint(), "/") {
+		return fmt.Errorf("zipkin: collector_endpoint %q must be a path", zc.GetCollectorEndpoint())
+	}
+	if v := zc.GetCollectorEndpointVersion(); v != tracev3.ZipkinConfig_HTTP_JSON {
+		return fmt.Errorf("zipkin: collector_endpoint_version %v is not supported (HTTP_JSON is)", v)
+	}
+	if zc.GetCollectorService() != nil {
+		return errors.New("zipkin: collector_service is not supported (collector_cluster and collector_endpoint are)")
+	}
+	// A caller's 64-bit B3 trace stays 64-bit whatever trace_id_128bit
+	// says; it sizes new traces' ids.
+	c.sharedSpanContext = zc.GetSharedSpanContext() == nil || zc.GetSharedSpanContext().GetValue()
+	c.w3c = zc.GetTraceContextOption() == tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION
+	c.id64 = !zc.GetTraceId_128Bit()
+	c.collector = spanCollector{format: zipkinJSON, cluster: zc.GetCollectorCluster(), path: zc.GetCollectorEndpoint(),
+		host: cmp.Or(zc.GetCollectorHostname(), zc.GetCollectorCluster())}
+	return nil
+}
+
+// compileOTel reads an envoy.tracers.opentelemetry provider's
+// OpenTelemetryConfig: an Envoy gRPC service or an HTTP service naming a
+// cluster, and the service name.
+func (c *tracingConfig) compileOTel(tc *anypb.Any) error {
+	oc := &tracev3.OpenTelemetryConfig{}
+	if err := tc.UnmarshalTo(oc); err != nil {
+		return err
+	}
+	switch {
+	case len(oc.GetResourceDetectors()) > 0:
+		return errors.New("opentelemetry: resource_detectors are not supported")
+	case oc.GetSampler() != nil:
+		return errors.New("opentelemetry: sampler is not supported (the connection manager's sampling is)")
+	case oc.GetGrpcService() != nil && oc.GetHttpService() != nil:
+		return errors.New("opentelemetry: grpc_service and http_service are exclusive")
+	}
+	col := spanCollector{service: cmp.Or(oc.GetServiceName(), unknownService)}
+	var headers []string
+	if gs := oc.GetGrpcService(); gs != nil {
+		eg := gs.GetEnvoyGrpc()
+		if eg == nil || eg.GetClusterName() == "" {
+			return errors.New("opentelemetry: grpc_service must be an envoy_grpc naming a cluster (google_grpc is not supported)")
+		}
+		col.format, col.cluster, col.path = otlpGRPC, eg.GetClusterName(), otlpExportPath
+		col.host = cmp.Or(eg.GetAuthority(), eg.GetClusterName())
+		if t := gs.GetTimeout(); t != nil {
+			if col.timeout = t.AsDuration(); col.timeout <= 0 {
+				return errors.New("opentelemetry: grpc_service timeout must be positive")
+			}
+		}
+		for _, h := range gs.GetInitialMetadata() {
+			headers = append(headers, h.GetKey(), h.GetValue())
+		}
+	} else if hs := oc.GetHttpService(); hs != nil {
+		u := hs.GetHttpUri()
+		if u.GetCluster() == "" {
+			return errors.New("opentelemetry: http_service's http_uri must name a cluster")
+		}
+		// Istio writes "<host><path>" without a scheme; Envoy takes the
+		// host and path from it.
+		rest := u.GetUri()
+		if _, after, ok := strings.Cut(rest, "://"); ok {
+			rest = after
+		}
+		host, path, _ := strings.Cut(rest, "/")
+		col.format, col.cluster, col.path, col.host = otlpHTTP, u.GetCluster(), "/"+path, cmp.Or(host, u.GetCluster())
+		if strings.ContainsAny(col.path, "?# ") {
+			return fmt.Errorf("opentelemetry: http_uri %q: want host and path", u.GetUri())
+		}
+		if t := u.GetTimeout(); t != nil {
+			if col.timeout = t.AsDuration(); col.timeout <= 0 {
+				return errors.New("opentelemetry: http_uri timeout must be positive")
+			}
+		}
+		for _, h := range hs.GetRequestHeadersToAdd() {
+			headers = append(headers, h.GetHeader().GetKey(), h.GetHeader().GetValue())
+		}
+	} else {
+		return errors.New("opentelemetry: grpc_service or http_service is required")
+	}
+	for i := 0; i < len(headers); i += 2 {
+		if !httpguts.ValidHeaderFieldName(headers[i]) || !httpguts.ValidHeaderFieldValue(headers[i+1]) {
+			return fmt.Errorf("opentelemetry: header %q is not a valid header", headers[i])
+		}
+	}
+	if len(headers) > 0 {
+		col.headers = strings.Join(headers, "\x00")
+	}
+	c.collector = col
+	return nil
+}
+
+// span is one request's span, as the tracers report it.
+type span struct {
+	trace      [16]byte // a 64-bit id is the low half
+	id, parent [8]byte  // parent zero: a root span
+	name       string
+	// server: the inbound side's span; shared: Zipkin's shared span
+	// context (the caller's span id kept).
+	server, shared bool
+	start          time.Time
+	dur            time.Duration
+	local          zipkinEndpoint
+	// traceState is the caller's W3C tracestate (OTLP).
+	traceState string
+	tags       map[string]string
+}
+
 // zipkinSpan is a span in Zipkin's v2 JSON model.
 type zipkinSpan struct {
 	TraceID       string            `json:"traceId"`
@@ -180,25 +321,72 @@ type zipkinEndpoint struct {
 	IPv6        string `json:"ipv6,omitempty"`
 }
 
+// zipkin is sp in Zipkin's model.
+func (sp *span) zipkin() *zipkinSpan {
+	z := &zipkinSpan{ID: hex.EncodeToString(sp.id[:]), Kind: "CLIENT", Name: sp.name,
+		Timestamp: sp.start.UnixMicro(), Duration: max(sp.dur.Microseconds(), 1),
+		LocalEndpoint: sp.local, Tags: sp.tags}
+	if [8]byte(sp.trace[:8]) == ([8]byte{}) { // a 64-bit trace stays one
+		z.TraceID = hex.EncodeToString(sp.trace[8:])
+	} else {
+		z.TraceID = hex.EncodeToString(sp.trace[:])
+	}
+	if sp.parent != ([8]byte{}) {
+		z.ParentID = hex.EncodeToString(sp.parent[:])
+	}
+	if sp.server {
+		z.Kind, z.Shared = "SERVER", sp.shared
+	}
+	return z
+}
+
+// otlpExport is spans as one OTLP export request: one resource, the
+// collector's service, and its spans, tags as string attributes (sorted)
+// and Envoy's "error" tag as an error status.
+func otlpExport(service string, spans []*span) *coltracepb.ExportTraceServiceRequest {
+	str := func(k, v string) *commonpb.KeyValue {
+		return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}}
+	}
+	out := make([]*tracepb.Span, 0, len(spans))
+	for _, sp := range spans {
+		o := &tracepb.Span{TraceId: bytes.Clone(sp.trace[:]), SpanId: bytes.Clone(sp.id[:]), TraceState: sp.traceState,
+			Name: sp.name, Kind: tracepb.Span_SPAN_KIND_CLIENT,
+			StartTimeUnixNano: uint64(sp.start.UnixNano()), EndTimeUnixNano: uint64(sp.start.Add(sp.dur).UnixNano())}
+		if sp.server {
+			o.Kind = tracepb.Span_SPAN_KIND_SERVER
+		}
+		if sp.parent != ([8]byte{}) {
+			o.ParentSpanId = bytes.Clone(sp.parent[:])
+		}
+		keys := make([]string, 0, len(sp.tags))
+		for k := range sp.tags {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			o.Attributes = append(o.Attributes, str(k, sp.tags[k]))
+		}
+		if sp.tags["error"] == "true" {
+			o.Status = &tracepb.Status{Code: tracepb.Status_STATUS_CODE_ERROR}
+		}
+		out = append(out, o)
+	}
+	return &coltracepb.ExportTraceServiceRequest{ResourceSpans: []*tracepb.ResourceSpans{{
+		Resource:   &resourcepb.Resource{Attributes: []*commonpb.KeyValue{str("service.name", service)}},
+		ScopeSpans: []*tracepb.ScopeSpans{{Spans: out}},
+	}}}
+}
+
 // reportSpan queues the span of a sampled request.
 func (e *Engine) reportSpan(cc *chainConn, tc *tracingConfig, ex *exchange, r *http.Request, inbound bool, d time.Duration) {
 	if tc.overall < 1 && rand.Float64() >= tc.overall {
 		return
 	}
 	t := &ex.trace
-	sp := &zipkinSpan{ID: hex.EncodeToString(t.span[:]), Kind: "CLIENT", Name: spanName(ex.cluster, r.Host),
-		Timestamp: ex.start.UnixMicro(), Duration: max(d.Microseconds(), 1),
-		LocalEndpoint: e.localEndpoint(cc)}
-	if t.is64() { // a 64-bit trace stays one
-		sp.TraceID = hex.EncodeToString(t.trace[8:])
-	} else {
-		sp.TraceID = hex.EncodeToString(t.trace[:])
-	}
-	if t.parent != ([8]byte{}) {
-		sp.ParentID = hex.EncodeToString(t.parent[:])
-	}
-	if inbound {
-		sp.Kind, sp.Shared = "SERVER", tc.sharedSpanContext
+	sp := &span{trace: t.trace, id: t.span, parent: t.parent, name: spanName(ex.cluster, r.Host),
+		server: inbound, shared: inbound && tc.sharedSpanContext, start: ex.start, dur: d, local: e.localEndpoint(cc)}
+	if tc.collector.format != zipkinJSON {
+		sp.traceState = hget(r.Header, "Tracestate")
 	}
 	scheme := "http"
 	if overTLS(r, cc) {
@@ -242,8 +430,8 @@ func (e *Engine) reportSpan(cc *chainConn, tc *tracingConfig, ex *exchange, r *h
 		}
 		tags[ct.name] = v
 	}
-	sp.Tags = tags
-	e.zipkin(tc.collector).enqueue(sp)
+	sp.tags = tags
+	e.reporter(tc.collector).enqueue(sp)
 }
 
 // spanName is Istio's span name, the route decorator it sets:
@@ -278,14 +466,14 @@ func (e *Engine) localEndpoint(cc *chainConn) zipkinEndpoint {
 	return ep
 }
 
-// zipkinReporter batches spans for one collector. Its goroutine ends
+// spanReporter batches spans for one collector. Its goroutine ends
 // once no span has come for reporterIdleTicks flush intervals, so that
 // collectors a config no longer names leave nothing running; a span for
 // one of them after that starts a new reporter.
-type zipkinReporter struct {
+type spanReporter struct {
 	e   *Engine
-	col zipkinCollector
-	ch  chan *zipkinSpan
+	col spanCollector
+	ch  chan *span
 	mu  sync.Mutex
 	// done: run has returned (idle), and the reporter is out of
 	// e.reporters; enqueue hands spans to the collector's next one.
@@ -296,24 +484,24 @@ type zipkinReporter struct {
 // reporter (a minute at Envoy's 5 s).
 const reporterIdleTicks = 12
 
-// zipkin returns the reporter for col, starting it on first use.
-func (e *Engine) zipkin(col zipkinCollector) *zipkinReporter {
+// reporter returns the reporter for col, starting it on first use.
+func (e *Engine) reporter(col spanCollector) *spanReporter {
 	if r, ok := e.reporters.Load(col); ok {
-		return r.(*zipkinReporter)
+		return r.(*spanReporter)
 	}
-	r := &zipkinReporter{e: e, col: col, ch: make(chan *zipkinSpan, zipkinQueue)}
+	r := &spanReporter{e: e, col: col, ch: make(chan *span, spanQueue)}
 	if prev, loaded := e.reporters.LoadOrStore(col, r); loaded {
-		return prev.(*zipkinReporter)
+		return prev.(*spanReporter)
 	}
 	go r.run()
 	return r
 }
 
-func (r *zipkinReporter) enqueue(sp *zipkinSpan) {
+func (r *spanReporter) enqueue(sp *span) {
 	r.mu.Lock()
 	if r.done {
 		r.mu.Unlock()
-		r.e.zipkin(r.col).enqueue(sp)
+		r.e.reporter(r.col).enqueue(sp)
 		return
 	}
 	select {
@@ -324,24 +512,24 @@ func (r *zipkinReporter) enqueue(sp *zipkinSpan) {
 	r.mu.Unlock()
 }
 
-// run sends a batch once zipkinMinFlushSpans are waiting, or every flush
+// run sends a batch once minFlushSpans are waiting, or every flush
 // interval, until it has been idle for reporterIdleTicks intervals or the
 // engine shuts down (then once more, briefly).
-func (r *zipkinReporter) run() {
+func (r *spanReporter) run() {
 	every := r.e.opts.TraceFlushInterval
 	if every <= 0 {
 		every = defaultTraceFlushInterval
 	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	var batch []*zipkinSpan
+	var batch []*span
 	idle := 0
 	for {
 		select {
 		case sp := <-r.ch:
 			idle = 0
 			batch = append(batch, sp)
-			if len(batch) >= zipkinMinFlushSpans {
+			if len(batch) >= minFlushSpans {
 				r.send(batch)
 				batch = nil
 			}
@@ -368,7 +556,7 @@ func (r *zipkinReporter) run() {
 
 // retire takes an idle reporter out of service, unless a span has just
 // come.
-func (r *zipkinReporter) retire() bool {
+func (r *spanReporter) retire() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.ch) > 0 {
@@ -379,9 +567,10 @@ func (r *zipkinReporter) retire() bool {
 	return true
 }
 
-// send posts spans to an endpoint of the collector cluster, through the
-// cluster's transport (its TLS, if any, included).
-func (r *zipkinReporter) send(spans []*zipkinSpan) {
+// send delivers spans to an endpoint of the collector cluster, through
+// the cluster's transport (its TLS, if any, included): a Zipkin or
+// OTLP/HTTP POST, or an OTLP/gRPC Export call over HTTP/2.
+func (r *spanReporter) send(spans []*span) {
 	n := float64(len(spans))
 	rt := r.e.cur.Load()
 	var c *cluster.Cluster
@@ -397,32 +586,80 @@ func (r *zipkinReporter) send(spans []*zipkinSpan) {
 		r.fail(n, err.Error())
 		return
 	}
-	body, err := json.Marshal(spans)
+	var body []byte
+	contentType := "application/json"
+	switch r.col.format {
+	case zipkinJSON:
+		zs := make([]*zipkinSpan, len(spans))
+		for i, sp := range spans {
+			zs[i] = sp.zipkin()
+		}
+		body, err = json.Marshal(zs)
+	case otlpHTTP:
+		contentType = "application/x-protobuf"
+		body, err = proto.Marshal(otlpExport(r.col.service, spans))
+	case otlpGRPC:
+		contentType = "application/grpc"
+		var pb []byte
+		if pb, err = proto.Marshal(otlpExport(r.col.service, spans)); err == nil {
+			// One uncompressed length-prefixed message.
+			body = binary.BigEndian.AppendUint32([]byte{0}, uint32(len(pb)))
+			body = append(body, pb...)
+		}
+	}
 	if err != nil {
 		r.fail(n, err.Error())
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	timeout := cmp.Or(r.col.timeout, defaultExportTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, upstreamScheme(c)+"://"+ep.Address+r.col.path, bytes.NewReader(body))
 	req.Host = r.col.host
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := r.e.transport(rt, c, source{}, upstreamH2(c, req)).RoundTrip(req)
+	req.Header.Set("Content-Type", contentType)
+	for kv := r.col.headers; kv != ""; {
+		var k, v string
+		k, kv, _ = strings.Cut(kv, "\x00")
+		v, kv, _ = strings.Cut(kv, "\x00")
+		req.Header.Set(k, v)
+	}
+	h2 := upstreamH2(c, req)
+	if r.col.format == otlpGRPC {
+		h2 = true
+		req.Header.Set("Te", "trailers")
+		req.Header.Set("Grpc-Timeout", strconv.FormatInt(timeout.Milliseconds(), 10)+"m")
+	}
+	resp, err := r.e.transport(rt, c, source{}, h2).RoundTrip(req)
 	if err != nil {
 		r.fail(n, err.Error())
 		return
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
+	switch {
+	case resp.StatusCode/100 != 2:
 		r.fail(n, "collector answered "+resp.Status)
 		return
+	case r.col.format != otlpGRPC:
+	case err != nil:
+		r.fail(n, err.Error())
+		return
+	default:
+		// A trailers-only answer carries the status in its headers.
+		st, msg := resp.Trailer.Get("Grpc-Status"), resp.Trailer.Get("Grpc-Message")
+		if st == "" {
+			st, msg = resp.Header.Get("Grpc-Status"), resp.Header.Get("Grpc-Message")
+		}
+		if st != "0" {
+			r.fail(n, "collector answered grpc-status "+cmp.Or(st, "(none)")+" "+msg)
+			return
+		}
 	}
 	r.e.metrics.SpansSent.Add(n)
 }
 
 // fail counts lost spans; the engine's first failure is also logged.
-func (r *zipkinReporter) fail(n float64, why string) {
+func (r *spanReporter) fail(n float64, why string) {
 	r.e.metrics.SpansDropped.Add(n)
 	r.e.traceWarn.Do(func() {
 		r.e.log.Warn("spans not delivered to the tracing collector (further failures are only counted in weft_tracing_spans_dropped_total)",

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -208,7 +209,13 @@ func TestZipkinSpans(t *testing.T) {
 // TestTracingConfigErrors: tracing weft-proxy cannot honour is refused
 // with the reason, so the update is NACKed rather than half applied.
 func TestTracingConfigErrors(t *testing.T) {
-	otel, _ := anypb.New(&tracev3.OpenTelemetryConfig{})
+	otel := func(oc *tracev3.OpenTelemetryConfig) *hcmv3.HttpConnectionManager_Tracing {
+		a, _ := anypb.New(oc)
+		return &hcmv3.HttpConnectionManager_Tracing{Provider: &tracev3.Tracing_Http{Name: otelTracerName,
+			ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}}}
+	}
+	envoyGRPC := &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: "otel"}}}
+	other, _ := anypb.New(&tracev3.DatadogConfig{})
 	zc := &tracev3.ZipkinConfig{}
 	_ = hcmTracing(1, false).GetProvider().GetTypedConfig().UnmarshalTo(zc)
 	with := func(f func(*tracev3.ZipkinConfig)) *hcmv3.HttpConnectionManager_Tracing {
@@ -223,8 +230,18 @@ func TestTracingConfigErrors(t *testing.T) {
 		tr   *hcmv3.HttpConnectionManager_Tracing
 		want string
 	}{
-		{&hcmv3.HttpConnectionManager_Tracing{Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.opentelemetry",
-			ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: otel}}}, `provider "envoy.tracers.opentelemetry" is not supported`},
+		{&hcmv3.HttpConnectionManager_Tracing{Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.datadog",
+			ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: other}}}, `provider "envoy.tracers.datadog" is not supported`},
+		{otel(&tracev3.OpenTelemetryConfig{}), "grpc_service or http_service is required"},
+		{otel(&tracev3.OpenTelemetryConfig{GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{
+			GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "otel:4317"}}}}), "google_grpc is not supported"},
+		{otel(&tracev3.OpenTelemetryConfig{GrpcService: envoyGRPC, HttpService: &corev3.HttpService{}}), "exclusive"},
+		{otel(&tracev3.OpenTelemetryConfig{HttpService: &corev3.HttpService{HttpUri: &corev3.HttpUri{Uri: "otel/v1/traces"}}}), "must name a cluster"},
+		{otel(&tracev3.OpenTelemetryConfig{GrpcService: envoyGRPC, ResourceDetectors: []*corev3.TypedExtensionConfig{{Name: "env"}}}),
+			"resource_detectors are not supported"},
+		{otel(&tracev3.OpenTelemetryConfig{GrpcService: envoyGRPC, Sampler: &corev3.TypedExtensionConfig{Name: "dynatrace"}}), "sampler is not supported"},
+		{otel(&tracev3.OpenTelemetryConfig{GrpcService: &corev3.GrpcService{TargetSpecifier: envoyGRPC.TargetSpecifier,
+			InitialMetadata: []*corev3.HeaderValue{{Key: "bad key", Value: "v"}}}}), `header "bad key" is not a valid header`},
 		{with(func(z *tracev3.ZipkinConfig) { z.CollectorEndpointVersion = tracev3.ZipkinConfig_HTTP_PROTO }), "collector_endpoint_version HTTP_PROTO is not supported"},
 		{with(func(z *tracev3.ZipkinConfig) { z.CollectorCluster = "" }), "collector_cluster and collector_endpoint are required"},
 		{with(func(z *tracev3.ZipkinConfig) { z.CollectorEndpoint = "api/v2/spans" }), "must be a path"},
@@ -253,10 +270,10 @@ func TestTracingConfigErrors(t *testing.T) {
 	}
 	e := New(slog.New(slog.DiscardHandler), Options{})
 	defer e.shutdown()
-	l := withTracing(t, httpListener("out", freeAddr(t), "c", nil), &hcmv3.HttpConnectionManager_Tracing{
-		Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.opentelemetry", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: otel}}})
+	l := withTracing(t, httpListener("out", freeAddr(t), "c", nil), otel(&tracev3.OpenTelemetryConfig{GrpcService: &corev3.GrpcService{
+		TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "otel:4317"}}}}))
 	if err := e.Validate(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"out": l}}); err == nil || !strings.Contains(err.Error(), "not supported") {
-		t.Errorf("Validate with an OpenTelemetry tracer: %v, want a NACK", err)
+		t.Errorf("Validate with a google_grpc OpenTelemetry tracer: %v, want a NACK", err)
 	}
 }
 
@@ -273,14 +290,14 @@ func TestZipkinReporterRetires(t *testing.T) {
 		zipkinCluster: staticCluster(zipkinCluster, netip.MustParseAddrPort(zipkin.Listener.Addr().String()), false)}}); err != nil {
 		t.Fatal(err)
 	}
-	target := zipkinCollector{cluster: zipkinCluster, path: "/api/v2/spans", host: "zipkin"}
+	target := spanCollector{cluster: zipkinCluster, path: "/api/v2/spans", host: "zipkin"}
 	reporters := func() int {
 		n := 0
 		e.reporters.Range(func(any, any) bool { n++; return true })
 		return n
 	}
-	first := e.zipkin(target)
-	first.enqueue(&zipkinSpan{TraceID: "463ac35c9f6413ad", ID: "a2fb4a1d1a96d312", Name: "one"})
+	first := e.reporter(target)
+	first.enqueue(&span{trace: [16]byte{15: 1}, id: [8]byte{1}, name: "one", start: time.Now()})
 	col.Wait(1, 10*time.Second)
 	deadline := time.Now().Add(10 * time.Second)
 	for reporters() != 0 {
@@ -297,7 +314,7 @@ func TestZipkinReporterRetires(t *testing.T) {
 	}
 	// A span handed to the retired reporter (a request that looked it up
 	// before it retired) reaches the collector through a new one.
-	first.enqueue(&zipkinSpan{TraceID: "463ac35c9f6413ad", ID: "b2fb4a1d1a96d312", Name: "two"})
+	first.enqueue(&span{trace: [16]byte{15: 1}, id: [8]byte{2}, name: "two", start: time.Now()})
 	if got := col.Wait(2, 10*time.Second); len(got) != 2 || got[1].Name != "two" {
 		t.Fatalf("collector got %+v, want the span sent after retirement", got)
 	}
