@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftmesh/weft/internal/testutil/otlptest"
 	"github.com/weftmesh/weft/internal/testutil/zipkintest"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 )
 
 // tracedPair is a mesh pair with a Zipkin collector registered as
@@ -25,10 +28,36 @@ type tracedPair struct {
 // seenTrace is the trace context app B received.
 type seenTrace struct{ trace, sampled, parent, traceparent string }
 
-// startTracedPair starts the pair with mesh config meshYAML.
+// startTracedPair starts the pair with mesh config meshYAML and a
+// Zipkin collector.
 func startTracedPair(t *testing.T, meshYAML string) *tracedPair {
-	p := &tracedPair{t: t, client: &http.Client{Timeout: 10 * time.Second}, appSaw: make(chan seenTrace, 16)}
+	p := &tracedPair{t: t}
 	collector := serve(t, &http.Server{Handler: &p.spans})
+	p.start(meshYAML, collectorEntry("zipkin", "zipkin.istio-system.svc.cluster.local", 9411, "http-query", "HTTP", collector))
+	return p
+}
+
+// collectorEntry is a ServiceEntry for a tracing collector listening on
+// 127.0.0.1:target.
+func collectorEntry(name, host string, port int, portName, protocol string, target int) string {
+	return fmt.Sprintf(`---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: %s}
+spec:
+  hosts: [%s]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: %d, name: %s, protocol: %s, targetPort: %d}]
+  endpoints: [{address: 127.0.0.1}]
+`, name, host, port, portName, protocol, target)
+}
+
+// start starts the pair with mesh config meshYAML and config resources
+// extra (the collector's service).
+func (p *tracedPair) start(meshYAML, extra string) {
+	t := p.t
+	p.client, p.appSaw = &http.Client{Timeout: 10 * time.Second}, make(chan seenTrace, 16)
 	backend := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.appSaw <- seenTrace{r.Header.Get("X-B3-Traceid"), r.Header.Get("X-B3-Sampled"), r.Header.Get("X-B3-Parentspanid"), r.Header.Get("Traceparent")}
 		_, _ = io.WriteString(w, "ok")
@@ -39,17 +68,7 @@ func startTracedPair(t *testing.T, meshYAML string) *tracedPair {
 	}
 	p.svcPort = freePort(t)
 	startMeshPairArgs(t, []string{"--mesh-config", meshConfig}, []appPort{{"http", backend, freePort(t)}},
-		webService(p.svcPort)+fmt.Sprintf(`---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: zipkin}
-spec:
-  hosts: [zipkin.istio-system.svc.cluster.local]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports: [{number: 9411, name: http-query, protocol: HTTP, targetPort: %d}]
-  endpoints: [{address: 127.0.0.1}]
-`, collector))
+		webService(p.svcPort)+extra)
 	eventually(t, "a request through both sidecars", func() error { return p.call() })
 	// Sidecar A may have got its tracing config after the first request:
 	// five more fill a batch, which is sent at once.
@@ -58,7 +77,6 @@ spec:
 			t.Fatal(err)
 		}
 	}
-	return p
 }
 
 // call sends app A's request, with headers hdr (name, value, …).
@@ -172,6 +190,71 @@ defaultConfig:
 	for _, s := range p.spansOf(trace) {
 		if s.Kind != "CLIENT" || s.ParentID != caller {
 			t.Errorf("span %+v: want sidecar A's CLIENT spans under the caller's span %s", s, caller)
+		}
+	}
+}
+
+// TestTracingOTel: Istio's opentelemetry extension provider, as its
+// OpenTelemetry task sets it up (an OTLP/gRPC collector on port 4317,
+// chosen by a Telemetry resource). App A's request carries a W3C
+// traceparent and B3 headers: sidecar A continues the W3C trace, leaves
+// the B3 headers as they were, and reports its CLIENT span over OTLP/gRPC
+// with the service name a.default. (It fails with a Zipkin tracer in
+// sidecar A, which would rewrite the B3 span id.)
+func TestTracingOTel(t *testing.T) {
+	p := &tracedPair{t: t}
+	var otel otlptest.Collector
+	p.start(`extensionProviders:
+- name: otel-tracing
+  opentelemetry:
+    service: opentelemetry-collector.observability.svc.cluster.local
+    port: 4317
+`, collectorEntry("otel-collector", "opentelemetry-collector.observability.svc.cluster.local", 4317, "grpc-otlp", "GRPC", otel.ServeGRPC(t))+`---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: otel-demo, namespace: istio-system}
+spec:
+  tracing:
+  - providers: [{name: otel-tracing}]
+    randomSamplingPercentage: 100
+`)
+	const trace, caller, b3 = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "463ac35c9f6413ad"
+	for range 5 { // a whole batch of this trace
+		if err := p.call("Traceparent", "00-"+trace+"-"+caller+"-01", "X-B3-Traceid", b3, "X-B3-Spanid", caller, "X-B3-Sampled", "0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Sidecar B sees no collector (its Sidecar resource hides it), so it
+	// propagates B3 as Istio's default Zipkin tracer does: the B3 parent
+	// app B sees is the span id sidecar B received, the caller's one if
+	// sidecar A left the B3 headers alone. Sidecar B leaves the
+	// traceparent alone.
+	last := p.lastSeen()
+	if last.trace != b3 || last.sampled != "0" || last.parent != caller || len(last.traceparent) != 55 ||
+		last.traceparent[:36] != "00-"+trace+"-" || last.traceparent[36:52] == caller || last.traceparent[52:] != "-01" {
+		t.Fatalf("app B saw %+v: want the caller's B3 headers untouched and trace %s in a traceparent under sidecar A's span", last, trace)
+	}
+	// The last request's span may wait for the reporter's flush interval.
+	aSpan := last.traceparent[36:52]
+	var mine []otlptest.Span
+	eventually(t, "sidecar A's span of the last request at the OTLP collector", func() error {
+		mine = mine[:0]
+		seen := false
+		for _, s := range otel.Spans() {
+			if hex.EncodeToString(s.GetTraceId()) == trace {
+				mine = append(mine, s)
+				seen = seen || hex.EncodeToString(s.GetSpanId()) == aSpan
+			}
+		}
+		if !seen {
+			return fmt.Errorf("%d spans of trace %s, none with id %s", len(mine), trace, aSpan)
+		}
+		return nil
+	})
+	for _, s := range mine {
+		if s.GetKind() != tracepb.Span_SPAN_KIND_CLIENT || hex.EncodeToString(s.GetParentSpanId()) != caller || s.Service != "a.default" ||
+			s.Attr("http.status_code") != "200" {
+			t.Errorf("span %v (service %s): want sidecar A's CLIENT spans of a.default under the caller's span %s", s.Span, s.Service, caller)
 		}
 	}
 }
