@@ -420,8 +420,14 @@ func startWeft(ctx context.Context, dir string, t *topology, extra []string, nam
 		}
 		// Leading NAME=value words of -sidecar-args are the sidecar's
 		// environment (GOGC=100), the rest its flags.
+		// A leading "nice=N" runs the sidecar at that nice value (as a
+		// systemd unit's Nice= would).
 		args := []string{"setpriv", "--reuid=" + proxyUID, "--regid=" + proxyUID, "--clear-groups", "env"}
 		flags := extra
+		if len(flags) > 0 && strings.HasPrefix(flags[0], "nice=") {
+			args = append([]string{"nice", "-n", strings.TrimPrefix(flags[0], "nice=")}, args...)
+			flags = flags[1:]
+		}
 		for len(flags) > 0 && envWord.MatchString(flags[0]) {
 			args, flags = append(args, flags[0]), flags[1:]
 		}

@@ -51,6 +51,9 @@ type Metrics struct {
 	// collector and those lost (queue full, collector unknown or failing),
 	// as Envoy's tracing.zipkin.spans_sent and reports_dropped do.
 	SpansSent, SpansDropped prometheus.Counter
+	// LogsSent and LogsDropped count the access log entries sent to an
+	// OpenTelemetry collector and those lost.
+	LogsSent, LogsDropped prometheus.Counter
 }
 
 // Istio's default histogram buckets.
@@ -95,9 +98,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		SpansDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weft_tracing_spans_dropped_total", Help: "Spans lost: queue full, collector cluster unknown or without endpoints, or the collector failed.",
 		}),
+		LogsSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_access_log_otlp_sent_total", Help: "Access log entries delivered to an OpenTelemetry collector.",
+		}),
+		LogsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_access_log_otlp_dropped_total", Help: "Access log entries for an OpenTelemetry collector lost: queue full, collector cluster unknown or without endpoints, or the collector failed.",
+		}),
 	}
 	reg.MustRegister(m.Requests, m.RequestDuration, m.RequestBytes, m.ResponseBytes, m.TCPSent, m.TCPReceived, m.TCPOpened, m.TCPClosed,
-		m.RetryOverflow, m.SpansSent, m.SpansDropped)
+		m.RetryOverflow, m.SpansSent, m.SpansDropped, m.LogsSent, m.LogsDropped)
 	return m
 }
 

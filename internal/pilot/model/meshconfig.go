@@ -141,7 +141,7 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 // parseAccessLogging reads the access log fields (nil when none is set).
 func parseAccessLogging(mc *meshv1.MeshConfig) (*AccessLogging, []string, error) {
 	al := &AccessLogging{File: mc.GetAccessLogFile(), Format: mc.GetAccessLogFormat(),
-		JSON: mc.GetAccessLogEncoding() == meshv1.MeshConfig_JSON, Providers: map[string]FileLogProvider{},
+		JSON: mc.GetAccessLogEncoding() == meshv1.MeshConfig_JSON, Providers: map[string]FileLogProvider{}, OTelProviders: map[string]OTelLogProvider{},
 		DefaultProviders: mc.GetDefaultProviders().GetAccessLogging()}
 	var warnings []string
 	if al.JSON && al.Format != "" {
@@ -155,33 +155,56 @@ func parseAccessLogging(mc *meshv1.MeshConfig) (*AccessLogging, []string, error)
 		warnings = append(warnings, "mesh config: defaultProviders.metrics is not used by weft (accessLogging and tracing are); ignored")
 	}
 	for _, p := range mc.GetExtensionProviders() {
+		if o := p.GetEnvoyOtelAls(); o != nil {
+			if o.GetService() == "" || o.GetPort() == 0 {
+				return nil, warnings, fmt.Errorf("mesh config: extensionProviders %q: envoyOtelAls service and port are required", p.GetName())
+			}
+			labels, err := logLabels(p.GetName(), o.GetLogFormat().GetLabels())
+			if err != nil {
+				return nil, warnings, err
+			}
+			al.OTelProviders[p.GetName()] = OTelLogProvider{Service: o.GetService(), Port: o.GetPort(), LogName: o.GetLogName(),
+				Text: o.GetLogFormat().GetText(), Labels: labels}
+			continue
+		}
 		f := p.GetEnvoyFileAccessLog()
 		if f == nil {
 			if p.GetZipkin() == nil && p.GetOpentelemetry() == nil {
-				warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: only envoyFileAccessLog, zipkin and opentelemetry providers are used by weft; ignored", p.GetName()))
+				warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: only envoyFileAccessLog, envoyOtelAls, zipkin and opentelemetry providers are used by weft; ignored", p.GetName()))
 			}
 			continue
 		}
-		fp := FileLogProvider{Path: f.GetPath(), Text: f.GetLogFormat().GetText()}
-		if labels := f.GetLogFormat().GetLabels(); labels != nil {
-			fp.Labels = map[string]string{}
-			for k, v := range labels.GetFields() {
-				s, ok := v.GetKind().(*structpb.Value_StringValue)
-				if !ok {
-					return nil, warnings, fmt.Errorf("mesh config: extensionProviders %q: logFormat.labels %q must be a string", p.GetName(), k)
-				}
-				fp.Labels[k] = s.StringValue
-			}
+		labels, err := logLabels(p.GetName(), f.GetLogFormat().GetLabels())
+		if err != nil {
+			return nil, warnings, err
 		}
+		fp := FileLogProvider{Path: f.GetPath(), Text: f.GetLogFormat().GetText(), Labels: labels}
 		if fp.Path == "" {
 			fp.Path = "/dev/stdout"
 		}
 		al.Providers[p.GetName()] = fp
 	}
-	if al.File == "" && len(al.Providers) == 0 && len(al.DefaultProviders) == 0 && al.Format == "" && !al.JSON {
+	if al.File == "" && len(al.Providers) == 0 && len(al.OTelProviders) == 0 && len(al.DefaultProviders) == 0 && al.Format == "" && !al.JSON {
 		return nil, warnings, nil
 	}
 	return al, warnings, nil
+}
+
+// logLabels reads a provider's logFormat.labels (nil when unset): each
+// a string.
+func logLabels(provider string, labels *structpb.Struct) (map[string]string, error) {
+	if labels == nil {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for k, v := range labels.GetFields() {
+		s, ok := v.GetKind().(*structpb.Value_StringValue)
+		if !ok {
+			return nil, fmt.Errorf("mesh config: extensionProviders %q: logFormat.labels %q must be a string", provider, k)
+		}
+		out[k] = s.StringValue
+	}
+	return out, nil
 }
 
 // parseTracingProviders adds the zipkin and opentelemetry

@@ -30,7 +30,7 @@ defaultConfig: {concurrency: 2}
 	if diff := cmp.Diff(m, want); diff != "" {
 		t.Errorf("mesh (-got +want)\n%s", diff)
 	}
-	if diff := cmp.Diff(m.AccessLog, &AccessLogging{File: "/dev/stdout", Providers: map[string]FileLogProvider{}}); diff != "" {
+	if diff := cmp.Diff(m.AccessLog, &AccessLogging{File: "/dev/stdout", Providers: map[string]FileLogProvider{}, OTelProviders: map[string]OTelLogProvider{}}); diff != "" {
 		t.Errorf("access log (-got +want)\n%s", diff)
 	}
 	if len(warnings) != 1 || !strings.Contains(warnings[0], `defaultConfig.concurrency`) {
@@ -46,7 +46,9 @@ defaultConfig: {concurrency: 2}
 		}
 	}
 	for _, bad := range []string{"pathNormalization: {normalization: SOMETIMES}", "accessLogEncoding: JSON\naccessLogFormat: '[%START_TIME%]'",
-		"extensionProviders: [{name: x, envoyFileAccessLog: {logFormat: {labels: {a: 1}}}}]", "accessLogEncoding: XML", "rootNamespace: [a]", "trustDomain: x\n  y: : z", "[1]"} {
+		"extensionProviders: [{name: x, envoyFileAccessLog: {logFormat: {labels: {a: 1}}}}]", "accessLogEncoding: XML",
+		"extensionProviders: [{name: x, envoyOtelAls: {service: otel.observability.svc.cluster.local}}]",
+		"extensionProviders: [{name: x, envoyOtelAls: {service: otel.observability.svc.cluster.local, port: 4317, logFormat: {labels: {a: [1]}}}}]", "rootNamespace: [a]", "trustDomain: x\n  y: : z", "[1]"} {
 		if _, _, err := ParseMeshConfig([]byte(bad), DefaultMesh()); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
@@ -68,6 +70,12 @@ extensionProviders:
   envoyFileAccessLog: {logFormat: {labels: {method: "%REQ(:METHOD)%"}}}
 - name: zipkin
   zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+- name: otel-als
+  envoyOtelAls:
+    service: opentelemetry-collector.observability.svc.cluster.local
+    port: 4317
+    logName: mesh
+    logFormat: {text: "%RESPONSE_CODE%", labels: {path: "%REQ(:PATH)%"}}
 `), DefaultMesh())
 	if err != nil {
 		t.Fatal(err)
@@ -76,6 +84,9 @@ extensionProviders:
 		DefaultProviders: []string{"envoy"}, Providers: map[string]FileLogProvider{
 			"text-file":   {Path: "/tmp/a.log", Text: "%REQ(:METHOD)%"},
 			"json-stdout": {Path: "/dev/stdout", Labels: map[string]string{"method": "%REQ(:METHOD)%"}},
+		}, OTelProviders: map[string]OTelLogProvider{
+			"otel-als": {Service: "opentelemetry-collector.observability.svc.cluster.local", Port: 4317, LogName: "mesh",
+				Text: "%RESPONSE_CODE%", Labels: map[string]string{"path": "%REQ(:PATH)%"}},
 		}}
 	if diff := cmp.Diff(m.AccessLog, want); diff != "" {
 		t.Errorf("(-got +want)\n%s", diff)

@@ -139,6 +139,8 @@ type AccessLogging struct {
 	Format string
 	// Providers are the envoyFileAccessLog extensionProviders, by name.
 	Providers map[string]FileLogProvider
+	// OTelProviders are the envoyOtelAls extensionProviders, by name.
+	OTelProviders map[string]OTelLogProvider
 	// DefaultProviders are defaultProviders.accessLogging.
 	DefaultProviders []string
 }
@@ -148,6 +150,20 @@ type FileLogProvider struct {
 	Path string
 	// Text is logFormat.text; Labels (logFormat.labels) make the log JSON;
 	// neither: Istio's default TEXT format.
+	Text   string
+	Labels map[string]string
+}
+
+// OTelLogProvider is an envoyOtelAls extension provider: entries go as
+// OTLP log records over gRPC to the collector service (a hostname, or
+// "namespace/hostname") and port.
+type OTelLogProvider struct {
+	Service string
+	Port    uint32
+	// LogName is logName ("" Istio's otel_envoy_accesslog).
+	LogName string
+	// Text is logFormat.text, the record's body ("" Istio's TEXT format);
+	// Labels (logFormat.labels) are its attributes.
 	Text   string
 	Labels map[string]string
 }

@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"cmp"
 	"encoding/json"
 	"sort"
 	"strings"
@@ -10,10 +11,13 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
+	otlpcommon "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	telemetry "istio.io/api/telemetry/v1alpha1"
@@ -32,8 +36,9 @@ import (
 // naming providers replaces the providers of the levels above, an entry
 // without providers applies to its parent's, disabled turns a provider
 // off, match.mode limits an entry to CLIENT or SERVER. Providers are
-// MeshConfig envoyFileAccessLog extensionProviders, or the built-in
-// "envoy" (/dev/stdout, Istio's TEXT format). Otherwise MeshConfig
+// MeshConfig envoyFileAccessLog extensionProviders, envoyOtelAls ones
+// (envoy.access_loggers.open_telemetry: OTLP log records over gRPC), or
+// the built-in "envoy" (/dev/stdout, Istio's TEXT format). Otherwise MeshConfig
 // accessLogFile (with accessLogEncoding and accessLogFormat) applies.
 //
 // A filter expression must compile as weft-proxy compiles it
@@ -43,7 +48,11 @@ import (
 
 const (
 	fileAccessLogName = "envoy.access_loggers.file"
-	telemetryKind     = "Telemetry"
+	otelAccessLogName = "envoy.access_loggers.open_telemetry"
+	// otelAccessLogDefaultName is istiod's log_name for an envoyOtelAls
+	// provider without logName.
+	otelAccessLogDefaultName = "otel_envoy_accesslog"
+	telemetryKind            = "Telemetry"
 	// builtinEnvoyProvider is Istio's built-in file provider.
 	builtinEnvoyProvider = "envoy"
 )
@@ -209,15 +218,21 @@ func (g *netBuilder) accessLogs(mode telemetry.WorkloadMode) []*accesslogv3.Acce
 		if pf.from != nil {
 			where = pf.from.Key()
 		}
+		var al *accesslogv3.AccessLog
 		p, ok := mesh.Providers[n]
 		if !ok && strings.EqualFold(n, builtinEnvoyProvider) {
 			p, ok = model.FileLogProvider{Path: "/dev/stdout"}, true
 		}
-		if !ok {
-			g.warnOnce("%s: access log provider %q is not an envoyFileAccessLog extension provider in the mesh config; ignored", where, n)
+		op, isOTel := mesh.OTelProviders[n]
+		switch {
+		case ok:
+			al = g.fileAccessLog(where+" provider "+n, p.Path, p.Text, p.Labels)
+		case isOTel:
+			al = g.otelAccessLog(where+" provider "+n, op)
+		default:
+			g.warnOnce("%s: access log provider %q is not an envoyFileAccessLog or envoyOtelAls extension provider in the mesh config; ignored", where, n)
 			continue
 		}
-		al := g.fileAccessLog(where+" provider "+n, p.Path, p.Text, p.Labels)
 		if al == nil {
 			continue
 		}
@@ -367,6 +382,57 @@ func (g *netBuilder) fileAccessLog(what, path, text string, labels map[string]st
 	}
 	return &accesslogv3.AccessLog{Name: fileAccessLogName, ConfigType: &accesslogv3.AccessLog_TypedConfig{
 		TypedConfig: ldsAny(&filev3.FileAccessLog{Path: path, AccessLogFormat: &filev3.FileAccessLog_LogFormat{LogFormat: lf}})}}
+}
+
+// otelAccessLog is an envoyOtelAls provider's access log, as istiod
+// writes it: OTLP log records over gRPC to the collector service's
+// outbound cluster, the format's line as each record's body (Istio's
+// TEXT format by default) and the labels as its attributes, without
+// Envoy's built-in resource labels. A collector the proxy cannot see or
+// a format weft-proxy cannot write is reported (what names its source)
+// and yields nil.
+func (g *netBuilder) otelAccessLog(what string, p model.OTelLogProvider) *accesslogv3.AccessLog {
+	host := p.Service
+	if _, h, ok := strings.Cut(host, "/"); ok { // "namespace/hostname"
+		host = h
+	}
+	svc := g.collectorService(host, p.Port)
+	if svc == "" {
+		g.warnOnce("%s: no service %s with port %d is visible to this proxy; access log not configured", what, host, p.Port)
+		return nil
+	}
+	text := cmp.Or(p.Text, accesslog.IstioTextFormat)
+	if _, err := accesslog.ParseText(text); err != nil {
+		g.warnOnce("%s: %v; access log not configured", what, err)
+		return nil
+	}
+	keys := make([]string, 0, len(p.Labels))
+	for k, v := range p.Labels {
+		if _, err := accesslog.ParseText(v); err != nil {
+			g.warnOnce("%s: label %q: %v; access log not configured", what, k, err)
+			return nil
+		}
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	str := func(v string) *otlpcommon.AnyValue {
+		return &otlpcommon.AnyValue{Value: &otlpcommon.AnyValue_StringValue{StringValue: v}}
+	}
+	cfg := &otelalsv3.OpenTelemetryAccessLogConfig{
+		CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{LogName: cmp.Or(p.LogName, otelAccessLogDefaultName),
+			GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
+				ClusterName: OutboundCluster(p.Port, "", svc), Authority: svc}}},
+			TransportApiVersion: corev3.ApiVersion_V3},
+		DisableBuiltinLabels: true,
+		Body:                 str(text),
+	}
+	if len(keys) > 0 {
+		cfg.Attributes = &otlpcommon.KeyValueList{}
+		for _, k := range keys {
+			cfg.Attributes.Values = append(cfg.Attributes.Values, &otlpcommon.KeyValue{Key: k, Value: str(p.Labels[k])})
+		}
+	}
+	return &accesslogv3.AccessLog{Name: otelAccessLogName, ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: ldsAny(cfg)}}
 }
 
 // celFilter is Istio's CEL extension filter for a Telemetry filter

@@ -1,17 +1,22 @@
 package translate
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
+	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
+	"github.com/weftmesh/weft/internal/registry"
 	"google.golang.org/protobuf/encoding/protojson"
 	telemetry "istio.io/api/telemetry/v1alpha1"
 )
@@ -21,6 +26,10 @@ func describeLogs(t *testing.T, als []*accesslogv3.AccessLog) []string {
 	t.Helper()
 	var out []string
 	for _, al := range als {
+		if al.GetName() == otelAccessLogName {
+			out = append(out, describeOTelLog(t, al))
+			continue
+		}
 		if al.GetName() != fileAccessLogName {
 			t.Fatalf("access log named %q", al.GetName())
 		}
@@ -36,6 +45,90 @@ func describeLogs(t *testing.T, als []*accesslogv3.AccessLog) []string {
 		out = append(out, s)
 	}
 	return out
+}
+
+// describeOTelLog renders an OpenTelemetry access log as "otel cluster
+// authority log_name body-or-istio attr=format… [filter]", checking what
+// istiod always sets.
+func describeOTelLog(t *testing.T, al *accesslogv3.AccessLog) string {
+	t.Helper()
+	c := ldsUnpack(t, al.GetTypedConfig(), &otelalsv3.OpenTelemetryAccessLogConfig{})
+	cc := c.GetCommonConfig()
+	if !c.GetDisableBuiltinLabels() || cc.GetTransportApiVersion() != corev3.ApiVersion_V3 {
+		t.Errorf("OpenTelemetry access log %v: want Istio's disable_builtin_labels and transport V3", c)
+	}
+	body := c.GetBody().GetStringValue()
+	if body == accesslog.IstioTextFormat {
+		body = "istio-text"
+	}
+	s := fmt.Sprintf("otel %s %s %s %q", cc.GetGrpcService().GetEnvoyGrpc().GetClusterName(), cc.GetGrpcService().GetEnvoyGrpc().GetAuthority(),
+		cc.GetLogName(), body)
+	for _, kv := range c.GetAttributes().GetValues() {
+		s += " " + kv.GetKey() + "=" + kv.GetValue().GetStringValue()
+	}
+	if ef := al.GetFilter().GetExtensionFilter(); ef != nil {
+		s += " [" + ldsUnpack(t, ef.GetTypedConfig(), &celv3.ExpressionFilter{}).GetExpression() + "]"
+	}
+	return s
+}
+
+// TestOTelAccessLogProvider: an envoyOtelAls provider chosen by a
+// Telemetry becomes istiod's OpenTelemetry access logger on both sides,
+// reaching the collector service's outbound cluster: Istio's TEXT format
+// as the body unless logFormat.text is set, labels as attributes, the
+// Telemetry filter; a collector the proxy cannot see, or a label weft-proxy
+// cannot format, is reported and leaves the log out.
+func TestOTelAccessLogProvider(t *testing.T) {
+	providers := map[string]model.OTelLogProvider{
+		"otel":     {Service: "otel-collector.observability.svc.cluster.local", Port: 4317},
+		"custom":   {Service: "observability/otel-collector.observability.svc.cluster.local", Port: 4317, LogName: "mesh", Text: "%RESPONSE_CODE%", Labels: map[string]string{"path": "%REQ(:PATH)%", "code": "%RESPONSE_CODE%"}},
+		"nowhere":  {Service: "otel.elsewhere.svc.cluster.local", Port: 4317},
+		"badlabel": {Service: "otel-collector.observability.svc.cluster.local", Port: 4317, Labels: map[string]string{"x": "%NOPE%"}},
+	}
+	const cluster = "outbound|4317||otel-collector.observability.svc.cluster.local otel-collector.observability.svc.cluster.local"
+	for name, tc := range map[string]struct {
+		spec    string
+		want    []string
+		warning string
+	}{
+		"istio defaults": {spec: `{"accessLogging": [{"providers": [{"name": "otel"}]}]}`,
+			want: []string{"otel " + cluster + ` otel_envoy_accesslog "istio-text"`}},
+		"format, labels, filter": {spec: `{"accessLogging": [{"providers": [{"name": "custom"}], "filter": {"expression": "response.code >= 400"}}]}`,
+			want: []string{"otel " + cluster + ` mesh "%RESPONSE_CODE%" code=%RESPONSE_CODE% path=%REQ(:PATH)% [response.code >= 400]`}},
+		"collector not visible": {spec: `{"accessLogging": [{"providers": [{"name": "nowhere"}]}]}`,
+			warning: `provider nowhere: no service otel.elsewhere.svc.cluster.local with port 4317 is visible to this proxy`},
+		"label weft cannot format": {spec: `{"accessLogging": [{"providers": [{"name": "badlabel"}]}]}`,
+			warning: `label "x": command operator %NOPE% is not supported`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tm := &telemetry.Telemetry{}
+			if err := protojson.Unmarshal([]byte(tc.spec), tm); err != nil {
+				t.Fatal(err)
+			}
+			mesh := model.DefaultMesh()
+			mesh.AccessLog = &model.AccessLogging{OTelProviders: providers}
+			reg := &registry.Snapshot{Version: 1, Services: []registry.Service{{Hostname: "otel-collector.observability.svc.cluster.local",
+				Namespace: "observability", Ports: []registry.Port{{Name: "grpc-otlp", Number: 4317, Protocol: "GRPC"}}}}}
+			s := model.NewSnapshot("1", mesh, []*model.Config{{Kind: telemetryKind, Namespace: "istio-system", Name: "mesh", Spec: tm}}, reg)
+			r := Build(s, &model.Proxy{Type: model.Sidecar, Namespace: "default", Labels: map[string]string{"app": "a"}, IPs: []string{"10.0.0.1"}})
+			var client, server []string
+			for _, l := range r.Listeners {
+				ldsValidate(t, l)
+				switch l.GetName() {
+				case VirtualOutboundListener:
+					client = chainLogs(t, l.GetDefaultFilterChain())
+				case VirtualInboundListener:
+					server = chainLogs(t, l.GetDefaultFilterChain())
+				}
+			}
+			if diff := cmp.Diff([][]string{client, server}, [][]string{tc.want, tc.want}); diff != "" {
+				t.Errorf("client, server access logs (-got +want)\n%s", diff)
+			}
+			if tc.warning != "" {
+				(&ldsResult{warnings: r.Warnings}).wantWarning(t, tc.warning)
+			}
+		})
+	}
 }
 
 // chainLogs is the access logs of a chain's HCM or tcp_proxy.
@@ -114,7 +207,7 @@ func TestAccessLogPrecedence(t *testing.T) {
 			tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expression": "response.code >="}}]}`)},
 			warning: `Telemetry/default/ns: access log filter "response.code >=": ERROR: <input>:1:17: Syntax error`},
 		"unknown provider": {configs: []*model.Config{tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "otel"}]}]}`)},
-			warning: `Telemetry/default/ns: access log provider "otel" is not an envoyFileAccessLog extension provider`},
+			warning: `Telemetry/default/ns: access log provider "otel" is not an envoyFileAccessLog or envoyOtelAls extension provider`},
 		"bad provider format": {mesh: &model.AccessLogging{Providers: providers},
 			configs: []*model.Config{tel("default", "ns", `{"accessLogging": [{"providers": [{"name": "bad-format"}]}]}`)},
 			warning: "command operator %NOPE% is not supported"},

@@ -12,19 +12,22 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
+	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/tcp"
 )
 
 // Access logs configured by xDS: an HCM's or tcp_proxy's access_log
-// entries (file access loggers) compile into one *accessLogs per chain;
+// entries (file access loggers, and OpenTelemetry ones: otelaccesslog.go)
+// compile into one *accessLogs per chain;
 // nil when the chain logs nothing, which is all the request path checks.
 // The files are opened when the runtime is applied (Files shares one
 // logger per path) and released when a runtime without them replaces it.
 
-// accessLogs are one chain's file access logs.
+// accessLogs are one chain's file and OpenTelemetry access logs.
 type accessLogs struct {
 	logs []*fileLog
+	otel []*otelLog
 	// headers are the headers any of the formats or filters reads beyond
 	// Entry's fields, captured once per entry.
 	headers []accesslog.HeaderRef
@@ -53,12 +56,23 @@ func compileAccessLogs(als []*accesslogv3.AccessLog) (*accessLogs, error) {
 	}
 	out := &accessLogs{}
 	for i, al := range als {
-		fl, err := compileFileLog(al)
-		if err != nil {
-			return nil, fmt.Errorf("access_log[%d] %s: %w", i, al.GetName(), err)
+		var refs []accesslog.HeaderRef
+		if tc := al.GetTypedConfig(); tc != nil && tc.MessageIs(&otelalsv3.OpenTelemetryAccessLogConfig{}) {
+			ol, err := compileOTelLog(al)
+			if err != nil {
+				return nil, fmt.Errorf("access_log[%d] %s: %w", i, al.GetName(), err)
+			}
+			out.otel = append(out.otel, ol)
+			refs = ol.headers()
+		} else {
+			fl, err := compileFileLog(al)
+			if err != nil {
+				return nil, fmt.Errorf("access_log[%d] %s: %w", i, al.GetName(), err)
+			}
+			out.logs = append(out.logs, fl)
+			refs = slices.Concat(fl.format.Headers(), fl.filter.Headers())
 		}
-		out.logs = append(out.logs, fl)
-		for _, h := range slices.Concat(fl.format.Headers(), fl.filter.Headers()) {
+		for _, h := range refs {
 			if !slices.Contains(out.headers, h) {
 				out.headers = append(out.headers, h)
 			}
@@ -70,7 +84,7 @@ func compileAccessLogs(als []*accesslogv3.AccessLog) (*accessLogs, error) {
 func compileFileLog(al *accesslogv3.AccessLog) (*fileLog, error) {
 	tc := al.GetTypedConfig()
 	if tc == nil || !tc.MessageIs(&filev3.FileAccessLog{}) {
-		return nil, fmt.Errorf("access logger %s is not supported (envoy.extensions.access_loggers.file.v3.FileAccessLog only)", tc.GetTypeUrl())
+		return nil, fmt.Errorf("access logger %s is not supported (envoy.extensions.access_loggers.file.v3.FileAccessLog and open_telemetry.v3.OpenTelemetryAccessLogConfig are)", tc.GetTypeUrl())
 	}
 	cfg := &filev3.FileAccessLog{}
 	if err := tc.UnmarshalTo(cfg); err != nil {
@@ -242,10 +256,15 @@ func (e *Engine) releaseAccessLogs(paths []string) {
 }
 
 // log hands en to every access log whose filter it passes.
-func (a *accessLogs) log(en *accesslog.Entry) {
+func (a *accessLogs) log(e *Engine, en *accesslog.Entry) {
 	for _, fl := range a.logs {
 		if fl.filter.Match(en) {
 			fl.logger.LogWith(fl.format, en)
+		}
+	}
+	for _, ol := range a.otel {
+		if ol.filter.Match(en) {
+			e.reporter(ol.dest).enqueue(ol.record(en))
 		}
 	}
 }
@@ -292,7 +311,7 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 			en.Headers = append(en.Headers, accesslog.Header{Response: h.Response, Name: h.Name, Value: v})
 		}
 	}
-	als.log(en)
+	als.log(e, en)
 }
 
 // connTLS sets en's TLS attributes of the downstream connection c: its
@@ -354,5 +373,5 @@ func (e *Engine) logTCP(t *tcpChain, down, up net.Conn, dst netip.AddrPort, sni 
 	case "UF":
 		en.UpstreamFailure = "connection_failure"
 	}
-	t.logs.log(en)
+	t.logs.log(e, en)
 }

@@ -20,11 +20,13 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
+	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -273,15 +275,25 @@ func TestXDSAccessLogNACK(t *testing.T) {
 		al   *accesslogv3.AccessLog
 		want string
 	}{
-		"operator":   {fileLogProto(filepath.Join(dir, "a"), "%REQ(:METHOD)% %FOO_BAR%", nil, ""), "command operator %FOO_BAR% is not supported"},
-		"json":       {fileLogProto(filepath.Join(dir, "a"), "", map[string]string{"x": "%DYNAMIC_METADATA(a)%"}, ""), `json_format "x"`},
-		"filter":     {fileLogProto(filepath.Join(dir, "a"), "x", nil, "request.headers[request.method] == 'x'"), "can only be read by a constant name"},
-		"cel syntax": {fileLogProto(filepath.Join(dir, "a"), "x", nil, "response.code >= "), "Syntax error"},
-		"not bool":   {fileLogProto(filepath.Join(dir, "a"), "x", nil, "1 + 2"), "not a bool"},
-		"logger":     {&accesslogv3.AccessLog{Name: "grpc", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: grpcLog}}, "is not supported (envoy.extensions.access_loggers.file.v3.FileAccessLog only)"},
-		"untyped":    {&accesslogv3.AccessLog{Name: "x"}, "is not supported"},
-		"no path":    {fileLogProto("", "x", nil, ""), "without a path"},
-		"unwritable": {fileLogProto(filepath.Join(dir, "missing", "a.log"), "x", nil, ""), "access log: open " + filepath.Join(dir, "missing", "a.log") + ": no such file or directory"},
+		"operator":        {fileLogProto(filepath.Join(dir, "a"), "%REQ(:METHOD)% %FOO_BAR%", nil, ""), "command operator %FOO_BAR% is not supported"},
+		"json":            {fileLogProto(filepath.Join(dir, "a"), "", map[string]string{"x": "%DYNAMIC_METADATA(a)%"}, ""), `json_format "x"`},
+		"filter":          {fileLogProto(filepath.Join(dir, "a"), "x", nil, "request.headers[request.method] == 'x'"), "can only be read by a constant name"},
+		"cel syntax":      {fileLogProto(filepath.Join(dir, "a"), "x", nil, "response.code >= "), "Syntax error"},
+		"not bool":        {fileLogProto(filepath.Join(dir, "a"), "x", nil, "1 + 2"), "not a bool"},
+		"logger":          {&accesslogv3.AccessLog{Name: "grpc", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: grpcLog}}, "is not supported (envoy.extensions.access_loggers.file.v3.FileAccessLog and open_telemetry.v3.OpenTelemetryAccessLogConfig are)"},
+		"untyped":         {&accesslogv3.AccessLog{Name: "x"}, "is not supported"},
+		"no path":         {fileLogProto("", "x", nil, ""), "without a path"},
+		"unwritable":      {fileLogProto(filepath.Join(dir, "missing", "a.log"), "x", nil, ""), "access log: open " + filepath.Join(dir, "missing", "a.log") + ": no such file or directory"},
+		"otel operator":   {otelLogProto("c", "x", "%FOO_BAR%", false), "open_telemetry: body: command operator %FOO_BAR% is not supported"},
+		"otel attribute":  {otelLogProto("c", "x", "", false, "a", "%FOO_BAR%"), `open_telemetry: attribute "a": command operator %FOO_BAR% is not supported`},
+		"otel no cluster": {otelLogProto("", "x", "", false), "must be an envoy_grpc naming a cluster"},
+		"otel http":       {otelVariant(func(c *otelalsv3.OpenTelemetryAccessLogConfig) { c.HttpService = &corev3.HttpService{} }), "http_service is not supported"},
+		"otel google_grpc": {otelVariant(func(c *otelalsv3.OpenTelemetryAccessLogConfig) {
+			c.CommonConfig.GrpcService.TargetSpecifier = &corev3.GrpcService_GoogleGrpc_{}
+		}), "google_grpc is not supported"},
+		"otel kvlist body": {otelVariant(func(c *otelalsv3.OpenTelemetryAccessLogConfig) {
+			c.Body = &commonpb.AnyValue{Value: &commonpb.AnyValue_KvlistValue{KvlistValue: &commonpb.KeyValueList{}}}
+		}), "body: only string values are supported"},
 		"flagfilter": {withFilter(fileLogProto(filepath.Join(dir, "a"), "x", nil, ""), &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{}}}), "ResponseFlagFilter is not supported"},
 	} {
 		e := New(slog.New(slog.DiscardHandler), Options{})
@@ -291,6 +303,17 @@ func TestXDSAccessLogNACK(t *testing.T) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)
 		}
 	}
+}
+
+// otelVariant is an OpenTelemetry access log changed by f.
+func otelVariant(f func(*otelalsv3.OpenTelemetryAccessLogConfig)) *accesslogv3.AccessLog {
+	al := otelLogProto("c", "x", "", false)
+	cfg := &otelalsv3.OpenTelemetryAccessLogConfig{}
+	_ = al.GetTypedConfig().UnmarshalTo(cfg)
+	f(cfg)
+	tc, _ := anypb.New(cfg)
+	al.ConfigType = &accesslogv3.AccessLog_TypedConfig{TypedConfig: tc}
+	return al
 }
 
 func withFilter(al *accesslogv3.AccessLog, f *accesslogv3.AccessLogFilter) *accesslogv3.AccessLog {

@@ -82,9 +82,10 @@ type Engine struct {
 	poolJanitor atomic.Bool
 	// logFiles are the access log files xDS configures, shared by path.
 	logFiles *accesslog.Files
-	// reporters send spans, one per tracing collector (tracing.go);
-	// traceWarn logs the first span delivery failure.
-	reporters sync.Map // spanCollector -> *spanReporter
+	// reporters send spans and OpenTelemetry access log records, one
+	// per destination (export.go); traceWarn logs the first delivery
+	// failure.
+	reporters sync.Map // exportDest -> *reporter
 	traceWarn sync.Once
 	// roots caches the trust bundle merged with the identity's roots.
 	roots atomic.Pointer[mergedRoots]

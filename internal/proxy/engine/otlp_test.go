@@ -11,16 +11,21 @@ import (
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 	"github.com/weftmesh/weft/internal/telemetry"
 	"github.com/weftmesh/weft/internal/testutil/otlptest"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -179,5 +184,127 @@ func TestOTelSpans(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(e.metrics.SpansDropped); got != 1 {
 		t.Errorf("weft_tracing_spans_dropped_total = %v, want 1 (the gRPC collector answered UNAVAILABLE)", got)
+	}
+}
+
+// otelLogProto is an OpenTelemetry access log as istiod writes it for an
+// envoyOtelAls provider (builtin: Envoy's built-in resource labels left
+// on, as without Istio), with body and attribute formats.
+func otelLogProto(cluster, logName, body string, builtin bool, attrs ...string) *accesslogv3.AccessLog {
+	str := func(v string) *commonpb.AnyValue {
+		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}
+	}
+	cfg := &otelalsv3.OpenTelemetryAccessLogConfig{CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{LogName: logName,
+		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
+			ClusterName: cluster, Authority: "otel-collector.observability.svc.cluster.local"}},
+			InitialMetadata: []*corev3.HeaderValue{{Key: "x-token", Value: "abc"}}},
+		TransportApiVersion: corev3.ApiVersion_V3}, DisableBuiltinLabels: !builtin}
+	if builtin {
+		cfg.ResourceAttributes = &commonpb.KeyValueList{Values: []*commonpb.KeyValue{{Key: "env", Value: str("test")}}}
+	}
+	if body != "" {
+		cfg.Body = str(body)
+	}
+	if len(attrs) > 0 {
+		cfg.Attributes = &commonpb.KeyValueList{}
+		for i := 0; i+1 < len(attrs); i += 2 {
+			cfg.Attributes.Values = append(cfg.Attributes.Values, &commonpb.KeyValue{Key: attrs[i], Value: str(attrs[i+1])})
+		}
+	}
+	tc, _ := anypb.New(cfg)
+	return &accesslogv3.AccessLog{Name: "envoy.access_loggers.open_telemetry", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: tc}}
+}
+
+// TestOTelAccessLog: OpenTelemetry access loggers send every entry that
+// passes their filter as an OTLP log record over gRPC: the body and
+// attribute formats' values, the start time, and the resource — Envoy's
+// built-in labels and resource_attributes, or nothing when Istio turns
+// the labels off — with the gRPC service's metadata and authority. A
+// collector that fails has the entries counted as dropped.
+func TestOTelAccessLog(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fail" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	defer backend.Close()
+	col := &otlptest.LogCollector{}
+	port := col.ServeGRPC(t)
+	const (
+		svc = "outbound|8080||svc.default.svc.cluster.local"
+		als = "outbound|4317||otel-collector.observability.svc.cluster.local"
+	)
+	addr := freeAddr(t)
+	l := withAccessLogs(httpListener("out", addr, svc, nil),
+		otelLogProto(als, "otel_envoy_accesslog", "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%", true,
+			"code", "%RESPONSE_CODE%", "tenant", "%REQ(X-TENANT)%"),
+		withFilter(otelLogProto(als, "errors", "", false, "flags", "%RESPONSE_FLAGS%"), fileLogProto("/dev/null", "", nil, "response.code >= 500").GetFilter()))
+	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 50 * time.Millisecond, NodeID: "sidecar~10.0.0.1~a-1.default~default.svc.cluster.local",
+		Workload: telemetry.Peer{Workload: "a", Namespace: "default", App: "a"}})
+	defer e.shutdown()
+	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"out": l},
+		Clusters: map[string]*clusterv3.Cluster{
+			svc: staticCluster(svc, netip.MustParseAddrPort(backend.Listener.Addr().String()), false),
+			als: staticCluster(als, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)), false),
+		}}); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	getStatus(t, "http://"+addr.String()+"/ok", "Host", "svc.default:8080", "X-Tenant", "t1")
+	getStatus(t, "http://"+addr.String()+"/fail", "Host", "svc.default:8080")
+	col.Wait(3, 10*time.Second)
+	time.Sleep(150 * time.Millisecond) // a fourth record would come by now
+	recs := col.Records()
+	if len(recs) != 3 {
+		t.Fatalf("collector got %d records, want 3 (two requests; one failed)", len(recs))
+	}
+	var all []otlptest.Record
+	var errs []otlptest.Record
+	for _, r := range recs {
+		if r.Resource["log_name"] == "otel_envoy_accesslog" {
+			all = append(all, r)
+		} else {
+			errs = append(errs, r)
+		}
+	}
+	if len(all) != 2 || len(errs) != 1 {
+		t.Fatalf("records by log: %d and %d, want 2 and 1: %v", len(all), len(errs), recs)
+	}
+	bodies := map[string]map[string]string{}
+	for _, r := range all {
+		bodies[r.GetBody().GetStringValue()] = r.Attrs()
+		if diff := cmp.Diff(r.Resource, map[string]string{"log_name": "otel_envoy_accesslog", "env": "test",
+			"node_name": "sidecar~10.0.0.1~a-1.default~default.svc.cluster.local", "cluster_name": "a.default"}); diff != "" {
+			t.Errorf("resource (-got +want)\n%s", diff)
+		}
+		if ts := time.Unix(0, int64(r.GetTimeUnixNano())); ts.Before(before.Add(-time.Second)) || ts.After(time.Now()) {
+			t.Errorf("record time %v, want the request's start", ts)
+		}
+	}
+	if diff := cmp.Diff(bodies, map[string]map[string]string{
+		"GET /ok 200":   {"code": "200", "tenant": "t1"},
+		"GET /fail 503": {"code": "503", "tenant": "-"},
+	}); diff != "" {
+		t.Errorf("bodies and attributes (-got +want)\n%s", diff)
+	}
+	if e := errs[0]; len(e.Resource) != 0 || e.GetBody() != nil || e.Attrs()["flags"] != "-" {
+		t.Errorf("filtered log's record: resource %v body %v attributes %v; want no labels, no body, flags", e.Resource, e.GetBody(), e.Attrs())
+	}
+	if h := col.Headers()[0]; len(h["x-token"]) != 1 || h["x-token"][0] != "abc" ||
+		len(h[":authority"]) != 1 || h[":authority"][0] != "otel-collector.observability.svc.cluster.local" {
+		t.Errorf("export metadata %v", h)
+	}
+	if got := testutil.ToFloat64(e.metrics.LogsSent); got != 3 {
+		t.Errorf("weft_access_log_otlp_sent_total = %v, want 3", got)
+	}
+	col.SetFail(true)
+	getStatus(t, "http://"+addr.String()+"/dropped", "Host", "svc.default:8080")
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(e.metrics.LogsDropped) < 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(e.metrics.LogsDropped); got != 1 {
+		t.Errorf("weft_access_log_otlp_dropped_total = %v, want 1 (the collector answered UNAVAILABLE)", got)
 	}
 }

@@ -3,13 +3,9 @@ package engine
 import (
 	"bytes"
 	"cmp"
-	"context"
-	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -17,18 +13,15 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	"github.com/weftmesh/weft/internal/proxy/cluster"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"golang.org/x/net/http/httpguts"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -71,7 +64,7 @@ type tracingConfig struct {
 	// (client_sampling), overall the share of sampled requests reported
 	// (overall_sampling).
 	sampling, client, overall float64
-	collector                 spanCollector
+	collector                 exportDest
 	sharedSpanContext         bool
 	// w3c and id64: trace_context_option USE_B3_WITH_W3C_PROPAGATION,
 	// trace_id_128bit false (traceOptions); both false with OTLP, whose
@@ -90,27 +83,6 @@ func (c *tracingConfig) traceOptions(inbound bool) traceOptions {
 	}
 	return traceOptions{sampling: c.sampling, client: c.client, force: !inbound,
 		shared: c.sharedSpanContext && inbound, w3c: c.w3c, id64: c.id64, otel: c.collector.format != zipkinJSON}
-}
-
-// spanFormat is how a collector takes spans.
-type spanFormat uint8
-
-const (
-	zipkinJSON spanFormat = iota // Zipkin v2 JSON over HTTP
-	otlpGRPC                     // OTLP over gRPC
-	otlpHTTP                     // OTLP/HTTP, binary protobuf
-)
-
-// spanCollector is where spans go: the format, a cluster, the path and
-// Host, the export's timeout (0: defaultExportTimeout) and extra headers
-// ("name\x00value\x00…", so that collectors compare), and the OTLP
-// resource's service.name. One reporter serves each.
-type spanCollector struct {
-	format              spanFormat
-	cluster, path, host string
-	timeout             time.Duration
-	headers             string
-	service             string
 }
 
 // customTag is one custom_tags entry: a literal, or a request header or
@@ -208,7 +180,7 @@ func (c *tracingConfig) compileZipkin(tc *anypb.Any) error {
 	c.sharedSpanContext = zc.GetSharedSpanContext() == nil || zc.GetSharedSpanContext().GetValue()
 	c.w3c = zc.GetTraceContextOption() == tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION
 	c.id64 = !zc.GetTraceId_128Bit()
-	c.collector = spanCollector{format: zipkinJSON, cluster: zc.GetCollectorCluster(), path: zc.GetCollectorEndpoint(),
+	c.collector = exportDest{format: zipkinJSON, cluster: zc.GetCollectorCluster(), path: zc.GetCollectorEndpoint(),
 		host: cmp.Or(zc.GetCollectorHostname(), zc.GetCollectorCluster())}
 	return nil
 }
@@ -229,7 +201,7 @@ func (c *tracingConfig) compileOTel(tc *anypb.Any) error {
 	case oc.GetGrpcService() != nil && oc.GetHttpService() != nil:
 		return errors.New("opentelemetry: grpc_service and http_service are exclusive")
 	}
-	col := spanCollector{service: cmp.Or(oc.GetServiceName(), unknownService)}
+	col := exportDest{service: cmp.Or(oc.GetServiceName(), unknownService)}
 	var headers []string
 	if gs := oc.GetGrpcService(); gs != nil {
 		eg := gs.GetEnvoyGrpc()
@@ -278,9 +250,7 @@ func (c *tracingConfig) compileOTel(tc *anypb.Any) error {
 			return fmt.Errorf("opentelemetry: header %q is not a valid header", headers[i])
 		}
 	}
-	if len(headers) > 0 {
-		col.headers = strings.Join(headers, "\x00")
-	}
+	col.headers = joinPairs(headers)
 	c.collector = col
 	return nil
 }
@@ -445,17 +415,21 @@ func spanName(clusterName, authority string) string {
 	return authority + "/*"
 }
 
+// serviceCluster is Istio's service cluster for the proxy,
+// "<app>.<namespace>" ("weft-proxy" without a workload).
+func (e *Engine) serviceCluster() string {
+	w := e.opts.Workload
+	name := cmp.Or(w.App, w.Workload)
+	if w.Namespace != "" && name != "" {
+		name += "." + w.Namespace
+	}
+	return cmp.Or(name, "weft-proxy")
+}
+
 // localEndpoint is the span's service: Istio's service cluster,
 // "<app>.<namespace>", and the address the connection reached.
 func (e *Engine) localEndpoint(cc *chainConn) zipkinEndpoint {
-	w := e.opts.Workload
-	ep := zipkinEndpoint{ServiceName: cmp.Or(w.App, w.Workload)}
-	if w.Namespace != "" && ep.ServiceName != "" {
-		ep.ServiceName += "." + w.Namespace
-	}
-	if ep.ServiceName == "" {
-		ep.ServiceName = "weft-proxy"
-	}
+	ep := zipkinEndpoint{ServiceName: e.serviceCluster()}
 	if ap, err := netip.ParseAddrPort(cc.LocalAddr().String()); err == nil {
 		if a := ap.Addr().Unmap(); a.Is4() {
 			ep.IPv4 = a.String()
@@ -464,205 +438,4 @@ func (e *Engine) localEndpoint(cc *chainConn) zipkinEndpoint {
 		}
 	}
 	return ep
-}
-
-// spanReporter batches spans for one collector. Its goroutine ends
-// once no span has come for reporterIdleTicks flush intervals, so that
-// collectors a config no longer names leave nothing running; a span for
-// one of them after that starts a new reporter.
-type spanReporter struct {
-	e   *Engine
-	col spanCollector
-	ch  chan *span
-	mu  sync.Mutex
-	// done: run has returned (idle), and the reporter is out of
-	// e.reporters; enqueue hands spans to the collector's next one.
-	done bool
-}
-
-// reporterIdleTicks is how many flush intervals without a span end a
-// reporter (a minute at Envoy's 5 s).
-const reporterIdleTicks = 12
-
-// reporter returns the reporter for col, starting it on first use.
-func (e *Engine) reporter(col spanCollector) *spanReporter {
-	if r, ok := e.reporters.Load(col); ok {
-		return r.(*spanReporter)
-	}
-	r := &spanReporter{e: e, col: col, ch: make(chan *span, spanQueue)}
-	if prev, loaded := e.reporters.LoadOrStore(col, r); loaded {
-		return prev.(*spanReporter)
-	}
-	go r.run()
-	return r
-}
-
-func (r *spanReporter) enqueue(sp *span) {
-	r.mu.Lock()
-	if r.done {
-		r.mu.Unlock()
-		r.e.reporter(r.col).enqueue(sp)
-		return
-	}
-	select {
-	case r.ch <- sp:
-	default:
-		r.e.metrics.SpansDropped.Inc()
-	}
-	r.mu.Unlock()
-}
-
-// run sends a batch once minFlushSpans are waiting, or every flush
-// interval, until it has been idle for reporterIdleTicks intervals or the
-// engine shuts down (then once more, briefly).
-func (r *spanReporter) run() {
-	every := r.e.opts.TraceFlushInterval
-	if every <= 0 {
-		every = defaultTraceFlushInterval
-	}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	var batch []*span
-	idle := 0
-	for {
-		select {
-		case sp := <-r.ch:
-			idle = 0
-			batch = append(batch, sp)
-			if len(batch) >= minFlushSpans {
-				r.send(batch)
-				batch = nil
-			}
-		case <-tick.C:
-			if len(batch) > 0 {
-				r.send(batch)
-				batch = nil
-				continue
-			}
-			if idle++; idle >= reporterIdleTicks && r.retire() {
-				return
-			}
-		case <-r.e.quit:
-			for len(r.ch) > 0 {
-				batch = append(batch, <-r.ch)
-			}
-			if len(batch) > 0 {
-				r.send(batch)
-			}
-			return
-		}
-	}
-}
-
-// retire takes an idle reporter out of service, unless a span has just
-// come.
-func (r *spanReporter) retire() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.ch) > 0 {
-		return false
-	}
-	r.done = true
-	r.e.reporters.CompareAndDelete(r.col, r)
-	return true
-}
-
-// send delivers spans to an endpoint of the collector cluster, through
-// the cluster's transport (its TLS, if any, included): a Zipkin or
-// OTLP/HTTP POST, or an OTLP/gRPC Export call over HTTP/2.
-func (r *spanReporter) send(spans []*span) {
-	n := float64(len(spans))
-	rt := r.e.cur.Load()
-	var c *cluster.Cluster
-	if rt != nil {
-		c = rt.clusters[r.col.cluster]
-	}
-	if c == nil {
-		r.fail(n, "collector cluster unknown")
-		return
-	}
-	ep, err := c.Pick(cluster.PickContext{})
-	if err != nil {
-		r.fail(n, err.Error())
-		return
-	}
-	var body []byte
-	contentType := "application/json"
-	switch r.col.format {
-	case zipkinJSON:
-		zs := make([]*zipkinSpan, len(spans))
-		for i, sp := range spans {
-			zs[i] = sp.zipkin()
-		}
-		body, err = json.Marshal(zs)
-	case otlpHTTP:
-		contentType = "application/x-protobuf"
-		body, err = proto.Marshal(otlpExport(r.col.service, spans))
-	case otlpGRPC:
-		contentType = "application/grpc"
-		var pb []byte
-		if pb, err = proto.Marshal(otlpExport(r.col.service, spans)); err == nil {
-			// One uncompressed length-prefixed message.
-			body = binary.BigEndian.AppendUint32([]byte{0}, uint32(len(pb)))
-			body = append(body, pb...)
-		}
-	}
-	if err != nil {
-		r.fail(n, err.Error())
-		return
-	}
-	timeout := cmp.Or(r.col.timeout, defaultExportTimeout)
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, upstreamScheme(c)+"://"+ep.Address+r.col.path, bytes.NewReader(body))
-	req.Host = r.col.host
-	req.Header.Set("Content-Type", contentType)
-	for kv := r.col.headers; kv != ""; {
-		var k, v string
-		k, kv, _ = strings.Cut(kv, "\x00")
-		v, kv, _ = strings.Cut(kv, "\x00")
-		req.Header.Set(k, v)
-	}
-	h2 := upstreamH2(c, req)
-	if r.col.format == otlpGRPC {
-		h2 = true
-		req.Header.Set("Te", "trailers")
-		req.Header.Set("Grpc-Timeout", strconv.FormatInt(timeout.Milliseconds(), 10)+"m")
-	}
-	resp, err := r.e.transport(rt, c, source{}, h2).RoundTrip(req)
-	if err != nil {
-		r.fail(n, err.Error())
-		return
-	}
-	_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	switch {
-	case resp.StatusCode/100 != 2:
-		r.fail(n, "collector answered "+resp.Status)
-		return
-	case r.col.format != otlpGRPC:
-	case err != nil:
-		r.fail(n, err.Error())
-		return
-	default:
-		// A trailers-only answer carries the status in its headers.
-		st, msg := resp.Trailer.Get("Grpc-Status"), resp.Trailer.Get("Grpc-Message")
-		if st == "" {
-			st, msg = resp.Header.Get("Grpc-Status"), resp.Header.Get("Grpc-Message")
-		}
-		if st != "0" {
-			r.fail(n, "collector answered grpc-status "+cmp.Or(st, "(none)")+" "+msg)
-			return
-		}
-	}
-	r.e.metrics.SpansSent.Add(n)
-}
-
-// fail counts lost spans; the engine's first failure is also logged.
-func (r *spanReporter) fail(n float64, why string) {
-	r.e.metrics.SpansDropped.Add(n)
-	r.e.traceWarn.Do(func() {
-		r.e.log.Warn("spans not delivered to the tracing collector (further failures are only counted in weft_tracing_spans_dropped_total)",
-			"cluster", r.col.cluster, "reason", why)
-	})
 }

@@ -290,7 +290,7 @@ func TestZipkinReporterRetires(t *testing.T) {
 		zipkinCluster: staticCluster(zipkinCluster, netip.MustParseAddrPort(zipkin.Listener.Addr().String()), false)}}); err != nil {
 		t.Fatal(err)
 	}
-	target := spanCollector{cluster: zipkinCluster, path: "/api/v2/spans", host: "zipkin"}
+	target := exportDest{cluster: zipkinCluster, path: "/api/v2/spans", host: "zipkin"}
 	reporters := func() int {
 		n := 0
 		e.reporters.Range(func(any, any) bool { n++; return true })

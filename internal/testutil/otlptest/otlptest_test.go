@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
@@ -71,5 +73,37 @@ func TestCollector(t *testing.T) {
 	}
 	if len(c.Spans()) != 2 {
 		t.Error("a refused export was kept")
+	}
+}
+
+// TestLogCollector: records arrive over gRPC with OpenTelemetry's own
+// client stub, with their resource's attributes and the metadata.
+func TestLogCollector(t *testing.T) {
+	c := &LogCollector{}
+	conn, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", c.ServeGRPC(t)), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	kv := func(k, v string) *commonpb.KeyValue {
+		return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}}
+	}
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-token", "a"), 5*time.Second)
+	defer cancel()
+	if _, err := collogspb.NewLogsServiceClient(conn).Export(ctx, &collogspb.ExportLogsServiceRequest{ResourceLogs: []*logspb.ResourceLogs{{
+		Resource: &resourcepb.Resource{Attributes: []*commonpb.KeyValue{kv("log_name", "l")}},
+		ScopeLogs: []*logspb.ScopeLogs{{LogRecords: []*logspb.LogRecord{{TimeUnixNano: 7, Attributes: []*commonpb.KeyValue{kv("code", "200")},
+			Body: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "GET / 200"}}}}}},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	got := c.Wait(1, time.Second)
+	if len(got) != 1 || got[0].Resource["log_name"] != "l" || got[0].Attrs()["code"] != "200" || got[0].GetBody().GetStringValue() != "GET / 200" ||
+		got[0].GetTimeUnixNano() != 7 || c.Headers()[0]["x-token"][0] != "a" {
+		t.Fatalf("records %v, headers %v", got, c.Headers())
+	}
+	c.SetFail(true)
+	if _, err := collogspb.NewLogsServiceClient(conn).Export(ctx, &collogspb.ExportLogsServiceRequest{}); err == nil {
+		t.Error("a failing collector accepted an export")
 	}
 }

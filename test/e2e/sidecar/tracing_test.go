@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -256,5 +257,58 @@ spec:
 			s.Attr("http.status_code") != "200" {
 			t.Errorf("span %v (service %s): want sidecar A's CLIENT spans of a.default under the caller's span %s", s.Span, s.Service, caller)
 		}
+	}
+}
+
+// TestAccessLogsOTel: Istio's envoyOtelAls access log provider, as its
+// OpenTelemetry access logging task sets it up (a collector on port 4317
+// and a Telemetry naming the provider). Sidecar A sends an OTLP log
+// record over gRPC for each of app A's requests: Istio's TEXT line as
+// the body, the provider's labels as attributes.
+func TestAccessLogsOTel(t *testing.T) {
+	p := &tracedPair{t: t}
+	var logs otlptest.LogCollector
+	p.start(`extensionProviders:
+- name: otel-als
+  envoyOtelAls:
+    service: opentelemetry-collector.observability.svc.cluster.local
+    port: 4317
+    logFormat:
+      labels:
+        code: "%RESPONSE_CODE%"
+        cluster: "%UPSTREAM_CLUSTER%"
+`, collectorEntry("otel-collector", "opentelemetry-collector.observability.svc.cluster.local", 4317, "grpc-otlp", "GRPC", logs.ServeGRPC(t))+`---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging:
+  - providers: [{name: otel-als}]
+`)
+	for range 5 { // a whole batch, sent at once
+		if err := p.call(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cluster := fmt.Sprintf("outbound|%d||web.b.mesh", p.svcPort)
+	eventually(t, "sidecar A's records at the OTLP collector", func() error {
+		n := 0
+		for _, r := range logs.Records() {
+			body := r.GetBody().GetStringValue()
+			if !strings.Contains(body, `"GET /traced HTTP/1.1" 200 `) || !strings.Contains(body, cluster) || !strings.HasSuffix(body, "\n") {
+				return fmt.Errorf("record body %q: want Istio's TEXT line for GET /traced to %s", body, cluster)
+			}
+			if a := r.Attrs(); a["code"] != "200" || a["cluster"] != cluster || len(r.Resource) != 0 {
+				return fmt.Errorf("record attributes %v, resource %v: want code and cluster, no built-in labels", a, r.Resource)
+			}
+			n++
+		}
+		if n < 5 {
+			return fmt.Errorf("%d records, want at least 5", n)
+		}
+		return nil
+	})
+	if h := logs.Headers()[0]; len(h[":authority"]) != 1 || h[":authority"][0] != "opentelemetry-collector.observability.svc.cluster.local" {
+		t.Errorf("export metadata %v, want the collector's host as authority", h)
 	}
 }
