@@ -11,7 +11,6 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
-	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -418,11 +417,11 @@ func (g *netBuilder) otelAccessLog(what string, p model.OTelLogProvider) *access
 	str := func(v string) *otlpcommon.AnyValue {
 		return &otlpcommon.AnyValue{Value: &otlpcommon.AnyValue_StringValue{StringValue: v}}
 	}
-	cfg := &otelalsv3.OpenTelemetryAccessLogConfig{
-		CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{LogName: cmp.Or(p.LogName, otelAccessLogDefaultName),
-			GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
-				ClusterName: OutboundCluster(p.Port, "", svc), Authority: svc}}},
-			TransportApiVersion: corev3.ApiVersion_V3},
+	// istiod still writes the deprecated common_config; its log_name and
+	// grpc_service now have fields of their own.
+	cfg := &otelalsv3.OpenTelemetryAccessLogConfig{LogName: cmp.Or(p.LogName, otelAccessLogDefaultName),
+		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
+			ClusterName: OutboundCluster(p.Port, "", svc), Authority: svc}}},
 		DisableBuiltinLabels: true,
 		Body:                 str(text),
 	}

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
@@ -53,16 +52,15 @@ func describeLogs(t *testing.T, als []*accesslogv3.AccessLog) []string {
 func describeOTelLog(t *testing.T, al *accesslogv3.AccessLog) string {
 	t.Helper()
 	c := ldsUnpack(t, al.GetTypedConfig(), &otelalsv3.OpenTelemetryAccessLogConfig{})
-	cc := c.GetCommonConfig()
-	if !c.GetDisableBuiltinLabels() || cc.GetTransportApiVersion() != corev3.ApiVersion_V3 {
-		t.Errorf("OpenTelemetry access log %v: want Istio's disable_builtin_labels and transport V3", c)
+	if !c.GetDisableBuiltinLabels() {
+		t.Errorf("OpenTelemetry access log %v: want Istio's disable_builtin_labels", c)
 	}
 	body := c.GetBody().GetStringValue()
 	if body == accesslog.IstioTextFormat {
 		body = "istio-text"
 	}
-	s := fmt.Sprintf("otel %s %s %s %q", cc.GetGrpcService().GetEnvoyGrpc().GetClusterName(), cc.GetGrpcService().GetEnvoyGrpc().GetAuthority(),
-		cc.GetLogName(), body)
+	s := fmt.Sprintf("otel %s %s %s %q", c.GetGrpcService().GetEnvoyGrpc().GetClusterName(), c.GetGrpcService().GetEnvoyGrpc().GetAuthority(),
+		c.GetLogName(), body)
 	for _, kv := range c.GetAttributes().GetValues() {
 		s += " " + kv.GetKey() + "=" + kv.GetValue().GetStringValue()
 	}

@@ -287,11 +287,13 @@ func TestXDSAccessLogNACK(t *testing.T) {
 		"otel operator":   {otelLogProto("c", "x", "%FOO_BAR%", false), "open_telemetry: body: command operator %FOO_BAR% is not supported"},
 		"otel attribute":  {otelLogProto("c", "x", "", false, "a", "%FOO_BAR%"), `open_telemetry: attribute "a": command operator %FOO_BAR% is not supported`},
 		"otel no cluster": {otelLogProto("", "x", "", false), "must be an envoy_grpc naming a cluster"},
-		"otel http":       {otelVariant(func(c *otelalsv3.OpenTelemetryAccessLogConfig) { c.HttpService = &corev3.HttpService{} }), "http_service is not supported"},
-		"otel google_grpc": {otelVariant(func(c *otelalsv3.OpenTelemetryAccessLogConfig) {
-			c.CommonConfig.GrpcService.TargetSpecifier = &corev3.GrpcService_GoogleGrpc_{}
+		"otel http": {otelVariant(otelLogProto("c", "x", "", false), func(c *otelalsv3.OpenTelemetryAccessLogConfig) {
+			c.HttpService = &corev3.HttpService{}
+		}), "http_service is not supported"},
+		"otel google_grpc": {otelVariant(otelLogProto("c", "x", "", false), func(c *otelalsv3.OpenTelemetryAccessLogConfig) {
+			c.GrpcService.TargetSpecifier = &corev3.GrpcService_GoogleGrpc_{}
 		}), "google_grpc is not supported"},
-		"otel kvlist body": {otelVariant(func(c *otelalsv3.OpenTelemetryAccessLogConfig) {
+		"otel kvlist body": {otelVariant(otelLogProto("c", "x", "", false), func(c *otelalsv3.OpenTelemetryAccessLogConfig) {
 			c.Body = &commonpb.AnyValue{Value: &commonpb.AnyValue_KvlistValue{KvlistValue: &commonpb.KeyValueList{}}}
 		}), "body: only string values are supported"},
 		"flagfilter": {withFilter(fileLogProto(filepath.Join(dir, "a"), "x", nil, ""), &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{}}}), "ResponseFlagFilter is not supported"},
@@ -305,9 +307,9 @@ func TestXDSAccessLogNACK(t *testing.T) {
 	}
 }
 
-// otelVariant is an OpenTelemetry access log changed by f.
-func otelVariant(f func(*otelalsv3.OpenTelemetryAccessLogConfig)) *accesslogv3.AccessLog {
-	al := otelLogProto("c", "x", "", false)
+// otelVariant is OpenTelemetry access log al changed by f.
+func otelVariant(al *accesslogv3.AccessLog, f func(*otelalsv3.OpenTelemetryAccessLogConfig)) *accesslogv3.AccessLog {
+	al = proto.Clone(al).(*accesslogv3.AccessLog)
 	cfg := &otelalsv3.OpenTelemetryAccessLogConfig{}
 	_ = al.GetTypedConfig().UnmarshalTo(cfg)
 	f(cfg)

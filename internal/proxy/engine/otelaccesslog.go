@@ -70,8 +70,9 @@ func (lv *logValue) value(en *accesslog.Entry) *commonpb.AnyValue {
 }
 
 // compileOTelLog reads an OpenTelemetryAccessLogConfig: an Envoy gRPC
-// service naming a cluster (in common_config, or grpc_service), and the
-// body, attributes and resource attributes as string formats.
+// service naming a cluster and a log name (grpc_service and log_name, or
+// the deprecated common_config istiod writes), and the body, attributes
+// and resource attributes as string formats.
 func compileOTelLog(al *accesslogv3.AccessLog) (*otelLog, error) {
 	cfg := &otelalsv3.OpenTelemetryAccessLogConfig{}
 	if err := al.GetTypedConfig().UnmarshalTo(cfg); err != nil {
@@ -88,6 +89,7 @@ func compileOTelLog(al *accesslogv3.AccessLog) (*otelLog, error) {
 		return nil, errors.New("open_telemetry: custom_tags are not supported")
 	}
 	gs, logName := cfg.GetGrpcService(), cfg.GetLogName()
+	//lint:ignore SA1019 istiod and older control planes still write common_config
 	if cc := cfg.GetCommonConfig(); cc != nil {
 		gs, logName = cmp.Or(gs, cc.GetGrpcService()), cmp.Or(logName, cc.GetLogName())
 	}

@@ -150,9 +150,7 @@ func TestOTelSpans(t *testing.T) {
 	if c1.Service != "a.default" || s1.Service != unknownService {
 		t.Errorf("resource service.name: client %q, server %q; want a.default and Envoy's default", c1.Service, s1.Service)
 	}
-	// gRPC metadata keys are lower case: not http.Header's canonical form.
-	if h := grpcSink.Headers()[0]; len(h["x-tenant-token"]) != 1 || h["x-tenant-token"][0] != "abc" ||
-		len(h[":authority"]) != 1 || h[":authority"][0] != "otel-collector.observability.svc.cluster.local" {
+	if h := grpcSink.Headers()[0]; h.Get("X-Tenant-Token") != "abc" || h.Get(":authority") != "otel-collector.observability.svc.cluster.local" {
 		t.Errorf("gRPC export metadata %v, want the initial metadata and the authority", h)
 	}
 	if h := httpSink.Headers()[0]; h.Get("Authorization") != "Bearer t0ken" || h.Get("Host") != "otel-http.observability.svc.cluster.local" || h.Get("Path") != "/v1/traces" {
@@ -187,18 +185,18 @@ func TestOTelSpans(t *testing.T) {
 	}
 }
 
-// otelLogProto is an OpenTelemetry access log as istiod writes it for an
-// envoyOtelAls provider (builtin: Envoy's built-in resource labels left
-// on, as without Istio), with body and attribute formats.
+// otelLogProto is an OpenTelemetry access log as weft's pilot writes it
+// for an envoyOtelAls provider (builtin: Envoy's built-in resource labels
+// left on, as without Istio), with body and attribute formats.
 func otelLogProto(cluster, logName, body string, builtin bool, attrs ...string) *accesslogv3.AccessLog {
 	str := func(v string) *commonpb.AnyValue {
 		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}
 	}
-	cfg := &otelalsv3.OpenTelemetryAccessLogConfig{CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{LogName: logName,
+	cfg := &otelalsv3.OpenTelemetryAccessLogConfig{LogName: logName,
 		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
 			ClusterName: cluster, Authority: "otel-collector.observability.svc.cluster.local"}},
 			InitialMetadata: []*corev3.HeaderValue{{Key: "x-token", Value: "abc"}}},
-		TransportApiVersion: corev3.ApiVersion_V3}, DisableBuiltinLabels: !builtin}
+		DisableBuiltinLabels: !builtin}
 	if builtin {
 		cfg.ResourceAttributes = &commonpb.KeyValueList{Values: []*commonpb.KeyValue{{Key: "env", Value: str("test")}}}
 	}
@@ -215,8 +213,19 @@ func otelLogProto(cluster, logName, body string, builtin bool, attrs ...string) 
 	return &accesslogv3.AccessLog{Name: "envoy.access_loggers.open_telemetry", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: tc}}
 }
 
-// TestOTelAccessLog: OpenTelemetry access loggers send every entry that
-// passes their filter as an OTLP log record over gRPC: the body and
+// inCommonConfig is al with its log name and gRPC service moved into the
+// deprecated common_config, as istiod writes them.
+func inCommonConfig(al *accesslogv3.AccessLog) *accesslogv3.AccessLog {
+	return otelVariant(al, func(c *otelalsv3.OpenTelemetryAccessLogConfig) {
+		//lint:ignore SA1019 istiod's form
+		c.CommonConfig = &grpcalsv3.CommonGrpcAccessLogConfig{LogName: c.LogName, GrpcService: c.GrpcService, TransportApiVersion: corev3.ApiVersion_V3}
+		c.LogName, c.GrpcService = "", nil
+	})
+}
+
+// TestOTelAccessLog: OpenTelemetry access loggers (one as istiod writes
+// it, in common_config) send every entry that passes their filter as an
+// OTLP log record over gRPC: the body and
 // attribute formats' values, the start time, and the resource — Envoy's
 // built-in labels and resource_attributes, or nothing when Istio turns
 // the labels off — with the gRPC service's metadata and authority. A
@@ -237,8 +246,8 @@ func TestOTelAccessLog(t *testing.T) {
 	)
 	addr := freeAddr(t)
 	l := withAccessLogs(httpListener("out", addr, svc, nil),
-		otelLogProto(als, "otel_envoy_accesslog", "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%", true,
-			"code", "%RESPONSE_CODE%", "tenant", "%REQ(X-TENANT)%"),
+		inCommonConfig(otelLogProto(als, "otel_envoy_accesslog", "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%", true,
+			"code", "%RESPONSE_CODE%", "tenant", "%REQ(X-TENANT)%")),
 		withFilter(otelLogProto(als, "errors", "", false, "flags", "%RESPONSE_FLAGS%"), fileLogProto("/dev/null", "", nil, "response.code >= 500").GetFilter()))
 	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 50 * time.Millisecond, NodeID: "sidecar~10.0.0.1~a-1.default~default.svc.cluster.local",
 		Workload: telemetry.Peer{Workload: "a", Namespace: "default", App: "a"}})
@@ -291,8 +300,7 @@ func TestOTelAccessLog(t *testing.T) {
 	if e := errs[0]; len(e.Resource) != 0 || e.GetBody() != nil || e.Attrs()["flags"] != "-" {
 		t.Errorf("filtered log's record: resource %v body %v attributes %v; want no labels, no body, flags", e.Resource, e.GetBody(), e.Attrs())
 	}
-	if h := col.Headers()[0]; len(h["x-token"]) != 1 || h["x-token"][0] != "abc" ||
-		len(h[":authority"]) != 1 || h[":authority"][0] != "otel-collector.observability.svc.cluster.local" {
+	if h := col.Headers()[0]; h.Get("X-Token") != "abc" || h.Get(":authority") != "otel-collector.observability.svc.cluster.local" {
 		t.Errorf("export metadata %v", h)
 	}
 	if got := testutil.ToFloat64(e.metrics.LogsSent); got != 3 {

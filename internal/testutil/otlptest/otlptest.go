@@ -29,9 +29,9 @@ import (
 )
 
 // sink keeps received items and each export's headers. Over gRPC,
-// export headers are the request's metadata (lower-case keys,
-// ":authority" included); over HTTP they are the request's headers, with
-// "Host" and "Path" added.
+// export headers are the request's metadata (":authority" included);
+// over HTTP they are the request's headers, with "Host" and "Path"
+// added.
 type sink[T any] struct {
 	mu      sync.Mutex
 	items   []T
@@ -102,6 +102,18 @@ func serveGRPC(t testing.TB, register func(*grpc.Server)) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// incoming is a gRPC request's metadata as headers.
+func incoming(ctx context.Context) http.Header {
+	md, _ := metadata.FromIncomingContext(ctx)
+	h := http.Header{}
+	for k, vs := range md {
+		for _, v := range vs {
+			h.Add(k, v)
+		}
+	}
+	return h
+}
+
 func stringAttrs(kvs []*commonpb.KeyValue) map[string]string {
 	m := map[string]string{}
 	for _, kv := range kvs {
@@ -149,8 +161,7 @@ func (c *Collector) Export(ctx context.Context, req *coltracepb.ExportTraceServi
 	if c.failing() {
 		return nil, status.Error(codes.Unavailable, "collector overloaded")
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	c.addSpans(req, http.Header(md))
+	c.addSpans(req, incoming(ctx))
 	return &coltracepb.ExportTraceServiceResponse{}, nil
 }
 
@@ -204,7 +215,6 @@ func (c *LogCollector) Export(ctx context.Context, req *collogspb.ExportLogsServ
 	if c.failing() {
 		return nil, status.Error(codes.Unavailable, "collector overloaded")
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
 	var recs []Record
 	for _, rl := range req.GetResourceLogs() {
 		res := stringAttrs(rl.GetResource().GetAttributes())
@@ -214,7 +224,7 @@ func (c *LogCollector) Export(ctx context.Context, req *collogspb.ExportLogsServ
 			}
 		}
 	}
-	c.add(http.Header(md), recs...)
+	c.add(incoming(ctx), recs...)
 	return &collogspb.ExportLogsServiceResponse{}, nil
 }
 

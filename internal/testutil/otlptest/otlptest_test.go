@@ -64,7 +64,7 @@ func TestCollector(t *testing.T) {
 		t.Fatalf("spans %v", got)
 	}
 	h := c.Headers()
-	if len(h) != 2 || len(h[0]["x-token"]) != 1 || h[0]["x-token"][0] != "a" || h[1].Get("Path") != "/v1/traces" {
+	if len(h) != 2 || h[0].Get("X-Token") != "a" || h[1].Get("Path") != "/v1/traces" {
 		t.Errorf("headers %v", h)
 	}
 	c.SetFail(true)
@@ -99,7 +99,7 @@ func TestLogCollector(t *testing.T) {
 	}
 	got := c.Wait(1, time.Second)
 	if len(got) != 1 || got[0].Resource["log_name"] != "l" || got[0].Attrs()["code"] != "200" || got[0].GetBody().GetStringValue() != "GET / 200" ||
-		got[0].GetTimeUnixNano() != 7 || c.Headers()[0]["x-token"][0] != "a" {
+		got[0].GetTimeUnixNano() != 7 || c.Headers()[0].Get("X-Token") != "a" {
 		t.Fatalf("records %v, headers %v", got, c.Headers())
 	}
 	c.SetFail(true)

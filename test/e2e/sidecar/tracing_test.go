@@ -308,7 +308,7 @@ spec:
 		}
 		return nil
 	})
-	if h := logs.Headers()[0]; len(h[":authority"]) != 1 || h[":authority"][0] != "opentelemetry-collector.observability.svc.cluster.local" {
+	if h := logs.Headers()[0]; h.Get(":authority") != "opentelemetry-collector.observability.svc.cluster.local" {
 		t.Errorf("export metadata %v, want the collector's host as authority", h)
 	}
 }
