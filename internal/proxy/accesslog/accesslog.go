@@ -91,6 +91,10 @@ type Entry struct {
 	// GRPCStatus is a gRPC response's grpc-status ("" otherwise).
 	GRPCStatus string
 	RouteName  string
+	// TraceID and SpanID are the hop's span, in hex, when the request is
+	// traced (sampled); "" otherwise, as Envoy's active span is then a
+	// null one. TraceID is Envoy's TRACE_ID.
+	TraceID, SpanID string
 	// Headers are the other headers formats and filters read
 	// (Formatter.Headers, Filter.Headers).
 	Headers []Header

@@ -133,6 +133,7 @@ const (
 	opPeerFingerprint256
 	opGRPCStatusNumber
 	opUpstreamAttempts
+	opTraceID
 )
 
 // simpleOps are the operators without arguments.
@@ -150,6 +151,7 @@ var simpleOps = map[string]opKind{
 	"DOWNSTREAM_PEER_DNS_SAN": opPeerDNSSAN, "DOWNSTREAM_PEER_SUBJECT": opPeerSubject,
 	"DOWNSTREAM_PEER_ISSUER": opPeerIssuer, "DOWNSTREAM_PEER_FINGERPRINT_256": opPeerFingerprint256,
 	"GRPC_STATUS_NUMBER": opGRPCStatusNumber, "UPSTREAM_REQUEST_ATTEMPT_COUNT": opUpstreamAttempts,
+	"TRACE_ID": opTraceID,
 }
 
 // SupportedOperators lists the command operators formats may use.
@@ -541,6 +543,8 @@ func (s *segment) value(e *Entry) (string, int64, bool) {
 		return e.ServerName, 0, false
 	case opRouteName:
 		return e.RouteName, 0, false
+	case opTraceID:
+		return e.TraceID, 0, false
 	case opHostname:
 		return hostname, 0, false
 	case opTLSVersion:

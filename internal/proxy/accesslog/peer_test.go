@@ -106,3 +106,30 @@ func TestUpstreamAttempts(t *testing.T) {
 		t.Errorf("JSON: %q", got)
 	}
 }
+
+// TestTraceIDOperator: %TRACE_ID% is the traced request's trace id, and
+// "-" (JSON null) for one that is not traced.
+func TestTraceIDOperator(t *testing.T) {
+	f, err := ParseText("trace=%TRACE_ID%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	traced, untraced := entry, entry
+	traced.TraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	if got := string(f.Append(nil, &traced)); got != "trace=4bf92f3577b34da6a3ce929d0e0e4736\n" {
+		t.Errorf("traced: %q", got)
+	}
+	if got := string(f.Append(nil, &untraced)); got != "trace=-\n" {
+		t.Errorf("not traced: %q", got)
+	}
+	j, err := ParseJSONMap(map[string]string{"trace": "%TRACE_ID%"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(j.Append(nil, &traced)); got != `{"trace":"4bf92f3577b34da6a3ce929d0e0e4736"}`+"\n" {
+		t.Errorf("JSON: %q", got)
+	}
+	if got := string(j.Append(nil, &untraced)); got != `{"trace":null}`+"\n" {
+		t.Errorf("JSON, not traced: %q", got)
+	}
+}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -299,6 +300,14 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 	connTLS(en, cc.Conn)
 	if ex.route != nil {
 		en.RouteName = ex.route.Name
+	}
+	if t := &ex.trace; t.sampled && t.trace != ([16]byte{}) {
+		if t.is64() {
+			en.TraceID = hex.EncodeToString(t.trace[8:])
+		} else {
+			en.TraceID = hex.EncodeToString(t.trace[:])
+		}
+		en.SpanID = hex.EncodeToString(t.span[:])
 	}
 	for _, h := range als.headers {
 		var v string

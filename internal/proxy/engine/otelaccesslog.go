@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"cmp"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -20,7 +21,8 @@ import (
 // istiod writes them for an envoyOtelAls provider): every entry that
 // passes the log's filter becomes an OTLP log record — the body format's
 // line as its body, each attribute's format as a string attribute, the
-// request's start as its time — sent over gRPC in batches with the other
+// request's start as its time, a traced request's trace and span ids —
+// sent over gRPC in batches with the other
 // records for the same collector (export.go). Unless
 // disable_builtin_labels, the resource carries Envoy's built-in labels
 // (log_name, node_name, cluster_name), with resource_attributes.
@@ -155,6 +157,11 @@ func (ol *otelLog) headers() []accesslog.HeaderRef {
 // record is en as ol's log record.
 func (ol *otelLog) record(en *accesslog.Entry) *logspb.LogRecord {
 	rec := &logspb.LogRecord{TimeUnixNano: uint64(en.Start.UnixNano())}
+	// A traced request's record names its span, as Envoy's does.
+	if tid, err := hex.DecodeString(en.TraceID); err == nil && len(tid) > 0 && len(tid) <= 16 {
+		rec.TraceId = append(make([]byte, 16-len(tid)), tid...)
+		rec.SpanId, _ = hex.DecodeString(en.SpanID)
+	}
 	if ol.body != nil {
 		rec.Body = ol.body.value(en)
 	}

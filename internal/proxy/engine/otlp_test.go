@@ -246,7 +246,7 @@ func TestOTelAccessLog(t *testing.T) {
 	)
 	addr := freeAddr(t)
 	l := withAccessLogs(httpListener("out", addr, svc, nil),
-		inCommonConfig(otelLogProto(als, "otel_envoy_accesslog", "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%", true,
+		inCommonConfig(otelLogProto(als, "otel_envoy_accesslog", "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %TRACE_ID%", true,
 			"code", "%RESPONSE_CODE%", "tenant", "%REQ(X-TENANT)%")),
 		withFilter(otelLogProto(als, "errors", "", false, "flags", "%RESPONSE_FLAGS%"), fileLogProto("/dev/null", "", nil, "response.code >= 500").GetFilter()))
 	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 50 * time.Millisecond, NodeID: "sidecar~10.0.0.1~a-1.default~default.svc.cluster.local",
@@ -260,8 +260,10 @@ func TestOTelAccessLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := time.Now()
-	getStatus(t, "http://"+addr.String()+"/ok", "Host", "svc.default:8080", "X-Tenant", "t1")
-	getStatus(t, "http://"+addr.String()+"/fail", "Host", "svc.default:8080")
+	const trace, caller = "463ac35c9f6413ad463ac35c9f6413ad", "a2fb4a1d1a96d312"
+	getStatus(t, "http://"+addr.String()+"/ok", "Host", "svc.default:8080", "X-Tenant", "t1",
+		"X-B3-Traceid", trace, "X-B3-Spanid", caller, "X-B3-Sampled", "1")
+	getStatus(t, "http://"+addr.String()+"/fail", "Host", "svc.default:8080", "X-B3-Traceid", trace, "X-B3-Spanid", caller, "X-B3-Sampled", "0")
 	col.Wait(3, 10*time.Second)
 	time.Sleep(150 * time.Millisecond) // a fourth record would come by now
 	recs := col.Records()
@@ -283,6 +285,13 @@ func TestOTelAccessLog(t *testing.T) {
 	bodies := map[string]map[string]string{}
 	for _, r := range all {
 		bodies[r.GetBody().GetStringValue()] = r.Attrs()
+		// A traced request's record names the hop's span; others none.
+		traced := r.Attrs()["code"] == "200"
+		if got := hex.EncodeToString(r.GetTraceId()); traced && (got != trace || len(r.GetSpanId()) != 8 || hex.EncodeToString(r.GetSpanId()) == caller) ||
+			!traced && (len(r.GetTraceId()) != 0 || len(r.GetSpanId()) != 0) {
+			t.Errorf("record %q: trace %x span %x; want trace %s with the hop's own span when sampled, none otherwise",
+				r.GetBody().GetStringValue(), r.GetTraceId(), r.GetSpanId(), trace)
+		}
 		if diff := cmp.Diff(r.Resource, map[string]string{"log_name": "otel_envoy_accesslog", "env": "test",
 			"node_name": "sidecar~10.0.0.1~a-1.default~default.svc.cluster.local", "cluster_name": "a.default"}); diff != "" {
 			t.Errorf("resource (-got +want)\n%s", diff)
@@ -292,8 +301,8 @@ func TestOTelAccessLog(t *testing.T) {
 		}
 	}
 	if diff := cmp.Diff(bodies, map[string]map[string]string{
-		"GET /ok 200":   {"code": "200", "tenant": "t1"},
-		"GET /fail 503": {"code": "503", "tenant": "-"},
+		"GET /ok 200 " + trace: {"code": "200", "tenant": "t1"},
+		"GET /fail 503 -":      {"code": "503", "tenant": "-"},
 	}); diff != "" {
 		t.Errorf("bodies and attributes (-got +want)\n%s", diff)
 	}
