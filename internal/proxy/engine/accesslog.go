@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -311,9 +312,14 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 	}
 	for _, h := range als.headers {
 		var v string
-		if h.Response {
+		switch {
+		case h.Response:
 			v = w.Header().Get(h.Name)
-		} else {
+		case h.Name == "X-Envoy-Attempt-Count" && ex.attempts > 1 && ex.vhost != nil && ex.vhost.IncludeRequestAttemptCount:
+			// A retry sent its count in a copy of the header map; Envoy
+			// logs the last attempt's.
+			v = strconv.Itoa(ex.attempts)
+		default:
 			v = r.Header.Get(h.Name)
 		}
 		if v != "" {

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -25,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -197,7 +199,9 @@ func TestTraceContextCrossesTheSidecar(t *testing.T) {
 // (Istio's outbound ones) sends x-envoy-attempt-count with every attempt
 // — 1, then 2 on the retry — and with include_attempt_count_in_response
 // the client learns the count too; without them the header is not made.
-// The access log's %UPSTREAM_REQUEST_ATTEMPT_COUNT% says 2 either way.
+// The access log's %UPSTREAM_REQUEST_ATTEMPT_COUNT% says 2 either way,
+// and %REQ(X-ENVOY-ATTEMPT-COUNT)% the last attempt's count, also when
+// each attempt was a copy of the request.
 func TestAttemptCount(t *testing.T) {
 	var mu sync.Mutex
 	var seen []string
@@ -218,10 +222,13 @@ func TestAttemptCount(t *testing.T) {
 		request, response bool
 		want              []string
 		wantResponse      string
+		wantLogged        string
+		perTry            bool // each attempt a copy of the request
 	}{
-		{"not asked for", false, false, []string{"", ""}, ""},
-		{"request", true, false, []string{"1", "2"}, ""},
-		{"request and response", true, true, []string{"1", "2"}, "2"},
+		{"not asked for", false, false, []string{"", ""}, "", "2 -\n", false},
+		{"request", true, false, []string{"1", "2"}, "", "2 2\n", false},
+		{"request and response", true, true, []string{"1", "2"}, "2", "2 2\n", false},
+		{"request, per-try timeout", true, false, []string{"1", "2"}, "", "2 2\n", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mu.Lock()
@@ -237,10 +244,13 @@ func TestAttemptCount(t *testing.T) {
 			}
 			vh := h.GetRouteConfig().GetVirtualHosts()[0]
 			vh.IncludeRequestAttemptCount, vh.IncludeAttemptCountInResponse = tc.request, tc.response
+			if tc.perTry {
+				vh.GetRoutes()[0].GetRoute().GetRetryPolicy().PerTryTimeout = durationpb.New(5 * time.Second)
+			}
 			a, _ := anypb.New(h)
 			f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
 			logPath := filepath.Join(t.TempDir(), "a.log")
-			l = withAccessLogs(l, fileLogProto(logPath, "%UPSTREAM_REQUEST_ATTEMPT_COUNT%\n", nil, ""))
+			l = withAccessLogs(l, fileLogProto(logPath, "%UPSTREAM_REQUEST_ATTEMPT_COUNT% %REQ(X-ENVOY-ATTEMPT-COUNT)%\n", nil, ""))
 			e, err := newEngineOpts(Options{}, l, staticCluster("backend", backendAddr, false))
 			if err != nil {
 				t.Fatal(err)
@@ -252,8 +262,8 @@ func TestAttemptCount(t *testing.T) {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			e.shutdown() // writes what the logger holds
-			if logged, _ := os.ReadFile(logPath); string(logged) != "2\n" {
-				t.Errorf("%%UPSTREAM_REQUEST_ATTEMPT_COUNT%% logged %q, want 2", logged)
+			if logged, _ := os.ReadFile(logPath); string(logged) != tc.wantLogged {
+				t.Errorf("%%UPSTREAM_REQUEST_ATTEMPT_COUNT%% %%REQ(X-ENVOY-ATTEMPT-COUNT)%% logged %q, want %q", logged, tc.wantLogged)
 			}
 			mu.Lock()
 			got := slices.Clone(seen)
