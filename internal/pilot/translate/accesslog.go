@@ -8,24 +8,21 @@ import (
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	otlpcommon "go.opentelemetry.io/proto/otlp/common/v1"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	telemetry "istio.io/api/telemetry/v1alpha1"
 )
 
 // Access logs, as istiod configures them: file access loggers
 // (envoy.access_loggers.file) on every HTTP connection manager and
-// tcp_proxy of a sidecar's listeners, outbound listeners being the
-// proxy's CLIENT side and inbound ones its SERVER side.
+// tcp_proxy of a sidecar's listeners, set as each is built
+// (accessLogsFor), outbound listeners being the proxy's CLIENT side and
+// inbound ones its SERVER side.
 //
 // Telemetry resources decide when any applies to the proxy (or MeshConfig
 // sets defaultProviders.accessLogging): the root namespace's oldest
@@ -56,74 +53,23 @@ const (
 	builtinEnvoyProvider = "envoy"
 )
 
-// addAccessLogs sets the access logs of the proxy's listeners in place.
-func (g *netBuilder) addAccessLogs(ls []*listenerv3.Listener) {
-	var client, server []*accesslogv3.AccessLog
-	var done [2]bool
-	for _, l := range ls {
-		inbound := l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND
-		i := 0
-		if inbound {
-			i = 1
-		}
-		if !done[i] {
-			done[i] = true
-			if inbound {
-				server = g.accessLogs(telemetry.WorkloadMode_SERVER)
-			} else {
-				client = g.accessLogs(telemetry.WorkloadMode_CLIENT)
-			}
-		}
-		als := client
-		if inbound {
-			als = server
-		}
-		if len(als) == 0 {
-			continue
-		}
-		for _, fc := range listenerChains(l) {
-			for _, f := range fc.GetFilters() {
-				setAccessLog(f, als)
-			}
-		}
-	}
+// sideLogs are the access logs of the proxy's outbound (CLIENT) and
+// inbound (SERVER) connection managers and tcp_proxies.
+type sideLogs struct {
+	client, server []*accesslogv3.AccessLog
 }
 
-// listenerChains are l's filter chains, its default chain last.
-func listenerChains(l *listenerv3.Listener) []*listenerv3.FilterChain {
-	chains := l.GetFilterChains()
-	if l.GetDefaultFilterChain() != nil {
-		chains = append(append([]*listenerv3.FilterChain(nil), chains...), l.GetDefaultFilterChain())
+// accessLogsFor is the access_log an outbound or inbound connection
+// manager or tcp_proxy gets, worked out on first use and shared by every
+// filter of the side (each is marshalled as it is built).
+func (g *netBuilder) accessLogsFor(inbound bool) []*accesslogv3.AccessLog {
+	if g.logsF == nil {
+		g.logsF = &sideLogs{client: g.accessLogs(telemetry.WorkloadMode_CLIENT), server: g.accessLogs(telemetry.WorkloadMode_SERVER)}
 	}
-	return chains
-}
-
-// setAccessLog puts als on a filter that is an HCM or a tcp_proxy.
-func setAccessLog(f *listenerv3.Filter, als []*accesslogv3.AccessLog) {
-	tc := f.GetTypedConfig()
-	clone := func() []*accesslogv3.AccessLog {
-		out := make([]*accesslogv3.AccessLog, len(als))
-		for i, a := range als {
-			out[i] = proto.Clone(a).(*accesslogv3.AccessLog)
-		}
-		return out
+	if inbound {
+		return g.logsF.server
 	}
-	switch {
-	case tc.MessageIs(&hcmv3.HttpConnectionManager{}):
-		h := &hcmv3.HttpConnectionManager{}
-		if tc.UnmarshalTo(h) != nil {
-			return
-		}
-		h.AccessLog = clone()
-		f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: ldsAny(h)}
-	case tc.MessageIs(&tcpproxyv3.TcpProxy{}):
-		t := &tcpproxyv3.TcpProxy{}
-		if tc.UnmarshalTo(t) != nil {
-			return
-		}
-		t.AccessLog = clone()
-		f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: ldsAny(t)}
-	}
+	return g.logsF.client
 }
 
 // loggingLevel is the accessLogging of one applicable Telemetry.

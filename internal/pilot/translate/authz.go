@@ -557,7 +557,7 @@ func (g *netBuilder) inboundHTTPFilters() []*hcmv3.HttpFilter {
 // inboundTCPFilters are an inbound TCP chain's filters: RBAC, then
 // tcp_proxy to cluster.
 func (g *netBuilder) inboundTCPFilters(cluster string) []*listenerv3.Filter {
-	return append(cloneNetworkFilters(g.authz().tcp), tcpProxy(cluster, cluster))
+	return append(cloneNetworkFilters(g.authz().tcp), g.tcpProxy(true, cluster, cluster))
 }
 
 func cloneHTTPFilters(in []*hcmv3.HttpFilter) []*hcmv3.HttpFilter {

@@ -82,7 +82,6 @@ func (b *builder) listeners() ([]*listenerv3.Listener, []*routev3.RouteConfigura
 	case model.Sidecar:
 		g := newNetBuilder(b)
 		ls, rs = g.sidecarListeners()
-		g.addAccessLogs(ls)
 	case model.Proxyless:
 		ls, rs = newNetBuilder(b).proxylessListeners()
 	default:
@@ -129,9 +128,9 @@ func (g *netBuilder) virtualOutbound() *listenerv3.Listener {
 // refuses (REGISTRY_ONLY).
 func (g *netBuilder) passthroughChain() *listenerv3.FilterChain {
 	if g.s.Mesh.OutboundTrafficPolicyAllowAny {
-		return &listenerv3.FilterChain{Name: passthroughChainName, Filters: []*listenerv3.Filter{tcpProxy(PassthroughCluster, PassthroughCluster)}}
+		return &listenerv3.FilterChain{Name: passthroughChainName, Filters: []*listenerv3.Filter{g.tcpProxy(false, PassthroughCluster, PassthroughCluster)}}
 	}
-	return &listenerv3.FilterChain{Name: blackHoleChainName, Filters: []*listenerv3.Filter{tcpProxy(BlackHoleCluster, BlackHoleCluster)}}
+	return &listenerv3.FilterChain{Name: blackHoleChainName, Filters: []*listenerv3.Filter{g.tcpProxy(false, BlackHoleCluster, BlackHoleCluster)}}
 }
 
 // outboundListener is 0.0.0.0_<port> for captured traffic to port.
@@ -193,6 +192,7 @@ func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
 		},
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 		Tracing:        g.hcmTracingFor(false),
+		AccessLog:      g.accessLogsFor(false),
 	}
 	g.setPathNormalization(h)
 	return &listenerv3.FilterChain{Name: "http", Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, h)}}
@@ -301,7 +301,8 @@ func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.Fi
 		ForwardClientCertDetails: hcmv3.HttpConnectionManager_APPEND_FORWARD,
 		SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
 			Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
-		Tracing: g.hcmTracingFor(true),
+		Tracing:   g.hcmTracingFor(true),
+		AccessLog: g.accessLogsFor(true),
 	}
 	g.setPathNormalization(h)
 	fc.Filters = []*listenerv3.Filter{networkFilter(hcmFilterName, h)}
@@ -463,8 +464,8 @@ func listenerFilter(name string, cfg anyMessage) *listenerv3.ListenerFilter {
 	return &listenerv3.ListenerFilter{Name: name, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: ldsAny(cfg)}}
 }
 
-// tcpProxy proxies to one cluster.
-func tcpProxy(statPrefix, cluster string) *listenerv3.Filter {
+// tcpProxy proxies to one cluster, with the side's access logs.
+func (g *netBuilder) tcpProxy(inbound bool, statPrefix, cluster string) *listenerv3.Filter {
 	return networkFilter(tcpProxyFilterName, &tcpproxyv3.TcpProxy{
-		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster}})
+		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster}, AccessLog: g.accessLogsFor(inbound)})
 }

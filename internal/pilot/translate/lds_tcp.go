@@ -258,7 +258,7 @@ func (g *netBuilder) tcpChains(sp ldsServicePort) []ldsChain {
 	out = append(out, ldsChain{owner: owner, fc: &listenerv3.FilterChain{
 		Name:             cluster,
 		FilterChainMatch: m,
-		Filters:          []*listenerv3.Filter{tcpProxy(cluster, cluster)},
+		Filters:          []*listenerv3.Filter{g.tcpProxy(false, cluster, cluster)},
 	}})
 	return out
 }
@@ -309,9 +309,9 @@ func (g *netBuilder) tcpRouteFilter(vs *boundVS, routes []*networking.RouteDesti
 	switch len(dests) {
 	case 0:
 		g.warnOnce("%s: a tcp/tls rule has no route; traffic goes to %s", vs.cfg.Key(), sp.svc.Hostname)
-		return tcpProxy(statPrefix, statPrefix)
+		return g.tcpProxy(false, statPrefix, statPrefix)
 	case 1:
-		return tcpProxy(dests[0].cluster, dests[0].cluster)
+		return g.tcpProxy(false, dests[0].cluster, dests[0].cluster)
 	}
 	wc := &tcpproxyv3.TcpProxy_WeightedCluster{}
 	for _, d := range dests {
@@ -322,5 +322,5 @@ func (g *netBuilder) tcpRouteFilter(vs *boundVS, routes []*networking.RouteDesti
 		wc.Clusters = append(wc.Clusters, &tcpproxyv3.TcpProxy_WeightedCluster_ClusterWeight{Name: d.cluster, Weight: w})
 	}
 	return networkFilter(tcpProxyFilterName, &tcpproxyv3.TcpProxy{
-		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxyv3.TcpProxy_WeightedClusters{WeightedClusters: wc}})
+		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxyv3.TcpProxy_WeightedClusters{WeightedClusters: wc}, AccessLog: g.accessLogsFor(false)})
 }

@@ -56,8 +56,10 @@ type netBuilder struct {
 	warned  map[string]bool
 	// authzF are the inbound RBAC filters (authz), built on first use.
 	authzF *authzFilters
-	// tracingF is the connection managers' tracing, built on first use.
+	// tracingF is the connection managers' tracing, logsF their and the
+	// tcp_proxies' access logs, built on first use.
 	tracingF *sideTracings
+	logsF    *sideLogs
 }
 
 // newNetBuilder prepares LDS/RDS for b's proxy: services by hostname and
