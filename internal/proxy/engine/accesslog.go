@@ -363,7 +363,8 @@ func envoyTLSVersion(v uint16) string {
 }
 
 // logTCP writes a TCP connection's entries, in Envoy's TCP form ("- - -"
-// for method, path and protocol; response code 0).
+// for method, path and protocol; response code 0); upstream is the
+// endpoint a connection was attempted to ("" none).
 func (e *Engine) logTCP(t *tcpChain, down, up net.Conn, dst netip.AddrPort, sni string, start time.Time,
 	cluster, upstream, flags string, counts tcp.Counts) {
 	if e.opts.AccessLog == nil && t.logs == nil {
@@ -371,6 +372,9 @@ func (e *Engine) logTCP(t *tcpChain, down, up net.Conn, dst netip.AddrPort, sni 
 	}
 	en := &accesslog.Entry{Start: start, Flags: flags, BytesReceived: counts.Sent, BytesSent: counts.Received,
 		Duration: time.Since(start), UpstreamTime: -1, UpstreamHost: upstream, UpstreamCluster: cluster}
+	if upstream != "" {
+		en.Attempts = 1 // one connect attempt (tcp_proxy's max_connect_attempts is 1)
+	}
 	if e.opts.AccessLog != nil {
 		e.opts.AccessLog.Log(en)
 	}

@@ -246,20 +246,32 @@ func TestXDSAccessLogTCP(t *testing.T) {
 			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
 		}
 	}()
-	path := filepath.Join(t.TempDir(), "tcp.log")
-	addr := freeAddr(t)
+	path, deadPath := filepath.Join(t.TempDir(), "tcp.log"), filepath.Join(t.TempDir(), "dead.log")
+	addr, deadAddr, nobody := freeAddr(t), freeAddr(t), freeAddr(t)
+	const format = "%REQ(:METHOD)% %RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %DOWNSTREAM_LOCAL_ADDRESS% %RESPONSE_FLAGS% %UPSTREAM_REQUEST_ATTEMPT_COUNT%"
 	l := withAccessLogs(&listenerv3.Listener{Name: "echo", Address: socketAddr(addr), FilterChains: []*listenerv3.FilterChain{tcpChainProto("echo", "echo", 0)}},
-		fileLogProto(path, "%REQ(:METHOD)% %RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %DOWNSTREAM_LOCAL_ADDRESS%", nil, ""),
+		fileLogProto(path, format, nil, ""),
 		fileLogProto(path, "errors only", nil, "response.code >= 400"))
+	dead := withAccessLogs(&listenerv3.Listener{Name: "dead", Address: socketAddr(deadAddr), FilterChains: []*listenerv3.FilterChain{tcpChainProto("dead", "dead", 0)}},
+		fileLogProto(deadPath, format, nil, ""))
 	e := New(slog.New(slog.DiscardHandler), Options{})
-	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"echo": l},
-		Clusters: map[string]*clusterv3.Cluster{"echo": staticCluster("echo", netip.MustParseAddrPort(echo.Addr().String()), false)}}); err != nil {
+	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"echo": l, "dead": dead},
+		Clusters: map[string]*clusterv3.Cluster{"echo": staticCluster("echo", netip.MustParseAddrPort(echo.Addr().String()), false),
+			"dead": staticCluster("dead", nobody, false)}}); err != nil {
 		t.Fatal(err)
 	}
 	pingTCP(t, e, addr)
+	// A refused connection is one attempt, flagged UF.
+	if c, err := net.Dial("tcp", deadAddr.String()); err == nil {
+		_, _ = io.Copy(io.Discard, c)
+		c.Close()
+	}
 	e.shutdown() // closes the files
+	if got, _ := os.ReadFile(deadPath); string(got) != "- 0 0 0 dead "+nobody.String()+" "+deadAddr.String()+" UF 1\n" {
+		t.Errorf("refused connection logged %q", got)
+	}
 	got, _ := os.ReadFile(path)
-	want := "- 0 5 5 echo " + echo.Addr().String() + " " + addr.String() + "\n"
+	want := "- 0 5 5 echo " + echo.Addr().String() + " " + addr.String() + " - 1\n"
 	if diff := cmp.Diff(string(got), want); diff != "" {
 		t.Errorf("(-got +want)\n%s", diff)
 	}
