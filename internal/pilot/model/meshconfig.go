@@ -6,9 +6,11 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	meshv1 "istio.io/api/mesh/v1alpha1"
 	"sigs.k8s.io/yaml"
@@ -233,12 +235,14 @@ func parseTracingProviders(mc *meshv1.MeshConfig, t Tracing) (Tracing, []string,
 		if z.GetPath() != "" && !strings.HasPrefix(z.GetPath(), "/") {
 			return t, warnings, fmt.Errorf("mesh config: extensionProviders %q: zipkin path %q must start with /", p.GetName(), z.GetPath())
 		}
-		if z.GetTimeout() != nil || len(z.GetHeaders()) > 0 {
-			warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: zipkin timeout and headers are not supported; spans go out without them", p.GetName()))
-		}
-		t.Providers[p.GetName()] = TracingProvider{Service: z.GetService(), Port: z.GetPort(), MaxTagLength: z.GetMaxTagLength(),
+		tp := TracingProvider{Service: z.GetService(), Port: z.GetPort(), MaxTagLength: z.GetMaxTagLength(),
 			Path: z.GetPath(), TraceID64: z.GetEnable_64BitTraceId(),
 			W3C: z.GetTraceContextOption() == meshv1.MeshConfig_ExtensionProvider_ZipkinTracingProvider_USE_B3_WITH_W3C_PROPAGATION}
+		var err error
+		if tp.Timeout, tp.Headers, err = exportSettings(p.GetName(), "zipkin", z.GetTimeout(), z.GetHeaders()); err != nil {
+			return t, warnings, err
+		}
+		t.Providers[p.GetName()] = tp
 	}
 	return t, warnings, nil
 }
@@ -246,6 +250,33 @@ func parseTracingProviders(mc *meshv1.MeshConfig, t Tracing) (Tracing, []string,
 // defaultOTLPPath is where an OpenTelemetry collector takes OTLP/HTTP
 // traces, for an http provider without a path.
 const defaultOTLPPath = "/v1/traces"
+
+// exportSettings reads a tracing provider's export timeout (0 when
+// unset) and headers (envName values read now, as istiod does).
+func exportSettings(name, kind string, timeout *durationpb.Duration, headers []*meshv1.MeshConfig_ExtensionProvider_HttpHeader) (time.Duration, []Header, error) {
+	var d time.Duration
+	if timeout != nil {
+		if err := timeout.CheckValid(); err != nil || timeout.AsDuration() <= 0 {
+			return 0, nil, fmt.Errorf("mesh config: extensionProviders %q: %s timeout must be positive", name, kind)
+		}
+		d = timeout.AsDuration()
+	}
+	var out []Header
+	for _, h := range headers {
+		if !httpguts.ValidHeaderFieldName(h.GetName()) {
+			return 0, nil, fmt.Errorf("mesh config: extensionProviders %q: %s header name %q is not valid", name, kind, h.GetName())
+		}
+		v := h.GetValue()
+		if env := h.GetEnvName(); env != "" {
+			v = os.Getenv(env)
+		}
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return 0, nil, fmt.Errorf("mesh config: extensionProviders %q: %s header %q has a value that is not valid", name, kind, h.GetName())
+		}
+		out = append(out, Header{Name: h.GetName(), Value: v})
+	}
+	return d, out, nil
+}
 
 // parseOTelProvider reads an opentelemetry extensionProvider.
 func parseOTelProvider(name string, o *meshv1.MeshConfig_ExtensionProvider_OpenTelemetryTracingProvider) (TracingProvider, []string, error) {
@@ -268,24 +299,9 @@ func parseOTelProvider(name string, o *meshv1.MeshConfig_ExtensionProvider_OpenT
 			return TracingProvider{}, nil, fmt.Errorf("mesh config: extensionProviders %q: opentelemetry http path %q must be a plain path", name, h.GetPath())
 		}
 	}
-	if timeout != nil {
-		if err := timeout.CheckValid(); err != nil || timeout.AsDuration() <= 0 {
-			return TracingProvider{}, nil, fmt.Errorf("mesh config: extensionProviders %q: opentelemetry timeout must be positive", name)
-		}
-		tp.Timeout = timeout.AsDuration()
-	}
-	for _, h := range headers {
-		if !httpguts.ValidHeaderFieldName(h.GetName()) {
-			return TracingProvider{}, nil, fmt.Errorf("mesh config: extensionProviders %q: opentelemetry header name %q is not valid", name, h.GetName())
-		}
-		v := h.GetValue()
-		if env := h.GetEnvName(); env != "" {
-			v = os.Getenv(env) // read by the control plane, as istiod does
-		}
-		if !httpguts.ValidHeaderFieldValue(v) {
-			return TracingProvider{}, nil, fmt.Errorf("mesh config: extensionProviders %q: opentelemetry header %q has a value that is not valid", name, h.GetName())
-		}
-		tp.Headers = append(tp.Headers, Header{Name: h.GetName(), Value: v})
+	var err error
+	if tp.Timeout, tp.Headers, err = exportSettings(name, "opentelemetry", timeout, headers); err != nil {
+		return TracingProvider{}, nil, err
 	}
 	if o.GetResourceDetectors() != nil || o.GetDynatraceSampler() != nil {
 		warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: opentelemetry resourceDetectors and dynatraceSampler are not supported; ignored", name))

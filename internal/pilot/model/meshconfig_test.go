@@ -135,19 +135,20 @@ extensionProviders:
   zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
 - name: w3c
   zipkin: {service: jaeger.observability.svc.cluster.local, port: 9411, path: /zipkin/spans, enable64bitTraceId: true,
-    traceContextOption: USE_B3_WITH_W3C_PROPAGATION, timeout: 2s}
+    traceContextOption: USE_B3_WITH_W3C_PROPAGATION, timeout: 2s, headers: [{name: X-Tenant, value: a}]}
 `), DefaultMesh())
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]TracingProvider{
 		"plain": {Service: "zipkin.istio-system.svc.cluster.local", Port: 9411},
-		"w3c":   {Service: "jaeger.observability.svc.cluster.local", Port: 9411, Path: "/zipkin/spans", TraceID64: true, W3C: true},
+		"w3c": {Service: "jaeger.observability.svc.cluster.local", Port: 9411, Path: "/zipkin/spans", TraceID64: true, W3C: true,
+			Timeout: 2 * time.Second, Headers: []Header{{"X-Tenant", "a"}}},
 	}
 	if !cmp.Equal(m.Tracing.Providers, want) {
 		t.Errorf("zipkin providers: %s", cmp.Diff(want, m.Tracing.Providers))
 	}
-	if len(warnings) != 1 || !strings.Contains(warnings[0], `"w3c": zipkin timeout and headers are not supported`) {
+	if len(warnings) != 0 {
 		t.Errorf("warnings %q", warnings)
 	}
 	t.Setenv("OTEL_TOKEN", "s3cret")
@@ -189,6 +190,8 @@ defaultProviders: {tracing: [otel]}
 		"extensionProviders: [{name: o, opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317, http: {headers: [{name: 'a b', value: v}]}}}]",
 		"extensionProviders: [{name: o, opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317, grpc: {initialMetadata: [{name: a, value: \"v\\n\"}]}}}]",
 		"extensionProviders: [{name: z, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, path: api/v2/spans}}]",
+		"extensionProviders: [{name: z, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, timeout: -1s}}]",
+		"extensionProviders: [{name: z, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, headers: [{name: 'a:b', value: v}]}}]",
 		"extensionProviders: [{name: z, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, traceContextOption: W3C}}]",
 		"defaultConfig: {tracing: {sampling: 150}}",
 		"defaultConfig: {tracing: {zipkin: {address: zipkin}}}",

@@ -116,11 +116,12 @@ type TracingProvider struct {
 	// OTLPHTTP: an opentelemetry provider's http, spans sent over
 	// OTLP/HTTP; else over OTLP/gRPC.
 	OTLPHTTP bool
-	// Timeout bounds an opentelemetry export (its http or grpc timeout;
-	// 0: the sidecar's default).
+	// Timeout bounds an export (zipkin's timeout, opentelemetry's http or
+	// grpc one; 0: the sidecar's default).
 	Timeout time.Duration
-	// Headers go with every opentelemetry export: http headers or grpc
-	// initialMetadata, envName values read when the mesh config is.
+	// Headers go with every export: zipkin's or opentelemetry's http
+	// headers, or opentelemetry's grpc initialMetadata; envName values
+	// read when the mesh config is.
 	Headers []Header
 }
 

@@ -39,8 +39,8 @@ import (
 const (
 	zipkinTracer = "envoy.tracers.zipkin"
 	otelTracer   = "envoy.tracers.opentelemetry"
-	// defaultOTLPTimeout bounds an OTLP/HTTP export whose provider sets
-	// no timeout.
+	// defaultOTLPTimeout bounds an HTTP export (OTLP/HTTP, or Zipkin
+	// through an HTTP service) whose provider sets no timeout.
 	defaultOTLPTimeout = 5 * time.Second
 )
 
@@ -179,6 +179,10 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 // default zipkin address).
 func (g *netBuilder) tracerConfig(tp model.TracingProvider, svc string, port uint32) (*anypb.Any, string) {
 	cluster := OutboundCluster(port, "", svc)
+	var timeout *durationpb.Duration
+	if tp.Timeout > 0 {
+		timeout = durationpb.New(tp.Timeout)
+	}
 	if !tp.OTel {
 		zc := &tracev3.ZipkinConfig{CollectorCluster: cluster, CollectorEndpoint: cmp.Or(tp.Path, "/api/v2/spans"),
 			CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: !tp.TraceID64,
@@ -186,15 +190,15 @@ func (g *netBuilder) tracerConfig(tp model.TracingProvider, svc string, port uin
 		if tp.W3C {
 			zc.TraceContextOption = tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION
 		}
+		if timeout != nil || len(tp.Headers) > 0 {
+			// As istiod 1.29: a timeout or headers need the collector as an
+			// HTTP service, which replaces the cluster fields. Without them
+			// the older fields keep older Envoys able to take the config.
+			zc.CollectorService = httpService("http://"+svc+zc.GetCollectorEndpoint(), cluster, timeout, tp.Headers)
+			zc.CollectorCluster, zc.CollectorEndpoint, zc.CollectorHostname = "", "", ""
+		}
 		a, _ := anypb.New(zc)
 		return a, zipkinTracer
-	}
-	var timeout *durationpb.Duration
-	if tp.Timeout > 0 {
-		timeout = durationpb.New(tp.Timeout)
-	}
-	if timeout == nil && tp.OTLPHTTP { // Envoy requires one for HTTP
-		timeout = durationpb.New(defaultOTLPTimeout)
 	}
 	// The service is Istio's service cluster, as the proxy's Zipkin spans
 	// name it: "<canonical service>.<namespace>".
@@ -203,14 +207,7 @@ func (g *netBuilder) tracerConfig(tp model.TracingProvider, svc string, port uin
 		oc.ServiceName = name + "." + g.p.Namespace
 	}
 	if tp.OTLPHTTP {
-		hs := &corev3.HttpService{HttpUri: &corev3.HttpUri{Uri: svc + tp.Path,
-			HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: cluster}, Timeout: timeout}}
-		for _, h := range tp.Headers {
-			hs.RequestHeadersToAdd = append(hs.RequestHeadersToAdd, &corev3.HeaderValueOption{
-				Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
-				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD})
-		}
-		oc.HttpService = hs
+		oc.HttpService = httpService(svc+tp.Path, cluster, timeout, tp.Headers)
 	} else {
 		gs := &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
 			ClusterName: cluster, Authority: svc}}, Timeout: timeout}
@@ -221,6 +218,22 @@ func (g *netBuilder) tracerConfig(tp model.TracingProvider, svc string, port uin
 	}
 	a, _ := anypb.New(oc)
 	return a, otelTracer
+}
+
+// httpService is a collector as an Envoy HTTP service: the URI, its
+// cluster, a timeout (Envoy requires one: defaultOTLPTimeout when nil)
+// and headers.
+func httpService(uri, cluster string, timeout *durationpb.Duration, headers []model.Header) *corev3.HttpService {
+	if timeout == nil {
+		timeout = durationpb.New(defaultOTLPTimeout)
+	}
+	hs := &corev3.HttpService{HttpUri: &corev3.HttpUri{Uri: uri, HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: cluster}, Timeout: timeout}}
+	for _, h := range headers {
+		hs.RequestHeadersToAdd = append(hs.RequestHeadersToAdd, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD})
+	}
+	return hs
 }
 
 // collectorService finds the collector among the services the proxy sees:

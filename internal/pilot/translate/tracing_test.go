@@ -56,7 +56,19 @@ func describeTracing(t *testing.T, tr *hcmv3.HttpConnectionManager_Tracing) stri
 	if err := tr.GetProvider().GetTypedConfig().UnmarshalTo(zc); err != nil || tr.GetProvider().GetName() != zipkinTracer {
 		t.Fatalf("%s: %v", tr.GetProvider().GetName(), err)
 	}
-	d := fmt.Sprintf("%s %g%% %v", zc.GetCollectorCluster(), tr.GetRandomSampling().GetValue(), tags)
+	cluster := zc.GetCollectorCluster()
+	if cs := zc.GetCollectorService(); cs != nil {
+		if zc.GetCollectorCluster() != "" || zc.GetCollectorEndpoint() != "" || zc.GetCollectorHostname() != "" {
+			t.Errorf("zipkin %v: collector_service beside the older fields", zc)
+		}
+		var hdr []string
+		for _, h := range cs.GetRequestHeadersToAdd() {
+			hdr = append(hdr, h.GetHeader().GetKey()+"="+h.GetHeader().GetValue())
+		}
+		return fmt.Sprintf("%s %g%% %v via %s %v %v", cs.GetHttpUri().GetCluster(), tr.GetRandomSampling().GetValue(), tags,
+			cs.GetHttpUri().GetUri(), cs.GetHttpUri().GetTimeout().AsDuration(), hdr)
+	}
+	d := fmt.Sprintf("%s %g%% %v", cluster, tr.GetRandomSampling().GetValue(), tags)
 	if p := zc.GetCollectorEndpoint(); p != "/api/v2/spans" {
 		d += " " + p
 	}
@@ -130,6 +142,8 @@ func TestTracingPrecedence(t *testing.T) {
 		"nowhere": {Service: "tempo.observability.svc.cluster.local", Port: 9411},
 		"jaeger-w3c": {Service: "jaeger-collector.observability.svc.cluster.local", Port: 9411, Path: "/zipkin/spans",
 			TraceID64: true, W3C: true},
+		"jaeger-auth": {Service: "jaeger-collector.observability.svc.cluster.local", Port: 9411,
+			Headers: []model.Header{{Name: "Authorization", Value: "Bearer x"}}},
 		"otel": {OTel: true, Service: "otel-collector.observability.svc.cluster.local", Port: 4317, Timeout: 3 * time.Second,
 			Headers: []model.Header{{Name: "X-Tenant", Value: "a"}}},
 		"otel-http": {OTel: true, OTLPHTTP: true, Service: "otel-collector.observability.svc.cluster.local", Port: 4318, Path: "/v1/traces",
@@ -153,6 +167,9 @@ func TestTracingPrecedence(t *testing.T) {
 			client: jaeger + " 1% []", server: jaeger + " 1% []"},
 		"provider path, 64-bit ids and W3C": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"jaeger-w3c"} },
 			client: jaeger + " 1% [] /zipkin/spans 64-bit w3c", server: jaeger + " 1% [] /zipkin/spans 64-bit w3c"},
+		"zipkin provider with headers": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"jaeger-auth"} },
+			client: jaeger + " 1% [] via http://jaeger-collector.observability.svc.cluster.local/api/v2/spans 5s [Authorization=Bearer x]",
+			server: jaeger + " 1% [] via http://jaeger-collector.observability.svc.cluster.local/api/v2/spans 5s [Authorization=Bearer x]"},
 		"opentelemetry over gRPC": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"otel"} },
 			client: otelGRPC + " 1% [] [x-tenant=a]", server: otelGRPC + " 1% [] [x-tenant=a]"},
 		"opentelemetry over HTTP from a Telemetry": {tracing: func(m *model.Tracing) { m.Providers = providers },

@@ -110,6 +110,9 @@ func compileOTelLog(al *accesslogv3.AccessLog) (*otelLog, error) {
 	for _, h := range gs.GetInitialMetadata() {
 		headers = append(headers, h.GetKey(), h.GetValue())
 	}
+	if err := checkHeaders("open_telemetry", headers); err != nil {
+		return nil, err
+	}
 	ol.dest.headers = joinPairs(headers)
 	var resource []string
 	if !cfg.GetDisableBuiltinLabels() {

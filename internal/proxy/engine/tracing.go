@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
@@ -163,25 +164,33 @@ func (c *tracingConfig) compileZipkin(tc *anypb.Any) error {
 	if err := tc.UnmarshalTo(zc); err != nil {
 		return err
 	}
-	if zc.GetCollectorCluster() == "" || zc.GetCollectorEndpoint() == "" {
-		return errors.New("zipkin: collector_cluster and collector_endpoint are required")
-	}
-	if !strings.HasPrefix(zc.GetCollectorEndpoint(), "/") {
-		return fmt.Errorf("zipkin: collector_endpoint %q must be a path", zc.GetCollectorEndpoint())
-	}
 	if v := zc.GetCollectorEndpointVersion(); v != tracev3.ZipkinConfig_HTTP_JSON {
 		return fmt.Errorf("zipkin: collector_endpoint_version %v is not supported (HTTP_JSON is)", v)
 	}
-	if zc.GetCollectorService() != nil {
-		return errors.New("zipkin: collector_service is not supported (collector_cluster and collector_endpoint are)")
+	if cs := zc.GetCollectorService(); cs != nil {
+		// As istiod 1.29 writes it: the collector as an HTTP service, which
+		// takes precedence over the cluster fields.
+		dest, err := httpServiceDest("zipkin: collector_service", cs)
+		if err != nil {
+			return err
+		}
+		dest.format = zipkinJSON
+		c.collector = dest
+	} else {
+		if zc.GetCollectorCluster() == "" || zc.GetCollectorEndpoint() == "" {
+			return errors.New("zipkin: collector_cluster and collector_endpoint, or collector_service, are required")
+		}
+		if !strings.HasPrefix(zc.GetCollectorEndpoint(), "/") {
+			return fmt.Errorf("zipkin: collector_endpoint %q must be a path", zc.GetCollectorEndpoint())
+		}
+		c.collector = exportDest{format: zipkinJSON, cluster: zc.GetCollectorCluster(), path: zc.GetCollectorEndpoint(),
+			host: cmp.Or(zc.GetCollectorHostname(), zc.GetCollectorCluster())}
 	}
 	// A caller's 64-bit B3 trace stays 64-bit whatever trace_id_128bit
 	// says; it sizes new traces' ids.
 	c.sharedSpanContext = zc.GetSharedSpanContext() == nil || zc.GetSharedSpanContext().GetValue()
 	c.w3c = zc.GetTraceContextOption() == tracev3.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION
 	c.id64 = !zc.GetTraceId_128Bit()
-	c.collector = exportDest{format: zipkinJSON, cluster: zc.GetCollectorCluster(), path: zc.GetCollectorEndpoint(),
-		host: cmp.Or(zc.GetCollectorHostname(), zc.GetCollectorCluster())}
 	return nil
 }
 
@@ -219,39 +228,64 @@ func (c *tracingConfig) compileOTel(tc *anypb.Any) error {
 			headers = append(headers, h.GetKey(), h.GetValue())
 		}
 	} else if hs := oc.GetHttpService(); hs != nil {
-		u := hs.GetHttpUri()
-		if u.GetCluster() == "" {
-			return errors.New("opentelemetry: http_service's http_uri must name a cluster")
+		dest, err := httpServiceDest("opentelemetry: http_service", hs)
+		if err != nil {
+			return err
 		}
-		// Istio writes "<host><path>" without a scheme; Envoy takes the
-		// host and path from it.
-		rest := u.GetUri()
-		if _, after, ok := strings.Cut(rest, "://"); ok {
-			rest = after
-		}
-		host, path, _ := strings.Cut(rest, "/")
-		col.format, col.cluster, col.path, col.host = otlpHTTP, u.GetCluster(), "/"+path, cmp.Or(host, u.GetCluster())
-		if strings.ContainsAny(col.path, "?# ") {
-			return fmt.Errorf("opentelemetry: http_uri %q: want host and path", u.GetUri())
-		}
-		if t := u.GetTimeout(); t != nil {
-			if col.timeout = t.AsDuration(); col.timeout <= 0 {
-				return errors.New("opentelemetry: http_uri timeout must be positive")
-			}
-		}
-		for _, h := range hs.GetRequestHeadersToAdd() {
-			headers = append(headers, h.GetHeader().GetKey(), h.GetHeader().GetValue())
-		}
+		dest.format, dest.service = otlpHTTP, col.service
+		c.collector = dest
+		return nil
 	} else {
 		return errors.New("opentelemetry: grpc_service or http_service is required")
 	}
-	for i := 0; i < len(headers); i += 2 {
-		if !httpguts.ValidHeaderFieldName(headers[i]) || !httpguts.ValidHeaderFieldValue(headers[i+1]) {
-			return fmt.Errorf("opentelemetry: header %q is not a valid header", headers[i])
-		}
+	if err := checkHeaders("opentelemetry", headers); err != nil {
+		return err
 	}
 	col.headers = joinPairs(headers)
 	c.collector = col
+	return nil
+}
+
+// httpServiceDest is where an Envoy HTTP service sends: its URI's host
+// and path (istiod writes "<host><path>" for OpenTelemetry, without a
+// scheme), cluster, timeout and request_headers_to_add.
+func httpServiceDest(what string, hs *corev3.HttpService) (exportDest, error) {
+	u := hs.GetHttpUri()
+	if u.GetCluster() == "" {
+		return exportDest{}, fmt.Errorf("%s: http_uri must name a cluster", what)
+	}
+	rest := u.GetUri()
+	if _, after, ok := strings.Cut(rest, "://"); ok {
+		rest = after
+	}
+	host, path, _ := strings.Cut(rest, "/")
+	d := exportDest{cluster: u.GetCluster(), path: "/" + path, host: cmp.Or(host, u.GetCluster())}
+	if strings.ContainsAny(d.path, "?# ") {
+		return exportDest{}, fmt.Errorf("%s: http_uri %q: want host and path", what, u.GetUri())
+	}
+	if t := u.GetTimeout(); t != nil {
+		if d.timeout = t.AsDuration(); d.timeout <= 0 {
+			return exportDest{}, fmt.Errorf("%s: http_uri timeout must be positive", what)
+		}
+	}
+	var headers []string
+	for _, h := range hs.GetRequestHeadersToAdd() {
+		headers = append(headers, h.GetHeader().GetKey(), h.GetHeader().GetValue())
+	}
+	if err := checkHeaders(what, headers); err != nil {
+		return exportDest{}, err
+	}
+	d.headers = joinPairs(headers)
+	return d, nil
+}
+
+// checkHeaders refuses name, value pairs that are not valid headers.
+func checkHeaders(what string, kv []string) error {
+	for i := 0; i+1 < len(kv); i += 2 {
+		if !httpguts.ValidHeaderFieldName(kv[i]) || !httpguts.ValidHeaderFieldValue(kv[i+1]) {
+			return fmt.Errorf("%s: header %q is not a valid header", what, kv[i])
+		}
+	}
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -243,7 +244,10 @@ func TestTracingConfigErrors(t *testing.T) {
 		{otel(&tracev3.OpenTelemetryConfig{GrpcService: &corev3.GrpcService{TargetSpecifier: envoyGRPC.TargetSpecifier,
 			InitialMetadata: []*corev3.HeaderValue{{Key: "bad key", Value: "v"}}}}), `header "bad key" is not a valid header`},
 		{with(func(z *tracev3.ZipkinConfig) { z.CollectorEndpointVersion = tracev3.ZipkinConfig_HTTP_PROTO }), "collector_endpoint_version HTTP_PROTO is not supported"},
-		{with(func(z *tracev3.ZipkinConfig) { z.CollectorCluster = "" }), "collector_cluster and collector_endpoint are required"},
+		{with(func(z *tracev3.ZipkinConfig) { z.CollectorCluster = "" }), "collector_cluster and collector_endpoint, or collector_service, are required"},
+		{with(func(z *tracev3.ZipkinConfig) {
+			z.CollectorService = &corev3.HttpService{HttpUri: &corev3.HttpUri{Uri: "http://zipkin/api/v2/spans"}}
+		}), "collector_service: http_uri must name a cluster"},
 		{with(func(z *tracev3.ZipkinConfig) { z.CollectorEndpoint = "api/v2/spans" }), "must be a path"},
 		{func() *hcmv3.HttpConnectionManager_Tracing {
 			tr := hcmTracing(1, false)
@@ -320,5 +324,54 @@ func TestZipkinReporterRetires(t *testing.T) {
 	}
 	if reporters() != 1 {
 		t.Fatalf("%d reporters after a span for a retired one, want 1", reporters())
+	}
+}
+
+// TestZipkinCollectorService: a Zipkin tracer whose collector is an HTTP
+// service (as istiod 1.29 writes it, for a provider's timeout and
+// headers) sends its spans to the URI's path and host through the
+// service's cluster, with the headers.
+func TestZipkinCollectorService(t *testing.T) {
+	col := &zipkintest.Collector{}
+	var mu sync.Mutex
+	var auth []string
+	zipkin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auth = append(auth, r.Header.Get("Authorization"))
+		mu.Unlock()
+		col.ServeHTTP(w, r)
+	}))
+	defer zipkin.Close()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	defer backend.Close()
+	const svc = "outbound|8080||svc.default.svc.cluster.local"
+	tr := hcmTracing(100, false)
+	zc := &tracev3.ZipkinConfig{}
+	_ = tr.GetProvider().GetTypedConfig().UnmarshalTo(zc)
+	zc.CollectorCluster, zc.CollectorEndpoint, zc.CollectorHostname = "", "", ""
+	zc.CollectorService = &corev3.HttpService{HttpUri: &corev3.HttpUri{Uri: "http://jaeger.observability.svc.cluster.local/api/v2/spans",
+		HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: zipkinCluster}, Timeout: durationpb.New(2 * time.Second)},
+		RequestHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "Authorization", Value: "Bearer t0ken"}}}}
+	a, _ := anypb.New(zc)
+	tr.Provider.ConfigType = &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}
+	addr := freeAddr(t)
+	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 20 * time.Millisecond})
+	defer e.shutdown()
+	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"out": withTracing(t, httpListener("out", addr, svc, nil), tr)},
+		Clusters: map[string]*clusterv3.Cluster{
+			svc:           staticCluster(svc, netip.MustParseAddrPort(backend.Listener.Addr().String()), false),
+			zipkinCluster: staticCluster(zipkinCluster, netip.MustParseAddrPort(zipkin.Listener.Addr().String()), false),
+		}}); err != nil {
+		t.Fatal(err)
+	}
+	getStatus(t, "http://"+addr.String()+"/x", "Host", "svc.default:8080")
+	spans := col.Wait(1, 10*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(spans) != 1 || spans[0].Kind != "CLIENT" || len(auth) == 0 || auth[0] != "Bearer t0ken" {
+		t.Fatalf("spans %+v, Authorization %q; want the request's CLIENT span sent with the service's header", spans, auth)
+	}
+	if h := col.Hosts(); len(h) == 0 || h[0] != "jaeger.observability.svc.cluster.local" {
+		t.Errorf("collector request Host %q, want the URI's host", h)
 	}
 }
