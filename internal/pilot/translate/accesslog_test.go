@@ -109,16 +109,7 @@ func TestOTelAccessLogProvider(t *testing.T) {
 				Namespace: "observability", Ports: []registry.Port{{Name: "grpc-otlp", Number: 4317, Protocol: "GRPC"}}}}}
 			s := model.NewSnapshot("1", mesh, []*model.Config{{Kind: telemetryKind, Namespace: "istio-system", Name: "mesh", Spec: tm}}, reg)
 			r := Build(s, &model.Proxy{Type: model.Sidecar, Namespace: "default", Labels: map[string]string{"app": "a"}, IPs: []string{"10.0.0.1"}})
-			var client, server []string
-			for _, l := range r.Listeners {
-				ldsValidate(t, l)
-				switch l.GetName() {
-				case VirtualOutboundListener:
-					client = chainLogs(t, l.GetDefaultFilterChain())
-				case VirtualInboundListener:
-					server = chainLogs(t, l.GetDefaultFilterChain())
-				}
-			}
+			client, server := virtualLogs(t, r)
 			if diff := cmp.Diff([][]string{client, server}, [][]string{tc.want, tc.want}); diff != "" {
 				t.Errorf("client, server access logs (-got +want)\n%s", diff)
 			}
@@ -127,6 +118,22 @@ func TestOTelAccessLogProvider(t *testing.T) {
 			}
 		})
 	}
+}
+
+// virtualLogs validates r's listeners and returns the access logs of the
+// virtualOutbound and virtualInbound listeners' default chains.
+func virtualLogs(t *testing.T, r *Resources) (client, server []string) {
+	t.Helper()
+	for _, l := range r.Listeners {
+		ldsValidate(t, l)
+		switch l.GetName() {
+		case VirtualOutboundListener:
+			client = chainLogs(t, l.GetDefaultFilterChain())
+		case VirtualInboundListener:
+			server = chainLogs(t, l.GetDefaultFilterChain())
+		}
+	}
+	return client, server
 }
 
 // chainLogs is the access logs of a chain's HCM or tcp_proxy.
@@ -224,16 +231,7 @@ func TestAccessLogPrecedence(t *testing.T) {
 			s := model.NewSnapshot("1", mesh, tc.configs, nil)
 			p := &model.Proxy{Type: model.Sidecar, Namespace: "default", Labels: map[string]string{"app": "a"}, IPs: []string{"10.0.0.1"}}
 			r := Build(s, p)
-			var client, server []string
-			for _, l := range r.Listeners {
-				ldsValidate(t, l)
-				switch l.GetName() {
-				case VirtualOutboundListener:
-					client = chainLogs(t, l.GetDefaultFilterChain())
-				case VirtualInboundListener:
-					server = chainLogs(t, l.GetDefaultFilterChain())
-				}
-			}
+			client, server := virtualLogs(t, r)
 			if diff := cmp.Diff(client, tc.client); diff != "" {
 				t.Errorf("client (-got +want)\n%s", diff)
 			}

@@ -176,11 +176,7 @@ func TestOTelSpans(t *testing.T) {
 	// An export the collector refuses is dropped and counted.
 	grpcSink.SetFail(true)
 	get("/refused")
-	deadline := time.Now().Add(5 * time.Second)
-	for testutil.ToFloat64(e.metrics.SpansDropped) < 1 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if got := testutil.ToFloat64(e.metrics.SpansDropped); got != 1 {
+	if got := awaitCount(e.metrics.SpansDropped, 1); got != 1 {
 		t.Errorf("weft_tracing_spans_dropped_total = %v, want 1 (the gRPC collector answered UNAVAILABLE)", got)
 	}
 }
@@ -231,13 +227,7 @@ func inCommonConfig(al *accesslogv3.AccessLog) *accesslogv3.AccessLog {
 // the labels off — with the gRPC service's metadata and authority. A
 // collector that fails has the entries counted as dropped.
 func TestOTelAccessLog(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/fail" {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		_, _ = io.WriteString(w, "ok")
-	}))
-	defer backend.Close()
+	backend := failingBackend(t)
 	col := &otlptest.LogCollector{}
 	port := col.ServeGRPC(t)
 	const (
@@ -317,11 +307,7 @@ func TestOTelAccessLog(t *testing.T) {
 	}
 	col.SetFail(true)
 	getStatus(t, "http://"+addr.String()+"/dropped", "Host", "svc.default:8080")
-	deadline := time.Now().Add(5 * time.Second)
-	for testutil.ToFloat64(e.metrics.LogsDropped) < 1 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if got := testutil.ToFloat64(e.metrics.LogsDropped); got != 1 {
+	if got := awaitCount(e.metrics.LogsDropped, 1); got != 1 {
 		t.Errorf("weft_access_log_otlp_dropped_total = %v, want 1 (the collector answered UNAVAILABLE)", got)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tracingtagv3 "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 	"github.com/weftmesh/weft/internal/telemetry"
@@ -56,6 +57,27 @@ func w3cTracing(tr *hcmv3.HttpConnectionManager_Tracing) *hcmv3.HttpConnectionMa
 	return tr
 }
 
+// failingBackend answers "ok", and 503 to /fail, until the test ends.
+func failingBackend(t *testing.T) *httptest.Server {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fail" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	t.Cleanup(backend.Close)
+	return backend
+}
+
+// awaitCount waits up to 5 s for c to reach n, and returns its value.
+func awaitCount(c prometheus.Counter, n float64) float64 {
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(c) < n && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return testutil.ToFloat64(c)
+}
+
 // withTracing returns l with tr on its HCMs.
 func withTracing(t *testing.T, l *listenerv3.Listener, tr *hcmv3.HttpConnectionManager_Tracing) *listenerv3.Listener {
 	t.Helper()
@@ -83,13 +105,7 @@ func withTracing(t *testing.T, l *listenerv3.Listener, tr *hcmv3.HttpConnectionM
 // span context (same span id, marked shared); Istio's false gives the
 // outbound span a new id under the caller's.
 func TestZipkinSpans(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/fail" {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		_, _ = io.WriteString(w, "ok")
-	}))
-	defer backend.Close()
+	backend := failingBackend(t)
 	col := &zipkintest.Collector{}
 	zipkin := httptest.NewServer(col)
 	defer zipkin.Close()
@@ -198,11 +214,7 @@ func TestZipkinSpans(t *testing.T) {
 		t.Fatal(err)
 	}
 	get("/dropped")
-	deadline := time.Now().Add(5 * time.Second)
-	for testutil.ToFloat64(e.metrics.SpansDropped) < 2 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if got := testutil.ToFloat64(e.metrics.SpansDropped); got != 2 {
+	if got := awaitCount(e.metrics.SpansDropped, 2); got != 2 {
 		t.Errorf("weft_tracing_spans_dropped_total = %v, want 2 (no collector cluster)", got)
 	}
 }
