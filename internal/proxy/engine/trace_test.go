@@ -186,21 +186,46 @@ var (
 // FuzzPropagateTrace: whatever trace headers a caller sends, the next
 // hop gets well-formed B3 (and, with W3C propagation, a well-formed
 // traceparent agreeing with it), a continued trace keeps a valid
-// caller's ids, and nothing panics.
+// caller's ids, and nothing panics. With the OpenTelemetry tracer the
+// next hop gets a well-formed traceparent continuing a valid one, and
+// the B3 headers as they came.
 func FuzzPropagateTrace(f *testing.F) {
-	f.Add("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "463ac35c9f6413ad", "72485a3953bb6124", "1", "", true)
-	f.Add("", "463AC35C9F6413AD463ac35c9f6413ad", "72485a3953bb6124", "", "a2fb4a1d1a96d312", false)
-	f.Add("00-00000000000000000000000000000000-b7ad6b7169203331-01", "zz", "", "true", "0", true)
-	f.Fuzz(func(t *testing.T, tp, tid, sid, sampled, parent string, w3c bool) {
+	f.Add("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "463ac35c9f6413ad", "72485a3953bb6124", "1", "", uint8(1))
+	f.Add("", "463AC35C9F6413AD463ac35c9f6413ad", "72485a3953bb6124", "", "a2fb4a1d1a96d312", uint8(0))
+	f.Add("00-00000000000000000000000000000000-b7ad6b7169203331-01", "zz", "", "true", "0", uint8(1))
+	f.Add("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", "463ac35c9f6413ad", "72485a3953bb6124", "1", "", uint8(2))
+	f.Fuzz(func(t *testing.T, tp, tid, sid, sampled, parent string, mode uint8) {
+		// mode: Zipkin's USE_B3, Zipkin with W3C, OpenTelemetry.
+		o := traceOptions{sampling: 0.5, client: 1, w3c: mode%3 == 1, otel: mode%3 == 2}
 		h := http.Header{}
 		for k, v := range map[string]string{"Traceparent": tp, "X-B3-Traceid": tid, "X-B3-Spanid": sid, "X-B3-Sampled": sampled, "X-B3-Parentspanid": parent} {
 			if v != "" {
 				h[k] = []string{v}
 			}
 		}
-		var in traceIDs
-		b3In := parseB3(h.Clone(), &in)
-		got := propagateTrace(h, traceOptions{sampling: 0.5, client: 1, w3c: w3c})
+		in := h.Clone()
+		var b3 traceIDs
+		b3In := parseB3(in.Clone(), &b3)
+		got := propagateTrace(h, o)
+		if got.span == ([8]byte{}) || got.trace == ([16]byte{}) {
+			t.Fatalf("zero ids: %+v", got)
+		}
+		if o.otel {
+			for _, k := range []string{"X-B3-Traceid", "X-B3-Spanid", "X-B3-Sampled", "X-B3-Parentspanid"} {
+				if !slices.Equal(h[k], in[k]) {
+					t.Fatalf("OpenTelemetry rewrote %s: %q to %q", k, in[k], h[k])
+				}
+			}
+			m := traceparentRE.FindStringSubmatch(h.Get("Traceparent"))
+			if m == nil || m[1] != hex.EncodeToString(got.trace[:]) || m[2] != hex.EncodeToString(got.span[:]) {
+				t.Fatalf("traceparent %q for %+v", h.Get("Traceparent"), got)
+			}
+			var w traceIDs
+			if parseTraceparent(tp, &w) && (got.trace != w.trace || got.parent != w.parent || got.sampled != w.sampled) {
+				t.Fatalf("valid traceparent %q not continued: %+v", tp, got)
+			}
+			return
+		}
 		if !b3IDRE.MatchString(h.Get("X-B3-Traceid")) || !b3SpanRE.MatchString(h.Get("X-B3-Spanid")) ||
 			(h.Get("X-B3-Sampled") != "0" && h.Get("X-B3-Sampled") != "1") {
 			t.Fatalf("malformed B3 out: %v", h)
@@ -208,10 +233,7 @@ func FuzzPropagateTrace(f *testing.F) {
 		if p := h.Get("X-B3-Parentspanid"); p != "" && !b3SpanRE.MatchString(p) {
 			t.Fatalf("malformed parent: %q", p)
 		}
-		if got.span == ([8]byte{}) || got.trace == ([16]byte{}) {
-			t.Fatalf("zero ids: %+v", got)
-		}
-		if w3c {
+		if o.w3c {
 			m := traceparentRE.FindStringSubmatch(h.Get("Traceparent"))
 			if m == nil || !strings.HasSuffix(m[1], h.Get("X-B3-Traceid")) || m[2] != h.Get("X-B3-Spanid") {
 				t.Fatalf("traceparent %q disagrees with B3 %v", h.Get("Traceparent"), h)
@@ -219,8 +241,8 @@ func FuzzPropagateTrace(f *testing.F) {
 		} else if h.Get("Traceparent") != tp && tp != "" {
 			t.Fatalf("USE_B3 rewrote the traceparent %q to %q", tp, h.Get("Traceparent"))
 		}
-		if b3In && (got.trace != in.trace || got.parent != in.parent) {
-			t.Fatalf("valid B3 in (%x/%x) not continued: %x/%x", in.trace, in.parent, got.trace, got.parent)
+		if b3In && (got.trace != b3.trace || got.parent != b3.parent) {
+			t.Fatalf("valid B3 in (%x/%x) not continued: %x/%x", b3.trace, b3.parent, got.trace, got.parent)
 		}
 	})
 }
