@@ -274,6 +274,11 @@ func checkAuthorizationPolicy(es *FieldErrors, ap *security.AuthorizationPolicy)
 				es.add(p, "Required value: to must have an operation")
 				continue
 			}
+			for k, path := range append(append([]string{}, op.GetPaths()...), op.GetNotPaths()...) {
+				if err := PathTemplateError(path); err != nil {
+					es.add(fmt.Sprintf("%s.paths[%d]", p, k), "Invalid value: %q: %v", path, err)
+				}
+			}
 			for k, port := range append(append([]string{}, op.GetPorts()...), op.GetNotPorts()...) {
 				if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 					es.add(fmt.Sprintf("%s.ports[%d]", p, k), "Invalid value: %q: ports must be numbers in [0, 65535]", port)

@@ -112,6 +112,13 @@ spec:
   subsets: [{name: v1}, {name: v1}]
 `, `spec.subsets[1].name: Duplicate value: "v1"`},
 		{`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: a}
+spec:
+  rules:
+  - to: [{operation: {paths: ["/api/{*}", "/api/{*}x"]}}]
+`, `spec.rules[0].to[0].operation.paths[1]: Invalid value: "/api/{*}x": {*} and {**} must be whole path segments, with no other '*' or braces in the path`},
+		{`apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {name: j}
 spec:
@@ -261,5 +268,20 @@ spec:
 	}
 	if err := UnmarshalSpec([]byte(`{"host":"r","trafficPolicy":{"outlierDetection":{"interval":"soon"}}}`), k.NewSpec(), false); err == nil {
 		t.Fatal("a non-duration was accepted")
+	}
+}
+
+// TestPathTemplateError: Istio's rules for AuthorizationPolicy path
+// templates.
+func TestPathTemplateError(t *testing.T) {
+	for _, ok := range []string{"/api/{*}/info", "/api/{**}", "/{*}/foo/{**}/bar", "/{*}/{*}/x", "/plain/*", "*.js", "/a{b}"} {
+		if err := PathTemplateError(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"api/{*}", "/a/{**}/b/{*}", "/a/{**}/{**}", "/a/{*}b", "/a/*/{*}", "/a/{x}/{*}", "/a/{*}*"} {
+		if err := PathTemplateError(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }

@@ -54,9 +54,12 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbactcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	uritemplatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/path/match/uri_template/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/resource"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	security "istio.io/api/security/v1beta1"
 )
@@ -463,10 +466,25 @@ func methodField(values, notValues []string) authzField {
 	}}
 }
 
+// pathTemplates turns Istio's path template operators into Envoy's.
+var pathTemplates = strings.NewReplacer("{**}", "**", "{*}", "*")
+
+// uriTemplateMatcherName is the extension Envoy's URI template path
+// matcher is registered as.
+const uriTemplateMatcherName = "envoy.path.match.uri_template.uri_template_matcher"
+
 func pathField(values, notValues []string) authzField {
 	return authzField{key: "paths", values: values, notValues: notValues, httpOnly: true, perm: func(v string) (*rbacv3.Permission, error) {
 		if strings.Contains(v, "{*}") || strings.Contains(v, "{**}") {
-			return nil, fmt.Errorf("path template %q is not supported", v)
+			// As istiod: Envoy's URI template matcher, {*} and {**}
+			// becoming its * and **. One stored before the API server
+			// checked templates is refused here rather than NACKed.
+			if err := resource.PathTemplateError(v); err != nil {
+				return nil, fmt.Errorf("path template %q: %w", v, err)
+			}
+			tc, _ := anypb.New(&uritemplatev3.UriTemplateMatchConfig{PathTemplate: pathTemplates.Replace(v)})
+			return &rbacv3.Permission{Rule: &rbacv3.Permission_UriTemplate{UriTemplate: &corev3.TypedExtensionConfig{
+				Name: uriTemplateMatcherName, TypedConfig: tc}}}, nil
 		}
 		return &rbacv3.Permission{Rule: &rbacv3.Permission_UrlPath{UrlPath: &matcherv3.PathMatcher{
 			Rule: &matcherv3.PathMatcher_Path{Path: istioStringMatcher(v, "")}}}}, nil

@@ -263,6 +263,13 @@ func TestAuthzFieldMapping(t *testing.T) {
 		{name: "paths suffix", rule: `{"to":[{"operation":{"paths":["*.js"]}}]}`, in: authzIn{target: "/a/b.js"}, want: true},
 		{name: "paths any", rule: `{"to":[{"operation":{"paths":["*"]}}]}`, in: authzIn{target: "/"}, want: true},
 		{name: "notPaths", rule: `{"to":[{"operation":{"notPaths":["/admin"]}}]}`, in: authzIn{target: "/admin"}},
+		// path templates: {*} one segment, {**} any; no query.
+		{name: "paths template one", rule: `{"to":[{"operation":{"paths":["/api/{*}/info"]}}]}`, in: authzIn{target: "/api/v1/info?x=1"}, want: true},
+		{name: "paths template one, two segments", rule: `{"to":[{"operation":{"paths":["/api/{*}/info"]}}]}`, in: authzIn{target: "/api/v1/x/info"}},
+		{name: "paths template any", rule: `{"to":[{"operation":{"paths":["/api/{**}/info"]}}]}`, in: authzIn{target: "/api/v1/x/info"}, want: true},
+		{name: "paths template any, other suffix", rule: `{"to":[{"operation":{"paths":["/api/{**}/info"]}}]}`, in: authzIn{target: "/api/v1/x/data"}},
+		{name: "paths template both", rule: `{"to":[{"operation":{"paths":["/{*}/foo/{**}"]}}]}`, in: authzIn{target: "/a/foo/b/c"}, want: true},
+		{name: "notPaths template", rule: `{"to":[{"operation":{"notPaths":["/admin/{**}"]}}]}`, in: authzIn{target: "/admin/users/7"}},
 		// when conditions.
 		{name: "when header", rule: `{"when":[{"key":"request.headers[X-Tenant]","values":["acme"]}]}`, in: authzIn{headers: map[string]string{"x-tenant": "acme"}}, want: true},
 		{name: "when header missing", rule: `{"when":[{"key":"request.headers[x-tenant]","values":["*"]}]}`, in: authzIn{}},
@@ -341,5 +348,19 @@ func TestAuthzTCPAllowDropsHTTPRules(t *testing.T) {
 		if _, err := authzPolicy(rule, rbacv3.RBAC_ALLOW, false); err != nil {
 			t.Errorf("%s for HTTP: %v", js, err)
 		}
+	}
+}
+
+// TestAuthzPathTemplateInvalid: a path template Istio refuses (stored
+// before the API server checked templates) is not sent to the sidecar,
+// which would refuse the whole listener: an ALLOW rule with it is
+// dropped, as Istio drops rules it cannot translate.
+func TestAuthzPathTemplateInvalid(t *testing.T) {
+	rule := &security.Rule{}
+	if err := protojson.Unmarshal([]byte(`{"to":[{"operation":{"paths":["/api/{*}x"]}}]}`), rule); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := authzPolicy(rule, rbacv3.RBAC_ALLOW, false); err == nil || !strings.Contains(err.Error(), "must be whole path segments") {
+		t.Errorf("ALLOW rule with an invalid template: %v, want it dropped with the reason", err)
 	}
 }

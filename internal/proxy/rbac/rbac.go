@@ -234,6 +234,8 @@ func compilePermission(p *rbacv3.Permission) (matcher, error) {
 	case *rbacv3.Permission_Metadata:
 		//lint:ignore SA1019 Envoy still accepts this field and Istio-era configs use it
 		return metadataRule(r.Metadata)
+	case *rbacv3.Permission_UriTemplate:
+		return uriTemplateRule(r.UriTemplate)
 	case *rbacv3.Permission_RequestedServerName:
 		sm, err := compileString(r.RequestedServerName)
 		if err != nil {

@@ -31,11 +31,12 @@ func input(target string, principal string, hdr map[string]string) *Input {
 
 func TestCompileRejects(t *testing.T) {
 	for js, want := range map[string]string{
-		`{"policies":{"p":{"permissions":[{"any":true}],"principals":[{"any":true}],"condition":{"constExpr":{"boolValue":true}}}}}`:                         "CEL",
-		`{"policies":{"p":{"permissions":[{"uriTemplate":{"name":"x"}}],"principals":[{"any":true}]}}}`:                                                      "not supported",
-		`{"policies":{"p":{"permissions":[{"any":true}],"principals":[{"filterState":{"key":"k"}}]}}}`:                                                       "not supported",
-		`{"policies":{"p":{"permissions":[{"notRule":{"header":{"name":":path","safeRegexMatch":{"regex":"("}}}}],"principals":[{"any":true}]}}}`:            "safe_regex",
-		`{"policies":{"p":{"permissions":[{"urlPath":{"path":{"exact":"/"}}}],"principals":[{"authenticated":{"principalName":{"custom":{"name":"x"}}}}]}}}`: "string matcher",
+		`{"policies":{"p":{"permissions":[{"any":true}],"principals":[{"any":true}],"condition":{"constExpr":{"boolValue":true}}}}}`:                                                                                                          "CEL",
+		`{"policies":{"p":{"permissions":[{"uriTemplate":{"name":"x"}}],"principals":[{"any":true}]}}}`:                                                                                                                                       "not supported",
+		`{"policies":{"p":{"permissions":[{"uriTemplate":{"name":"x","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig","pathTemplate":"/a*"}}}],"principals":[{"any":true}]}}}`: "whole path segment",
+		`{"policies":{"p":{"permissions":[{"any":true}],"principals":[{"filterState":{"key":"k"}}]}}}`:                                                                                                                                        "not supported",
+		`{"policies":{"p":{"permissions":[{"notRule":{"header":{"name":":path","safeRegexMatch":{"regex":"("}}}}],"principals":[{"any":true}]}}}`:                                                                                             "safe_regex",
+		`{"policies":{"p":{"permissions":[{"urlPath":{"path":{"exact":"/"}}}],"principals":[{"authenticated":{"principalName":{"custom":{"name":"x"}}}}]}}}`:                                                                                  "string matcher",
 	} {
 		_, err := compileJSON(t, js)
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "policy p") {
