@@ -44,6 +44,15 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: deny-templates, namespace: default}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/api/{*}/secret", "/files/{**}"], ports: ["9080"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: httpbin-callers, namespace: default}
 spec:
   selector: {matchLabels: {app: httpbin}}
@@ -132,6 +141,12 @@ var pathMatrix = []pathVariant{
 	{"/admin#x", "403", "403"},
 	{"/x\\..\\admin", "403", "403"},
 	{"/public", "/public", "/public"},
+	// Path templates: {*} is one segment, {**} the rest of the path.
+	{"/api/v1/secret", "403", "403"},
+	{"/api/./v1/secret", "403", "403"},
+	{"/api/v1/x/secret", "/api/v1/x/secret", "/api/v1/x/secret"},
+	{"/files/a/b", "403", "403"},
+	{"/files", "/files", "/files"},
 }
 
 // checkMatrix sends every variant from the sleep client and checks the
