@@ -511,6 +511,10 @@ func isConnectError(err error) bool {
 // upstreamError answers a failed exchange the way Envoy does.
 func (e *Engine) upstreamError(w http.ResponseWriter, r *http.Request, ctx context.Context, err error, ex *exchange) {
 	const reset = "upstream connect error or disconnect/reset before headers. reset reason: "
+	if ex.attempts > 0 && ex.vhost != nil && ex.vhost.IncludeAttemptCountInResponse {
+		// Envoy's router adds it to its own replies too.
+		w.Header()["X-Envoy-Attempt-Count"] = attemptCount(ex.attempts)
+	}
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		ex.flags = "UT"

@@ -275,3 +275,34 @@ func TestAttemptCount(t *testing.T) {
 		})
 	}
 }
+
+// TestAttemptCountLocalReply: when every attempt fails to connect, the
+// sidecar's own 503 carries the attempt count too, with
+// include_attempt_count_in_response, as Envoy's router reply does.
+func TestAttemptCountLocalReply(t *testing.T) {
+	addr := freeAddr(t)
+	l := httpListener("out", addr, "backend", nil)
+	setRetry(t, l, "connect-failure", 1)
+	f := l.GetFilterChains()[0].GetFilters()[0]
+	h := &hcmv3.HttpConnectionManager{}
+	if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
+		t.Fatal(err)
+	}
+	h.GetRouteConfig().GetVirtualHosts()[0].IncludeAttemptCountInResponse = true
+	a, _ := anypb.New(h)
+	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+	e, err := newEngineOpts(Options{}, l, staticCluster("backend", freeAddr(t), false)) // nobody listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.shutdown()
+	resp, err := http.Get("http://" + addr.String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Envoy-Attempt-Count") != "2" {
+		t.Errorf("status %d, x-envoy-attempt-count %q; want 503 after two attempts, saying 2", resp.StatusCode, resp.Header.Get("X-Envoy-Attempt-Count"))
+	}
+}
