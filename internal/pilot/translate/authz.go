@@ -87,37 +87,88 @@ func (g *netBuilder) authz() *authzFilters {
 	if g.authzF != nil {
 		return g.authzF
 	}
-	var audit, deny, allow []*model.Config
+	var audit, deny, allow, dryDeny, dryAllow []*model.Config
 	for _, c := range g.s.Configs(authorizationPolicyKind) {
 		ap, ok := c.Spec.(*security.AuthorizationPolicy)
 		if !ok || !g.authzApplies(c, ap) {
 			continue
 		}
+		dry := g.dryRun(c)
 		switch ap.GetAction() {
 		case security.AuthorizationPolicy_ALLOW:
-			allow = append(allow, c)
+			if dry {
+				dryAllow = append(dryAllow, c)
+			} else {
+				allow = append(allow, c)
+			}
 		case security.AuthorizationPolicy_DENY:
-			deny = append(deny, c)
-		case security.AuthorizationPolicy_AUDIT:
-			audit = append(audit, c)
-		case security.AuthorizationPolicy_CUSTOM:
+			if dry {
+				dryDeny = append(dryDeny, c)
+			} else {
+				deny = append(deny, c)
+			}
+		case security.AuthorizationPolicy_AUDIT, security.AuthorizationPolicy_CUSTOM:
+			if dry {
+				g.warnOnce("%s: %s policies cannot run dry (istio.io/dry-run is for ALLOW and DENY); not applied", c.Key(), ap.GetAction())
+				continue
+			}
+			if ap.GetAction() == security.AuthorizationPolicy_AUDIT {
+				audit = append(audit, c)
+				continue
+			}
 			g.warnOnce("%s: action CUSTOM (external authorization) is not supported by weft; the requests it matches are denied", c.Key())
 			deny = append(deny, c)
 		}
 	}
 	f := &authzFilters{}
 	for _, grp := range []struct {
-		pols   []*model.Config
-		action rbacv3.RBAC_Action
-	}{{audit, rbacv3.RBAC_LOG}, {deny, rbacv3.RBAC_DENY}, {allow, rbacv3.RBAC_ALLOW}} {
-		if len(grp.pols) == 0 {
+		pols, dry []*model.Config
+		action    rbacv3.RBAC_Action
+		prefix    string
+	}{{audit, nil, rbacv3.RBAC_LOG, ""}, {deny, dryDeny, rbacv3.RBAC_DENY, dryRunDenyPrefix}, {allow, dryAllow, rbacv3.RBAC_ALLOW, dryRunAllowPrefix}} {
+		if len(grp.pols) == 0 && len(grp.dry) == 0 {
 			continue
 		}
-		f.http = append(f.http, httpFilter(httpRBACFilterName, &rbachttpv3.RBAC{Rules: g.rbacRules(grp.pols, grp.action, false)}))
-		f.tcp = append(f.tcp, networkFilter(tcpRBACFilterName, &rbactcpv3.RBAC{Rules: g.rbacRules(grp.pols, grp.action, true), StatPrefix: "tcp."}))
+		// Dry-run policies are the filter's shadow rules, as istiod
+		// writes them: evaluated, never enforced, the verdict left in
+		// dynamic metadata under the prefix. Without enforced policies
+		// of the action the filter has no rules, which enforces nothing.
+		h, t := &rbachttpv3.RBAC{}, &rbactcpv3.RBAC{StatPrefix: "tcp."}
+		if len(grp.pols) > 0 {
+			h.Rules, t.Rules = g.rbacRules(grp.pols, grp.action, false), g.rbacRules(grp.pols, grp.action, true)
+		}
+		if len(grp.dry) > 0 {
+			h.ShadowRules, h.ShadowRulesStatPrefix = g.rbacRules(grp.dry, grp.action, false), grp.prefix
+			t.ShadowRules, t.ShadowRulesStatPrefix = g.rbacRules(grp.dry, grp.action, true), grp.prefix
+		}
+		f.http = append(f.http, httpFilter(httpRBACFilterName, h))
+		f.tcp = append(f.tcp, networkFilter(tcpRBACFilterName, t))
 	}
 	g.authzF = f
 	return f
+}
+
+// Istio's dry-run annotation and the prefixes its shadow results' keys
+// get.
+const (
+	dryRunAnnotation  = "istio.io/dry-run"
+	dryRunAllowPrefix = "istio_dry_run_allow_"
+	dryRunDenyPrefix  = "istio_dry_run_deny_"
+)
+
+// dryRun reports whether a policy is annotated istio.io/dry-run: true
+// (a value that is not a boolean is reported and taken as false, as
+// Istio does).
+func (g *netBuilder) dryRun(c *model.Config) bool {
+	v, ok := c.Annotations[dryRunAnnotation]
+	if !ok {
+		return false
+	}
+	dry, err := strconv.ParseBool(v)
+	if err != nil {
+		g.warnOnce("%s: annotation %s=%q is not a boolean; the policy is enforced", c.Key(), dryRunAnnotation, v)
+	}
+	return dry
 }
 
 // authzApplies reports whether a policy applies to the proxy's workload.

@@ -15,6 +15,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbactcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	"github.com/weftmesh/weft/internal/proxy/httpfilter"
+	rbacfilter "github.com/weftmesh/weft/internal/proxy/httpfilter/rbac"
 	"github.com/weftmesh/weft/internal/proxy/rbac"
 	"google.golang.org/protobuf/encoding/protojson"
 	security "istio.io/api/security/v1beta1"
@@ -362,5 +363,67 @@ func TestAuthzPathTemplateInvalid(t *testing.T) {
 	}
 	if _, err := authzPolicy(rule, rbacv3.RBAC_ALLOW, false); err == nil || !strings.Contains(err.Error(), "must be whole path segments") {
 		t.Errorf("ALLOW rule with an invalid template: %v, want it dropped with the reason", err)
+	}
+}
+
+// TestAuthzDryRun: policies annotated istio.io/dry-run: true become the
+// RBAC filters' shadow rules under Istio's prefixes: the sidecar's filter
+// enforces the /debug DENY only, and records what the dry-run DENY and
+// ALLOW would have decided.
+func TestAuthzDryRun(t *testing.T) {
+	r := runAuthzCase(t, "dry-run")
+	var chain *listenerv3.FilterChain
+	for _, fc := range r.listener(t, VirtualInboundListener).GetFilterChains() {
+		if fc.GetName() == "inbound|9080||" {
+			chain = fc
+		}
+	}
+	if chain == nil {
+		t.Fatal("no inbound|9080|| chain")
+	}
+	h := &hcmv3.HttpConnectionManager{}
+	if err := chain.GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+		t.Fatal(err)
+	}
+	var filters []httpfilter.Filter
+	for _, hf := range h.GetHttpFilters() {
+		if hf.GetName() == httpRBACFilterName {
+			f, err := rbacfilter.New(hf.GetTypedConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			filters = append(filters, f)
+		}
+	}
+	if len(filters) != 2 {
+		t.Fatalf("%d RBAC filters, want DENY and ALLOW (the dry AUDIT left out)", len(filters))
+	}
+	decide := func(target, principal string) (int, map[string]any) {
+		in := authzIn{target: target, principal: principal}.input()
+		c := &httpfilter.Call{Request: in.Request, Conn: in.Conn}
+		for _, f := range filters {
+			if rep := f.Decode(c); rep != nil {
+				return rep.Status, c.Metadata[rbacfilter.MetadataNamespace]
+			}
+		}
+		return 200, c.Metadata[rbacfilter.MetadataNamespace]
+	}
+	sleep := "cluster.local/ns/default/sa/sleep"
+	if st, md := decide("/admin", "cluster.local/ns/default/sa/other"); st != 200 ||
+		md["istio_dry_run_deny_shadow_engine_result"] != "denied" || md["istio_dry_run_deny_shadow_effective_policy_id"] != "ns[default]-policy[deny-admin]-rule[0]" ||
+		md["istio_dry_run_allow_shadow_engine_result"] != "denied" {
+		t.Errorf("/admin from other: %d %v; want served, the dry DENY and ALLOW both recording denied", st, md)
+	}
+	if st, md := decide("/", sleep); st != 200 || md["istio_dry_run_deny_shadow_engine_result"] != "allowed" ||
+		md["istio_dry_run_allow_shadow_engine_result"] != "allowed" {
+		t.Errorf("/ from sleep: %d %v; want served, both dry policies allowing", st, md)
+	}
+	if st, _ := decide("/debug", sleep); st != 403 {
+		t.Errorf("/debug: %d, want 403 (its policy's annotation is not a boolean: enforced)", st)
+	}
+	for _, w := range []string{"audit-all: AUDIT policies cannot run dry", `istio.io/dry-run="maybe" is not a boolean`} {
+		if !slices.ContainsFunc(r.res.Warnings, func(s string) bool { return strings.Contains(s, w) }) {
+			t.Errorf("warnings %q: want %q", r.res.Warnings, w)
+		}
 	}
 }

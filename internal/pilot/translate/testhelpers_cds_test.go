@@ -49,6 +49,7 @@ type cdsTestDoc struct {
 		Name              string            `json:"name"`
 		Namespace         string            `json:"namespace"`
 		Labels            map[string]string `json:"labels"`
+		Annotations       map[string]string `json:"annotations"`
 		CreationTimestamp string            `json:"creationTimestamp"`
 	} `json:"metadata"`
 	Spec json.RawMessage `json:"spec"`
@@ -183,7 +184,7 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		t.Fatalf("%s: document %d (%s %s): %v", path, i, d.Kind, d.Metadata.Name, err)
 	}
 	c := &model.Config{Kind: d.Kind, Name: d.Metadata.Name, Namespace: d.Metadata.Namespace, Labels: d.Metadata.Labels,
-		CreationTime: l.nextCreationTime(), Spec: spec}
+		Annotations: d.Metadata.Annotations, CreationTime: l.nextCreationTime(), Spec: spec}
 	if c.Namespace == "" {
 		c.Namespace = defaultNS
 	}

@@ -3,7 +3,8 @@
 // rules (internal/proxy/rbac) on every request and answers 403 "RBAC:
 // access denied" (response flag RBAC) when they refuse it. LOG rules and
 // shadow rules never refuse: they leave their verdict as dynamic metadata
-// under "envoy.filters.http.rbac", as Envoy does. The unified matcher
+// under "envoy.filters.http.rbac" (shadow keys after
+// shadow_rules_stat_prefix), as Envoy does. The unified matcher
 // API (matcher, shadow_matcher) is refused.
 package rbac
 
@@ -47,13 +48,17 @@ func New(cfg *anypb.Any) (httpfilter.Filter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("rbac shadow_rules: %w", err)
 		}
-		f.shadow = e
+		f.shadow, f.shadowPrefix = e, c.GetShadowRulesStatPrefix()
 	}
 	return f, nil
 }
 
 type filter struct {
 	rules, shadow *rbac.Engine
+	// shadowPrefix is shadow_rules_stat_prefix, which Envoy puts before
+	// the shadow results' metadata keys (istiod's dry-run policies:
+	// "istio_dry_run_allow_", "istio_dry_run_deny_").
+	shadowPrefix string
 }
 
 // Decode evaluates the rules; see the package comment.
@@ -65,9 +70,9 @@ func (f *filter) Decode(c *httpfilter.Call) *httpfilter.Reply {
 		if !ok {
 			res = "denied"
 		}
-		c.SetMetadata(MetadataNamespace, "shadow_engine_result", res)
+		c.SetMetadata(MetadataNamespace, f.shadowPrefix+"shadow_engine_result", res)
 		if pol != "" {
-			c.SetMetadata(MetadataNamespace, "shadow_effective_policy_id", pol)
+			c.SetMetadata(MetadataNamespace, f.shadowPrefix+"shadow_effective_policy_id", pol)
 		}
 	}
 	if f.rules == nil {

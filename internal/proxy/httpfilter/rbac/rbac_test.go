@@ -62,6 +62,18 @@ func TestDecode(t *testing.T) {
 	if v, _ := c.GetMetadata(MetadataNamespace, "shadow_engine_result"); v != "denied" {
 		t.Errorf("shadow_engine_result %v", v)
 	}
+	// Istio's dry-run: shadow rules only, under a stat prefix. Nothing
+	// is enforced; the verdict and policy go under the prefixed keys.
+	dry := build(t, &rbacfilterv3.RBAC{ShadowRules: pathRules(rbacv3.RBAC_DENY, "/admin"), ShadowRulesStatPrefix: "istio_dry_run_deny_"})
+	c = call("/admin")
+	if rep := dry.Decode(c); rep != nil {
+		t.Fatalf("dry-run refused: %+v", rep)
+	}
+	res, _ := c.GetMetadata(MetadataNamespace, "istio_dry_run_deny_shadow_engine_result")
+	pol, _ := c.GetMetadata(MetadataNamespace, "istio_dry_run_deny_shadow_effective_policy_id")
+	if res != "denied" || pol != "p" {
+		t.Errorf("dry-run metadata: result %v, policy %v; want denied by p", res, pol)
+	}
 	// No rules: no enforcement.
 	if rep := build(t, &rbacfilterv3.RBAC{}).Decode(call("/admin")); rep != nil {
 		t.Fatalf("no rules: %+v", rep)
