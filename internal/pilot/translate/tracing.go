@@ -9,6 +9,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	metadatav3 "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
 	tracingtagv3 "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
@@ -254,8 +255,9 @@ func (g *netBuilder) collectorService(host string, port uint32) string {
 	return ""
 }
 
-// istioTags are the literal tags istiod puts on every span: the proxy's
-// canonical service and revision, namespace and mesh.
+// istioTags are the tags istiod puts on every span: its dry-run
+// authorization tags, and the literal ones — the proxy's canonical
+// service and revision, namespace and mesh.
 func (g *netBuilder) istioTags() []*tracingtagv3.CustomTag {
 	lit := func(k, v string) *tracingtagv3.CustomTag {
 		return &tracingtagv3.CustomTag{Tag: k, Type: &tracingtagv3.CustomTag_Literal_{Literal: &tracingtagv3.CustomTag_Literal{Value: v}}}
@@ -263,7 +265,19 @@ func (g *netBuilder) istioTags() []*tracingtagv3.CustomTag {
 	l := g.p.Labels
 	svc := g.canonicalService()
 	rev := cmp.Or(l["service.istio.io/canonical-revision"], l["app.kubernetes.io/version"], l["version"], "latest")
+	// istiod's dry-run tags: what the RBAC filters' shadow rules decided
+	// (left out of a span when no dry-run policy ran).
+	dry := func(tag, key string) *tracingtagv3.CustomTag {
+		return &tracingtagv3.CustomTag{Tag: tag, Type: &tracingtagv3.CustomTag_Metadata_{Metadata: &tracingtagv3.CustomTag_Metadata{
+			Kind: &metadatav3.MetadataKind{Kind: &metadatav3.MetadataKind_Request_{Request: &metadatav3.MetadataKind_Request{}}},
+			MetadataKey: &metadatav3.MetadataKey{Key: httpRBACFilterName,
+				Path: []*metadatav3.MetadataKey_PathSegment{{Segment: &metadatav3.MetadataKey_PathSegment_Key{Key: key}}}}}}}
+	}
 	return []*tracingtagv3.CustomTag{
+		dry("istio.authorization.dry_run.allow_policy.name", dryRunAllowPrefix+"shadow_effective_policy_id"),
+		dry("istio.authorization.dry_run.allow_policy.result", dryRunAllowPrefix+"shadow_engine_result"),
+		dry("istio.authorization.dry_run.deny_policy.name", dryRunDenyPrefix+"shadow_effective_policy_id"),
+		dry("istio.authorization.dry_run.deny_policy.result", dryRunDenyPrefix+"shadow_engine_result"),
 		lit("istio.canonical_revision", rev),
 		lit("istio.canonical_service", svc),
 		lit("istio.mesh_id", g.s.Mesh.TrustDomain),

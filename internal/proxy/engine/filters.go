@@ -12,15 +12,16 @@ import (
 )
 
 // runFilters runs the chain's HTTP filters in order; the first Reply
-// ends the exchange.
-func runFilters(cc *chainConn, r *http.Request) *httpfilter.Reply {
+// ends the exchange. The dynamic metadata they leave (nil: none) is the
+// request's, for its span's metadata tags.
+func runFilters(cc *chainConn, r *http.Request) (*httpfilter.Reply, map[string]map[string]any) {
 	call := &httpfilter.Call{Request: r, Conn: cc.filterConn()}
 	for _, f := range cc.chain.filters {
 		if rep := f.Decode(call); rep != nil {
-			return rep
+			return rep, call.Metadata
 		}
 	}
-	return nil
+	return nil, call.Metadata
 }
 
 // filterConn describes the downstream connection to filters, computed once

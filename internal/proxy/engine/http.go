@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/internal/proxy/cluster"
+	"github.com/weftmesh/weft/internal/proxy/httpfilter"
 	"github.com/weftmesh/weft/internal/proxy/route"
 	"github.com/weftmesh/weft/internal/telemetry"
 )
@@ -96,6 +97,9 @@ type exchange struct {
 	vhost *route.VirtualHost
 	// attempts is how many times the request was sent upstream.
 	attempts int
+	// metadata is the dynamic metadata the HTTP filters left (RBAC's
+	// shadow verdicts, the JWT's claims); nil: none.
+	metadata map[string]map[string]any
 }
 
 // inbound tells whether the exchange is the destination's: on an inbound
@@ -151,7 +155,8 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	// answer from here on (filters never change it).
 	ex.path = requestTarget(r)
 	if len(cc.chain.filters) > 0 {
-		if rep := runFilters(cc, r); rep != nil {
+		var rep *httpfilter.Reply
+		if rep, ex.metadata = runFilters(cc, r); rep != nil {
 			ex.flags = rep.Flags
 			copyHeader(w.Header(), rep.Header)
 			localReply(w, r, ex, rep.Status, -1, rep.Body)

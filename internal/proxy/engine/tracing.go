@@ -86,10 +86,13 @@ func (c *tracingConfig) traceOptions(inbound bool) traceOptions {
 		shared: c.sharedSpanContext && inbound, w3c: c.w3c, id64: c.id64, otel: c.collector.format != zipkinJSON}
 }
 
-// customTag is one custom_tags entry: a literal, or a request header or
-// environment variable with a default.
+// customTag is one custom_tags entry: a literal, or a request header,
+// environment variable or request metadata value (metaNS, then the keys
+// of metaPath) with a default.
 type customTag struct {
 	name, literal, header, def string
+	metaNS                     string
+	metaPath                   []string
 }
 
 // compileTracing compiles h's tracing; nil when it has none.
@@ -150,8 +153,22 @@ func compileTracing(h *hcmv3.HttpConnectionManager) (*tracingConfig, error) {
 		case ct.GetEnvironment() != nil:
 			// Read once: Envoy reads the environment when it loads the config.
 			tag.literal = cmp.Or(os.Getenv(ct.GetEnvironment().GetName()), ct.GetEnvironment().GetDefaultValue())
+		case ct.GetMetadata() != nil:
+			// As istiod's dry-run tags: a value the request's HTTP filters
+			// left (RBAC's shadow verdict), by namespace and key path.
+			m := ct.GetMetadata()
+			if m.GetKind().GetRequest() == nil {
+				return nil, fmt.Errorf("tracing: custom tag %q: only request metadata is supported", tag.name)
+			}
+			tag.metaNS, tag.def = m.GetMetadataKey().GetKey(), m.GetDefaultValue()
+			for _, seg := range m.GetMetadataKey().GetPath() {
+				tag.metaPath = append(tag.metaPath, seg.GetKey())
+			}
+			if tag.metaNS == "" || len(tag.metaPath) == 0 {
+				return nil, fmt.Errorf("tracing: custom tag %q: metadata needs a key and a path", tag.name)
+			}
 		default:
-			return nil, fmt.Errorf("tracing: custom tag %q: only literal, request_header and environment tags are supported", tag.name)
+			return nil, fmt.Errorf("tracing: custom tag %q: only literal, request_header, environment and request metadata tags are supported", tag.name)
 		}
 		c.tags = append(c.tags, tag)
 	}
@@ -429,13 +446,44 @@ func (e *Engine) reportSpan(cc *chainConn, tc *tracingConfig, ex *exchange, r *h
 	}
 	for _, ct := range tc.tags {
 		v := ct.literal
-		if ct.header != "" {
+		switch {
+		case ct.header != "":
 			v = cmp.Or(hget(r.Header, ct.header), ct.def)
+		case ct.metaNS != "":
+			// Without a value or a default the tag is left out, as Envoy.
+			var ok bool
+			if v, ok = metadataValue(ex.metadata, ct.metaNS, ct.metaPath); !ok {
+				if v = ct.def; v == "" {
+					continue
+				}
+			}
 		}
 		tags[ct.name] = v
 	}
 	sp.tags = tags
 	e.reporter(tc.collector).enqueue(sp)
+}
+
+// metadataValue is the dynamic metadata value at ns and path, as text.
+func metadataValue(md map[string]map[string]any, ns string, path []string) (string, bool) {
+	var v any = md[ns]
+	for _, k := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return "", false
+		}
+		if v, ok = m[k]; !ok {
+			return "", false
+		}
+	}
+	switch x := v.(type) {
+	case nil:
+		return "", false
+	case string:
+		return x, true
+	default:
+		return fmt.Sprint(x), true
+	}
 }
 
 // spanName is Istio's span name, the route decorator it sets:

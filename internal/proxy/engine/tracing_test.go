@@ -3,6 +3,7 @@ package engine
 import (
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -15,7 +16,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
+	rbachttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	metadatav3 "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
 	tracingtagv3 "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -272,7 +275,9 @@ func TestTracingConfigErrors(t *testing.T) {
 			return tr
 		}(), "client_sampling -1 is not a percentage"},
 		{hcmTracing(1, false, &tracingtagv3.CustomTag{Tag: "m", Type: &tracingtagv3.CustomTag_Metadata_{Metadata: &tracingtagv3.CustomTag_Metadata{}}}),
-			`custom tag "m": only literal, request_header and environment tags are supported`},
+			`custom tag "m": only request metadata is supported`},
+		{hcmTracing(1, false, &tracingtagv3.CustomTag{Tag: "v", Type: &tracingtagv3.CustomTag_Value{Value: "%REQ(x)%"}}),
+			`custom tag "v": only literal, request_header, environment and request metadata tags are supported`},
 		{func() *hcmv3.HttpConnectionManager_Tracing {
 			tr := hcmTracing(1, false)
 			tr.SpawnUpstreamSpan = wrapperspb.Bool(true)
@@ -385,5 +390,68 @@ func TestZipkinCollectorService(t *testing.T) {
 	}
 	if h := col.Hosts(); len(h) == 0 || h[0] != "jaeger.observability.svc.cluster.local" {
 		t.Errorf("collector request Host %q, want the URI's host", h)
+	}
+}
+
+// TestDryRunSpanTags: istiod's dry-run tags read the request's RBAC
+// shadow verdict from its dynamic metadata: a dry-run DENY on /admin
+// tags the span of /admin as denied by the policy, and that of /other as
+// allowed; the dry-run ALLOW tags, with no such filter, are left out.
+func TestDryRunSpanTags(t *testing.T) {
+	backend := failingBackend(t)
+	col := &zipkintest.Collector{}
+	zipkin := httptest.NewServer(col)
+	defer zipkin.Close()
+	const svc = "outbound|8080||svc.default.svc.cluster.local"
+	meta := func(tag, key string) *tracingtagv3.CustomTag {
+		return &tracingtagv3.CustomTag{Tag: tag, Type: &tracingtagv3.CustomTag_Metadata_{Metadata: &tracingtagv3.CustomTag_Metadata{
+			Kind: &metadatav3.MetadataKind{Kind: &metadatav3.MetadataKind_Request_{Request: &metadatav3.MetadataKind_Request{}}},
+			MetadataKey: &metadatav3.MetadataKey{Key: "envoy.filters.http.rbac",
+				Path: []*metadatav3.MetadataKey_PathSegment{{Segment: &metadatav3.MetadataKey_PathSegment_Key{Key: key}}}}}}}
+	}
+	addr := freeAddr(t)
+	l := withTracing(t, httpListener("out", addr, svc, nil), hcmTracing(100, false,
+		meta("istio.authorization.dry_run.deny_policy.name", "istio_dry_run_deny_shadow_effective_policy_id"),
+		meta("istio.authorization.dry_run.deny_policy.result", "istio_dry_run_deny_shadow_engine_result"),
+		meta("istio.authorization.dry_run.allow_policy.result", "istio_dry_run_allow_shadow_engine_result")))
+	f := l.GetFilterChains()[0].GetFilters()[0]
+	h := &hcmv3.HttpConnectionManager{}
+	if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
+		t.Fatal(err)
+	}
+	shadow := mustAnyT(t, &rbachttpv3.RBAC{ShadowRules: denyAdmin(), ShadowRulesStatPrefix: "istio_dry_run_deny_"})
+	h.HttpFilters = append([]*hcmv3.HttpFilter{{Name: "envoy.filters.http.rbac", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: shadow}}}, h.HttpFilters...)
+	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(t, h)}
+	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 20 * time.Millisecond})
+	defer e.shutdown()
+	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"out": l},
+		Clusters: map[string]*clusterv3.Cluster{
+			svc:           staticCluster(svc, netip.MustParseAddrPort(backend.Listener.Addr().String()), false),
+			zipkinCluster: staticCluster(zipkinCluster, netip.MustParseAddrPort(zipkin.Listener.Addr().String()), false),
+		}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := getStatus(t, "http://"+addr.String()+"/admin", "Host", "svc.default:8080"); st != 200 {
+		t.Fatalf("/admin: %d; a dry-run DENY must not refuse", st)
+	}
+	getStatus(t, "http://"+addr.String()+"/other", "Host", "svc.default:8080")
+	spans := col.Wait(2, 10*time.Second)
+	if len(spans) != 2 {
+		t.Fatalf("%d spans, want 2", len(spans))
+	}
+	for _, sp := range spans {
+		want := map[string]string{"istio.authorization.dry_run.deny_policy.result": "allowed"}
+		if strings.HasSuffix(sp.Tags["http.url"], "/admin") {
+			want = map[string]string{"istio.authorization.dry_run.deny_policy.result": "denied", "istio.authorization.dry_run.deny_policy.name": "deny-admin"}
+		}
+		got := map[string]string{}
+		for k, v := range sp.Tags {
+			if strings.HasPrefix(k, "istio.authorization.") {
+				got[k] = v
+			}
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("span of %s: dry-run tags %v, want %v", sp.Tags["http.url"], got, want)
+		}
 	}
 }
