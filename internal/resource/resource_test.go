@@ -113,6 +113,11 @@ spec:
 `, `spec.subsets[1].name: Duplicate value: "v1"`},
 		{`apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: a, annotations: {istio.io/dry-run: "yes please"}}
+spec: {action: DENY, rules: [{}]}
+`, `metadata.annotations[istio.io/dry-run]: Invalid value: "yes please": must be "true" or "false"`},
+		{`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: a}
 spec:
   rules:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/weftmesh/weft/internal/registry"
@@ -124,6 +125,14 @@ func (k *Kind) Validate(obj map[string]any) FieldErrors {
 				continue
 			}
 			validateLabels(&es, "metadata."+f, m)
+		}
+	}
+	if k.Kind == "AuthorizationPolicy" {
+		ann, _ := md["annotations"].(map[string]any)
+		if v, ok := ann["istio.io/dry-run"].(string); ok {
+			if _, err := strconv.ParseBool(v); err != nil {
+				es.add("metadata.annotations[istio.io/dry-run]", `Invalid value: %q: must be "true" or "false"`, v)
+			}
 		}
 	}
 	if k.Kind == "WorkloadEntry" {
