@@ -53,6 +53,18 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata:
+  name: deny-dry
+  namespace: default
+  annotations: {istio.io/dry-run: "true"}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/dry], ports: ["9080"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: httpbin-callers, namespace: default}
 spec:
   selector: {matchLabels: {app: httpbin}}
@@ -147,6 +159,8 @@ var pathMatrix = []pathVariant{
 	{"/api/v1/x/secret", "/api/v1/x/secret", "/api/v1/x/secret"},
 	{"/files/a/b", "403", "403"},
 	{"/files", "/files", "/files"},
+	// A dry-run DENY is evaluated, not enforced.
+	{"/dry", "/dry", "/dry"},
 }
 
 // checkMatrix sends every variant from the sleep client and checks the
