@@ -117,6 +117,19 @@ func setRetry(t *testing.T, l *listenerv3.Listener, on string, n uint32) {
 	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
 }
 
+// editVirtualHost changes the first virtual host of l's first HCM.
+func editVirtualHost(t *testing.T, l *listenerv3.Listener, edit func(*routev3.VirtualHost)) {
+	t.Helper()
+	f := l.GetFilterChains()[0].GetFilters()[0]
+	h := &hcmv3.HttpConnectionManager{}
+	if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
+		t.Fatal(err)
+	}
+	edit(h.GetRouteConfig().GetVirtualHosts()[0])
+	a, _ := anypb.New(h)
+	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+}
+
 // TestHeaderCountLimit: more than 100 request header fields get 431 from
 // the sidecar before routing; 100 pass.
 func TestHeaderCountLimit(t *testing.T) {
@@ -237,18 +250,12 @@ func TestAttemptCount(t *testing.T) {
 			addr := freeAddr(t)
 			l := httpListener("out", addr, "backend", nil)
 			setRetry(t, l, "5xx", 1)
-			f := l.GetFilterChains()[0].GetFilters()[0]
-			h := &hcmv3.HttpConnectionManager{}
-			if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
-				t.Fatal(err)
-			}
-			vh := h.GetRouteConfig().GetVirtualHosts()[0]
-			vh.IncludeRequestAttemptCount, vh.IncludeAttemptCountInResponse = tc.request, tc.response
-			if tc.perTry {
-				vh.GetRoutes()[0].GetRoute().GetRetryPolicy().PerTryTimeout = durationpb.New(5 * time.Second)
-			}
-			a, _ := anypb.New(h)
-			f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+			editVirtualHost(t, l, func(vh *routev3.VirtualHost) {
+				vh.IncludeRequestAttemptCount, vh.IncludeAttemptCountInResponse = tc.request, tc.response
+				if tc.perTry {
+					vh.GetRoutes()[0].GetRoute().GetRetryPolicy().PerTryTimeout = durationpb.New(5 * time.Second)
+				}
+			})
 			logPath := filepath.Join(t.TempDir(), "a.log")
 			l = withAccessLogs(l, fileLogProto(logPath, "%UPSTREAM_REQUEST_ATTEMPT_COUNT% %REQ(X-ENVOY-ATTEMPT-COUNT)%\n", nil, ""))
 			e, err := newEngineOpts(Options{}, l, staticCluster("backend", backendAddr, false))
@@ -283,14 +290,7 @@ func TestAttemptCountLocalReply(t *testing.T) {
 	addr := freeAddr(t)
 	l := httpListener("out", addr, "backend", nil)
 	setRetry(t, l, "connect-failure", 1)
-	f := l.GetFilterChains()[0].GetFilters()[0]
-	h := &hcmv3.HttpConnectionManager{}
-	if err := f.GetTypedConfig().UnmarshalTo(h); err != nil {
-		t.Fatal(err)
-	}
-	h.GetRouteConfig().GetVirtualHosts()[0].IncludeAttemptCountInResponse = true
-	a, _ := anypb.New(h)
-	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+	editVirtualHost(t, l, func(vh *routev3.VirtualHost) { vh.IncludeAttemptCountInResponse = true })
 	e, err := newEngineOpts(Options{}, l, staticCluster("backend", freeAddr(t), false)) // nobody listens there
 	if err != nil {
 		t.Fatal(err)
