@@ -91,6 +91,9 @@ type Entry struct {
 	// GRPCStatus is a gRPC response's grpc-status ("" otherwise).
 	GRPCStatus string
 	RouteName  string
+	// Metadata is the dynamic metadata the HTTP filters left, by
+	// namespace (DYNAMIC_METADATA); nil: none.
+	Metadata map[string]map[string]any
 	// TraceID and SpanID are the hop's span, in hex, when the request is
 	// traced (sampled); "" otherwise, as Envoy's active span is then a
 	// null one. TraceID is Envoy's TRACE_ID.

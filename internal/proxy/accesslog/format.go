@@ -3,9 +3,11 @@ package accesslog
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/textproto"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -97,6 +99,9 @@ type segment struct {
 	// maxLen truncates the value (0: no limit).
 	maxLen int
 	layout []timePart
+	// metaNS and metaPath name a DYNAMIC_METADATA value.
+	metaNS   string
+	metaPath []string
 }
 
 type opKind int
@@ -134,6 +139,7 @@ const (
 	opGRPCStatusNumber
 	opUpstreamAttempts
 	opTraceID
+	opDynamicMetadata
 )
 
 // simpleOps are the operators without arguments.
@@ -156,11 +162,11 @@ var simpleOps = map[string]opKind{
 
 // SupportedOperators lists the command operators formats may use.
 func SupportedOperators() []string {
-	out := []string{"REQ(header?alt):max", "RESP(header?alt):max", "START_TIME(strftime)"}
+	out := []string{"REQ(header?alt):max", "RESP(header?alt):max", "START_TIME(strftime)", "DYNAMIC_METADATA(namespace:key...):max"}
 	for k := range simpleOps {
 		out = append(out, k)
 	}
-	sort.Strings(out[3:])
+	sort.Strings(out[4:])
 	return out
 }
 
@@ -352,6 +358,12 @@ func parseOperator(s string) (segment, int, error) {
 		if err != nil {
 			return segment{}, 0, fmt.Errorf("operator %%%s(%s)%%: %w", name, arg, err)
 		}
+	case "DYNAMIC_METADATA":
+		parts := strings.Split(arg, ":")
+		if !hasArg || parts[0] == "" || slices.Contains(parts[1:], "") {
+			return segment{}, 0, fmt.Errorf("operator %%DYNAMIC_METADATA%%: needs a namespace and keys, as in %%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_engine_result)%%")
+		}
+		seg.op, seg.metaNS, seg.metaPath = opDynamicMetadata, parts[0], parts[1:]
 	default:
 		op, ok := simpleOps[name]
 		if !ok {
@@ -492,6 +504,32 @@ func appendTime(b []byte, t time.Time, layout []timePart) []byte {
 	return b
 }
 
+// metadataValue is the dynamic metadata value at ns and path as text
+// ("" when absent): strings as they are, other values as JSON.
+func (e *Entry) metadataValue(ns string, path []string) string {
+	var v any = e.Metadata[ns]
+	if e.Metadata[ns] == nil {
+		return ""
+	}
+	for _, k := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return ""
+		}
+		if v, ok = m[k]; !ok {
+			return ""
+		}
+	}
+	if str, ok := v.(string); ok {
+		return str
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
 // hostname is %HOSTNAME%.
 var hostname = func() string { h, _ := os.Hostname(); return h }()
 
@@ -545,6 +583,8 @@ func (s *segment) value(e *Entry) (string, int64, bool) {
 		return e.RouteName, 0, false
 	case opTraceID:
 		return e.TraceID, 0, false
+	case opDynamicMetadata:
+		return e.metadataValue(s.metaNS, s.metaPath), 0, false
 	case opHostname:
 		return hostname, 0, false
 	case opTLSVersion:

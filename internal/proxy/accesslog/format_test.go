@@ -114,7 +114,7 @@ func TestParseErrors(t *testing.T) {
 		"%START_TIME(%Q)%":           "%Q is not supported",
 		"%DURATION(x)%":              "takes no argument",
 		"%REQ(user-agent):0%":        "bad length",
-		"%DYNAMIC_METADATA(istio)%":  "not supported",
+		"%FILTER_STATE(istio)%":      "not supported",
 		"%UPSTREAM_PEER_SUBJECT%":    "not supported",
 		"%REQ(user-agent%":           "missing ')'",
 		"%START_TIME(%Y-%m-%d %H:%M": "missing ')'",

@@ -133,3 +133,30 @@ func TestTraceIDOperator(t *testing.T) {
 		t.Errorf("JSON, not traced: %q", got)
 	}
 }
+
+// TestDynamicMetadataOperator: %DYNAMIC_METADATA(NS:KEY...)% is the value
+// the HTTP filters left (strings as they are, other values as JSON), "-"
+// when absent; a namespace is required.
+func TestDynamicMetadataOperator(t *testing.T) {
+	f, err := ParseText("%DYNAMIC_METADATA(envoy.filters.http.rbac:istio_dry_run_deny_shadow_engine_result)% " +
+		"%DYNAMIC_METADATA(istio_authn:request.auth.claims:groups)% %DYNAMIC_METADATA(x:y)% %DYNAMIC_METADATA(envoy.filters.http.rbac:istio_dry_run_deny_shadow_engine_result):3%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := entry
+	e.Metadata = map[string]map[string]any{
+		"envoy.filters.http.rbac": {"istio_dry_run_deny_shadow_engine_result": "denied"},
+		"istio_authn":             {"request.auth.claims": map[string]any{"groups": []any{"dev", "admins"}}},
+	}
+	if got := string(f.Append(nil, &e)); got != `denied ["dev","admins"] - den`+"\n" {
+		t.Errorf("got %q", got)
+	}
+	if got := string(f.Append(nil, &entry)); got != "- - - -\n" {
+		t.Errorf("without metadata: %q", got)
+	}
+	for _, bad := range []string{"%DYNAMIC_METADATA%", "%DYNAMIC_METADATA()%", "%DYNAMIC_METADATA(ns:)%", "%DYNAMIC_METADATA(:k)%"} {
+		if _, err := ParseText(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}

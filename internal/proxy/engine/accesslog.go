@@ -302,6 +302,7 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 	if ex.route != nil {
 		en.RouteName = ex.route.Name
 	}
+	en.Metadata = ex.metadata
 	if t := &ex.trace; t.sampled && t.trace != ([16]byte{}) {
 		if t.is64() {
 			en.TraceID = hex.EncodeToString(t.trace[8:])

@@ -288,7 +288,7 @@ func TestXDSAccessLogNACK(t *testing.T) {
 		want string
 	}{
 		"operator":        {fileLogProto(filepath.Join(dir, "a"), "%REQ(:METHOD)% %FOO_BAR%", nil, ""), "command operator %FOO_BAR% is not supported"},
-		"json":            {fileLogProto(filepath.Join(dir, "a"), "", map[string]string{"x": "%DYNAMIC_METADATA(a)%"}, ""), `json_format "x"`},
+		"json":            {fileLogProto(filepath.Join(dir, "a"), "", map[string]string{"x": "%FILTER_STATE(a)%"}, ""), `json_format "x"`},
 		"filter":          {fileLogProto(filepath.Join(dir, "a"), "x", nil, "request.headers[request.method] == 'x'"), "can only be read by a constant name"},
 		"cel syntax":      {fileLogProto(filepath.Join(dir, "a"), "x", nil, "response.code >= "), "Syntax error"},
 		"not bool":        {fileLogProto(filepath.Join(dir, "a"), "x", nil, "1 + 2"), "not a bool"},

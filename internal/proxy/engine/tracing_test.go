@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -422,8 +424,10 @@ func TestDryRunSpanTags(t *testing.T) {
 	shadow := mustAnyT(t, &rbachttpv3.RBAC{ShadowRules: denyAdmin(), ShadowRulesStatPrefix: "istio_dry_run_deny_"})
 	h.HttpFilters = append([]*hcmv3.HttpFilter{{Name: "envoy.filters.http.rbac", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: shadow}}}, h.HttpFilters...)
 	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(t, h)}
+	// The access log reads the same verdict.
+	logPath := filepath.Join(t.TempDir(), "a.log")
+	l = withAccessLogs(l, fileLogProto(logPath, "%REQ(:PATH)% %DYNAMIC_METADATA(envoy.filters.http.rbac:istio_dry_run_deny_shadow_engine_result)%\n", nil, ""))
 	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 20 * time.Millisecond})
-	defer e.shutdown()
 	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"out": l},
 		Clusters: map[string]*clusterv3.Cluster{
 			svc:           staticCluster(svc, netip.MustParseAddrPort(backend.Listener.Addr().String()), false),
@@ -453,5 +457,9 @@ func TestDryRunSpanTags(t *testing.T) {
 		if !maps.Equal(got, want) {
 			t.Errorf("span of %s: dry-run tags %v, want %v", sp.Tags["http.url"], got, want)
 		}
+	}
+	e.shutdown() // writes what the logger holds
+	if logged, _ := os.ReadFile(logPath); string(logged) != "/admin denied\n/other allowed\n" {
+		t.Errorf("access log %q, want each request's dry-run verdict", logged)
 	}
 }
