@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/weftmesh/weft/internal/proxy/httpfilter"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -507,18 +508,9 @@ func appendTime(b []byte, t time.Time, layout []timePart) []byte {
 // metadataValue is the dynamic metadata value at ns and path as text
 // ("" when absent): strings as they are, other values as JSON.
 func (e *Entry) metadataValue(ns string, path []string) string {
-	var v any = e.Metadata[ns]
-	if e.Metadata[ns] == nil {
+	v, ok := httpfilter.MetadataValue(e.Metadata, ns, path)
+	if !ok {
 		return ""
-	}
-	for _, k := range path {
-		m, ok := v.(map[string]any)
-		if !ok {
-			return ""
-		}
-		if v, ok = m[k]; !ok {
-			return ""
-		}
 	}
 	if str, ok := v.(string); ok {
 		return str

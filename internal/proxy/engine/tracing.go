@@ -18,6 +18,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/weftmesh/weft/internal/proxy/httpfilter"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
@@ -466,16 +467,7 @@ func (e *Engine) reportSpan(cc *chainConn, tc *tracingConfig, ex *exchange, r *h
 
 // metadataValue is the dynamic metadata value at ns and path, as text.
 func metadataValue(md map[string]map[string]any, ns string, path []string) (string, bool) {
-	var v any = md[ns]
-	for _, k := range path {
-		m, ok := v.(map[string]any)
-		if !ok {
-			return "", false
-		}
-		if v, ok = m[k]; !ok {
-			return "", false
-		}
-	}
+	v, _ := httpfilter.MetadataValue(md, ns, path)
 	switch x := v.(type) {
 	case nil:
 		return "", false

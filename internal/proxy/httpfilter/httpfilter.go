@@ -65,6 +65,27 @@ func (c *Call) GetMetadata(ns, key string) (any, bool) {
 	return v, ok
 }
 
+// MetadataValue is the value in dynamic metadata md under namespace ns
+// and then each key of path in turn (nested maps); false when any step
+// is absent. An empty path is the whole namespace.
+func MetadataValue(md map[string]map[string]any, ns string, path []string) (any, bool) {
+	m := md[ns]
+	if m == nil {
+		return nil, false
+	}
+	var v any = m
+	for _, k := range path {
+		mm, ok := v.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if v, ok = mm[k]; !ok {
+			return nil, false
+		}
+	}
+	return v, true
+}
+
 // Reply is a local response that ends the exchange: the request goes no
 // further (neither to later filters nor upstream).
 type Reply struct {

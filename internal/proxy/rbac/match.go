@@ -8,6 +8,7 @@ import (
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/weftmesh/weft/internal/proxy/httpfilter"
 )
 
 // stringMatcher is a compiled envoy.type.matcher.v3.StringMatcher.
@@ -300,24 +301,6 @@ func compileMetadata(m *matcherv3.MetadataMatcher) (*metadataMatcher, error) {
 }
 
 func (m *metadataMatcher) match(md map[string]map[string]any) bool {
-	v, ok := lookupMetadata(md[m.filter], m.path)
+	v, ok := httpfilter.MetadataValue(md, m.filter, m.path)
 	return m.value(v, ok) != m.invert
-}
-
-func lookupMetadata(ns map[string]any, path []string) (any, bool) {
-	if ns == nil {
-		return nil, false
-	}
-	v, ok := ns[path[0]]
-	for _, k := range path[1:] {
-		if !ok {
-			return nil, false
-		}
-		m, isMap := v.(map[string]any)
-		if !isMap {
-			return nil, false
-		}
-		v, ok = m[k]
-	}
-	return v, ok
 }
