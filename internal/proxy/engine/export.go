@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -13,7 +14,9 @@ import (
 	"sync"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
+	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -52,6 +55,74 @@ type exportDest struct {
 
 // spans reports whether d takes spans (else access log records).
 func (d exportDest) spans() bool { return d.format != otlpLogsGRPC }
+
+// grpcServiceDest is where an Envoy gRPC service sends calls of method
+// path: its envoy_grpc cluster and authority, timeout and initial
+// metadata.
+func grpcServiceDest(what string, gs *corev3.GrpcService, path string) (exportDest, error) {
+	eg := gs.GetEnvoyGrpc()
+	if eg == nil || eg.GetClusterName() == "" {
+		return exportDest{}, fmt.Errorf("%s must be an envoy_grpc naming a cluster (google_grpc is not supported)", what)
+	}
+	d := exportDest{cluster: eg.GetClusterName(), path: path, host: cmp.Or(eg.GetAuthority(), eg.GetClusterName())}
+	if t := gs.GetTimeout(); t != nil {
+		if d.timeout = t.AsDuration(); d.timeout <= 0 {
+			return exportDest{}, fmt.Errorf("%s timeout must be positive", what)
+		}
+	}
+	var headers []string
+	for _, h := range gs.GetInitialMetadata() {
+		headers = append(headers, h.GetKey(), h.GetValue())
+	}
+	if err := checkHeaders(what, headers); err != nil {
+		return exportDest{}, err
+	}
+	d.headers = joinPairs(headers)
+	return d, nil
+}
+
+// httpServiceDest is where an Envoy HTTP service sends: its URI's host
+// and path (istiod writes "<host><path>" for OpenTelemetry, without a
+// scheme), cluster, timeout and request_headers_to_add.
+func httpServiceDest(what string, hs *corev3.HttpService) (exportDest, error) {
+	u := hs.GetHttpUri()
+	if u.GetCluster() == "" {
+		return exportDest{}, fmt.Errorf("%s: http_uri must name a cluster", what)
+	}
+	rest := u.GetUri()
+	if _, after, ok := strings.Cut(rest, "://"); ok {
+		rest = after
+	}
+	host, path, _ := strings.Cut(rest, "/")
+	d := exportDest{cluster: u.GetCluster(), path: "/" + path, host: cmp.Or(host, u.GetCluster())}
+	if strings.ContainsAny(d.path, "?# ") {
+		return exportDest{}, fmt.Errorf("%s: http_uri %q: want host and path", what, u.GetUri())
+	}
+	if t := u.GetTimeout(); t != nil {
+		if d.timeout = t.AsDuration(); d.timeout <= 0 {
+			return exportDest{}, fmt.Errorf("%s: http_uri timeout must be positive", what)
+		}
+	}
+	var headers []string
+	for _, h := range hs.GetRequestHeadersToAdd() {
+		headers = append(headers, h.GetHeader().GetKey(), h.GetHeader().GetValue())
+	}
+	if err := checkHeaders(what, headers); err != nil {
+		return exportDest{}, err
+	}
+	d.headers = joinPairs(headers)
+	return d, nil
+}
+
+// checkHeaders refuses name, value pairs that are not valid headers.
+func checkHeaders(what string, kv []string) error {
+	for i := 0; i+1 < len(kv); i += 2 {
+		if !httpguts.ValidHeaderFieldName(kv[i]) || !httpguts.ValidHeaderFieldValue(kv[i+1]) {
+			return fmt.Errorf("%s: header %q is not a valid header", what, kv[i])
+		}
+	}
+	return nil
+}
 
 // reporter batches what goes to one destination: *span or
 // *logspb.LogRecord items. Its goroutine ends once nothing has come for

@@ -95,25 +95,12 @@ func compileOTelLog(al *accesslogv3.AccessLog) (*otelLog, error) {
 	if cc := cfg.GetCommonConfig(); cc != nil {
 		gs, logName = cmp.Or(gs, cc.GetGrpcService()), cmp.Or(logName, cc.GetLogName())
 	}
-	eg := gs.GetEnvoyGrpc()
-	if eg == nil || eg.GetClusterName() == "" {
-		return nil, errors.New("open_telemetry: the gRPC service must be an envoy_grpc naming a cluster (google_grpc is not supported)")
-	}
-	ol := &otelLog{dest: exportDest{format: otlpLogsGRPC, cluster: eg.GetClusterName(), path: otlpLogsPath,
-		host: cmp.Or(eg.GetAuthority(), eg.GetClusterName())}}
-	if t := gs.GetTimeout(); t != nil {
-		if ol.dest.timeout = t.AsDuration(); ol.dest.timeout <= 0 {
-			return nil, errors.New("open_telemetry: grpc_service timeout must be positive")
-		}
-	}
-	var headers []string
-	for _, h := range gs.GetInitialMetadata() {
-		headers = append(headers, h.GetKey(), h.GetValue())
-	}
-	if err := checkHeaders("open_telemetry", headers); err != nil {
+	dest, err := grpcServiceDest("open_telemetry: grpc_service", gs, otlpLogsPath)
+	if err != nil {
 		return nil, err
 	}
-	ol.dest.headers = joinPairs(headers)
+	dest.format = otlpLogsGRPC
+	ol := &otelLog{dest: dest}
 	var resource []string
 	if !cfg.GetDisableBuiltinLabels() {
 		resource = append(resource, "log_name", logName)
@@ -126,7 +113,6 @@ func compileOTelLog(al *accesslogv3.AccessLog) (*otelLog, error) {
 		resource = append(resource, kv.GetKey(), s.StringValue)
 	}
 	ol.dest.resource, ol.dest.builtin = joinPairs(resource), !cfg.GetDisableBuiltinLabels()
-	var err error
 	if cfg.GetBody() != nil {
 		if ol.body, err = compileLogValue("open_telemetry: body", cfg.GetBody()); err != nil {
 			return nil, err

@@ -15,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/weftmesh/weft/internal/proxy/httpfilter"
@@ -23,7 +22,6 @@ import (
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -228,82 +226,23 @@ func (c *tracingConfig) compileOTel(tc *anypb.Any) error {
 	case oc.GetGrpcService() != nil && oc.GetHttpService() != nil:
 		return errors.New("opentelemetry: grpc_service and http_service are exclusive")
 	}
-	col := exportDest{service: cmp.Or(oc.GetServiceName(), unknownService)}
-	var headers []string
-	if gs := oc.GetGrpcService(); gs != nil {
-		eg := gs.GetEnvoyGrpc()
-		if eg == nil || eg.GetClusterName() == "" {
-			return errors.New("opentelemetry: grpc_service must be an envoy_grpc naming a cluster (google_grpc is not supported)")
-		}
-		col.format, col.cluster, col.path = otlpGRPC, eg.GetClusterName(), otlpExportPath
-		col.host = cmp.Or(eg.GetAuthority(), eg.GetClusterName())
-		if t := gs.GetTimeout(); t != nil {
-			if col.timeout = t.AsDuration(); col.timeout <= 0 {
-				return errors.New("opentelemetry: grpc_service timeout must be positive")
-			}
-		}
-		for _, h := range gs.GetInitialMetadata() {
-			headers = append(headers, h.GetKey(), h.GetValue())
-		}
-	} else if hs := oc.GetHttpService(); hs != nil {
-		dest, err := httpServiceDest("opentelemetry: http_service", hs)
-		if err != nil {
-			return err
-		}
-		dest.format, dest.service = otlpHTTP, col.service
-		c.collector = dest
-		return nil
-	} else {
+	var col exportDest
+	var err error
+	switch {
+	case oc.GetGrpcService() != nil:
+		col, err = grpcServiceDest("opentelemetry: grpc_service", oc.GetGrpcService(), otlpExportPath)
+		col.format = otlpGRPC
+	case oc.GetHttpService() != nil:
+		col, err = httpServiceDest("opentelemetry: http_service", oc.GetHttpService())
+		col.format = otlpHTTP
+	default:
 		return errors.New("opentelemetry: grpc_service or http_service is required")
 	}
-	if err := checkHeaders("opentelemetry", headers); err != nil {
+	if err != nil {
 		return err
 	}
-	col.headers = joinPairs(headers)
+	col.service = cmp.Or(oc.GetServiceName(), unknownService)
 	c.collector = col
-	return nil
-}
-
-// httpServiceDest is where an Envoy HTTP service sends: its URI's host
-// and path (istiod writes "<host><path>" for OpenTelemetry, without a
-// scheme), cluster, timeout and request_headers_to_add.
-func httpServiceDest(what string, hs *corev3.HttpService) (exportDest, error) {
-	u := hs.GetHttpUri()
-	if u.GetCluster() == "" {
-		return exportDest{}, fmt.Errorf("%s: http_uri must name a cluster", what)
-	}
-	rest := u.GetUri()
-	if _, after, ok := strings.Cut(rest, "://"); ok {
-		rest = after
-	}
-	host, path, _ := strings.Cut(rest, "/")
-	d := exportDest{cluster: u.GetCluster(), path: "/" + path, host: cmp.Or(host, u.GetCluster())}
-	if strings.ContainsAny(d.path, "?# ") {
-		return exportDest{}, fmt.Errorf("%s: http_uri %q: want host and path", what, u.GetUri())
-	}
-	if t := u.GetTimeout(); t != nil {
-		if d.timeout = t.AsDuration(); d.timeout <= 0 {
-			return exportDest{}, fmt.Errorf("%s: http_uri timeout must be positive", what)
-		}
-	}
-	var headers []string
-	for _, h := range hs.GetRequestHeadersToAdd() {
-		headers = append(headers, h.GetHeader().GetKey(), h.GetHeader().GetValue())
-	}
-	if err := checkHeaders(what, headers); err != nil {
-		return exportDest{}, err
-	}
-	d.headers = joinPairs(headers)
-	return d, nil
-}
-
-// checkHeaders refuses name, value pairs that are not valid headers.
-func checkHeaders(what string, kv []string) error {
-	for i := 0; i+1 < len(kv); i += 2 {
-		if !httpguts.ValidHeaderFieldName(kv[i]) || !httpguts.ValidHeaderFieldValue(kv[i+1]) {
-			return fmt.Errorf("%s: header %q is not a valid header", what, kv[i])
-		}
-	}
 	return nil
 }
 
