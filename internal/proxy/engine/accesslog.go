@@ -304,12 +304,7 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 	}
 	en.Metadata = ex.metadata
 	if t := &ex.trace; t.sampled && t.trace != ([16]byte{}) {
-		if t.is64() {
-			en.TraceID = hex.EncodeToString(t.trace[8:])
-		} else {
-			en.TraceID = hex.EncodeToString(t.trace[:])
-		}
-		en.SpanID = hex.EncodeToString(t.span[:])
+		en.TraceID, en.SpanID = traceHex(&t.trace), hex.EncodeToString(t.span[:])
 	}
 	for _, h := range als.headers {
 		var v string

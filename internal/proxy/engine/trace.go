@@ -115,7 +115,19 @@ func (o traceOptions) decide(h http.Header) bool {
 }
 
 // is64 reports whether t's trace id is a 64-bit one.
-func (t *traceIDs) is64() bool { return [8]byte(t.trace[:8]) == [8]byte{} }
+func (t *traceIDs) is64() bool { return is64ID(&t.trace) }
+
+// is64ID reports whether a trace id is a 64-bit one (its high half zero).
+func is64ID(id *[16]byte) bool { return [8]byte(id[:8]) == [8]byte{} }
+
+// traceHex is a trace id in hex: 16 digits for a 64-bit id, which B3 and
+// Zipkin keep that long, else 32.
+func traceHex(id *[16]byte) string {
+	if is64ID(id) {
+		return hex.EncodeToString(id[8:])
+	}
+	return hex.EncodeToString(id[:])
+}
 
 // writeTrace sets h's B3 headers to t, and with o.w3c its traceparent;
 // without, a traceparent passes through untouched, as Envoy's USE_B3.

@@ -284,14 +284,9 @@ type zipkinEndpoint struct {
 
 // zipkin is sp in Zipkin's model.
 func (sp *span) zipkin() *zipkinSpan {
-	z := &zipkinSpan{ID: hex.EncodeToString(sp.id[:]), Kind: "CLIENT", Name: sp.name,
+	z := &zipkinSpan{TraceID: traceHex(&sp.trace), ID: hex.EncodeToString(sp.id[:]), Kind: "CLIENT", Name: sp.name,
 		Timestamp: sp.start.UnixMicro(), Duration: max(sp.dur.Microseconds(), 1),
 		LocalEndpoint: sp.local, Tags: sp.tags}
-	if [8]byte(sp.trace[:8]) == ([8]byte{}) { // a 64-bit trace stays one
-		z.TraceID = hex.EncodeToString(sp.trace[8:])
-	} else {
-		z.TraceID = hex.EncodeToString(sp.trace[:])
-	}
 	if sp.parent != ([8]byte{}) {
 		z.ParentID = hex.EncodeToString(sp.parent[:])
 	}
