@@ -27,7 +27,11 @@ const (
 	textRE    = `[` + pathChars + `/]*`
 )
 
-var templateVariable = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9_]*$`)
+var (
+	templateVariable = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9_]*$`)
+	// templateLiteral is one literal character of a template.
+	templateLiteral = regexp.MustCompile(`^[` + pathChars + `/]$`)
+)
 
 func uriTemplateRule(tc *corev3.TypedExtensionConfig) (matcher, error) {
 	cfg := &uritemplatev3.UriTemplateMatchConfig{}
@@ -92,7 +96,7 @@ func compileURITemplate(t string) (*regexp.Regexp, error) {
 			}
 			b.WriteString(glob)
 			i += n
-		case c == '/' || strings.ContainsRune(`abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()+,;:@=`, rune(c)):
+		case templateLiteral.MatchString(t[i : i+1]):
 			b.WriteString(regexp.QuoteMeta(string(c)))
 			i++
 		default:
