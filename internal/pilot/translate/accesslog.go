@@ -21,7 +21,7 @@ import (
 // Access logs, as istiod configures them: file access loggers
 // (envoy.access_loggers.file) on every HTTP connection manager and
 // tcp_proxy of a sidecar's listeners, set as each is built
-// (accessLogsFor), outbound listeners being the proxy's CLIENT side and
+// (netBuilder.side), outbound listeners being the proxy's CLIENT side and
 // inbound ones its SERVER side.
 //
 // Telemetry resources decide when any applies to the proxy (or MeshConfig
@@ -52,25 +52,6 @@ const (
 	// builtinEnvoyProvider is Istio's built-in file provider.
 	builtinEnvoyProvider = "envoy"
 )
-
-// sideLogs are the access logs of the proxy's outbound (CLIENT) and
-// inbound (SERVER) connection managers and tcp_proxies.
-type sideLogs struct {
-	client, server []*accesslogv3.AccessLog
-}
-
-// accessLogsFor is the access_log an outbound or inbound connection
-// manager or tcp_proxy gets, worked out on first use and shared by every
-// filter of the side (each is marshalled as it is built).
-func (g *netBuilder) accessLogsFor(inbound bool) []*accesslogv3.AccessLog {
-	if g.logsF == nil {
-		g.logsF = &sideLogs{client: g.accessLogs(telemetry.WorkloadMode_CLIENT), server: g.accessLogs(telemetry.WorkloadMode_SERVER)}
-	}
-	if inbound {
-		return g.logsF.server
-	}
-	return g.logsF.client
-}
 
 // loggingLevel is the accessLogging of one applicable Telemetry.
 type loggingLevel struct {

@@ -191,8 +191,8 @@ func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
 			httpFilter(routerFilterName, &routerv3.Router{}),
 		},
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
-		Tracing:        g.hcmTracingFor(false),
-		AccessLog:      g.accessLogsFor(false),
+		Tracing:        g.side(false).tracing,
+		AccessLog:      g.side(false).logs,
 	}
 	g.setPathNormalization(h)
 	return &listenerv3.FilterChain{Name: "http", Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, h)}}
@@ -301,8 +301,8 @@ func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.Fi
 		ForwardClientCertDetails: hcmv3.HttpConnectionManager_APPEND_FORWARD,
 		SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
 			Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
-		Tracing:   g.hcmTracingFor(true),
-		AccessLog: g.accessLogsFor(true),
+		Tracing:   g.side(true).tracing,
+		AccessLog: g.side(true).logs,
 	}
 	g.setPathNormalization(h)
 	fc.Filters = []*listenerv3.Filter{networkFilter(hcmFilterName, h)}
@@ -467,5 +467,5 @@ func listenerFilter(name string, cfg anyMessage) *listenerv3.ListenerFilter {
 // tcpProxy proxies to one cluster, with the side's access logs.
 func (g *netBuilder) tcpProxy(inbound bool, statPrefix, cluster string) *listenerv3.Filter {
 	return networkFilter(tcpProxyFilterName, &tcpproxyv3.TcpProxy{
-		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster}, AccessLog: g.accessLogsFor(inbound)})
+		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster}, AccessLog: g.side(inbound).logs})
 }

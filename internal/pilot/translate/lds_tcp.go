@@ -322,5 +322,5 @@ func (g *netBuilder) tcpRouteFilter(vs *boundVS, routes []*networking.RouteDesti
 		wc.Clusters = append(wc.Clusters, &tcpproxyv3.TcpProxy_WeightedCluster_ClusterWeight{Name: d.cluster, Weight: w})
 	}
 	return networkFilter(tcpProxyFilterName, &tcpproxyv3.TcpProxy{
-		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxyv3.TcpProxy_WeightedClusters{WeightedClusters: wc}, AccessLog: g.accessLogsFor(false)})
+		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxyv3.TcpProxy_WeightedClusters{WeightedClusters: wc}, AccessLog: g.side(false).logs})
 }

@@ -56,10 +56,9 @@ type netBuilder struct {
 	warned  map[string]bool
 	// authzF are the inbound RBAC filters (authz), built on first use.
 	authzF *authzFilters
-	// tracingF is the connection managers' tracing, logsF their and the
-	// tcp_proxies' access logs, built on first use.
-	tracingF *sideTracings
-	logsF    *sideLogs
+	// sidesF is the outbound and inbound sides' tracing and access logs,
+	// built on first use (side).
+	sidesF *[2]sideTelemetry
 }
 
 // newNetBuilder prepares LDS/RDS for b's proxy: services by hostname and

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -45,23 +46,28 @@ const (
 	defaultOTLPTimeout = 5 * time.Second
 )
 
-// sideTracings are the tracing of the proxy's outbound (CLIENT) and
-// inbound (SERVER) connection managers; nil when a side has none.
-type sideTracings struct {
-	client, server *hcmv3.HttpConnectionManager_Tracing
+// sideTelemetry is what one side of the proxy, outbound (CLIENT) or
+// inbound (SERVER), puts on every connection manager and tcp_proxy it
+// builds: tracing (nil: none; connection managers only) and access logs.
+type sideTelemetry struct {
+	tracing *hcmv3.HttpConnectionManager_Tracing
+	logs    []*accesslogv3.AccessLog
 }
 
-// hcmTracingFor is the tracing an outbound or inbound connection manager
-// gets, worked out on first use and shared by every manager of the side
-// (each is marshalled as it is built).
-func (g *netBuilder) hcmTracingFor(inbound bool) *hcmv3.HttpConnectionManager_Tracing {
-	if g.tracingF == nil {
-		g.tracingF = &sideTracings{client: g.tracing(telemetry.WorkloadMode_CLIENT), server: g.tracing(telemetry.WorkloadMode_SERVER)}
+// side is the outbound or inbound side's telemetry, worked out on first
+// use and shared by every filter of the side (each is marshalled as it
+// is built).
+func (g *netBuilder) side(inbound bool) *sideTelemetry {
+	if g.sidesF == nil {
+		g.sidesF = &[2]sideTelemetry{
+			{g.tracing(telemetry.WorkloadMode_CLIENT), g.accessLogs(telemetry.WorkloadMode_CLIENT)},
+			{g.tracing(telemetry.WorkloadMode_SERVER), g.accessLogs(telemetry.WorkloadMode_SERVER)},
+		}
 	}
 	if inbound {
-		return g.tracingF.server
+		return &g.sidesF[1]
 	}
-	return g.tracingF.client
+	return &g.sidesF[0]
 }
 
 // tracing computes one side's connection manager tracing (nil: none).
