@@ -106,8 +106,8 @@ extensionProviders:
 // defaultConfig.tracing (sampling, zipkin address) — over its defaults,
 // and the errors that leave the mesh as it was.
 func TestParseMeshConfigTracing(t *testing.T) {
-	if d := DefaultMesh().Tracing; !d.Enabled || d.Sampling != 1 || d.ZipkinAddress != "zipkin.istio-system:9411" {
-		t.Errorf("default tracing %+v, want Istio's: enabled, 1 %%, zipkin.istio-system:9411", d)
+	if d := DefaultMesh().Tracing; !d.Enabled || d.Sampling != 1 || d.ZipkinAddress != "" {
+		t.Errorf("default tracing %+v, want Istio's since 1.22: enabled, 1 %%, no zipkin address", d)
 	}
 	m, warnings, err := ParseMeshConfig([]byte(`
 enableTracing: true

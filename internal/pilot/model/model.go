@@ -66,13 +66,15 @@ type Mesh struct {
 // Tracing is MeshConfig's tracing settings.
 type Tracing struct {
 	// Enabled is enableTracing (Istio's default true): without a
-	// Telemetry or default provider, sidecars report to ZipkinAddress.
+	// Telemetry or default provider, sidecars report to ZipkinAddress
+	// when it is set.
 	Enabled bool
 	// Sampling is defaultConfig.tracing.sampling, the percentage of new
 	// traces sampled (Istio's default 1).
 	Sampling float64
-	// ZipkinAddress is defaultConfig.tracing.zipkin.address, host:port
-	// (Istio's default "zipkin.istio-system:9411").
+	// ZipkinAddress is defaultConfig.tracing.zipkin.address, host:port;
+	// "" (Istio's default since 1.22, which dropped
+	// "zipkin.istio-system:9411"): no tracer.
 	ZipkinAddress string
 	// Providers are the zipkin and opentelemetry extensionProviders, by
 	// name.
@@ -192,7 +194,7 @@ func DefaultMesh() Mesh {
 	return Mesh{RootNamespace: "istio-system", TrustDomain: "cluster.local", DomainSuffix: "svc.cluster.local",
 		OutboundTrafficPolicyAllowAny: true, ConnectTimeout: 10 * time.Second,
 		EnableAutoMTLS: true, PathNormalization: PathNormalizationBase,
-		Tracing: Tracing{Enabled: true, Sampling: 1, ZipkinAddress: "zipkin.istio-system:9411"}}
+		Tracing: Tracing{Enabled: true, Sampling: 1}}
 }
 
 // Snapshot is config plus registry at one moment. Immutable.

@@ -31,12 +31,15 @@ import (
 // (merged root, namespace, workload as for access logs; match.mode limits
 // an entry to CLIENT or SERVER), else MeshConfig defaultProviders.tracing,
 // else — with enableTracing, Istio's default — defaultConfig.tracing's
-// zipkin address (zipkin.istio-system:9411 unless set). Sampling is the
-// Telemetry's randomSamplingPercentage, else defaultConfig.tracing.sampling
-// (1 %). disableSpanReporting turns reporting off. A collector service the
-// proxy cannot see leaves tracing off (with a warning for a named
-// provider; Istio's default address names a collector most meshes do not
-// run); the proxy then only propagates trace headers.
+// zipkin address. Since Istio 1.22 there is no default address, so a mesh
+// that names no tracer gets none: its sidecars neither report spans nor
+// touch trace headers. Sampling is the Telemetry's
+// randomSamplingPercentage, else defaultConfig.tracing.sampling (1 %).
+// disableSpanReporting turns reporting off. A named provider's collector
+// service the proxy cannot see leaves tracing off, with a warning, as
+// istiod does. A zipkin.address the proxy cannot see still gets its
+// tracer, as Istio's bootstrap tracer does: trace headers are written and
+// spans are dropped (weft_tracing_spans_dropped_total).
 
 const (
 	zipkinTracer = "envoy.tracers.zipkin"
@@ -137,13 +140,15 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 		return nil
 	}
 	svc := g.collectorService(host, port)
-	if svc == "" {
-		// Istio's default address names a collector most meshes do not
-		// run: only a provider someone chose is worth a warning.
-		if len(providers) > 0 {
-			g.warnOnce("tracing: provider %q: no service %s with port %d is visible to this proxy; spans are not reported", providers[0], host, port)
-		}
+	switch {
+	case svc != "":
+	case len(providers) > 0:
+		g.warnOnce("tracing: provider %q: no service %s with port %d is visible to this proxy; spans are not reported", providers[0], host, port)
 		return nil
+	default:
+		g.warnOnce("tracing: defaultConfig.tracing.zipkin.address %s: no service %s with port %d is visible to this proxy; "+
+			"it propagates trace headers and drops its spans", mt.ZipkinAddress, host, port)
+		svc = host
 	}
 	if sampling < 0 {
 		sampling = mt.Sampling

@@ -149,6 +149,9 @@ func TestTracingPrecedence(t *testing.T) {
 		"otel-http": {OTel: true, OTLPHTTP: true, Service: "otel-collector.observability.svc.cluster.local", Port: 4318, Path: "/v1/traces",
 			Headers: []model.Header{{Name: "Authorization", Value: "Bearer x"}}},
 	}
+	// legacy is defaultConfig.tracing.zipkin.address as Istio's add-on
+	// names the collector (Istio's default before 1.22).
+	legacy := func(m *model.Tracing) { m.ZipkinAddress = "zipkin.istio-system:9411" }
 	const otelGRPC = "otlp/grpc outbound|4317||otel-collector.observability.svc.cluster.local otel-collector.observability.svc.cluster.local a.default 3s"
 	const otelHTTP = "otlp/http outbound|4318||otel-collector.observability.svc.cluster.local otel-collector.observability.svc.cluster.local/v1/traces a.default 5s"
 	for name, tc := range map[string]struct {
@@ -158,10 +161,14 @@ func TestTracingPrecedence(t *testing.T) {
 		client, server string
 		warning        string
 	}{
-		"istio default, zipkin installed": {client: zipkin + " 1% []", server: zipkin + " 1% []"},
-		"istio default, no zipkin":        {noZipkin: true},
-		"enableTracing false":             {tracing: func(m *model.Tracing) { m.Enabled = false }},
-		"mesh sampling": {tracing: func(m *model.Tracing) { m.Sampling = 25 },
+		// Istio 1.22 dropped the default zipkin.istio-system:9411.
+		"istio default, zipkin installed":  {},
+		"zipkin address, zipkin installed": {tracing: legacy, client: zipkin + " 1% []", server: zipkin + " 1% []"},
+		"zipkin address, no zipkin": {tracing: legacy, noZipkin: true,
+			client: "outbound|9411||zipkin.istio-system 1% []", server: "outbound|9411||zipkin.istio-system 1% []",
+			warning: "zipkin.address zipkin.istio-system:9411: no service zipkin.istio-system with port 9411 is visible to this proxy; it propagates trace headers and drops its spans"},
+		"enableTracing false": {tracing: func(m *model.Tracing) { legacy(m); m.Enabled = false }},
+		"mesh sampling": {tracing: func(m *model.Tracing) { legacy(m); m.Sampling = 25 },
 			client: zipkin + " 25% []", server: zipkin + " 25% []"},
 		"default provider": {tracing: func(m *model.Tracing) { m.Providers = providers; m.DefaultProviders = []string{"jaeger"} },
 			client: jaeger + " 1% []", server: jaeger + " 1% []"},
@@ -184,12 +191,12 @@ func TestTracingPrecedence(t *testing.T) {
 				tel("istio-system", "mesh", `{"tracing": [{"providers": [{"name": "jaeger"}], "randomSamplingPercentage": 10}]}`),
 				tel("default", "ns", `{"tracing": [{"randomSamplingPercentage": 50}]}`)},
 			client: jaeger + " 50% []", server: jaeger + " 50% []"},
-		"workload disables reporting": {configs: []*model.Config{
+		"workload disables reporting": {tracing: legacy, configs: []*model.Config{
 			tel("default", "wl", `{"selector": {"matchLabels": {"app": "a"}}, "tracing": [{"disableSpanReporting": true}]}`)}},
-		"client side only": {configs: []*model.Config{
+		"client side only": {tracing: legacy, configs: []*model.Config{
 			tel("istio-system", "mesh", `{"tracing": [{"match": {"mode": "SERVER"}, "disableSpanReporting": true}]}`)},
 			client: zipkin + " 1% []"},
-		"sampling out of range": {configs: []*model.Config{tel("default", "ns", `{"tracing": [{"randomSamplingPercentage": 250}]}`)},
+		"sampling out of range": {tracing: legacy, configs: []*model.Config{tel("default", "ns", `{"tracing": [{"randomSamplingPercentage": 250}]}`)},
 			client: zipkin + " 1% []", server: zipkin + " 1% []", warning: "randomSamplingPercentage 250 is not in [0, 100]"},
 		"unknown provider": {configs: []*model.Config{tel("default", "ns", `{"tracing": [{"providers": [{"name": "otel"}]}]}`)},
 			warning: `tracing: provider "otel" is not a zipkin or opentelemetry extensionProvider`},

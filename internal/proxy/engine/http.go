@@ -273,7 +273,11 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	removeHopHeaders(r.Header)
 	forwardedHeaders(r, cc)
 	clientCertHeader(r, cc)
-	ex.trace = propagateTrace(r.Header, cc.chain.tracing.traceOptions(ex.inbound(cc)))
+	if tc := cc.chain.tracing; tc != nil {
+		// Without a tracer (Envoy's null one) trace headers pass through
+		// untouched.
+		ex.trace = propagateTrace(r.Header, tc.traceOptions(ex.inbound(cc)))
+	}
 	rte.ApplyRequestHeaders(r.Header, wc)
 	target := upstreamTarget(r.URL, path, req.Path)
 	target.Scheme = upstreamScheme(c)

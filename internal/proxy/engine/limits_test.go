@@ -158,20 +158,23 @@ func TestHeaderCountLimit(t *testing.T) {
 
 // TestTraceContextCrossesTheSidecar: the upstream sees the caller's trace
 // continued — same trace id, a new span whose parent is the caller's.
-// Without tracing config or with the Zipkin tracer's default USE_B3 that
-// is B3 only, and a W3C traceparent passes through untouched, as in
-// Envoy; with USE_B3_WITH_W3C_PROPAGATION the traceparent is read and
-// both forms are written.
+// With the Zipkin tracer's default USE_B3 that is B3 only, and a W3C
+// traceparent passes through untouched, as in Envoy; with
+// USE_B3_WITH_W3C_PROPAGATION the traceparent is read and both forms are
+// written. Without a tracer (Istio's default since 1.22) the sidecar
+// neither starts nor continues a trace: what the caller sent arrives
+// unchanged, and a request without trace headers gets none.
 func TestTraceContextCrossesTheSidecar(t *testing.T) {
 	seen := make(chan http.Header, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen <- r.Header.Clone() }))
 	t.Cleanup(srv.Close)
 	backend := netip.MustParseAddrPort(srv.Listener.Addr().String())
-	plain, w3c := freeAddr(t), freeAddr(t)
+	none, b3, w3c := freeAddr(t), freeAddr(t), freeAddr(t)
 	e := New(slog.New(slog.DiscardHandler), Options{})
 	t.Cleanup(e.shutdown)
+	withB3 := withTracing(t, httpListener("b3", b3, "backend", nil), hcmTracing(1, false))
 	withW3C := withTracing(t, httpListener("w3c", w3c, "backend", nil), w3cTracing(hcmTracing(1, false)))
-	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"out": httpListener("out", plain, "backend", nil), "w3c": withW3C},
+	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"none": httpListener("none", none, "backend", nil), "b3": withB3, "w3c": withW3C},
 		Clusters: map[string]*clusterv3.Cluster{"backend": staticCluster("backend", backend, false), zipkinCluster: staticCluster(zipkinCluster, backend, false)}}); err != nil {
 		t.Fatal(err)
 	}
@@ -197,14 +200,26 @@ func TestTraceContextCrossesTheSidecar(t *testing.T) {
 		t.Fatalf("W3C propagation: upstream trace headers: traceparent %q, b3 %q/%q/%q", tp, h.Get("X-B3-Traceid"), h.Get("X-B3-Spanid"), h.Get("X-B3-Parentspanid"))
 	}
 
-	h = send(plain, "Traceparent", parent)
+	h = send(b3, "Traceparent", parent)
 	if h.Get("Traceparent") != parent || len(h.Get("X-B3-Traceid")) != 32 || h.Get("X-B3-Traceid") == "0af7651916cd43dd8448eb211c80319c" || h.Get("X-B3-Parentspanid") != "" {
 		t.Fatalf("B3 only: a traceparent is neither read nor rewritten: %v", h)
 	}
-	h = send(plain, "X-B3-Traceid", "0af7651916cd43dd8448eb211c80319c", "X-B3-Spanid", "b7ad6b7169203331", "X-B3-Sampled", "1")
+	h = send(b3, "X-B3-Traceid", "0af7651916cd43dd8448eb211c80319c", "X-B3-Spanid", "b7ad6b7169203331", "X-B3-Sampled", "1")
 	if h.Get("X-B3-Traceid") != "0af7651916cd43dd8448eb211c80319c" || h.Get("X-B3-Parentspanid") != "b7ad6b7169203331" ||
 		h.Get("X-B3-Spanid") == "b7ad6b7169203331" || h.Get("X-B3-Sampled") != "1" || h.Get("Traceparent") != "" {
 		t.Fatalf("B3 only: upstream trace headers %v", h)
+	}
+
+	h = send(none)
+	for k := range h {
+		if k := strings.ToLower(k); strings.HasPrefix(k, "x-b3-") || k == "b3" || k == "traceparent" || k == "tracestate" {
+			t.Fatalf("no tracer: the upstream got trace header %s (%v)", k, h)
+		}
+	}
+	h = send(none, "X-B3-Traceid", "0af7651916cd43dd8448eb211c80319c", "X-B3-Spanid", "b7ad6b7169203331", "Traceparent", parent)
+	if h.Get("X-B3-Traceid") != "0af7651916cd43dd8448eb211c80319c" || h.Get("X-B3-Spanid") != "b7ad6b7169203331" ||
+		h.Get("X-B3-Parentspanid") != "" || h.Get("X-B3-Sampled") != "" || h.Get("Traceparent") != parent {
+		t.Fatalf("no tracer: trace headers changed on the way: %v", h)
 	}
 }
 

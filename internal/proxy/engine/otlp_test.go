@@ -235,7 +235,9 @@ func TestOTelAccessLog(t *testing.T) {
 		als = "outbound|4317||otel-collector.observability.svc.cluster.local"
 	)
 	addr := freeAddr(t)
-	l := withAccessLogs(httpListener("out", addr, svc, nil),
+	// A Zipkin tracer (its collector absent) continues the callers'
+	// traces, so a sampled request's record carries its ids.
+	l := withAccessLogs(withTracing(t, httpListener("out", addr, svc, nil), hcmTracing(0, false)),
 		inCommonConfig(otelLogProto(als, "otel_envoy_accesslog", "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %TRACE_ID%", true,
 			"code", "%RESPONSE_CODE%", "tenant", "%REQ(X-TENANT)%")),
 		withFilter(otelLogProto(als, "errors", "", false, "flags", "%RESPONSE_FLAGS%"), fileLogProto("/dev/null", "", nil, "response.code >= 500").GetFilter()))

@@ -11,20 +11,19 @@ import (
 // its Zipkin tracer: every hop is a span. A request that carries B3
 // headers keeps its trace id and gets a new span id whose parent is the
 // incoming span. A request without a trace starts one, sampled at the
-// connection manager's random_sampling (without tracing config at
-// defaultTraceSampling, Istio's default 1 %), or as Envoy's other two
-// ways to initiate a trace say: at client_sampling with
-// x-client-trace-id, always with x-envoy-force-trace from the sidecar's
-// own application. By default only B3 is read and written (the tracer's
-// trace_context_option USE_B3); with USE_B3_WITH_W3C_PROPAGATION a W3C
-// traceparent is read when B3 is absent, and written beside B3, so
-// applications using either library join the same trace. With its
-// OpenTelemetry tracer Envoy reads and writes only traceparent, and B3
-// headers pass through untouched. Spans are reported when the connection
-// manager configures a tracer (tracing.go).
-
-// defaultTraceSampling is Istio's default sampling rate for new traces.
-const defaultTraceSampling = 0.01
+// connection manager's random_sampling, or as Envoy's other two ways to
+// initiate a trace say: at client_sampling with x-client-trace-id, always
+// with x-envoy-force-trace from the sidecar's own application. By default
+// only B3 is read and written (the tracer's trace_context_option
+// USE_B3); with USE_B3_WITH_W3C_PROPAGATION a W3C traceparent is read
+// when B3 is absent, and written beside B3, so applications using either
+// library join the same trace. With its OpenTelemetry tracer Envoy reads
+// and writes only traceparent, and B3 headers pass through untouched.
+// Spans are reported to the connection manager's tracer (tracing.go).
+// A connection manager without a tracer — Istio's default since 1.22,
+// which no longer points every proxy at zipkin.istio-system — neither
+// reads nor writes trace headers: they pass through untouched, as with
+// Envoy's null tracer.
 
 // traceOptions are how one hop reads and writes trace context.
 type traceOptions struct {

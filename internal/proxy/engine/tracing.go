@@ -74,13 +74,9 @@ type tracingConfig struct {
 	tags       []customTag
 }
 
-// traceOptions are how a chain with tracing c (nil: none, as Istio's
-// default Zipkin tracer without a collector) reads and writes trace
+// traceOptions are how a chain with tracing c reads and writes trace
 // context; inbound: on the destination's side (a server span).
 func (c *tracingConfig) traceOptions(inbound bool) traceOptions {
-	if c == nil {
-		return traceOptions{sampling: defaultTraceSampling, client: 1, force: !inbound}
-	}
 	return traceOptions{sampling: c.sampling, client: c.client, force: !inbound,
 		shared: c.sharedSpanContext && inbound, w3c: c.w3c, id64: c.id64, otel: c.collector.format != zipkinJSON}
 }

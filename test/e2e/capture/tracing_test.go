@@ -18,7 +18,7 @@ import (
 // sidecar's SERVER span under it — and a request httpbin's sidecar denies
 // (RBAC, 403) is a SERVER span too.
 func TestMeshTracing(t *testing.T) {
-	ns, weft := authzMesh(t, "weft-trace", "enableTracing: true\ndefaultConfig:\n  tracing:\n    sampling: 100.0\n")
+	ns, weft := authzMesh(t, "weft-trace", "enableTracing: true\ndefaultConfig:\n  tracing:\n    sampling: 100.0\n    zipkin: {address: zipkin.istio-system:9411}\n")
 	var col zipkintest.Collector
 	var ln net.Listener
 	inNetns(t, ns["cp"], func() (err error) {

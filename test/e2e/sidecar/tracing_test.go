@@ -27,7 +27,7 @@ type tracedPair struct {
 }
 
 // seenTrace is the trace context app B received.
-type seenTrace struct{ trace, sampled, parent, traceparent string }
+type seenTrace struct{ trace, span, sampled, parent, traceparent string }
 
 // startTracedPair starts the pair with mesh config meshYAML and a
 // Zipkin collector.
@@ -60,7 +60,7 @@ func (p *tracedPair) start(meshYAML, extra string) {
 	t := p.t
 	p.client, p.appSaw = &http.Client{Timeout: 10 * time.Second}, make(chan seenTrace, 16)
 	backend := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p.appSaw <- seenTrace{r.Header.Get("X-B3-Traceid"), r.Header.Get("X-B3-Sampled"), r.Header.Get("X-B3-Parentspanid"), r.Header.Get("Traceparent")}
+		p.appSaw <- seenTrace{r.Header.Get("X-B3-Traceid"), r.Header.Get("X-B3-Spanid"), r.Header.Get("X-B3-Sampled"), r.Header.Get("X-B3-Parentspanid"), r.Header.Get("Traceparent")}
 		_, _ = io.WriteString(w, "ok")
 	})})
 	meshConfig := filepath.Join(t.TempDir(), "mesh.yaml")
@@ -128,18 +128,21 @@ func (p *tracedPair) spansOf(trace string) []zipkintest.Span {
 	return mine
 }
 
-// TestTracingSpans: tracing set up the way the installation guide does
-// (meshConfig.enableTracing with defaultConfig.tracing.sampling: 100).
+// TestTracingSpans: tracing set up the way the installation guide did
+// before Istio 1.22 (meshConfig.enableTracing with
+// defaultConfig.tracing.sampling: 100 and the zipkin address that was
+// then the default).
 // Requests from app A cross both sidecars; sidecar A reports one CLIENT
 // span per request, as Zipkin v2 JSON, to the collector, and app B
 // receives the same trace, in B3 headers only, with A's span as its
-// parent. (Sidecar B calls nothing in this pair, so it sees no collector
-// and only propagates; the engine tests cover SERVER spans.)
+// parent. (Sidecar B calls nothing in this pair, so it sees no collector:
+// it propagates and drops its spans; the engine tests cover SERVER spans.)
 func TestTracingSpans(t *testing.T) {
 	p := startTracedPair(t, `enableTracing: true
 defaultConfig:
   tracing:
     sampling: 100.0
+    zipkin: {address: zipkin.istio-system:9411}
 `)
 	last := p.lastSeen()
 	// Istio's Zipkin tracer by default (traceContextOption USE_B3):
@@ -183,10 +186,12 @@ defaultConfig:
 			t.Fatal(err)
 		}
 	}
+	// Sidecar B sees no collector (its Sidecar resource hides it), so
+	// it has no tracer and passes sidecar A's headers on untouched.
 	last := p.lastSeen()
-	if last.trace != trace || last.sampled != "1" || len(last.parent) != 16 || last.parent == caller ||
-		last.traceparent != "00-"+trace+"-"+last.parent+"-01" {
-		t.Fatalf("app B saw %+v: want trace %s in B3 and W3C, under sidecar A's span", last, trace)
+	if last.trace != trace || last.sampled != "1" || last.parent != caller || len(last.span) != 16 || last.span == caller ||
+		last.traceparent != "00-"+trace+"-"+last.span+"-01" {
+		t.Fatalf("app B saw %+v: want trace %s in B3 and W3C, in sidecar A's span under the caller's", last, trace)
 	}
 	for _, s := range p.spansOf(trace) {
 		if s.Kind != "CLIENT" || s.ParentID != caller {
@@ -226,12 +231,10 @@ spec:
 		}
 	}
 	// Sidecar B sees no collector (its Sidecar resource hides it), so it
-	// propagates B3 as Istio's default Zipkin tracer does: the B3 parent
-	// app B sees is the span id sidecar B received, the caller's one if
-	// sidecar A left the B3 headers alone. Sidecar B leaves the
-	// traceparent alone.
+	// has no tracer and passes every trace header on untouched: app B
+	// sees the caller's B3 headers if sidecar A left them alone.
 	last := p.lastSeen()
-	if last.trace != b3 || last.sampled != "0" || last.parent != caller || len(last.traceparent) != 55 ||
+	if last.trace != b3 || last.sampled != "0" || last.span != caller || last.parent != "" || len(last.traceparent) != 55 ||
 		last.traceparent[:36] != "00-"+trace+"-" || last.traceparent[36:52] == caller || last.traceparent[52:] != "-01" {
 		t.Fatalf("app B saw %+v: want the caller's B3 headers untouched and trace %s in a traceparent under sidecar A's span", last, trace)
 	}
