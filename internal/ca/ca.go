@@ -27,10 +27,12 @@ import (
 	"log/slog"
 	"math/big"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/weftmesh/weft/internal/resource"
 	"github.com/weftmesh/weft/internal/store"
 )
 
@@ -77,6 +79,12 @@ var (
 type Options struct {
 	// TrustDomain is the SPIFFE trust domain. Default "cluster.local".
 	TrustDomain string
+	// TrustDomainAliases are earlier trust domains of the mesh
+	// (meshConfig.trustDomainAliases): a workload certificate from one
+	// of them still authenticates its workload — to renew it, in the
+	// new trust domain, and to the discovery service — during a
+	// migration.
+	TrustDomainAliases []string
 	// WorkloadTTL is the lifetime of a workload certificate when the
 	// request names none. Default 24h.
 	WorkloadTTL time.Duration
@@ -209,19 +217,6 @@ func dnsChars(s string, dots bool) bool {
 	return true
 }
 
-func validTrustDomain(td string) bool {
-	if len(td) == 0 || len(td) > 255 {
-		return false
-	}
-	for i := 0; i < len(td); i++ {
-		c := td[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
-}
-
 // signingCA is the certificate and key that sign workload certificates,
 // with the chain above it. It never changes after New.
 type signingCA struct {
@@ -287,8 +282,13 @@ func New(ctx context.Context, st Store, opts Options, log *slog.Logger) (*Author
 		log = slog.New(slog.DiscardHandler)
 	}
 	opts = opts.withDefaults()
-	if !validTrustDomain(opts.TrustDomain) {
+	if !resource.ValidTrustDomain(opts.TrustDomain) {
 		return nil, fmt.Errorf("ca: invalid trust domain %q: use lowercase letters, digits, '.', '-' and '_'", opts.TrustDomain)
+	}
+	for _, td := range opts.TrustDomainAliases {
+		if !resource.ValidTrustDomain(td) {
+			return nil, fmt.Errorf("ca: invalid trust domain alias %q: use lowercase letters, digits, '.', '-' and '_'", td)
+		}
 	}
 	a := &Authority{opts: opts, st: st, log: log, bundleUpdates: make(chan struct{}, 1)}
 	sca, err := loadCACerts(opts.CACertsDir, opts.Clock())
@@ -455,7 +455,7 @@ func serialNumber() (*big.Int, error) {
 // IdentityFromCertificate verifies that chain (leaf first, as presented
 // by a TLS peer) is a current workload certificate chaining to the trust
 // bundle, and returns the identity of its SPIFFE URI. The trust domain
-// must be this Authority's.
+// must be this Authority's, or one of its aliases.
 func (a *Authority) IdentityFromCertificate(chain []*x509.Certificate) (Identity, error) {
 	if len(chain) == 0 {
 		return Identity{}, errors.New("no client certificate")
@@ -482,7 +482,11 @@ func (a *Authority) IdentityFromCertificate(chain []*x509.Certificate) (Identity
 	if err != nil {
 		return Identity{}, err
 	}
-	if td != a.opts.TrustDomain {
+	if td != a.opts.TrustDomain && !slices.Contains(a.opts.TrustDomainAliases, td) {
+		if len(a.opts.TrustDomainAliases) > 0 {
+			return Identity{}, fmt.Errorf("client certificate is for trust domain %q, this CA serves %q (aliases %s)", td, a.opts.TrustDomain,
+				strings.Join(a.opts.TrustDomainAliases, ", "))
+		}
 		return Identity{}, fmt.Errorf("client certificate is for trust domain %q, this CA serves %q", td, a.opts.TrustDomain)
 	}
 	return id, nil

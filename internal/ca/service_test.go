@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -276,4 +277,41 @@ func counterValue(t *testing.T, reg *prometheus.Registry, method, result string)
 		}
 	}
 	return 0
+}
+
+// TestRenewalFromTrustDomainAlias: during a trust domain migration
+// (meshConfig.trustDomainAliases), a workload certificate this CA issued
+// in the earlier trust domain still authenticates its workload, and
+// renewing it gives a certificate in the CA's trust domain. A CA without
+// the alias refuses it.
+func TestRenewalFromTrustDomainAlias(t *testing.T) {
+	a, _, _ := newAuthority(t, Options{TrustDomain: "new.example", TrustDomainAliases: []string{"old.example"}})
+	old := &Authority{opts: a.opts, ca: a.ca}
+	old.opts.TrustDomain = "old.example"
+	key := newKey(t)
+	chain, err := old.Sign(forgedCSR(t, key), Identity{"bookinfo", "ratings-sa"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := a.IdentityFromCertificate(parseChain(t, chain)); err != nil || id != (Identity{"bookinfo", "ratings-sa"}) {
+		t.Fatalf("IdentityFromCertificate(alias) = %+v, %v", id, err)
+	}
+	env := startService(t, a, nil, nil)
+	resp, err := env.client(t, tlsCert(t, chain, key)).CreateCertificate(context.Background(), &securitypb.IstioCertificateRequest{Csr: string(forgedCSR(t, newKey(t)))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantOnlyIdentity(t, verifyLeaf(t, a, resp.CertChain), "new.example", Identity{"bookinfo", "ratings-sa"})
+
+	strict := &Authority{opts: a.opts, ca: a.ca}
+	strict.opts.TrustDomainAliases = nil
+	strict.swapBundle(nil, 0)
+	if _, err := strict.IdentityFromCertificate(parseChain(t, chain)); err == nil || !strings.Contains(err.Error(), `trust domain "old.example", this CA serves "new.example"`) {
+		t.Fatalf("IdentityFromCertificate(alias) without the alias: err = %v", err)
+	}
+	dir := t.TempDir()
+	bad := Options{TrustDomainAliases: []string{"Old.Example"}, KEKFile: filepath.Join(dir, KEKFileName)}
+	if _, err := New(context.Background(), openStore(t, dir), bad, quiet); err == nil || !strings.Contains(err.Error(), `invalid trust domain alias "Old.Example"`) {
+		t.Errorf("an invalid trust domain alias: err = %v", err)
+	}
 }

@@ -391,3 +391,17 @@ func checkTelemetry(es *FieldErrors, tm *telemetry.Telemetry) {
 		}
 	}
 }
+
+// ValidTrustDomain reports whether td is a SPIFFE trust domain name:
+// lowercase letters, digits, '.', '-' and '_', at most 255 bytes.
+func ValidTrustDomain(td string) bool {
+	if len(td) == 0 || len(td) > 255 {
+		return false
+	}
+	for _, c := range []byte(td) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}

@@ -3,11 +3,14 @@ package model
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/weftmesh/weft/internal/resource"
 	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -19,7 +22,7 @@ import (
 // meshConfigFields are the MeshConfig fields weft uses; others are
 // reported as warnings.
 var meshConfigFields = map[string]bool{
-	"rootNamespace": true, "trustDomain": true, "outboundTrafficPolicy": true,
+	"rootNamespace": true, "trustDomain": true, "trustDomainAliases": true, "outboundTrafficPolicy": true,
 	"connectTimeout": true, "enableAutoMtls": true, "pathNormalization": true,
 	"accessLogFile": true, "accessLogEncoding": true, "accessLogFormat": true, "extensionProviders": true,
 	"defaultProviders": true, "enableTracing": true, "defaultConfig": true,
@@ -68,6 +71,14 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 	js, _ = json.Marshal(used)
 	mc := &meshv1.MeshConfig{}
 	if err := protojson.Unmarshal(js, mc); err != nil {
+		// Name the field: protojson's own message points into the JSON
+		// it was given, not into the operator's YAML.
+		for _, k := range slices.Sorted(maps.Keys(used)) {
+			one, _ := json.Marshal(map[string]json.RawMessage{k: used[k]})
+			if ferr := protojson.Unmarshal(one, &meshv1.MeshConfig{}); ferr != nil {
+				return base, warnings, fmt.Errorf("mesh config: %s: %w", k, ferr)
+			}
+		}
 		return base, warnings, fmt.Errorf("mesh config: %w", err)
 	}
 	m := base
@@ -76,7 +87,21 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 	}
 	if _, ok := used["trustDomain"]; ok {
 		m.TrustDomain = mc.GetTrustDomain()
+		if !resource.ValidTrustDomain(m.TrustDomain) {
+			return base, warnings, fmt.Errorf("mesh config: trustDomain %q: use lowercase letters, digits, '.', '-' and '_'", m.TrustDomain)
+		}
 	}
+	if _, ok := used["trustDomainAliases"]; ok {
+		m.TrustDomainAliases = nil
+		for _, a := range mc.GetTrustDomainAliases() {
+			if !resource.ValidTrustDomain(a) {
+				return base, warnings, fmt.Errorf("mesh config: trustDomainAliases: %q: use lowercase letters, digits, '.', '-' and '_'", a)
+			}
+			m.TrustDomainAliases = append(m.TrustDomainAliases, a)
+		}
+	}
+	m.TrustDomainAliases = slices.DeleteFunc(slices.Compact(slices.Sorted(slices.Values(m.TrustDomainAliases))),
+		func(a string) bool { return a == m.TrustDomain })
 	if _, ok := used["outboundTrafficPolicy"]; ok {
 		m.OutboundTrafficPolicyAllowAny = mc.GetOutboundTrafficPolicy().GetMode() == meshv1.MeshConfig_OutboundTrafficPolicy_ALLOW_ANY
 	}

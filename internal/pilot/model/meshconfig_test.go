@@ -217,3 +217,38 @@ func FuzzParseMeshConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestParseMeshConfigTrustDomains: trustDomain and trustDomainAliases
+// (sorted, without duplicates or the trust domain itself); a name that
+// is not a SPIFFE trust domain is an error that leaves the mesh as it
+// was.
+func TestParseMeshConfigTrustDomains(t *testing.T) {
+	m, warnings, err := ParseMeshConfig([]byte(`
+trustDomain: new.example
+trustDomainAliases: [old.example, cluster.local, old.example, new.example]
+`), DefaultMesh())
+	if err != nil || len(warnings) != 0 {
+		t.Fatalf("%v %q", err, warnings)
+	}
+	if m.TrustDomain != "new.example" || !slices.Equal(m.TrustDomainAliases, []string{"cluster.local", "old.example"}) {
+		t.Errorf("trust domain %q, aliases %q", m.TrustDomain, m.TrustDomainAliases)
+	}
+	if d := DefaultMesh(); d.TrustDomain != "cluster.local" || d.TrustDomainAliases != nil {
+		t.Errorf("default trust domain %q, aliases %q", d.TrustDomain, d.TrustDomainAliases)
+	}
+	for doc, want := range map[string]string{
+		"trustDomain: Example.org":          `trustDomain "Example.org"`,
+		"trustDomain: ''":                   `trustDomain ""`,
+		"trustDomainAliases: [old/example]": `trustDomainAliases: "old/example"`,
+		"trustDomainAliases: ['*.example']": `trustDomainAliases: "*.example"`,
+		"trustDomainAliases: {a: b}":        "trustDomainAliases",
+	} {
+		got, _, err := ParseMeshConfig([]byte(doc), m)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err %v, want one naming %s", doc, err, want)
+		}
+		if got.TrustDomain != m.TrustDomain || !slices.Equal(got.TrustDomainAliases, m.TrustDomainAliases) {
+			t.Errorf("%s: the mesh changed: %q %q", doc, got.TrustDomain, got.TrustDomainAliases)
+		}
+	}
+}

@@ -39,6 +39,12 @@ type Mesh struct {
 	RootNamespace string
 	// TrustDomain of SPIFFE identities. Default "cluster.local".
 	TrustDomain string
+	// TrustDomainAliases are trust domains whose identities are the same
+	// workloads' as TrustDomain's (meshConfig.trustDomainAliases, for a
+	// trust domain migration): authorization principals and the
+	// identities a client accepts from a server cover them all. Sorted,
+	// without TrustDomain.
+	TrustDomainAliases []string
 	// DomainSuffix of Kubernetes-style service names. Default "svc.cluster.local".
 	DomainSuffix string
 	// OutboundTrafficPolicyAllowAny lets unknown destinations pass through

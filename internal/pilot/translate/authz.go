@@ -35,8 +35,9 @@ package translate
 // Value forms are Istio's: "*" (anything non-empty), "prefix*",
 // "*suffix" or an exact value; hosts compare case-insensitively.
 // Principals are SPIFFE IDs without scheme ("cluster.local/ns/x/sa/y",
-// matched against the peer certificate's URI SAN); namespaces match the
-// principal "*/ns/<ns>/*". Request principals and request.auth.* read the
+// matched against the peer certificate's URI SAN), in the mesh's trust
+// domain and its aliases when they name one of them or "cluster.local"
+// (trustdomain.go); namespaces match the principal "*/ns/<ns>/*". Request principals and request.auth.* read the
 // JWT filter's dynamic metadata (namespace istio_authn).
 
 import (
@@ -187,13 +188,14 @@ func (g *netBuilder) authzApplies(c *model.Config, ap *security.AuthorizationPol
 // rbacRules translates the policies of one action for HTTP or TCP chains.
 func (g *netBuilder) rbacRules(pols []*model.Config, action rbacv3.RBAC_Action, forTCP bool) *rbacv3.RBAC {
 	out := &rbacv3.RBAC{Action: action, Policies: map[string]*rbacv3.Policy{}}
+	tds := g.trustDomains()
 	for _, c := range pols {
 		ap := c.Spec.(*security.AuthorizationPolicy)
 		for i, rule := range ap.GetRules() {
 			if rule == nil {
 				continue
 			}
-			p, err := authzPolicy(rule, action, forTCP)
+			p, err := authzPolicy(ruleInTrustDomains(rule, tds), action, forTCP)
 			if err != nil {
 				if !errorsIsHTTPOnly(err) {
 					g.warnOnce("%s: rules[%d] ignored: %v", c.Key(), i, err)

@@ -372,42 +372,11 @@ func TestAuthzPathTemplateInvalid(t *testing.T) {
 // ALLOW would have decided.
 func TestAuthzDryRun(t *testing.T) {
 	r := runAuthzCase(t, "dry-run")
-	var chain *listenerv3.FilterChain
-	for _, fc := range r.listener(t, VirtualInboundListener).GetFilterChains() {
-		if fc.GetName() == "inbound|9080||" {
-			chain = fc
-		}
-	}
-	if chain == nil {
-		t.Fatal("no inbound|9080|| chain")
-	}
-	h := &hcmv3.HttpConnectionManager{}
-	if err := chain.GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
-		t.Fatal(err)
-	}
-	var filters []httpfilter.Filter
-	for _, hf := range h.GetHttpFilters() {
-		if hf.GetName() == httpRBACFilterName {
-			f, err := rbacfilter.New(hf.GetTypedConfig())
-			if err != nil {
-				t.Fatal(err)
-			}
-			filters = append(filters, f)
-		}
-	}
+	filters := inboundRBAC(t, r, "inbound|9080||")
 	if len(filters) != 2 {
 		t.Fatalf("%d RBAC filters, want DENY and ALLOW (the dry AUDIT left out)", len(filters))
 	}
-	decide := func(target, principal string) (int, map[string]any) {
-		in := authzIn{target: target, principal: principal}.input()
-		c := &httpfilter.Call{Request: in.Request, Conn: in.Conn}
-		for _, f := range filters {
-			if rep := f.Decode(c); rep != nil {
-				return rep.Status, c.Metadata[rbacfilter.MetadataNamespace]
-			}
-		}
-		return 200, c.Metadata[rbacfilter.MetadataNamespace]
-	}
+	decide := func(target, principal string) (int, map[string]any) { return decideRBAC(filters, target, principal) }
 	sleep := "cluster.local/ns/default/sa/sleep"
 	if st, md := decide("/admin", "cluster.local/ns/default/sa/other"); st != 200 ||
 		md["istio_dry_run_deny_shadow_engine_result"] != "denied" || md["istio_dry_run_deny_shadow_effective_policy_id"] != "ns[default]-policy[deny-admin]-rule[0]" ||
@@ -425,5 +394,110 @@ func TestAuthzDryRun(t *testing.T) {
 		if !slices.ContainsFunc(r.res.Warnings, func(s string) bool { return strings.Contains(s, w) }) {
 			t.Errorf("warnings %q: want %q", r.res.Warnings, w)
 		}
+	}
+}
+
+// inboundRBAC is weft-proxy's RBAC filters of the inbound filter chain
+// named chain, in order.
+func inboundRBAC(t *testing.T, r *mtlsResult, chain string) []httpfilter.Filter {
+	t.Helper()
+	var fc *listenerv3.FilterChain
+	for _, c := range r.listener(t, VirtualInboundListener).GetFilterChains() {
+		if c.GetName() == chain {
+			fc = c
+		}
+	}
+	if fc == nil {
+		t.Fatalf("no %s chain", chain)
+	}
+	h := &hcmv3.HttpConnectionManager{}
+	if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+		t.Fatal(err)
+	}
+	var filters []httpfilter.Filter
+	for _, hf := range h.GetHttpFilters() {
+		if hf.GetName() == httpRBACFilterName {
+			f, err := rbacfilter.New(hf.GetTypedConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			filters = append(filters, f)
+		}
+	}
+	return filters
+}
+
+// decideRBAC runs a request for target from a peer with principal (""
+// for plaintext) through filters: the status of the first reply (200
+// when none replies) and the RBAC metadata the filters left.
+func decideRBAC(filters []httpfilter.Filter, target, principal string) (int, map[string]any) {
+	in := authzIn{target: target, principal: principal}.input()
+	c := &httpfilter.Call{Request: in.Request, Conn: in.Conn}
+	for _, f := range filters {
+		if rep := f.Decode(c); rep != nil {
+			return rep.Status, c.Metadata[rbacfilter.MetadataNamespace]
+		}
+	}
+	return 200, c.Metadata[rbacfilter.MetadataNamespace]
+}
+
+// TestAuthzTrustDomains: a mesh migrating from trust domain old.example
+// to new.example (trustDomainAliases). As istiod does, a policy's
+// principals of either trust domain, or of "cluster.local" (the mesh's
+// own, whatever it is), cover both — in from.source and in
+// source.principal conditions, and in notPrincipals; another mesh's
+// principal, a "*" trust domain and a prefix match are kept as written.
+// The listeners are evaluated by weft-proxy's RBAC filter; the client
+// side accepts a server in either trust domain.
+func TestAuthzTrustDomains(t *testing.T) {
+	r := runAuthzCase(t, "trust-domains")
+	filters := inboundRBAC(t, r, "inbound|9080||")
+	for _, tc := range []struct {
+		target, principal string
+		want              int
+	}{
+		{"/", "new.example/ns/default/sa/sleep", 200},
+		{"/", "old.example/ns/default/sa/sleep", 200},
+		{"/", "cluster.local/ns/default/sa/sleep", 403}, // a pointer, not a trust domain of this mesh
+		{"/", "new.example/ns/ops/sa/admin", 200},       // an alias's principal covers the new trust domain
+		{"/", "partner.example/ns/a/sa/b", 200},
+		{"/", "new.example/ns/a/sa/b", 403}, // another mesh's principal is not rewritten
+		{"/", "old.example/ns/batch/sa/job", 200},
+		{"/", "cluster.local/ns/legacy/sa/x", 200},
+		{"/", "new.example/ns/legacy/sa/x", 403}, // a prefix match is not rewritten
+		{"/status", "old.example/ns/probe/sa/prober", 200},
+		{"/", "new.example/ns/probe/sa/prober", 403},
+		{"/", "", 403},
+	} {
+		if st, _ := decideRBAC(filters, tc.target, tc.principal); st != tc.want {
+			t.Errorf("%s from %q: %d, want %d", tc.target, tc.principal, st, tc.want)
+		}
+	}
+	wantIstioMutual(t, r.cluster(t, OutboundCluster(9080, "", mtlsReviews)), "outbound_.9080_._."+mtlsReviews,
+		[]string{"spiffe://new.example/ns/default/sa/bookinfo-reviews", "spiffe://old.example/ns/default/sa/bookinfo-reviews"}, false)
+}
+
+func TestPrincipalsInTrustDomains(t *testing.T) {
+	tds := []string{"new.example", "old.example"}
+	for _, tc := range []struct{ in, want []string }{
+		{[]string{"new.example/ns/a/sa/b"}, []string{"new.example/ns/a/sa/b", "old.example/ns/a/sa/b"}},
+		{[]string{"old.example/ns/a/sa/b", "new.example/ns/a/sa/b"}, []string{"new.example/ns/a/sa/b", "old.example/ns/a/sa/b"}},
+		{[]string{"cluster.local/ns/a/sa/*"}, []string{"new.example/ns/a/sa/*", "old.example/ns/a/sa/*"}},
+		{[]string{"*", "*/ns/a/sa/b", "*.example/ns/a/sa/b", "other/ns/a/sa/b", "new.example/ns/a/*", "sa/b"},
+			[]string{"*", "*/ns/a/sa/b", "*.example/ns/a/sa/b", "other/ns/a/sa/b", "new.example/ns/a/*", "sa/b"}},
+		{nil, nil},
+	} {
+		if got := principalsInTrustDomains(tc.in, tds); !slices.Equal(got, tc.want) {
+			t.Errorf("principalsInTrustDomains(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	// A mesh in cluster.local without aliases keeps its policies as written.
+	in := []string{"cluster.local/ns/a/sa/b", "other/ns/a/sa/b"}
+	if got := principalsInTrustDomains(in, []string{"cluster.local"}); !slices.Equal(got, in) {
+		t.Errorf("default mesh: %q", got)
+	}
+	if got := spiffeInTrustDomains([]string{"spiffe://new.example/ns/a/sa/b", "spiffe://x/y", "dns.example"}, []string{"old.example"}); !slices.Equal(got,
+		[]string{"dns.example", "spiffe://new.example/ns/a/sa/b", "spiffe://old.example/ns/a/sa/b", "spiffe://x/y"}) {
+		t.Errorf("spiffeInTrustDomains: %q", got)
 	}
 }

@@ -2,7 +2,6 @@ package translate
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -107,8 +106,9 @@ func (r *cdsRun) istioMutualTLS(svc *registry.Service, port registry.Port, subse
 
 // istioSANs are the identities allowed to serve svc: its SubjectAltNames,
 // else spiffe://<trustDomain>/ns/<ns>/sa/<sa> of its endpoints' service
-// accounts ("default" for endpoints without one); sorted, without
-// duplicates. Empty (no endpoints) means any mesh identity.
+// accounts ("default" for endpoints without one), each SPIFFE ID also in
+// the mesh's trust domain aliases; sorted, without duplicates. Empty (no
+// endpoints) means any mesh identity.
 func (r *cdsRun) istioSANs(svc *registry.Service, all []registry.Endpoint) []string {
 	set := map[string]bool{}
 	if len(svc.SubjectAltNames) > 0 {
@@ -137,8 +137,7 @@ func (r *cdsRun) istioSANs(svc *registry.Service, all []registry.Endpoint) []str
 	for s := range set {
 		out = append(out, s)
 	}
-	sort.Strings(out)
-	return out
+	return spiffeInTrustDomains(out, r.s.Mesh.TrustDomainAliases)
 }
 
 // originationTLS is TLS origination (SIMPLE, MUTUAL) with certificates

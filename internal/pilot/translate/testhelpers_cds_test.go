@@ -17,8 +17,8 @@ package translate
 //   - kind: TestProxy — type (sidecar|router|proxyless), namespace, ips,
 //     labels, serviceAccount, explicit.
 //   - kind: TestMesh — overrides of model.DefaultMesh(): connectTimeout,
-//     trustDomain, rootNamespace, domainSuffix, enableAutoMTLS,
-//     pathNormalization.
+//     trustDomain, trustDomainAliases, rootNamespace, domainSuffix,
+//     enableAutoMTLS, pathNormalization.
 //   - kind: TestInclude — file (relative to the package directory) and
 //     namespace: loads another YAML file of config objects (the Istio
 //     samples). A missing file skips the test.
@@ -56,11 +56,12 @@ type cdsTestDoc struct {
 	testRegistryDoc
 	testProxyDoc
 	// TestMesh
-	ConnectTimeout string `json:"connectTimeout"`
-	TrustDomain    string `json:"trustDomain"`
-	RootNamespace  string `json:"rootNamespace"`
-	DomainSuffix   string `json:"domainSuffix"`
-	EnableAutoMTLS *bool  `json:"enableAutoMTLS"`
+	ConnectTimeout     string   `json:"connectTimeout"`
+	TrustDomain        string   `json:"trustDomain"`
+	TrustDomainAliases []string `json:"trustDomainAliases"`
+	RootNamespace      string   `json:"rootNamespace"`
+	DomainSuffix       string   `json:"domainSuffix"`
+	EnableAutoMTLS     *bool    `json:"enableAutoMTLS"`
 	// PathNormalization: NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES.
 	PathNormalization string `json:"pathNormalization"`
 	// TestInclude
@@ -145,6 +146,9 @@ func (l *cdsLoader) doc(path string, i int, d *cdsTestDoc, defaultNS string, top
 		}
 		if d.TrustDomain != "" {
 			l.mesh.TrustDomain = d.TrustDomain
+		}
+		if d.TrustDomainAliases != nil {
+			l.mesh.TrustDomainAliases = d.TrustDomainAliases
 		}
 		if d.RootNamespace != "" {
 			l.mesh.RootNamespace = d.RootNamespace

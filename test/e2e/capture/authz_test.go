@@ -281,3 +281,21 @@ func TestAuthzDecodeAndMergeSlashes(t *testing.T) {
 	ns, _ := authzMesh(t, "weft-authzd", "pathNormalization:\n  normalization: DECODE_AND_MERGE_SLASHES\n")
 	t.Logf("DECODE_AND_MERGE_SLASHES path matrix:\n%s", checkMatrix(t, ns["a"], true))
 }
+
+// TestAuthzTrustDomain: a mesh whose trust domain is not cluster.local
+// (meshConfig trustDomain: example.org, migrating from old.example).
+// The CA issues example.org identities and the clients' sidecars verify
+// servers as example.org — with the CA left in cluster.local no request
+// got through — and the base ALLOW policy's
+// "cluster.local/ns/default/sa/sleep", istiod's name for the mesh's own
+// trust domain, still lets sleep in (authzMesh waits for that), while
+// other (namespace ops) gets only /ops/*.
+func TestAuthzTrustDomain(t *testing.T) {
+	ns, _ := authzMesh(t, "weft-td", "trustDomain: example.org\ntrustDomainAliases: [old.example]\n")
+	if st, body, err := raw(ns["c"], "/"); err != nil || st != 403 {
+		t.Errorf("other -> /: %d %q %v, want 403", st, body, err)
+	}
+	if st, body, err := raw(ns["c"], "/ops/x"); err != nil || st != 200 || body != "httpbin uri=/ops/x" {
+		t.Errorf("other -> /ops/x: %d %q %v, want 200", st, body, err)
+	}
+}
