@@ -649,6 +649,15 @@ func cloneNetworkFilters(in []*listenerv3.Filter) []*listenerv3.Filter {
 
 func routerConfig() *routerv3.Router { return &routerv3.Router{} }
 
+// envoyServerName is the Server header Istio's proxies put on the
+// answers they forward and make (istiod's EnvoyServerName; Envoy's own
+// default is "envoy").
+const envoyServerName = "istio-envoy"
+
+// setServerName gives an HCM Istio's server_name, with Envoy's default
+// OVERWRITE transformation, as istiod's default proxy headers do.
+func setServerName(h *hcmv3.HttpConnectionManager) { h.ServerName = envoyServerName }
+
 // setPathNormalization applies the mesh's pathNormalization to an HCM as
 // Istio does: BASE sets normalize_path, MERGE_SLASHES adds merge_slashes,
 // DECODE_AND_MERGE_SLASHES also decodes %2F and %5C

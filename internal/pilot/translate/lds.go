@@ -195,6 +195,7 @@ func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
 		AccessLog:      g.side(false).logs,
 	}
 	g.setPathNormalization(h)
+	setServerName(h)
 	return &listenerv3.FilterChain{Name: "http", Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, h)}}
 }
 
@@ -305,6 +306,7 @@ func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.Fi
 		AccessLog: g.side(true).logs,
 	}
 	g.setPathNormalization(h)
+	setServerName(h)
 	fc.Filters = []*listenerv3.Filter{networkFilter(hcmFilterName, h)}
 	return fc
 }

@@ -18,6 +18,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
@@ -81,6 +82,31 @@ type httpChain struct {
 	// are reported as the destination's (metrics reporter, SERVER spans)
 	// even when the proxy answers them before choosing a cluster.
 	inbound bool
+	// server is what becomes of responses' Server header.
+	server serverHeader
+	// suppressEnvoyHeaders is the router's suppress_envoy_headers: no
+	// x-envoy-upstream-service-time, no x-envoy-overloaded.
+	suppressEnvoyHeaders bool
+}
+
+// serverHeader is an HCM's server_header_transformation and server_name
+// (Envoy's defaults: OVERWRITE, "envoy"): OVERWRITE puts value on every
+// response, APPEND_IF_ABSENT only on those without a Server header,
+// PASS_THROUGH leaves the header as the upstream sent it.
+// The zero value is Envoy's default.
+type serverHeader struct {
+	mode  hcmv3.HttpConnectionManager_ServerHeaderTransformation
+	value []string // {server_name}; nil: {"envoy"}
+}
+
+var envoyServerName = []string{"envoy"}
+
+// header is the Server header value the connection manager sets.
+func (s *serverHeader) header() []string {
+	if s.value == nil {
+		return envoyServerName[:1:1]
+	}
+	return s.value[:1:1]
 }
 
 // tcpChain is a tcp_proxy: one cluster or weighted clusters.
@@ -304,6 +330,10 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 			hc := &httpChain{statPrefix: h.GetStatPrefix(), rdsName: h.GetRds().GetRouteConfigName(),
 				useRemoteAddress: h.GetUseRemoteAddress().GetValue()}
 			hc.appendXFF = hc.useRemoteAddress && !h.GetSkipXffAppend()
+			hc.server = serverHeader{mode: h.GetServerHeaderTransformation()}
+			if n := h.GetServerName(); n != "" {
+				hc.server.value = []string{n}
+			}
 			xfcc, err := compileXFCC(h)
 			if err != nil {
 				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
@@ -329,6 +359,9 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
 			}
 			hc.filters = fs
+			if hc.suppressEnvoyHeaders, err = routerSuppressesEnvoyHeaders(h.GetHttpFilters()); err != nil {
+				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
 			if hc.logs, err = compileAccessLogs(h.GetAccessLog()); err != nil {
 				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
 			}
@@ -462,6 +495,21 @@ func compileHTTPFilters(hfs []*hcmv3.HttpFilter) ([]httpfilter.Filter, error) {
 		out = append(out, f)
 	}
 	return out, nil
+}
+
+// routerSuppressesEnvoyHeaders reads the router filter's
+// suppress_envoy_headers (false without a router).
+func routerSuppressesEnvoyHeaders(hfs []*hcmv3.HttpFilter) (bool, error) {
+	for i, hf := range hfs {
+		if tc := hf.GetTypedConfig(); tc.MessageIs(&routerv3.Router{}) {
+			r := &routerv3.Router{}
+			if err := tc.UnmarshalTo(r); err != nil {
+				return false, fmt.Errorf("http_filters[%d] %s: %w", i, hf.GetName(), err)
+			}
+			return r.GetSuppressEnvoyHeaders(), nil
+		}
+	}
+	return false, nil
 }
 
 // pick chooses the tcp_proxy cluster for a random draw.

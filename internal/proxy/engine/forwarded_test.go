@@ -4,8 +4,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"testing"
+	"time"
 
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -75,5 +78,90 @@ func TestForwardedHeaders(t *testing.T) {
 				t.Errorf("x-forwarded-proto %q, want %q", got, tc.wantXFP)
 			}
 		})
+	}
+}
+
+// TestResponseHeaders: what Envoy's connection manager and router add to
+// the answers they forward and make. The Server header is the connection
+// manager's server_name ("envoy" unless set) on every response — the
+// upstream's replaced (OVERWRITE, the default), kept when it has one
+// (APPEND_IF_ABSENT), or left alone (PASS_THROUGH); the router adds
+// x-envoy-upstream-service-time, the milliseconds the upstream took,
+// unless suppress_envoy_headers.
+func TestResponseHeaders(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(60 * time.Millisecond)
+		}
+		if r.URL.Path != "/anonymous" {
+			w.Header().Set("Server", "app/1.0")
+		}
+	}))
+	defer backend.Close()
+	backendAddr := netip.MustParseAddrPort(backend.Listener.Addr().String())
+	suppress, _ := anypb.New(&routerv3.Router{SuppressEnvoyHeaders: true})
+	for _, tc := range []struct {
+		name   string
+		edit   func(*hcmv3.HttpConnectionManager)
+		path   string
+		server string // "" when absent
+		timed  bool
+	}{
+		{name: "defaults", path: "/", server: "envoy", timed: true},
+		{name: "istio's server_name", edit: func(h *hcmv3.HttpConnectionManager) { h.ServerName = "istio-envoy" }, path: "/slow", server: "istio-envoy", timed: true},
+		{name: "append if absent, upstream has one", edit: func(h *hcmv3.HttpConnectionManager) {
+			h.ServerName, h.ServerHeaderTransformation = "istio-envoy", hcmv3.HttpConnectionManager_APPEND_IF_ABSENT
+		}, path: "/", server: "app/1.0", timed: true},
+		{name: "append if absent, upstream has none", edit: func(h *hcmv3.HttpConnectionManager) {
+			h.ServerName, h.ServerHeaderTransformation = "istio-envoy", hcmv3.HttpConnectionManager_APPEND_IF_ABSENT
+		}, path: "/anonymous", server: "istio-envoy", timed: true},
+		{name: "pass through", edit: func(h *hcmv3.HttpConnectionManager) {
+			h.ServerHeaderTransformation = hcmv3.HttpConnectionManager_PASS_THROUGH
+		}, path: "/anonymous", timed: true},
+		{name: "router suppresses envoy headers", edit: func(h *hcmv3.HttpConnectionManager) {
+			h.HttpFilters[len(h.HttpFilters)-1].ConfigType = &hcmv3.HttpFilter_TypedConfig{TypedConfig: suppress}
+		}, path: "/", server: "envoy"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := freeAddr(t)
+			l := httpListener("out", addr, "backend", nil)
+			if tc.edit != nil {
+				l = withHCM(t, l, tc.edit)
+			}
+			startEngine(t, nil, l, staticCluster("backend", backendAddr, false))
+			resp, err := http.Get("http://" + addr.String() + tc.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if got := resp.Header.Values("Server"); tc.server == "" && len(got) != 0 || tc.server != "" && (len(got) != 1 || got[0] != tc.server) {
+				t.Errorf("server %q, want %q", got, tc.server)
+			}
+			st := resp.Header.Get("X-Envoy-Upstream-Service-Time")
+			ms, err := strconv.Atoi(st)
+			switch {
+			case !tc.timed && st != "":
+				t.Errorf("x-envoy-upstream-service-time %q with suppress_envoy_headers", st)
+			case tc.timed && (err != nil || ms < 0):
+				t.Errorf("x-envoy-upstream-service-time %q, want milliseconds", st)
+			case tc.path == "/slow" && ms < 60:
+				t.Errorf("x-envoy-upstream-service-time %d ms for an upstream that took 60 ms", ms)
+			}
+		})
+	}
+	// The proxy's own answers carry the Server header too (no route: 404).
+	addr := freeAddr(t)
+	l := withHCM(t, httpListener("out", addr, "backend", nil), func(h *hcmv3.HttpConnectionManager) {
+		h.ServerName = "istio-envoy"
+		h.GetRouteConfig().VirtualHosts[0].Domains = []string{"elsewhere"}
+	})
+	startEngine(t, nil, l, staticCluster("backend", backendAddr, false))
+	resp, err := http.Get("http://" + addr.String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 || resp.Header.Get("Server") != "istio-envoy" || resp.Header.Get("X-Envoy-Upstream-Service-Time") != "" {
+		t.Errorf("local reply: %d, server %q, service time %q", resp.StatusCode, resp.Header.Get("Server"), resp.Header.Get("X-Envoy-Upstream-Service-Time"))
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
 	"github.com/weftmesh/weft/internal/proxy/httpfilter"
 	"github.com/weftmesh/weft/internal/proxy/route"
@@ -78,8 +79,9 @@ type exchange struct {
 	code      int
 	reqBytes  int64
 	respBytes int64
-	// upstreamTime is from sending the request to the response headers
-	// (the last attempt); -1 without a response.
+	// upstreamTime is from sending the request (its first attempt) to
+	// the response headers, x-envoy-upstream-service-time; -1 without a
+	// response, or when the router suppresses Envoy's headers.
 	upstreamTime time.Duration
 	path         string // as received, for the access log
 	route        *route.Route
@@ -129,6 +131,11 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if e.draining.Load() {
 		w.Header().Set("Connection", "close")
+	}
+	// The connection manager's Server header goes on every answer, the
+	// proxy's own included; respond settles it with the upstream's.
+	if sh := &cc.chain.server; sh.mode != hcmv3.HttpConnectionManager_PASS_THROUGH {
+		w.Header()["Server"] = sh.header()
 	}
 	if r.ProtoMajor == 2 {
 		cc.h2Streams.Add(1)
@@ -298,6 +305,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		defer func() { *r.URL, r.Host, r.RequestURI = origURL, origHost, origURI }()
 	}
 	var tried []string // endpoints already tried, listed only once there is a retry
+	var firstSent time.Time
 	var releaseRetry func()
 	for attempt := 0; ; attempt++ {
 		ep, err := c.Pick(cluster.PickContext{HashKey: hashKey, HasHash: hasHash, Exclude: tried, OriginalDst: cc.dst})
@@ -309,7 +317,9 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		release, ok := c.State().Acquire(cluster.Requests)
 		if !ok {
 			ex.flags = "UO"
-			w.Header().Set("X-Envoy-Overloaded", "true")
+			if !cc.chain.suppressEnvoyHeaders {
+				w.Header().Set("X-Envoy-Overloaded", "true")
+			}
 			localReply(w, r, ex, http.StatusServiceUnavailable, -1, "upstream connect error or disconnect/reset before headers. reset reason: overflow")
 			return
 		}
@@ -354,6 +364,9 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		}
 		ep.StartRequest()
 		sent := time.Now()
+		if attempt == 0 {
+			firstSent = sent
+		}
 		resp, err := rtr.RoundTrip(out)
 		ep.EndRequest()
 		if logged && out == r {
@@ -362,8 +375,10 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 				ex.upstreamLocal, sc.upstreamLocal = sc.upstreamLocal, nil
 			}
 		}
-		if err == nil {
-			ex.upstreamTime = time.Since(sent)
+		if err == nil && !cc.chain.suppressEnvoyHeaders {
+			// Envoy's x-envoy-upstream-service-time: since the first
+			// attempt, retries included (the access log reads it too).
+			ex.upstreamTime = time.Since(firstSent)
 		}
 		outcome := cluster.Outcome{}
 		switch {
@@ -405,6 +420,17 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			if ex.vhost.IncludeAttemptCountInResponse {
 				resp.Header["X-Envoy-Attempt-Count"] = attemptCount(ex.attempts)
 			}
+			if ex.upstreamTime >= 0 {
+				resp.Header["X-Envoy-Upstream-Service-Time"] = headerInt(ex.upstreamTime.Milliseconds())
+			}
+			switch cc.chain.server.mode {
+			case hcmv3.HttpConnectionManager_OVERWRITE:
+				delete(resp.Header, "Server")
+			case hcmv3.HttpConnectionManager_APPEND_IF_ABSENT:
+				if _, ok := resp.Header["Server"]; ok {
+					delete(w.Header(), "Server")
+				}
+			}
 			e.respond(w, resp, rte, wc, ex)
 			if cancelTry != nil {
 				cancelTry()
@@ -427,24 +453,29 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	}
 }
 
-// attemptCounts are x-envoy-attempt-count values, made once: the header
-// goes on every request of a virtual host that asks for it (Istio's
-// outbound ones do).
-var attemptCounts = func() [][]string {
-	v := make([][]string, 11)
+// headerInts are small integer header values, made once:
+// x-envoy-attempt-count goes on every request of a virtual host that asks
+// for it (Istio's outbound ones do), x-envoy-upstream-service-time on
+// every forwarded response.
+var headerInts = func() [][]string {
+	v := make([][]string, 128)
 	for i := range v {
 		v[i] = []string{strconv.Itoa(i)}
 	}
 	return v
 }()
 
-// attemptCount is the x-envoy-attempt-count value for attempt n (from 1).
-func attemptCount(n int) []string {
-	if n < len(attemptCounts) {
-		return attemptCounts[n][:1:1]
+// headerInt is the header value for n ≥ 0; callers may share it, as header
+// operations replace values and never write into them.
+func headerInt(n int64) []string {
+	if n >= 0 && n < int64(len(headerInts)) {
+		return headerInts[n][:1:1]
 	}
-	return []string{strconv.Itoa(n)}
+	return []string{strconv.FormatInt(n, 10)}
 }
+
+// attemptCount is the x-envoy-attempt-count value for attempt n (from 1).
+func attemptCount(n int) []string { return headerInt(int64(n)) }
 
 // maxHeadersCount is Envoy's default limit on request header fields
 // (max_headers_count); their total size is bounded by the server's
