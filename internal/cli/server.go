@@ -96,7 +96,7 @@ The default store is an embedded bolt file in the data dir. With
 	f.StringArrayVar(&cfg.Discovery.Registries, "registry", nil, "extra service registry, repeatable: consul=ADDR[,token=T][,domain=D][,ns=N] or nomad=ADDR[,token=T][,region=R]")
 	f.DurationVar(&cfg.CA.WorkloadTTL, "workload-cert-ttl", ca.DefaultWorkloadTTL, "lifetime of workload certificates when the proxy asks for none")
 	f.DurationVar(&cfg.CA.MaxWorkloadTTL, "max-workload-cert-ttl", ca.DefaultMaxWorkloadTTL, "longest workload certificate lifetime a proxy may ask for")
-	f.StringVar(&meshConfig, "mesh-config", "", "Istio MeshConfig YAML file (fields used: rootNamespace, trustDomain, trustDomainAliases, outboundTrafficPolicy, connectTimeout, enableAutoMtls, pathNormalization, accessLogFile, accessLogEncoding, accessLogFormat, enableTracing, defaultConfig.tracing (sampling, zipkin.address), extensionProviders (envoyFileAccessLog, zipkin), defaultProviders.accessLogging and .tracing)")
+	f.StringVar(&meshConfig, "mesh-config", "", "Istio MeshConfig YAML file (fields used: rootNamespace, trustDomain, trustDomainAliases, outboundTrafficPolicy, connectTimeout, enableAutoMtls, pathNormalization, accessLogFile, accessLogEncoding, accessLogFormat, enableTracing, defaultConfig.tracing (sampling, zipkin.address), defaultConfig.proxyHeaders, extensionProviders (envoyFileAccessLog, zipkin), defaultProviders.accessLogging and .tracing)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful stop may take")
 	return cmd
 }

@@ -30,7 +30,13 @@ var meshConfigFields = map[string]bool{
 
 // defaultConfigFields are the defaultConfig (ProxyConfig) fields weft
 // uses.
-var defaultConfigFields = map[string]bool{"tracing": true}
+var defaultConfigFields = map[string]bool{"tracing": true, "proxyHeaders": true}
+
+// proxyHeadersFields are the defaultConfig.proxyHeaders fields weft uses
+// (metadataExchangeHeaders has nothing to do: weft's sidecars learn their
+// peers from mTLS, not from headers).
+var proxyHeadersFields = map[string]bool{"server": true, "requestId": true, "attemptCount": true,
+	"envoyDebugHeaders": true, "forwardedClientCert": true, "setCurrentClientCertDetails": true}
 
 // ParseMeshConfig applies an Istio MeshConfig document (YAML or JSON, as
 // in the istio ConfigMap's "mesh" key) over base. It returns the result
@@ -64,6 +70,19 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 				warnings = append(warnings, fmt.Sprintf("mesh config: defaultConfig.%s is not used by weft; ignored", k))
 				delete(fields, k)
 			}
+		}
+		if ph, ok := fields["proxyHeaders"]; ok {
+			var sub map[string]json.RawMessage
+			if err := json.Unmarshal(ph, &sub); err != nil {
+				return base, warnings, fmt.Errorf("mesh config: defaultConfig.proxyHeaders: %w", err)
+			}
+			for k := range sub {
+				if !proxyHeadersFields[k] {
+					warnings = append(warnings, fmt.Sprintf("mesh config: defaultConfig.proxyHeaders.%s is not used by weft; ignored", k))
+					delete(sub, k)
+				}
+			}
+			fields["proxyHeaders"], _ = json.Marshal(sub)
 		}
 		used["defaultConfig"], _ = json.Marshal(fields)
 	}
@@ -147,6 +166,9 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 		default:
 			return base, warnings, fmt.Errorf("mesh config: defaultConfig.tracing: only zipkin is supported (tracers report as Zipkin v2 JSON)")
 		}
+	}
+	if ph := mc.GetDefaultConfig().GetProxyHeaders(); ph != nil {
+		m.ProxyHeaders = parseProxyHeaders(ph)
 	}
 	tr, w, err := parseTracingProviders(mc, m.Tracing)
 	warnings = append(warnings, w...)
@@ -332,4 +354,23 @@ func parseOTelProvider(name string, o *meshv1.MeshConfig_ExtensionProvider_OpenT
 		warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: opentelemetry resourceDetectors and dynatraceSampler are not supported; ignored", name))
 	}
 	return tp, warnings, nil
+}
+
+// parseProxyHeaders reads defaultConfig.proxyHeaders.
+func parseProxyHeaders(ph *meshv1.ProxyConfig_ProxyHeaders) ProxyHeaders {
+	out := ProxyHeaders{
+		ServerName:                ph.GetServer().GetValue(),
+		ServerDisabled:            ph.GetServer().GetDisabled().GetValue(),
+		RequestIDDisabled:         ph.GetRequestId().GetDisabled().GetValue(),
+		AttemptCountDisabled:      ph.GetAttemptCount().GetDisabled().GetValue(),
+		EnvoyDebugHeadersDisabled: ph.GetEnvoyDebugHeaders().GetDisabled().GetValue(),
+	}
+	if f := ph.GetForwardedClientCert(); f != meshv1.ForwardClientCertDetails_UNDEFINED {
+		out.ForwardedClientCert = f.String()
+	}
+	if d := ph.GetSetCurrentClientCertDetails(); d != nil {
+		out.ClientCertDetails = &ClientCertDetails{Subject: d.GetSubject().GetValue(), Cert: d.GetCert().GetValue(), Chain: d.GetChain().GetValue(),
+			DNS: d.GetDns().GetValue(), URI: d.GetUri().GetValue()}
+	}
+	return out
 }

@@ -252,3 +252,47 @@ trustDomainAliases: [old.example, cluster.local, old.example, new.example]
 		}
 	}
 }
+
+// TestParseMeshConfigProxyHeaders: defaultConfig.proxyHeaders as Istio
+// documents it; a field weft has no use for is a warning, a value of the
+// wrong kind an error naming defaultConfig.
+func TestParseMeshConfigProxyHeaders(t *testing.T) {
+	m, warnings, err := ParseMeshConfig([]byte(`
+defaultConfig:
+  proxyHeaders:
+    server: {value: edge}
+    requestId: {disabled: true}
+    attemptCount: {disabled: true}
+    envoyDebugHeaders: {disabled: true}
+    forwardedClientCert: SANITIZE_SET
+    setCurrentClientCertDetails: {subject: false, uri: true, cert: true}
+    metadataExchangeHeaders: {mode: IN_MESH}
+`), DefaultMesh())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ProxyHeaders{ServerName: "edge", RequestIDDisabled: true, AttemptCountDisabled: true, EnvoyDebugHeadersDisabled: true,
+		ForwardedClientCert: "SANITIZE_SET", ClientCertDetails: &ClientCertDetails{URI: true, Cert: true}}
+	if diff := cmp.Diff(m.ProxyHeaders, want); diff != "" {
+		t.Errorf("proxy headers (-got +want)\n%s", diff)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "defaultConfig.proxyHeaders.metadataExchangeHeaders is not used") {
+		t.Errorf("warnings %q", warnings)
+	}
+	if d := DefaultMesh().ProxyHeaders; d != (ProxyHeaders{}) {
+		t.Errorf("default proxy headers %+v, want the zero value (Istio's defaults)", d)
+	}
+	m, _, err = ParseMeshConfig([]byte("defaultConfig: {proxyHeaders: {server: {disabled: true}}}"), DefaultMesh())
+	if err != nil || !m.ProxyHeaders.ServerDisabled {
+		t.Errorf("server disabled: %+v %v", m.ProxyHeaders, err)
+	}
+	for _, doc := range []string{
+		"defaultConfig: {proxyHeaders: {forwardedClientCert: SOMETIMES}}",
+		"defaultConfig: {proxyHeaders: {server: {disabled: maybe}}}",
+		"defaultConfig: {proxyHeaders: [server]}",
+	} {
+		if _, _, err := ParseMeshConfig([]byte(doc), DefaultMesh()); err == nil || !strings.Contains(err.Error(), "defaultConfig") {
+			t.Errorf("%s: err %v, want one naming defaultConfig", doc, err)
+		}
+	}
+}

@@ -63,11 +63,46 @@ type Mesh struct {
 	// AccessLog holds the access log settings (accessLogFile and the file
 	// access log extensionProviders); nil: none. Immutable once built.
 	AccessLog *AccessLogging
+	// ProxyHeaders is defaultConfig.proxyHeaders: the headers sidecars
+	// add to requests and responses. The zero value is Istio's default.
+	ProxyHeaders ProxyHeaders
 	// Tracing holds the span reporting settings (enableTracing,
 	// defaultConfig.tracing, the zipkin and opentelemetry extensionProviders and
 	// defaultProviders.tracing). Immutable once built.
 	Tracing Tracing
 }
+
+// ProxyHeaders is ProxyConfig.proxyHeaders, as istiod applies it to a
+// sidecar's connection managers and routes. The zero value is Istio's
+// default: Server "istio-envoy", x-request-id generated,
+// x-envoy-attempt-count sent, Envoy's debug headers
+// (x-envoy-upstream-service-time, …) added, and inbound
+// x-forwarded-client-cert APPEND_FORWARD with the subject, URI and DNS.
+type ProxyHeaders struct {
+	// ServerName replaces "istio-envoy" (server.value).
+	ServerName string
+	// ServerDisabled leaves the application's Server header alone and
+	// adds none (server.disabled).
+	ServerDisabled bool
+	// RequestIDDisabled: no x-request-id is generated (requestId.disabled).
+	RequestIDDisabled bool
+	// AttemptCountDisabled: no x-envoy-attempt-count (attemptCount.disabled).
+	AttemptCountDisabled bool
+	// EnvoyDebugHeadersDisabled suppresses x-envoy-upstream-service-time
+	// and the like (envoyDebugHeaders.disabled).
+	EnvoyDebugHeadersDisabled bool
+	// ForwardedClientCert is the inbound x-forwarded-client-cert mode
+	// (forwardedClientCert: "SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD",
+	// "SANITIZE_SET", "ALWAYS_FORWARD_ONLY"); "": APPEND_FORWARD.
+	ForwardedClientCert string
+	// ClientCertDetails is setCurrentClientCertDetails (nil: subject, URI
+	// and DNS).
+	ClientCertDetails *ClientCertDetails
+}
+
+// ClientCertDetails are the parts of the client certificate that
+// x-forwarded-client-cert carries.
+type ClientCertDetails struct{ Subject, Cert, Chain, DNS, URI bool }
 
 // Tracing is MeshConfig's tracing settings.
 type Tracing struct {

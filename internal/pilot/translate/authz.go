@@ -52,7 +52,6 @@ import (
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rbachttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbactcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	uritemplatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/path/match/uri_template/v3"
@@ -622,7 +621,7 @@ func (g *netBuilder) inboundHTTPFilters() []*hcmv3.HttpFilter {
 		out = append(out, f)
 	}
 	out = append(out, cloneHTTPFilters(g.authz().http)...)
-	return append(out, httpFilter(routerFilterName, routerConfig()))
+	return append(out, httpFilter(routerFilterName, g.routerConfig()))
 }
 
 // inboundTCPFilters are an inbound TCP chain's filters: RBAC, then
@@ -646,17 +645,6 @@ func cloneNetworkFilters(in []*listenerv3.Filter) []*listenerv3.Filter {
 	}
 	return out
 }
-
-func routerConfig() *routerv3.Router { return &routerv3.Router{} }
-
-// envoyServerName is the Server header Istio's proxies put on the
-// answers they forward and make (istiod's EnvoyServerName; Envoy's own
-// default is "envoy").
-const envoyServerName = "istio-envoy"
-
-// setServerName gives an HCM Istio's server_name, with Envoy's default
-// OVERWRITE transformation, as istiod's default proxy headers do.
-func setServerName(h *hcmv3.HttpConnectionManager) { h.ServerName = envoyServerName }
 
 // setPathNormalization applies the mesh's pathNormalization to an HCM as
 // Istio does: BASE sets normalize_path, MERGE_SLASHES adds merge_slashes,

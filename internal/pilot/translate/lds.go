@@ -10,7 +10,6 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
@@ -188,14 +187,14 @@ func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
 		HttpFilters: []*hcmv3.HttpFilter{
 			httpFilter(faultFilterName, &faultv3.HTTPFault{}),
 			httpFilter(corsFilterName, &corsv3.Cors{}),
-			httpFilter(routerFilterName, &routerv3.Router{}),
+			httpFilter(routerFilterName, g.routerConfig()),
 		},
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 		Tracing:        g.side(false).tracing,
 		AccessLog:      g.side(false).logs,
 	}
 	g.setPathNormalization(h)
-	setServerName(h)
+	g.setProxyHeaders(h, false)
 	return &listenerv3.FilterChain{Name: "http", Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, h)}}
 }
 
@@ -306,7 +305,7 @@ func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.Fi
 		AccessLog: g.side(true).logs,
 	}
 	g.setPathNormalization(h)
-	setServerName(h)
+	g.setProxyHeaders(h, true)
 	fc.Filters = []*listenerv3.Filter{networkFilter(hcmFilterName, h)}
 	return fc
 }

@@ -234,7 +234,7 @@ func (g *netBuilder) outboundRouteConfig(port uint32, sps []ldsServicePort) *rou
 			Name:                       sp.svc.Hostname + ":" + strconv.FormatUint(uint64(sp.port.Number), 10),
 			Domains:                    domains,
 			Routes:                     g.httpRoutes(sp.svc, sp.port, false),
-			IncludeRequestAttemptCount: true,
+			IncludeRequestAttemptCount: !g.s.Mesh.ProxyHeaders.AttemptCountDisabled,
 		})
 	}
 	if !used["*"] {
@@ -260,7 +260,7 @@ func (g *netBuilder) unknownHostVirtualHost() *routev3.VirtualHost {
 						MaxStreamDuration: ldsDuration(0), GrpcTimeoutHeaderMax: ldsDuration(0)},
 				}},
 			}},
-			IncludeRequestAttemptCount: true,
+			IncludeRequestAttemptCount: !g.s.Mesh.ProxyHeaders.AttemptCountDisabled,
 		}
 	}
 	return &routev3.VirtualHost{
@@ -271,7 +271,7 @@ func (g *netBuilder) unknownHostVirtualHost() *routev3.VirtualHost {
 			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 			Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 502}},
 		}},
-		IncludeRequestAttemptCount: true,
+		IncludeRequestAttemptCount: !g.s.Mesh.ProxyHeaders.AttemptCountDisabled,
 	}
 }
 

@@ -87,6 +87,9 @@ type httpChain struct {
 	// suppressEnvoyHeaders is the router's suppress_envoy_headers: no
 	// x-envoy-upstream-service-time, no x-envoy-overloaded.
 	suppressEnvoyHeaders bool
+	// noRequestID is generate_request_id false: a request without
+	// x-request-id goes on without one.
+	noRequestID bool
 }
 
 // serverHeader is an HCM's server_header_transformation and server_name
@@ -330,6 +333,7 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 			hc := &httpChain{statPrefix: h.GetStatPrefix(), rdsName: h.GetRds().GetRouteConfigName(),
 				useRemoteAddress: h.GetUseRemoteAddress().GetValue()}
 			hc.appendXFF = hc.useRemoteAddress && !h.GetSkipXffAppend()
+			hc.noRequestID = h.GetGenerateRequestId() != nil && !h.GetGenerateRequestId().GetValue()
 			hc.server = serverHeader{mode: h.GetServerHeaderTransformation()}
 			if n := h.GetServerName(); n != "" {
 				hc.server.value = []string{n}

@@ -165,3 +165,40 @@ func TestResponseHeaders(t *testing.T) {
 		t.Errorf("local reply: %d, server %q, service time %q", resp.StatusCode, resp.Header.Get("Server"), resp.Header.Get("X-Envoy-Upstream-Service-Time"))
 	}
 }
+
+// TestGenerateRequestID: a connection manager gives a request without
+// x-request-id a fresh UUID, unless generate_request_id is false (Istio's
+// proxyHeaders.requestId.disabled); a caller's id passes either way.
+func TestGenerateRequestID(t *testing.T) {
+	seen := make(chan string, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen <- r.Header.Get("X-Request-Id") }))
+	defer backend.Close()
+	backendAddr := netip.MustParseAddrPort(backend.Listener.Addr().String())
+	on, off := freeAddr(t), freeAddr(t)
+	startEngine(t, nil, httpListener("on", on, "backend", nil), staticCluster("backend", backendAddr, false))
+	startEngine(t, nil, withHCM(t, httpListener("off", off, "backend", nil), func(h *hcmv3.HttpConnectionManager) {
+		h.GenerateRequestId = wrapperspb.Bool(false)
+	}), staticCluster("backend", backendAddr, false))
+	send := func(addr netip.AddrPort, id string) string {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+addr.String()+"/", nil)
+		if id != "" {
+			req.Header.Set("X-Request-Id", id)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return <-seen
+	}
+	if id := send(on, ""); len(id) != 36 {
+		t.Errorf("generated x-request-id %q, want a UUID", id)
+	}
+	if id := send(off, ""); id != "" {
+		t.Errorf("generate_request_id false: x-request-id %q, want none", id)
+	}
+	if id := send(off, "caller-1"); id != "caller-1" {
+		t.Errorf("the caller's x-request-id became %q", id)
+	}
+}

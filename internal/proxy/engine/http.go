@@ -182,7 +182,7 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		localReply(w, r, ex, http.StatusNotFound, -1, "")
 		return
 	}
-	if hget(r.Header, "X-Request-Id") == "" {
+	if !cc.chain.noRequestID && hget(r.Header, "X-Request-Id") == "" {
 		r.Header["X-Request-Id"] = []string{newRequestID()}
 	}
 	if rte.CORS != nil {

@@ -1,0 +1,96 @@
+package sidecar
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestProxyHeaders: the headers a pair of real sidecars adds, as Istio's
+// do, and defaultConfig.proxyHeaders turning them off. By default app B
+// gets x-request-id, x-envoy-attempt-count, x-forwarded-proto and
+// x-forwarded-client-cert, and no trace headers (no tracer is
+// configured); app A's answer says "server: istio-envoy" in place of app
+// B's own and carries x-envoy-upstream-service-time. With proxyHeaders
+// set, the Server header is the configured one and the rest is left out.
+func TestProxyHeaders(t *testing.T) {
+	for _, tc := range []struct {
+		name, mesh    string
+		server        string
+		debug, ids    bool
+		attemptHeader bool
+	}{
+		{name: "istio defaults", server: "istio-envoy", debug: true, ids: true, attemptHeader: true},
+		{name: "proxyHeaders", mesh: `defaultConfig:
+  proxyHeaders:
+    server: {value: edge}
+    requestId: {disabled: true}
+    attemptCount: {disabled: true}
+    envoyDebugHeaders: {disabled: true}
+`, server: "edge"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			seen := make(chan http.Header, 16)
+			backend := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				seen <- r.Header.Clone()
+				w.Header().Set("Server", "app-b/1.0")
+				_, _ = io.WriteString(w, "ok")
+			})})
+			var args []string
+			if tc.mesh != "" {
+				f := filepath.Join(t.TempDir(), "mesh.yaml")
+				if err := os.WriteFile(f, []byte(tc.mesh), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				args = []string{"--mesh-config", f}
+			}
+			svcPort := freePort(t)
+			startMeshPairArgs(t, args, []appPort{{"http", backend, freePort(t)}}, webService(svcPort))
+			c := &http.Client{Timeout: 5 * time.Second}
+			var resp *http.Response
+			eventually(t, "a request through both sidecars", func() error {
+				req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/h", svcPort), nil)
+				req.Host = "web.b.mesh"
+				r, err := c.Do(req)
+				if err != nil {
+					return err
+				}
+				_, _ = io.Copy(io.Discard, r.Body)
+				r.Body.Close()
+				if r.StatusCode != 200 {
+					return fmt.Errorf("status %d", r.StatusCode)
+				}
+				resp = r
+				return nil
+			})
+			var h http.Header
+			for len(seen) > 0 {
+				h = <-seen
+			}
+			if got := resp.Header.Values("Server"); len(got) != 1 || got[0] != tc.server {
+				t.Errorf("server %q, want %q", got, tc.server)
+			}
+			if st := resp.Header.Get("X-Envoy-Upstream-Service-Time"); (st != "") != tc.debug {
+				t.Errorf("x-envoy-upstream-service-time %q (want one: %v)", st, tc.debug)
+			}
+			if id := h.Get("X-Request-Id"); (len(id) == 36) != tc.ids || !tc.ids && id != "" {
+				t.Errorf("app B's x-request-id %q (want a UUID: %v)", id, tc.ids)
+			}
+			if n := h.Get("X-Envoy-Attempt-Count"); (n == "1") != tc.attemptHeader || !tc.attemptHeader && n != "" {
+				t.Errorf("app B's x-envoy-attempt-count %q (want 1: %v)", n, tc.attemptHeader)
+			}
+			if h.Get("X-Forwarded-Proto") != "http" || h.Get("X-Forwarded-Client-Cert") == "" {
+				t.Errorf("app B's x-forwarded-proto %q, x-forwarded-client-cert %q", h.Get("X-Forwarded-Proto"), h.Get("X-Forwarded-Client-Cert"))
+			}
+			for k := range h {
+				if k == "X-B3-Traceid" || k == "X-B3-Spanid" || k == "X-B3-Sampled" || k == "Traceparent" {
+					t.Errorf("app B got trace header %s without a tracer", k)
+				}
+			}
+		})
+	}
+}
