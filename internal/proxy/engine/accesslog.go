@@ -361,7 +361,7 @@ func envoyTLSVersion(v uint16) string {
 // logTCP writes a TCP connection's entries, in Envoy's TCP form ("- - -"
 // for method, path and protocol; response code 0); upstream is the
 // endpoint a connection was attempted to ("" none).
-func (e *Engine) logTCP(t *tcpChain, down, up net.Conn, dst netip.AddrPort, sni string, start time.Time,
+func (e *Engine) logTCP(t *tcpChain, down, up net.Conn, dst netip.AddrPort, sni string, md map[string]map[string]any, start time.Time,
 	cluster, upstream, flags string, counts tcp.Counts) {
 	if e.opts.AccessLog == nil && t.logs == nil {
 		return
@@ -380,6 +380,7 @@ func (e *Engine) logTCP(t *tcpChain, down, up net.Conn, dst netip.AddrPort, sni 
 	en.DownstreamRemote = down.RemoteAddr().String()
 	en.DownstreamLocal = dst.String()
 	en.ServerName = sni
+	en.Metadata = md
 	connTLS(en, down)
 	if up != nil {
 		en.UpstreamLocal = up.LocalAddr().String()

@@ -18,10 +18,12 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
@@ -30,6 +32,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // fileLog is an xDS file access log as istiod writes it: text
@@ -248,8 +251,19 @@ func TestXDSAccessLogTCP(t *testing.T) {
 	}()
 	path, deadPath := filepath.Join(t.TempDir(), "tcp.log"), filepath.Join(t.TempDir(), "dead.log")
 	addr, deadAddr, nobody := freeAddr(t), freeAddr(t), freeAddr(t)
-	const format = "%REQ(:METHOD)% %RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %DOWNSTREAM_LOCAL_ADDRESS% %RESPONSE_FLAGS% %UPSTREAM_REQUEST_ATTEMPT_COUNT%"
-	l := withAccessLogs(&listenerv3.Listener{Name: "echo", Address: socketAddr(addr), FilterChains: []*listenerv3.FilterChain{tcpChainProto("echo", "echo", 0)}},
+	const format = "%REQ(:METHOD)% %RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %DOWNSTREAM_LOCAL_ADDRESS% %RESPONSE_FLAGS% %UPSTREAM_REQUEST_ATTEMPT_COUNT%" +
+		" %DYNAMIC_METADATA(envoy.filters.network.rbac:istio_dry_run_deny_shadow_engine_result)%"
+	// The echo chain has an istiod dry-run DENY of every loopback peer:
+	// the connection goes through, and its log says it would not have.
+	echoChain := tcpChainProto("echo", "echo", 0)
+	dry := &netrbacv3.RBAC{StatPrefix: "tcp.", ShadowRulesStatPrefix: "istio_dry_run_deny_", ShadowRules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY,
+		Policies: map[string]*rbacv3.Policy{"ns[default]-policy[dry]-rule[0]": {
+			Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}},
+			Principals: []*rbacv3.Principal{{Identifier: &rbacv3.Principal_DirectRemoteIp{DirectRemoteIp: &corev3.CidrRange{
+				AddressPrefix: "127.0.0.0", PrefixLen: wrapperspb.UInt32(8)}}}}}}}}
+	echoChain.Filters = append([]*listenerv3.Filter{{Name: "envoy.filters.network.rbac",
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(t, dry)}}}, echoChain.Filters...)
+	l := withAccessLogs(&listenerv3.Listener{Name: "echo", Address: socketAddr(addr), FilterChains: []*listenerv3.FilterChain{echoChain}},
 		fileLogProto(path, format, nil, ""),
 		fileLogProto(path, "errors only", nil, "response.code >= 400"))
 	dead := withAccessLogs(&listenerv3.Listener{Name: "dead", Address: socketAddr(deadAddr), FilterChains: []*listenerv3.FilterChain{tcpChainProto("dead", "dead", 0)}},
@@ -267,11 +281,11 @@ func TestXDSAccessLogTCP(t *testing.T) {
 		c.Close()
 	}
 	e.shutdown() // closes the files
-	if got, _ := os.ReadFile(deadPath); string(got) != "- 0 0 0 dead "+nobody.String()+" "+deadAddr.String()+" UF 1\n" {
+	if got, _ := os.ReadFile(deadPath); string(got) != "- 0 0 0 dead "+nobody.String()+" "+deadAddr.String()+" UF 1 -\n" {
 		t.Errorf("refused connection logged %q", got)
 	}
 	got, _ := os.ReadFile(path)
-	want := "- 0 5 5 echo " + echo.Addr().String() + " " + addr.String() + " - 1\n"
+	want := "- 0 5 5 echo " + echo.Addr().String() + " " + addr.String() + " - 1 denied\n"
 	if diff := cmp.Diff(string(got), want); diff != "" {
 		t.Errorf("(-got +want)\n%s", diff)
 	}

@@ -19,6 +19,7 @@ import (
 	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	// The RBAC HTTP filter, as weft-proxy links it.
 	_ "github.com/weftmesh/weft/internal/proxy/httpfilter/rbac"
@@ -174,11 +175,28 @@ func TestNetworkRBAC(t *testing.T) {
 	}
 	defer c.Close()
 	// c's RemoteAddr is the listener: 127.0.0.1, inside the denied range.
-	if ok, pol := allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9000")); ok || pol != "p" {
-		t.Errorf("port 9000: allowed=%v policy=%q, want denied by p", ok, pol)
+	if ok, pol, md := allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9000")); ok || pol != "p" || md != nil {
+		t.Errorf("port 9000: allowed=%v policy=%q metadata %v, want denied by p, no shadow verdict", ok, pol, md)
 	}
-	if ok, _ := allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9001")); !ok {
+	if ok, _, _ := allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9001")); !ok {
 		t.Error("port 9001 denied")
+	}
+	// The same rules as shadow rules (an istiod dry-run DENY) refuse
+	// nothing; their verdict is the connection's dynamic metadata.
+	dry := &netrbacv3.RBAC{StatPrefix: "tcp.", ShadowRules: deny.GetRules(), ShadowRulesStatPrefix: "istio_dry_run_deny_"}
+	dryCh, err := compileChain(&listenerv3.FilterChain{Filters: []*listenerv3.Filter{
+		{Name: "rbac", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(t, dry)}}, fc.Filters[1]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for port, want := range map[uint16]map[string]any{
+		9000: {"istio_dry_run_deny_shadow_engine_result": "denied", "istio_dry_run_deny_shadow_effective_policy_id": "p"},
+		9001: {"istio_dry_run_deny_shadow_engine_result": "allowed"},
+	} {
+		ok, _, md := allowConn(dryCh, c, netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), port))
+		if diff := cmp.Diff(md, map[string]map[string]any{"envoy.filters.network.rbac": want}); !ok || diff != "" {
+			t.Errorf("dry run, port %d: allowed=%v, metadata (-got +want)\n%s", port, ok, diff)
+		}
 	}
 	// Network RBAC after the terminal filter, or unsupported rules: NACK.
 	fc.Filters[0], fc.Filters[1] = fc.Filters[1], fc.Filters[0]

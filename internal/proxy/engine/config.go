@@ -50,7 +50,7 @@ type chain struct {
 	tls *downstreamTLS
 	// rbac are the network RBAC filters, evaluated once per connection
 	// before the HCM or tcp_proxy; a denied connection is closed.
-	rbac []*rbac.Engine
+	rbac []*netRBAC
 	// Exactly one of http and tcp is set.
 	http *httpChain
 	tcp  *tcpChain
@@ -420,7 +420,19 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 
 // compileNetworkRBAC builds a network RBAC filter (nil when it has no
 // enforcing rules). Shadow rules are validated and otherwise ignored.
-func compileNetworkRBAC(tc *anypb.Any) (*rbac.Engine, error) {
+// netRBAC is a network RBAC filter: its rules (nil: none, nothing
+// refused) and shadow rules (nil: none), whose verdict goes to the
+// connection's dynamic metadata under netRBACMetadata, keys after
+// shadowPrefix (shadow_rules_stat_prefix: istiod's dry-run prefixes).
+type netRBAC struct {
+	rules, shadow *rbac.Engine
+	shadowPrefix  string
+}
+
+// netRBACMetadata is the network RBAC filter's dynamic metadata namespace.
+const netRBACMetadata = "envoy.filters.network.rbac"
+
+func compileNetworkRBAC(tc *anypb.Any) (*netRBAC, error) {
 	c := &netrbacv3.RBAC{}
 	if err := tc.UnmarshalTo(c); err != nil {
 		return nil, err
@@ -428,19 +440,22 @@ func compileNetworkRBAC(tc *anypb.Any) (*rbac.Engine, error) {
 	if c.GetMatcher() != nil || c.GetShadowMatcher() != nil {
 		return nil, fmt.Errorf("rbac: matcher and shadow_matcher are not supported (use rules)")
 	}
+	n := &netRBAC{shadowPrefix: c.GetShadowRulesStatPrefix()}
+	var err error
 	if c.GetShadowRules() != nil {
-		if _, err := rbac.Compile(c.GetShadowRules()); err != nil {
+		if n.shadow, err = rbac.Compile(c.GetShadowRules()); err != nil {
 			return nil, fmt.Errorf("rbac shadow_rules: %w", err)
 		}
 	}
-	if c.GetRules() == nil {
+	if c.GetRules() != nil {
+		if n.rules, err = rbac.Compile(c.GetRules()); err != nil {
+			return nil, fmt.Errorf("rbac rules: %w", err)
+		}
+	}
+	if n.rules == nil && n.shadow == nil {
 		return nil, nil
 	}
-	e, err := rbac.Compile(c.GetRules())
-	if err != nil {
-		return nil, fmt.Errorf("rbac rules: %w", err)
-	}
-	return e, nil
+	return n, nil
 }
 
 // compilePathNorm reads the HCM's path normalisation settings: Envoy's

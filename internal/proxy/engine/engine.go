@@ -298,14 +298,15 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 		}
 		c = tc
 	}
-	if ok, pol := allowConn(ch, c, dst); !ok {
+	ok, pol, md := allowConn(ch, c, dst)
+	if !ok {
 		e.log.Debug("connection denied by RBAC", "listener", ls.name, "chain", ch.name, "remote", c.RemoteAddr(), "policy", pol)
 		_ = c.Close()
 		return
 	}
 	switch {
 	case ch.tcp != nil:
-		e.proxyTCP(rt, c, ch.tcp, dst, src, in.sni)
+		e.proxyTCP(rt, c, ch.tcp, dst, src, in.sni, md)
 	case ch.http != nil:
 		e.serveHTTP1(bl, &chainConn{Conn: c, chain: ch.http, dst: dst, src: src, origin: originOf(rt, ls, ch), local: local})
 	}
@@ -326,21 +327,21 @@ func (rt *runtime) virtualFor(dst netip.AddrPort) *listenerSpec {
 	return wildcard
 }
 
-func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.AddrPort, src source, sni string) {
+func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.AddrPort, src source, sni string, md map[string]map[string]any) {
 	start := time.Now()
 	name := t.pick(rand.Uint64())
 	c := rt.clusters[name]
 	labels := e.tcpLabels(name)
 	if c == nil {
 		e.log.Debug("tcp: unknown cluster", "cluster", name)
-		e.logTCP(t, down, nil, dst, sni, start, name, "", "NC", tcp.Counts{})
+		e.logTCP(t, down, nil, dst, sni, md, start, name, "", "NC", tcp.Counts{})
 		_ = down.Close()
 		return
 	}
 	ep, err := c.Pick(cluster.PickContext{OriginalDst: dst})
 	if err != nil {
 		e.log.Debug("tcp: no upstream", "cluster", name, "error", err)
-		e.logTCP(t, down, nil, dst, sni, start, name, "", "UH", tcp.Counts{})
+		e.logTCP(t, down, nil, dst, sni, md, start, name, "", "UH", tcp.Counts{})
 		_ = down.Close()
 		return
 	}
@@ -348,13 +349,13 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 	if err != nil {
 		e.log.Warn("tcp: upstream connect failed", "cluster", name, "endpoint", ep.Address, "error", err)
 		c.State().Report(ep, cluster.Outcome{ConnectFailure: true})
-		e.logTCP(t, down, nil, dst, sni, start, name, ep.Address, "UF", tcp.Counts{})
+		e.logTCP(t, down, nil, dst, sni, md, start, name, ep.Address, "UF", tcp.Counts{})
 		_ = down.Close()
 		return
 	}
 	e.metrics.TCPOpened.With(labels).Inc()
 	counts := tcp.Proxy(down, up, e.opts.TCPIdleTimeout)
-	e.logTCP(t, down, up, dst, sni, start, name, ep.Address, "", counts) // before the metrics: a closed count means the entry is queued
+	e.logTCP(t, down, up, dst, sni, md, start, name, ep.Address, "", counts) // before the metrics: a closed count means the entry is queued
 	e.metrics.TCPReceived.With(labels).Add(float64(counts.Sent))
 	e.metrics.TCPSent.With(labels).Add(float64(counts.Received))
 	e.metrics.TCPClosed.With(labels).Inc()

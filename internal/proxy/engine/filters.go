@@ -53,17 +53,32 @@ func describeConn(c net.Conn, dst netip.AddrPort) *httpfilter.Conn {
 	return fc
 }
 
-// allowConn runs a chain's network RBAC filters on a new connection.
-func allowConn(ch *chain, c net.Conn, dst netip.AddrPort) (bool, string) {
+// allowConn runs a chain's network RBAC filters on a new connection: a
+// refusal names the policy; shadow rules leave their verdicts in the
+// connection's dynamic metadata (md, nil without shadow rules), for its
+// access logs.
+func allowConn(ch *chain, c net.Conn, dst netip.AddrPort) (ok bool, policy string, md map[string]map[string]any) {
 	if len(ch.rbac) == 0 {
-		return true, ""
+		return true, "", nil
 	}
 	in := &rbac.Input{Conn: describeConn(c, dst)}
-	for _, e := range ch.rbac {
-		ok, pol := e.Allowed(in)
-		if !ok {
-			return false, pol
+	for _, f := range ch.rbac {
+		if f.shadow != nil {
+			res, pol := f.shadow.ShadowVerdict(in)
+			if md == nil {
+				md = map[string]map[string]any{netRBACMetadata: {}}
+			}
+			md[netRBACMetadata][f.shadowPrefix+"shadow_engine_result"] = res
+			if pol != "" {
+				md[netRBACMetadata][f.shadowPrefix+"shadow_effective_policy_id"] = pol
+			}
+		}
+		if f.rules == nil {
+			continue
+		}
+		if ok, pol := f.rules.Allowed(in); !ok {
+			return false, pol, md
 		}
 	}
-	return true, ""
+	return true, "", md
 }

@@ -145,6 +145,18 @@ func (e *Engine) Allowed(in *Input) (allowed bool, policy string) {
 	return true, name
 }
 
+// ShadowVerdict evaluates e as an RBAC filter's shadow rules do: the
+// shadow_engine_result ("allowed" or "denied") and
+// shadow_effective_policy_id ("" when no policy matched) the filter
+// records.
+func (e *Engine) ShadowVerdict(in *Input) (result, policy string) {
+	ok, pol := e.Allowed(in)
+	if !ok {
+		return "denied", pol
+	}
+	return "allowed", pol
+}
+
 func anyMatch(ms []matcher, in *Input) bool {
 	for _, m := range ms {
 		if m.match(in) {

@@ -65,11 +65,7 @@ type filter struct {
 func (f *filter) Decode(c *httpfilter.Call) *httpfilter.Reply {
 	in := &rbac.Input{Conn: c.Conn, Request: c.Request, Metadata: c.Metadata}
 	if f.shadow != nil {
-		ok, pol := f.shadow.Allowed(in)
-		res := "allowed"
-		if !ok {
-			res = "denied"
-		}
+		res, pol := f.shadow.ShadowVerdict(in)
 		c.SetMetadata(MetadataNamespace, f.shadowPrefix+"shadow_engine_result", res)
 		if pol != "" {
 			c.SetMetadata(MetadataNamespace, f.shadowPrefix+"shadow_effective_policy_id", pol)
