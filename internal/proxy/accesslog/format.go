@@ -778,6 +778,10 @@ func appendObject(b []byte, fs []field, e *Entry) []byte {
 				b = append(b, '"')
 				break
 			}
+			if s.op == opDynamicMetadata {
+				b = appendMetadataJSON(b, s, e)
+				break
+			}
 			v, n, num := s.value(e)
 			switch {
 			case num:
@@ -799,6 +803,28 @@ func appendObject(b []byte, fs []field, e *Entry) []byte {
 		}
 	}
 	return append(b, '}')
+}
+
+// appendMetadataJSON writes a %DYNAMIC_METADATA% value that is a JSON
+// field's whole value as Envoy's JSON format does: the value itself — a
+// number, a boolean, an object or a list — or a string (cut to the
+// operator's length), null when absent.
+func appendMetadataJSON(b []byte, s *segment, e *Entry) []byte {
+	v, ok := httpfilter.MetadataValue(e.Metadata, s.metaNS, s.metaPath)
+	if !ok || v == nil {
+		return append(b, "null"...)
+	}
+	if str, ok := v.(string); ok {
+		if s.maxLen > 0 && len(str) > s.maxLen {
+			str = str[:s.maxLen]
+		}
+		return appendJSONString(b, str)
+	}
+	js, err := json.Marshal(v)
+	if err != nil {
+		return append(b, "null"...)
+	}
+	return append(b, js...)
 }
 
 // appendJSONString appends s as a JSON string (invalid UTF-8 becomes

@@ -8,10 +8,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/json"
 	"math/big"
 	"net/url"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // peerCert is a client certificate with a SPIFFE URI SAN, two DNS SANs
@@ -153,6 +156,23 @@ func TestDynamicMetadataOperator(t *testing.T) {
 	}
 	if got := string(f.Append(nil, &entry)); got != "- - - -\n" {
 		t.Errorf("without metadata: %q", got)
+	}
+	// In a JSON format a field that is one such operator holds the value
+	// itself, as Envoy writes it; inside a longer string it is text.
+	j, err := ParseJSONMap(map[string]string{"result": "%DYNAMIC_METADATA(envoy.filters.http.rbac:istio_dry_run_deny_shadow_engine_result):3%",
+		"groups": "%DYNAMIC_METADATA(istio_authn:request.auth.claims:groups)%", "exp": "%DYNAMIC_METADATA(istio_authn:request.auth.claims:exp)%",
+		"missing": "%DYNAMIC_METADATA(x:y)%", "text": "g=%DYNAMIC_METADATA(istio_authn:request.auth.claims:groups)%"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Metadata["istio_authn"]["request.auth.claims"].(map[string]any)["exp"] = 1.7e9
+	var got map[string]any
+	if err := json.Unmarshal(j.Append(nil, &e), &got); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(got, map[string]any{"result": "den", "groups": []any{"dev", "admins"}, "exp": 1.7e9, "missing": nil,
+		"text": `g=["dev","admins"]`}); diff != "" {
+		t.Errorf("JSON (-got +want)\n%s", diff)
 	}
 	for _, bad := range []string{"%DYNAMIC_METADATA%", "%DYNAMIC_METADATA()%", "%DYNAMIC_METADATA(ns:)%", "%DYNAMIC_METADATA(:k)%"} {
 		if _, err := ParseText(bad); err == nil {
