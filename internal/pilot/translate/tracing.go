@@ -35,7 +35,8 @@ import (
 // that names no tracer gets none: its sidecars neither report spans nor
 // touch trace headers. Sampling is the Telemetry's
 // randomSamplingPercentage, else defaultConfig.tracing.sampling (1 %).
-// disableSpanReporting turns reporting off. A named provider's collector
+// disableSpanReporting turns reporting off; enableIstioTags: false
+// leaves out Istio's tags (istioTags), most specific level first. A named provider's collector
 // service the proxy cannot see leaves tracing off, with a warning, as
 // istiod does. A zipkin.address the proxy cannot see still gets its
 // tracer, as Istio's bootstrap tracer does: trace headers are written and
@@ -77,7 +78,7 @@ func (g *netBuilder) side(inbound bool) *sideTelemetry {
 func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionManager_Tracing {
 	mt := g.s.Mesh.Tracing
 	var providers []string
-	sampling, disabled := -1.0, false
+	sampling, disabled, istioTags := -1.0, false, true
 	tags := map[string]*telemetry.Tracing_CustomTag{}
 	for _, c := range g.telemetryScopes() {
 		for _, tr := range c.Spec.(*telemetry.Telemetry).GetTracing() {
@@ -101,6 +102,15 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 			}
 			if d := tr.GetDisableSpanReporting(); d != nil {
 				disabled = d.GetValue()
+			}
+			if it := tr.GetEnableIstioTags(); it != nil {
+				istioTags = it.GetValue()
+			}
+			if tr.GetDisableContextPropagation().GetValue() {
+				g.warnOnce("%s: tracing disableContextPropagation is not supported by weft; trace headers are still propagated", c.Key())
+			}
+			if u := tr.GetUseRequestIdForTraceSampling(); u != nil && !u.GetValue() {
+				g.warnOnce("%s: tracing useRequestIdForTraceSampling: false has no effect: weft samples new traces at random, never by x-request-id", c.Key())
 			}
 			for k, v := range tr.GetCustomTags() {
 				tags[k] = v
@@ -155,8 +165,11 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 	}
 	a, name := g.tracerConfig(tp, svc, port)
 	out := &hcmv3.HttpConnectionManager_Tracing{RandomSampling: &typev3.Percent{Value: sampling},
-		Provider:   &tracev3.Tracing_Http{Name: name, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}},
-		CustomTags: g.istioTags()}
+		Provider: &tracev3.Tracing_Http{Name: name, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}},
+	}
+	if istioTags {
+		out.CustomTags = g.istioTags()
+	}
 	if tp.MaxTagLength > 0 {
 		out.MaxPathTagLength = wrapperspb.UInt32(tp.MaxTagLength)
 	}

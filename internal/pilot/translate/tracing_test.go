@@ -19,19 +19,26 @@ import (
 )
 
 // describeTracing is an HCM's tracing in a line: collector cluster,
-// sampling and the tags beyond Istio's four (nil: none).
+// sampling and the tags beyond Istio's ("-istio" when Istio's are left
+// out; nil: none).
 func describeTracing(t *testing.T, tr *hcmv3.HttpConnectionManager_Tracing) string {
 	t.Helper()
 	if tr == nil {
 		return ""
 	}
 	var tags []string
+	istio := 0
 	for _, ct := range tr.GetCustomTags() {
 		if !strings.HasPrefix(ct.GetTag(), "istio.") {
 			tags = append(tags, ct.GetTag())
+		} else {
+			istio++
 		}
 	}
 	sort.Strings(tags)
+	if istio == 0 { // enableIstioTags: false
+		tags = append(tags, "-istio")
+	}
 	if oc := (&tracev3.OpenTelemetryConfig{}); tr.GetProvider().GetTypedConfig().MessageIs(oc) {
 		if err := tr.GetProvider().GetTypedConfig().UnmarshalTo(oc); err != nil || tr.GetProvider().GetName() != otelTracer {
 			t.Fatalf("%s: %v", tr.GetProvider().GetName(), err)
@@ -193,6 +200,17 @@ func TestTracingPrecedence(t *testing.T) {
 			client: jaeger + " 50% []", server: jaeger + " 50% []"},
 		"workload disables reporting": {tracing: legacy, configs: []*model.Config{
 			tel("default", "wl", `{"selector": {"matchLabels": {"app": "a"}}, "tracing": [{"disableSpanReporting": true}]}`)}},
+		"istio tags off for the workload": {tracing: func(m *model.Tracing) { m.Providers = providers },
+			configs: []*model.Config{
+				tel("istio-system", "mesh", `{"tracing": [{"providers": [{"name": "jaeger"}], "enableIstioTags": true}]}`),
+				tel("default", "wl", `{"selector": {"matchLabels": {"app": "a"}}, "tracing": [{"enableIstioTags": false, "customTags": {"team": {"literal": {"value": "a"}}}}]}`)},
+			client: jaeger + " 1% [team -istio]", server: jaeger + " 1% [team -istio]"},
+		"unsupported fields are warned about": {tracing: legacy, configs: []*model.Config{
+			tel("default", "ns", `{"tracing": [{"disableContextPropagation": true, "useRequestIdForTraceSampling": false}]}`)},
+			client: zipkin + " 1% []", server: zipkin + " 1% []", warning: "tracing disableContextPropagation is not supported"},
+		"request-id sampling off is warned about": {tracing: legacy, configs: []*model.Config{
+			tel("default", "ns", `{"tracing": [{"useRequestIdForTraceSampling": false}]}`)},
+			client: zipkin + " 1% []", server: zipkin + " 1% []", warning: "useRequestIdForTraceSampling: false has no effect"},
 		"client side only": {tracing: legacy, configs: []*model.Config{
 			tel("istio-system", "mesh", `{"tracing": [{"match": {"mode": "SERVER"}, "disableSpanReporting": true}]}`)},
 			client: zipkin + " 1% []"},
