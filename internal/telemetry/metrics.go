@@ -4,6 +4,8 @@
 package telemetry
 
 import (
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -205,6 +207,15 @@ func (m *Metrics) observe(o *requestObservers, r Request) {
 
 // newObservers builds the label set once for a new key.
 func (m *Metrics) newObservers(key requestKey, r Request) *requestObservers {
+	l := requestLabelMap(r)
+	o := &requestObservers{requests: m.Requests.With(l), duration: m.RequestDuration.With(l),
+		reqBytes: m.RequestBytes.With(l), respBytes: m.ResponseBytes.With(l)}
+	actual, _ := m.observers.LoadOrStore(key, o)
+	return actual.(*requestObservers)
+}
+
+// requestLabelMap is r's standard labels.
+func requestLabelMap(r Request) prometheus.Labels {
 	flags := r.Flags
 	if flags == "" {
 		flags = "-"
@@ -234,8 +245,84 @@ func (m *Metrics) newObservers(key requestKey, r Request) *requestObservers {
 		"response_flags":                 flags,
 		"connection_security_policy":     sec,
 	}
-	o := &requestObservers{requests: m.Requests.With(l), duration: m.RequestDuration.With(l),
-		reqBytes: m.RequestBytes.With(l), respBytes: m.ResponseBytes.With(l)}
-	actual, _ := m.observers.LoadOrStore(key, o)
-	return actual.(*requestObservers)
+	return l
+}
+
+// The standard metrics by the istio.stats filter's names (Istio's
+// metric names without "istio_").
+const (
+	RequestsTotal = iota
+	RequestDurationMilliseconds
+	RequestBytesMetric
+	ResponseBytesMetric
+	TCPSentBytesTotal
+	TCPReceivedBytesTotal
+	TCPConnectionsOpenedTotal
+	TCPConnectionsClosedTotal
+	NumMetrics
+)
+
+// MetricNames are the istio.stats filter's names of the standard metrics.
+var MetricNames = [NumMetrics]string{"requests_total", "request_duration_milliseconds", "request_bytes", "response_bytes",
+	"tcp_sent_bytes_total", "tcp_received_bytes_total", "tcp_connections_opened_total", "tcp_connections_closed_total"}
+
+// IsTCP reports whether metric is one of the TCP metrics.
+func IsTCP(metric int) bool { return metric >= TCPSentBytesTotal }
+
+// IsLabel reports whether label is one of metric's standard labels.
+func IsLabel(metric int, label string) bool {
+	if IsTCP(metric) {
+		return slices.Contains(tcpLabels, label)
+	}
+	return slices.Contains(requestLabels, label)
+}
+
+// LabelOverrides change the standard metrics for one request or
+// connection, as the istio.stats filter's config does: metrics left out
+// (Drop), and standard labels with other values (Labels; "" for a removed
+// label, which Prometheus stores as no label). The zero value changes
+// nothing.
+type LabelOverrides struct {
+	Drop   [NumMetrics]bool
+	Labels [NumMetrics]map[string]string
+}
+
+// Apply is the labels metric is recorded with, from its standard labels
+// l (not changed), and false when the metric is left out.
+func (ov *LabelOverrides) Apply(metric int, l prometheus.Labels) (prometheus.Labels, bool) {
+	if ov == nil {
+		return l, true
+	}
+	if ov.Drop[metric] {
+		return nil, false
+	}
+	if len(ov.Labels[metric]) == 0 {
+		return l, true
+	}
+	out := maps.Clone(l)
+	maps.Copy(out, ov.Labels[metric])
+	return out, true
+}
+
+// ObserveRequestOverridden records r as ObserveRequest does, with ov's
+// changes; each metric's labels are hashed again, so only requests of
+// customised chains take this way.
+func (m *Metrics) ObserveRequestOverridden(r Request, ov *LabelOverrides) {
+	l := requestLabelMap(r)
+	if ll, ok := ov.Apply(RequestsTotal, l); ok {
+		m.Requests.With(ll).Inc()
+	}
+	for _, h := range []struct {
+		metric int
+		vec    *prometheus.HistogramVec
+		v      float64
+	}{
+		{RequestDurationMilliseconds, m.RequestDuration, float64(r.Duration) / float64(time.Millisecond)},
+		{RequestBytesMetric, m.RequestBytes, float64(r.RequestBytes)},
+		{ResponseBytesMetric, m.ResponseBytes, float64(r.ResponseBytes)},
+	} {
+		if ll, ok := ov.Apply(h.metric, l); ok {
+			h.vec.With(ll).Observe(h.v)
+		}
+	}
 }

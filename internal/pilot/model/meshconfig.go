@@ -200,8 +200,10 @@ func parseAccessLogging(mc *meshv1.MeshConfig) (*AccessLogging, []string, error)
 		}
 	}
 	dp := mc.GetDefaultProviders()
-	if len(dp.GetMetrics()) > 0 {
-		warnings = append(warnings, "mesh config: defaultProviders.metrics is not used by weft (accessLogging and tracing are); ignored")
+	for _, p := range dp.GetMetrics() {
+		if !strings.EqualFold(p, "prometheus") {
+			warnings = append(warnings, fmt.Sprintf("mesh config: defaultProviders.metrics %q: weft's metrics provider is prometheus (Istio's metrics on :15020/stats/prometheus); ignored", p))
+		}
 	}
 	for _, p := range mc.GetExtensionProviders() {
 		if o := p.GetEnvoyOtelAls(); o != nil {
@@ -218,8 +220,8 @@ func parseAccessLogging(mc *meshv1.MeshConfig) (*AccessLogging, []string, error)
 		}
 		f := p.GetEnvoyFileAccessLog()
 		if f == nil {
-			if p.GetZipkin() == nil && p.GetOpentelemetry() == nil {
-				warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: only envoyFileAccessLog, envoyOtelAls, zipkin and opentelemetry providers are used by weft; ignored", p.GetName()))
+			if p.GetZipkin() == nil && p.GetOpentelemetry() == nil && p.GetPrometheus() == nil {
+				warnings = append(warnings, fmt.Sprintf("mesh config: extensionProviders %q: only envoyFileAccessLog, envoyOtelAls, zipkin, opentelemetry and prometheus providers are used by weft; ignored", p.GetName()))
 			}
 			continue
 		}

@@ -84,8 +84,8 @@ func (g *netBuilder) telemetryScopes() []*model.Config {
 			continue
 		}
 		if tm.GetTargetRef() != nil || len(tm.GetTargetRefs()) > 0 {
-			if len(tm.GetAccessLogging()) > 0 || len(tm.GetTracing()) > 0 {
-				g.warnOnce("%s: targetRef is not supported by weft (gateways only); accessLogging and tracing ignored", c.Key())
+			if len(tm.GetAccessLogging()) > 0 || len(tm.GetTracing()) > 0 || len(tm.GetMetrics()) > 0 {
+				g.warnOnce("%s: targetRef is not supported by weft (gateways only); accessLogging, metrics and tracing ignored", c.Key())
 			}
 			continue
 		}

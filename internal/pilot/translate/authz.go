@@ -614,20 +614,22 @@ func istioHeaderMatcher(name, v string, ignoreCase bool) *routev3.HeaderMatcher 
 
 // inboundHTTPFilters are an inbound HCM's filters: end-user JWT
 // authentication when RequestAuthentications apply (requestauthn.go), RBAC,
-// then the router.
+// istio.stats when Telemetry customises metrics (metrics.go), then the
+// router.
 func (g *netBuilder) inboundHTTPFilters() []*hcmv3.HttpFilter {
 	var out []*hcmv3.HttpFilter
 	if f := g.jwtAuthnFilter(); f != nil {
 		out = append(out, f)
 	}
 	out = append(out, cloneHTTPFilters(g.authz().http)...)
+	out = append(out, g.statsHTTPFilters(true)...)
 	return append(out, httpFilter(routerFilterName, g.routerConfig()))
 }
 
-// inboundTCPFilters are an inbound TCP chain's filters: RBAC, then
-// tcp_proxy to cluster.
+// inboundTCPFilters are an inbound TCP chain's filters: RBAC, istio.stats
+// when Telemetry customises metrics, then tcp_proxy to cluster.
 func (g *netBuilder) inboundTCPFilters(cluster string) []*listenerv3.Filter {
-	return append(cloneNetworkFilters(g.authz().tcp), g.tcpProxy(true, cluster, cluster))
+	return append(cloneNetworkFilters(g.authz().tcp), g.tcpFilters(true, g.tcpProxy(true, cluster, cluster))...)
 }
 
 func cloneHTTPFilters(in []*hcmv3.HttpFilter) []*hcmv3.HttpFilter {

@@ -127,9 +127,9 @@ func (g *netBuilder) virtualOutbound() *listenerv3.Listener {
 // refuses (REGISTRY_ONLY).
 func (g *netBuilder) passthroughChain() *listenerv3.FilterChain {
 	if g.s.Mesh.OutboundTrafficPolicyAllowAny {
-		return &listenerv3.FilterChain{Name: passthroughChainName, Filters: []*listenerv3.Filter{g.tcpProxy(false, PassthroughCluster, PassthroughCluster)}}
+		return &listenerv3.FilterChain{Name: passthroughChainName, Filters: g.tcpFilters(false, g.tcpProxy(false, PassthroughCluster, PassthroughCluster))}
 	}
-	return &listenerv3.FilterChain{Name: blackHoleChainName, Filters: []*listenerv3.Filter{g.tcpProxy(false, BlackHoleCluster, BlackHoleCluster)}}
+	return &listenerv3.FilterChain{Name: blackHoleChainName, Filters: g.tcpFilters(false, g.tcpProxy(false, BlackHoleCluster, BlackHoleCluster))}
 }
 
 // outboundListener is 0.0.0.0_<port> for captured traffic to port.
@@ -180,15 +180,13 @@ func (g *netBuilder) outboundListener(port uint32, sps []ldsServicePort) *listen
 
 // httpChain is the catch-all chain of an outbound HTTP port.
 func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
+	filters := []*hcmv3.HttpFilter{httpFilter(faultFilterName, &faultv3.HTTPFault{}), httpFilter(corsFilterName, &corsv3.Cors{})}
+	filters = append(filters, g.statsHTTPFilters(false)...)
 	h := &hcmv3.HttpConnectionManager{
 		StatPrefix:     "outbound_0.0.0.0_" + strconv.FormatUint(uint64(port), 10),
 		CodecType:      hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: rdsRoute(OutboundRouteName(port)),
-		HttpFilters: []*hcmv3.HttpFilter{
-			httpFilter(faultFilterName, &faultv3.HTTPFault{}),
-			httpFilter(corsFilterName, &corsv3.Cors{}),
-			httpFilter(routerFilterName, g.routerConfig()),
-		},
+		HttpFilters:    append(filters, httpFilter(routerFilterName, g.routerConfig())),
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 		Tracing:        g.side(false).tracing,
 		AccessLog:      g.side(false).logs,
@@ -263,7 +261,8 @@ func (g *netBuilder) inboundChains(ip inboundPort, matchPort bool) []*listenerv3
 // inboundChain forwards one inbound port to its inbound cluster; matchPort
 // selects it by original destination port (capture mode). HTTP chains run
 // the proxy's inbound HTTP filters: end-user authentication
-// (requestauthn.go), then authorization (authz.go), then the router.
+// (requestauthn.go), then authorization (authz.go), then istio.stats
+// (metrics.go), then the router.
 func (g *netBuilder) inboundChain(ip inboundPort, matchPort bool) *listenerv3.FilterChain {
 	cluster := InboundCluster(ip.port)
 	fc := &listenerv3.FilterChain{Name: cluster}

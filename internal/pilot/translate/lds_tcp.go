@@ -209,7 +209,7 @@ func (g *netBuilder) tcpChains(sp ldsServicePort) []ldsChain {
 			return ldsChain{owner: owner, bySubnet: bySubnet, fc: &listenerv3.FilterChain{
 				Name:             fmt.Sprintf("%s|%s[%d]", vs.cfg.Key(), kind, i),
 				FilterChainMatch: m,
-				Filters:          []*listenerv3.Filter{g.tcpRouteFilter(vs, routes, sp)},
+				Filters:          g.tcpFilters(false, g.tcpRouteFilter(vs, routes, sp)),
 			}}
 		}
 		if ldsIsTLS(port.Protocol) {
@@ -258,7 +258,7 @@ func (g *netBuilder) tcpChains(sp ldsServicePort) []ldsChain {
 	out = append(out, ldsChain{owner: owner, fc: &listenerv3.FilterChain{
 		Name:             cluster,
 		FilterChainMatch: m,
-		Filters:          []*listenerv3.Filter{g.tcpProxy(false, cluster, cluster)},
+		Filters:          g.tcpFilters(false, g.tcpProxy(false, cluster, cluster)),
 	}})
 	return out
 }

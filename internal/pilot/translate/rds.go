@@ -56,8 +56,8 @@ type netBuilder struct {
 	warned  map[string]bool
 	// authzF are the inbound RBAC filters (authz), built on first use.
 	authzF *authzFilters
-	// sidesF is the outbound and inbound sides' tracing and access logs,
-	// built on first use (side).
+	// sidesF is the outbound and inbound sides' tracing, access logs and
+	// istio.stats config, built on first use (side).
 	sidesF *[2]sideTelemetry
 }
 

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	stats "istio.io/api/envoy/extensions/stats"
 	telemetry "istio.io/api/telemetry/v1alpha1"
 )
 
@@ -52,10 +53,12 @@ const (
 
 // sideTelemetry is what one side of the proxy, outbound (CLIENT) or
 // inbound (SERVER), puts on every connection manager and tcp_proxy it
-// builds: tracing (nil: none; connection managers only) and access logs.
+// builds: tracing (nil: none; connection managers only), access logs and
+// the istio.stats filter's config (nil: none, metrics.go).
 type sideTelemetry struct {
 	tracing *hcmv3.HttpConnectionManager_Tracing
 	logs    []*accesslogv3.AccessLog
+	stats   *stats.PluginConfig
 }
 
 // side is the outbound or inbound side's telemetry, worked out on first
@@ -63,9 +66,9 @@ type sideTelemetry struct {
 // is built).
 func (g *netBuilder) side(inbound bool) *sideTelemetry {
 	if g.sidesF == nil {
-		g.sidesF = &[2]sideTelemetry{
-			{g.tracing(telemetry.WorkloadMode_CLIENT), g.accessLogs(telemetry.WorkloadMode_CLIENT)},
-			{g.tracing(telemetry.WorkloadMode_SERVER), g.accessLogs(telemetry.WorkloadMode_SERVER)},
+		g.sidesF = &[2]sideTelemetry{}
+		for i, mode := range []telemetry.WorkloadMode{telemetry.WorkloadMode_CLIENT, telemetry.WorkloadMode_SERVER} {
+			g.sidesF[i] = sideTelemetry{tracing: g.tracing(mode), logs: g.accessLogs(mode), stats: g.statsConfig(mode)}
 		}
 	}
 	if inbound {

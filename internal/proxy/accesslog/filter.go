@@ -86,26 +86,66 @@ func (f *Filter) Match(e *Entry) bool {
 // ParseFilter compiles a CEL expression; one that does not parse, is not
 // a boolean, or reads headers other than by a constant name is an error
 // naming the problem.
-func ParseFilter(expr string) (*Filter, error) {
+func ParseFilter(expr string) (*Filter, error) { return compileExpr(expr, "access log filter", true) }
+
+// compileExpr compiles expr (what names its use in errors), a boolean one
+// when wantBool.
+func compileExpr(expr, what string, wantBool bool) (*Filter, error) {
 	env, err := filterEnv()
 	if err != nil {
 		return nil, err
 	}
 	checked, iss := env.Compile(expr)
 	if iss.Err() != nil {
-		return nil, fmt.Errorf("access log filter %q: %v (the attributes are %s)", expr, iss.Err(), Attributes)
+		return nil, fmt.Errorf("%s %q: %v (the attributes are %s)", what, expr, iss.Err(), Attributes)
 	}
-	if t := checked.OutputType(); !t.IsExactType(types.BoolType) && !t.IsExactType(types.DynType) {
-		return nil, fmt.Errorf("access log filter %q: the expression is a %s, not a bool", expr, t)
+	if t := checked.OutputType(); wantBool && !t.IsExactType(types.BoolType) && !t.IsExactType(types.DynType) {
+		return nil, fmt.Errorf("%s %q: the expression is a %s, not a bool", what, expr, t)
 	}
 	f := &Filter{expr: expr}
 	if err := f.collectHeaders(checked.NativeRep().Expr()); err != nil {
-		return nil, fmt.Errorf("access log filter %q: %v", expr, err)
+		return nil, fmt.Errorf("%s %q: %v", what, expr, err)
 	}
 	if f.prg, err = env.Program(checked, cel.CostLimit(filterCostLimit)); err != nil {
-		return nil, fmt.Errorf("access log filter %q: %v", expr, err)
+		return nil, fmt.Errorf("%s %q: %v", what, expr, err)
 	}
 	return f, nil
+}
+
+// Value is a CEL expression over an entry's attributes whose result is
+// text: a metric label's value (the istio.stats filter's dimensions).
+type Value struct{ f *Filter }
+
+// ParseValue compiles a CEL expression of any type, with ParseFilter's
+// attributes and rules.
+func ParseValue(expr string) (*Value, error) {
+	f, err := compileExpr(expr, "expression", false)
+	if err != nil {
+		return nil, err
+	}
+	return &Value{f}, nil
+}
+
+// Headers lists the headers the expression reads that Entry has no field
+// for.
+func (v *Value) Headers() []HeaderRef { return v.f.Headers() }
+
+// Eval is the expression's value for e as text — strings as they are,
+// other values in CEL's string conversion — and "unknown" when it cannot
+// be evaluated (an attribute e does not have), as Istio's stats filter
+// writes it.
+func (v *Value) Eval(e *Entry) string {
+	out, _, err := v.f.prg.Eval(&filterActivation{f: v.f, e: e})
+	if err != nil || types.IsError(out) || types.IsUnknown(out) {
+		return "unknown"
+	}
+	if s, ok := out.(types.String); ok {
+		return string(s)
+	}
+	if s, ok := out.ConvertToType(types.StringType).(types.String); ok {
+		return string(s)
+	}
+	return "unknown"
 }
 
 // filterCostLimit bounds one evaluation (CEL's cost units, about one per

@@ -274,15 +274,7 @@ func (a *accessLogs) log(e *Engine, en *accesslog.Entry) {
 // logHTTP writes one request's entries: to the chain's access logs and
 // the proxy-wide --access-log.
 func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.ResponseWriter, d time.Duration) {
-	protocol := r.Proto
-	if r.ProtoMajor == 2 {
-		protocol = "HTTP/2" // Envoy's %PROTOCOL%
-	}
-	en := &accesslog.Entry{Start: ex.start, Method: r.Method, Path: ex.path, Protocol: protocol,
-		Code: ex.code, Flags: ex.flags, GRPCStatus: ex.grpcStatus, BytesReceived: ex.reqBytes, BytesSent: ex.respBytes, Duration: d,
-		UpstreamTime: ex.upstreamTime, ForwardedFor: r.Header.Get("X-Forwarded-For"), UserAgent: r.Header.Get("User-Agent"),
-		RequestID: r.Header.Get("X-Request-Id"), Authority: r.Host, UpstreamHost: ex.upstream, UpstreamCluster: ex.cluster,
-		Attempts: ex.attempts}
+	en := httpEntry(ex, r, d)
 	if e.opts.AccessLog != nil {
 		e.opts.AccessLog.Log(en)
 	}
@@ -290,22 +282,7 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 	if als == nil {
 		return
 	}
-	if en.Path == "" {
-		en.Path = r.URL.RequestURI() // refused before routing
-	}
-	en.DownstreamRemote = r.RemoteAddr
-	en.DownstreamLocal = cc.dst.String()
-	if ex.upstreamLocal != nil {
-		en.UpstreamLocal = ex.upstreamLocal.String()
-	}
-	connTLS(en, cc.Conn)
-	if ex.route != nil {
-		en.RouteName = ex.route.Name
-	}
-	en.Metadata = ex.metadata
-	if t := &ex.trace; t.sampled && t.trace != ([16]byte{}) {
-		en.TraceID, en.SpanID = traceHex(&t.trace), hex.EncodeToString(t.span[:])
-	}
+	addConnAttributes(en, cc, ex, r)
 	for _, h := range als.headers {
 		var v string
 		switch {
@@ -323,6 +300,41 @@ func (e *Engine) logHTTP(cc *chainConn, ex *exchange, r *http.Request, w http.Re
 		}
 	}
 	als.log(e, en)
+}
+
+// httpEntry is a request's access log entry with the fields Envoy's
+// default format shows.
+func httpEntry(ex *exchange, r *http.Request, d time.Duration) *accesslog.Entry {
+	protocol := r.Proto
+	if r.ProtoMajor == 2 {
+		protocol = "HTTP/2" // Envoy's %PROTOCOL%
+	}
+	return &accesslog.Entry{Start: ex.start, Method: r.Method, Path: ex.path, Protocol: protocol,
+		Code: ex.code, Flags: ex.flags, GRPCStatus: ex.grpcStatus, BytesReceived: ex.reqBytes, BytesSent: ex.respBytes, Duration: d,
+		UpstreamTime: ex.upstreamTime, ForwardedFor: r.Header.Get("X-Forwarded-For"), UserAgent: r.Header.Get("User-Agent"),
+		RequestID: r.Header.Get("X-Request-Id"), Authority: r.Host, UpstreamHost: ex.upstream, UpstreamCluster: ex.cluster,
+		Attempts: ex.attempts}
+}
+
+// addConnAttributes adds the rest of what formats, filters and metric
+// dimensions read: addresses, TLS, route, dynamic metadata and trace.
+func addConnAttributes(en *accesslog.Entry, cc *chainConn, ex *exchange, r *http.Request) {
+	if en.Path == "" {
+		en.Path = r.URL.RequestURI() // refused before routing
+	}
+	en.DownstreamRemote = r.RemoteAddr
+	en.DownstreamLocal = cc.dst.String()
+	if ex.upstreamLocal != nil {
+		en.UpstreamLocal = ex.upstreamLocal.String()
+	}
+	connTLS(en, cc.Conn)
+	if ex.route != nil {
+		en.RouteName = ex.route.Name
+	}
+	en.Metadata = ex.metadata
+	if t := &ex.trace; t.sampled && t.trace != ([16]byte{}) {
+		en.TraceID, en.SpanID = traceHex(&t.trace), hex.EncodeToString(t.span[:])
+	}
 }
 
 // connTLS sets en's TLS attributes of the downstream connection c: its

@@ -90,6 +90,9 @@ type httpChain struct {
 	// noRequestID is generate_request_id false: a request without
 	// x-request-id goes on without one.
 	noRequestID bool
+	// stats is the istio.stats filter's changes to the metrics (nil:
+	// Istio's standard metrics).
+	stats *statsConfig
 }
 
 // serverHeader is an HCM's server_header_transformation and server_name
@@ -119,6 +122,8 @@ type tcpChain struct {
 	total      uint64
 	// logs are the tcp_proxy's access logs (nil: none).
 	logs *accessLogs
+	// stats is the chain's istio.stats filter (nil: standard metrics).
+	stats *statsConfig
 }
 
 type weighted struct {
@@ -298,6 +303,7 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 	default:
 		return nil, fmt.Errorf("transport_protocol %q is not supported (tls or raw_buffer)", ch.transportProtocol)
 	}
+	var netStats *statsConfig // a network istio.stats filter, for the tcp_proxy
 	for _, pr := range m.GetPrefixRanges() {
 		ip, err := netip.ParseAddr(pr.GetAddressPrefix())
 		if err != nil {
@@ -334,6 +340,11 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 				useRemoteAddress: h.GetUseRemoteAddress().GetValue()}
 			hc.appendXFF = hc.useRemoteAddress && !h.GetSkipXffAppend()
 			hc.noRequestID = h.GetGenerateRequestId() != nil && !h.GetGenerateRequestId().GetValue()
+			stats, err := hcmStats(h)
+			if err != nil {
+				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
+			hc.stats = stats
 			hc.server = serverHeader{mode: h.GetServerHeaderTransformation()}
 			if n := h.GetServerName(); n != "" {
 				hc.server.value = []string{n}
@@ -408,12 +419,24 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 			}
 			t.logs = logs
 			ch.tcp = t
+		case tc.GetTypeUrl() == statsTypeURL:
+			if ch.http != nil || ch.tcp != nil {
+				return nil, fmt.Errorf("filter %s: istio.stats must come before the terminal filter", f.GetName())
+			}
+			sc, err := compileStats(tc)
+			if err != nil {
+				return nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
+			netStats = sc
 		default:
 			return nil, fmt.Errorf("network filter %s (%s) is not supported", f.GetName(), tc.GetTypeUrl())
 		}
 	}
 	if ch.http == nil && ch.tcp == nil {
 		return nil, fmt.Errorf("a filter chain needs an http_connection_manager or a tcp_proxy")
+	}
+	if ch.tcp != nil {
+		ch.tcp.stats = netStats
 	}
 	return ch, nil
 }
@@ -483,6 +506,7 @@ var nativeHTTPFilters = map[string]bool{
 	"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router":   true,
 	"type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault": true,
 	"type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors":       true,
+	statsTypeURL: true, // read by hcmStats
 }
 
 // compileHTTPFilters builds an HCM's http_filters from the registry. The

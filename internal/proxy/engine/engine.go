@@ -353,12 +353,21 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 		_ = down.Close()
 		return
 	}
-	e.metrics.TCPOpened.With(labels).Inc()
+	var ov *telemetry.LabelOverrides // the chain's istio.stats filter; its dimensions read the connection
+	if sc := t.stats; sc != nil {
+		ov = sc.overrides(func() *accesslog.Entry {
+			en := &accesslog.Entry{Start: start, UpstreamHost: ep.Address, UpstreamCluster: name,
+				DownstreamRemote: down.RemoteAddr().String(), DownstreamLocal: dst.String(), ServerName: sni, Metadata: md}
+			connTLS(en, down)
+			return en
+		})
+	}
+	recordTCP(ov, telemetry.TCPConnectionsOpenedTotal, e.metrics.TCPOpened, labels, 1)
 	counts := tcp.Proxy(down, up, e.opts.TCPIdleTimeout)
 	e.logTCP(t, down, up, dst, sni, md, start, name, ep.Address, "", counts) // before the metrics: a closed count means the entry is queued
-	e.metrics.TCPReceived.With(labels).Add(float64(counts.Sent))
-	e.metrics.TCPSent.With(labels).Add(float64(counts.Received))
-	e.metrics.TCPClosed.With(labels).Inc()
+	recordTCP(ov, telemetry.TCPReceivedBytesTotal, e.metrics.TCPReceived, labels, float64(counts.Sent))
+	recordTCP(ov, telemetry.TCPSentBytesTotal, e.metrics.TCPSent, labels, float64(counts.Received))
+	recordTCP(ov, telemetry.TCPConnectionsClosedTotal, e.metrics.TCPClosed, labels, 1)
 }
 
 // Drain stops taking new connections' requests gracefully: HTTP/1 gets

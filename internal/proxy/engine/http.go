@@ -21,6 +21,7 @@ import (
 	"time"
 
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
 	"github.com/weftmesh/weft/internal/proxy/httpfilter"
 	"github.com/weftmesh/weft/internal/proxy/route"
@@ -870,7 +871,16 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 	if ns, tail, ok := strings.Cut(rest, "."); ok && strings.HasPrefix(tail, "svc.") {
 		req.DestinationServiceNamespace = ns
 	}
-	e.metrics.ObserveRequestCached(req, &cc.metrics)
+	if sc := cc.chain.stats; sc != nil {
+		e.metrics.ObserveRequestOverridden(req, sc.overrides(func() *accesslog.Entry {
+			en := httpEntry(ex, r, req.Duration)
+			addConnAttributes(en, cc, ex, r)
+			sc.captureHeaders(en, r, w)
+			return en
+		}))
+	} else {
+		e.metrics.ObserveRequestCached(req, &cc.metrics)
+	}
 	if tc := cc.chain.tracing; tc != nil {
 		if ex.trace.trace == ([16]byte{}) { // answered by the proxy itself: a span all the same
 			ex.trace = traceContext(r.Header, tc.traceOptions(inbound))

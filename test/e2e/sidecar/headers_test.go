@@ -94,3 +94,61 @@ func TestProxyHeaders(t *testing.T) {
 		})
 	}
 }
+
+// TestTelemetryMetrics: a Telemetry's metrics overrides, applied through
+// the API server, change what real sidecars record. On the client side
+// (sidecar A) istio_requests_total takes destination_version from a
+// request header and drops source_principal; request durations are not
+// recorded on either side; sidecar B's request count keeps Istio's
+// standard labels.
+func TestTelemetryMetrics(t *testing.T) {
+	backend := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })})
+	svcPort := freePort(t)
+	p := startMeshPair(t, []appPort{{"http", backend, freePort(t)}}, webService(svcPort)+`---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      tagOverrides:
+        destination_version: {value: "request.headers['x-version']"}
+        source_principal: {operation: REMOVE}
+    - match: {metric: REQUEST_DURATION}
+      disabled: true
+`)
+	c := &http.Client{Timeout: 5 * time.Second}
+	eventually(t, "a request counted with the header's version", func() error {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/m", svcPort), nil)
+		req.Host = "web.b.mesh"
+		req.Header.Set("X-Version", "v7")
+		r, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+		if r.StatusCode != 200 {
+			return fmt.Errorf("status %d", r.StatusCode)
+		}
+		if n := metricSum(t, p.a.stats, "istio_requests_total", `reporter="source"`, `destination_version="v7"`, `source_principal=""`); n == 0 {
+			return fmt.Errorf("sidecar A has no istio_requests_total with destination_version v7 and no source_principal")
+		}
+		return nil
+	})
+	if n := metricSum(t, p.b.stats, "istio_requests_total", `reporter="destination"`, `destination_version="unknown"`, `source_principal="unknown"`); n == 0 {
+		t.Error("sidecar B's istio_requests_total lost its standard labels")
+	}
+	if n := metricSum(t, p.b.stats, "istio_requests_total", `destination_version="v7"`); n != 0 {
+		t.Error("sidecar B took the client side's dimension")
+	}
+	for name, stats := range map[string]int{"A": p.a.stats, "B": p.b.stats} {
+		if n := metricSum(t, stats, "istio_request_duration_milliseconds_count"); n != 0 {
+			t.Errorf("sidecar %s recorded %d request durations; the metric is disabled", name, n)
+		}
+		if n := metricSum(t, stats, "istio_request_bytes_count"); n == 0 {
+			t.Errorf("sidecar %s recorded no request sizes", name)
+		}
+	}
+}

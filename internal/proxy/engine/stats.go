@@ -1,0 +1,153 @@
+package engine
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
+	"github.com/weftmesh/weft/internal/telemetry"
+	"google.golang.org/protobuf/types/known/anypb"
+	statspb "istio.io/api/envoy/extensions/stats"
+)
+
+// Istio's stats filter (istio.stats, stats.PluginConfig), which istiod
+// puts on a connection manager (before the router) or a TCP chain
+// (before tcp_proxy) when the Telemetry API customises metrics. Its
+// metrics entries change Istio's standard metrics for that chain: drop
+// leaves a metric out, tags_to_remove empties standard labels (Prometheus
+// stores an empty label as none) and dimensions set standard labels to
+// CEL expressions over the request (accesslog.Attributes), evaluated per
+// request. An entry without a name applies to every metric; a name weft
+// does not record (request_messages_total, response_messages_total) is
+// accepted and changes nothing. A dimension that is not one of Istio's
+// standard labels is refused: weft-proxy's metrics have a fixed label set.
+
+// statsTypeURL is the istio.stats filter's config type.
+const statsTypeURL = "type.googleapis.com/stats.PluginConfig"
+
+// statsConfig is a compiled istio.stats filter.
+type statsConfig struct {
+	drop [telemetry.NumMetrics]bool
+	// removed are the labels emptied, dims those computed, per metric.
+	removed [telemetry.NumMetrics][]string
+	dims    [telemetry.NumMetrics][]statsDim
+	// headers are the headers the dimensions read that an access log
+	// entry has no field for.
+	headers []accesslog.HeaderRef
+}
+
+type statsDim struct {
+	label string
+	value *accesslog.Value
+}
+
+// compileStats reads an istio.stats filter's config.
+func compileStats(tc *anypb.Any) (*statsConfig, error) {
+	pc := &statspb.PluginConfig{}
+	if err := tc.UnmarshalTo(pc); err != nil {
+		return nil, fmt.Errorf("istio.stats: %w", err)
+	}
+	sc := &statsConfig{}
+	for i, mc := range pc.GetMetrics() {
+		var targets []int
+		for m, name := range telemetry.MetricNames {
+			if mc.GetName() == "" || mc.GetName() == name {
+				targets = append(targets, m)
+			}
+		}
+		for _, m := range targets {
+			if mc.GetDrop() {
+				sc.drop[m] = true
+			}
+			for _, tag := range mc.GetTagsToRemove() {
+				if !telemetry.IsLabel(m, tag) {
+					continue // not a label of this metric: nothing to remove
+				}
+				sc.dims[m] = slices.DeleteFunc(sc.dims[m], func(d statsDim) bool { return d.label == tag })
+				if !slices.Contains(sc.removed[m], tag) {
+					sc.removed[m] = append(sc.removed[m], tag)
+				}
+			}
+			for _, label := range sortedKeys(mc.GetDimensions()) {
+				if !telemetry.IsLabel(m, label) {
+					if mc.GetName() == "" {
+						continue // a request label, on a TCP metric or the other way round
+					}
+					return nil, fmt.Errorf("istio.stats metrics[%d] %s: dimension %q is not one of Istio's standard labels; weft-proxy's metrics have a fixed label set", i, mc.GetName(), label)
+				}
+				v, err := accesslog.ParseValue(mc.GetDimensions()[label])
+				if err != nil {
+					return nil, fmt.Errorf("istio.stats metrics[%d] dimension %s: %w", i, label, err)
+				}
+				sc.removed[m] = slices.DeleteFunc(sc.removed[m], func(l string) bool { return l == label })
+				sc.dims[m] = slices.DeleteFunc(sc.dims[m], func(d statsDim) bool { return d.label == label })
+				sc.dims[m] = append(sc.dims[m], statsDim{label, v})
+				for _, h := range v.Headers() {
+					if !slices.Contains(sc.headers, h) {
+						sc.headers = append(sc.headers, h)
+					}
+				}
+			}
+		}
+	}
+	return sc, nil
+}
+
+// hcmStats finds the istio.stats filter among an HCM's http_filters (nil:
+// none).
+func hcmStats(h *hcmv3.HttpConnectionManager) (*statsConfig, error) {
+	for _, hf := range h.GetHttpFilters() {
+		if tc := hf.GetTypedConfig(); tc.GetTypeUrl() == statsTypeURL && !hf.GetDisabled() {
+			return compileStats(tc)
+		}
+	}
+	return nil, nil
+}
+
+// overrides are the label changes for one request or connection: the
+// dimensions evaluated on en (nil when none reads it).
+func (sc *statsConfig) overrides(en func() *accesslog.Entry) *telemetry.LabelOverrides {
+	ov := &telemetry.LabelOverrides{Drop: sc.drop}
+	var entry *accesslog.Entry
+	for m := range ov.Labels {
+		if len(sc.removed[m]) == 0 && len(sc.dims[m]) == 0 {
+			continue
+		}
+		l := make(map[string]string, len(sc.removed[m])+len(sc.dims[m]))
+		for _, label := range sc.removed[m] {
+			l[label] = ""
+		}
+		for _, d := range sc.dims[m] {
+			if entry == nil {
+				entry = en()
+			}
+			l[d.label] = d.value.Eval(entry)
+		}
+		ov.Labels[m] = l
+	}
+	return ov
+}
+
+// captureHeaders adds to en the request and response headers the
+// dimensions read.
+func (sc *statsConfig) captureHeaders(en *accesslog.Entry, r *http.Request, w http.ResponseWriter) {
+	for _, h := range sc.headers {
+		v := r.Header.Get(h.Name)
+		if h.Response {
+			v = w.Header().Get(h.Name)
+		}
+		if v != "" {
+			en.Headers = append(en.Headers, accesslog.Header{Response: h.Response, Name: h.Name, Value: v})
+		}
+	}
+}
+
+// recordTCP counts one TCP metric for a connection with standard labels l.
+func recordTCP(ov *telemetry.LabelOverrides, metric int, vec *prometheus.CounterVec, l prometheus.Labels, v float64) {
+	if ll, ok := ov.Apply(metric, l); ok {
+		vec.With(ll).Add(v)
+	}
+}

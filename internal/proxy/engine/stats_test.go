@@ -1,0 +1,172 @@
+package engine
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/weftmesh/weft/internal/proxy/xdsclient"
+	statspb "istio.io/api/envoy/extensions/stats"
+)
+
+// metricSeries is every series of the registry's metric name, each as
+// its labels (name=value, sorted as gathered) joined by ",".
+func metricSeries(t *testing.T, reg *prometheus.Registry, name string) []string {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var ls []string
+			for _, lp := range m.GetLabel() {
+				ls = append(ls, lp.GetName()+"="+lp.GetValue())
+			}
+			out = append(out, strings.Join(ls, ","))
+		}
+	}
+	return out
+}
+
+// hasLabel reports whether a series (metricSeries) has label=value.
+func hasLabel(series, label, value string) bool {
+	return strings.Contains(","+series+",", ","+label+"="+value+",")
+}
+
+// TestStatsFilter: Istio's istio.stats filter, as istiod writes it for a
+// Telemetry that customises metrics, changes the chain's standard
+// metrics: a dimension sets a standard label from a CEL expression over
+// the request, tags_to_remove empties labels (of one metric, or of every
+// one without a name), drop leaves a metric out — for an HTTP connection
+// manager (the filter before the router) and a TCP chain (before
+// tcp_proxy). A chain without the filter keeps the standard metrics.
+func TestStatsFilter(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	defer backend.Close()
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	cfg := &statspb.PluginConfig{Metrics: []*statspb.MetricConfig{
+		{Name: "requests_total", Dimensions: map[string]string{"destination_service": "request.host", "request_protocol": "request.headers['x-tenant']"},
+			TagsToRemove: []string{"source_principal"}},
+		{Name: "request_duration_milliseconds", Drop: true},
+		{TagsToRemove: []string{"response_flags"}},
+		{Name: "tcp_connections_opened_total", Drop: true},
+		{Name: "tcp_sent_bytes_total", Dimensions: map[string]string{"destination_service": "string(destination.port) + '/tcp'"}},
+		{Name: "request_messages_total", Drop: true}, // not recorded by weft: nothing to drop
+	}}
+	stats := &hcmv3.HttpFilter{Name: "istio.stats", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAnyT(t, cfg)}}
+	addr, plain, tcpAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	custom := withHCM(t, httpListener("custom", addr, "backend", nil), func(h *hcmv3.HttpConnectionManager) {
+		h.HttpFilters = append([]*hcmv3.HttpFilter{stats}, h.HttpFilters...)
+	})
+	tcpChain := tcpChainProto("echo", "echo", 0)
+	tcpChain.Filters = append([]*listenerv3.Filter{{Name: "istio.stats", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(t, cfg)}}}, tcpChain.Filters...)
+	reg := prometheus.NewRegistry()
+	e := New(slog.New(slog.DiscardHandler), Options{Registerer: reg})
+	t.Cleanup(e.shutdown)
+	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{
+		"custom": custom, "plain": httpListener("plain", plain, "backend", nil),
+		"echo": {Name: "echo", Address: socketAddr(tcpAddr), FilterChains: []*listenerv3.FilterChain{tcpChain}}},
+		Clusters: map[string]*clusterv3.Cluster{"backend": staticCluster("backend", netip.MustParseAddrPort(backend.Listener.Addr().String()), false),
+			"echo": staticCluster("echo", netip.MustParseAddrPort(echo.Addr().String()), false)}}); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", "http://"+addr.String()+"/", nil)
+	req.Host = "reviews.example:9080"
+	req.Header.Set("X-Tenant", "t1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	getStatus(t, "http://"+plain.String()+"/", "Host", "plain.example")
+	pingTCP(t, e, tcpAddr)
+
+	var custReq, plainReq string
+	for _, s := range metricSeries(t, reg, "istio_requests_total") {
+		switch {
+		case hasLabel(s, "destination_service", "reviews.example:9080"):
+			custReq = s
+		case hasLabel(s, "destination_service", "unknown"):
+			plainReq = s
+		}
+	}
+	if !hasLabel(custReq, "request_protocol", "t1") || !hasLabel(custReq, "source_principal", "") || !hasLabel(custReq, "response_flags", "") {
+		t.Errorf("customised istio_requests_total %q: want destination_service from the Host, request_protocol from x-tenant, source_principal and response_flags empty", custReq)
+	}
+	if !hasLabel(plainReq, "request_protocol", "http") || !hasLabel(plainReq, "response_flags", "-") {
+		t.Errorf("standard istio_requests_total %q", plainReq)
+	}
+	if got := metricSeries(t, reg, "istio_request_duration_milliseconds"); len(got) != 1 || !hasLabel(got[0], "response_flags", "-") {
+		t.Errorf("istio_request_duration_milliseconds %q: want only the standard chain's (dropped on the customised one)", got)
+	}
+	bytes := metricSeries(t, reg, "istio_request_bytes")
+	if len(bytes) != 2 || !slicesAny(bytes, func(s string) bool {
+		return hasLabel(s, "response_flags", "") && hasLabel(s, "request_protocol", "http")
+	}) {
+		t.Errorf("istio_request_bytes %q: want the customised chain's with response_flags emptied (a nameless entry) and its own labels otherwise", bytes)
+	}
+	if got := metricSeries(t, reg, "istio_tcp_connections_opened_total"); len(got) != 0 {
+		t.Errorf("istio_tcp_connections_opened_total %q: dropped", got)
+	}
+	sent := metricSeries(t, reg, "istio_tcp_sent_bytes_total")
+	if len(sent) != 1 || !hasLabel(sent[0], "destination_service", tcpAddrPort(tcpAddr)+"/tcp") || !hasLabel(sent[0], "response_flags", "") {
+		t.Errorf("istio_tcp_sent_bytes_total %q: want destination_service from the expression, response_flags emptied", sent)
+	}
+	if got := metricSeries(t, reg, "istio_tcp_connections_closed_total"); len(got) != 1 || !hasLabel(got[0], "destination_service", "unknown") {
+		t.Errorf("istio_tcp_connections_closed_total %q", got)
+	}
+
+	// Config weft cannot honour is refused with the reason.
+	for _, bad := range []*statspb.PluginConfig{
+		{Metrics: []*statspb.MetricConfig{{Name: "requests_total", Dimensions: map[string]string{"request_host": "request.host"}}}},
+		{Metrics: []*statspb.MetricConfig{{Name: "requests_total", Dimensions: map[string]string{"destination_service": "request.nope("}}}},
+	} {
+		l := withHCM(t, httpListener("bad", freeAddr(t), "backend", nil), func(h *hcmv3.HttpConnectionManager) {
+			h.HttpFilters = append([]*hcmv3.HttpFilter{{Name: "istio.stats", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAnyT(t, bad)}}}, h.HttpFilters...)
+		})
+		if _, err := compileListener(l); err == nil || !strings.Contains(err.Error(), "istio.stats") {
+			t.Errorf("%v: err %v", bad, err)
+		}
+	}
+}
+
+func slicesAny(ss []string, f func(string) bool) bool {
+	for _, s := range ss {
+		if f(s) {
+			return true
+		}
+	}
+	return false
+}
+
+// tcpAddrPort is addr's port as text.
+func tcpAddrPort(addr netip.AddrPort) string {
+	return strings.TrimPrefix(addr.String(), addr.Addr().String()+":")
+}
