@@ -8,6 +8,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	wtelemetry "github.com/weftmesh/weft/internal/telemetry"
 	stats "istio.io/api/envoy/extensions/stats"
 	telemetry "istio.io/api/telemetry/v1alpha1"
@@ -193,8 +194,9 @@ func (g *netBuilder) statsConfig(mode telemetry.WorkloadMode) *stats.PluginConfi
 
 // keepStandardDimensions leaves out, with a warning, the dimensions that
 // are not Istio's standard labels of their metric (of any metric, for an
-// entry of every metric): weft-proxy's metrics have a fixed label set,
-// and it refuses a filter that adds labels.
+// entry of every metric) — weft-proxy's metrics have a fixed label set —
+// and those whose expression weft-proxy cannot compile (an attribute it
+// does not have, such as upstream_peer): it refuses a filter with either.
 func (g *netBuilder) keepStandardDimensions(pc *stats.PluginConfig) {
 	standard := func(name, label string) bool {
 		for m, n := range wtelemetry.MetricNames {
@@ -207,9 +209,17 @@ func (g *netBuilder) keepStandardDimensions(pc *stats.PluginConfig) {
 	}
 	pc.Metrics = slices.DeleteFunc(pc.Metrics, func(mc *stats.MetricConfig) bool {
 		left := false
-		for label := range mc.GetDimensions() {
+		for label, expr := range mc.GetDimensions() {
 			if !standard(mc.GetName(), label) {
 				g.warnOnce("metrics tagOverrides %q: weft-proxy can only set Istio's standard labels (not add labels); left out", label)
+				delete(mc.Dimensions, label)
+				left = true
+				continue
+			}
+			// weft-proxy would refuse the whole listener for one
+			// expression it cannot compile.
+			if _, err := accesslog.ParseValue(expr); err != nil {
+				g.warnOnce("metrics tagOverrides %q: %v; left out", label, err)
 				delete(mc.Dimensions, label)
 				left = true
 			}

@@ -214,6 +214,11 @@ func TestMetricsPrecedence(t *testing.T) {
 			ns: `{"metrics": [{"providers": [{"name": "prometheus"}], "overrides": [{"match": {"metric": "REQUEST_COUNT", "mode": "SERVER"},
 				"tagOverrides": {"destination_service": {"value": "request.host"}}}]}]}`,
 			server: "requests_total +destination_service=request.host"},
+		"an expression weft-proxy cannot compile is left out": {
+			ns: `{"metrics": [{"overrides": [{"match": {"metric": "REQUEST_COUNT"}, "tagOverrides": {"destination_app": {"value": "upstream_peer.app"},
+				"response_flags": {"operation": "REMOVE"}}}]}]}`,
+			client: "requests_total -response_flags", server: "requests_total -response_flags",
+			warning: `metrics tagOverrides "destination_app": expression "upstream_peer.app"`},
 		"a label Istio's metrics do not have is left out": {
 			ns: `{"metrics": [{"overrides": [{"match": {"metric": "REQUEST_COUNT"}, "tagOverrides": {"request_host": {"value": "request.host"},
 				"response_flags": {"operation": "REMOVE"}}}]}]}`,
