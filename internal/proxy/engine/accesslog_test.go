@@ -61,20 +61,7 @@ func TestAccessLog(t *testing.T) {
 // closes, in Envoy's TCP shape ("- - -", bytes both ways, upstream host);
 // a connection whose upstream refuses is logged with UF.
 func TestAccessLogTCP(t *testing.T) {
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	echo := tcpEcho(t)
 	dead := freeAddr(t) // nothing listens there
 	var out bytes.Buffer
 	log := accesslog.New(&out, accesslog.Text, 0)

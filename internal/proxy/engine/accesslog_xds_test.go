@@ -235,20 +235,7 @@ func TestXDSAccessLogUpstreamLocal(t *testing.T) {
 // TestXDSAccessLogTCP: a tcp_proxy's access log has the connection's
 // addresses and bytes.
 func TestXDSAccessLogTCP(t *testing.T) {
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	echo := tcpEcho(t)
 	path, deadPath := filepath.Join(t.TempDir(), "tcp.log"), filepath.Join(t.TempDir(), "dead.log")
 	addr, deadAddr, nobody := freeAddr(t), freeAddr(t), freeAddr(t)
 	const format = "%REQ(:METHOD)% %RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %DOWNSTREAM_LOCAL_ADDRESS% %RESPONSE_FLAGS% %UPSTREAM_REQUEST_ATTEMPT_COUNT%" +

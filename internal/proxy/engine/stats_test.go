@@ -57,20 +57,7 @@ func hasLabel(series, label, value string) bool {
 func TestStatsFilter(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
 	defer backend.Close()
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	echo := tcpEcho(t)
 	cfg := &statspb.PluginConfig{Metrics: []*statspb.MetricConfig{
 		{Name: "requests_total", Dimensions: map[string]string{"destination_service": "request.host", "request_protocol": "request.headers['x-tenant']"},
 			TagsToRemove: []string{"source_principal"}},
@@ -169,4 +156,25 @@ func slicesAny(ss []string, f func(string) bool) bool {
 // tcpAddrPort is addr's port as text.
 func tcpAddrPort(addr netip.AddrPort) string {
 	return strings.TrimPrefix(addr.String(), addr.Addr().String()+":")
+}
+
+// tcpEcho is a loopback TCP server that echoes what it reads, until the
+// test ends.
+func tcpEcho(t *testing.T) net.Listener {
+	t.Helper()
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { echo.Close() })
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	return echo
 }

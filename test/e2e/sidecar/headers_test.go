@@ -52,20 +52,9 @@ func TestProxyHeaders(t *testing.T) {
 			startMeshPairArgs(t, args, []appPort{{"http", backend, freePort(t)}}, webService(svcPort))
 			c := &http.Client{Timeout: 5 * time.Second}
 			var resp *http.Response
-			eventually(t, "a request through both sidecars", func() error {
-				req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/h", svcPort), nil)
-				req.Host = "web.b.mesh"
-				r, err := c.Do(req)
-				if err != nil {
-					return err
-				}
-				_, _ = io.Copy(io.Discard, r.Body)
-				r.Body.Close()
-				if r.StatusCode != 200 {
-					return fmt.Errorf("status %d", r.StatusCode)
-				}
-				resp = r
-				return nil
+			eventually(t, "a request through both sidecars", func() (err error) {
+				resp, err = getWeb(c, svcPort, "/h")
+				return err
 			})
 			var h http.Header
 			for len(seen) > 0 {
@@ -120,17 +109,8 @@ spec:
 `)
 	c := &http.Client{Timeout: 5 * time.Second}
 	eventually(t, "a request counted with the header's version", func() error {
-		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/m", svcPort), nil)
-		req.Host = "web.b.mesh"
-		req.Header.Set("X-Version", "v7")
-		r, err := c.Do(req)
-		if err != nil {
+		if _, err := getWeb(c, svcPort, "/m", "X-Version", "v7"); err != nil {
 			return err
-		}
-		_, _ = io.Copy(io.Discard, r.Body)
-		r.Body.Close()
-		if r.StatusCode != 200 {
-			return fmt.Errorf("status %d", r.StatusCode)
 		}
 		if n := metricSum(t, p.a.stats, "istio_requests_total", `reporter="source"`, `destination_version="v7"`, `source_principal=""`); n == 0 {
 			return fmt.Errorf("sidecar A has no istio_requests_total with destination_version v7 and no source_principal")
@@ -151,4 +131,25 @@ spec:
 			t.Errorf("sidecar %s recorded no request sizes", name)
 		}
 	}
+}
+
+// getWeb sends app A's GET for path to web.b.mesh (the webService on
+// svcPort) with headers hdr (name, value, …), reads the answer and
+// returns it; a status other than 200 is an error.
+func getWeb(c *http.Client, svcPort int, path string, hdr ...string) (*http.Response, error) {
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", svcPort, path), nil)
+	req.Host = "web.b.mesh"
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	r, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	_, _ = io.Copy(io.Discard, r.Body)
+	r.Body.Close()
+	if r.StatusCode != 200 {
+		return nil, fmt.Errorf("status %d", r.StatusCode)
+	}
+	return r, nil
 }
