@@ -210,6 +210,8 @@ func FuzzParseMeshConfig(f *testing.F) {
 	f.Add([]byte("connectTimeout: 1s\noutboundTrafficPolicy: {mode: ALLOW_ANY}"))
 	f.Add([]byte("extensionProviders: [{name: o, opentelemetry: {service: s, port: 4317, http: {path: /v1/traces, headers: [{name: a, value: b}]}}}, " +
 		"{name: l, envoyOtelAls: {service: s, port: 4317, logFormat: {labels: {c: '%RESPONSE_CODE%'}}}}, {name: z, zipkin: {service: z, port: 9411, timeout: 1s}}]"))
+	f.Add([]byte("trustDomain: new.example\ntrustDomainAliases: [old.example]\ndefaultConfig: {proxyHeaders: {server: {value: edge}, requestId: {disabled: true}, " +
+		"forwardedClientCert: SANITIZE_SET, setCurrentClientCertDetails: {uri: true}}}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, _, err := ParseMeshConfig(data, DefaultMesh())
 		if err != nil && !cmp.Equal(m, DefaultMesh()) {

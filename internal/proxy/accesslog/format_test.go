@@ -306,6 +306,21 @@ func FuzzParseFilter(f *testing.F) {
 	})
 }
 
+// FuzzParseValue: any expression either fails to compile or evaluates
+// to text on any entry (HTTP or TCP), without panicking.
+func FuzzParseValue(f *testing.F) {
+	f.Add("request.host")
+	f.Add("string(destination.port) + '/' + request.headers['x-tenant']")
+	f.Fuzz(func(t *testing.T, expr string) {
+		v, err := ParseValue(expr)
+		if err != nil {
+			return
+		}
+		_ = v.Eval(&entry)
+		_ = v.Eval(&Entry{})
+	})
+}
+
 func FuzzJSONString(f *testing.F) {
 	f.Add("plain")
 	f.Add("q\"b\\s\n\t\x01<&>\u2028\xff é")
