@@ -441,8 +441,6 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 	return ch, nil
 }
 
-// compileNetworkRBAC builds a network RBAC filter (nil when it has no
-// enforcing rules). Shadow rules are validated and otherwise ignored.
 // netRBAC is a network RBAC filter: its rules (nil: none, nothing
 // refused) and shadow rules (nil: none), whose verdict goes to the
 // connection's dynamic metadata under netRBACMetadata, keys after
@@ -455,6 +453,8 @@ type netRBAC struct {
 // netRBACMetadata is the network RBAC filter's dynamic metadata namespace.
 const netRBACMetadata = "envoy.filters.network.rbac"
 
+// compileNetworkRBAC builds a network RBAC filter (nil when it has
+// neither rules nor shadow rules).
 func compileNetworkRBAC(tc *anypb.Any) (*netRBAC, error) {
 	c := &netrbacv3.RBAC{}
 	if err := tc.UnmarshalTo(c); err != nil {
