@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,18 +34,11 @@ var tcpLabels = []string{
 
 // Metrics are Istio's standard request and TCP metrics.
 type Metrics struct {
-	// observers caches the per-label-set metric children, so a request
-	// does not build a label map and hash it four times.
-	observers sync.Map // requestKey -> *requestObservers
+	// vecs are the request and TCP metric vectors with their label names;
+	// SetExtraLabels replaces them when labels are added.
+	vecs atomic.Pointer[metricVecs]
+	mu   sync.Mutex // serialises SetExtraLabels
 
-	Requests        *prometheus.CounterVec
-	RequestDuration *prometheus.HistogramVec
-	RequestBytes    *prometheus.HistogramVec
-	ResponseBytes   *prometheus.HistogramVec
-	TCPSent         *prometheus.CounterVec
-	TCPReceived     *prometheus.CounterVec
-	TCPOpened       *prometheus.CounterVec
-	TCPClosed       *prometheus.CounterVec
 	// RetryOverflow counts retries not made because the cluster's retry
 	// budget or max_retries was exhausted (Envoy's
 	// upstream_rq_retry_overflow).
@@ -58,6 +52,85 @@ type Metrics struct {
 	LogsSent, LogsDropped prometheus.Counter
 }
 
+// metricVecs is one generation of the request and TCP metrics: Istio's
+// standard labels plus the extra ones (sorted) that istio.stats
+// dimensions add.
+type metricVecs struct {
+	requestExtra, tcpExtra []string
+	// observers caches the per-label-set metric children, so a request
+	// does not build a label map and hash it four times.
+	observers                                  sync.Map // requestKey -> *requestObservers
+	requests                                   *prometheus.CounterVec
+	duration, reqBytes, respBytes              *prometheus.HistogramVec
+	tcpSent, tcpReceived, tcpOpened, tcpClosed *prometheus.CounterVec
+}
+
+func (v *metricVecs) collectors() []prometheus.Collector {
+	return []prometheus.Collector{v.requests, v.duration, v.reqBytes, v.respBytes, v.tcpSent, v.tcpReceived, v.tcpOpened, v.tcpClosed}
+}
+
+func newMetricVecs(requestExtra, tcpExtra []string) *metricVecs {
+	rl := append(slices.Clip(requestLabels), requestExtra...)
+	tl := append(slices.Clip(tcpLabels), tcpExtra...)
+	return &metricVecs{requestExtra: requestExtra, tcpExtra: tcpExtra,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_requests_total", Help: "Requests handled by the proxy.",
+		}, rl),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_request_duration_milliseconds", Help: "Request duration in milliseconds.", Buckets: durationBuckets,
+		}, rl),
+		reqBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_request_bytes", Help: "Request body sizes in bytes.", Buckets: sizeBuckets,
+		}, rl),
+		respBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_response_bytes", Help: "Response body sizes in bytes.", Buckets: sizeBuckets,
+		}, rl),
+		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent to the downstream in TCP connections.",
+		}, tl),
+		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_received_bytes_total", Help: "Bytes received from the downstream in TCP connections.",
+		}, tl),
+		tcpOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_opened_total", Help: "TCP connections opened.",
+		}, tl),
+		tcpClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_closed_total", Help: "TCP connections closed.",
+		}, tl),
+	}
+}
+
+// SetExtraLabels gives the request and the TCP metrics labels beyond
+// Istio's standard ones (istio.stats dimensions; sorted, without
+// duplicates). When they change, the metrics start again from zero under
+// the new label names, as Prometheus's rate() expects of a reset counter;
+// recording never fails on labels meanwhile. It reports whether they
+// changed.
+func (m *Metrics) SetExtraLabels(request, tcp []string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := m.vecs.Load()
+	if slices.Equal(old.requestExtra, request) && slices.Equal(old.tcpExtra, tcp) {
+		return false
+	}
+	m.vecs.Store(newMetricVecs(slices.Clone(request), slices.Clone(tcp)))
+	return true
+}
+
+// vecCollector collects the current generation's vectors. It describes
+// nothing (an unchecked collector): a registry insists that a described
+// metric keeps its label names for the life of the program, and
+// SetExtraLabels changes them.
+type vecCollector struct{ m *Metrics }
+
+func (vecCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (c vecCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, col := range c.m.vecs.Load().collectors() {
+		col.Collect(ch)
+	}
+}
+
 // Istio's default histogram buckets.
 var (
 	durationBuckets = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
@@ -67,30 +140,6 @@ var (
 // NewMetrics registers the standard metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_requests_total", Help: "Requests handled by the proxy.",
-		}, requestLabels),
-		RequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "istio_request_duration_milliseconds", Help: "Request duration in milliseconds.", Buckets: durationBuckets,
-		}, requestLabels),
-		RequestBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "istio_request_bytes", Help: "Request body sizes in bytes.", Buckets: sizeBuckets,
-		}, requestLabels),
-		ResponseBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "istio_response_bytes", Help: "Response body sizes in bytes.", Buckets: sizeBuckets,
-		}, requestLabels),
-		TCPSent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent to the downstream in TCP connections.",
-		}, tcpLabels),
-		TCPReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_received_bytes_total", Help: "Bytes received from the downstream in TCP connections.",
-		}, tcpLabels),
-		TCPOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_connections_opened_total", Help: "TCP connections opened.",
-		}, tcpLabels),
-		TCPClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_connections_closed_total", Help: "TCP connections closed.",
-		}, tcpLabels),
 		RetryOverflow: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weft_upstream_rq_retry_overflow_total", Help: "Retries not made because the cluster's retry budget (or max_retries) was exhausted.",
 		}),
@@ -107,9 +156,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "weft_access_log_otlp_dropped_total", Help: "Access log entries for an OpenTelemetry collector lost: queue full, collector cluster unknown or without endpoints, or the collector failed.",
 		}),
 	}
-	reg.MustRegister(m.Requests, m.RequestDuration, m.RequestBytes, m.ResponseBytes, m.TCPSent, m.TCPReceived, m.TCPOpened, m.TCPClosed,
-		m.RetryOverflow, m.SpansSent, m.SpansDropped, m.LogsSent, m.LogsDropped)
+	m.vecs.Store(newMetricVecs(nil, nil))
+	reg.MustRegister(vecCollector{m}, m.RetryOverflow, m.SpansSent, m.SpansDropped, m.LogsSent, m.LogsDropped)
 	return m
+}
+
+// TCPVec is the TCP metric's vector of the current generation (tests).
+func (m *Metrics) TCPVec(metric int) *prometheus.CounterVec { return m.vecs.Load().tcpVec(metric) }
+
+// RequestVec is a request histogram's vector of the current generation
+// (tests).
+func (m *Metrics) RequestVec(metric int) prometheus.Collector {
+	v := m.vecs.Load()
+	return [...]prometheus.Collector{RequestsTotal: v.requests, RequestDurationMilliseconds: v.duration,
+		RequestBytesMetric: v.reqBytes, ResponseBytesMetric: v.respBytes}[metric]
 }
 
 // Peer describes one side of a request for labels.
@@ -156,7 +216,8 @@ type requestObservers struct {
 
 // ObserveRequest records one request in every request metric.
 func (m *Metrics) ObserveRequest(r Request) {
-	m.observe(m.observersFor(r.key(), r), r)
+	v := m.vecs.Load()
+	observe(v.observersFor(r.key(), r), r)
 }
 
 // RequestCache remembers the observers of the last label set recorded
@@ -168,20 +229,22 @@ type RequestCache struct {
 }
 
 type cachedObservers struct {
+	v   *metricVecs // the generation the observers belong to
 	key requestKey
 	o   *requestObservers
 }
 
 // ObserveRequestCached is ObserveRequest through c.
 func (m *Metrics) ObserveRequestCached(r Request, c *RequestCache) {
+	v := m.vecs.Load()
 	key := r.key()
-	if last := c.last.Load(); last != nil && last.key == key {
-		m.observe(last.o, r)
+	if last := c.last.Load(); last != nil && last.v == v && last.key == key {
+		observe(last.o, r)
 		return
 	}
-	o := m.observersFor(key, r)
-	c.last.Store(&cachedObservers{key: key, o: o})
-	m.observe(o, r)
+	o := v.observersFor(key, r)
+	c.last.Store(&cachedObservers{v: v, key: key, o: o})
+	observe(o, r)
 }
 
 func (r *Request) key() requestKey {
@@ -191,14 +254,14 @@ func (r *Request) key() requestKey {
 }
 
 // observersFor is key's observers, made the first time it is seen.
-func (m *Metrics) observersFor(key requestKey, r Request) *requestObservers {
-	if o, ok := m.observers.Load(key); ok {
+func (v *metricVecs) observersFor(key requestKey, r Request) *requestObservers {
+	if o, ok := v.observers.Load(key); ok {
 		return o.(*requestObservers)
 	}
-	return m.newObservers(key, r)
+	return v.newObservers(key, r)
 }
 
-func (m *Metrics) observe(o *requestObservers, r Request) {
+func observe(o *requestObservers, r Request) {
 	o.requests.Inc()
 	o.duration.Observe(float64(r.Duration) / float64(time.Millisecond))
 	o.reqBytes.Observe(float64(r.RequestBytes))
@@ -206,11 +269,14 @@ func (m *Metrics) observe(o *requestObservers, r Request) {
 }
 
 // newObservers builds the label set once for a new key.
-func (m *Metrics) newObservers(key requestKey, r Request) *requestObservers {
+func (v *metricVecs) newObservers(key requestKey, r Request) *requestObservers {
 	l := requestLabelMap(r)
-	o := &requestObservers{requests: m.Requests.With(l), duration: m.RequestDuration.With(l),
-		reqBytes: m.RequestBytes.With(l), respBytes: m.ResponseBytes.With(l)}
-	actual, _ := m.observers.LoadOrStore(key, o)
+	for _, x := range v.requestExtra {
+		l[x] = ""
+	}
+	o := &requestObservers{requests: v.requests.With(l), duration: v.duration.With(l),
+		reqBytes: v.reqBytes.With(l), respBytes: v.respBytes.With(l)}
+	actual, _ := v.observers.LoadOrStore(key, o)
 	return actual.(*requestObservers)
 }
 
@@ -266,6 +332,20 @@ const (
 var MetricNames = [NumMetrics]string{"requests_total", "request_duration_milliseconds", "request_bytes", "response_bytes",
 	"tcp_sent_bytes_total", "tcp_received_bytes_total", "tcp_connections_opened_total", "tcp_connections_closed_total"}
 
+// ValidLabelName reports whether name can be a Prometheus label name:
+// [a-zA-Z_][a-zA-Z0-9_]*, not starting with "__" (reserved).
+func ValidLabelName(name string) bool {
+	if name == "" || strings.HasPrefix(name, "__") {
+		return false
+	}
+	for i, c := range []byte(name) {
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
 // IsTCP reports whether metric is one of the TCP metrics.
 func IsTCP(metric int) bool { return metric >= TCPSentBytesTotal }
 
@@ -279,28 +359,42 @@ func IsLabel(metric int, label string) bool {
 
 // LabelOverrides change the standard metrics for one request or
 // connection, as the istio.stats filter's config does: metrics left out
-// (Drop), and standard labels with other values (Labels; "" for a removed
-// label, which Prometheus stores as no label). The zero value changes
-// nothing.
+// (Drop), and labels with other values (Labels; "" for a removed label,
+// which Prometheus stores as no label) — standard ones, or extra ones
+// SetExtraLabels added. The zero value changes nothing.
 type LabelOverrides struct {
 	Drop   [NumMetrics]bool
 	Labels [NumMetrics]map[string]string
 }
 
-// Apply is the labels metric is recorded with, from its standard labels
-// l (not changed), and false when the metric is left out.
-func (ov *LabelOverrides) Apply(metric int, l prometheus.Labels) (prometheus.Labels, bool) {
-	if ov == nil {
-		return l, true
+// labels is the label set metric is recorded with in generation v: the
+// standard labels l (not changed) with v's extra labels, empty unless ov
+// sets them, and ov's values for the labels v has; false when ov leaves
+// the metric out.
+func (v *metricVecs) labels(ov *LabelOverrides, metric int, l prometheus.Labels) (prometheus.Labels, bool) {
+	extra := v.requestExtra
+	if IsTCP(metric) {
+		extra = v.tcpExtra
 	}
-	if ov.Drop[metric] {
+	if ov != nil && ov.Drop[metric] {
 		return nil, false
 	}
-	if len(ov.Labels[metric]) == 0 {
+	var set map[string]string
+	if ov != nil {
+		set = ov.Labels[metric]
+	}
+	if len(extra) == 0 && len(set) == 0 {
 		return l, true
 	}
 	out := maps.Clone(l)
-	maps.Copy(out, ov.Labels[metric])
+	for _, x := range extra {
+		out[x] = ""
+	}
+	for k, val := range set {
+		if _, ok := out[k]; ok { // a label of another generation is left out
+			out[k] = val
+		}
+	}
 	return out, true
 }
 
@@ -308,21 +402,43 @@ func (ov *LabelOverrides) Apply(metric int, l prometheus.Labels) (prometheus.Lab
 // changes; each metric's labels are hashed again, so only requests of
 // customised chains take this way.
 func (m *Metrics) ObserveRequestOverridden(r Request, ov *LabelOverrides) {
+	v := m.vecs.Load()
 	l := requestLabelMap(r)
-	if ll, ok := ov.Apply(RequestsTotal, l); ok {
-		m.Requests.With(ll).Inc()
+	if ll, ok := v.labels(ov, RequestsTotal, l); ok {
+		v.requests.With(ll).Inc()
 	}
 	for _, h := range []struct {
 		metric int
 		vec    *prometheus.HistogramVec
-		v      float64
+		val    float64
 	}{
-		{RequestDurationMilliseconds, m.RequestDuration, float64(r.Duration) / float64(time.Millisecond)},
-		{RequestBytesMetric, m.RequestBytes, float64(r.RequestBytes)},
-		{ResponseBytesMetric, m.ResponseBytes, float64(r.ResponseBytes)},
+		{RequestDurationMilliseconds, v.duration, float64(r.Duration) / float64(time.Millisecond)},
+		{RequestBytesMetric, v.reqBytes, float64(r.RequestBytes)},
+		{ResponseBytesMetric, v.respBytes, float64(r.ResponseBytes)},
 	} {
-		if ll, ok := ov.Apply(h.metric, l); ok {
-			h.vec.With(ll).Observe(h.v)
+		if ll, ok := v.labels(ov, h.metric, l); ok {
+			h.vec.With(ll).Observe(h.val)
 		}
 	}
+}
+
+// RecordTCP adds val to a TCP metric for a connection with standard
+// labels l, changed by ov (nil: none).
+func (m *Metrics) RecordTCP(ov *LabelOverrides, metric int, l prometheus.Labels, val float64) {
+	v := m.vecs.Load()
+	if ll, ok := v.labels(ov, metric, l); ok {
+		v.tcpVec(metric).With(ll).Add(val)
+	}
+}
+
+func (v *metricVecs) tcpVec(metric int) *prometheus.CounterVec {
+	switch metric {
+	case TCPSentBytesTotal:
+		return v.tcpSent
+	case TCPReceivedBytesTotal:
+		return v.tcpReceived
+	case TCPConnectionsOpenedTotal:
+		return v.tcpOpened
+	}
+	return v.tcpClosed
 }

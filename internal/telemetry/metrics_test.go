@@ -1,6 +1,8 @@
 package telemetry
 
 import (
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +35,7 @@ istio_requests_total{connection_security_policy="none",destination_app="unknown"
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "istio_requests_total"); err != nil {
 		t.Fatal(err)
 	}
-	if n := testutil.CollectAndCount(m.RequestDuration); n != 2 {
+	if n := testutil.CollectAndCount(m.RequestVec(RequestDurationMilliseconds)); n != 2 {
 		t.Fatalf("duration series: %d, want 2", n)
 	}
 }
@@ -56,4 +58,55 @@ func BenchmarkObserveRequest(b *testing.B) {
 			m.ObserveRequestCached(r, &c)
 		}
 	})
+}
+
+// TestExtraLabels: labels beyond Istio's standard ones (istio.stats
+// dimensions) replace the metrics with ones that have them, starting from
+// zero; a connection's cache does not keep recording into the old ones;
+// overrides set the extra labels (others empty), and a label the current
+// metrics do not have is left out rather than failing.
+func TestExtraLabels(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	r := Request{Reporter: "source", Protocol: "http", Code: 200}
+	var c RequestCache
+	m.ObserveRequestCached(r, &c)
+	if !m.SetExtraLabels([]string{"request_host"}, []string{"tenant"}) || m.SetExtraLabels([]string{"request_host"}, []string{"tenant"}) {
+		t.Fatal("SetExtraLabels: want a change, then none")
+	}
+	m.ObserveRequestCached(r, &c)
+	m.ObserveRequestOverridden(r, &LabelOverrides{Labels: [NumMetrics]map[string]string{RequestsTotal: {"request_host": "h", "bogus": "x"}}})
+	tl := prometheus.Labels{}
+	for _, l := range tcpLabels {
+		tl[l] = "unknown"
+	}
+	m.RecordTCP(&LabelOverrides{Labels: [NumMetrics]map[string]string{TCPConnectionsOpenedTotal: {"tenant": "t1"}}}, TCPConnectionsOpenedTotal, tl, 1)
+	m.RecordTCP(&LabelOverrides{Drop: [NumMetrics]bool{TCPConnectionsClosedTotal: true}}, TCPConnectionsClosedTotal, tl, 1)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	for _, mf := range mfs {
+		for _, mt := range mf.GetMetric() {
+			var ls []string
+			for _, lp := range mt.GetLabel() {
+				if lp.GetName() == "request_host" || lp.GetName() == "tenant" || lp.GetName() == "bogus" {
+					ls = append(ls, lp.GetName()+"="+lp.GetValue())
+				}
+			}
+			v := mt.GetCounter().GetValue()
+			got[mf.GetName()] = append(got[mf.GetName()], strings.Join(ls, ",")+" "+strconv.FormatFloat(v, 'f', -1, 64))
+		}
+	}
+	slices.Sort(got["istio_requests_total"])
+	if want := []string{"request_host= 1", "request_host=h 1"}; !slices.Equal(got["istio_requests_total"], want) {
+		t.Errorf("istio_requests_total %q, want %q (the count before the change gone)", got["istio_requests_total"], want)
+	}
+	if want := []string{"tenant=t1 1"}; !slices.Equal(got["istio_tcp_connections_opened_total"], want) {
+		t.Errorf("istio_tcp_connections_opened_total %q, want %q", got["istio_tcp_connections_opened_total"], want)
+	}
+	if n := got["istio_tcp_connections_closed_total"]; len(n) != 0 {
+		t.Errorf("istio_tcp_connections_closed_total %q: dropped", n)
+	}
 }

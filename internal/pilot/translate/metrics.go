@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -185,40 +186,28 @@ func (g *netBuilder) statsConfig(mode telemetry.WorkloadMode) *stats.PluginConfi
 			out.Metrics = append(out.Metrics, mc)
 		}
 	}
-	g.keepStandardDimensions(out)
+	g.keepValidDimensions(out)
 	if len(out.Metrics) == 0 {
 		return nil
 	}
 	return out
 }
 
-// keepStandardDimensions leaves out, with a warning, the dimensions that
-// are not Istio's standard labels of their metric (of any metric, for an
-// entry of every metric) — weft-proxy's metrics have a fixed label set —
-// and those whose expression weft-proxy cannot compile (an attribute it
-// does not have, such as upstream_peer): it refuses a filter with either.
-func (g *netBuilder) keepStandardDimensions(pc *stats.PluginConfig) {
-	standard := func(name, label string) bool {
-		for m, n := range wtelemetry.MetricNames {
-			if (name == "" || name == n) && wtelemetry.IsLabel(m, label) {
-				return true
-			}
-		}
-		// a metric weft does not record (gRPC messages): nothing to set
-		return name != "" && !slices.Contains(wtelemetry.MetricNames[:], name)
-	}
+// keepValidDimensions leaves out, with a warning, the dimensions that
+// weft-proxy would refuse — and with them the whole listener update: a
+// label name Prometheus does not allow, or an expression weft-proxy
+// cannot compile (an attribute it does not have, such as upstream_peer).
+func (g *netBuilder) keepValidDimensions(pc *stats.PluginConfig) {
 	pc.Metrics = slices.DeleteFunc(pc.Metrics, func(mc *stats.MetricConfig) bool {
 		left := false
 		for label, expr := range mc.GetDimensions() {
-			if !standard(mc.GetName(), label) {
-				g.warnOnce("metrics tagOverrides %q: weft-proxy can only set Istio's standard labels (not add labels); left out", label)
-				delete(mc.Dimensions, label)
-				left = true
-				continue
+			var err error
+			if !wtelemetry.ValidLabelName(label) {
+				err = fmt.Errorf("not a Prometheus label name")
+			} else {
+				_, err = accesslog.ParseValue(expr)
 			}
-			// weft-proxy would refuse the whole listener for one
-			// expression it cannot compile.
-			if _, err := accesslog.ParseValue(expr); err != nil {
+			if err != nil {
 				g.warnOnce("metrics tagOverrides %q: %v; left out", label, err)
 				delete(mc.Dimensions, label)
 				left = true

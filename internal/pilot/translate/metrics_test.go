@@ -219,11 +219,11 @@ func TestMetricsPrecedence(t *testing.T) {
 				"response_flags": {"operation": "REMOVE"}}}]}]}`,
 			client: "requests_total -response_flags", server: "requests_total -response_flags",
 			warning: `metrics tagOverrides "destination_app": expression "upstream_peer.app"`},
-		"a label Istio's metrics do not have is left out": {
-			ns: `{"metrics": [{"overrides": [{"match": {"metric": "REQUEST_COUNT"}, "tagOverrides": {"request_host": {"value": "request.host"},
-				"response_flags": {"operation": "REMOVE"}}}]}]}`,
-			client: "requests_total -response_flags", server: "requests_total -response_flags",
-			warning: `metrics tagOverrides "request_host": weft-proxy can only set Istio's standard labels (not add labels); left out`},
+		"a label that is not a Prometheus name is left out": {
+			ns: `{"metrics": [{"overrides": [{"match": {"metric": "REQUEST_COUNT"}, "tagOverrides": {"request-host": {"value": "request.host"},
+				"request_host": {"value": "request.host"}}}]}]}`,
+			client: "requests_total +request_host=request.host", server: "requests_total +request_host=request.host",
+			warning: `metrics tagOverrides "request-host": not a Prometheus label name; left out`},
 		"client side only": {
 			root:   `{"metrics": [{"overrides": [{"match": {"metric": "TCP_SENT_BYTES", "mode": "CLIENT"}, "tagOverrides": {"destination_version": {"operation": "REMOVE"}}}]}]}`,
 			client: "tcp_sent_bytes_total -destination_version"},

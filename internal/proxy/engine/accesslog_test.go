@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
+	"github.com/weftmesh/weft/internal/telemetry"
 )
 
 // TestAccessLog: a proxied request is logged once, in Envoy's format.
@@ -110,7 +111,7 @@ func pingTCP(t *testing.T, e *Engine, addr netip.AddrPort) {
 	}
 	c.Close()
 	deadline := time.Now().Add(10 * time.Second)
-	for testutil.CollectAndCount(e.metrics.TCPClosed) == 0 {
+	for testutil.CollectAndCount(e.metrics.TCPVec(telemetry.TCPConnectionsClosedTotal)) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the proxied TCP connection was never closed")
 		}

@@ -158,6 +158,12 @@ func (e *Engine) Apply(s *xdsclient.Snapshot) error {
 	if logErr != nil {
 		errs = append(errs, logErr)
 	}
+	// Labels istio.stats dimensions add go on the metrics first, so that
+	// the new chains record into vectors that have them.
+	req, tcp := extraMetricLabels(rt)
+	if e.metrics.SetExtraLabels(req, tcp) {
+		e.log.Info("metric labels changed; Istio's metrics start again from zero", "request_extra", req, "tcp_extra", tcp)
+	}
 	if old := e.cur.Swap(rt); old != nil {
 		e.releaseAccessLogs(old.logPaths)
 	}
@@ -362,12 +368,12 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 			return en
 		})
 	}
-	recordTCP(ov, telemetry.TCPConnectionsOpenedTotal, e.metrics.TCPOpened, labels, 1)
+	e.metrics.RecordTCP(ov, telemetry.TCPConnectionsOpenedTotal, labels, 1)
 	counts := tcp.Proxy(down, up, e.opts.TCPIdleTimeout)
 	e.logTCP(t, down, up, dst, sni, md, start, name, ep.Address, "", counts) // before the metrics: a closed count means the entry is queued
-	recordTCP(ov, telemetry.TCPReceivedBytesTotal, e.metrics.TCPReceived, labels, float64(counts.Sent))
-	recordTCP(ov, telemetry.TCPSentBytesTotal, e.metrics.TCPSent, labels, float64(counts.Received))
-	recordTCP(ov, telemetry.TCPConnectionsClosedTotal, e.metrics.TCPClosed, labels, 1)
+	e.metrics.RecordTCP(ov, telemetry.TCPReceivedBytesTotal, labels, float64(counts.Sent))
+	e.metrics.RecordTCP(ov, telemetry.TCPSentBytesTotal, labels, float64(counts.Received))
+	e.metrics.RecordTCP(ov, telemetry.TCPConnectionsClosedTotal, labels, 1)
 }
 
 // Drain stops taking new connections' requests gracefully: HTTP/1 gets

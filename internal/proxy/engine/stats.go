@@ -6,7 +6,6 @@ import (
 	"slices"
 
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/telemetry"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -20,17 +19,21 @@ import (
 // leaves a metric out, tags_to_remove empties standard labels (Prometheus
 // stores an empty label as none) and dimensions set standard labels to
 // CEL expressions over the request (accesslog.Attributes), evaluated per
-// request. An entry without a name applies to every metric; a name weft
-// does not record (request_messages_total, response_messages_total) is
-// accepted and changes nothing. A dimension that is not one of Istio's
-// standard labels is refused: weft-proxy's metrics have a fixed label set.
+// request; a dimension that is not one of Istio's standard labels adds
+// that label to the metric (for every chain: a metric has one label set,
+// so chains without it record it empty). An entry without a name applies
+// to every metric; a name weft does not record (request_messages_total,
+// response_messages_total) is accepted and changes nothing.
 
 // statsTypeURL is the istio.stats filter's config type.
 const statsTypeURL = "type.googleapis.com/stats.PluginConfig"
 
 // statsConfig is a compiled istio.stats filter.
 type statsConfig struct {
-	drop [telemetry.NumMetrics]bool
+	// extraRequest and extraTCP are the labels its dimensions add to the
+	// request and the TCP metrics.
+	extraRequest, extraTCP []string
+	drop                   [telemetry.NumMetrics]bool
 	// removed are the labels emptied, dims those computed, per metric.
 	removed [telemetry.NumMetrics][]string
 	dims    [telemetry.NumMetrics][]statsDim
@@ -72,11 +75,17 @@ func compileStats(tc *anypb.Any) (*statsConfig, error) {
 				}
 			}
 			for _, label := range sortedKeys(mc.GetDimensions()) {
+				if !telemetry.ValidLabelName(label) {
+					return nil, fmt.Errorf("istio.stats metrics[%d]: dimension %q is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not __...)", i, label)
+				}
 				if !telemetry.IsLabel(m, label) {
-					if mc.GetName() == "" {
-						continue // a request label, on a TCP metric or the other way round
+					extra := &sc.extraRequest
+					if telemetry.IsTCP(m) {
+						extra = &sc.extraTCP
 					}
-					return nil, fmt.Errorf("istio.stats metrics[%d] %s: dimension %q is not one of Istio's standard labels; weft-proxy's metrics have a fixed label set", i, mc.GetName(), label)
+					if !slices.Contains(*extra, label) {
+						*extra = append(*extra, label)
+					}
 				}
 				v, err := accesslog.ParseValue(mc.GetDimensions()[label])
 				if err != nil {
@@ -145,9 +154,25 @@ func (sc *statsConfig) captureHeaders(en *accesslog.Entry, r *http.Request, w ht
 	}
 }
 
-// recordTCP counts one TCP metric for a connection with standard labels l.
-func recordTCP(ov *telemetry.LabelOverrides, metric int, vec *prometheus.CounterVec, l prometheus.Labels, v float64) {
-	if ll, ok := ov.Apply(metric, l); ok {
-		vec.With(ll).Add(v)
+// extraMetricLabels are the labels the istio.stats filters of rt's chains
+// add to the request and TCP metrics, sorted.
+func extraMetricLabels(rt *runtime) (request, tcp []string) {
+	for _, ls := range rt.listeners {
+		for _, ch := range append(slices.Clip(ls.chains), ls.defChain) {
+			var sc *statsConfig
+			switch {
+			case ch == nil:
+			case ch.http != nil:
+				sc = ch.http.stats
+			case ch.tcp != nil:
+				sc = ch.tcp.stats
+			}
+			if sc != nil {
+				request, tcp = append(request, sc.extraRequest...), append(tcp, sc.extraTCP...)
+			}
+		}
 	}
+	slices.Sort(request)
+	slices.Sort(tcp)
+	return slices.Compact(request), slices.Compact(tcp)
 }

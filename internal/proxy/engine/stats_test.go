@@ -59,8 +59,8 @@ func TestStatsFilter(t *testing.T) {
 	defer backend.Close()
 	echo := tcpEcho(t)
 	cfg := &statspb.PluginConfig{Metrics: []*statspb.MetricConfig{
-		{Name: "requests_total", Dimensions: map[string]string{"destination_service": "request.host", "request_protocol": "request.headers['x-tenant']"},
-			TagsToRemove: []string{"source_principal"}},
+		{Name: "requests_total", Dimensions: map[string]string{"destination_service": "request.host", "request_protocol": "request.headers['x-tenant']",
+			"request_host": "request.host"}, TagsToRemove: []string{"source_principal"}},
 		{Name: "request_duration_milliseconds", Drop: true},
 		{TagsToRemove: []string{"response_flags"}},
 		{Name: "tcp_connections_opened_total", Drop: true},
@@ -107,7 +107,12 @@ func TestStatsFilter(t *testing.T) {
 	if !hasLabel(custReq, "request_protocol", "t1") || !hasLabel(custReq, "source_principal", "") || !hasLabel(custReq, "response_flags", "") {
 		t.Errorf("customised istio_requests_total %q: want destination_service from the Host, request_protocol from x-tenant, source_principal and response_flags empty", custReq)
 	}
-	if !hasLabel(plainReq, "request_protocol", "http") || !hasLabel(plainReq, "response_flags", "-") {
+	if !hasLabel(custReq, "request_host", "reviews.example:9080") {
+		t.Errorf("customised istio_requests_total %q: want the added label request_host", custReq)
+	}
+	// A metric has one label set: the other chain records the added label
+	// empty (which Prometheus stores as no label).
+	if !hasLabel(plainReq, "request_protocol", "http") || !hasLabel(plainReq, "response_flags", "-") || !hasLabel(plainReq, "request_host", "") {
 		t.Errorf("standard istio_requests_total %q", plainReq)
 	}
 	if got := metricSeries(t, reg, "istio_request_duration_milliseconds"); len(got) != 1 || !hasLabel(got[0], "response_flags", "-") {
@@ -130,9 +135,20 @@ func TestStatsFilter(t *testing.T) {
 		t.Errorf("istio_tcp_connections_closed_total %q", got)
 	}
 
+	// Without a filter that adds it, the label goes again: the metrics
+	// start from zero with Istio's standard labels.
+	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"plain": httpListener("plain", plain, "backend", nil)},
+		Clusters: map[string]*clusterv3.Cluster{"backend": staticCluster("backend", netip.MustParseAddrPort(backend.Listener.Addr().String()), false)}}); err != nil {
+		t.Fatal(err)
+	}
+	getStatus(t, "http://"+plain.String()+"/", "Host", "plain.example")
+	if got := metricSeries(t, reg, "istio_requests_total"); len(got) != 1 || strings.Contains(got[0], "request_host") {
+		t.Errorf("istio_requests_total after the filter went %q: want one series, without request_host", got)
+	}
+
 	// Config weft cannot honour is refused with the reason.
 	for _, bad := range []*statspb.PluginConfig{
-		{Metrics: []*statspb.MetricConfig{{Name: "requests_total", Dimensions: map[string]string{"request_host": "request.host"}}}},
+		{Metrics: []*statspb.MetricConfig{{Name: "requests_total", Dimensions: map[string]string{"request-host": "request.host"}}}},
 		{Metrics: []*statspb.MetricConfig{{Name: "requests_total", Dimensions: map[string]string{"destination_service": "request.nope("}}}},
 	} {
 		l := withHCM(t, httpListener("bad", freeAddr(t), "backend", nil), func(h *hcmv3.HttpConnectionManager) {

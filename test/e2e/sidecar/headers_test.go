@@ -87,7 +87,7 @@ func TestProxyHeaders(t *testing.T) {
 // TestTelemetryMetrics: a Telemetry's metrics overrides, applied through
 // the API server, change what real sidecars record. On the client side
 // (sidecar A) istio_requests_total takes destination_version from a
-// request header and drops source_principal; request durations are not
+// request header, gains a request_host label and drops source_principal; request durations are not
 // recorded on either side; sidecar B's request count keeps Istio's
 // standard labels.
 func TestTelemetryMetrics(t *testing.T) {
@@ -103,6 +103,7 @@ spec:
     - match: {metric: REQUEST_COUNT, mode: CLIENT}
       tagOverrides:
         destination_version: {value: "request.headers['x-version']"}
+        request_host: {value: "request.host"}
         source_principal: {operation: REMOVE}
     - match: {metric: REQUEST_DURATION}
       disabled: true
@@ -112,8 +113,9 @@ spec:
 		if _, err := getWeb(c, svcPort, "/m", "X-Version", "v7"); err != nil {
 			return err
 		}
-		if n := metricSum(t, p.a.stats, "istio_requests_total", `reporter="source"`, `destination_version="v7"`, `source_principal=""`); n == 0 {
-			return fmt.Errorf("sidecar A has no istio_requests_total with destination_version v7 and no source_principal")
+		if n := metricSum(t, p.a.stats, "istio_requests_total", `reporter="source"`, `destination_version="v7"`, `source_principal=""`,
+			`request_host="web.b.mesh"`); n == 0 {
+			return fmt.Errorf("sidecar A has no istio_requests_total with destination_version v7, request_host web.b.mesh and no source_principal")
 		}
 		return nil
 	})
