@@ -26,6 +26,7 @@ import (
 	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
@@ -255,13 +256,18 @@ func TestXDSAccessLogTCP(t *testing.T) {
 		fileLogProto(path, "errors only", nil, "response.code >= 400"))
 	dead := withAccessLogs(&listenerv3.Listener{Name: "dead", Address: socketAddr(deadAddr), FilterChains: []*listenerv3.FilterChain{tcpChainProto("dead", "dead", 0)}},
 		fileLogProto(deadPath, format, nil, ""))
-	e := New(slog.New(slog.DiscardHandler), Options{})
+	reg := prometheus.NewRegistry()
+	e := New(slog.New(slog.DiscardHandler), Options{Registerer: reg})
 	if err := e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{"echo": l, "dead": dead},
 		Clusters: map[string]*clusterv3.Cluster{"echo": staticCluster("echo", netip.MustParseAddrPort(echo.Addr().String()), false),
 			"dead": staticCluster("dead", nobody, false)}}); err != nil {
 		t.Fatal(err)
 	}
 	pingTCP(t, e, addr)
+	// The verdict is counted as Istio exposes it (rbacstats.go).
+	if got := metricSeries(t, reg, "envoy_tcp_rbac"); len(got) != 1 || got[0] != "authz_dry_run_action=deny,authz_dry_run_result=denied" {
+		t.Errorf("envoy_tcp_rbac %q, want one denied dry-run DENY verdict", got)
+	}
 	// A refused connection is one attempt, flagged UF.
 	if c, err := net.Dial("tcp", deadAddr.String()); err == nil {
 		_, _ = io.Copy(io.Discard, c)

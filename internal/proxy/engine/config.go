@@ -448,6 +448,19 @@ func compileChain(fc *listenerv3.FilterChain) (*chain, error) {
 type netRBAC struct {
 	rules, shadow *rbac.Engine
 	shadowPrefix  string
+	statPrefix    string // the filter's stat_prefix ("tcp." from pilot)
+}
+
+// rbacStatPrefix is the stats prefix of the chain's network RBAC filter
+// with shadow rules (the first one: pilot writes one per action, all
+// "tcp.").
+func (ch *chain) rbacStatPrefix() string {
+	for _, f := range ch.rbac {
+		if f.shadow != nil {
+			return f.statPrefix
+		}
+	}
+	return ""
 }
 
 // netRBACMetadata is the network RBAC filter's dynamic metadata namespace.
@@ -463,7 +476,7 @@ func compileNetworkRBAC(tc *anypb.Any) (*netRBAC, error) {
 	if c.GetMatcher() != nil || c.GetShadowMatcher() != nil {
 		return nil, fmt.Errorf("rbac: matcher and shadow_matcher are not supported (use rules)")
 	}
-	n := &netRBAC{shadowPrefix: c.GetShadowRulesStatPrefix()}
+	n := &netRBAC{shadowPrefix: c.GetShadowRulesStatPrefix(), statPrefix: c.GetStatPrefix()}
 	var err error
 	if c.GetShadowRules() != nil {
 		if n.shadow, err = rbac.Compile(c.GetShadowRules()); err != nil {

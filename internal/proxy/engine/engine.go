@@ -53,11 +53,13 @@ type Options struct {
 
 // Engine is the running data plane.
 type Engine struct {
-	log      *slog.Logger
-	opts     Options
-	metrics  *telemetry.Metrics
-	clusters *cluster.Manager
-	cur      atomic.Pointer[runtime]
+	log     *slog.Logger
+	opts    Options
+	metrics *telemetry.Metrics
+	// rbacStats counts RBAC shadow verdicts (rbacstats.go).
+	rbacStats rbacStats
+	clusters  *cluster.Manager
+	cur       atomic.Pointer[runtime]
 	// compiled caches the runtime the validator built for a snapshot, so
 	// Apply does not compile twice.
 	compiled sync.Map // *xdsclient.Snapshot -> *runtime
@@ -122,8 +124,10 @@ func New(log *slog.Logger, opts Options) *Engine {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	return &Engine{log: log, opts: opts, metrics: telemetry.NewMetrics(reg), clusters: cluster.NewManager(cluster.Options{}),
+	e := &Engine{log: log, opts: opts, metrics: telemetry.NewMetrics(reg), clusters: cluster.NewManager(cluster.Options{}),
 		bound: map[netip.AddrPort]*boundListener{}, quit: make(chan struct{}), logFiles: accesslog.NewFiles(0)}
+	reg.MustRegister(&e.rbacStats)
+	return e
 }
 
 // Validate compiles a snapshot; an error makes the xDS client NACK it.
@@ -305,6 +309,9 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 		c = tc
 	}
 	ok, pol, md := allowConn(ch, c, dst)
+	if md != nil {
+		e.rbacStats.count(ch.rbacStatPrefix(), md[netRBACMetadata])
+	}
 	if !ok {
 		e.log.Debug("connection denied by RBAC", "listener", ls.name, "chain", ch.name, "remote", c.RemoteAddr(), "policy", pol)
 		_ = c.Close()

@@ -164,7 +164,12 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	ex.path = requestTarget(r)
 	if len(cc.chain.filters) > 0 {
 		var rep *httpfilter.Reply
-		if rep, ex.metadata = runFilters(cc, r); rep != nil {
+		rep, md := runFilters(cc, r)
+		ex.metadata = md
+		if rbac := md[httpRBACMetadata]; rbac != nil {
+			e.rbacStats.count("http."+cc.chain.statPrefix, rbac)
+		}
+		if rep != nil {
 			ex.flags = rep.Flags
 			copyHeader(w.Header(), rep.Header)
 			localReply(w, r, ex, rep.Status, -1, rep.Body)
