@@ -14,8 +14,8 @@ import (
 // runFilters runs the chain's HTTP filters in order; the first Reply
 // ends the exchange. The dynamic metadata they leave (nil: none) is the
 // request's, for its span's metadata tags.
-func runFilters(cc *chainConn, r *http.Request) (*httpfilter.Reply, map[string]map[string]any) {
-	call := &httpfilter.Call{Request: r, Conn: cc.filterConn()}
+func runFilters(cc *chainConn, r *http.Request, count func(string)) (*httpfilter.Reply, map[string]map[string]any) {
+	call := &httpfilter.Call{Request: r, Conn: cc.filterConn(), Count: count}
 	for _, f := range cc.chain.filters {
 		if rep := f.Decode(call); rep != nil {
 			return rep, call.Metadata

@@ -164,7 +164,7 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	ex.path = requestTarget(r)
 	if len(cc.chain.filters) > 0 {
 		var rep *httpfilter.Reply
-		rep, md := runFilters(cc, r)
+		rep, md := runFilters(cc, r, func(stat string) { e.rbacStats.countEnforced(cc.chain.statPrefix, stat) })
 		ex.metadata = md
 		if rbac := md[httpRBACMetadata]; rbac != nil {
 			e.rbacStats.count("http."+cc.chain.statPrefix, rbac)

@@ -7,7 +7,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Envoy's RBAC shadow statistics as Istio exposes them for dry-run
+// Envoy's RBAC statistics as Istio exposes them. Enforced verdicts: the
+// HTTP filter counts rbac.allowed and rbac.denied, which Istio's tag rules
+// make envoy_http_inbound_0_0_0_0_80_rbac{authz_enforce_result="denied"}.
+// Shadow verdicts, for dry-run
 // AuthorizationPolicies: the RBAC filters count each shadow verdict in
 // <filter stats>.rbac.<shadow_rules_stat_prefix>shadow_allowed or
 // …shadow_denied, and Istio's bootstrap tag rules turn istiod's prefixes
@@ -17,23 +20,49 @@ import (
 // and a TCP chain's network filter (stat_prefix "tcp.") into
 // envoy_tcp_rbac{…}. Verdicts under other prefixes are not counted.
 
+// rbacHelp is the help of every RBAC metric: a metric's enforced and
+// shadow series must agree on it.
+const rbacHelp = "RBAC filter verdicts: enforced rules (authz_enforce_result) and shadow rules of dry-run AuthorizationPolicies (authz_dry_run_*)."
+
 // httpRBACMetadata is the HTTP RBAC filter's dynamic metadata namespace.
 const httpRBACMetadata = "envoy.filters.http.rbac"
 
-// rbacStats collects the shadow verdict counters, one vector per metric
-// name (the stats prefix is part of it). It describes nothing: the names
-// come with the config.
+// rbacStats collects the verdict counters, one vector per metric name
+// (the stats prefix is part of it) and kind. It describes nothing: the
+// names come with the config, and a metric's enforced and shadow series
+// have different labels, as Envoy's do.
 type rbacStats struct {
-	vecs sync.Map // metric name -> *prometheus.CounterVec
+	vecs     sync.Map // metric name -> *prometheus.CounterVec (shadow verdicts)
+	enforced sync.Map // connection manager stat prefix -> *prometheus.CounterVec
 }
 
 func (*rbacStats) Describe(chan<- *prometheus.Desc) {}
 
 func (s *rbacStats) Collect(ch chan<- prometheus.Metric) {
-	s.vecs.Range(func(_, v any) bool {
+	collect := func(_, v any) bool {
 		v.(*prometheus.CounterVec).Collect(ch)
 		return true
-	})
+	}
+	s.vecs.Range(collect)
+	s.enforced.Range(collect)
+}
+
+// countEnforced records an HTTP RBAC filter's statistic stat
+// ("rbac.allowed", "rbac.denied") under the connection manager's stat
+// prefix; other statistics are not kept.
+func (s *rbacStats) countEnforced(hcmPrefix, stat string) {
+	result, ok := strings.CutPrefix(stat, "rbac.")
+	if !ok || result != "allowed" && result != "denied" {
+		return
+	}
+	v, ok := s.enforced.Load(hcmPrefix)
+	if !ok {
+		v, _ = s.enforced.LoadOrStore(hcmPrefix, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envoy_" + promName("http."+hcmPrefix+".rbac"),
+			Help: rbacHelp,
+		}, []string{"authz_enforce_result"}))
+	}
+	v.(*prometheus.CounterVec).WithLabelValues(result).Inc()
 }
 
 // count records the shadow verdicts in md (one RBAC metadata namespace)
@@ -59,7 +88,7 @@ func (s *rbacStats) vec(stats string) *prometheus.CounterVec {
 		return v.(*prometheus.CounterVec)
 	}
 	v, _ := s.vecs.LoadOrStore(name, prometheus.NewCounterVec(prometheus.CounterOpts{Name: name,
-		Help: "RBAC shadow rule verdicts (Istio dry-run AuthorizationPolicies)."}, []string{"authz_dry_run_action", "authz_dry_run_result"}))
+		Help: rbacHelp}, []string{"authz_dry_run_action", "authz_dry_run_result"}))
 	return v.(*prometheus.CounterVec)
 }
 

@@ -44,6 +44,10 @@ type Call struct {
 	// Metadata is Envoy's dynamic metadata: results one filter leaves for
 	// the next, by namespace (filter name). Created on first use.
 	Metadata map[string]map[string]any
+	// Count increments one of the filter's Envoy statistics, named as
+	// under the connection manager's "http.<stat_prefix>." ("rbac.denied");
+	// nil when none are kept.
+	Count func(stat string)
 }
 
 // SetMetadata records value under namespace ns and key.

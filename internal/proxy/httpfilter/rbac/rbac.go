@@ -82,6 +82,13 @@ func (f *filter) Decode(c *httpfilter.Call) *httpfilter.Reply {
 		}
 		return nil
 	}
+	if c.Count != nil { // Envoy's rbac.allowed and rbac.denied
+		if ok {
+			c.Count("rbac.allowed")
+		} else {
+			c.Count("rbac.denied")
+		}
+	}
 	if ok {
 		return nil
 	}
