@@ -66,9 +66,8 @@ func compileStats(tc *anypb.Any) (*statsConfig, error) {
 				sc.drop[m] = true
 			}
 			for _, tag := range mc.GetTagsToRemove() {
-				if !telemetry.IsLabel(m, tag) {
-					continue // not a label of this metric: nothing to remove
-				}
+				// A label the metric does not have is left alone when
+				// recorded (telemetry.LabelOverrides).
 				sc.dims[m] = slices.DeleteFunc(sc.dims[m], func(d statsDim) bool { return d.label == tag })
 				if !slices.Contains(sc.removed[m], tag) {
 					sc.removed[m] = append(sc.removed[m], tag)

@@ -65,7 +65,9 @@ func TestStatsFilter(t *testing.T) {
 		{TagsToRemove: []string{"response_flags"}},
 		{Name: "tcp_connections_opened_total", Drop: true},
 		{Name: "tcp_sent_bytes_total", Dimensions: map[string]string{"destination_service": "string(destination.port) + '/tcp'"}},
-		{Name: "request_messages_total", Drop: true}, // not recorded by weft: nothing to drop
+		{Dimensions: map[string]string{"tenant": "request.headers['x-tenant']"}}, // added to every metric...
+		{Name: "response_bytes", TagsToRemove: []string{"tenant"}},               // ...and removed again from one
+		{Name: "request_messages_total", Drop: true},                             // not recorded by weft: nothing to drop
 	}}
 	stats := &hcmv3.HttpFilter{Name: "istio.stats", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAnyT(t, cfg)}}
 	addr, plain, tcpAddr := freeAddr(t), freeAddr(t), freeAddr(t)
@@ -106,6 +108,13 @@ func TestStatsFilter(t *testing.T) {
 	}
 	if !hasLabel(custReq, "request_protocol", "t1") || !hasLabel(custReq, "source_principal", "") || !hasLabel(custReq, "response_flags", "") {
 		t.Errorf("customised istio_requests_total %q: want destination_service from the Host, request_protocol from x-tenant, source_principal and response_flags empty", custReq)
+	}
+	respBytes := metricSeries(t, reg, "istio_response_bytes")
+	// The customised chain's series are the ones with response_flags
+	// emptied.
+	if !slicesAny(respBytes, func(s string) bool { return hasLabel(s, "tenant", "") && hasLabel(s, "response_flags", "") }) ||
+		!slicesAny(metricSeries(t, reg, "istio_request_bytes"), func(s string) bool { return hasLabel(s, "tenant", "t1") }) {
+		t.Errorf("istio_response_bytes %q: want the added tenant label removed again for it, kept on istio_request_bytes", respBytes)
 	}
 	if !hasLabel(custReq, "request_host", "reviews.example:9080") {
 		t.Errorf("customised istio_requests_total %q: want the added label request_host", custReq)
