@@ -2,11 +2,13 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -21,6 +23,7 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	// The RBAC HTTP filter, as weft-proxy links it.
 	_ "github.com/weftmesh/weft/internal/proxy/httpfilter/rbac"
 	"github.com/weftmesh/weft/internal/proxy/route"
@@ -175,11 +178,25 @@ func TestNetworkRBAC(t *testing.T) {
 	}
 	defer c.Close()
 	// c's RemoteAddr is the listener: 127.0.0.1, inside the denied range.
-	if ok, pol, md := allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9000")); ok || pol != "p" || md != nil {
+	if ok, pol, md := allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9000"), nil); ok || pol != "p" || md != nil {
 		t.Errorf("port 9000: allowed=%v policy=%q metadata %v, want denied by p, no shadow verdict", ok, pol, md)
 	}
-	if ok, _, _ := allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9001")); !ok {
+	if ok, _, _ := allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9001"), nil); !ok {
 		t.Error("port 9001 denied")
+	}
+	// Each enforced verdict is counted under the filter's stat_prefix
+	// (the engine's envoy_tcp_rbac{authz_enforce_result}).
+	var counted []string
+	count := func(prefix string, allowed bool) { counted = append(counted, fmt.Sprint(prefix, allowed)) }
+	allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9000"), count)
+	allowConn(ch, c, netip.MustParseAddrPort("10.0.0.1:9001"), count)
+	if want := []string{"tcp.false", "tcp.true"}; !slices.Equal(counted, want) {
+		t.Errorf("counted %q, want %q", counted, want)
+	}
+	var s rbacStats
+	s.countEnforcedTCP("tcp.", false)
+	if v, ok := s.enforcedTCP.Load("tcp."); !ok || testutil.ToFloat64(v.(*prometheus.CounterVec).WithLabelValues("denied")) != 1 {
+		t.Error("countEnforcedTCP did not count into envoy_tcp_rbac{authz_enforce_result=denied}")
 	}
 	// The same rules as shadow rules (an istiod dry-run DENY) refuse
 	// nothing; their verdict is the connection's dynamic metadata.
@@ -193,7 +210,7 @@ func TestNetworkRBAC(t *testing.T) {
 		9000: {"istio_dry_run_deny_shadow_engine_result": "denied", "istio_dry_run_deny_shadow_effective_policy_id": "p"},
 		9001: {"istio_dry_run_deny_shadow_engine_result": "allowed"},
 	} {
-		ok, _, md := allowConn(dryCh, c, netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), port))
+		ok, _, md := allowConn(dryCh, c, netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), port), nil)
 		if diff := cmp.Diff(md, map[string]map[string]any{"envoy.filters.network.rbac": want}); !ok || diff != "" {
 			t.Errorf("dry run, port %d: allowed=%v, metadata (-got +want)\n%s", port, ok, diff)
 		}

@@ -308,7 +308,7 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 		}
 		c = tc
 	}
-	ok, pol, md := allowConn(ch, c, dst)
+	ok, pol, md := allowConn(ch, c, dst, e.rbacStats.countEnforcedTCP)
 	if md != nil {
 		e.rbacStats.count(ch.rbacStatPrefix(), md[netRBACMetadata])
 	}

@@ -57,7 +57,9 @@ func describeConn(c net.Conn, dst netip.AddrPort) *httpfilter.Conn {
 // refusal names the policy; shadow rules leave their verdicts in the
 // connection's dynamic metadata (md, nil without shadow rules), for its
 // access logs.
-func allowConn(ch *chain, c net.Conn, dst netip.AddrPort) (ok bool, policy string, md map[string]map[string]any) {
+// Each enforced verdict also goes to count (nil: none), with the
+// filter's stat_prefix.
+func allowConn(ch *chain, c net.Conn, dst netip.AddrPort, count func(statPrefix string, allowed bool)) (ok bool, policy string, md map[string]map[string]any) {
 	if len(ch.rbac) == 0 {
 		return true, "", nil
 	}
@@ -76,7 +78,11 @@ func allowConn(ch *chain, c net.Conn, dst netip.AddrPort) (ok bool, policy strin
 		if f.rules == nil {
 			continue
 		}
-		if ok, pol := f.rules.Allowed(in); !ok {
+		ok, pol := f.rules.Allowed(in)
+		if count != nil && f.rules.Action() != rbac.Log {
+			count(f.statPrefix, ok)
+		}
+		if !ok {
 			return false, pol, md
 		}
 	}

@@ -18,7 +18,8 @@ import (
 // inbound_0.0.0.0_80 counts into
 // envoy_http_inbound_0_0_0_0_80_rbac{authz_dry_run_action="deny",authz_dry_run_result="denied"},
 // and a TCP chain's network filter (stat_prefix "tcp.") into
-// envoy_tcp_rbac{…}. Verdicts under other prefixes are not counted.
+// envoy_tcp_rbac{…}, beside its enforced verdicts. Shadow verdicts under
+// other prefixes are not counted.
 
 // rbacHelp is the help of every RBAC metric: a metric's enforced and
 // shadow series must agree on it.
@@ -34,6 +35,9 @@ const httpRBACMetadata = "envoy.filters.http.rbac"
 type rbacStats struct {
 	vecs     sync.Map // metric name -> *prometheus.CounterVec (shadow verdicts)
 	enforced sync.Map // connection manager stat prefix -> *prometheus.CounterVec
+	// enforcedTCP is the network filters' enforced verdicts, by the
+	// filter's stat_prefix.
+	enforcedTCP sync.Map
 }
 
 func (*rbacStats) Describe(chan<- *prometheus.Desc) {}
@@ -45,6 +49,7 @@ func (s *rbacStats) Collect(ch chan<- prometheus.Metric) {
 	}
 	s.vecs.Range(collect)
 	s.enforced.Range(collect)
+	s.enforcedTCP.Range(collect)
 }
 
 // countEnforced records an HTTP RBAC filter's statistic stat
@@ -55,14 +60,29 @@ func (s *rbacStats) countEnforced(hcmPrefix, stat string) {
 	if !ok || result != "allowed" && result != "denied" {
 		return
 	}
-	v, ok := s.enforced.Load(hcmPrefix)
+	enforcedVec(&s.enforced, hcmPrefix, "http."+hcmPrefix).WithLabelValues(result).Inc()
+}
+
+// countEnforcedTCP records a network RBAC filter's verdict (allowed or
+// not) under its stat_prefix ("tcp.": envoy_tcp_rbac).
+func (s *rbacStats) countEnforcedTCP(statPrefix string, allowed bool) {
+	result := "denied"
+	if allowed {
+		result = "allowed"
+	}
+	enforcedVec(&s.enforcedTCP, statPrefix, strings.TrimSuffix(statPrefix, ".")).WithLabelValues(result).Inc()
+}
+
+// enforcedVec is the enforced verdicts' vector of m under key, made for
+// the filter stats prefix stats the first time.
+func enforcedVec(m *sync.Map, key, stats string) *prometheus.CounterVec {
+	v, ok := m.Load(key)
 	if !ok {
-		v, _ = s.enforced.LoadOrStore(hcmPrefix, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "envoy_" + promName("http."+hcmPrefix+".rbac"),
-			Help: rbacHelp,
+		v, _ = m.LoadOrStore(key, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envoy_" + promName(stats+".rbac"), Help: rbacHelp,
 		}, []string{"authz_enforce_result"}))
 	}
-	v.(*prometheus.CounterVec).WithLabelValues(result).Inc()
+	return v.(*prometheus.CounterVec)
 }
 
 // count records the shadow verdicts in md (one RBAC metadata namespace)
