@@ -93,6 +93,9 @@ type httpChain struct {
 	// stats is the istio.stats filter's changes to the metrics (nil:
 	// Istio's standard metrics).
 	stats *statsConfig
+	// countStat keeps the filters' Envoy statistics (bindChainStats; nil:
+	// none).
+	countStat func(stat string)
 }
 
 // serverHeader is an HCM's server_header_transformation and server_name
@@ -449,18 +452,6 @@ type netRBAC struct {
 	rules, shadow *rbac.Engine
 	shadowPrefix  string
 	statPrefix    string // the filter's stat_prefix ("tcp." from pilot)
-}
-
-// rbacStatPrefix is the stats prefix of the chain's network RBAC filter
-// with shadow rules (the first one: pilot writes one per action, all
-// "tcp.").
-func (ch *chain) rbacStatPrefix() string {
-	for _, f := range ch.rbac {
-		if f.shadow != nil {
-			return f.statPrefix
-		}
-	}
-	return ""
 }
 
 // netRBACMetadata is the network RBAC filter's dynamic metadata namespace.

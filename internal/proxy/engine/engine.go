@@ -164,6 +164,7 @@ func (e *Engine) Apply(s *xdsclient.Snapshot) error {
 	}
 	// Labels istio.stats dimensions add go on the metrics first, so that
 	// the new chains record into vectors that have them.
+	e.bindChainStats(rt)
 	req, tcp := extraMetricLabels(rt)
 	if e.metrics.SetExtraLabels(req, tcp) {
 		e.log.Info("metric labels changed; Istio's metrics start again from zero", "request_extra", req, "tcp_extra", tcp)
@@ -308,10 +309,7 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 		}
 		c = tc
 	}
-	ok, pol, md := allowConn(ch, c, dst, e.rbacStats.countEnforcedTCP)
-	if md != nil {
-		e.rbacStats.count(ch.rbacStatPrefix(), md[netRBACMetadata])
-	}
+	ok, pol, md := allowConn(ch, c, dst, &e.rbacStats)
 	if !ok {
 		e.log.Debug("connection denied by RBAC", "listener", ls.name, "chain", ch.name, "remote", c.RemoteAddr(), "policy", pol)
 		_ = c.Close()

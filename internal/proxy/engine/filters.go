@@ -2,6 +2,7 @@ package engine
 
 import (
 	"crypto/tls"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -14,8 +15,8 @@ import (
 // runFilters runs the chain's HTTP filters in order; the first Reply
 // ends the exchange. The dynamic metadata they leave (nil: none) is the
 // request's, for its span's metadata tags.
-func runFilters(cc *chainConn, r *http.Request, count func(string)) (*httpfilter.Reply, map[string]map[string]any) {
-	call := &httpfilter.Call{Request: r, Conn: cc.filterConn(), Count: count}
+func runFilters(cc *chainConn, r *http.Request) (*httpfilter.Reply, map[string]map[string]any) {
+	call := &httpfilter.Call{Request: r, Conn: cc.filterConn(), Count: cc.chain.countStat}
 	for _, f := range cc.chain.filters {
 		if rep := f.Decode(call); rep != nil {
 			return rep, call.Metadata
@@ -57,9 +58,9 @@ func describeConn(c net.Conn, dst netip.AddrPort) *httpfilter.Conn {
 // refusal names the policy; shadow rules leave their verdicts in the
 // connection's dynamic metadata (md, nil without shadow rules), for its
 // access logs.
-// Each enforced verdict also goes to count (nil: none), with the
-// filter's stat_prefix.
-func allowConn(ch *chain, c net.Conn, dst netip.AddrPort, count func(statPrefix string, allowed bool)) (ok bool, policy string, md map[string]map[string]any) {
+// Each verdict also goes to stats (nil: none), under the filter's
+// stat_prefix.
+func allowConn(ch *chain, c net.Conn, dst netip.AddrPort, stats *rbacStats) (ok bool, policy string, md map[string]map[string]any) {
 	if len(ch.rbac) == 0 {
 		return true, "", nil
 	}
@@ -70,17 +71,21 @@ func allowConn(ch *chain, c net.Conn, dst netip.AddrPort, count func(statPrefix 
 			if md == nil {
 				md = map[string]map[string]any{netRBACMetadata: {}}
 			}
-			md[netRBACMetadata][f.shadowPrefix+"shadow_engine_result"] = res
+			v := map[string]any{f.shadowPrefix + "shadow_engine_result": res}
 			if pol != "" {
-				md[netRBACMetadata][f.shadowPrefix+"shadow_effective_policy_id"] = pol
+				v[f.shadowPrefix+"shadow_effective_policy_id"] = pol
+			}
+			maps.Copy(md[netRBACMetadata], v)
+			if stats != nil {
+				stats.countShadow(true, f.statPrefix, v)
 			}
 		}
 		if f.rules == nil {
 			continue
 		}
 		ok, pol := f.rules.Allowed(in)
-		if count != nil && f.rules.Action() != rbac.Log {
-			count(f.statPrefix, ok)
+		if stats != nil && f.rules.Action() != rbac.Log {
+			stats.countEnforced(true, f.statPrefix, ok)
 		}
 		if !ok {
 			return false, pol, md

@@ -164,10 +164,10 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	ex.path = requestTarget(r)
 	if len(cc.chain.filters) > 0 {
 		var rep *httpfilter.Reply
-		rep, md := runFilters(cc, r, func(stat string) { e.rbacStats.countEnforced(cc.chain.statPrefix, stat) })
+		rep, md := runFilters(cc, r)
 		ex.metadata = md
 		if rbac := md[httpRBACMetadata]; rbac != nil {
-			e.rbacStats.count("http."+cc.chain.statPrefix, rbac)
+			e.rbacStats.countShadow(false, cc.chain.statPrefix, rbac)
 		}
 		if rep != nil {
 			ex.flags = rep.Flags

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"slices"
 	"strings"
 	"sync"
 
@@ -28,16 +29,19 @@ const rbacHelp = "RBAC filter verdicts: enforced rules (authz_enforce_result) an
 // httpRBACMetadata is the HTTP RBAC filter's dynamic metadata namespace.
 const httpRBACMetadata = "envoy.filters.http.rbac"
 
-// rbacStats collects the verdict counters, one vector per metric name
-// (the stats prefix is part of it) and kind. It describes nothing: the
-// names come with the config, and a metric's enforced and shadow series
-// have different labels, as Envoy's do.
+// rbacStats collects the verdict counters: for HTTP filters by their
+// connection manager's stat_prefix, for network filters by their own
+// stat_prefix. It describes nothing: the names come with the config, and
+// a metric's enforced and shadow series have different labels, as
+// Envoy's do.
 type rbacStats struct {
-	vecs     sync.Map // metric name -> *prometheus.CounterVec (shadow verdicts)
-	enforced sync.Map // connection manager stat prefix -> *prometheus.CounterVec
-	// enforcedTCP is the network filters' enforced verdicts, by the
-	// filter's stat_prefix.
-	enforcedTCP sync.Map
+	http, tcp rbacFamilies
+}
+
+// rbacFamilies are one kind's counters by stats prefix (the key is the
+// prefix as the caller has it, so a request computes no name).
+type rbacFamilies struct {
+	shadow, enforced sync.Map // prefix -> *prometheus.CounterVec
 }
 
 func (*rbacStats) Describe(chan<- *prometheus.Desc) {}
@@ -47,47 +51,52 @@ func (s *rbacStats) Collect(ch chan<- prometheus.Metric) {
 		v.(*prometheus.CounterVec).Collect(ch)
 		return true
 	}
-	s.vecs.Range(collect)
-	s.enforced.Range(collect)
-	s.enforcedTCP.Range(collect)
-}
-
-// countEnforced records an HTTP RBAC filter's statistic stat
-// ("rbac.allowed", "rbac.denied") under the connection manager's stat
-// prefix; other statistics are not kept.
-func (s *rbacStats) countEnforced(hcmPrefix, stat string) {
-	result, ok := strings.CutPrefix(stat, "rbac.")
-	if !ok || result != "allowed" && result != "denied" {
-		return
+	for _, f := range []*rbacFamilies{&s.http, &s.tcp} {
+		f.shadow.Range(collect)
+		f.enforced.Range(collect)
 	}
-	enforcedVec(&s.enforced, hcmPrefix, "http."+hcmPrefix).WithLabelValues(result).Inc()
 }
 
-// countEnforcedTCP records a network RBAC filter's verdict (allowed or
-// not) under its stat_prefix ("tcp.": envoy_tcp_rbac).
-func (s *rbacStats) countEnforcedTCP(statPrefix string, allowed bool) {
-	result := "denied"
-	if allowed {
-		result = "allowed"
+// rbacMetric is the Prometheus name of an RBAC filter's statistics: the
+// HTTP filters' under "http.<connection manager prefix>.rbac", the
+// network filters' under "<prefix>rbac" (Envoy's stat names, "." → "_").
+func rbacMetric(tcp bool, prefix string) string {
+	if tcp {
+		return "envoy_" + promName(strings.TrimSuffix(prefix, ".")+".rbac")
 	}
-	enforcedVec(&s.enforcedTCP, statPrefix, strings.TrimSuffix(statPrefix, ".")).WithLabelValues(result).Inc()
+	return "envoy_" + promName("http."+prefix+".rbac")
 }
 
-// enforcedVec is the enforced verdicts' vector of m under key, made for
-// the filter stats prefix stats the first time.
-func enforcedVec(m *sync.Map, key, stats string) *prometheus.CounterVec {
-	v, ok := m.Load(key)
+// vec is the vector under prefix in m, made with labels the first time.
+func (f *rbacFamilies) vec(m *sync.Map, tcp bool, prefix string, labels ...string) *prometheus.CounterVec {
+	v, ok := m.Load(prefix)
 	if !ok {
-		v, _ = m.LoadOrStore(key, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "envoy_" + promName(stats+".rbac"), Help: rbacHelp,
-		}, []string{"authz_enforce_result"}))
+		v, _ = m.LoadOrStore(prefix, prometheus.NewCounterVec(prometheus.CounterOpts{Name: rbacMetric(tcp, prefix), Help: rbacHelp}, labels))
 	}
 	return v.(*prometheus.CounterVec)
 }
 
-// count records the shadow verdicts in md (one RBAC metadata namespace)
-// under the filter stats prefix stats ("http.inbound_0.0.0.0_80", "tcp.").
-func (s *rbacStats) count(stats string, md map[string]any) {
+func (s *rbacStats) families(tcp bool) *rbacFamilies {
+	if tcp {
+		return &s.tcp
+	}
+	return &s.http
+}
+
+// countEnforced records an enforced verdict of an RBAC filter (tcp: a
+// network one) under prefix.
+func (s *rbacStats) countEnforced(tcp bool, prefix string, allowed bool) {
+	result := "denied"
+	if allowed {
+		result = "allowed"
+	}
+	f := s.families(tcp)
+	f.vec(&f.enforced, tcp, prefix, "authz_enforce_result").WithLabelValues(result).Inc()
+}
+
+// countShadow records the shadow verdicts in md (one RBAC metadata
+// namespace) of an RBAC filter (tcp: a network one) under prefix.
+func (s *rbacStats) countShadow(tcp bool, prefix string, md map[string]any) {
 	for k, v := range md {
 		rest, ok := strings.CutPrefix(k, "istio_dry_run_")
 		if !ok {
@@ -98,18 +107,29 @@ func (s *rbacStats) count(stats string, md map[string]any) {
 		if !ok || action != "allow" && action != "deny" || result != "allowed" && result != "denied" {
 			continue
 		}
-		s.vec(stats).WithLabelValues(action, result).Inc()
+		f := s.families(tcp)
+		f.vec(&f.shadow, tcp, prefix, "authz_dry_run_action", "authz_dry_run_result").WithLabelValues(action, result).Inc()
 	}
 }
 
-func (s *rbacStats) vec(stats string) *prometheus.CounterVec {
-	name := "envoy_" + promName(strings.TrimSuffix(stats, ".")+".rbac")
-	if v, ok := s.vecs.Load(name); ok {
-		return v.(*prometheus.CounterVec)
+// bindChainStats gives each HTTP chain of rt with filters its Count hook
+// for the filters' Envoy statistics (rbac.allowed, rbac.denied), made
+// once per config rather than per request.
+func (e *Engine) bindChainStats(rt *runtime) {
+	for _, ls := range rt.listeners {
+		for _, ch := range append(slices.Clip(ls.chains), ls.defChain) {
+			if ch == nil || ch.http == nil || len(ch.http.filters) == 0 {
+				continue
+			}
+			prefix := ch.http.statPrefix
+			ch.http.countStat = func(stat string) {
+				switch stat {
+				case "rbac.allowed", "rbac.denied":
+					e.rbacStats.countEnforced(false, prefix, stat == "rbac.allowed")
+				}
+			}
+		}
 	}
-	v, _ := s.vecs.LoadOrStore(name, prometheus.NewCounterVec(prometheus.CounterOpts{Name: name,
-		Help: rbacHelp}, []string{"authz_dry_run_action", "authz_dry_run_result"}))
-	return v.(*prometheus.CounterVec)
 }
 
 // promName is an Envoy stat name as a Prometheus metric name: every

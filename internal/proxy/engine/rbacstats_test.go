@@ -61,7 +61,7 @@ func TestRBACShadowStats(t *testing.T) {
 		t.Fatalf("/secret: %d, want 403", st)
 	}
 	want := map[string]float64{"denied": 2, "allowed": 2}
-	v, ok := e.rbacStats.vecs.Load("envoy_http_inbound_0_0_0_0_80_rbac")
+	v, ok := e.rbacStats.http.shadow.Load("inbound_0.0.0.0_80")
 	if !ok {
 		t.Fatalf("no envoy_http_inbound_0_0_0_0_80_rbac; series %q", metricSeries(t, reg, "envoy_http_inbound_0_0_0_0_80_rbac"))
 	}
@@ -70,7 +70,7 @@ func TestRBACShadowStats(t *testing.T) {
 			t.Errorf("%s: %v, want %v", result, got, n)
 		}
 	}
-	ev, _ := e.rbacStats.enforced.Load("inbound_0.0.0.0_80")
+	ev, _ := e.rbacStats.http.enforced.Load("inbound_0.0.0.0_80")
 	for result, n := range map[string]float64{"allowed": 3, "denied": 1} {
 		if ev == nil {
 			t.Fatal("no enforced verdicts counted")
