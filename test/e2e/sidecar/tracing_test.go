@@ -54,6 +54,16 @@ spec:
 `, name, host, port, portName, protocol, target)
 }
 
+// otelCollectorHost is the OpenTelemetry collector's service, as Istio's
+// OpenTelemetry tasks name it.
+const otelCollectorHost = "opentelemetry-collector.observability.svc.cluster.local"
+
+// otelCollectorEntry is its ServiceEntry (OTLP/gRPC on port 4317) for a
+// collector listening on 127.0.0.1:target.
+func otelCollectorEntry(target int) string {
+	return collectorEntry("otel-collector", otelCollectorHost, 4317, "grpc-otlp", "GRPC", target)
+}
+
 // start starts the pair with mesh config meshYAML and config resources
 // extra (the collector's service).
 func (p *tracedPair) start(meshYAML, extra string) {
@@ -215,7 +225,7 @@ func TestTracingOTel(t *testing.T) {
   opentelemetry:
     service: opentelemetry-collector.observability.svc.cluster.local
     port: 4317
-`, collectorEntry("otel-collector", "opentelemetry-collector.observability.svc.cluster.local", 4317, "grpc-otlp", "GRPC", otel.ServeGRPC(t))+`---
+`, otelCollectorEntry(otel.ServeGRPC(t))+`---
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
 metadata: {name: otel-demo, namespace: istio-system}
@@ -280,7 +290,7 @@ func TestAccessLogsOTel(t *testing.T) {
       labels:
         code: "%RESPONSE_CODE%"
         cluster: "%UPSTREAM_CLUSTER%"
-`, collectorEntry("otel-collector", "opentelemetry-collector.observability.svc.cluster.local", 4317, "grpc-otlp", "GRPC", logs.ServeGRPC(t))+`---
+`, otelCollectorEntry(logs.ServeGRPC(t))+`---
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
 metadata: {name: mesh-default, namespace: istio-system}
@@ -311,7 +321,7 @@ spec:
 		}
 		return nil
 	})
-	if h := logs.Headers()[0]; h.Get(":authority") != "opentelemetry-collector.observability.svc.cluster.local" {
+	if h := logs.Headers()[0]; h.Get(":authority") != otelCollectorHost {
 		t.Errorf("export metadata %v, want the collector's host as authority", h)
 	}
 }
