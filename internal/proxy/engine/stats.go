@@ -55,13 +55,30 @@ func compileStats(tc *anypb.Any) (*statsConfig, error) {
 	}
 	sc := &statsConfig{}
 	for i, mc := range pc.GetMetrics() {
-		var targets []int
-		for m, name := range telemetry.MetricNames {
-			if mc.GetName() == "" || mc.GetName() == name {
-				targets = append(targets, m)
+		if n := mc.GetName(); n != "" && !slices.Contains(telemetry.MetricNames[:], n) {
+			continue // a metric weft does not record: nothing to change
+		}
+		// Each dimension is compiled once, whatever metrics it applies to.
+		var dims []statsDim
+		for _, label := range sortedKeys(mc.GetDimensions()) {
+			if !telemetry.ValidLabelName(label) {
+				return nil, fmt.Errorf("istio.stats metrics[%d]: dimension %q is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not __...)", i, label)
+			}
+			v, err := accesslog.ParseValue(mc.GetDimensions()[label])
+			if err != nil {
+				return nil, fmt.Errorf("istio.stats metrics[%d] dimension %s: %w", i, label, err)
+			}
+			dims = append(dims, statsDim{label, v})
+			for _, h := range v.Headers() {
+				if !slices.Contains(sc.headers, h) {
+					sc.headers = append(sc.headers, h)
+				}
 			}
 		}
-		for _, m := range targets {
+		for m, name := range telemetry.MetricNames {
+			if mc.GetName() != "" && mc.GetName() != name {
+				continue
+			}
 			if mc.GetDrop() {
 				sc.drop[m] = true
 			}
@@ -73,31 +90,19 @@ func compileStats(tc *anypb.Any) (*statsConfig, error) {
 					sc.removed[m] = append(sc.removed[m], tag)
 				}
 			}
-			for _, label := range sortedKeys(mc.GetDimensions()) {
-				if !telemetry.ValidLabelName(label) {
-					return nil, fmt.Errorf("istio.stats metrics[%d]: dimension %q is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not __...)", i, label)
-				}
-				if !telemetry.IsLabel(m, label) {
+			for _, d := range dims {
+				if !telemetry.IsLabel(m, d.label) {
 					extra := &sc.extraRequest
 					if telemetry.IsTCP(m) {
 						extra = &sc.extraTCP
 					}
-					if !slices.Contains(*extra, label) {
-						*extra = append(*extra, label)
+					if !slices.Contains(*extra, d.label) {
+						*extra = append(*extra, d.label)
 					}
 				}
-				v, err := accesslog.ParseValue(mc.GetDimensions()[label])
-				if err != nil {
-					return nil, fmt.Errorf("istio.stats metrics[%d] dimension %s: %w", i, label, err)
-				}
-				sc.removed[m] = slices.DeleteFunc(sc.removed[m], func(l string) bool { return l == label })
-				sc.dims[m] = slices.DeleteFunc(sc.dims[m], func(d statsDim) bool { return d.label == label })
-				sc.dims[m] = append(sc.dims[m], statsDim{label, v})
-				for _, h := range v.Headers() {
-					if !slices.Contains(sc.headers, h) {
-						sc.headers = append(sc.headers, h)
-					}
-				}
+				sc.removed[m] = slices.DeleteFunc(sc.removed[m], func(l string) bool { return l == d.label })
+				sc.dims[m] = slices.DeleteFunc(sc.dims[m], func(o statsDim) bool { return o.label == d.label })
+				sc.dims[m] = append(sc.dims[m], d)
 			}
 		}
 	}
