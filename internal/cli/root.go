@@ -57,6 +57,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newTokenCmd(g),
 		newWorkloadCmd(g),
 		newProxyStatusCmd(g),
+		newProxyConfigCmd(g),
 		newCACmd(g),
 		&cobra.Command{
 			Use:   "version",

@@ -302,6 +302,9 @@ func (r *cdsRun) outboundCluster(svc *registry.Service, port registry.Port, dr *
 		return nil, nil
 	}
 	opts.apply(c)
+	if dr != nil && dr.first != nil {
+		c.Metadata = configMetadata("destination-rule", dr.first.Namespace, dr.first.Name)
+	}
 	return c, la
 }
 

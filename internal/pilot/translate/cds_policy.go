@@ -255,6 +255,7 @@ func (b *builder) hashPolicy(host string, port uint32, subset string) []*routev3
 type destRule struct {
 	// keys of the merged configs, oldest first.
 	keys    []string
+	first   *model.Config // the oldest (or workload-specific) rule
 	host    string
 	policy  *networking.TrafficPolicy
 	subsets []*networking.Subset
@@ -416,6 +417,9 @@ func mergeDestinationRules(list []*model.Config, host string, warn func(string, 
 	for _, c := range list {
 		spec := c.Spec.(*networking.DestinationRule)
 		d.keys = append(d.keys, c.Key())
+		if d.first == nil {
+			d.first = c
+		}
 		for _, ss := range spec.GetSubsets() {
 			if o, dup := owner[ss.GetName()]; dup {
 				warn("%s: subset %q of host %s already defined by %s; ignored", c.Key(), ss.GetName(), host, o)

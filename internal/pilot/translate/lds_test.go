@@ -571,3 +571,18 @@ func TestFaultWithoutPercentage(t *testing.T) {
 		t.Errorf("unsupported abort must be dropped, got %v", f)
 	}
 }
+
+func TestConfigPath(t *testing.T) {
+	p := ConfigPath("destination-rule", "default", "reviews")
+	if p != "/apis/networking.istio.io/v1/namespaces/default/destination-rule/reviews" {
+		t.Fatalf("ConfigPath: %s", p)
+	}
+	if kind, ref, ok := ParseConfigPath(p); !ok || kind != "destination-rule" || ref != "reviews.default" {
+		t.Fatalf("ParseConfigPath(%s) = %s %s %v", p, kind, ref, ok)
+	}
+	for _, bad := range []string{"", "/apis/networking.istio.io/v1/namespaces/default/destination-rule", "/apis/security.istio.io/v1/namespaces/a/b/c", "/apis/networking.istio.io/v1/ns/a/b/c"} {
+		if _, _, ok := ParseConfigPath(bad); ok {
+			t.Errorf("ParseConfigPath(%q) accepted", bad)
+		}
+	}
+}

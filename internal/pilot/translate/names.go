@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // Well-known listener and cluster names, as Istio names them so that
@@ -72,4 +75,39 @@ func OutboundRouteName(port uint32) string { return strconv.FormatUint(uint64(po
 // "<hostname>:<port>".
 func ProxylessListenerName(hostname string, port uint32) string {
 	return hostname + ":" + strconv.FormatUint(uint64(port), 10)
+}
+
+// IstioMetadataKey is the filter metadata namespace under which istiod
+// names the config a resource came from, and ConfigMetadataField its
+// field: "/apis/networking.istio.io/v1/namespaces/<ns>/<kind>/<name>".
+// istioctl proxy-config (and weft's) shows it as a cluster's DESTINATION
+// RULE and a route's VIRTUAL SERVICE.
+const (
+	IstioMetadataKey    = "istio"
+	ConfigMetadataField = "config"
+)
+
+// ConfigPath is the istio.config value for an Istio networking object;
+// kind is istiod's resource path segment, as "destination-rule".
+func ConfigPath(kind, namespace, name string) string {
+	return "/apis/networking.istio.io/v1/namespaces/" + namespace + "/" + kind + "/" + name
+}
+
+// ParseConfigPath returns name.namespace and the kind of an istio.config
+// value, and false for anything else.
+func ParseConfigPath(p string) (kind, nameNamespace string, ok bool) {
+	rest, found := strings.CutPrefix(p, "/apis/networking.istio.io/")
+	parts := strings.Split(rest, "/")
+	if !found || len(parts) != 5 || parts[1] != "namespaces" {
+		return "", "", false
+	}
+	return parts[3], parts[4] + "." + parts[2], true
+}
+
+// configMetadata is the metadata istiod sets on a resource built from one
+// Istio object.
+func configMetadata(kind, namespace, name string) *corev3.Metadata {
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{IstioMetadataKey: {Fields: map[string]*structpb.Value{
+		ConfigMetadataField: structpb.NewStringValue(ConfigPath(kind, namespace, name)),
+	}}}}
 }

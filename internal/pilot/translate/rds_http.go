@@ -89,7 +89,7 @@ func (g *netBuilder) httpRoute(vs *boundVS, rule *networking.HTTPRoute, m *netwo
 		}
 		name += m.GetName()
 	}
-	out := &routev3.Route{Name: name, Match: routeMatch(m)}
+	out := &routev3.Route{Name: name, Match: routeMatch(m), Metadata: configMetadata("virtual-service", vs.cfg.Namespace, vs.cfg.Name)}
 	reqAdd, reqRemove, hostRewrite := g.headerOps(vs, rule.GetHeaders().GetRequest(), true)
 	out.RequestHeadersToAdd, out.RequestHeadersToRemove = reqAdd, reqRemove
 	out.ResponseHeadersToAdd, out.ResponseHeadersToRemove, _ = g.headerOps(vs, rule.GetHeaders().GetResponse(), false)

@@ -18,6 +18,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -33,6 +34,9 @@ type Config struct {
 	Routes    []*routev3.RouteConfiguration
 	Clusters  []*clusterv3.Cluster
 	Endpoints []*endpointv3.ClusterLoadAssignment
+	// Secrets: the workload certificate ("default", key redacted) and
+	// the SDS secrets received (the trust bundle, "ROOTCA").
+	Secrets []*tlsv3.Secret
 }
 
 // EndpointStatus is one upstream endpoint's live state for /clusters.
@@ -165,7 +169,13 @@ func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
 				VersionInfo: v("envoy.config.endpoint.v3.ClusterLoadAssignment"), EndpointConfig: anyOf(e),
 			})
 		}
-		for _, m := range []proto.Message{ld, cd, rd, ed} {
+		sd := &adminv3.SecretsConfigDump{}
+		for _, sec := range cfg.Secrets {
+			sd.DynamicActiveSecrets = append(sd.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{
+				Name: sec.GetName(), VersionInfo: v("envoy.extensions.transport_sockets.tls.v3.Secret"), Secret: anyOf(sec),
+			})
+		}
+		for _, m := range []proto.Message{ld, cd, rd, ed, sd} {
 			dump.Configs = append(dump.Configs, anyOf(m))
 		}
 	}

@@ -1,16 +1,19 @@
 package engine
 
 import (
+	"encoding/pem"
 	"sort"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/weftmesh/weft/internal/proxy/admin"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 )
 
 // snapshotConfig lists a snapshot's resources sorted by name for the admin
-// API.
-func snapshotConfig(s *xdsclient.Snapshot) *admin.Config {
+// API, and the workload certificate of certs (nil: none).
+func snapshotConfig(s *xdsclient.Snapshot, certs Certs) *admin.Config {
 	cfg := &admin.Config{Versions: map[string]string{}}
 	for k, v := range s.Versions {
 		cfg.Versions[k] = v
@@ -27,7 +30,33 @@ func snapshotConfig(s *xdsclient.Snapshot) *admin.Config {
 	for _, n := range sortedKeys(s.Endpoints) {
 		cfg.Endpoints = append(cfg.Endpoints, s.Endpoints[n])
 	}
+	if sec := certSecret(certs); sec != nil {
+		cfg.Secrets = append(cfg.Secrets, sec)
+	}
+	for _, n := range sortedKeys(s.Secrets) {
+		cfg.Secrets = append(cfg.Secrets, s.Secrets[n])
+	}
 	return cfg
+}
+
+// certSecret is the workload certificate as Envoy's config dump shows
+// its SDS secret "default": the chain in PEM, the private key redacted.
+func certSecret(c Certs) *tlsv3.Secret {
+	if c == nil {
+		return nil
+	}
+	cert, err := c.GetCertificate(nil)
+	if err != nil || cert == nil || len(cert.Certificate) == 0 {
+		return nil
+	}
+	var chain []byte
+	for _, der := range cert.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	return &tlsv3.Secret{Name: sdsCert, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: chain}},
+		PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "[redacted]"}},
+	}}}
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -445,7 +445,7 @@ func (e *Engine) Config() *admin.Config {
 	if rt == nil {
 		return nil
 	}
-	return snapshotConfig(rt.snap)
+	return snapshotConfig(rt.snap, e.opts.Certs)
 }
 
 // Endpoints returns live upstream state for /clusters.

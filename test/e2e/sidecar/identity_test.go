@@ -1,11 +1,16 @@
 package sidecar
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -72,6 +77,34 @@ spec:
 	out := weft("", "proxy-status")
 	if !strings.Contains(out, "sidecar~127.0.0.20~ratings-1.default") || !strings.Contains(out, "SYNCED") {
 		t.Fatalf("proxy-status does not show the mTLS-connected sidecar synced:\n%s", out)
+	}
+	// weft proxy-config secret shows the certificate the sidecar holds
+	// (its serial is the one written to cert-chain.pem) and the trust
+	// bundle it got over SDS; the config dump never holds the key.
+	blk, _ := pem.Decode(chain)
+	leaf, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
+	secrets := weft("", "proxy-config", "secret", "--admin", adminURL)
+	for _, re := range []string{
+		`(?m)^RESOURCE NAME +TYPE +STATUS +VALID CERT +SERIAL NUMBER +NOT AFTER +NOT BEFORE$`,
+		`(?m)^default +Cert Chain +ACTIVE +true +` + leaf.SerialNumber.Text(16) + ` +` + regexp.QuoteMeta(leaf.NotAfter.UTC().Format(time.RFC3339)) + ` `,
+		`(?m)^ROOTCA +CA +ACTIVE +true +[0-9a-f]+ `,
+	} {
+		if !regexp.MustCompile(re).MatchString(secrets) {
+			t.Fatalf("proxy-config secret: want a line matching %s in:\n%s", re, secrets)
+		}
+	}
+	resp, err := http.Get(adminURL + "/config_dump")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dump, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(dump), "PRIVATE KEY") || !regexp.MustCompile(`"inlineString":\s*"\[redacted\]"`).Match(dump) {
+		t.Fatalf("the config dump's workload secret should hold a redacted key:\n%.3000s", dump)
 	}
 	// Without credentials the same port refuses xDS: a plain TLS dial works
 	// (the port is up) but the sidecar's success above needed its identity.

@@ -318,6 +318,8 @@ spec:
 		}
 	}
 
+	checkProxyConfig(t, kc, fmt.Sprintf("http://127.0.0.1:%d", admin), svcPort, v1, v2)
+
 	// gRPC (unary, over h2c between app, sidecar and backend) and raw TCP
 	// through the same sidecar.
 	grpcPort, tcpPort, wsPort := startGRPCBackend(t), startEchoTCP(t), startUpgradeBackend(t)
@@ -518,4 +520,62 @@ func asNobody() (string, []string) {
 		return "", nil
 	}
 	return setpriv, []string{"--reuid=65534", "--regid=65534", "--clear-groups"}
+}
+
+// checkProxyConfig reads the sidecar's config with weft proxy-config, from
+// discovery (by the sidecar's name.namespace) and from the sidecar's admin
+// endpoint, and finds the mesh's objects in istioctl's columns.
+func checkProxyConfig(t *testing.T, kc, adminURL string, svcPort, v1, v2 int) {
+	t.Helper()
+	pc := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(weftBin, append([]string{"--kubeconfig", kc, "proxy-config"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("weft proxy-config %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	want := func(out string, res ...string) {
+		t.Helper()
+		for _, re := range res {
+			if !regexp.MustCompile(re).MatchString(out) {
+				t.Fatalf("want a line matching %s in:\n%s", re, out)
+			}
+		}
+	}
+	port := fmt.Sprint(svcPort)
+	for _, src := range [][]string{{"client.default"}, {"--admin", adminURL}} {
+		want(pc(append([]string{"cluster"}, src...)...),
+			`(?m)^SERVICE FQDN +PORT +SUBSET +DIRECTION +TYPE +DESTINATION RULE$`,
+			`(?m)^echo\.mesh +`+port+` +v2 +outbound +EDS +echo\.default$`,
+			`(?m)^echo\.mesh +`+port+` +- +outbound +EDS +echo\.default$`)
+		want(pc(append([]string{"cluster", "--subset", "v1", "-o", "json"}, src...)...),
+			`"name": "outbound\|`+port+`\|v1\|echo\.mesh"`)
+		want(pc(append([]string{"route"}, src...)...),
+			`(?m)^NAME +VHOST NAME +DOMAINS +MATCH +VIRTUAL SERVICE$`,
+			`(?m) /broken\* +echo\.default$`)
+		want(pc(append([]string{"listener", "--port", port}, src...)...),
+			`(?m)^ADDRESSES +PORT +MATCH +DESTINATION$`,
+			`(?m)^127\.0\.0\.1 +`+port+` +ALL +Route: `)
+	}
+	t.Logf("weft proxy-config all --admin %s:\n%s", adminURL, pc("all", "--admin", adminURL))
+	// Endpoints: as discovery sent them, then as the sidecar sees them.
+	want(pc("endpoint", "client.default", "--port", fmt.Sprint(v2)),
+		`(?m)^127\.0\.0\.1:`+fmt.Sprint(v2)+` +HEALTHY +- +outbound\|`+port+`\|v2\|echo\.mesh$`)
+	out := pc("endpoint", "--admin", adminURL, "--cluster", "outbound|"+port+"|v1|echo.mesh")
+	want(out, `(?m)^127\.0\.0\.1:`+fmt.Sprint(v1)+` +HEALTHY +OK +outbound\|`+port+`\|v1\|echo\.mesh$`)
+	if strings.Contains(out, fmt.Sprint(v2)) {
+		t.Fatalf("--cluster v1 listed v2's endpoint:\n%s", out)
+	}
+	// Bad input names what to do.
+	for args, msg := range map[string]string{
+		"cluster":                       "name exactly one source",
+		"cluster nosuch.default":        `no proxy "nosuch.default" is connected`,
+		"cluster client.default -o txt": `--output "txt"`,
+	} {
+		out, err := exec.Command(weftBin, append([]string{"--kubeconfig", kc, "proxy-config"}, strings.Fields(args)...)...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), msg) {
+			t.Fatalf("weft proxy-config %s: %v, want an error with %q:\n%s", args, err, msg, out)
+		}
+	}
 }
