@@ -455,6 +455,8 @@ func shortName(typ string) string {
 		return "lds"
 	case "RouteConfiguration":
 		return "rds"
+	case "Secret":
+		return "sds"
 	}
 	return typ
 }

@@ -88,6 +88,7 @@ spec:
 	}
 	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
 	secrets := weft("", "proxy-config", "secret", "--admin", adminURL)
+	t.Logf("weft proxy-config secret --admin %s:\n%s", adminURL, secrets)
 	for _, re := range []string{
 		`(?m)^RESOURCE NAME +TYPE +STATUS +VALID CERT +SERIAL NUMBER +NOT AFTER +NOT BEFORE$`,
 		`(?m)^default +Cert Chain +ACTIVE +true +` + leaf.SerialNumber.Text(16) + ` +` + regexp.QuoteMeta(leaf.NotAfter.UTC().Format(time.RFC3339)) + ` `,
@@ -96,6 +97,11 @@ spec:
 		if !regexp.MustCompile(re).MatchString(secrets) {
 			t.Fatalf("proxy-config secret: want a line matching %s in:\n%s", re, secrets)
 		}
+	}
+	// Discovery sends the trust bundle only: the key never leaves the host.
+	if out := weft("", "proxy-config", "secret", "ratings-1.default"); !regexp.MustCompile(`(?m)^ROOTCA +CA +ACTIVE +true `).MatchString(out) ||
+		strings.Contains(out, "Cert Chain") {
+		t.Fatalf("proxy-config secret from discovery: want the ROOTCA bundle alone:\n%s", out)
 	}
 	resp, err := http.Get(adminURL + "/config_dump")
 	if err != nil {
