@@ -30,7 +30,8 @@ func countingBackend(t *testing.T, status int, hosts *atomic.Int64, wantHost str
 
 // checkResilience shows outlier ejection, a fault delay and request
 // mirroring by what the backends and the app observe.
-func checkResilience(t *testing.T, apply func(string), call func(port int, host, path string) (int, string)) {
+// It returns the service port and the port of the endpoint it ejected.
+func checkResilience(t *testing.T, apply func(string), call func(port int, host, path string) (int, string)) (svcPort, ejected int) {
 	t.Helper()
 	var shadowed atomic.Int64
 	good, bad := countingBackend(t, 200, nil, ""), countingBackend(t, 503, nil, "")
@@ -117,4 +118,5 @@ spec:
 	if took := time.Since(start); took < 300*time.Millisecond {
 		t.Fatalf("the fault delay did not delay the request (%v)", took)
 	}
+	return svc, bad
 }

@@ -362,7 +362,13 @@ spec:
 	waitPort(t, wsSvc)
 	checkUpgrade(t, wsSvc, "chat.mesh")
 
-	checkResilience(t, apply, call2)
+	resilPort, ejected := checkResilience(t, apply, call2)
+	// The sidecar's live view: the ejected endpoint fails its outlier check.
+	out, err := exec.Command(weftBin, "--kubeconfig", kc, "proxy-config", "endpoint", "--admin", fmt.Sprintf("http://127.0.0.1:%d", admin),
+		"--port", fmt.Sprint(ejected)).CombinedOutput()
+	if err != nil || !regexp.MustCompile(fmt.Sprintf(`(?m)^127\.0\.0\.1:%d +HEALTHY +FAILED +outbound\|%d\|\|resil\.mesh$`, ejected, resilPort)).Match(out) {
+		t.Fatalf("proxy-config endpoint should show the ejected endpoint FAILED: %v\n%s", err, out)
+	}
 
 	// A NACK: a 5 KiB direct response is over the proxy's 4 KiB limit
 	// (Envoy's too). weft-proxy rejects the route table, keeps routing with
