@@ -40,6 +40,13 @@ func (m *manifest) label() string {
 // ("-"), and resolves each document's kind and namespace. Any error stops
 // everything before a single write.
 func readManifests(stdin io.Reader, paths []string, defaultNS string) ([]*manifest, error) {
+	return readManifestsSkipping(stdin, paths, defaultNS, nil)
+}
+
+// readManifestsSkipping is readManifests, except that a document whose
+// kind cannot be resolved goes to skip (when not nil) instead of stopping
+// everything.
+func readManifestsSkipping(stdin io.Reader, paths []string, defaultNS string, skip func(where string, err error)) ([]*manifest, error) {
 	var files []string
 	for _, p := range paths {
 		if p == "-" {
@@ -87,6 +94,10 @@ func readManifests(stdin io.Reader, paths []string, defaultNS string) ([]*manife
 		}
 		for _, d := range docs {
 			m, err := resolveManifest(src, d, defaultNS)
+			if err != nil && skip != nil {
+				skip(d.Position(src), err)
+				continue
+			}
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w (nothing was applied)", d.Position(src), err)
 			}

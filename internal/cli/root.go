@@ -58,6 +58,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newWorkloadCmd(g),
 		newProxyStatusCmd(g),
 		newProxyConfigCmd(g),
+		newAnalyzeCmd(g),
 		newCACmd(g),
 		&cobra.Command{
 			Use:   "version",
