@@ -6,15 +6,20 @@
 package admin
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -179,16 +184,11 @@ func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
 			dump.Configs = append(dump.Configs, anyOf(m))
 		}
 	}
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(dump)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(b)
+	writeProtoJSON(w, dump)
 }
 
-// clusters renders Envoy's text /clusters format.
+// clusters renders Envoy's /clusters: text, or with ?format=json an
+// envoy.admin.v3.Clusters (what istioctl proxy-config endpoint reads).
 func (s *Server) clusters(w http.ResponseWriter, r *http.Request) {
 	eps := s.p.Endpoints()
 	sort.Slice(eps, func(i, j int) bool {
@@ -197,6 +197,10 @@ func (s *Server) clusters(w http.ResponseWriter, r *http.Request) {
 		}
 		return eps[i].Address < eps[j].Address
 	})
+	if r.URL.Query().Get("format") == "json" {
+		writeProtoJSON(w, clustersProto(eps))
+		return
+	}
 	w.Header().Set("Content-Type", "text/plain")
 	for _, e := range eps {
 		health := "healthy"
@@ -211,17 +215,69 @@ func (s *Server) clusters(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// stats renders every metric as "name{labels}: value" lines.
+// clustersProto is the live endpoint state in Envoy's admin.v3.Clusters.
+func clustersProto(eps []EndpointStatus) *adminv3.Clusters {
+	out := &adminv3.Clusters{}
+	var cur *adminv3.ClusterStatus
+	for _, e := range eps {
+		if cur == nil || cur.Name != e.Cluster {
+			cur = &adminv3.ClusterStatus{Name: e.Cluster}
+			out.ClusterStatuses = append(out.ClusterStatuses, cur)
+		}
+		addr := &corev3.Address{}
+		if host, port, err := net.SplitHostPort(e.Address); err == nil {
+			p, _ := strconv.ParseUint(port, 10, 32)
+			addr.Address = &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: host,
+				PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(p)}}}
+		}
+		eds := corev3.HealthStatus_HEALTHY
+		if !e.Healthy {
+			eds = corev3.HealthStatus_UNHEALTHY
+		}
+		cur.HostStatuses = append(cur.HostStatuses, &adminv3.HostStatus{
+			Address:      addr,
+			HealthStatus: &adminv3.HostHealthStatus{EdsHealthStatus: eds, FailedOutlierCheck: e.Ejected},
+			Stats:        []*adminv3.SimpleMetric{{Name: "rq_active", Type: adminv3.SimpleMetric_GAUGE, Value: uint64(max(e.ActiveRequests, 0))}},
+		})
+	}
+	return out
+}
+
+func writeProtoJSON(w http.ResponseWriter, m proto.Message) {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
 func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 	families, err := s.reg.Gather()
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	filter := r.URL.Query().Get("filter")
-	w.Header().Set("Content-Type", "text/plain")
+	// As Envoy's: filter is an RE2 regular expression over stat names.
+	var filter *regexp.Regexp
+	if f := r.URL.Query().Get("filter"); f != "" {
+		if filter, err = regexp.Compile(f); err != nil {
+			http.Error(w, fmt.Sprintf("invalid filter regex %q: %v", f, err), http.StatusBadRequest)
+			return
+		}
+	}
+	asJSON := r.URL.Query().Get("format") == "json"
+	type stat struct {
+		Name  string  `json:"name"`
+		Value float64 `json:"value"`
+	}
+	var stats []stat
+	if !asJSON {
+		w.Header().Set("Content-Type", "text/plain")
+	}
 	for _, f := range families {
-		if filter != "" && !strings.Contains(f.GetName(), filter) {
+		if filter != nil && !filter.MatchString(f.GetName()) {
 			continue
 		}
 		for _, m := range f.GetMetric() {
@@ -238,8 +294,22 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 			case m.GetHistogram() != nil:
 				val = float64(m.GetHistogram().GetSampleCount())
 			}
-			fmt.Fprintf(w, "%s{%s}: %g\n", f.GetName(), strings.Join(labels, ","), val)
+			name := f.GetName() + "{" + strings.Join(labels, ",") + "}"
+			if asJSON {
+				stats = append(stats, stat{name, val})
+				continue
+			}
+			fmt.Fprintf(w, "%s: %g\n", name, val)
 		}
+	}
+	if asJSON {
+		b, err := json.MarshalIndent(map[string]any{"stats": append([]stat{}, stats...)}, "", "  ")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(append(b, '\n'))
 	}
 }
 

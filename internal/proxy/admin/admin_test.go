@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -8,13 +9,79 @@ import (
 	"strings"
 	"testing"
 
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
-type stubProxy struct{ drained, quit bool }
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestClustersAndStatsFormats: /clusters?format=json is Envoy's
+// admin.v3.Clusters; /stats takes Envoy's regex filter and JSON format.
+func TestClustersAndStatsFormats(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_requests_total", Help: "h"}, []string{"response_code"})
+	c.WithLabelValues("200").Add(3)
+	reg.MustRegister(c, prometheus.NewGauge(prometheus.GaugeOpts{Name: "istio_build", Help: "h"}))
+	p := &stubProxy{eps: []EndpointStatus{
+		{Cluster: "outbound|80||b", Address: "10.0.0.2:80", Healthy: true, Ejected: true, ActiveRequests: 2},
+		{Cluster: "outbound|80||a", Address: "10.0.0.1:80", Healthy: false},
+		{Cluster: "outbound|80||b", Address: "10.0.0.3:80", Healthy: true},
+	}}
+	srv := httptest.NewServer(New(p, reg, new(slog.LevelVar)).AdminHandler())
+	defer srv.Close()
+
+	code, body := get(t, srv.URL+"/clusters?format=json")
+	var cs adminv3.Clusters
+	if code != 200 || protojson.Unmarshal([]byte(body), &cs) != nil {
+		t.Fatalf("/clusters?format=json: %d %s", code, body)
+	}
+	if len(cs.GetClusterStatuses()) != 2 || cs.ClusterStatuses[0].GetName() != "outbound|80||a" || len(cs.ClusterStatuses[1].GetHostStatuses()) != 2 {
+		t.Fatalf("clusters: %v", &cs)
+	}
+	a, b := cs.ClusterStatuses[0].HostStatuses[0], cs.ClusterStatuses[1].HostStatuses[0]
+	if a.GetHealthStatus().GetEdsHealthStatus().String() != "UNHEALTHY" || a.GetAddress().GetSocketAddress().GetPortValue() != 80 ||
+		!b.GetHealthStatus().GetFailedOutlierCheck() || b.GetStats()[0].GetValue() != 2 || b.GetAddress().GetSocketAddress().GetAddress() != "10.0.0.2" {
+		t.Fatalf("host statuses: %v / %v", a, b)
+	}
+	if code, body := get(t, srv.URL+"/clusters"); code != 200 || !strings.Contains(body, "outbound|80||b::10.0.0.2:80::health_flags::/failed_outlier_check\n") {
+		t.Fatalf("/clusters: %d %s", code, body)
+	}
+
+	if code, body := get(t, srv.URL+"/stats?filter=^istio_.*_total$"); code != 200 || body != "istio_requests_total{response_code=200}: 3\n" {
+		t.Fatalf("/stats?filter=^istio_.*_total$: %d %q", code, body)
+	}
+	code, body = get(t, srv.URL+"/stats?filter=istio_&format=json")
+	var js struct {
+		Stats []struct {
+			Name  string
+			Value float64
+		}
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &js) != nil || len(js.Stats) != 2 {
+		t.Fatalf("/stats?format=json: %d %s", code, body)
+	}
+	if code, body := get(t, srv.URL+"/stats?filter=istio_(("); code != http.StatusBadRequest || !strings.Contains(body, "invalid filter regex") {
+		t.Fatalf("a bad regex: %d %s", code, body)
+	}
+}
+
+type stubProxy struct {
+	drained, quit bool
+	eps           []EndpointStatus
+}
 
 func (p *stubProxy) Config() *Config             { return nil }
-func (p *stubProxy) Endpoints() []EndpointStatus { return nil }
+func (p *stubProxy) Endpoints() []EndpointStatus { return p.eps }
 func (p *stubProxy) Ready() (bool, string)       { return true, "" }
 func (p *stubProxy) Drain()                      { p.drained = true }
 func (p *stubProxy) Quit()                       { p.quit = true }
