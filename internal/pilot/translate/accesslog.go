@@ -163,7 +163,7 @@ func (g *netBuilder) accessLogs(mode telemetry.WorkloadMode) []*accesslogv3.Acce
 			continue
 		}
 		if expr := pf.filter.GetExpression(); expr != "" {
-			if _, err := accesslog.ParseFilter(expr); err != nil {
+			if err := accesslog.CheckFilter(expr); err != nil {
 				g.warnOnce("%s: %v; provider %q does not log for this proxy", where, err, n)
 				continue
 			}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/registry"
+	telemetry "istio.io/api/telemetry/v1alpha1"
 )
 
 // BenchmarkBuildSidecar: one sidecar's resources in a mesh of 200 HTTP
@@ -25,14 +26,20 @@ func BenchmarkBuildSidecar(b *testing.B) {
 	}
 	reg := &registry.Snapshot{Version: 1, Services: svcs}
 	p := &model.Proxy{Type: model.Sidecar, Namespace: "default", Labels: map[string]string{"app": "a"}, IPs: []string{"10.1.0.1"}}
+	// A Telemetry logging errors only, through the built-in provider: a
+	// CEL filter pilot checks for each side of each build.
+	filtered := []*model.Config{{Kind: "Telemetry", Namespace: "istio-system", Name: "mesh-default",
+		Spec: &telemetry.Telemetry{AccessLogging: []*telemetry.AccessLogging{{Providers: []*telemetry.ProviderRef{{Name: "envoy"}},
+			Filter: &telemetry.AccessLogging_Filter{Expression: "response.code >= 400"}}}}}}
 	for _, tc := range []struct {
-		name string
-		log  *model.AccessLogging
-	}{{"no access log", nil}, {"accessLogFile", &model.AccessLogging{File: "/dev/stdout"}}} {
+		name    string
+		log     *model.AccessLogging
+		configs []*model.Config
+	}{{"no access log", nil, nil}, {"accessLogFile", &model.AccessLogging{File: "/dev/stdout"}, nil}, {"Telemetry filter", nil, filtered}} {
 		b.Run(tc.name, func(b *testing.B) {
 			mesh := model.DefaultMesh()
 			mesh.AccessLog = tc.log
-			s := model.NewSnapshot("1", mesh, nil, reg)
+			s := model.NewSnapshot("1", mesh, tc.configs, reg)
 			b.ReportAllocs()
 			for b.Loop() {
 				if r := Build(s, p); len(r.Listeners) == 0 {

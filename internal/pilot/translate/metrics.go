@@ -205,7 +205,7 @@ func (g *netBuilder) keepValidDimensions(pc *stats.PluginConfig) {
 			if !wtelemetry.ValidLabelName(label) {
 				err = fmt.Errorf("not a Prometheus label name")
 			} else {
-				_, err = accesslog.ParseValue(expr)
+				err = accesslog.CheckValue(expr)
 			}
 			if err != nil {
 				g.warnOnce("metrics tagOverrides %q: %v; left out", label, err)

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/ast"
@@ -87,6 +88,46 @@ func (f *Filter) Match(e *Entry) bool {
 // a boolean, or reads headers other than by a constant name is an error
 // naming the problem.
 func ParseFilter(expr string) (*Filter, error) { return compileExpr(expr, "access log filter", true) }
+
+// CheckFilter is ParseFilter's verdict on expr, without the program.
+// Verdicts are remembered (up to checkMemoSize expressions): the control
+// plane checks the same few expressions for every proxy it builds config
+// for, and a compile costs about 70 µs.
+func CheckFilter(expr string) error { return check(expr, true) }
+
+// CheckValue is ParseValue's verdict on expr, remembered as CheckFilter's.
+func CheckValue(expr string) error { return check(expr, false) }
+
+const checkMemoSize = 4096
+
+var (
+	checkMemo  sync.Map // checkKey → error (nil: accepted)
+	checkCount atomic.Int64
+)
+
+type checkKey struct {
+	expr     string
+	wantBool bool
+}
+
+func check(expr string, wantBool bool) error {
+	k := checkKey{expr, wantBool}
+	if v, ok := checkMemo.Load(k); ok {
+		err, _ := v.(error)
+		return err
+	}
+	what := "expression"
+	if wantBool {
+		what = "access log filter"
+	}
+	_, err := compileExpr(expr, what, wantBool)
+	if checkCount.Load() < checkMemoSize {
+		if _, loaded := checkMemo.LoadOrStore(k, err); !loaded {
+			checkCount.Add(1)
+		}
+	}
+	return err
+}
 
 // compileExpr compiles expr (what names its use in errors), a boolean one
 // when wantBool.
