@@ -33,3 +33,11 @@ func BenchmarkCheckFilter(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkParseFilter(b *testing.B) {
+	for b.Loop() {
+		if _, err := ParseFilter(`response.code >= 400 && request.headers["x-debug"] == "1"`); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
