@@ -322,9 +322,15 @@ func (a *analysis) meshGatewayConflicts() {
 		if !ok || !(len(vs.GetGateways()) == 0 || slices.Contains(vs.GetGateways(), "mesh")) {
 			continue
 		}
+		// The namespaces that see it: "." is its own.
 		scope := "*"
 		if e := vs.GetExportTo(); len(e) > 0 && !slices.Contains(e, "*") {
-			scope = strings.Join(e, ",")
+			seen := make([]string, len(e))
+			for i, ns := range e {
+				seen[i] = cmp.Or(strings.TrimPrefix(ns, "."), c.Namespace)
+			}
+			slices.Sort(seen)
+			scope = strings.Join(slices.Compact(seen), ",")
 		}
 		for _, h := range vs.GetHosts() {
 			key := scope + "/" + a.fqdn(h, c.Namespace)

@@ -137,6 +137,15 @@ func TestMeshGatewayConflict(t *testing.T) {
 			t.Errorf("want %q in:\n%s", want, got)
 		}
 	}
+	// "." is the VirtualService's own namespace: the same view as naming it.
+	same := strings.Replace(vs("c", "reviews.default.svc.cluster.local", "  exportTo: [default]\n"), "{name: c}", "{name: c, namespace: default}", 1)
+	if got := lines(Analyze(configsOf(t, vs("a", "reviews", "  exportTo: [.]\n"), same), "svc.cluster.local")); !strings.Contains(got, "default/a,default/c") {
+		t.Errorf("exportTo . and exportTo default in namespace default conflict; got:\n%s", got)
+	}
+	other := strings.Replace(vs("d", "reviews.default.svc.cluster.local", "  exportTo: [.]\n"), "{name: d}", "{name: d, namespace: shop}", 1)
+	if got := lines(Analyze(configsOf(t, vs("a", "reviews", "  exportTo: [.]\n"), other), "svc.cluster.local")); got != "" {
+		t.Errorf("exportTo . in two namespaces: no conflict expected, got:\n%s", got)
+	}
 	// Bound to a gateway only, or exported to different namespaces: no conflict.
 	gw := "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}\n"
 	for _, pair := range [][2]string{
