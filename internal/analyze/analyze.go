@@ -19,7 +19,7 @@ import (
 	"github.com/weftmesh/weft/internal/pilot/model"
 	networking "istio.io/api/networking/v1alpha3"
 	security "istio.io/api/security/v1beta1"
-	typev1beta1 "istio.io/api/type/v1beta1"
+	telemetry "istio.io/api/telemetry/v1alpha1"
 )
 
 // Level is a message's severity, as istioctl's.
@@ -98,10 +98,12 @@ func (t msgType) about(c *model.Config, format string, args ...any) Message {
 }
 
 // Analyze reports what it finds in configs, sorted by level (highest
-// first), then object and code. domainSuffix expands short host names
-// ("reviews" in namespace default is reviews.default.<domainSuffix>).
-func Analyze(configs []*model.Config, domainSuffix string) []Message {
-	a := &analysis{domainSuffix: domainSuffix, byKind: map[string][]*model.Config{}}
+// first), then object and code: the cross-object checks, then what
+// discovery warns about translating them for sidecars under mesh (whose
+// DomainSuffix expands short host names: "reviews" in namespace default
+// is reviews.default.<suffix>).
+func Analyze(configs []*model.Config, mesh model.Mesh) []Message {
+	a := &analysis{domainSuffix: mesh.DomainSuffix, byKind: map[string][]*model.Config{}}
 	for _, c := range configs {
 		a.byKind[c.Kind] = append(a.byKind[c.Kind], c)
 	}
@@ -112,6 +114,7 @@ func Analyze(configs []*model.Config, domainSuffix string) []Message {
 	a.meshGatewayConflicts()
 	a.subsetsSelectWorkloads()
 	a.selectors()
+	a.out = append(a.out, translationWarnings(configs, mesh)...)
 	sort.SliceStable(a.out, func(i, j int) bool {
 		x, y := a.out[i], a.out[j]
 		return cmp.Or(-cmp.Compare(x.Level, y.Level), cmp.Compare(x.Kind, y.Kind), cmp.Compare(x.Ref, y.Ref), cmp.Compare(x.Code, y.Code)) < 0
@@ -438,12 +441,30 @@ func (a *analysis) subsetsSelectWorkloads() {
 	}
 }
 
+// selectorOf is the matchLabels of a workload-scoped object's selector,
+// nil for objects without one.
+func selectorOf(c *model.Config) map[string]string {
+	switch p := c.Spec.(type) {
+	case *security.AuthorizationPolicy:
+		return p.GetSelector().GetMatchLabels()
+	case *security.PeerAuthentication:
+		return p.GetSelector().GetMatchLabels()
+	case *security.RequestAuthentication:
+		return p.GetSelector().GetMatchLabels()
+	case *networking.Sidecar:
+		return p.GetWorkloadSelector().GetLabels()
+	case *telemetry.Telemetry:
+		return p.GetSelector().GetMatchLabels()
+	}
+	return nil
+}
+
 // selectors checks that the workload-scoped policies select a workload.
 func (a *analysis) selectors() {
 	all := a.workloads()
-	check := func(kind string, sel func(*model.Config) map[string]string) {
+	for _, kind := range []string{"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication", "Sidecar", "Telemetry"} {
 		for _, c := range a.byKind[kind] {
-			labels := sel(c)
+			labels := selectorOf(c)
 			if len(labels) == 0 {
 				continue
 			}
@@ -452,23 +473,6 @@ func (a *analysis) selectors() {
 			}
 		}
 	}
-	matchLabels := func(s *typev1beta1.WorkloadSelector) map[string]string { return s.GetMatchLabels() }
-	check("AuthorizationPolicy", func(c *model.Config) map[string]string {
-		p, _ := c.Spec.(*security.AuthorizationPolicy)
-		return matchLabels(p.GetSelector())
-	})
-	check("PeerAuthentication", func(c *model.Config) map[string]string {
-		p, _ := c.Spec.(*security.PeerAuthentication)
-		return matchLabels(p.GetSelector())
-	})
-	check("RequestAuthentication", func(c *model.Config) map[string]string {
-		p, _ := c.Spec.(*security.RequestAuthentication)
-		return matchLabels(p.GetSelector())
-	})
-	check("Sidecar", func(c *model.Config) map[string]string {
-		p, _ := c.Spec.(*networking.Sidecar)
-		return p.GetWorkloadSelector().GetLabels()
-	})
 }
 
 func labelText(l map[string]string) string {

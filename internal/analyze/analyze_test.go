@@ -77,6 +77,11 @@ func TestIstioSamples(t *testing.T) {
 		{"gateway and its VirtualService", []string{"bookinfo-networking/bookinfo-gateway.yaml"}, ""},
 		{"a fault rule that takes every request", []string{"bookinfo-networking/fault-injection-details-v1.yaml"},
 			"Info [IST0131] (VirtualService default/details) VirtualService rule #1 is not used: rule #0 before it matches every request.\n"},
+		{"CUSTOM authorization, for workloads not defined here", []string{"other/authorization-policy-custom-provider.yaml"},
+			"Warning [IST0127] (AuthorizationPolicy foo/httpbin-1) No matching workloads for this resource with the following labels: app=httpbin,version=v1\n" +
+				"Warning [WEFT0001] (AuthorizationPolicy foo/httpbin-1) action CUSTOM (external authorization) is not supported by weft; the requests it matches are denied\n" +
+				"Warning [IST0127] (AuthorizationPolicy foo/httpbin-2) No matching workloads for this resource with the following labels: app=httpbin,version=v1\n" +
+				"Warning [WEFT0001] (AuthorizationPolicy foo/httpbin-2) action CUSTOM (external authorization) is not supported by weft; the requests it matches are denied\n"},
 		{"deprecated abort percent", []string{"bookinfo-networking/destination-rule-all.yaml", "bookinfo-networking/virtual-service-ratings-test-abort.yaml"}, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -84,7 +89,7 @@ func TestIstioSamples(t *testing.T) {
 			for _, f := range c.files {
 				docs = append(docs, sample(t, f))
 			}
-			if got := lines(Analyze(configsOf(t, docs...), "svc.cluster.local")); got != c.want {
+			if got := lines(Analyze(configsOf(t, docs...), model.DefaultMesh())); got != c.want {
 				t.Errorf("got:\n%swant:\n%s", got, c.want)
 			}
 		})
@@ -117,7 +122,7 @@ spec:
 		t.Run(c.name, func(t *testing.T) {
 			vs := "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: shop}\nspec:\n  " + c.vs +
 				"\n  http: [{route: [{destination: {host: web.shop.svc.cluster.local}}]}]\n"
-			got := strings.TrimSpace(lines(Analyze(configsOf(t, gw, vs), "svc.cluster.local")))
+			got := strings.TrimSpace(lines(Analyze(configsOf(t, gw, vs), model.DefaultMesh())))
 			if got != c.want {
 				t.Errorf("got:\n%s\nwant:\n%s", got, c.want)
 			}
@@ -130,7 +135,7 @@ func TestMeshGatewayConflict(t *testing.T) {
 		return "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: " + name + "}\nspec:\n  hosts: [" + host + "]\n" + extra +
 			"  http: [{route: [{destination: {host: " + host + "}}]}]\n"
 	}
-	got := lines(Analyze(configsOf(t, vs("a", "reviews", ""), vs("b", "reviews.default.svc.cluster.local", "")), "svc.cluster.local"))
+	got := lines(Analyze(configsOf(t, vs("a", "reviews", ""), vs("b", "reviews.default.svc.cluster.local", "")), model.DefaultMesh()))
 	for _, name := range []string{"a", "b"} {
 		want := "Error [IST0109] (VirtualService default/" + name + ") The VirtualServices default/a,default/b associated with mesh gateway define the same host */reviews.default.svc.cluster.local"
 		if !strings.Contains(got, want) {
@@ -139,11 +144,11 @@ func TestMeshGatewayConflict(t *testing.T) {
 	}
 	// "." is the VirtualService's own namespace: the same view as naming it.
 	same := strings.Replace(vs("c", "reviews.default.svc.cluster.local", "  exportTo: [default]\n"), "{name: c}", "{name: c, namespace: default}", 1)
-	if got := lines(Analyze(configsOf(t, vs("a", "reviews", "  exportTo: [.]\n"), same), "svc.cluster.local")); !strings.Contains(got, "default/a,default/c") {
+	if got := lines(Analyze(configsOf(t, vs("a", "reviews", "  exportTo: [.]\n"), same), model.DefaultMesh())); !strings.Contains(got, "default/a,default/c") {
 		t.Errorf("exportTo . and exportTo default in namespace default conflict; got:\n%s", got)
 	}
 	other := strings.Replace(vs("d", "reviews.default.svc.cluster.local", "  exportTo: [.]\n"), "{name: d}", "{name: d, namespace: shop}", 1)
-	if got := lines(Analyze(configsOf(t, vs("a", "reviews", "  exportTo: [.]\n"), other), "svc.cluster.local")); got != "" {
+	if got := lines(Analyze(configsOf(t, vs("a", "reviews", "  exportTo: [.]\n"), other), model.DefaultMesh())); got != "" {
 		t.Errorf("exportTo . in two namespaces: no conflict expected, got:\n%s", got)
 	}
 	// Bound to a gateway only, or exported to different namespaces: no conflict.
@@ -152,7 +157,7 @@ func TestMeshGatewayConflict(t *testing.T) {
 		{vs("a", "reviews", ""), vs("b", "reviews", "  gateways: [g]\n")},
 		{vs("a", "reviews", "  exportTo: [.]\n"), vs("b", "reviews", "  exportTo: [other]\n")},
 	} {
-		if got := lines(Analyze(configsOf(t, gw, pair[0], pair[1]), "svc.cluster.local")); got != "" {
+		if got := lines(Analyze(configsOf(t, gw, pair[0], pair[1]), model.DefaultMesh())); got != "" {
 			t.Errorf("no conflict expected, got:\n%s", got)
 		}
 	}
@@ -172,7 +177,7 @@ func TestIneffectiveMatch(t *testing.T) {
 			"Info [IST0131] (VirtualService default/r) VirtualService rule #1 is not used: rule #0 before it matches every request.\n" +
 				"Info [IST0131] (VirtualService default/r) VirtualService rule #2 is not used: rule #0 before it matches every request."},
 	} {
-		if got := strings.TrimSpace(lines(Analyze(configsOf(t, vs(c.rules)), "svc.cluster.local"))); got != c.want {
+		if got := strings.TrimSpace(lines(Analyze(configsOf(t, vs(c.rules)), model.DefaultMesh()))); got != c.want {
 			t.Errorf("rules:\n%sgot:\n%s\nwant:\n%s", c.rules, got, c.want)
 		}
 	}
@@ -224,7 +229,7 @@ spec: {mtls: {mode: STRICT}}
 Warning [IST0173] (DestinationRule vms/ratings) The subset v2 (version=v2) of host ratings.vms.svc.cluster.local selects no workload instance.
 Warning [IST0127] (PeerAuthentication other/elsewhere) No matching workloads for this resource with the following labels: app=ratings
 `
-	if got := lines(Analyze(configsOf(t, se), "svc.cluster.local")); got != want {
+	if got := lines(Analyze(configsOf(t, se), model.DefaultMesh())); got != want {
 		t.Errorf("got:\n%swant:\n%s", got, want)
 	}
 }
@@ -237,5 +242,30 @@ func TestParseLevel(t *testing.T) {
 	}
 	if _, err := ParseLevel("fatal"); err == nil {
 		t.Error("ParseLevel(fatal) accepted")
+	}
+}
+
+// TestTranslationWarnings: what discovery would warn about, translating
+// for the sidecars the objects define, is reported as WEFT0001, about the
+// object named when there is one.
+func TestTranslationWarnings(t *testing.T) {
+	got := lines(Analyze(configsOf(t, `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    reportingInterval: 5s
+    overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides: {"bad-label": {value: "request.host"}}
+`), model.DefaultMesh()))
+	for _, want := range []string{
+		"Warning [WEFT0001] (Telemetry istio-system/mesh-default) metrics reportingInterval is not supported by weft; ignored\n",
+		`Warning [WEFT0001] (Sidecar istio-system/(the namespace's sidecars)) metrics tagOverrides "bad-label": not a Prometheus label name; left out` + "\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("want %q in:\n%s", want, got)
+		}
 	}
 }

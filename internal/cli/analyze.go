@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -20,7 +21,7 @@ import (
 func newAnalyzeCmd(g *globalFlags) *cobra.Command {
 	var files []string
 	var useServer, allNamespaces bool
-	var output, failure, shown, domainSuffix string
+	var output, failure, shown, domainSuffix, meshConfig string
 	cmd := &cobra.Command{
 		Use:   "analyze [-f FILE|DIR ...]",
 		Short: "Find mistakes across Istio config objects, with istioctl analyze's message codes",
@@ -41,6 +42,9 @@ Checks, with istioctl's codes:
   IST0132 a VirtualService host that its Gateway does not serve
   IST0173 a DestinationRule subset selects no instance of its
           ServiceEntry's host
+  WEFT0001 what discovery warns about when it translates the objects for
+          the sidecars of the workloads they define: fields weft does
+          not support, conflicts it resolves, references it drops
 
 The command fails when a message reaches --failure-threshold.`,
 		Example: `  weft analyze
@@ -106,7 +110,18 @@ The command fails when a message reaches --failure-threshold.`,
 			for _, c := range configs {
 				list = append(list, c)
 			}
-			for _, m := range analyze.Analyze(list, domainSuffix) {
+			mesh := model.DefaultMesh()
+			if meshConfig != "" {
+				b, err := os.ReadFile(meshConfig)
+				if err != nil {
+					return err
+				}
+				if mesh, _, err = model.ParseMeshConfig(b, mesh); err != nil {
+					return fmt.Errorf("--mesh-config %s: %w", meshConfig, err)
+				}
+			}
+			mesh.DomainSuffix = domainSuffix
+			for _, m := range analyze.Analyze(list, mesh) {
 				msgNS, _, _ := strings.Cut(m.Ref, "/")
 				if allNamespaces || fromFile[m.Kind+"/"+m.Ref] || msgNS == ns {
 					msgs = append(msgs, m)
@@ -122,6 +137,7 @@ The command fails when a message reaches --failure-threshold.`,
 	f.StringVarP(&output, "output", "o", "log", "output: log (a line a message), json or yaml")
 	f.StringVar(&failure, "failure-threshold", "Error", "fail when a message is at this level or above: Info, Warning or Error")
 	f.StringVar(&shown, "output-threshold", "Info", "show messages at this level or above")
+	f.StringVar(&meshConfig, "mesh-config", "", "the mesh config weft server runs with (its --mesh-config file), for what discovery warns about")
 	f.StringVar(&domainSuffix, "domain-suffix", model.DefaultMesh().DomainSuffix, "the mesh's domain suffix, which short host names are expanded with")
 	return cmd
 }

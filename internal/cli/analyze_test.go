@@ -56,6 +56,20 @@ spec:
 	if _, _, err = weftCmd(t, kc, "analyze", "-A", "--failure-threshold", "warning"); err == nil || !strings.Contains(err.Error(), "2 message(s)") {
 		t.Fatalf("analyze -A --failure-threshold warning: %v", err)
 	}
+	// The server's mesh config: a file it refuses is refused here too.
+	mc := filepath.Join(t.TempDir(), "mesh.yaml")
+	if err := os.WriteFile(mc, []byte("trustDomain: [not, a, string]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := weftCmd(t, kc, "analyze", "-f", dr, "--mesh-config", mc); err == nil || !strings.Contains(err.Error(), "--mesh-config") {
+		t.Errorf("a broken --mesh-config: %v", err)
+	}
+	if err := os.WriteFile(mc, []byte("rootNamespace: istio-system\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, err := weftCmd(t, kc, "analyze", "-f", dr, "--mesh-config", mc); err != nil || !strings.Contains(out, "No validation issues") {
+		t.Errorf("analyze --mesh-config: %v\n%s", err, out)
+	}
 	// Bad flags say what they want.
 	for _, args := range [][]string{{"analyze", "--failure-threshold", "fatal"}, {"analyze", "-o", "table"}, {"analyze", "--use-server=false"}} {
 		if _, _, err := weftCmd(t, kc, args...); err == nil {

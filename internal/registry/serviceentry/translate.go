@@ -271,3 +271,28 @@ func cloneSlice[T any](s []T) []T {
 func sortedKeys[V any](m map[string]V) []string {
 	return slices.Sorted(maps.Keys(m))
 }
+
+// Entry is a ServiceEntry or WorkloadEntry given by its spec (one of the
+// two set), for StateOf.
+type Entry struct {
+	Namespace, Name string
+	Labels          map[string]string
+	ServiceEntry    *networking.ServiceEntry
+	WorkloadEntry   *networking.WorkloadEntry
+}
+
+// StateOf is the registry state the source would report for entries:
+// what weft analyze translates config against, offline.
+func StateOf(entries []Entry) registry.State {
+	ses, wes := map[string]*object{}, map[string]*object{}
+	for _, e := range entries {
+		o := &object{Namespace: e.Namespace, Name: e.Name, Labels: e.Labels, SE: e.ServiceEntry, WE: e.WorkloadEntry}
+		switch {
+		case e.ServiceEntry != nil:
+			ses[e.Namespace+"/"+e.Name] = o
+		case e.WorkloadEntry != nil:
+			wes[e.Namespace+"/"+e.Name] = o
+		}
+	}
+	return translate(ses, wes)
+}
