@@ -135,7 +135,29 @@ proxy-config's columns. The config comes from one of:
 			}
 			return nil
 		})
-	cmd.AddCommand(clusters, listeners, routes, endpoints, secrets, all)
+	var level string
+	logCmd := &cobra.Command{
+		Use:   "log --admin URL [--level LEVEL]",
+		Short: "Show or set a sidecar's log level (Envoy's names: trace, debug, info, warning, error, critical, off)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pf.admin == "" || pf.file != "" {
+				return errors.New("log talks to one sidecar: give its --admin URL (and no -f)")
+			}
+			method, path := http.MethodGet, "/logging"
+			if level != "" {
+				method, path = http.MethodPost, "/logging?level="+url.QueryEscape(level)
+			}
+			b, err := adminRequest(cmd.Context(), pf.admin, g.timeout, method, path)
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(b)
+			return err
+		},
+	}
+	logCmd.Flags().StringVar(&level, "level", "", "set the level")
+	cmd.AddCommand(clusters, listeners, routes, endpoints, secrets, all, logCmd)
 	return cmd
 }
 
@@ -199,31 +221,7 @@ func (pf *proxyConfigFlags) load(ctx context.Context, g *globalFlags, args []str
 
 // loadAdmin reads a sidecar's /config_dump and /clusters.
 func loadAdmin(ctx context.Context, base string, timeout time.Duration) (*proxyDump, error) {
-	u, err := url.Parse(base)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("--admin %q: want the admin endpoint's URL, e.g. http://127.0.0.1:15000", base)
-	}
-	c := &http.Client{Timeout: timeout}
-	get := func(path string) ([]byte, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+path, nil)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("cannot reach the proxy's admin endpoint: %w", err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
-		if err != nil {
-			return nil, err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("GET %s%s: %s: %.200s", base, path, resp.Status, b)
-		}
-		return b, nil
-	}
-	b, err := get("/config_dump")
+	b, err := adminRequest(ctx, base, timeout, http.MethodGet, "/config_dump")
 	if err != nil {
 		return nil, err
 	}
@@ -231,10 +229,35 @@ func loadAdmin(ctx context.Context, base string, timeout time.Duration) (*proxyD
 	if err != nil {
 		return nil, fmt.Errorf("%s/config_dump: %w", base, err)
 	}
-	if b, err := get("/clusters"); err == nil {
+	if b, err := adminRequest(ctx, base, timeout, http.MethodGet, "/clusters"); err == nil {
 		d.live = parseClustersText(b)
 	}
 	return d, nil
+}
+
+// adminRequest calls a proxy's admin endpoint at base.
+func adminRequest(ctx context.Context, base string, timeout time.Duration, method, path string) ([]byte, error) {
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("--admin %q: want the admin endpoint's URL, e.g. http://127.0.0.1:15000", base)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(base, "/")+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Timeout: timeout}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the proxy's admin endpoint: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s %s%s: %s: %.300s", method, base, path, resp.Status, strings.TrimSpace(string(b)))
+	}
+	return b, nil
 }
 
 // loadDiscovery finds the proxy among those connected to discovery and

@@ -320,12 +320,45 @@ func (s *Server) logging(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "use POST to change the level", http.StatusMethodNotAllowed)
 			return
 		}
-		var l slog.Level
-		if err := l.UnmarshalText([]byte(lv)); err != nil {
-			http.Error(w, fmt.Sprintf("invalid level %q: use debug, info, warn or error", lv), http.StatusBadRequest)
+		l, ok := parseLevel(lv)
+		if !ok {
+			http.Error(w, fmt.Sprintf("invalid level %q: use trace, debug, info, warning, error, critical or off (Envoy's), or warn", lv), http.StatusBadRequest)
 			return
 		}
 		s.level.Set(l)
 	}
-	fmt.Fprintf(w, "active loggers:\n  weft-proxy: %s\n", strings.ToLower(s.level.Level().String()))
+	fmt.Fprintf(w, "active loggers:\n  weft-proxy: %s\n", levelName(s.level.Level()))
+}
+
+// levelOff is above every level weft-proxy logs at.
+const levelOff = slog.Level(100)
+
+// parseLevel reads Envoy's log level names (trace and critical map to
+// slog's nearest, off silences) and slog's.
+func parseLevel(s string) (slog.Level, bool) {
+	switch strings.ToLower(s) {
+	case "trace":
+		return slog.LevelDebug, true
+	case "warning":
+		return slog.LevelWarn, true
+	case "critical":
+		return slog.LevelError, true
+	case "off":
+		return levelOff, true
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, false
+	}
+	return l, true
+}
+
+func levelName(l slog.Level) string {
+	switch {
+	case l >= levelOff:
+		return "off"
+	case l == slog.LevelWarn:
+		return "warning"
+	}
+	return strings.ToLower(l.String())
 }

@@ -117,3 +117,33 @@ func TestAdminProfiles(t *testing.T) {
 		t.Errorf("GET /quitquitquit: %d, want 405", resp.StatusCode)
 	}
 }
+
+// TestLoggingLevels: /logging takes Envoy's level names, as istioctl
+// proxy-config log sends them, and refuses others.
+func TestLoggingLevels(t *testing.T) {
+	lv := new(slog.LevelVar)
+	srv := httptest.NewServer(New(&stubProxy{}, prometheus.NewRegistry(), lv).AdminHandler())
+	defer srv.Close()
+	post := func(level string) (int, string) {
+		resp, err := http.Post(srv.URL+"/logging?level="+level, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for level, want := range map[string]slog.Level{"trace": slog.LevelDebug, "warning": slog.LevelWarn, "critical": slog.LevelError,
+		"off": levelOff, "WARN": slog.LevelWarn, "info": slog.LevelInfo} {
+		if code, body := post(level); code != 200 || lv.Level() != want {
+			t.Errorf("level %s: %d %s, level now %v", level, code, body, lv.Level())
+		}
+	}
+	post("warning")
+	if code, body := get(t, srv.URL+"/logging"); code != 200 || !strings.Contains(body, "weft-proxy: warning") {
+		t.Errorf("GET /logging: %d %s", code, body)
+	}
+	if code, body := post("verbose"); code != http.StatusBadRequest || !strings.Contains(body, "critical") || lv.Level() != slog.LevelWarn {
+		t.Errorf("an unknown level: %d %s (level %v)", code, body, lv.Level())
+	}
+}

@@ -573,8 +573,13 @@ func checkProxyConfig(t *testing.T, kc, adminURL string, svcPort, v1, v2 int) {
 	if strings.Contains(out, fmt.Sprint(v2)) {
 		t.Fatalf("--cluster v1 listed v2's endpoint:\n%s", out)
 	}
+	// The sidecar's log level, by Envoy's names.
+	want(pc("log", "--admin", adminURL, "--level", "warning"), `weft-proxy: warning`)
+	want(pc("log", "--admin", adminURL, "--level", "debug"), `weft-proxy: debug`)
 	// Bad input names what to do.
 	for args, msg := range map[string]string{
+		"log --admin " + adminURL + " --level loud": `invalid level "loud"`,
+		"log":                           "give its --admin URL",
 		"cluster":                       "name exactly one source",
 		"cluster nosuch.default":        `no proxy "nosuch.default" is connected`,
 		"cluster client.default -o txt": `--output "txt"`,
