@@ -135,6 +135,17 @@ proxy-config's columns. The config comes from one of:
 			}
 			return nil
 		})
+	bootstrap := pf.sub(g, "bootstrap [PROXY]", []string{"b"}, "Show a sidecar's bootstrap: its node (ID, metadata), admin address and discovery server",
+		func(w io.Writer, d *proxyDump) error {
+			if d.Bootstrap == nil {
+				return errors.New("this dump has no bootstrap: discovery does not keep proxies' bootstraps; read the sidecar's with --admin")
+			}
+			if pf.output != "short" {
+				return pf.resources(w, []proto.Message{d.Bootstrap})
+			}
+			return writeBootstrap(w, d.Bootstrap)
+		})
+
 	var level string
 	logCmd := &cobra.Command{
 		Use:   "log --admin URL [--level LEVEL]",
@@ -157,7 +168,7 @@ proxy-config's columns. The config comes from one of:
 		},
 	}
 	logCmd.Flags().StringVar(&level, "level", "", "set the level")
-	cmd.AddCommand(clusters, listeners, routes, endpoints, secrets, all, logCmd)
+	cmd.AddCommand(clusters, listeners, routes, endpoints, secrets, all, bootstrap, logCmd)
 	return cmd
 }
 

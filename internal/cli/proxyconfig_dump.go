@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -35,6 +36,8 @@ type proxyDump struct {
 	Clusters  []*clusterv3.Cluster
 	Endpoints []*endpointv3.ClusterLoadAssignment
 	Secrets   []*tlsv3.Secret
+	// Bootstrap is the proxy's bootstrap (an admin or Envoy dump only).
+	Bootstrap *bootstrapv3.Bootstrap
 	// live is the upstream hosts' state from a sidecar's /clusters:
 	// cluster → address → health flags ("healthy", "/failed_outlier_check",
 	// …). Nil when the source has none (discovery, a file).
@@ -150,6 +153,8 @@ func (d *proxyDump) addSection(m proto.Message) error {
 		return true
 	}
 	switch s := m.(type) {
+	case *adminv3.BootstrapConfigDump:
+		d.Bootstrap = s.GetBootstrap()
 	case *adminv3.ListenersConfigDump:
 		for _, l := range s.GetStaticListeners() {
 			if r := new(listenerv3.Listener); add(l.GetListener(), r) {

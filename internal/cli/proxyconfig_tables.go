@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -22,7 +24,9 @@ import (
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/weftmesh/weft/internal/pilot/translate"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // resourcesOf lists the distinct resources behind rows, in row order
@@ -457,3 +461,41 @@ func newTable(w io.Writer, header ...string) *textTable {
 func (t *textTable) row(cells ...string) { fmt.Fprintln(t.tw, strings.Join(cells, "\t")) }
 
 func (t *textTable) flush() error { return t.tw.Flush() }
+
+// writeBootstrap summarises a bootstrap: the node, the admin address and
+// the ADS server's addresses.
+func writeBootstrap(w io.Writer, b *bootstrapv3.Bootstrap) error {
+	addr := func(a *corev3.Address) string {
+		if sa := a.GetSocketAddress(); sa != nil {
+			return net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
+		}
+		return "-"
+	}
+	var ads []string
+	for _, c := range b.GetStaticResources().GetClusters() {
+		for _, lle := range c.GetLoadAssignment().GetEndpoints() {
+			for _, lb := range lle.GetLbEndpoints() {
+				ads = append(ads, c.GetName()+" "+addr(lb.GetEndpoint().GetAddress()))
+			}
+		}
+	}
+	tw := newTable(w, "FIELD", "VALUE")
+	tw.row("node.id", b.GetNode().GetId())
+	tw.row("node.cluster", cmp.Or(b.GetNode().GetCluster(), "-"))
+	md := b.GetNode().GetMetadata().GetFields()
+	for _, k := range slices.Sorted(maps.Keys(md)) {
+		v := md[k]
+		text := v.GetStringValue()
+		if _, isString := v.GetKind().(*structpb.Value_StringValue); !isString {
+			js, _ := protojson.Marshal(v)
+			text = string(js)
+		}
+		tw.row("node.metadata."+k, text)
+	}
+	tw.row("admin", addr(b.GetAdmin().GetAddress()))
+	tw.row("ads", cmp.Or(b.GetDynamicResources().GetAdsConfig().GetApiType().String(), "-"))
+	for _, a := range ads {
+		tw.row("static cluster", a)
+	}
+	return tw.flush()
+}

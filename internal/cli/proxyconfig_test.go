@@ -69,6 +69,11 @@ func TestParseEnvoyDump(t *testing.T) {
 	}
 
 	var b strings.Builder
+	if err := writeBootstrap(&b, d.Bootstrap); err != nil {
+		t.Fatal(err)
+	}
+	wantLines(t, b.String(), "node.id sidecar~10.1.0.9~x.default~default.svc.cluster.local", "admin -")
+	b.Reset()
 	if err := writeClusters(&b, clusterRows(d, clusterFilter{})); err != nil {
 		t.Fatal(err)
 	}

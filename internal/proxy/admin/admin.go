@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -68,10 +69,15 @@ type Proxy interface {
 
 // Server holds the admin handlers.
 type Server struct {
-	p     Proxy
-	reg   *prometheus.Registry
-	level *slog.LevelVar
+	p         Proxy
+	reg       *prometheus.Registry
+	level     *slog.LevelVar
+	bootstrap *bootstrapv3.Bootstrap
 }
+
+// SetBootstrap sets what the config dump shows as the proxy's bootstrap
+// (before the server serves).
+func (s *Server) SetBootstrap(b *bootstrapv3.Bootstrap) { s.bootstrap = b }
 
 // New returns the admin handlers over p; metrics come from reg and the
 // log level is changed through level.
@@ -145,6 +151,9 @@ func anyOf(m proto.Message) *anypb.Any {
 func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
 	cfg := s.p.Config()
 	dump := &adminv3.ConfigDump{}
+	if s.bootstrap != nil {
+		dump.Configs = append(dump.Configs, anyOf(&adminv3.BootstrapConfigDump{Bootstrap: s.bootstrap}))
+	}
 	if cfg != nil {
 		v := func(typ string) string { return cfg.Versions["type.googleapis.com/"+typ] }
 		ld := &adminv3.ListenersConfigDump{VersionInfo: v("envoy.config.listener.v3.Listener")}

@@ -22,6 +22,10 @@ import (
 
 	"github.com/weftmesh/weft/internal/proxy/certs"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
@@ -213,6 +217,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		defer dnsSrv.Close()
 	}
 	adm := admin.New(eng, reg, cfg.LogLevel)
+	adm.SetBootstrap(envoyBootstrap(node, b.Discovery, cfg.AdminAddr, cfg.Delta))
 	servers := []*http.Server{
 		{Handler: adm.AdminHandler(), ReadHeaderTimeout: 10 * time.Second},
 		{Handler: statsMux(adm), ReadHeaderTimeout: 10 * time.Second},
@@ -394,4 +399,42 @@ func identity(id Identity, discovery string, log *slog.Logger) (*certs.Manager, 
 	}
 	return m, &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: host,
 		GetClientCertificate: m.GetClientCertificate}, nil
+}
+
+// envoyBootstrap describes the running sidecar as the Envoy bootstrap it
+// acts on, for the admin config dump (weft proxy-config bootstrap): its
+// node, admin address and the ADS server, as cluster "xds-grpc" the way
+// Istio's bootstrap names it.
+func envoyBootstrap(node *corev3.Node, discovery, adminAddr string, delta bool) *bootstrapv3.Bootstrap {
+	sock := func(hostport string) *corev3.Address {
+		host, port, err := net.SplitHostPort(hostport)
+		if err != nil {
+			return nil
+		}
+		p, _ := strconv.ParseUint(port, 10, 32)
+		return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(p)}}}}
+	}
+	api := corev3.ApiConfigSource_GRPC
+	if delta {
+		api = corev3.ApiConfigSource_DELTA_GRPC
+	}
+	ads := &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3, ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
+	b := &bootstrapv3.Bootstrap{
+		Node:  node,
+		Admin: &bootstrapv3.Admin{Address: sock(adminAddr)},
+		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{LdsConfig: ads, CdsConfig: ads, AdsConfig: &corev3.ApiConfigSource{
+			ApiType: api, TransportApiVersion: corev3.ApiVersion_V3,
+			GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: "xds-grpc"}}}},
+		}},
+	}
+	if a := sock(discovery); a != nil {
+		b.StaticResources = &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{{
+			Name: "xds-grpc", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS},
+			LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: "xds-grpc", Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: a}}}},
+			}}},
+		}}}
+	}
+	return b
 }

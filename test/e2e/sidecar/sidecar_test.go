@@ -573,6 +573,12 @@ func checkProxyConfig(t *testing.T, kc, adminURL string, svcPort, v1, v2 int) {
 	if strings.Contains(out, fmt.Sprint(v2)) {
 		t.Fatalf("--cluster v1 listed v2's endpoint:\n%s", out)
 	}
+	// Its bootstrap: the node discovery knows it by, its admin address and
+	// the discovery server.
+	want(pc("bootstrap", "--admin", adminURL),
+		`(?m)^node\.id +sidecar~127\.0\.0\.10~client\.default~default\.svc\.cluster\.local$`,
+		`(?m)^admin +`+regexp.QuoteMeta(strings.TrimPrefix(adminURL, "http://"))+`$`,
+		`(?m)^static cluster +xds-grpc 127\.0\.0\.1:\d+$`)
 	// The sidecar's log level, by Envoy's names.
 	want(pc("log", "--admin", adminURL, "--level", "warning"), `weft-proxy: warning`)
 	want(pc("log", "--admin", adminURL, "--level", "debug"), `weft-proxy: debug`)
