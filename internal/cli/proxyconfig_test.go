@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"strings"
 	"testing"
@@ -300,4 +301,30 @@ func TestConfigRefKind(t *testing.T) {
 	if got := configRef(nil, "virtual-service"); got != "" {
 		t.Errorf("no metadata: %q", got)
 	}
+}
+
+// FuzzParseDump: any input is a dump or an error, never a panic, and the
+// tables render whatever parses.
+func FuzzParseDump(f *testing.F) {
+	f.Add([]byte(envoyDump))
+	f.Add([]byte(`{"cds": [{"name": "a|b|c|d", "type": "EDS", "edsClusterConfig": {}}], "eds": [{"clusterName": "a|b|c|d", "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"socketAddress": {"address": "::1", "portValue": 1}}}}]}]}]}`))
+	f.Add([]byte(`{"configs": [{"@type": "type.googleapis.com/x.Y", "a": 1}]}`))
+	f.Add([]byte(`{"sds": [{"name": "ROOTCA", "validationContext": {"trustedCa": {"inlineString": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}}}], "cds": []}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tm := time.AfterFunc(10*time.Second, func() { panic(fmt.Sprintf("parseDump and the tables took over 10 s on %q", b)) })
+		defer tm.Stop()
+		d, err := parseDump(b)
+		if err != nil {
+			return
+		}
+		var out strings.Builder
+		_ = writeClusters(&out, clusterRows(d, clusterFilter{}))
+		_ = writeListeners(&out, listenerRows(d, listenerFilter{}))
+		_ = writeRoutes(&out, routeRows(d, ""))
+		_ = writeEndpoints(&out, endpointRows(d, endpointFilter{}))
+		_ = writeSecrets(&out, secretRows(d, time.Now()))
+		if d.Bootstrap != nil {
+			_ = writeBootstrap(&out, d.Bootstrap)
+		}
+	})
 }
