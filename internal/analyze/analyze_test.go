@@ -253,15 +253,16 @@ func TestTranslationWarnings(t *testing.T) {
 kind: Telemetry
 metadata: {name: mesh-default, namespace: istio-system}
 spec:
+  tracing:
+  - disableContextPropagation: true
   metrics:
   - providers: [{name: prometheus}]
-    reportingInterval: 5s
     overrides:
     - match: {metric: REQUEST_COUNT}
       tagOverrides: {"bad-label": {value: "request.host"}}
 `), model.DefaultMesh()))
 	for _, want := range []string{
-		"Warning [WEFT0001] (Telemetry istio-system/mesh-default) metrics reportingInterval is not supported by weft; ignored\n",
+		"Warning [WEFT0001] (Telemetry istio-system/mesh-default) tracing disableContextPropagation is not supported by weft; trace headers are still propagated\n",
 		`Warning [WEFT0001] (Sidecar istio-system/(the namespace's sidecars)) metrics tagOverrides "bad-label": not a Prometheus label name; left out` + "\n",
 	} {
 		if !strings.Contains(got, want) {

@@ -11,6 +11,7 @@ import (
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	wtelemetry "github.com/weftmesh/weft/internal/telemetry"
+	"google.golang.org/protobuf/types/known/durationpb"
 	stats "istio.io/api/envoy/extensions/stats"
 	telemetry "istio.io/api/telemetry/v1alpha1"
 )
@@ -121,6 +122,7 @@ func (g *netBuilder) statsConfig(mode telemetry.WorkloadMode) *stats.PluginConfi
 	all := &metricSetting{}
 	named := map[string]*metricSetting{}
 	allOff := false
+	var interval *durationpb.Duration
 	parent := []string{prometheusProvider}
 	for _, c := range g.telemetryScopes() {
 		for _, m := range c.Spec.(*telemetry.Telemetry).GetMetrics() {
@@ -136,8 +138,14 @@ func (g *netBuilder) statsConfig(mode telemetry.WorkloadMode) *stats.PluginConfi
 				g.warnOnce("%s: metrics for providers %v: weft only has the %s provider; ignored", c.Key(), providers, prometheusProvider)
 				continue
 			}
-			if m.GetReportingInterval() != nil {
-				g.warnOnce("%s: metrics reportingInterval is not supported by weft; ignored", c.Key())
+			if ri := m.GetReportingInterval(); ri != nil {
+				// The most specific Telemetry's wins; weft-proxy counts an
+				// open TCP connection's bytes at this interval.
+				if ri.CheckValid() != nil || ri.AsDuration() <= 0 {
+					g.warnOnce("%s: metrics reportingInterval %v is not a positive duration; ignored", c.Key(), ri.AsDuration())
+				} else {
+					interval = ri
+				}
 			}
 			for _, o := range m.GetOverrides() {
 				if mm := o.GetMatch().GetMode(); mm != telemetry.WorkloadMode_CLIENT_AND_SERVER && mm != mode {
@@ -187,7 +195,8 @@ func (g *netBuilder) statsConfig(mode telemetry.WorkloadMode) *stats.PluginConfi
 		}
 	}
 	g.keepValidDimensions(out)
-	if len(out.Metrics) == 0 {
+	out.TcpReportingDuration = interval
+	if len(out.Metrics) == 0 && interval == nil {
 		return nil
 	}
 	return out

@@ -58,6 +58,9 @@ func describeStats(t *testing.T, pc *stats.PluginConfig) string {
 		sort.Strings(dims)
 		out = append(out, strings.Join(append(parts, dims...), " "))
 	}
+	if d := pc.GetTcpReportingDuration(); d != nil {
+		out = append(out, "every "+d.AsDuration().String())
+	}
 	return strings.Join(out, "; ")
 }
 
@@ -280,8 +283,14 @@ func TestMetricsPrecedence(t *testing.T) {
 			client: "tcp_connections_opened_total drop", server: "tcp_connections_opened_total drop"},
 		"reporting interval": {
 			root:   `{"metrics": [{"reportingInterval": "30s", "overrides": [{"match": {"metric": "TCP_CLOSED_CONNECTIONS"}, "disabled": true}]}]}`,
-			client: "tcp_connections_closed_total drop", server: "tcp_connections_closed_total drop",
-			warning: "metrics reportingInterval is not supported by weft; ignored"},
+			client: "tcp_connections_closed_total drop; every 30s", server: "tcp_connections_closed_total drop; every 30s"},
+		"reporting interval alone, the namespace's over the root's": {
+			root:   `{"metrics": [{"reportingInterval": "30s"}]}`,
+			ns:     `{"metrics": [{"reportingInterval": "5s"}]}`,
+			client: "every 5s", server: "every 5s"},
+		"a reporting interval that is not positive": {
+			root:    `{"metrics": [{"reportingInterval": "0s"}]}`,
+			warning: "metrics reportingInterval 0s is not a positive duration; ignored"},
 		"upsert without a value": {
 			root:   `{"metrics": [{"overrides": [{"tagOverrides": {"x": {"operation": "UPSERT"}, "response_flags": {"operation": "REMOVE"}}}]}]}`,
 			client: "* -response_flags", server: "* -response_flags",

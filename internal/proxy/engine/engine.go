@@ -374,10 +374,19 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 		})
 	}
 	e.metrics.RecordTCP(ov, telemetry.TCPConnectionsOpenedTotal, labels, 1)
-	counts := tcp.Proxy(down, up, e.opts.TCPIdleTimeout)
+	// Bytes are counted while the connection lasts, every reporting
+	// interval, and what is left when it closes.
+	var reported tcp.Counts
+	recordBytes := func(d tcp.Counts) {
+		e.metrics.RecordTCP(ov, telemetry.TCPReceivedBytesTotal, labels, float64(d.Sent))
+		e.metrics.RecordTCP(ov, telemetry.TCPSentBytesTotal, labels, float64(d.Received))
+	}
+	counts := tcp.Proxy(down, up, e.opts.TCPIdleTimeout, tcp.Report{Every: t.stats.tcpReportEvery(), Fn: func(d tcp.Counts) {
+		recordBytes(d)
+		reported = tcp.Counts{Sent: reported.Sent + d.Sent, Received: reported.Received + d.Received}
+	}})
 	e.logTCP(t, down, up, dst, sni, md, start, name, ep.Address, "", counts) // before the metrics: a closed count means the entry is queued
-	e.metrics.RecordTCP(ov, telemetry.TCPReceivedBytesTotal, labels, float64(counts.Sent))
-	e.metrics.RecordTCP(ov, telemetry.TCPSentBytesTotal, labels, float64(counts.Received))
+	recordBytes(counts.Sub(reported))
 	e.metrics.RecordTCP(ov, telemetry.TCPConnectionsClosedTotal, labels, 1)
 }
 

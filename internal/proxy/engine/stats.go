@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"time"
 
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
@@ -40,6 +41,24 @@ type statsConfig struct {
 	// headers are the headers the dimensions read that an access log
 	// entry has no field for.
 	headers []accesslog.HeaderRef
+	// tcpReporting is how often an open TCP connection's bytes are
+	// counted (tcp_reporting_duration; 0: the default).
+	tcpReporting time.Duration
+}
+
+// defaultTCPReporting is Istio's stats filter's default
+// tcp_reporting_duration: an open connection's bytes reach
+// istio_tcp_sent_bytes_total and istio_tcp_received_bytes_total every
+// 15 s, not only when it closes.
+const defaultTCPReporting = 15 * time.Second
+
+// tcpReportEvery is the TCP reporting interval of a chain with stats
+// config sc (nil: none).
+func (sc *statsConfig) tcpReportEvery() time.Duration {
+	if sc != nil && sc.tcpReporting > 0 {
+		return sc.tcpReporting
+	}
+	return defaultTCPReporting
 }
 
 type statsDim struct {
@@ -54,6 +73,12 @@ func compileStats(tc *anypb.Any) (*statsConfig, error) {
 		return nil, fmt.Errorf("istio.stats: %w", err)
 	}
 	sc := &statsConfig{}
+	if d := pc.GetTcpReportingDuration(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() <= 0 {
+			return nil, fmt.Errorf("istio.stats: tcp_reporting_duration %v: want a positive duration", d.AsDuration())
+		}
+		sc.tcpReporting = d.AsDuration()
+	}
 	for i, mc := range pc.GetMetrics() {
 		if n := mc.GetName(); n != "" && !slices.Contains(telemetry.MetricNames[:], n) {
 			continue // a metric weft does not record: nothing to change

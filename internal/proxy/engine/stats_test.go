@@ -9,12 +9,14 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
+	"google.golang.org/protobuf/types/known/durationpb"
 	statspb "istio.io/api/envoy/extensions/stats"
 )
 
@@ -202,4 +204,90 @@ func tcpEcho(t *testing.T) net.Listener {
 		}
 	}()
 	return echo
+}
+
+// metricSum adds up a metric's values over its series.
+func metricSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+// TestTCPBytesWhileOpen: an open TCP connection's bytes reach Istio's TCP
+// byte counters every tcp_reporting_duration (istio.stats), as Envoy's
+// stats filter reports them, not only when it closes; and each byte is
+// counted once.
+func TestTCPBytesWhileOpen(t *testing.T) {
+	echo := tcpEcho(t)
+	chain := tcpChainProto("echo", "echo", 0)
+	cfg := &statspb.PluginConfig{TcpReportingDuration: durationpb.New(20 * time.Millisecond)}
+	chain.Filters = append([]*listenerv3.Filter{{Name: "istio.stats", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(t, cfg)}}}, chain.Filters...)
+	addr := freeAddr(t)
+	reg := prometheus.NewRegistry()
+	e := New(slog.New(slog.DiscardHandler), Options{Registerer: reg})
+	t.Cleanup(e.shutdown)
+	if err := e.Apply(&xdsclient.Snapshot{
+		Listeners: map[string]*listenerv3.Listener{"echo": {Name: "echo", Address: socketAddr(addr), FilterChains: []*listenerv3.FilterChain{chain}}},
+		Clusters:  map[string]*clusterv3.Cluster{"echo": staticCluster("echo", netip.MustParseAddrPort(echo.Addr().String()), false)}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitBytes := func(received, sent float64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for metricSum(t, reg, "istio_tcp_received_bytes_total") != received || metricSum(t, reg, "istio_tcp_sent_bytes_total") != sent {
+			if time.Now().After(deadline) {
+				t.Fatalf("received %v, sent %v; want %v and %v", metricSum(t, reg, "istio_tcp_received_bytes_total"),
+					metricSum(t, reg, "istio_tcp_sent_bytes_total"), received, sent)
+			}
+			time.Sleep(5 * time.Millisecond) // the proxy reports on its own clock
+		}
+	}
+	buf := make([]byte, 16)
+	for i, msg := range []string{"hello", "a second message"} {
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+		n := float64(len("hello") + i*len("a second message"))
+		waitBytes(n, n) // while the connection is open
+	}
+	if got := metricSum(t, reg, "istio_tcp_connections_closed_total"); got != 0 {
+		t.Fatalf("closed %v, want the connection still open", got)
+	}
+	c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for metricSum(t, reg, "istio_tcp_connections_closed_total") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection never counted as closed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitBytes(21, 21) // nothing counted twice at the close
+
+	// A reporting interval that is not positive is refused.
+	bad := tcpChainProto("bad", "echo", 0)
+	bad.Filters = append([]*listenerv3.Filter{{Name: "istio.stats", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(t,
+		&statspb.PluginConfig{TcpReportingDuration: durationpb.New(-time.Second)})}}}, bad.Filters...)
+	if _, err := compileListener(&listenerv3.Listener{Name: "bad", Address: socketAddr(freeAddr(t)), FilterChains: []*listenerv3.FilterChain{bad}}); err == nil ||
+		!strings.Contains(err.Error(), "tcp_reporting_duration") {
+		t.Errorf("a negative tcp_reporting_duration: %v", err)
+	}
 }

@@ -20,10 +20,22 @@ type Counts struct {
 
 type closeWriter interface{ CloseWrite() error }
 
+// Report asks Proxy for the bytes moved so far while a connection lasts,
+// as Istio's stats filter reports TCP metrics every
+// tcp_reporting_duration: every Every, Fn gets the bytes moved since its
+// last call (when there are any). The bytes of the last stretch are only
+// in Proxy's result. Counting needs an idle timeout: without one the
+// bytes are spliced and only counted at the end.
+type Report struct {
+	Every time.Duration
+	Fn    func(delta Counts)
+}
+
 // Proxy copies between down and up until both directions finish (EOF or
 // error) or idle passes with no byte in either direction (0 = no idle
-// timeout). It closes both connections before returning.
-func Proxy(down, up net.Conn, idle time.Duration) Counts {
+// timeout), reporting progress as rep asks (a zero Report: none). It
+// closes both connections before returning.
+func Proxy(down, up net.Conn, idle time.Duration, rep Report) Counts {
 	var sent, recv atomic.Int64
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
@@ -55,10 +67,23 @@ func Proxy(down, up net.Conn, idle time.Duration) Counts {
 		defer t.Stop()
 		tick = t.C
 	}
+	var reportTick <-chan time.Time
+	var reported Counts
+	if rep.Every > 0 && rep.Fn != nil {
+		t := time.NewTicker(rep.Every)
+		defer t.Stop()
+		reportTick = t.C
+	}
 	for finished := 0; finished < 2; {
 		select {
 		case <-done:
 			finished++
+		case <-reportTick:
+			now := Counts{Sent: sent.Load(), Received: recv.Load()}
+			if now != reported {
+				rep.Fn(now.Sub(reported))
+				reported = now
+			}
 		case <-tick:
 			if time.Since(time.Unix(0, last.Load())) > idle {
 				_ = down.Close()
@@ -69,6 +94,11 @@ func Proxy(down, up net.Conn, idle time.Duration) Counts {
 	_ = down.Close()
 	_ = up.Close()
 	return Counts{Sent: sent.Load(), Received: recv.Load()}
+}
+
+// Sub is c less d.
+func (c Counts) Sub(d Counts) Counts {
+	return Counts{Sent: c.Sent - d.Sent, Received: c.Received - d.Received}
 }
 
 // countingWriter counts bytes and stamps activity (used when an idle

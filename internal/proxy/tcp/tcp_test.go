@@ -42,7 +42,7 @@ func TestProxyBothWaysWithHalfClose(t *testing.T) {
 		app, downSide := pair(t)   // app -> proxy
 		upSide, backend := pair(t) // proxy -> backend
 		result := make(chan Counts, 1)
-		go func() { result <- Proxy(downSide, upSide, idle) }()
+		go func() { result <- Proxy(downSide, upSide, idle, Report{}) }()
 		payload := bytes.Repeat([]byte("x"), 1<<20)
 		go func() {
 			_, _ = app.Write(payload)
@@ -78,7 +78,7 @@ func TestProxyIdleTimeout(t *testing.T) {
 	defer app.Close()
 	defer backend.Close()
 	done := make(chan struct{})
-	go func() { Proxy(downSide, upSide, 200*time.Millisecond); close(done) }()
+	go func() { Proxy(downSide, upSide, 200*time.Millisecond, Report{}); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
@@ -86,5 +86,54 @@ func TestProxyIdleTimeout(t *testing.T) {
 	}
 	if _, err := app.Read(make([]byte, 1)); err == nil {
 		t.Fatal("downstream still open after the idle timeout")
+	}
+}
+
+// TestProxyReportsWhileOpen: with a Report, the bytes of a connection that
+// stays open are reported as they pass, each byte once; the result still
+// holds them all.
+func TestProxyReportsWhileOpen(t *testing.T) {
+	app, downSide := pair(t)
+	upSide, backend := pair(t)
+	reports := make(chan Counts, 100)
+	result := make(chan Counts, 1)
+	go func() {
+		result <- Proxy(downSide, upSide, time.Minute, Report{Every: 10 * time.Millisecond, Fn: func(d Counts) { reports <- d }})
+	}()
+	var sum Counts
+	wait := func(want Counts) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for sum != want {
+			select {
+			case d := <-reports:
+				if d.Sent < 0 || d.Received < 0 || d == (Counts{}) {
+					t.Fatalf("a report of %+v", d)
+				}
+				sum = Counts{Sent: sum.Sent + d.Sent, Received: sum.Received + d.Received}
+			case <-deadline:
+				t.Fatalf("reported %+v, want %+v while the connection is open", sum, want)
+			}
+		}
+	}
+	buf := make([]byte, 64)
+	if _, err := app.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(backend, buf[:5]); err != nil {
+		t.Fatal(err)
+	}
+	wait(Counts{Sent: 5})
+	if _, err := backend.Write([]byte("a longer reply")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(app, buf[:14]); err != nil {
+		t.Fatal(err)
+	}
+	wait(Counts{Sent: 5, Received: 14})
+	app.Close()
+	backend.Close()
+	if total := <-result; total != (Counts{Sent: 5, Received: 14}) {
+		t.Fatalf("total %+v", total)
 	}
 }
