@@ -3,6 +3,7 @@ package sidecar
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -154,4 +155,70 @@ func getWeb(c *http.Client, svcPort int, path string, hdr ...string) (*http.Resp
 		return nil, fmt.Errorf("status %d", r.StatusCode)
 	}
 	return r, nil
+}
+
+// TestTCPMetricsWhileOpen: with a Telemetry reportingInterval, both
+// sidecars count the bytes of a TCP connection that stays open, as Istio's
+// sidecars do, not only once it closes.
+func TestTCPMetricsWhileOpen(t *testing.T) {
+	svcPort := freePort(t)
+	p := startMeshPair(t, []appPort{{"tcp", startEchoTCP(t), freePort(t)}}, fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp}
+spec:
+  hosts: [tcp.b.mesh]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: %d, name: tcp, protocol: TCP}]
+  workloadSelector: {labels: {app: b}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - reportingInterval: 200ms
+`, svcPort))
+	var c net.Conn
+	eventually(t, "a TCP connection through both sidecars", func() error {
+		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", svcPort), 5*time.Second)
+		if err != nil {
+			return err
+		}
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 5)
+		if _, err := io.WriteString(conn, "hello"); err != nil {
+			conn.Close()
+			return err
+		}
+		if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "hello" {
+			conn.Close()
+			return fmt.Errorf("echo: %q, %v", buf, err)
+		}
+		c = conn
+		return nil
+	})
+	defer c.Close()
+	// Within 5 s: well before the default interval's 15 s, so only the
+	// Telemetry's 200 ms counts them in time.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		var missing []string
+		for name, stats := range map[string]int{"A": p.a.stats, "B": p.b.stats} {
+			sent, recv := metricSum(t, stats, "istio_tcp_sent_bytes_total"), metricSum(t, stats, "istio_tcp_received_bytes_total")
+			if sent < 5 || recv < 5 {
+				missing = append(missing, fmt.Sprintf("sidecar %s: sent %d, received %d bytes so far", name, sent, recv))
+			}
+		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the open connection's bytes were not counted within 5 s: %v", missing)
+		}
+		time.Sleep(50 * time.Millisecond) // the sidecars report on their own clock
+	}
+	// Still open: the counts came while it lasted.
+	if _, err := io.WriteString(c, "again"); err != nil {
+		t.Fatalf("the connection closed: %v", err)
+	}
 }
