@@ -10,7 +10,7 @@ import (
 
 // pair returns a connected client and the server side of a loopback TCP
 // connection.
-func pair(t *testing.T) (client, server net.Conn) {
+func pair(t testing.TB) (client, server net.Conn) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -135,5 +135,31 @@ func TestProxyReportsWhileOpen(t *testing.T) {
 	backend.Close()
 	if total := <-result; total != (Counts{Sent: 5, Received: 14}) {
 		t.Fatalf("total %+v", total)
+	}
+}
+
+// BenchmarkProxyBulk: 8 MiB a connection from app to backend through
+// Proxy with an idle timeout, as the sidecar runs it.
+func BenchmarkProxyBulk(b *testing.B) {
+	payload := bytes.Repeat([]byte("x"), 8<<20)
+	b.SetBytes(int64(len(payload)))
+	for b.Loop() {
+		app, downSide := pair(b)
+		upSide, backend := pair(b)
+		done := make(chan Counts, 1)
+		go func() {
+			done <- Proxy(downSide, upSide, time.Hour, Report{Every: 15 * time.Second, Fn: func(Counts) {}})
+		}()
+		go func() {
+			_, _ = app.Write(payload)
+			_ = app.(*net.TCPConn).CloseWrite()
+		}()
+		n, err := io.Copy(io.Discard, backend)
+		if err != nil || n != int64(len(payload)) {
+			b.Fatalf("backend got %d bytes, %v", n, err)
+		}
+		backend.Close()
+		<-done
+		app.Close()
 	}
 }
