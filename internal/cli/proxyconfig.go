@@ -52,26 +52,16 @@ proxy-config's columns. The config comes from one of:
 	fl.StringVarP(&pf.output, "output", "o", "short", "output: short (a table), json or yaml")
 
 	var cf clusterFilter
-	clusters := pf.sub(g, "cluster [PROXY]", []string{"clusters", "c"}, "Show a proxy's clusters",
-		func(w io.Writer, d *proxyDump) error {
-			if pf.output != "short" {
-				return pf.resources(w, resourcesOf(clusterRows(d, cf), func(r clusterRow) proto.Message { return r.res }))
-			}
-			return writeClusters(w, clusterRows(d, cf))
-		})
+	clusters := rowsSub(pf, g, "cluster [PROXY]", []string{"clusters", "c"}, "Show a proxy's clusters",
+		func(d *proxyDump) []clusterRow { return clusterRows(d, cf) }, writeClusters)
 	clusters.Flags().StringVar(&cf.fqdn, "fqdn", "", "only clusters whose service FQDN contains this")
 	clusters.Flags().IntVar(&cf.port, "port", 0, "only clusters of this port")
 	clusters.Flags().StringVar(&cf.subset, "subset", "", "only clusters of this subset")
 	clusters.Flags().StringVar(&cf.direction, "direction", "", "only inbound or outbound clusters")
 
 	var lf listenerFilter
-	listeners := pf.sub(g, "listener [PROXY]", []string{"listeners", "l"}, "Show a proxy's listeners, a row per filter chain",
-		func(w io.Writer, d *proxyDump) error {
-			if pf.output != "short" {
-				return pf.resources(w, resourcesOf(listenerRows(d, lf), func(r listenerRow) proto.Message { return r.res }))
-			}
-			return writeListeners(w, listenerRows(d, lf))
-		})
+	listeners := rowsSub(pf, g, "listener [PROXY]", []string{"listeners", "l"}, "Show a proxy's listeners, a row per filter chain",
+		func(d *proxyDump) []listenerRow { return listenerRows(d, lf) }, writeListeners)
 	listeners.Flags().StringVar(&lf.address, "address", "", "only listeners on this address")
 	listeners.Flags().IntVar(&lf.port, "port", 0, "only listeners on this port")
 	listeners.Flags().StringVar(&lf.typ, "type", "", "only filter chains of this type: HTTP or TCP")
@@ -93,13 +83,8 @@ proxy-config's columns. The config comes from one of:
 	routes.Flags().StringVar(&routeName, "name", "", "only the route table of this name")
 
 	var ef endpointFilter
-	endpoints := pf.sub(g, "endpoint [PROXY]", []string{"endpoints", "ep"}, "Show the endpoints of a proxy's clusters",
-		func(w io.Writer, d *proxyDump) error {
-			if pf.output != "short" {
-				return pf.resources(w, resourcesOf(endpointRows(d, ef), func(r endpointRow) proto.Message { return r.res }))
-			}
-			return writeEndpoints(w, endpointRows(d, ef))
-		})
+	endpoints := rowsSub(pf, g, "endpoint [PROXY]", []string{"endpoints", "ep"}, "Show the endpoints of a proxy's clusters",
+		func(d *proxyDump) []endpointRow { return endpointRows(d, ef) }, writeEndpoints)
 	endpoints.Flags().StringVar(&ef.address, "address", "", "only endpoints of this address")
 	endpoints.Flags().IntVar(&ef.port, "port", 0, "only endpoints of this port")
 	endpoints.Flags().StringVar(&ef.cluster, "cluster", "", "only endpoints of this cluster")
@@ -170,6 +155,18 @@ proxy-config's columns. The config comes from one of:
 	logCmd.Flags().StringVar(&level, "level", "", "set the level")
 	cmd.AddCommand(clusters, listeners, routes, endpoints, secrets, all, bootstrap, logCmd)
 	return cmd
+}
+
+// rowsSub builds a subcommand that shows rows as a table, or with -o
+// json or yaml the distinct resources behind them.
+func rowsSub[R interface{ resource() proto.Message }](pf *proxyConfigFlags, g *globalFlags, use string, aliases []string, short string,
+	rows func(*proxyDump) []R, write func(io.Writer, []R) error) *cobra.Command {
+	return pf.sub(g, use, aliases, short, func(w io.Writer, d *proxyDump) error {
+		if pf.output != "short" {
+			return pf.resources(w, resourcesOf(rows(d), R.resource))
+		}
+		return write(w, rows(d))
+	})
 }
 
 // sub builds one subcommand: it loads the dump from the chosen source and

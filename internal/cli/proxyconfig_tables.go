@@ -108,11 +108,13 @@ func configRef(md *corev3.Metadata, kind string) string {
 }
 
 func writeClusters(w io.Writer, rows []clusterRow) error {
-	tw := newTable(w, "SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE", "DESTINATION RULE")
-	for _, r := range rows {
-		tw.row(r.fqdn, r.port, r.subset, r.direction, r.typ, r.rule)
-	}
-	return tw.flush()
+	return writeRows(w, rows, "SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE", "DESTINATION RULE")
+}
+
+func (r clusterRow) resource() proto.Message { return r.res }
+
+func (r clusterRow) cells() []string {
+	return []string{r.fqdn, r.port, r.subset, r.direction, r.typ, r.rule}
 }
 
 type listenerFilter struct {
@@ -242,11 +244,13 @@ func chainDestination(fc *listenerv3.FilterChain) (dest string, isHTTP, isTCP bo
 }
 
 func writeListeners(w io.Writer, rows []listenerRow) error {
-	tw := newTable(w, "ADDRESSES", "PORT", "MATCH", "DESTINATION")
-	for _, r := range rows {
-		tw.row(r.address, r.port, r.match, r.destination)
-	}
-	return tw.flush()
+	return writeRows(w, rows, "ADDRESSES", "PORT", "MATCH", "DESTINATION")
+}
+
+func (r listenerRow) resource() proto.Message { return r.res }
+
+func (r listenerRow) cells() []string {
+	return []string{r.address, r.port, r.match, r.destination}
 }
 
 type routeRow struct {
@@ -297,11 +301,11 @@ func routeMatchText(m *routev3.RouteMatch) string {
 }
 
 func writeRoutes(w io.Writer, rows []routeRow) error {
-	tw := newTable(w, "NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE")
-	for _, r := range rows {
-		tw.row(r.name, r.vhost, r.domains, r.match, r.vs)
-	}
-	return tw.flush()
+	return writeRows(w, rows, "NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE")
+}
+
+func (r routeRow) cells() []string {
+	return []string{r.name, r.vhost, r.domains, r.match, r.vs}
 }
 
 type endpointFilter struct {
@@ -383,11 +387,13 @@ func liveStatus(flags string) (status, outlier string) {
 }
 
 func writeEndpoints(w io.Writer, rows []endpointRow) error {
-	tw := newTable(w, "ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER")
-	for _, r := range rows {
-		tw.row(r.endpoint, r.status, r.outlier, r.cluster)
-	}
-	return tw.flush()
+	return writeRows(w, rows, "ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER")
+}
+
+func (r endpointRow) resource() proto.Message { return r.res }
+
+func (r endpointRow) cells() []string {
+	return []string{r.endpoint, r.status, r.outlier, r.cluster}
 }
 
 type secretRow struct {
@@ -442,15 +448,24 @@ func pemCerts(ds *corev3.DataSource) []*x509.Certificate {
 }
 
 func writeSecrets(w io.Writer, rows []secretRow) error {
-	tw := newTable(w, "RESOURCE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE")
-	for _, r := range rows {
-		tw.row(r.name, r.typ, r.status, r.valid, r.serial, r.notAfter, r.notBefore)
-	}
-	return tw.flush()
+	return writeRows(w, rows, "RESOURCE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE")
+}
+
+func (r secretRow) cells() []string {
+	return []string{r.name, r.typ, r.status, r.valid, r.serial, r.notAfter, r.notBefore}
 }
 
 // textTable is a tab-aligned table with a header row.
 type textTable struct{ tw *tabwriter.Writer }
+
+// writeRows writes a table of rows under header.
+func writeRows[R interface{ cells() []string }](w io.Writer, rows []R, header ...string) error {
+	tw := newTable(w, header...)
+	for _, r := range rows {
+		tw.row(r.cells()...)
+	}
+	return tw.flush()
+}
 
 func newTable(w io.Writer, header ...string) *textTable {
 	t := &textTable{tw: tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)}
