@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/registry"
 	networking "istio.io/api/networking/v1alpha3"
 	security "istio.io/api/security/v1beta1"
 	telemetry "istio.io/api/telemetry/v1alpha1"
@@ -101,8 +102,9 @@ func (t msgType) about(c *model.Config, format string, args ...any) Message {
 // first), then object and code: the cross-object checks, then what
 // discovery warns about translating them for sidecars under mesh (whose
 // DomainSuffix expands short host names: "reviews" in namespace default
-// is reviews.default.<suffix>).
-func Analyze(configs []*model.Config, mesh model.Mesh) []Message {
+// is reviews.default.<suffix>), with the services of the registries
+// other than ServiceEntries in others.
+func Analyze(configs []*model.Config, mesh model.Mesh, others registry.State) []Message {
 	a := &analysis{domainSuffix: mesh.DomainSuffix, byKind: map[string][]*model.Config{}}
 	for _, c := range configs {
 		a.byKind[c.Kind] = append(a.byKind[c.Kind], c)
@@ -114,7 +116,7 @@ func Analyze(configs []*model.Config, mesh model.Mesh) []Message {
 	a.meshGatewayConflicts()
 	a.subsetsSelectWorkloads()
 	a.selectors()
-	a.out = append(a.out, translationWarnings(configs, mesh)...)
+	a.out = append(a.out, translationWarnings(configs, mesh, others)...)
 	sort.SliceStable(a.out, func(i, j int) bool {
 		x, y := a.out[i], a.out[j]
 		return cmp.Or(-cmp.Compare(x.Level, y.Level), cmp.Compare(x.Kind, y.Kind), cmp.Compare(x.Ref, y.Ref), cmp.Compare(x.Code, y.Code)) < 0

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/registry"
 	"github.com/weftmesh/weft/internal/resource"
 )
 
@@ -89,7 +90,7 @@ func TestIstioSamples(t *testing.T) {
 			for _, f := range c.files {
 				docs = append(docs, sample(t, f))
 			}
-			if got := lines(Analyze(configsOf(t, docs...), model.DefaultMesh())); got != c.want {
+			if got := lines(Analyze(configsOf(t, docs...), model.DefaultMesh(), registry.State{})); got != c.want {
 				t.Errorf("got:\n%swant:\n%s", got, c.want)
 			}
 		})
@@ -122,7 +123,7 @@ spec:
 		t.Run(c.name, func(t *testing.T) {
 			vs := "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: shop}\nspec:\n  " + c.vs +
 				"\n  http: [{route: [{destination: {host: web.shop.svc.cluster.local}}]}]\n"
-			got := strings.TrimSpace(lines(Analyze(configsOf(t, gw, vs), model.DefaultMesh())))
+			got := strings.TrimSpace(lines(Analyze(configsOf(t, gw, vs), model.DefaultMesh(), registry.State{})))
 			if got != c.want {
 				t.Errorf("got:\n%s\nwant:\n%s", got, c.want)
 			}
@@ -135,7 +136,7 @@ func TestMeshGatewayConflict(t *testing.T) {
 		return "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: " + name + "}\nspec:\n  hosts: [" + host + "]\n" + extra +
 			"  http: [{route: [{destination: {host: " + host + "}}]}]\n"
 	}
-	got := lines(Analyze(configsOf(t, vs("a", "reviews", ""), vs("b", "reviews.default.svc.cluster.local", "")), model.DefaultMesh()))
+	got := lines(Analyze(configsOf(t, vs("a", "reviews", ""), vs("b", "reviews.default.svc.cluster.local", "")), model.DefaultMesh(), registry.State{}))
 	for _, name := range []string{"a", "b"} {
 		want := "Error [IST0109] (VirtualService default/" + name + ") The VirtualServices default/a,default/b associated with mesh gateway define the same host */reviews.default.svc.cluster.local"
 		if !strings.Contains(got, want) {
@@ -144,11 +145,11 @@ func TestMeshGatewayConflict(t *testing.T) {
 	}
 	// "." is the VirtualService's own namespace: the same view as naming it.
 	same := strings.Replace(vs("c", "reviews.default.svc.cluster.local", "  exportTo: [default]\n"), "{name: c}", "{name: c, namespace: default}", 1)
-	if got := lines(Analyze(configsOf(t, vs("a", "reviews", "  exportTo: [.]\n"), same), model.DefaultMesh())); !strings.Contains(got, "default/a,default/c") {
+	if got := lines(Analyze(configsOf(t, vs("a", "reviews", "  exportTo: [.]\n"), same), model.DefaultMesh(), registry.State{})); !strings.Contains(got, "default/a,default/c") {
 		t.Errorf("exportTo . and exportTo default in namespace default conflict; got:\n%s", got)
 	}
 	other := strings.Replace(vs("d", "reviews.default.svc.cluster.local", "  exportTo: [.]\n"), "{name: d}", "{name: d, namespace: shop}", 1)
-	if got := lines(Analyze(configsOf(t, vs("a", "reviews", "  exportTo: [.]\n"), other), model.DefaultMesh())); got != "" {
+	if got := lines(Analyze(configsOf(t, vs("a", "reviews", "  exportTo: [.]\n"), other), model.DefaultMesh(), registry.State{})); got != "" {
 		t.Errorf("exportTo . in two namespaces: no conflict expected, got:\n%s", got)
 	}
 	// Bound to a gateway only, or exported to different namespaces: no conflict.
@@ -157,7 +158,7 @@ func TestMeshGatewayConflict(t *testing.T) {
 		{vs("a", "reviews", ""), vs("b", "reviews", "  gateways: [g]\n")},
 		{vs("a", "reviews", "  exportTo: [.]\n"), vs("b", "reviews", "  exportTo: [other]\n")},
 	} {
-		if got := lines(Analyze(configsOf(t, gw, pair[0], pair[1]), model.DefaultMesh())); got != "" {
+		if got := lines(Analyze(configsOf(t, gw, pair[0], pair[1]), model.DefaultMesh(), registry.State{})); got != "" {
 			t.Errorf("no conflict expected, got:\n%s", got)
 		}
 	}
@@ -177,7 +178,7 @@ func TestIneffectiveMatch(t *testing.T) {
 			"Info [IST0131] (VirtualService default/r) VirtualService rule #1 is not used: rule #0 before it matches every request.\n" +
 				"Info [IST0131] (VirtualService default/r) VirtualService rule #2 is not used: rule #0 before it matches every request."},
 	} {
-		if got := strings.TrimSpace(lines(Analyze(configsOf(t, vs(c.rules)), model.DefaultMesh()))); got != c.want {
+		if got := strings.TrimSpace(lines(Analyze(configsOf(t, vs(c.rules)), model.DefaultMesh(), registry.State{}))); got != c.want {
 			t.Errorf("rules:\n%sgot:\n%s\nwant:\n%s", c.rules, got, c.want)
 		}
 	}
@@ -229,7 +230,7 @@ spec: {mtls: {mode: STRICT}}
 Warning [IST0173] (DestinationRule vms/ratings) The subset v2 (version=v2) of host ratings.vms.svc.cluster.local selects no workload instance.
 Warning [IST0127] (PeerAuthentication other/elsewhere) No matching workloads for this resource with the following labels: app=ratings
 `
-	if got := lines(Analyze(configsOf(t, se), model.DefaultMesh())); got != want {
+	if got := lines(Analyze(configsOf(t, se), model.DefaultMesh(), registry.State{})); got != want {
 		t.Errorf("got:\n%swant:\n%s", got, want)
 	}
 }
@@ -260,7 +261,7 @@ spec:
     overrides:
     - match: {metric: REQUEST_COUNT}
       tagOverrides: {"bad-label": {value: "request.host"}}
-`), model.DefaultMesh()))
+`), model.DefaultMesh(), registry.State{}))
 	for _, want := range []string{
 		"Warning [WEFT0001] (Telemetry istio-system/mesh-default) tracing disableContextPropagation is not supported by weft; trace headers are still propagated\n",
 		`Warning [WEFT0001] (Sidecar istio-system/(the namespace's sidecars)) metrics tagOverrides "bad-label": not a Prometheus label name; left out` + "\n",
@@ -268,5 +269,45 @@ spec:
 		if !strings.Contains(got, want) {
 			t.Errorf("want %q in:\n%s", want, got)
 		}
+	}
+}
+
+// TestOtherRegistries: a route to a service another registry (Consul)
+// holds is not reported as unknown when that registry's services are
+// given, as discovery's /debug/registryz has them.
+func TestOtherRegistries(t *testing.T) {
+	vs := configsOf(t, `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web}
+spec:
+  hosts: [web.mesh]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.8}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [web.mesh]
+  http: [{route: [{destination: {host: web.service.consul, port: {number: 80}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: app}
+spec: {address: 10.0.0.9, labels: {app: a}}
+`)
+	unknown := "destination host web.service.consul is not a service visible to this proxy"
+	if got := lines(Analyze(vs, model.DefaultMesh(), registry.State{})); !strings.Contains(got, unknown) {
+		t.Fatalf("without Consul's services, want %q in:\n%s", unknown, got)
+	}
+	consul := registry.State{
+		Services: []registry.Service{{Hostname: "web.service.consul", Namespace: "default", Source: "consul",
+			Ports: []registry.Port{{Name: "http", Number: 80, Protocol: "HTTP"}}}},
+		Endpoints: []registry.Endpoint{{Hostname: "web.service.consul", Namespace: "default", Address: "10.1.0.1", Healthy: true}},
+	}
+	if got := lines(Analyze(vs, model.DefaultMesh(), consul)); strings.Contains(got, unknown) {
+		t.Errorf("with Consul's services, the route is not unknown:\n%s", got)
 	}
 }

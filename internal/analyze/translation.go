@@ -28,8 +28,9 @@ var keyed = regexp.MustCompile(`^([A-Za-z]+)[/ ]([a-z0-9.-]+)/([a-z0-9.-]+): (.+
 // endpoints, by namespace and labels) and one unlabelled sidecar per
 // namespace, against the registry the ServiceEntries make, and reports
 // discovery's warnings once each, about the object they name (else about
-// the namespace's sidecars).
-func translationWarnings(configs []*model.Config, mesh model.Mesh) []Message {
+// the namespace's sidecars). others holds the services of the other
+// registries (Consul, Nomad), as discovery has them.
+func translationWarnings(configs []*model.Config, mesh model.Mesh, others registry.State) []Message {
 	var entries []serviceentry.Entry
 	type proxy struct {
 		ns     string
@@ -63,6 +64,7 @@ func translationWarnings(configs []*model.Config, mesh model.Mesh) []Message {
 	}
 	agg := registry.NewAggregator()
 	agg.Update(serviceentry.SourceName, serviceentry.StateOf(entries))
+	agg.Update("others", others)
 	snap := model.NewSnapshot("analyze", mesh, configs, agg.Snapshot())
 
 	seen := map[string]bool{}

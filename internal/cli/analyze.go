@@ -13,6 +13,8 @@ import (
 	"github.com/weftmesh/weft/internal/analyze"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/pilot/push"
+	"github.com/weftmesh/weft/internal/registry"
+	"github.com/weftmesh/weft/internal/registry/serviceentry"
 	"github.com/weftmesh/weft/internal/resource"
 	"github.com/weftmesh/weft/internal/store"
 	"sigs.k8s.io/yaml"
@@ -73,6 +75,7 @@ The command fails when a message reaches --failure-threshold.`,
 			configs := map[string]*model.Config{}
 			fromFile := map[string]bool{}
 			var msgs []analyze.Message
+			var others registry.State
 			if useServer {
 				c, err := newClient(g)
 				if err != nil {
@@ -81,6 +84,9 @@ The command fails when a message reaches --failure-threshold.`,
 				ns = c.namespace
 				if err := serverConfigs(cmd.Context(), c, configs); err != nil {
 					return err
+				}
+				if others, err = otherRegistries(cmd.Context(), c); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "Note: without discovery's registry (%v), services from Consul or Nomad are not seen.\n", err)
 				}
 			}
 			if ns == "" {
@@ -121,7 +127,7 @@ The command fails when a message reaches --failure-threshold.`,
 				}
 			}
 			mesh.DomainSuffix = domainSuffix
-			for _, m := range analyze.Analyze(list, mesh) {
+			for _, m := range analyze.Analyze(list, mesh, others) {
 				msgNS, _, _ := strings.Cut(m.Ref, "/")
 				if allNamespaces || fromFile[m.Kind+"/"+m.Ref] || msgNS == ns {
 					msgs = append(msgs, m)
@@ -164,6 +170,26 @@ func serverConfigs(ctx context.Context, c *client, into map[string]*model.Config
 		}
 	}
 	return nil
+}
+
+// otherRegistries is what discovery's registry holds besides the
+// ServiceEntries' services (which analyze takes from the objects, so that
+// files can stand in for them): Consul's and Nomad's services and their
+// endpoints.
+func otherRegistries(ctx context.Context, c *client) (registry.State, error) {
+	var snap registry.Snapshot
+	if _, err := c.do(ctx, "GET", "/weft/v1/debug/registryz", nil, "", nil, "", &snap); err != nil {
+		return registry.State{}, err
+	}
+	var st registry.State
+	for _, svc := range snap.Services {
+		if svc.Source == serviceentry.SourceName {
+			continue
+		}
+		st.Services = append(st.Services, svc)
+		st.Endpoints = append(st.Endpoints, snap.Endpoints[registry.Key(svc.Namespace, svc.Hostname)]...)
+	}
+	return st, nil
 }
 
 // manifestConfig reads a file's object as the API server validates it

@@ -30,7 +30,13 @@ spec:
 	}
 	kc := srv.Kubeconfig()
 
-	out, _, err := weftCmd(t, kc, "analyze")
+	out, stderr, err := weftCmd(t, kc, "analyze")
+	if strings.Contains(stderr, "without discovery's registry") {
+		t.Errorf("analyze could not read discovery's registry: %s", stderr)
+	}
+	if code, body := srv.Do("GET", "/weft/v1/debug/registryz", ""); code != 200 || !strings.Contains(body, `"Services"`) {
+		t.Errorf("/weft/v1/debug/registryz: %d %.300s", code, body)
+	}
 	wantErr := `Error [IST0101] (VirtualService default/reviews) Referenced host+subset in destinationrule not found: "reviews+v3"`
 	if err == nil || !strings.Contains(out, wantErr) || strings.Contains(out, "shop/typo") {
 		t.Fatalf("analyze (namespace default): err %v, output:\n%s", err, out)

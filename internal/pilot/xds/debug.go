@@ -9,13 +9,18 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// DebugHandler serves /debug/syncz (every proxy's sync state) and
+// DebugHandler serves /debug/syncz (every proxy's sync state),
 // /debug/config_dump?proxyID=ID (the resources pilot set for one proxy,
-// by type, as protojson).
+// by type, as protojson) and /debug/registryz (the merged service
+// registry pilot translates against: every source's services and
+// endpoints, as istiod's registryz).
 func (s *Server) DebugHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/syncz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Syncz())
+	})
+	mux.HandleFunc("/debug/registryz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.pusher.Snapshot().Registry)
 	})
 	mux.HandleFunc("/debug/config_dump", func(w http.ResponseWriter, r *http.Request) {
 		id := r.URL.Query().Get("proxyID")
