@@ -16,8 +16,6 @@ import (
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
 	"github.com/weftmesh/weft/internal/registry"
-	"google.golang.org/protobuf/encoding/protojson"
-	telemetry "istio.io/api/telemetry/v1alpha1"
 )
 
 // describeLogs renders access logs as "path text|json [filter]".
@@ -99,15 +97,11 @@ func TestOTelAccessLogProvider(t *testing.T) {
 			warning: `label "x": command operator %NOPE% is not supported`},
 	} {
 		t.Run(name, func(t *testing.T) {
-			tm := &telemetry.Telemetry{}
-			if err := protojson.Unmarshal([]byte(tc.spec), tm); err != nil {
-				t.Fatal(err)
-			}
 			mesh := model.DefaultMesh()
 			mesh.AccessLog = &model.AccessLogging{OTelProviders: providers}
 			reg := &registry.Snapshot{Version: 1, Services: []registry.Service{{Hostname: "otel-collector.observability.svc.cluster.local",
 				Namespace: "observability", Ports: []registry.Port{{Name: "grpc-otlp", Number: 4317, Protocol: "GRPC"}}}}}
-			s := model.NewSnapshot("1", mesh, []*model.Config{{Kind: telemetryKind, Namespace: "istio-system", Name: "mesh", Spec: tm}}, reg)
+			s := model.NewSnapshot("1", mesh, []*model.Config{telemetryConfig(t, "istio-system", "mesh", tc.spec)}, reg)
 			r := Build(s, &model.Proxy{Type: model.Sidecar, Namespace: "default", Labels: map[string]string{"app": "a"}, IPs: []string{"10.0.0.1"}})
 			client, server := virtualLogs(t, r)
 			if diff := cmp.Diff([][]string{client, server}, [][]string{tc.want, tc.want}); diff != "" {
@@ -155,13 +149,7 @@ func chainLogs(t *testing.T, fc *listenerv3.FilterChain) []string {
 // (virtualOutbound) and server (virtualInbound) side get from MeshConfig
 // and Telemetry, with Istio's precedence.
 func TestAccessLogPrecedence(t *testing.T) {
-	tel := func(ns, name, spec string) *model.Config {
-		tm := &telemetry.Telemetry{}
-		if err := protojson.Unmarshal([]byte(spec), tm); err != nil {
-			t.Fatalf("%s: %v", spec, err)
-		}
-		return &model.Config{Kind: telemetryKind, Namespace: ns, Name: name, Spec: tm}
-	}
+	tel := func(ns, name, spec string) *model.Config { return telemetryConfig(t, ns, name, spec) }
 	providers := map[string]model.FileLogProvider{"file-a": {Path: "/a"}, "json": {Path: "/j", Labels: map[string]string{"code": "%RESPONSE_CODE%"}},
 		"bad-format": {Path: "/b", Text: "%NOPE%"}}
 	for name, tc := range map[string]struct {

@@ -14,8 +14,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/registry"
-	"google.golang.org/protobuf/encoding/protojson"
-	telemetry "istio.io/api/telemetry/v1alpha1"
 )
 
 // describeTracing is an HCM's tracing in a line: collector cluster,
@@ -134,13 +132,7 @@ func TestLDSTracing(t *testing.T) {
 // TestTracingPrecedence: which tracer and sampling a sidecar gets from
 // the mesh config and Telemetry resources.
 func TestTracingPrecedence(t *testing.T) {
-	tel := func(ns, name, spec string) *model.Config {
-		tm := &telemetry.Telemetry{}
-		if err := protojson.Unmarshal([]byte(spec), tm); err != nil {
-			t.Fatalf("%s: %v", spec, err)
-		}
-		return &model.Config{Kind: telemetryKind, Namespace: ns, Name: name, Spec: tm}
-	}
+	tel := func(ns, name, spec string) *model.Config { return telemetryConfig(t, ns, name, spec) }
 	const zipkin = "outbound|9411||zipkin.istio-system.svc.cluster.local"
 	const jaeger = "outbound|9411||jaeger-collector.observability.svc.cluster.local"
 	providers := map[string]model.TracingProvider{
