@@ -38,6 +38,22 @@ var defaultConfigFields = map[string]bool{"tracing": true, "proxyHeaders": true}
 var proxyHeadersFields = map[string]bool{"server": true, "requestId": true, "attemptCount": true,
 	"envoyDebugHeaders": true, "forwardedClientCert": true, "setCurrentClientCertDetails": true}
 
+// knownFields decodes the object raw at path and keeps the fields known
+// lists, with a warning for each other one.
+func knownFields(raw json.RawMessage, path string, known map[string]bool, warnings *[]string) (map[string]json.RawMessage, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return nil, fmt.Errorf("mesh config: %s: %w", path, err)
+	}
+	for k := range fields {
+		if !known[k] {
+			*warnings = append(*warnings, fmt.Sprintf("mesh config: %s.%s is not used by weft; ignored", path, k))
+			delete(fields, k)
+		}
+	}
+	return fields, nil
+}
+
 // ParseMeshConfig applies an Istio MeshConfig document (YAML or JSON, as
 // in the istio ConfigMap's "mesh" key) over base. It returns the result
 // and a warning for every top-level field weft does not use; an unknown
@@ -61,26 +77,14 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 		warnings = append(warnings, fmt.Sprintf("mesh config: field %q is not used by weft; ignored", k))
 	}
 	if dc, ok := used["defaultConfig"]; ok {
-		var fields map[string]json.RawMessage
-		if err := json.Unmarshal(dc, &fields); err != nil {
-			return base, warnings, fmt.Errorf("mesh config: defaultConfig: %w", err)
-		}
-		for k := range fields {
-			if !defaultConfigFields[k] {
-				warnings = append(warnings, fmt.Sprintf("mesh config: defaultConfig.%s is not used by weft; ignored", k))
-				delete(fields, k)
-			}
+		fields, err := knownFields(dc, "defaultConfig", defaultConfigFields, &warnings)
+		if err != nil {
+			return base, warnings, err
 		}
 		if ph, ok := fields["proxyHeaders"]; ok {
-			var sub map[string]json.RawMessage
-			if err := json.Unmarshal(ph, &sub); err != nil {
-				return base, warnings, fmt.Errorf("mesh config: defaultConfig.proxyHeaders: %w", err)
-			}
-			for k := range sub {
-				if !proxyHeadersFields[k] {
-					warnings = append(warnings, fmt.Sprintf("mesh config: defaultConfig.proxyHeaders.%s is not used by weft; ignored", k))
-					delete(sub, k)
-				}
+			sub, err := knownFields(ph, "defaultConfig.proxyHeaders", proxyHeadersFields, &warnings)
+			if err != nil {
+				return base, warnings, err
 			}
 			fields["proxyHeaders"], _ = json.Marshal(sub)
 		}
