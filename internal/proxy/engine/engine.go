@@ -365,7 +365,7 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.Add
 		return
 	}
 	var ov *telemetry.LabelOverrides // the chain's istio.stats filter; its dimensions read the connection
-	if sc := t.stats; sc != nil {
+	if sc := t.stats; sc.changesMetrics() {
 		ov = sc.overrides(func() *accesslog.Entry {
 			en := &accesslog.Entry{Start: start, UpstreamHost: ep.Address, UpstreamCluster: name,
 				DownstreamRemote: down.RemoteAddr().String(), DownstreamLocal: dst.String(), ServerName: sni, Metadata: md}

@@ -876,7 +876,7 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 	if ns, tail, ok := strings.Cut(rest, "."); ok && strings.HasPrefix(tail, "svc.") {
 		req.DestinationServiceNamespace = ns
 	}
-	if sc := cc.chain.stats; sc != nil {
+	if sc := cc.chain.stats; sc.changesMetrics() {
 		e.metrics.ObserveRequestOverridden(req, sc.overrides(func() *accesslog.Entry {
 			en := httpEntry(ex, r, req.Duration)
 			addConnAttributes(en, cc, ex, r)

@@ -44,7 +44,15 @@ type statsConfig struct {
 	// tcpReporting is how often an open TCP connection's bytes are
 	// counted (tcp_reporting_duration; 0: the default).
 	tcpReporting time.Duration
+	// changes is whether it changes any metric: a filter may only set
+	// tcp_reporting_duration.
+	changes bool
 }
+
+// changesMetrics reports whether sc (nil: none) changes any metric, so
+// that its chain needs per-request label overrides rather than the
+// standard (cached) recording.
+func (sc *statsConfig) changesMetrics() bool { return sc != nil && sc.changes }
 
 // defaultTCPReporting is Istio's stats filter's default
 // tcp_reporting_duration: an open connection's bytes reach
@@ -130,6 +138,9 @@ func compileStats(tc *anypb.Any) (*statsConfig, error) {
 				sc.dims[m] = append(sc.dims[m], d)
 			}
 		}
+	}
+	for m := range sc.drop {
+		sc.changes = sc.changes || sc.drop[m] || len(sc.removed[m]) > 0 || len(sc.dims[m]) > 0
 	}
 	return sc, nil
 }

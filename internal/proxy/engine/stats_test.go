@@ -291,3 +291,30 @@ func TestTCPBytesWhileOpen(t *testing.T) {
 		t.Errorf("a negative tcp_reporting_duration: %v", err)
 	}
 }
+
+// TestStatsChangesMetrics: a filter that only sets tcp_reporting_duration
+// leaves its chain on the standard metrics path; one that drops a metric
+// does not.
+func TestStatsChangesMetrics(t *testing.T) {
+	for _, c := range []struct {
+		cfg  *statspb.PluginConfig
+		want bool
+	}{
+		{&statspb.PluginConfig{TcpReportingDuration: durationpb.New(time.Second)}, false},
+		{&statspb.PluginConfig{Metrics: []*statspb.MetricConfig{{Name: "request_messages_total", Drop: true}}}, false}, // not recorded by weft
+		{&statspb.PluginConfig{Metrics: []*statspb.MetricConfig{{Name: "requests_total", Drop: true}}}, true},
+		{&statspb.PluginConfig{Metrics: []*statspb.MetricConfig{{TagsToRemove: []string{"response_flags"}}}}, true},
+		{&statspb.PluginConfig{Metrics: []*statspb.MetricConfig{{Dimensions: map[string]string{"request_host": "request.host"}}}}, true},
+	} {
+		sc, err := compileStats(mustAnyT(t, c.cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sc.changesMetrics(); got != c.want {
+			t.Errorf("%v: changesMetrics %v, want %v", c.cfg, got, c.want)
+		}
+	}
+	if (*statsConfig)(nil).changesMetrics() {
+		t.Error("no filter changes metrics")
+	}
+}
