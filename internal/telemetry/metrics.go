@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
 )
 
 // Standard label names, as Istio's stats filter emits them.
@@ -335,15 +336,7 @@ var MetricNames = [NumMetrics]string{"requests_total", "request_duration_millise
 // ValidLabelName reports whether name can be a Prometheus label name:
 // [a-zA-Z_][a-zA-Z0-9_]*, not starting with "__" (reserved).
 func ValidLabelName(name string) bool {
-	if name == "" || strings.HasPrefix(name, "__") {
-		return false
-	}
-	for i, c := range []byte(name) {
-		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || i > 0 && c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return true
+	return !strings.HasPrefix(name, "__") && model.LegacyValidation.IsValidLabelName(name)
 }
 
 // IsTCP reports whether metric is one of the TCP metrics.

@@ -110,3 +110,12 @@ func TestExtraLabels(t *testing.T) {
 		t.Errorf("istio_tcp_connections_closed_total %q: dropped", n)
 	}
 }
+
+func TestValidLabelName(t *testing.T) {
+	for name, want := range map[string]bool{"request_host": true, "_x": true, "A1": true,
+		"": false, "1a": false, "request-host": false, "__x": false, "é": false} {
+		if got := ValidLabelName(name); got != want {
+			t.Errorf("ValidLabelName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
