@@ -67,14 +67,10 @@ func allowConn(ch *chain, c net.Conn, dst netip.AddrPort, stats *rbacStats) (ok 
 	in := &rbac.Input{Conn: describeConn(c, dst)}
 	for _, f := range ch.rbac {
 		if f.shadow != nil {
-			res, pol := f.shadow.ShadowVerdict(in)
 			if md == nil {
 				md = map[string]map[string]any{netRBACMetadata: {}}
 			}
-			v := map[string]any{f.shadowPrefix + "shadow_engine_result": res}
-			if pol != "" {
-				v[f.shadowPrefix+"shadow_effective_policy_id"] = pol
-			}
+			v := f.shadow.ShadowMetadata(in, f.shadowPrefix)
 			maps.Copy(md[netRBACMetadata], v)
 			if stats != nil {
 				stats.countShadow(true, f.statPrefix, v)

@@ -157,6 +157,19 @@ func (e *Engine) ShadowVerdict(in *Input) (result, policy string) {
 	return "allowed", pol
 }
 
+// ShadowMetadata is the dynamic metadata Envoy's RBAC filters leave for
+// shadow rules: <prefix>shadow_engine_result ("allowed" or "denied") and,
+// when a policy matched, <prefix>shadow_effective_policy_id (prefix: the
+// filter's shadow_rules_stat_prefix).
+func (e *Engine) ShadowMetadata(in *Input, prefix string) map[string]any {
+	res, pol := e.ShadowVerdict(in)
+	md := map[string]any{prefix + "shadow_engine_result": res}
+	if pol != "" {
+		md[prefix+"shadow_effective_policy_id"] = pol
+	}
+	return md
+}
+
 func anyMatch(ms []matcher, in *Input) bool {
 	for _, m := range ms {
 		if m.match(in) {

@@ -65,10 +65,8 @@ type filter struct {
 func (f *filter) Decode(c *httpfilter.Call) *httpfilter.Reply {
 	in := &rbac.Input{Conn: c.Conn, Request: c.Request, Metadata: c.Metadata}
 	if f.shadow != nil {
-		res, pol := f.shadow.ShadowVerdict(in)
-		c.SetMetadata(MetadataNamespace, f.shadowPrefix+"shadow_engine_result", res)
-		if pol != "" {
-			c.SetMetadata(MetadataNamespace, f.shadowPrefix+"shadow_effective_policy_id", pol)
+		for k, v := range f.shadow.ShadowMetadata(in, f.shadowPrefix) {
+			c.SetMetadata(MetadataNamespace, k, v)
 		}
 	}
 	if f.rules == nil {
