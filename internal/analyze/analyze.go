@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/pilot/translate"
 	"github.com/weftmesh/weft/internal/registry"
 	networking "istio.io/api/networking/v1alpha3"
 	security "istio.io/api/security/v1beta1"
@@ -141,17 +142,6 @@ func (a *analysis) fqdn(host, ns string) string {
 	return host + "." + ns + "." + a.domainSuffix
 }
 
-// hostCovers reports whether pattern (maybe "*" or "*.suffix") covers host.
-func hostCovers(pattern, host string) bool {
-	switch {
-	case pattern == "*" || pattern == host:
-		return true
-	case strings.HasPrefix(pattern, "*."):
-		return strings.HasSuffix(host, pattern[1:]) || (strings.HasPrefix(host, "*.") && strings.HasSuffix(host, pattern[1:]))
-	}
-	return false
-}
-
 type destination struct {
 	host, subset string
 }
@@ -239,7 +229,7 @@ func (a *analysis) virtualServices() {
 func (a *analysis) subsetDefined(host, subset string) bool {
 	for _, c := range a.byKind["DestinationRule"] {
 		dr, ok := c.Spec.(*networking.DestinationRule)
-		if !ok || !hostCovers(a.fqdn(dr.GetHost(), c.Namespace), host) {
+		if !ok || !translate.HostMatches(a.fqdn(dr.GetHost(), c.Namespace), host) {
 			continue
 		}
 		for _, s := range dr.GetSubsets() {
@@ -289,7 +279,7 @@ func gatewayHasHost(gw *model.Config, host, vsNS string) bool {
 			if ns != "*" && ns != vsNS {
 				continue
 			}
-			if hostCovers(pattern, host) || hostCovers(host, pattern) {
+			if translate.HostMatches(pattern, host) || translate.HostMatches(host, pattern) {
 				return true
 			}
 		}

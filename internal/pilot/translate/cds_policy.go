@@ -381,7 +381,7 @@ func (b *builder) destinationRule(svc *registry.Service, warn func(string, ...an
 				continue
 			}
 			h := b.resolveHost(spec.GetHost(), c.Namespace)
-			if h == "" || !hostMatches(h, svc.Hostname) {
+			if h == "" || !HostMatches(h, svc.Hostname) {
 				continue
 			}
 			if best != "" && h != best {

@@ -135,7 +135,7 @@ func (g *netBuilder) indexVirtualServices() {
 		for _, h := range spec.GetHosts() {
 			pattern := g.resolveHost(h, c.Namespace)
 			for _, svc := range g.services {
-				if !hostMatches(pattern, svc.Hostname) {
+				if !HostMatches(pattern, svc.Hostname) {
 					continue
 				}
 				prev := g.routing[svc.Hostname]

@@ -68,9 +68,9 @@ func exportedTo(exportTo []string, ns, client string) bool {
 	return false
 }
 
-// hostMatches reports whether host matches pattern: exact, "*", or a
+// HostMatches reports whether host matches pattern: exact, "*", or a
 // "*.suffix" wildcard.
-func hostMatches(pattern, host string) bool {
+func HostMatches(pattern, host string) bool {
 	switch {
 	case pattern == "*":
 		return true
@@ -100,7 +100,7 @@ func egressAllows(entry string, svc *registry.Service, client string) bool {
 			return false
 		}
 	}
-	return hostMatches(host, svc.Hostname)
+	return HostMatches(host, svc.Hostname)
 }
 
 // VisibleServices returns the services p can reach: those exported to its
