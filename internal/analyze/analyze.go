@@ -133,14 +133,8 @@ type analysis struct {
 
 func (a *analysis) add(m Message) { a.out = append(a.out, m) }
 
-// fqdn is Istio's reading of a host in namespace ns: a name without dots
-// is a short name of that namespace.
-func (a *analysis) fqdn(host, ns string) string {
-	if host == "" || strings.Contains(host, ".") || strings.Contains(host, "*") {
-		return host
-	}
-	return host + "." + ns + "." + a.domainSuffix
-}
+// fqdn is Istio's reading of a host in namespace ns, as discovery's.
+func (a *analysis) fqdn(host, ns string) string { return translate.ResolveHost(host, ns, a.domainSuffix) }
 
 type destination struct {
 	host, subset string
