@@ -134,7 +134,9 @@ type analysis struct {
 func (a *analysis) add(m Message) { a.out = append(a.out, m) }
 
 // fqdn is Istio's reading of a host in namespace ns, as discovery's.
-func (a *analysis) fqdn(host, ns string) string { return translate.ResolveHost(host, ns, a.domainSuffix) }
+func (a *analysis) fqdn(host, ns string) string {
+	return translate.ResolveHost(host, ns, a.domainSuffix)
+}
 
 type destination struct {
 	host, subset string

@@ -336,7 +336,9 @@ func mergeTrafficPolicy(original, over *networking.TrafficPolicy, port uint32) *
 
 // resolveHost expands a short DestinationRule host ("reviews") relative to
 // the rule's namespace, as Istio does; names with a dot and wildcards stay.
-func (b *builder) resolveHost(host, ns string) string { return ResolveHost(host, ns, b.s.Mesh.DomainSuffix) }
+func (b *builder) resolveHost(host, ns string) string {
+	return ResolveHost(host, ns, b.s.Mesh.DomainSuffix)
+}
 
 // ResolveHost reads a config's host as Istio does: a name without dots
 // (and not a wildcard) is a short name of namespace ns, expanded with
