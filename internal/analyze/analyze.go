@@ -370,15 +370,6 @@ func (a *analysis) workloads() []workload {
 	return out
 }
 
-func selects(sel, labels map[string]string) bool {
-	for k, v := range sel {
-		if labels[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
 // subsetsSelectWorkloads checks, for hosts whose instances the analysed
 // ServiceEntries define (inline endpoints, or WorkloadEntries their
 // workloadSelector picks), that each DestinationRule subset selects one.
@@ -398,7 +389,7 @@ func (a *analysis) subsetsSelectWorkloads() {
 		sel := se.GetWorkloadSelector().GetLabels()
 		if sel != nil {
 			for _, w := range wes {
-				if we, ok := w.Spec.(*networking.WorkloadEntry); ok && w.Namespace == c.Namespace && selects(sel, we.GetLabels()) {
+				if we, ok := w.Spec.(*networking.WorkloadEntry); ok && w.Namespace == c.Namespace && registry.LabelsMatch(sel, we.GetLabels()) {
 					labels = append(labels, we.GetLabels())
 				}
 			}
@@ -422,7 +413,7 @@ func (a *analysis) subsetsSelectWorkloads() {
 			continue
 		}
 		for _, s := range dr.GetSubsets() {
-			if !slices.ContainsFunc(instances[host], func(l map[string]string) bool { return selects(s.GetLabels(), l) }) {
+			if !slices.ContainsFunc(instances[host], func(l map[string]string) bool { return registry.LabelsMatch(s.GetLabels(), l) }) {
 				a.add(subsetSelectsNoWorkload.about(c, "The subset %s (%s) of host %s selects no workload instance.", s.GetName(), labelText(s.GetLabels()), host))
 			}
 		}
@@ -456,7 +447,7 @@ func (a *analysis) selectors() {
 			if len(labels) == 0 {
 				continue
 			}
-			if !slices.ContainsFunc(all, func(w workload) bool { return w.namespace == c.Namespace && selects(labels, w.labels) }) {
+			if !slices.ContainsFunc(all, func(w workload) bool { return w.namespace == c.Namespace && registry.LabelsMatch(labels, w.labels) }) {
 				a.add(noMatchingWorkloadsFound.about(c, "No matching workloads for this resource with the following labels: %s", labelText(labels)))
 			}
 		}

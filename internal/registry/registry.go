@@ -241,3 +241,15 @@ func (a *Aggregator) HasReported(source string) bool {
 	_, ok := a.states[source]
 	return ok
 }
+
+// LabelsMatch reports whether labels has every key of selector with the
+// same value (an empty selector matches everything), as Istio's
+// workloadSelector and subset labels select.
+func LabelsMatch(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}

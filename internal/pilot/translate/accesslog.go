@@ -13,6 +13,7 @@ import (
 	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/proxy/accesslog"
+	"github.com/weftmesh/weft/internal/registry"
 	otlpcommon "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/protobuf/types/known/structpb"
 	telemetry "istio.io/api/telemetry/v1alpha1"
@@ -100,7 +101,7 @@ func (g *netBuilder) telemetryScopes() []*model.Config {
 				nsWide = c
 			}
 		case len(sel) > 0 && c.Namespace == g.p.Namespace:
-			if workload == nil && labelsMatch(sel, g.p.Labels) {
+			if workload == nil && registry.LabelsMatch(sel, g.p.Labels) {
 				workload = c
 			}
 		}

@@ -57,6 +57,7 @@ import (
 	uritemplatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/path/match/uri_template/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/registry"
 	"github.com/weftmesh/weft/internal/resource"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -181,7 +182,7 @@ func (g *netBuilder) authzApplies(c *model.Config, ap *security.AuthorizationPol
 		return false
 	}
 	sel := ap.GetSelector().GetMatchLabels()
-	return len(sel) == 0 || labelsMatch(sel, g.p.Labels)
+	return len(sel) == 0 || registry.LabelsMatch(sel, g.p.Labels)
 }
 
 // rbacRules translates the policies of one action for HTTP or TCP chains.

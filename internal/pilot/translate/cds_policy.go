@@ -383,7 +383,7 @@ func (b *builder) destinationRule(svc *registry.Service, warn func(string, ...an
 				continue
 			}
 			sel := spec.GetWorkloadSelector().GetMatchLabels()
-			if len(sel) > 0 && (c.Namespace != b.p.Namespace || !labelsMatch(sel, b.p.Labels)) {
+			if len(sel) > 0 && (c.Namespace != b.p.Namespace || !registry.LabelsMatch(sel, b.p.Labels)) {
 				continue
 			}
 			h := b.resolveHost(spec.GetHost(), c.Namespace)

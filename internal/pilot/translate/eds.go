@@ -20,7 +20,7 @@ func filterEndpoints(eps []registry.Endpoint, selector map[string]string) []regi
 	}
 	var out []registry.Endpoint
 	for _, ep := range eps {
-		if labelsMatch(selector, ep.Labels) {
+		if registry.LabelsMatch(selector, ep.Labels) {
 			out = append(out, ep)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/weftmesh/weft/internal/registry"
 	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
 )
@@ -183,7 +184,7 @@ func (g *netBuilder) l4Applies(port uint32, sourceLabels map[string]string, sour
 	if sourceNS != "" && sourceNS != g.p.Namespace {
 		return false
 	}
-	return labelsMatch(sourceLabels, g.p.Labels)
+	return registry.LabelsMatch(sourceLabels, g.p.Labels)
 }
 
 // tcpChains returns the chains for one TCP or TLS service port, in

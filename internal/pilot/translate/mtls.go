@@ -180,7 +180,7 @@ func (x *paIndex) lookup(ns string, labels map[string]string) peerAuthn {
 	var wl *security.PeerAuthentication
 	for _, c := range x.selecting[ns] {
 		pa := c.Spec.(*security.PeerAuthentication)
-		if labelsMatch(pa.GetSelector().GetMatchLabels(), labels) {
+		if registry.LabelsMatch(pa.GetSelector().GetMatchLabels(), labels) {
 			wl = pa
 			break
 		}

@@ -62,7 +62,7 @@ func (g *netBuilder) matchApplies(m *networking.HTTPMatchRequest, listenerPort u
 	if m.GetSourceNamespace() != "" && m.GetSourceNamespace() != g.p.Namespace {
 		return false
 	}
-	return labelsMatch(m.GetSourceLabels(), g.p.Labels)
+	return registry.LabelsMatch(m.GetSourceLabels(), g.p.Labels)
 }
 
 // isCatchAll reports whether a route match matches every request.

@@ -36,6 +36,7 @@ import (
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/registry"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -69,7 +70,7 @@ func requestAuthnsFor(s *model.Snapshot, ns string, labels map[string]string) []
 		if !ok || ra.GetTargetRef() != nil || len(ra.GetTargetRefs()) > 0 {
 			continue
 		}
-		if !labelsMatch(ra.GetSelector().GetMatchLabels(), labels) {
+		if !registry.LabelsMatch(ra.GetSelector().GetMatchLabels(), labels) {
 			continue
 		}
 		switch c.Namespace {

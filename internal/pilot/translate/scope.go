@@ -19,7 +19,7 @@ func sidecarFor(s *model.Snapshot, p *model.Proxy) *model.Config {
 		sel := sc.GetWorkloadSelector().GetLabels()
 		switch {
 		case c.Namespace == p.Namespace && len(sel) > 0:
-			if labelsMatch(sel, p.Labels) {
+			if registry.LabelsMatch(sel, p.Labels) {
 				return c
 			}
 		case c.Namespace == p.Namespace && nsWide == nil:
@@ -32,16 +32,6 @@ func sidecarFor(s *model.Snapshot, p *model.Proxy) *model.Config {
 		return nsWide
 	}
 	return root
-}
-
-// labelsMatch reports whether every selector label is set to its value.
-func labelsMatch(selector, labels map[string]string) bool {
-	for k, v := range selector {
-		if got, ok := labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
 }
 
 // exportedTo reports whether something in namespace ns with exportTo list

@@ -154,7 +154,7 @@ func convertServiceEntry(o *object, workloads []*object) ([]registry.Service, []
 	if sel := se.GetWorkloadSelector(); sel != nil {
 		for _, w := range workloads {
 			labels := mergeLabels(w.Labels, w.WE.GetLabels())
-			if matches(sel.GetLabels(), labels) {
+			if registry.LabelsMatch(sel.GetLabels(), labels) {
 				ep := fromWorkloadEntry(w.WE, labels)
 				ep.WorkloadName = w.Name
 				ep.SidecarPorts = w.SidecarPorts
@@ -229,17 +229,6 @@ func location(l networking.ServiceEntry_Location) registry.Location {
 		return registry.MeshInternal
 	}
 	return registry.MeshExternal
-}
-
-// matches reports whether every selector label is present in labels with the
-// same value (an empty selector matches everything, as in Istio).
-func matches(selector, labels map[string]string) bool {
-	for k, v := range selector {
-		if got, ok := labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
 }
 
 // mergeLabels returns metadata labels overlaid with spec labels (Istio's
