@@ -44,6 +44,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -71,6 +72,9 @@ type options struct {
 	out, fortio string
 	// sidecarArgs are extra weft-proxy sidecar flags (-sidecar-args).
 	sidecarArgs []string
+	// scrape is how often the weft sidecars' metrics are scraped during
+	// their chain's runs (-scrape); 0: never.
+	scrape time.Duration
 }
 
 func main() {
@@ -86,6 +90,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 1, "measure every chain this many times, in alternation (a round runs each chain once); the report adds each chain's medians over the rounds")
 	var sidecarArgs string
 	flag.StringVar(&sidecarArgs, "sidecar-args", "", "extra weft-proxy sidecar flags, space-separated, after any NAME=value environment words (e.g. \"GOGC=100 --concurrency 2\")")
+	flag.DurationVar(&o.scrape, "scrape", 15*time.Second, "scrape every weft sidecar's /stats/prometheus this often during its chain's runs, gzip-compressed from the control plane's host, as Prometheus does in a mesh (its default interval); 0: never")
 	flag.StringVar(&o.fortio, "fortio", "", "fortio binary (default: PATH, then $GOPATH/bin)")
 	flag.Parse()
 	o.sidecarArgs = strings.Fields(sidecarArgs)
@@ -173,7 +178,7 @@ func copyFile(dst, src string, mode os.FileMode) error {
 }
 
 func run(ctx context.Context, o options) error {
-	need := []string{"ip", "iptables-restore", "iptables-save", "setpriv", "getconf"}
+	need := []string{"ip", "iptables-restore", "iptables-save", "setpriv", "getconf", "curl"}
 	for _, c := range o.chains {
 		if c == "nginx" || c == "haproxy" {
 			need = append(need, c)
@@ -181,7 +186,7 @@ func run(ctx context.Context, o options) error {
 	}
 	for _, tool := range need {
 		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s not installed (apt-get install -y iproute2 iptables util-linux nginx-light haproxy)", tool)
+			return fmt.Errorf("%s not installed (apt-get install -y iproute2 iptables util-linux curl nginx-light haproxy)", tool)
 		}
 	}
 	fortioSrc, err := findFortio(o.fortio)
@@ -305,7 +310,7 @@ func measureRound(ctx context.Context, o options, dir string, t *topology, forti
 
 // measure runs the warm-up, the latency run (with the sidecars' CPU
 // sampled around it) and the maximum-throughput run.
-func measure(ctx context.Context, o options, t *topology, fortio, url string, mesh *weftMesh) (*chainResult, *weftUsage, error) {
+func measure(ctx context.Context, o options, t *topology, fortio, url string, mesh *weftMesh) (_ *chainResult, _ *weftUsage, rerr error) {
 	load := func(qps int, d time.Duration) (*fortioResult, error) {
 		args := []string{"setpriv", "--reuid=" + clientUID, "--regid=" + clientUID, "--clear-groups",
 			fortio, "load", "-qps", fmt.Sprint(qps), "-c", fmt.Sprint(o.conns), "-t", d.String(),
@@ -318,6 +323,16 @@ func measure(ctx context.Context, o options, t *topology, fortio, url string, me
 			return nil, err
 		}
 		return parseFortio([]byte(out))
+	}
+	if mesh != nil && o.scrape > 0 {
+		stop := scrapeSidecars(ctx, t, o.scrape)
+		defer func() {
+			if n, err := stop(); err != nil && rerr == nil {
+				rerr = fmt.Errorf("scraping the sidecars' metrics: %v", err)
+			} else if err == nil {
+				logf("scraped each sidecar's metrics %d times", n)
+			}
+		}()
 	}
 	if o.warmup > 0 {
 		if _, err := load(200, o.warmup); err != nil {
@@ -338,7 +353,15 @@ func measure(ctx context.Context, o options, t *topology, fortio, url string, me
 		}
 		t0 = time.Now()
 	}
+	var stopSampling func() map[string][]memStatus
+	if mesh != nil {
+		stopSampling = sampleMemory(mesh.pids, memSettle, time.Second)
+	}
 	lat, err := load(o.qps, o.latencyDur)
+	var samples map[string][]memStatus
+	if stopSampling != nil {
+		samples = stopSampling()
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("latency run: %v", err)
 	}
@@ -351,11 +374,10 @@ func measure(ctx context.Context, o options, t *topology, fortio, url string, me
 			if err != nil {
 				return nil, nil, err
 			}
-			rss, hwm, err := memKB(pid)
-			if err != nil {
-				return nil, nil, err
+			if len(samples[h]) == 0 {
+				return nil, nil, fmt.Errorf("sidecar %s: no memory sample over the latency run (it must last longer than %s)", h, memSettle)
 			}
-			usage.sidecars[h] = sidecarUsage{vcpu: float64(ticks-before[h]) / hz / wall, rssKB: rss, hwmKB: hwm}
+			usage.sidecars[h] = sidecarUsage{vcpu: float64(ticks-before[h]) / hz / wall, mem: samples[h], hwmKB: slices.MaxFunc(samples[h], func(a, b memStatus) int { return cmp.Compare(a.hwm, b.hwm) }).hwm}
 		}
 	}
 	snap, err := takeCPUSnapshot()
@@ -373,13 +395,96 @@ func measure(ctx context.Context, o options, t *topology, fortio, url string, me
 	maxCPU := snap.until(end)
 	if mesh != nil {
 		for h, pid := range mesh.pids {
-			rss, hwm, err := memKB(pid)
+			m, err := memKB(pid)
 			if err == nil {
 				s := usage.sidecars[h]
-				s.rssAfterMaxKB, s.hwmKB = rss, hwm
+				s.rssAfterMaxKB, s.hwmKB = m.rss, m.hwm
 				usage.sidecars[h] = s
 			}
 		}
 	}
 	return &chainResult{url: url, lat: lat, max: max, maxCPU: maxCPU}, usage, nil
+}
+
+// scrapeSidecars fetches both sidecars' /stats/prometheus now and every
+// interval until stop is called, from the control plane's host with
+// Accept-Encoding: gzip, as a Prometheus server scraping the mesh would:
+// serving a scrape is part of what a sidecar costs. stop returns how many
+// rounds of scrapes ran and the first failure.
+func scrapeSidecars(ctx context.Context, t *topology, every time.Duration) (stop func() (int, error)) {
+	done := make(chan struct{})
+	var n int
+	var first error
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			for _, h := range []string{"a", "b"} {
+				url := "http://" + t.addr[h] + ":15020/stats/prometheus"
+				if _, err := in(ctx, commandTimeout, t.ns["cp"], "curl", "-sSf", "-o", "/dev/null", "--max-time", "5",
+					"-H", "Accept-Encoding: gzip", url); err != nil && first == nil {
+					first = err
+				}
+			}
+			n++
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() (int, error) {
+		close(done)
+		<-finished
+		return n, first
+	}
+}
+
+// memSettle is how long into the latency run the sidecars' memory starts
+// being sampled: a chain's first seconds still hold start-up's peak (the
+// sidecars drop the pages only start-up used 5 s after their first
+// configuration, which is often after the 3 s warm-up has begun), which
+// VmHWM reports.
+const memSettle = 10 * time.Second
+
+// sampleMemory reads every pid's memory after settle and then every
+// interval until stop is called, and returns the samples by key.
+// Resident memory moves within a run (heap growth and collection, binary
+// pages faulted in by a scrape and trimmed again): one reading at the end
+// would depend on where it falls.
+func sampleMemory(pids map[string]int, settle, every time.Duration) (stop func() map[string][]memStatus) {
+	out := map[string][]memStatus{}
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		select {
+		case <-done:
+			return
+		case <-time.After(settle):
+		}
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			for k, pid := range pids {
+				if m, err := memKB(pid); err == nil {
+					out[k] = append(out[k], m)
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() map[string][]memStatus {
+		close(done)
+		<-finished
+		return out
+	}
 }

@@ -74,8 +74,22 @@ var proxyComms = []string{"nginx", "haproxy", "weft-proxy"}
 const loadComm = "fortio"
 
 type sidecarUsage struct {
-	vcpu                        float64 // CPUs used over the latency run
-	rssKB, hwmKB, rssAfterMaxKB int64
+	vcpu                 float64     // CPUs used over the latency run
+	mem                  []memStatus // every second of the latency run
+	hwmKB, rssAfterMaxKB int64
+}
+
+// memStat is the median and the largest of one field over the samples.
+func memStat(ms []memStatus, f func(memStatus) int64) (median, largest int64) {
+	if len(ms) == 0 {
+		return 0, 0
+	}
+	v := make([]int64, len(ms))
+	for i, m := range ms {
+		v[i] = f(m)
+	}
+	slices.Sort(v)
+	return v[len(v)/2], v[len(v)-1]
 }
 
 type weftUsage struct {
@@ -112,6 +126,9 @@ var chainTitles = map[string]string{
 	"weft-explicit": "weft sidecar → mTLS → weft sidecar, explicit mode (no capture rules, as the nginx chain)",
 }
 
+func mib(kb int64) float64 { return float64(kb) / 1024 }
+func mb(kb int64) float64  { return float64(kb) * 1024 / 1e6 }
+
 func ms(s float64) string { return fmt.Sprintf("%.3f", s*1e3) }
 
 func (r *report) markdown() string {
@@ -120,6 +137,11 @@ func (r *report) markdown() string {
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, "Command: `go run ./bench/mesh` (fortio load -qps %d -c %d -t %s -uniform -nocatchup; max: -qps 0 -c %d -t %s; histogram resolution 10 µs; warm-up %s at 200 qps; GET /echo?size=1024, 1 KiB responses)\n\n",
 		o.qps, o.conns, o.latencyDur, o.conns, o.maxDur, o.warmup)
+	if o.scrape > 0 {
+		fmt.Fprintf(&b, "Every weft sidecar's `/stats/prometheus` was scraped every %s (gzip, from the control plane's host, as Prometheus would) from the start of its chain's warm-up to the end of its maximum run.\n\n", o.scrape)
+	} else {
+		fmt.Fprintf(&b, "The weft sidecars' metrics were not scraped (`-scrape 0`).\n\n")
+	}
 	if len(o.sidecarArgs) > 0 {
 		fmt.Fprintf(&b, "weft sidecars started with extra flags `%s`.\n\n", strings.Join(o.sidecarArgs, " "))
 	}
@@ -176,11 +198,11 @@ func (r *report) markdown() string {
 // round, and the extremes over the rounds.
 func (r *report) sidecarsMarkdown(b *strings.Builder, c string) {
 	us := r.weft[c]
-	fmt.Fprintf(b, "\n%s: sidecars over the %s latency run (CPU from /proc/<pid>/stat utime+stime; memory from /proc/<pid>/status):\n\n", chainTitle(c), r.opts.latencyDur)
-	fmt.Fprintf(b, "| round | sidecar | achieved rps | vCPU | vCPU per 1,000 rps | VmRSS after latency run | VmRSS after max run | VmHWM (peak) |\n")
-	fmt.Fprintf(b, "|---:|---|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(b, "\n%s: sidecars over the %s latency run (CPU from /proc/<pid>/stat utime+stime; memory from /proc/<pid>/status, every second from %s into the run):\n\n", chainTitle(c), r.opts.latencyDur, memSettle)
+	fmt.Fprintf(b, "| round | sidecar | achieved rps | vCPU | vCPU per 1,000 rps | VmRSS over the latency run, median / largest | RssAnon / RssFile, median | VmRSS after max run | VmHWM (peak) |\n")
+	fmt.Fprintf(b, "|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	var perK []float64
-	var rss, rssMax int64
+	var med, big, rssMax int64
 	for i, w := range us {
 		for _, h := range []string{"a", "b"} {
 			s, ok := w.sidecars[h]
@@ -188,17 +210,20 @@ func (r *report) sidecarsMarkdown(b *strings.Builder, c string) {
 				continue
 			}
 			name := map[string]string{"a": "A (client side, outbound)", "b": "B (server side, inbound)"}[h]
-			fmt.Fprintf(b, "| %d | %s | %.1f | %.3f | %.3f | %.1f MiB | %.1f MiB | %.1f MiB |\n", i+1, name, w.qps, s.vcpu, s.vcpu/(w.qps/1000),
-				float64(s.rssKB)/1024, float64(s.rssAfterMaxKB)/1024, float64(s.hwmKB)/1024)
+			rssMed, rssBig := memStat(s.mem, func(m memStatus) int64 { return m.rss })
+			anon, _ := memStat(s.mem, func(m memStatus) int64 { return m.anon })
+			file, _ := memStat(s.mem, func(m memStatus) int64 { return m.file })
+			fmt.Fprintf(b, "| %d | %s | %.1f | %.3f | %.3f | %.1f / %.1f MiB | %.1f / %.1f MiB | %.1f MiB | %.1f MiB |\n", i+1, name, w.qps, s.vcpu, s.vcpu/(w.qps/1000),
+				mib(rssMed), mib(rssBig), mib(anon), mib(file), mib(s.rssAfterMaxKB), mib(s.hwmKB))
 			perK = append(perK, s.vcpu/(w.qps/1000))
-			rss, rssMax = max(rss, s.rssKB), max(rssMax, s.rssAfterMaxKB)
+			med, big, rssMax = max(med, rssMed), max(big, rssBig), max(rssMax, s.rssAfterMaxKB)
 		}
 	}
 	if len(perK) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "\nOver %d round(s): %.3f–%.3f vCPU per 1,000 rps; VmRSS at most %.1f MiB (%.1f MB) after the latency run, %.1f MiB (%.1f MB) after the maximum run.\n",
-		len(us), slices.Min(perK), slices.Max(perK), float64(rss)/1024, float64(rss)*1024/1e6, float64(rssMax)/1024, float64(rssMax)*1024/1e6)
+	fmt.Fprintf(b, "\nOver %d round(s): %.3f–%.3f vCPU per 1,000 rps; VmRSS over a latency run (sampled every second): median at most %.1f MiB (%.1f MB), largest sample %.1f MiB (%.1f MB); after the maximum run at most %.1f MiB (%.1f MB).\n",
+		len(us), slices.Min(perK), slices.Max(perK), mib(med), mb(med), mib(big), mb(big), mib(rssMax), mb(rssMax))
 }
 
 // roundsMarkdown is the comparison over several rounds: each chain's

@@ -226,11 +226,17 @@ func cpuTicks(pid int) (int64, error) {
 	return u + st, nil
 }
 
-// memKB returns VmRSS and VmHWM in kB.
-func memKB(pid int) (rss, hwm int64, err error) {
+// memStatus is a process's memory from /proc/<pid>/status, in kB.
+type memStatus struct {
+	rss, hwm   int64 // VmRSS, VmHWM
+	anon, file int64 // RssAnon, RssFile (the binary's and libraries' pages)
+}
+
+// memKB reads pid's memStatus.
+func memKB(pid int) (m memStatus, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return m, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		k, v, ok := strings.Cut(line, ":")
@@ -240,12 +246,16 @@ func memKB(pid int) (rss, hwm int64, err error) {
 		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 		switch k {
 		case "VmRSS":
-			rss = n
+			m.rss = n
 		case "VmHWM":
-			hwm = n
+			m.hwm = n
+		case "RssAnon":
+			m.anon = n
+		case "RssFile":
+			m.file = n
 		}
 	}
-	return rss, hwm, nil
+	return m, nil
 }
 
 // clockTicks is sysconf(_SC_CLK_TCK), 100 on Linux unless getconf says
