@@ -39,6 +39,7 @@ func sidecarCmd() *cobra.Command {
 	var cfg sidecar.Config
 	var bootFile, labels, logFormat, logLevel, tokenFile string
 	var adminPort, statsPort, readyPort, dnsPort int
+	var trimGrowthMiB int64
 	cmd := &cobra.Command{
 		Use:   "sidecar",
 		Short: "Run the sidecar proxy for one workload",
@@ -88,6 +89,10 @@ func sidecarCmd() *cobra.Command {
 			cfg.StatsAddr = ":" + strconv.Itoa(statsPort)
 			cfg.ReadyAddr = ":" + strconv.Itoa(readyPort)
 			cfg.DNSPort = dnsPort
+			if trimGrowthMiB < 0 {
+				return fmt.Errorf("invalid --trim-memory-growth %d: a size in MiB, 0 or more", trimGrowthMiB)
+			}
+			cfg.TrimGrowthKB = trimGrowthMiB << 10
 			cfg.LogLevel = new(slog.LevelVar)
 			if err := cfg.LogLevel.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("invalid --log-level %q", logLevel)
@@ -136,6 +141,8 @@ func sidecarCmd() *cobra.Command {
 		"CPUs running the proxy at once (GOMAXPROCS; 0: all); default 1, or from GOMAXPROCS / WEFT_CONCURRENCY")
 	f.DurationVar(&cfg.TrimAfter, "trim-memory-after", sidecar.DefaultTrimAfter,
 		"after the first configuration, wait this long, then drop the binary's pages only start-up used from RSS (0: never)")
+	f.Int64Var(&trimGrowthMiB, "trim-memory-growth", sidecar.DefaultTrimGrowthKB>>10,
+		"after that, drop them again whenever the binary's resident pages grow this many MiB over the data path's working set, as serving a metrics scrape makes them (0: never)")
 	f.DurationVar(&cfg.DrainDuration, "drain-duration", 5*time.Second, "how long connections may finish on SIGTERM")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

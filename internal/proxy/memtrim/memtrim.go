@@ -28,7 +28,104 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
+
+// ResidentFileKB is this process's RssFile (kB) from /proc/self/status:
+// its resident file-backed pages, most of them the binary's.
+func ResidentFileKB() (int64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	return statusField(b, "RssFile")
+}
+
+// statusField returns the kB value of key in /proc/<pid>/status text.
+func statusField(status []byte, key string) (int64, error) {
+	for line := range bytes.Lines(status) {
+		if k, v, ok := field(bytes.TrimRight(line, "\n")); ok && k == key {
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("no %s in /proc/self/status", key)
+}
+
+// Keeper trims again whenever the binary's resident pages grow well past
+// what the process needs in steady state. Code that runs rarely — serving
+// a metrics scrape or an admin request, applying a configuration —
+// touches pages that the data path does not use, and fault-around makes
+// each one cost 64 KiB of RSS; they would otherwise stay resident for
+// good.
+//
+// Its baseline is the resident size Settle after a trim, once the data
+// path has faulted back what it uses, provided no cold path ran
+// meanwhile (Served): such a sample would count the cold path's pages as
+// the working set, and a second scrape a few seconds after the first
+// would then stay resident for good. A sample more than Growth kB over
+// the baseline trims again, and so does a cold path served while there
+// is no baseline yet; never twice within Settle. Check and Served are
+// called from one goroutine.
+type Keeper struct {
+	Settle time.Duration
+	Growth int64 // kB
+
+	// Now, Read and Trim default to time.Now, ResidentFileKB and Trim.
+	Now  func() time.Time
+	Read func() (int64, error)
+	Trim func() (int64, error)
+
+	last     time.Time // the last trim
+	baseline int64     // the working set; 0 until first measured
+	measured bool      // baseline measured since the last trim
+	dirty    bool      // a cold path ran since the last trim
+}
+
+// Trimmed tells k that the process was just trimmed.
+func (k *Keeper) Trimmed() {
+	k.last, k.measured, k.dirty = k.now(), false, false
+}
+
+// Served tells k that a cold path (an admin or metrics request) ran.
+func (k *Keeper) Served() { k.dirty = true }
+
+// Check samples the resident size and trims when it has grown past the
+// baseline by more than Growth; it returns the resident kB the trimmed
+// mappings held (0 when it did not trim).
+func (k *Keeper) Check() (int64, error) {
+	if k.now().Sub(k.last) < k.Settle {
+		return 0, nil
+	}
+	read := k.Read
+	if read == nil {
+		read = ResidentFileKB
+	}
+	v, err := read()
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case !k.measured && !k.dirty:
+		k.baseline, k.measured = v, true
+		return 0, nil
+	case k.baseline == 0 && k.dirty, k.baseline > 0 && v > k.baseline+k.Growth:
+		trim := k.Trim
+		if trim == nil {
+			trim = Trim
+		}
+		kb, err := trim()
+		k.Trimmed()
+		return kb, err
+	}
+	return 0, nil
+}
+
+func (k *Keeper) now() time.Time {
+	if k.Now != nil {
+		return k.Now()
+	}
+	return time.Now()
+}
 
 // Mapping is one trimmable region of /proc/<pid>/smaps.
 type Mapping struct {

@@ -1,10 +1,11 @@
 package memtrim
 
 import (
-	"os"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 const sample = `00400000-00f2a000 r-xp 00000000 fe:00 10019031                           /opt/weft/weft-proxy
@@ -91,19 +92,89 @@ func TestTrimDropsOwnBinaryPages(t *testing.T) {
 
 func rssFile(t *testing.T) int64 {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
+	kb, err := ResidentFileKB()
+	if err != nil || kb <= 0 {
+		t.Fatalf("RssFile %d kB, %v", kb, err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "RssFile:"); ok {
-			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
+	return kb
+}
+
+func TestStatusField(t *testing.T) {
+	status := []byte("Name:\tweft-proxy\nVmRSS:\t   22472 kB\nRssAnon:\t   11524 kB\nRssFile:\t   10948 kB\nThreads:\t6\n")
+	for key, want := range map[string]int64{"RssFile": 10948, "RssAnon": 11524, "Threads": 6} {
+		if got, err := statusField(status, key); err != nil || got != want {
+			t.Errorf("%s = %d, %v; want %d", key, got, err, want)
 		}
 	}
-	t.Fatal("no RssFile in /proc/self/status")
-	return 0
+	if _, err := statusField(status, "RssShmem"); err == nil {
+		t.Error("a missing field gave no error")
+	}
+}
+
+// TestKeeper drives a Keeper with a fake clock and resident sizes: it
+// takes its baseline Settle after a trim unless a cold path ran since,
+// tolerates growth up to Growth, trims above it, and never twice within
+// Settle.
+func TestKeeper(t *testing.T) {
+	now := time.Unix(1000, 0)
+	var resident int64
+	var trims, reads int
+	newKeeper := func() *Keeper {
+		k := &Keeper{Settle: 5 * time.Second, Growth: 2048,
+			Now:  func() time.Time { return now },
+			Read: func() (int64, error) { reads++; return resident, nil },
+			Trim: func() (int64, error) { trims++; kb := resident; resident = 6000; return kb, nil },
+		}
+		k.Trimmed()
+		return k
+	}
+	k := newKeeper()
+	step := func(d time.Duration, rss int64, served bool, wantTrims int) {
+		t.Helper()
+		now = now.Add(d)
+		resident = rss
+		if served {
+			k.Served()
+		}
+		if _, err := k.Check(); err != nil {
+			t.Fatal(err)
+		}
+		if trims != wantTrims {
+			t.Fatalf("at +%s with %d kB resident: %d trims, want %d", now.Sub(time.Unix(1000, 0)), rss, trims, wantTrims)
+		}
+	}
+	step(time.Second, 30000, false, 0) // settling: not even read
+	if reads != 0 {
+		t.Fatalf("read %d times while settling", reads)
+	}
+	step(4*time.Second, 10000, false, 0) // baseline 10000
+	step(time.Second, 11500, false, 0)   // the data path's creep
+	step(time.Second, 12048, false, 0)   // exactly Growth over
+	step(time.Second, 13200, true, 1)    // a scrape's pages
+	// A second scrape right after (another Prometheus): not trimmed
+	// within Settle, and not taken for the working set after it.
+	step(2*time.Second, 13000, true, 1)
+	step(3*time.Second, 13100, false, 2)
+	step(5*time.Second, 10400, false, 2) // a clean baseline: 10400
+	step(time.Second, 12449, false, 3)   // over it
+	// A cold path that adds little trims nothing.
+	step(5*time.Second, 10500, false, 3)
+	step(time.Second, 11000, true, 3)
+	step(time.Second, 11100, false, 3)
+
+	// No baseline yet and a cold path ran: trim rather than take its
+	// pages for the working set.
+	trims = 0
+	k = newKeeper()
+	step(time.Second, 20000, true, 0)
+	step(4*time.Second, 20000, false, 1)
+	step(5*time.Second, 9000, false, 1) // baseline 9000
+	step(time.Second, 11048, false, 1)
+	step(time.Second, 11100, false, 2)
+
+	k.Read = func() (int64, error) { return 0, errors.New("no /proc") }
+	now = now.Add(10 * time.Second)
+	if _, err := k.Check(); err == nil {
+		t.Fatal("a failed read gave no error")
+	}
 }

@@ -79,6 +79,10 @@ type Config struct {
 	// is applied the proxy drops the resident pages of its binary that
 	// start-up touched (see package memtrim); 0 never trims.
 	TrimAfter time.Duration
+	// TrimGrowthKB, when positive, trims again whenever the binary's
+	// resident pages grow this many kB over the data path's working set
+	// (memtrim.Keeper); 0 trims only once.
+	TrimGrowthKB int64
 }
 
 // Identity configures the workload certificate.
@@ -218,10 +222,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	adm := admin.New(eng, reg, cfg.LogLevel)
 	adm.SetBootstrap(envoyBootstrap(node, b.Discovery, cfg.AdminAddr, cfg.Delta))
+	// Admin, stats and readiness requests run code the data path does
+	// not: once one is served, the sidecar looks at once whether its
+	// binary pages need trimming again (keepTrimmed).
+	served := make(chan struct{}, 1)
 	servers := []*http.Server{
-		{Handler: adm.AdminHandler(), ReadHeaderTimeout: 10 * time.Second},
-		{Handler: statsMux(adm), ReadHeaderTimeout: 10 * time.Second},
-		{Handler: readyMux(adm), ReadHeaderTimeout: 10 * time.Second},
+		{Handler: notify(adm.AdminHandler(), served), ReadHeaderTimeout: 10 * time.Second},
+		{Handler: notify(statsMux(adm), served), ReadHeaderTimeout: 10 * time.Second},
+		{Handler: notify(readyMux(adm), served), ReadHeaderTimeout: 10 * time.Second},
 	}
 	for i, s := range servers {
 		go func(s *http.Server, l net.Listener) { _ = s.Serve(l) }(s, lns[i])
@@ -256,7 +264,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		// over: drop its pages now, so that the peak is not its sum with
 		// the first configuration's, and again once that is applied.
 		_, _ = memtrim.Trim()
-		go trimWhenReady(ctx, eng, cfg.TrimAfter, log)
+		go keepTrimmed(ctx, eng, cfg.TrimAfter, cfg.TrimGrowthKB, served, log)
 	}
 	err = eng.Run(ctx, updates)
 	cancel()
@@ -277,9 +285,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 // one-off code.
 const DefaultTrimAfter = 5 * time.Second
 
-// trimWhenReady waits for the engine's first configuration, then after
-// delay drops the binary's resident pages that nothing uses any more.
-func trimWhenReady(ctx context.Context, eng *engine.Engine, delay time.Duration, log *slog.Logger) {
+// DefaultTrimGrowthKB is how far the binary's resident pages may grow over
+// the data path's working set before the sidecar trims them again: a
+// third of what serving one metrics scrape pulls in (about 3 MiB).
+const DefaultTrimGrowthKB = 1 << 10
+
+// trimCheck is how often the sidecar looks at its resident binary pages
+// (one read of /proc/self/status).
+const trimCheck = time.Second
+
+// keepTrimmed waits for the engine's first configuration, then after
+// delay drops the binary's resident pages that nothing uses any more, and
+// then again whenever they grow more than growthKB over the data path's
+// working set measured delay after the last trim (growthKB 0: never). It
+// looks every trimCheck, and at once when served receives.
+func keepTrimmed(ctx context.Context, eng *engine.Engine, delay time.Duration, growthKB int64, served <-chan struct{}, log *slog.Logger) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for ready, _ := eng.Ready(); !ready; ready, _ = eng.Ready() {
@@ -300,9 +320,43 @@ func trimWhenReady(ctx context.Context, eng *engine.Engine, delay time.Duration,
 		return
 	}
 	log.Info("trimmed start-up pages of the binary", "resident_kb_before", kb)
+	if growthKB <= 0 {
+		return
+	}
+	k := &memtrim.Keeper{Settle: delay, Growth: growthKB}
+	k.Trimmed()
+	tick.Reset(trimCheck)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-served:
+			k.Served()
+		}
+		kb, err := k.Check()
+		if err != nil {
+			log.Warn("trimming binary pages", "error", err)
+			return
+		}
+		if kb > 0 {
+			log.Debug("trimmed binary pages again", "resident_kb_before", kb)
+		}
+	}
 }
 
-// newDNS binds the DNS proxy (a clash fails start-up like any port).
+// notify serves h, then signals done without blocking (a signal already
+// pending stands for this one).
+func notify(h http.Handler, done chan<- struct{}) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		select {
+		case done <- struct{}{}:
+		default:
+		}
+	})
+}
+
 // openAccessLog starts the access log at path (nil when path is empty).
 func openAccessLog(path, format string) (*accesslog.Logger, error) {
 	f, err := accesslog.ParseFormat(format)
@@ -325,6 +379,7 @@ func openAccessLog(path, format string) (*accesslog.Logger, error) {
 	return accesslog.New(w, f, 0), nil
 }
 
+// newDNS binds the DNS proxy (a clash fails start-up like any port).
 func newDNS(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*dns.Server, error) {
 	port := strconv.Itoa(cfg.DNSPort)
 	suffixes := []string{"cluster.local"}

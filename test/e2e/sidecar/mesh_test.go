@@ -3,6 +3,7 @@ package sidecar
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,8 +28,11 @@ type mesh struct {
 	caFile string
 }
 
-// sidecarPorts are one sidecar's local ports.
-type sidecarPorts struct{ admin, stats, ready int }
+// sidecarPorts are one sidecar's local ports, its process ID and log.
+type sidecarPorts struct {
+	admin, stats, ready, pid int
+	log                      string
+}
 
 // startMesh starts the control plane (with extra weft server flags);
 // apply config before starting sidecars.
@@ -106,7 +110,7 @@ func (m *mesh) sidecar(name, ip string, extra ...string) sidecarPorts {
 			t.Fatal(err)
 		}
 	}
-	s := sidecarPorts{freePort(t), freePort(t), freePort(t)}
+	s := sidecarPorts{admin: freePort(t), stats: freePort(t), ready: freePort(t)}
 	args := append(pre, proxyBin, "sidecar", "--explicit", "--ip", ip, "--name", name, "--workload-group", name,
 		"--service-account", name, "--labels", "app="+name,
 		"--discovery-address", fmt.Sprintf("127.0.0.1:%d", m.tlsPort), "--ca-root-file", m.caFile,
@@ -116,7 +120,9 @@ func (m *mesh) sidecar(name, ip string, extra ...string) sidecarPorts {
 	if bin == "" {
 		bin, args = args[0], args[1:]
 	}
-	process(t, bin, args...)
+	// setpriv and the sidecar's own re-execution keep the process ID.
+	cmd := process(t, bin, args...)
+	s.pid, s.log = cmd.Process.Pid, cmd.Stdout.(*os.File).Name()
 	waitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/healthz/ready", s.ready))
 	return s
 }
@@ -152,4 +158,39 @@ next:
 		total += int(v)
 	}
 	return total
+}
+
+// get fetches url and returns its status code and body.
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// statusKB reads a kB field (RssFile, VmRSS) of /proc/<pid>/status.
+func statusKB(t *testing.T, pid int, key string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatalf("/proc/%d/status %s: %v", pid, key, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", key, pid)
+	return 0
 }
