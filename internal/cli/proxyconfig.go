@@ -227,9 +227,10 @@ func (pf *proxyConfigFlags) load(ctx context.Context, g *globalFlags, args []str
 	return loadDiscovery(ctx, g, args[0])
 }
 
-// loadAdmin reads a sidecar's /config_dump and /clusters.
+// loadAdmin reads a sidecar's /config_dump (with its endpoints) and
+// /clusters.
 func loadAdmin(ctx context.Context, base string, timeout time.Duration) (*proxyDump, error) {
-	b, err := adminRequest(ctx, base, timeout, http.MethodGet, "/config_dump")
+	b, err := adminRequest(ctx, base, timeout, http.MethodGet, "/config_dump?include_eds")
 	if err != nil {
 		return nil, err
 	}

@@ -147,7 +147,9 @@ func anyOf(m proto.Message) *anypb.Any {
 	return a
 }
 
-// configDump renders Envoy's admin.v3.ConfigDump.
+// configDump renders Envoy's admin.v3.ConfigDump, its sections in
+// Envoy's order (bootstrap, clusters, endpoints, listeners, routes,
+// secrets); as Envoy's, the endpoints only with ?include_eds.
 func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
 	cfg := s.p.Config()
 	dump := &adminv3.ConfigDump{}
@@ -189,7 +191,11 @@ func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
 				Name: sec.GetName(), VersionInfo: v("envoy.extensions.transport_sockets.tls.v3.Secret"), Secret: anyOf(sec),
 			})
 		}
-		for _, m := range []proto.Message{ld, cd, rd, ed, sd} {
+		sections := []proto.Message{cd, ld, rd, sd}
+		if r.URL.Query().Has("include_eds") {
+			sections = []proto.Message{cd, ed, ld, rd, sd}
+		}
+		for _, m := range sections {
 			dump.Configs = append(dump.Configs, anyOf(m))
 		}
 	}

@@ -10,6 +10,9 @@ import (
 	"testing"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/protojson"
 )
@@ -78,13 +81,45 @@ func TestClustersAndStatsFormats(t *testing.T) {
 type stubProxy struct {
 	drained, quit bool
 	eps           []EndpointStatus
+	cfg           *Config
 }
 
-func (p *stubProxy) Config() *Config             { return nil }
+func (p *stubProxy) Config() *Config             { return p.cfg }
 func (p *stubProxy) Endpoints() []EndpointStatus { return p.eps }
 func (p *stubProxy) Ready() (bool, string)       { return true, "" }
 func (p *stubProxy) Drain()                      { p.drained = true }
 func (p *stubProxy) Quit()                       { p.quit = true }
+
+// TestConfigDumpSections: /config_dump's sections come in Envoy's order,
+// and, as Envoy's, the endpoints only with ?include_eds.
+func TestConfigDumpSections(t *testing.T) {
+	p := &stubProxy{cfg: &Config{
+		Clusters:  []*clusterv3.Cluster{{Name: "outbound|80||b"}},
+		Endpoints: []*endpointv3.ClusterLoadAssignment{{ClusterName: "outbound|80||b"}},
+		Listeners: []*listenerv3.Listener{{Name: "virtualOutbound"}},
+	}}
+	srv := httptest.NewServer(New(p, prometheus.NewRegistry(), new(slog.LevelVar)).AdminHandler())
+	defer srv.Close()
+	sections := func(path string) string {
+		t.Helper()
+		code, body := get(t, srv.URL+path)
+		var d adminv3.ConfigDump
+		if code != 200 || protojson.Unmarshal([]byte(body), &d) != nil {
+			t.Fatalf("%s: %d %s", path, code, body)
+		}
+		var names []string
+		for _, c := range d.GetConfigs() {
+			names = append(names, strings.TrimPrefix(c.GetTypeUrl(), "type.googleapis.com/envoy.admin.v3."))
+		}
+		return strings.Join(names, " ")
+	}
+	if got, want := sections("/config_dump"), "ClustersConfigDump ListenersConfigDump RoutesConfigDump SecretsConfigDump"; got != want {
+		t.Errorf("/config_dump sections: %s, want %s", got, want)
+	}
+	if got, want := sections("/config_dump?include_eds"), "ClustersConfigDump EndpointsConfigDump ListenersConfigDump RoutesConfigDump SecretsConfigDump"; got != want {
+		t.Errorf("/config_dump?include_eds sections: %s, want %s", got, want)
+	}
+}
 
 // TestAdminProfiles: Go's profiles are on the admin port, as Envoy's
 // /cpuprofiler and /heapprofiler are on its.
