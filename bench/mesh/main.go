@@ -374,8 +374,12 @@ func measure(ctx context.Context, o options, t *topology, fortio, url string, me
 			if err != nil {
 				return nil, nil, err
 			}
-			if len(samples[h]) == 0 {
-				return nil, nil, fmt.Errorf("sidecar %s: no memory sample over the latency run (it must last longer than %s)", h, memSettle)
+			if len(samples[h]) == 0 { // a run shorter than memSettle: its end
+				m, err := memKB(pid)
+				if err != nil {
+					return nil, nil, err
+				}
+				samples[h] = []memStatus{m}
 			}
 			usage.sidecars[h] = sidecarUsage{vcpu: float64(ticks-before[h]) / hz / wall, mem: samples[h], hwmKB: slices.MaxFunc(samples[h], func(a, b memStatus) int { return cmp.Compare(a.hwm, b.hwm) }).hwm}
 		}

@@ -198,7 +198,7 @@ func (r *report) markdown() string {
 // round, and the extremes over the rounds.
 func (r *report) sidecarsMarkdown(b *strings.Builder, c string) {
 	us := r.weft[c]
-	fmt.Fprintf(b, "\n%s: sidecars over the %s latency run (CPU from /proc/<pid>/stat utime+stime; memory from /proc/<pid>/status, every second from %s into the run):\n\n", chainTitle(c), r.opts.latencyDur, memSettle)
+	fmt.Fprintf(b, "\n%s: sidecars over the %s latency run (CPU from /proc/<pid>/stat utime+stime; memory from /proc/<pid>/status, every second from %s into the run, or once at the end of a shorter run):\n\n", chainTitle(c), r.opts.latencyDur, memSettle)
 	fmt.Fprintf(b, "| round | sidecar | achieved rps | vCPU | vCPU per 1,000 rps | VmRSS over the latency run, median / largest | RssAnon / RssFile, median | VmRSS after max run | VmHWM (peak) |\n")
 	fmt.Fprintf(b, "|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	var perK []float64
