@@ -21,6 +21,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/weftmesh/weft/internal/proxy/memtrim"
 )
 
 // Sidecar processes for BenchmarkSidecarProcesses: the test binary re-run
@@ -156,17 +158,11 @@ func procCPU(b *testing.B, pid int) time.Duration {
 // procRSS is a process's VmRSS (or another field of its status) in KiB.
 func procRSS(b *testing.B, pid int, field string) float64 {
 	b.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	kb, err := memtrim.StatusKB(pid, field)
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, field+":"); ok {
-			n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return n
-		}
-	}
-	return 0
+	return float64(kb)
 }
 
 // BenchmarkSidecarProcesses is bench/mesh's weft chain without the network

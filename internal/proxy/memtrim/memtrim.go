@@ -33,12 +33,24 @@ import (
 
 // ResidentFileKB is this process's RssFile (kB) from /proc/self/status:
 // its resident file-backed pages, most of them the binary's.
-func ResidentFileKB() (int64, error) {
-	b, err := os.ReadFile("/proc/self/status")
+func ResidentFileKB() (int64, error) { return StatusKB(0, "RssFile") }
+
+// StatusKB reads a field of /proc/<pid>/status (0: this process), such
+// as VmRSS or RssFile in kB.
+func StatusKB(pid int, key string) (int64, error) {
+	path := "/proc/self/status"
+	if pid != 0 {
+		path = fmt.Sprintf("/proc/%d/status", pid)
+	}
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
-	return statusField(b, "RssFile")
+	v, err := statusField(b, key)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return v, nil
 }
 
 // statusField returns the kB value of key in /proc/<pid>/status text.
@@ -48,7 +60,7 @@ func statusField(status []byte, key string) (int64, error) {
 			return v, nil
 		}
 	}
-	return 0, fmt.Errorf("no %s in /proc/self/status", key)
+	return 0, fmt.Errorf("no %s", key)
 }
 
 // Keeper trims again whenever the binary's resident pages grow well past

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weftmesh/weft/internal/proxy/memtrim"
 )
 
 // mesh is a running weft server with its xDS on TLS only, in which
@@ -178,19 +180,9 @@ func get(t *testing.T, url string) (int, string) {
 // statusKB reads a kB field (RssFile, VmRSS) of /proc/<pid>/status.
 func statusKB(t *testing.T, pid int, key string) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	kb, err := memtrim.StatusKB(pid, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, key+":"); ok {
-			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				t.Fatalf("/proc/%d/status %s: %v", pid, key, err)
-			}
-			return n
-		}
-	}
-	t.Fatalf("no %s in /proc/%d/status", key, pid)
-	return 0
+	return kb
 }
