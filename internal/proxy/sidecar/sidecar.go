@@ -222,14 +222,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	adm := admin.New(eng, reg, cfg.LogLevel)
 	adm.SetBootstrap(envoyBootstrap(node, b.Discovery, cfg.AdminAddr, cfg.Delta))
-	// Admin, stats and readiness requests run code the data path does
-	// not: once one is served, the sidecar looks at once whether its
-	// binary pages need trimming again (keepTrimmed).
+	// Admin and stats requests run code the data path does not: once one
+	// is served, the sidecar looks at once whether its binary pages need
+	// trimming again (keepTrimmed). Readiness probes come every few
+	// seconds and run little: what they touch belongs to the working set.
 	served := make(chan struct{}, 1)
 	servers := []*http.Server{
 		{Handler: notify(adm.AdminHandler(), served), ReadHeaderTimeout: 10 * time.Second},
 		{Handler: notify(statsMux(adm), served), ReadHeaderTimeout: 10 * time.Second},
-		{Handler: notify(readyMux(adm), served), ReadHeaderTimeout: 10 * time.Second},
+		{Handler: readyMux(adm), ReadHeaderTimeout: 10 * time.Second},
 	}
 	for i, s := range servers {
 		go func(s *http.Server, l net.Listener) { _ = s.Serve(l) }(s, lns[i])
