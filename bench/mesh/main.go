@@ -416,35 +416,20 @@ func measure(ctx context.Context, o options, t *topology, fortio, url string, me
 // serving a scrape is part of what a sidecar costs. stop returns how many
 // rounds of scrapes ran and the first failure.
 func scrapeSidecars(ctx context.Context, t *topology, every time.Duration) (stop func() (int, error)) {
-	done := make(chan struct{})
 	var n int
 	var first error
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		for {
-			for _, h := range []string{"a", "b"} {
-				url := "http://" + t.addr[h] + ":15020/stats/prometheus"
-				if _, err := in(ctx, commandTimeout, t.ns["cp"], "curl", "-sSf", "-o", "/dev/null", "--max-time", "5",
-					"-H", "Accept-Encoding: gzip", url); err != nil && first == nil {
-					first = err
-				}
-			}
-			n++
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				return
-			case <-tick.C:
+	halt := repeat(0, every, func() {
+		for _, h := range []string{"a", "b"} {
+			url := "http://" + t.addr[h] + ":15020/stats/prometheus"
+			if _, err := in(ctx, commandTimeout, t.ns["cp"], "curl", "-sSf", "-o", "/dev/null", "--max-time", "5",
+				"-H", "Accept-Encoding: gzip", url); err != nil && first == nil {
+				first = err
 			}
 		}
-	}()
+		n++
+	})
 	return func() (int, error) {
-		close(done)
-		<-finished
+		halt()
 		return n, first
 	}
 }
@@ -463,22 +448,34 @@ const memSettle = 10 * time.Second
 // would depend on where it falls.
 func sampleMemory(pids map[string]int, settle, every time.Duration) (stop func() map[string][]memStatus) {
 	out := map[string][]memStatus{}
+	halt := repeat(settle, every, func() {
+		for k, pid := range pids {
+			if m, err := memKB(pid); err == nil {
+				out[k] = append(out[k], m)
+			}
+		}
+	})
+	return func() map[string][]memStatus {
+		halt()
+		return out
+	}
+}
+
+// repeat calls f after delay and then every interval, in a goroutine,
+// until stop is called; stop returns once f no longer runs.
+func repeat(delay, every time.Duration, f func()) (stop func()) {
 	done, finished := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(finished)
 		select {
 		case <-done:
 			return
-		case <-time.After(settle):
+		case <-time.After(delay):
 		}
 		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
-			for k, pid := range pids {
-				if m, err := memKB(pid); err == nil {
-					out[k] = append(out[k], m)
-				}
-			}
+			f()
 			select {
 			case <-done:
 				return
@@ -486,9 +483,8 @@ func sampleMemory(pids map[string]int, settle, every time.Duration) (stop func()
 			}
 		}
 	}()
-	return func() map[string][]memStatus {
+	return func() {
 		close(done)
 		<-finished
-		return out
 	}
 }

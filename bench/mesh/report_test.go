@@ -2,6 +2,7 @@ package main
 
 import (
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -81,5 +82,30 @@ func TestSidecarsMarkdown(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("missing %q in\n%s", want, b.String())
 		}
+	}
+}
+
+// TestRepeat: f runs at once (no delay) and then periodically, never
+// after stop returns, and not at all when stopped before its delay.
+func TestRepeat(t *testing.T) {
+	var mu sync.Mutex
+	n := 0
+	count := func() int { mu.Lock(); defer mu.Unlock(); return n }
+	stop := repeat(0, time.Millisecond, func() { mu.Lock(); n++; mu.Unlock() })
+	for deadline := time.Now().Add(5 * time.Second); count() < 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("f ran %d times in 5 s every millisecond", count())
+		}
+	}
+	stop()
+	after := count()
+	time.Sleep(20 * time.Millisecond)
+	if count() != after {
+		t.Fatalf("f ran after stop: %d → %d", after, count())
+	}
+	ran := false
+	repeat(time.Hour, time.Millisecond, func() { ran = true })()
+	if ran {
+		t.Fatal("f ran before its delay")
 	}
 }
