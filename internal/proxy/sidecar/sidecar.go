@@ -326,6 +326,10 @@ func keepTrimmed(ctx context.Context, eng *engine.Engine, delay time.Duration, g
 	}
 	k := &memtrim.Keeper{Settle: delay, Growth: growthKB}
 	k.Trimmed()
+	select {
+	case <-served: // a request served before that trim: its pages are gone
+	default:
+	}
 	tick.Reset(trimCheck)
 	for {
 		select {
