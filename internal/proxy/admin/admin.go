@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -149,17 +150,69 @@ func anyOf(m proto.Message) *anypb.Any {
 
 // configDump renders Envoy's admin.v3.ConfigDump, its sections in
 // Envoy's order (bootstrap, clusters, endpoints, listeners, routes,
-// secrets); as Envoy's, the endpoints only with ?include_eds.
+// secrets). As Envoy's, it takes:
+//   - include_eds: the endpoints, left out otherwise;
+//   - name_regex: only the resources whose names (a cluster's, a
+//     listener's, a route configuration's, an assignment's cluster, a
+//     secret's) match it whole (RE2);
+//   - resource: only the elements of that repeated field of the sections
+//     (dynamic_active_clusters, dynamic_listeners, …), one config each.
 func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
-	cfg := s.p.Config()
-	dump := &adminv3.ConfigDump{}
-	if s.bootstrap != nil {
-		dump.Configs = append(dump.Configs, anyOf(&adminv3.BootstrapConfigDump{Bootstrap: s.bootstrap}))
+	q := r.URL.Query()
+	if q.Has("mask") {
+		http.Error(w, "the mask parameter is not supported: use resource= (a repeated field such as dynamic_active_clusters) and name_regex=", http.StatusBadRequest)
+		return
 	}
-	if cfg != nil {
-		v := func(typ string) string { return cfg.Versions["type.googleapis.com/"+typ] }
-		ld := &adminv3.ListenersConfigDump{VersionInfo: v("envoy.config.listener.v3.Listener")}
-		for _, l := range cfg.Listeners {
+	match := func(string) bool { return true }
+	if re := q.Get("name_regex"); re != "" {
+		rx, err := regexp.Compile(`^(?:` + re + `)$`)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("invalid name_regex %q: %v", re, err), http.StatusBadRequest)
+			return
+		}
+		match = rx.MatchString
+	}
+	var sections []proto.Message
+	if s.bootstrap != nil && !q.Has("name_regex") {
+		sections = append(sections, &adminv3.BootstrapConfigDump{Bootstrap: s.bootstrap})
+	}
+	if cfg := s.p.Config(); cfg != nil {
+		sections = append(sections, configSections(cfg, match, q.Has("include_eds"))...)
+	}
+	dump := &adminv3.ConfigDump{}
+	if res := q.Get("resource"); res != "" {
+		found := false
+		for _, m := range sections {
+			fd := m.ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(res))
+			if fd == nil || !fd.IsList() || fd.Kind() != protoreflect.MessageKind {
+				continue
+			}
+			found = true
+			l := m.ProtoReflect().Get(fd).List()
+			for i := range l.Len() {
+				dump.Configs = append(dump.Configs, anyOf(l.Get(i).Message().Interface()))
+			}
+		}
+		if !found {
+			http.Error(w, fmt.Sprintf("no resource %q in the config dump: name a repeated field of its sections, such as dynamic_active_clusters, dynamic_listeners, dynamic_route_configs, dynamic_endpoint_configs (with include_eds) or dynamic_active_secrets", res), http.StatusNotFound)
+			return
+		}
+		writeProtoJSON(w, dump)
+		return
+	}
+	for _, m := range sections {
+		dump.Configs = append(dump.Configs, anyOf(m))
+	}
+	writeProtoJSON(w, dump)
+}
+
+// configSections are cfg's clusters, endpoints (with eds), listeners,
+// routes and secrets sections, holding the resources whose names match.
+func configSections(cfg *Config, match func(string) bool, eds bool) []proto.Message {
+	v := func(typ string) string { return cfg.Versions["type.googleapis.com/"+typ] }
+	ld := &adminv3.ListenersConfigDump{VersionInfo: v("envoy.config.listener.v3.Listener")}
+	for _, l := range cfg.Listeners {
+		if match(l.GetName()) {
 			ld.DynamicListeners = append(ld.DynamicListeners, &adminv3.ListenersConfigDump_DynamicListener{
 				Name: l.GetName(),
 				ActiveState: &adminv3.ListenersConfigDump_DynamicListenerState{
@@ -167,39 +220,43 @@ func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
 				},
 			})
 		}
-		cd := &adminv3.ClustersConfigDump{VersionInfo: v("envoy.config.cluster.v3.Cluster")}
-		for _, c := range cfg.Clusters {
+	}
+	cd := &adminv3.ClustersConfigDump{VersionInfo: v("envoy.config.cluster.v3.Cluster")}
+	for _, c := range cfg.Clusters {
+		if match(c.GetName()) {
 			cd.DynamicActiveClusters = append(cd.DynamicActiveClusters, &adminv3.ClustersConfigDump_DynamicCluster{
 				VersionInfo: cd.VersionInfo, Cluster: anyOf(c),
 			})
 		}
-		rd := &adminv3.RoutesConfigDump{}
-		for _, rc := range cfg.Routes {
+	}
+	rd := &adminv3.RoutesConfigDump{}
+	for _, rc := range cfg.Routes {
+		if match(rc.GetName()) {
 			rd.DynamicRouteConfigs = append(rd.DynamicRouteConfigs, &adminv3.RoutesConfigDump_DynamicRouteConfig{
 				VersionInfo: v("envoy.config.route.v3.RouteConfiguration"), RouteConfig: anyOf(rc),
 			})
 		}
-		ed := &adminv3.EndpointsConfigDump{}
-		for _, e := range cfg.Endpoints {
-			ed.DynamicEndpointConfigs = append(ed.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{
-				VersionInfo: v("envoy.config.endpoint.v3.ClusterLoadAssignment"), EndpointConfig: anyOf(e),
-			})
-		}
-		sd := &adminv3.SecretsConfigDump{}
-		for _, sec := range cfg.Secrets {
+	}
+	sd := &adminv3.SecretsConfigDump{}
+	for _, sec := range cfg.Secrets {
+		if match(sec.GetName()) {
 			sd.DynamicActiveSecrets = append(sd.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{
 				Name: sec.GetName(), VersionInfo: v("envoy.extensions.transport_sockets.tls.v3.Secret"), Secret: anyOf(sec),
 			})
 		}
-		sections := []proto.Message{cd, ld, rd, sd}
-		if r.URL.Query().Has("include_eds") {
-			sections = []proto.Message{cd, ed, ld, rd, sd}
-		}
-		for _, m := range sections {
-			dump.Configs = append(dump.Configs, anyOf(m))
+	}
+	if !eds {
+		return []proto.Message{cd, ld, rd, sd}
+	}
+	ed := &adminv3.EndpointsConfigDump{}
+	for _, e := range cfg.Endpoints {
+		if match(e.GetClusterName()) {
+			ed.DynamicEndpointConfigs = append(ed.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{
+				VersionInfo: v("envoy.config.endpoint.v3.ClusterLoadAssignment"), EndpointConfig: anyOf(e),
+			})
 		}
 	}
-	writeProtoJSON(w, dump)
+	return []proto.Message{cd, ed, ld, rd, sd}
 }
 
 // clusters renders Envoy's /clusters: text, or with ?format=json an

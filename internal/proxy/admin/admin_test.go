@@ -119,6 +119,32 @@ func TestConfigDumpSections(t *testing.T) {
 	if got, want := sections("/config_dump?include_eds"), "ClustersConfigDump EndpointsConfigDump ListenersConfigDump RoutesConfigDump SecretsConfigDump"; got != want {
 		t.Errorf("/config_dump?include_eds sections: %s, want %s", got, want)
 	}
+	// resource: one config per element of that repeated field;
+	// name_regex: whole names, RE2.
+	for path, want := range map[string]string{
+		"/config_dump?resource=dynamic_active_clusters":                                   "ClustersConfigDump.DynamicCluster",
+		"/config_dump?resource=dynamic_listeners":                                         "ListenersConfigDump.DynamicListener",
+		"/config_dump?resource=dynamic_endpoint_configs&include_eds":                      "EndpointsConfigDump.DynamicEndpointConfig",
+		"/config_dump?resource=dynamic_active_clusters&name_regex=outbound.*":             "ClustersConfigDump.DynamicCluster",
+		"/config_dump?resource=dynamic_active_clusters&name_regex=outbound":               "",
+		"/config_dump?resource=dynamic_listeners&name_regex=outbound.*":                   "",
+		"/config_dump?resource=dynamic_endpoint_configs&include_eds&name_regex=.*%7C%7Cb": "EndpointsConfigDump.DynamicEndpointConfig",
+	} {
+		if got := sections(path); got != want {
+			t.Errorf("%s: %q, want %q", path, got, want)
+		}
+	}
+	for path, want := range map[string]int{
+		"/config_dump?resource=dynamic_endpoint_configs": 404, // only with include_eds, as Envoy's
+		"/config_dump?resource=version_info":             404, // not a repeated field
+		"/config_dump?resource=nope":                     404,
+		"/config_dump?name_regex=(":                      400,
+		"/config_dump?mask=dynamic_active_clusters":      400,
+	} {
+		if code, body := get(t, srv.URL+path); code != want {
+			t.Errorf("%s: %d %s, want %d", path, code, body, want)
+		}
+	}
 }
 
 // TestAdminProfiles: Go's profiles are on the admin port, as Envoy's
