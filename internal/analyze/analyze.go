@@ -106,7 +106,7 @@ func (t msgType) about(c *model.Config, format string, args ...any) Message {
 // is reviews.default.<suffix>), with the services of the registries
 // other than ServiceEntries in others.
 func Analyze(configs []*model.Config, mesh model.Mesh, others registry.State) []Message {
-	a := &analysis{domainSuffix: mesh.DomainSuffix, byKind: map[string][]*model.Config{}}
+	a := &analysis{domainSuffix: mesh.DomainSuffix, byKind: map[string][]*model.Config{}, others: others}
 	for _, c := range configs {
 		a.byKind[c.Kind] = append(a.byKind[c.Kind], c)
 	}
@@ -128,6 +128,7 @@ func Analyze(configs []*model.Config, mesh model.Mesh, others registry.State) []
 type analysis struct {
 	domainSuffix string
 	byKind       map[string][]*model.Config
+	others       registry.State // Consul's and Nomad's services and instances
 	out          []Message
 }
 
@@ -344,8 +345,8 @@ func (a *analysis) meshGatewayConflicts() {
 	}
 }
 
-// workload is an instance the analysed objects define: a WorkloadEntry
-// or a ServiceEntry's inline endpoint.
+// workload is an instance the analysed objects define (a WorkloadEntry
+// or a ServiceEntry's inline endpoint) or another registry holds.
 type workload struct {
 	namespace string
 	labels    map[string]string
@@ -367,12 +368,16 @@ func (a *analysis) workloads() []workload {
 			out = append(out, workload{c.Namespace, e.GetLabels()})
 		}
 	}
+	for _, e := range a.others.Endpoints {
+		out = append(out, workload{e.Namespace, e.Labels})
+	}
 	return out
 }
 
 // subsetsSelectWorkloads checks, for hosts whose instances the analysed
 // ServiceEntries define (inline endpoints, or WorkloadEntries their
-// workloadSelector picks), that each DestinationRule subset selects one.
+// workloadSelector picks) or another registry holds (Consul's, Nomad's),
+// that each DestinationRule subset selects one.
 func (a *analysis) subsetsSelectWorkloads() {
 	instances := map[string][]map[string]string{} // FQDN → instances' labels
 	defined := map[string]bool{}
@@ -401,6 +406,14 @@ func (a *analysis) subsetsSelectWorkloads() {
 			host := a.fqdn(h, c.Namespace)
 			defined[host] = true
 			instances[host] = append(instances[host], labels...)
+		}
+	}
+	for _, svc := range a.others.Services {
+		defined[svc.Hostname] = true
+		for _, e := range a.others.Endpoints {
+			if e.Hostname == svc.Hostname && e.Namespace == svc.Namespace {
+				instances[svc.Hostname] = append(instances[svc.Hostname], e.Labels)
+			}
 		}
 	}
 	for _, c := range a.byKind["DestinationRule"] {

@@ -310,4 +310,33 @@ spec: {address: 10.0.0.9, labels: {app: a}}
 	if got := lines(Analyze(vs, model.DefaultMesh(), consul)); strings.Contains(got, unknown) {
 		t.Errorf("with Consul's services, the route is not unknown:\n%s", got)
 	}
+
+	// Consul's instances count as workloads: a subset or a policy only
+	// they satisfy selects something.
+	policies := configsOf(t, `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web.service.consul
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {version: v1}}
+  action: ALLOW
+  rules: [{}]
+`)
+	consul.Endpoints[0].Labels = map[string]string{"version": "v1"}
+	got := lines(Analyze(policies, model.DefaultMesh(), consul))
+	if !strings.Contains(got, "IST0173") || !strings.Contains(got, "The subset v2 (version=v2) of host web.service.consul selects no workload instance") {
+		t.Errorf("want IST0173 for subset v2 only, got:\n%s", got)
+	}
+	if strings.Contains(got, "subset v1 ") || strings.Contains(got, "IST0127") {
+		t.Errorf("subset v1 and the policy select Consul's instance, got:\n%s", got)
+	}
+	if got := lines(Analyze(policies, model.DefaultMesh(), registry.State{})); !strings.Contains(got, "IST0127") {
+		t.Errorf("without Consul's instances the policy selects nothing, want IST0127 in:\n%s", got)
+	}
 }
