@@ -4,9 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,13 +101,8 @@ spec:
 		strings.Contains(out, "Cert Chain") {
 		t.Fatalf("proxy-config secret from discovery: want the ROOTCA bundle alone:\n%s", out)
 	}
-	resp, err := http.Get(adminURL + "/config_dump")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dump, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if strings.Contains(string(dump), "PRIVATE KEY") || !regexp.MustCompile(`"inlineString":\s*"\[redacted\]"`).Match(dump) {
+	_, dump := get(t, adminURL+"/config_dump")
+	if strings.Contains(dump, "PRIVATE KEY") || !regexp.MustCompile(`"inlineString":\s*"\[redacted\]"`).MatchString(dump) {
 		t.Fatalf("the config dump's workload secret should hold a redacted key:\n%.3000s", dump)
 	}
 	// Without credentials the same port refuses xDS: a plain TLS dial works

@@ -297,23 +297,13 @@ spec:
 	}
 
 	// Istio's metrics and Envoy's config dump shape.
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/stats/prometheus", stats))
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(metrics), `istio_requests_total{`) || !strings.Contains(string(metrics), `response_code="418"`) {
+	_, metrics := get(t, fmt.Sprintf("http://127.0.0.1:%d/stats/prometheus", stats))
+	if !strings.Contains(metrics, `istio_requests_total{`) || !strings.Contains(metrics, `response_code="418"`) {
 		t.Fatalf("stats lack istio_requests_total with the 418:\n%.2000s", metrics)
 	}
-	resp, err = http.Get(fmt.Sprintf("http://127.0.0.1:%d/config_dump", admin))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dump, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	_, dump := get(t, fmt.Sprintf("http://127.0.0.1:%d/config_dump", admin))
 	for _, want := range []string{"type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "outbound|" + fmt.Sprint(svcPort) + "|v2|echo.mesh"} {
-		if !strings.Contains(string(dump), want) {
+		if !strings.Contains(dump, want) {
 			t.Fatalf("config_dump lacks %q:\n%.1500s", want, dump)
 		}
 	}

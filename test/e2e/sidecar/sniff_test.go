@@ -211,14 +211,9 @@ func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 // configDump returns a sidecar's /config_dump.
 func configDump(t *testing.T, admin int) string {
 	t.Helper()
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/config_dump", admin))
-	if err != nil {
-		t.Fatal(err)
+	code, b := get(t, fmt.Sprintf("http://127.0.0.1:%d/config_dump", admin))
+	if code != 200 {
+		t.Errorf("config_dump on admin port %d: %d %.300s", admin, code, b)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Errorf("config_dump on admin port %d: %s %.300s", admin, resp.Status, b)
-	}
-	return string(b)
+	return b
 }
