@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -107,5 +108,13 @@ func TestRepeat(t *testing.T) {
 	repeat(time.Hour, time.Millisecond, func() { ran = true })()
 	if ran {
 		t.Fatal("f ran before its delay")
+	}
+}
+
+// TestMemKB reads this process's memory: every field is there.
+func TestMemKB(t *testing.T) {
+	m, err := memKB(os.Getpid())
+	if err != nil || m.rss <= 0 || m.hwm < m.rss || m.anon <= 0 || m.file <= 0 || m.anon+m.file > m.rss+4 {
+		t.Fatalf("memKB(self) = %+v, %v", m, err)
 	}
 }

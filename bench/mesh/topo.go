@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weftmesh/weft/internal/proxy/memtrim"
 )
 
 // cleanups run in reverse order on exit (normal, failure or signal).
@@ -238,21 +240,9 @@ func memKB(pid int) (m memStatus, err error) {
 	if err != nil {
 		return m, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		switch k {
-		case "VmRSS":
-			m.rss = n
-		case "VmHWM":
-			m.hwm = n
-		case "RssAnon":
-			m.anon = n
-		case "RssFile":
-			m.file = n
+	for key, v := range map[string]*int64{"VmRSS": &m.rss, "VmHWM": &m.hwm, "RssAnon": &m.anon, "RssFile": &m.file} {
+		if *v, err = memtrim.StatusField(b, key); err != nil {
+			return m, fmt.Errorf("/proc/%d/status: %w", pid, err)
 		}
 	}
 	return m, nil

@@ -46,15 +46,16 @@ func StatusKB(pid int, key string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	v, err := statusField(b, key)
+	v, err := StatusField(b, key)
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", path, err)
 	}
 	return v, nil
 }
 
-// statusField returns the kB value of key in /proc/<pid>/status text.
-func statusField(status []byte, key string) (int64, error) {
+// StatusField returns the value (kB for sizes) of key in the text of a
+// /proc/<pid>/status file.
+func StatusField(status []byte, key string) (int64, error) {
 	for line := range bytes.Lines(status) {
 		if k, v, ok := field(bytes.TrimRight(line, "\n")); ok && k == key {
 			return v, nil

@@ -102,11 +102,11 @@ func rssFile(t *testing.T) int64 {
 func TestStatusField(t *testing.T) {
 	status := []byte("Name:\tweft-proxy\nVmRSS:\t   22472 kB\nRssAnon:\t   11524 kB\nRssFile:\t   10948 kB\nThreads:\t6\n")
 	for key, want := range map[string]int64{"RssFile": 10948, "RssAnon": 11524, "Threads": 6} {
-		if got, err := statusField(status, key); err != nil || got != want {
+		if got, err := StatusField(status, key); err != nil || got != want {
 			t.Errorf("%s = %d, %v; want %d", key, got, err, want)
 		}
 	}
-	if _, err := statusField(status, "RssShmem"); err == nil {
+	if _, err := StatusField(status, "RssShmem"); err == nil {
 		t.Error("a missing field gave no error")
 	}
 }
