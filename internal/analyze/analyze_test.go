@@ -255,7 +255,7 @@ kind: Telemetry
 metadata: {name: mesh-default, namespace: istio-system}
 spec:
   tracing:
-  - disableContextPropagation: true
+  - useRequestIdForTraceSampling: false
   metrics:
   - providers: [{name: prometheus}]
     overrides:
@@ -263,7 +263,7 @@ spec:
       tagOverrides: {"bad-label": {value: "request.host"}}
 `), model.DefaultMesh(), registry.State{}))
 	for _, want := range []string{
-		"Warning [WEFT0001] (Telemetry istio-system/mesh-default) tracing disableContextPropagation is not supported by weft; trace headers are still propagated\n",
+		"Warning [WEFT0001] (Telemetry istio-system/mesh-default) tracing useRequestIdForTraceSampling: false has no effect: weft samples new traces at random, never by x-request-id\n",
 		`Warning [WEFT0001] (Sidecar istio-system/(the namespace's sidecars)) metrics tagOverrides "bad-label": not a Prometheus label name; left out` + "\n",
 	} {
 		if !strings.Contains(got, want) {

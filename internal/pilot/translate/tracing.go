@@ -81,7 +81,7 @@ func (g *netBuilder) side(inbound bool) *sideTelemetry {
 func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionManager_Tracing {
 	mt := g.s.Mesh.Tracing
 	var providers []string
-	sampling, disabled, istioTags := -1.0, false, true
+	sampling, disabled, istioTags, noPropagation := -1.0, false, true, false
 	tags := map[string]*telemetry.Tracing_CustomTag{}
 	for _, c := range g.telemetryScopes() {
 		for _, tr := range c.Spec.(*telemetry.Telemetry).GetTracing() {
@@ -109,8 +109,8 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 			if it := tr.GetEnableIstioTags(); it != nil {
 				istioTags = it.GetValue()
 			}
-			if tr.GetDisableContextPropagation().GetValue() {
-				g.warnOnce("%s: tracing disableContextPropagation is not supported by weft; trace headers are still propagated", c.Key())
+			if d := tr.GetDisableContextPropagation(); d != nil {
+				noPropagation = d.GetValue()
 			}
 			if u := tr.GetUseRequestIdForTraceSampling(); u != nil && !u.GetValue() {
 				g.warnOnce("%s: tracing useRequestIdForTraceSampling: false has no effect: weft samples new traces at random, never by x-request-id", c.Key())
@@ -168,7 +168,8 @@ func (g *netBuilder) tracing(mode telemetry.WorkloadMode) *hcmv3.HttpConnectionM
 	}
 	a, name := g.tracerConfig(tp, svc, port)
 	out := &hcmv3.HttpConnectionManager_Tracing{RandomSampling: &typev3.Percent{Value: sampling},
-		Provider: &tracev3.Tracing_Http{Name: name, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}},
+		Provider:             &tracev3.Tracing_Http{Name: name, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: a}},
+		NoContextPropagation: noPropagation,
 	}
 	if istioTags {
 		out.CustomTags = g.istioTags()

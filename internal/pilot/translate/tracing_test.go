@@ -37,6 +37,9 @@ func describeTracing(t *testing.T, tr *hcmv3.HttpConnectionManager_Tracing) stri
 	if istio == 0 { // enableIstioTags: false
 		tags = append(tags, "-istio")
 	}
+	if tr.GetNoContextPropagation() { // disableContextPropagation
+		tags = append(tags, "-propagation")
+	}
 	if oc := (&tracev3.OpenTelemetryConfig{}); tr.GetProvider().GetTypedConfig().MessageIs(oc) {
 		if err := tr.GetProvider().GetTypedConfig().UnmarshalTo(oc); err != nil || tr.GetProvider().GetName() != otelTracer {
 			t.Fatalf("%s: %v", tr.GetProvider().GetName(), err)
@@ -197,9 +200,15 @@ func TestTracingPrecedence(t *testing.T) {
 				tel("istio-system", "mesh", `{"tracing": [{"providers": [{"name": "jaeger"}], "enableIstioTags": true}]}`),
 				tel("default", "wl", `{"selector": {"matchLabels": {"app": "a"}}, "tracing": [{"enableIstioTags": false, "customTags": {"team": {"literal": {"value": "a"}}}}]}`)},
 			client: jaeger + " 1% [team -istio]", server: jaeger + " 1% [team -istio]"},
-		"unsupported fields are warned about": {tracing: legacy, configs: []*model.Config{
-			tel("default", "ns", `{"tracing": [{"disableContextPropagation": true, "useRequestIdForTraceSampling": false}]}`)},
-			client: zipkin + " 1% []", server: zipkin + " 1% []", warning: "tracing disableContextPropagation is not supported"},
+		// An egress gateway's or a workload's spans are still reported, but
+		// the trace stops there; a later scope can turn it back on.
+		"context propagation off for the namespace": {tracing: legacy, configs: []*model.Config{
+			tel("default", "ns", `{"tracing": [{"disableContextPropagation": true}]}`)},
+			client: zipkin + " 1% [-propagation]", server: zipkin + " 1% [-propagation]"},
+		"context propagation back on for the workload": {tracing: legacy, configs: []*model.Config{
+			tel("default", "ns", `{"tracing": [{"disableContextPropagation": true}]}`),
+			tel("default", "wl", `{"selector": {"matchLabels": {"app": "a"}}, "tracing": [{"match": {"mode": "SERVER"}, "disableContextPropagation": false}]}`)},
+			client: zipkin + " 1% [-propagation]", server: zipkin + " 1% []"},
 		"request-id sampling off is warned about": {tracing: legacy, configs: []*model.Config{
 			tel("default", "ns", `{"tracing": [{"useRequestIdForTraceSampling": false}]}`)},
 			client: zipkin + " 1% []", server: zipkin + " 1% []", warning: "useRequestIdForTraceSampling: false has no effect"},

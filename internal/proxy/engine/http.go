@@ -286,9 +286,13 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	removeHopHeaders(r.Header)
 	forwardedHeaders(r, cc)
 	clientCertHeader(r, cc)
-	if tc := cc.chain.tracing; tc != nil {
+	switch tc := cc.chain.tracing; {
+	case tc == nil:
 		// Without a tracer (Envoy's null one) trace headers pass through
 		// untouched.
+	case tc.noPropagation:
+		ex.trace = traceContext(r.Header, tc.traceOptions(ex.inbound(cc)))
+	default:
 		ex.trace = propagateTrace(r.Header, tc.traceOptions(ex.inbound(cc)))
 	}
 	rte.ApplyRequestHeaders(r.Header, wc)

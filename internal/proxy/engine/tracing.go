@@ -72,6 +72,11 @@ type tracingConfig struct {
 	w3c, id64  bool
 	maxPathTag int
 	tags       []customTag
+	// noPropagation: no_context_propagation (Istio's Telemetry
+	// disableContextPropagation): spans are reported, but this hop's
+	// context is not written into the upstream request, whose trace
+	// headers stay as the downstream sent them, as Envoy's.
+	noPropagation bool
 }
 
 // traceOptions are how a chain with tracing c reads and writes trace
@@ -99,7 +104,7 @@ func compileTracing(h *hcmv3.HttpConnectionManager) (*tracingConfig, error) {
 	if t.GetSpawnUpstreamSpan().GetValue() {
 		return nil, errors.New("tracing: spawn_upstream_span is not supported (the sidecar reports one span per request)")
 	}
-	c := &tracingConfig{sampling: 1, client: 1, overall: 1, maxPathTag: 256}
+	c := &tracingConfig{sampling: 1, client: 1, overall: 1, maxPathTag: 256, noPropagation: t.GetNoContextPropagation()}
 	p := t.GetProvider()
 	var err error
 	switch tc := p.GetTypedConfig(); {

@@ -224,6 +224,79 @@ func TestZipkinSpans(t *testing.T) {
 	}
 }
 
+// TestNoContextPropagation: with no_context_propagation (Istio's
+// Telemetry disableContextPropagation) the outbound hop still reports its
+// span, but writes none of its context into the upstream request: a trace
+// it starts stays its own, and a caller's trace headers go on as the
+// caller sent them. The inbound hop, which propagates as usual, then
+// starts its own trace, or puts its span under the caller's.
+func TestNoContextPropagation(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]http.Header{}
+	backend := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen[r.URL.Path] = r.Header.Clone()
+		mu.Unlock()
+	}))
+	defer backend.Close()
+	col := &zipkintest.Collector{}
+	zipkin := httptest.NewServer(col)
+	defer zipkin.Close()
+
+	outAddr, inAddr := freeAddr(t), freeAddr(t)
+	const svc, inb = "outbound|8080||svc.default.svc.cluster.local", "inbound|8080||"
+	noProp := hcmTracing(100, false)
+	noProp.NoContextPropagation = true
+	e := New(slog.New(slog.DiscardHandler), Options{TraceFlushInterval: 50 * time.Millisecond})
+	defer e.shutdown()
+	snap := &xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{
+		"out": withTracing(t, httpListener("out", outAddr, svc, nil), noProp),
+		"in":  withTracing(t, httpListener("in", inAddr, inb, nil), hcmTracing(100, false)),
+	}, Clusters: map[string]*clusterv3.Cluster{
+		svc:           staticCluster(svc, inAddr, false),
+		inb:           staticCluster(inb, netip.MustParseAddrPort(backend.Listener.Addr().String()), false),
+		zipkinCluster: staticCluster(zipkinCluster, netip.MustParseAddrPort(zipkin.Listener.Addr().String()), false),
+	}}
+	if err := e.Apply(snap); err != nil {
+		t.Fatal(err)
+	}
+	const callerTrace, callerSpan = "463ac35c9f6413ad463ac35c9f6413ad", "a2fb4a1d1a96d312"
+	for path, hdr := range map[string][]string{
+		"/new":    nil,
+		"/caller": {"X-B3-Traceid", callerTrace, "X-B3-Spanid", callerSpan, "X-B3-Sampled", "1"},
+	} {
+		if code := getStatus(t, "http://"+outAddr.String()+path, append([]string{"Host", "svc.default:8080"}, hdr...)...); code != http.StatusOK {
+			t.Fatalf("GET %s: %d", path, code)
+		}
+	}
+	spans := col.Wait(4, 10*time.Second)
+	if len(spans) != 4 {
+		t.Fatalf("collector got %d spans, want 4 (two requests, two hops): %+v", len(spans), spans)
+	}
+	byKey := map[string]zipkintest.Span{}
+	for _, s := range spans {
+		byKey[s.Kind+" "+s.Tags["http.url"]] = s
+	}
+	c1, s1 := byKey["CLIENT http://svc.default:8080/new"], byKey["SERVER http://svc.default:8080/new"]
+	if c1.TraceID == "" || s1.TraceID == "" || c1.TraceID == s1.TraceID || s1.ParentID != "" {
+		t.Errorf("new trace: client span %+v, server span %+v; want the server hop to start a trace of its own", c1, s1)
+	}
+	c2, s2 := byKey["CLIENT http://svc.default:8080/caller"], byKey["SERVER http://svc.default:8080/caller"]
+	if c2.TraceID != callerTrace || c2.ParentID != callerSpan || s2.TraceID != callerTrace || s2.ParentID != callerSpan || s2.ParentID == c2.ID {
+		t.Errorf("caller's trace: client span %+v, server span %+v; want both directly under the caller's span %s", c2, s2, callerSpan)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// What the application behind the inbound hop saw is that hop's
+	// context: its own new trace, or its span under the caller's.
+	if got := seen["/new"].Get("X-B3-Traceid"); got != s1.TraceID {
+		t.Errorf("/new reached the app with trace %q, want the inbound hop's %s", got, s1.TraceID)
+	}
+	if got := seen["/caller"].Get("X-B3-Parentspanid"); got != callerSpan {
+		t.Errorf("/caller reached the app with parent span %q, want the caller's %s (the outbound hop wrote nothing)", got, callerSpan)
+	}
+}
+
 // TestTracingConfigErrors: tracing weft-proxy cannot honour is refused
 // with the reason, so the update is NACKed rather than half applied.
 func TestTracingConfigErrors(t *testing.T) {
