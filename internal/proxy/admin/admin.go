@@ -52,6 +52,10 @@ type EndpointStatus struct {
 	Healthy          bool
 	Ejected          bool
 	ActiveRequests   int64
+	// Region, Zone and SubZone are the endpoint's locality; Priority its
+	// locality's priority (0 is the highest).
+	Region, Zone, SubZone string
+	Priority              uint32
 }
 
 // Proxy is what the admin server asks of the running proxy.
@@ -283,6 +287,10 @@ func (s *Server) clusters(w http.ResponseWriter, r *http.Request) {
 			health = "/failed_eds_health"
 		}
 		fmt.Fprintf(w, "%s::%s::health_flags::%s\n", e.Cluster, e.Address, health)
+		fmt.Fprintf(w, "%s::%s::region::%s\n", e.Cluster, e.Address, e.Region)
+		fmt.Fprintf(w, "%s::%s::zone::%s\n", e.Cluster, e.Address, e.Zone)
+		fmt.Fprintf(w, "%s::%s::sub_zone::%s\n", e.Cluster, e.Address, e.SubZone)
+		fmt.Fprintf(w, "%s::%s::priority::%d\n", e.Cluster, e.Address, e.Priority)
 		fmt.Fprintf(w, "%s::%s::rq_active::%d\n", e.Cluster, e.Address, e.ActiveRequests)
 	}
 }
@@ -309,6 +317,8 @@ func clustersProto(eps []EndpointStatus) *adminv3.Clusters {
 		cur.HostStatuses = append(cur.HostStatuses, &adminv3.HostStatus{
 			Address:      addr,
 			HealthStatus: &adminv3.HostHealthStatus{EdsHealthStatus: eds, FailedOutlierCheck: e.Ejected},
+			Locality:     &corev3.Locality{Region: e.Region, Zone: e.Zone, SubZone: e.SubZone},
+			Priority:     e.Priority,
 			Stats:        []*adminv3.SimpleMetric{{Name: "rq_active", Type: adminv3.SimpleMetric_GAUGE, Value: uint64(max(e.ActiveRequests, 0))}},
 		})
 	}

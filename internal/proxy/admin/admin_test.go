@@ -36,7 +36,8 @@ func TestClustersAndStatsFormats(t *testing.T) {
 	c.WithLabelValues("200").Add(3)
 	reg.MustRegister(c, prometheus.NewGauge(prometheus.GaugeOpts{Name: "istio_build", Help: "h"}))
 	p := &stubProxy{eps: []EndpointStatus{
-		{Cluster: "outbound|80||b", Address: "10.0.0.2:80", Healthy: true, Ejected: true, ActiveRequests: 2},
+		{Cluster: "outbound|80||b", Address: "10.0.0.2:80", Healthy: true, Ejected: true, ActiveRequests: 2,
+			Region: "eu-west", Zone: "eu-west-1a", Priority: 1},
 		{Cluster: "outbound|80||a", Address: "10.0.0.1:80", Healthy: false},
 		{Cluster: "outbound|80||b", Address: "10.0.0.3:80", Healthy: true},
 	}}
@@ -53,10 +54,12 @@ func TestClustersAndStatsFormats(t *testing.T) {
 	}
 	a, b := cs.ClusterStatuses[0].HostStatuses[0], cs.ClusterStatuses[1].HostStatuses[0]
 	if a.GetHealthStatus().GetEdsHealthStatus().String() != "UNHEALTHY" || a.GetAddress().GetSocketAddress().GetPortValue() != 80 ||
-		!b.GetHealthStatus().GetFailedOutlierCheck() || b.GetStats()[0].GetValue() != 2 || b.GetAddress().GetSocketAddress().GetAddress() != "10.0.0.2" {
+		!b.GetHealthStatus().GetFailedOutlierCheck() || b.GetStats()[0].GetValue() != 2 || b.GetAddress().GetSocketAddress().GetAddress() != "10.0.0.2" ||
+		b.GetLocality().GetZone() != "eu-west-1a" || b.GetPriority() != 1 {
 		t.Fatalf("host statuses: %v / %v", a, b)
 	}
-	if code, body := get(t, srv.URL+"/clusters"); code != 200 || !strings.Contains(body, "outbound|80||b::10.0.0.2:80::health_flags::/failed_outlier_check\n") {
+	if code, body := get(t, srv.URL+"/clusters"); code != 200 || !strings.Contains(body, "outbound|80||b::10.0.0.2:80::health_flags::/failed_outlier_check\n") ||
+		!strings.Contains(body, "outbound|80||b::10.0.0.2:80::zone::eu-west-1a\n") || !strings.Contains(body, "outbound|80||b::10.0.0.2:80::priority::1\n") {
 		t.Fatalf("/clusters: %d %s", code, body)
 	}
 

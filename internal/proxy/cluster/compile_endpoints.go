@@ -50,15 +50,13 @@ func (k *compiler) loadAssignment(field string, la *endpointv3.ClusterLoadAssign
 	n := 0
 	for i, lle := range la.GetEndpoints() {
 		f := fmt.Sprintf("%s.endpoints[%d]", field, i)
-		if lle.GetPriority() > 0 {
-			k.unsupported(f + ".priority above 0")
-		}
 		if lle.GetLedsClusterLocalityConfig() != nil {
 			k.unsupported(f + ".leds_cluster_locality_config")
 		}
 		loc := lle.GetLocality()
 		tmpl := Endpoint{
 			Locality: Locality{Region: loc.GetRegion(), Zone: loc.GetZone(), SubZone: loc.GetSubZone()},
+			Priority: lle.GetPriority(),
 			locality: i,
 		}
 		if w := lle.GetLoadBalancingWeight(); w != nil {

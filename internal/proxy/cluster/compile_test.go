@@ -34,9 +34,6 @@ func TestCompileRejects(t *testing.T) {
 		{"success rate", func(c *clusterv3.Cluster, _ *endpointv3.ClusterLoadAssignment) {
 			c.OutlierDetection = &clusterv3.OutlierDetection{}
 		}, "enforcing_success_rate", true},
-		{"priority", func(_ *clusterv3.Cluster, la *endpointv3.ClusterLoadAssignment) {
-			la.Endpoints[0].Priority = 1
-		}, "priority", true},
 		{"drop overloads", func(_ *clusterv3.Cluster, la *endpointv3.ClusterLoadAssignment) {
 			la.Policy = &endpointv3.ClusterLoadAssignment_Policy{DropOverloads: []*endpointv3.ClusterLoadAssignment_Policy_DropOverload{{Category: "x"}}}
 		}, "drop_overloads", true},

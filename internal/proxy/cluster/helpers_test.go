@@ -67,9 +67,10 @@ type ep struct {
 
 // loc is one test locality.
 type loc struct {
-	region string
-	weight uint32 // 0: unset
-	eps    []ep
+	region   string
+	weight   uint32 // 0: unset
+	priority uint32
+	eps      []ep
 }
 
 func lbEndpoints(eps []ep) []*endpointv3.LbEndpoint {
@@ -97,7 +98,7 @@ func lbEndpoints(eps []ep) []*endpointv3.LbEndpoint {
 func cla(name string, locs ...loc) *endpointv3.ClusterLoadAssignment {
 	la := &endpointv3.ClusterLoadAssignment{ClusterName: name}
 	for _, l := range locs {
-		lle := &endpointv3.LocalityLbEndpoints{Locality: &corev3.Locality{Region: l.region}, LbEndpoints: lbEndpoints(l.eps)}
+		lle := &endpointv3.LocalityLbEndpoints{Locality: &corev3.Locality{Region: l.region}, LbEndpoints: lbEndpoints(l.eps), Priority: l.priority}
 		if l.weight > 0 {
 			lle.LoadBalancingWeight = wrapperspb.UInt32(l.weight)
 		}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 
@@ -61,10 +62,12 @@ func (c *Cluster) Pick(ctx PickContext) (*Endpoint, error) {
 			return ep, nil
 		}
 	}
-	for _, l := range hs.locs {
-		for _, h := range l.hosts {
-			if !slices.Contains(ctx.Exclude, h.Address) {
-				return h, nil
+	for _, lv := range hs.levels {
+		for _, l := range lv.locs {
+			for _, h := range l.hosts {
+				if !slices.Contains(ctx.Exclude, h.Address) {
+					return h, nil
+				}
 			}
 		}
 	}
@@ -83,9 +86,21 @@ func (c *Cluster) pickOriginalDst(ap netip.AddrPort) (*Endpoint, error) {
 }
 
 // hostSet is what Pick chooses from, built for one generation of the
-// State: the available endpoints grouped by locality with their pickers.
+// State: the priority levels that take load, each with its available
+// endpoints grouped by locality and their pickers.
 type hostSet struct {
-	gen   uint64
+	gen uint64
+	n   int // available endpoints over all levels
+	// levels are the priorities that take load, highest first; most
+	// clusters have one.
+	levels []level
+}
+
+// level is one priority's share of the load and what it picks from.
+type level struct {
+	// upTo is the load (percent) of this level and the ones before it:
+	// a draw below it and at or above the previous level's lands here.
+	upTo  uint32
 	n     int
 	panic bool
 	// locs are the localities with available endpoints; with a hashing
@@ -101,9 +116,26 @@ type locality struct {
 }
 
 func (hs *hostSet) pick(req lb.Request) *Endpoint {
-	l := &hs.locs[0]
-	if hs.locPicker != nil {
-		l = &hs.locs[hs.locPicker.Pick(req)]
+	lv := &hs.levels[0]
+	if len(hs.levels) > 1 {
+		// As Envoy chooses a priority: by the request's hash when the
+		// policy hashes, else at random.
+		var r uint32
+		if req.HasHash {
+			r = uint32(req.Hash % 100)
+		} else {
+			r = rand.Uint32N(100)
+		}
+		for i := range hs.levels {
+			if r < hs.levels[i].upTo {
+				lv = &hs.levels[i]
+				break
+			}
+		}
+	}
+	l := &lv.locs[0]
+	if lv.locPicker != nil {
+		l = &lv.locs[lv.locPicker.Pick(req)]
 	}
 	return l.hosts[l.picker.Pick(req)]
 }
@@ -126,13 +158,106 @@ func (c *Cluster) rebuild(gen uint64) *hostSet {
 	return hs
 }
 
-// buildHostSet selects the endpoints to pick from, as Envoy does for one
-// priority: healthy ones, else degraded ones; all of them when the share
-// of healthy and degraded endpoints is below the panic threshold. With
-// locality weights, each locality's weight is scaled by its availability
-// (times the overprovisioning factor, at most 1).
+// buildHostSet splits the endpoints by priority and gives each priority
+// its share of the load, as Envoy does: a priority's availability is the
+// share of its endpoints that are up (healthy or degraded, not ejected)
+// times the overprovisioning factor, at most 100 %; the highest priority
+// takes as much of the load as its availability, the next one as much of
+// the rest as its own, and so on. When the availabilities add up to less
+// than 100 % they are scaled up to 100 %. When every priority is below
+// the panic threshold, all endpoints of all priorities take the load
+// (Envoy's total panic, by endpoint count).
 func (c *Cluster) buildHostSet(eps []*Endpoint) *hostSet {
 	hs := &hostSet{}
+	prios := byPriority(eps)
+	if len(prios) <= 1 {
+		lv := c.buildLevel(eps, true)
+		if lv.n > 0 {
+			lv.upTo = 100
+			hs.n, hs.levels = lv.n, []level{lv}
+		}
+		return hs
+	}
+	avail := make([]uint64, len(prios))
+	var sum uint64
+	allPanic := true
+	for i, g := range prios {
+		up := 0
+		for _, ep := range g {
+			if !ep.live.ejected.Load() && (ep.Health == Healthy || ep.Health == Degraded) {
+				up++
+			}
+		}
+		avail[i] = min(100, uint64(c.OverprovisioningFactor)*uint64(up)/uint64(len(g)))
+		sum += avail[i]
+		allPanic = allPanic && 100*float64(up)/float64(len(g)) < c.PanicThreshold
+	}
+	if sum == 0 || (sum < 100 && allPanic) {
+		lv := c.buildLevel(eps, true) // below the threshold over all: panic
+		if lv.n > 0 {
+			lv.upTo = 100
+			hs.n, hs.levels = lv.n, []level{lv}
+		}
+		return hs
+	}
+	norm := min(sum, 100)
+	left := uint64(100)
+	loads := make([]uint64, len(prios))
+	for i := range prios {
+		loads[i] = min(left, avail[i]*100/norm)
+		left -= loads[i]
+	}
+	upTo := uint32(0)
+	for i, g := range prios {
+		if loads[i] == 0 {
+			continue
+		}
+		// A priority below the panic threshold only panics when the
+		// priorities together are short of 100 % (Envoy's per-priority
+		// panic).
+		lv := c.buildLevel(g, norm < 100)
+		if lv.n == 0 {
+			continue
+		}
+		if len(hs.levels) == 0 {
+			loads[i] += left // what rounding left goes first, as Envoy's
+		}
+		upTo += uint32(loads[i])
+		lv.upTo = upTo
+		hs.n += lv.n
+		hs.levels = append(hs.levels, lv)
+	}
+	if len(hs.levels) > 0 {
+		// A level with nothing to pick leaves its load to the last one.
+		hs.levels[len(hs.levels)-1].upTo = 100
+	}
+	return hs
+}
+
+// byPriority groups eps by priority, highest (0) first, leaving out
+// priorities without endpoints.
+func byPriority(eps []*Endpoint) [][]*Endpoint {
+	top := uint32(0)
+	for _, ep := range eps {
+		top = max(top, ep.Priority)
+	}
+	if top == 0 {
+		return [][]*Endpoint{eps}
+	}
+	groups := make([][]*Endpoint, top+1)
+	for _, ep := range eps {
+		groups[ep.Priority] = append(groups[ep.Priority], ep)
+	}
+	return slices.DeleteFunc(groups, func(g []*Endpoint) bool { return len(g) == 0 })
+}
+
+// buildLevel selects the endpoints of one priority to pick from:
+// healthy ones, else degraded ones; all of them when the share of healthy
+// and degraded endpoints is below the panic threshold (and panic is
+// allowed). With locality weights, each locality's weight is scaled by
+// its availability (times the overprovisioning factor, at most 1).
+func (c *Cluster) buildLevel(eps []*Endpoint, allowPanic bool) level {
+	hs := level{}
 	if len(eps) == 0 {
 		return hs
 	}
@@ -152,7 +277,7 @@ func (c *Cluster) buildHostSet(eps []*Endpoint) *hostSet {
 	if len(avail) == 0 {
 		avail = degraded
 	}
-	if pct := 100 * float64(len(healthy)+len(degraded)) / float64(len(eps)); pct < c.PanicThreshold {
+	if pct := 100 * float64(len(healthy)+len(degraded)) / float64(len(eps)); allowPanic && pct < c.PanicThreshold {
 		hs.panic, avail = true, eps
 	} else if len(avail) == 0 {
 		return hs

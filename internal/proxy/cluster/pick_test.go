@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/netip"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -120,6 +121,81 @@ func TestHealthAndPanic(t *testing.T) {
 				t.Errorf("Pick = %v, want ErrNoHealthyUpstream", err)
 			}
 		})
+	}
+}
+
+// TestPriorities: the load goes to the highest priority as far as its
+// availability (the share of its endpoints up, times the
+// overprovisioning factor 1.4) goes, the rest to the next one, as
+// Envoy's priority levels (what Istio's locality failover sends).
+func TestPriorities(t *testing.T) {
+	unhealthy := corev3.HealthStatus_UNHEALTHY
+	p0 := func(eps ...ep) loc { return loc{region: "near", eps: eps} }
+	p1 := func(eps ...ep) loc { return loc{region: "far", priority: 1, eps: eps} }
+	for name, tc := range map[string]struct {
+		locs []loc
+		want map[string]float64
+	}{
+		"all healthy: the first priority only": {
+			[]loc{p0(ep{addr: "10.0.0.1"}, ep{addr: "10.0.0.2"}), p1(ep{addr: "10.1.0.1"})},
+			map[string]float64{"10.0.0.1:8080": 0.5, "10.0.0.2:8080": 0.5}},
+		"half the first priority down: 70 % stays": {
+			[]loc{p0(ep{addr: "10.0.0.1"}, ep{addr: "10.0.0.2", health: unhealthy}), p1(ep{addr: "10.1.0.1"})},
+			map[string]float64{"10.0.0.1:8080": 0.7, "10.1.0.1:8080": 0.3}},
+		"the first priority down: all fails over": {
+			[]loc{p0(ep{addr: "10.0.0.1", health: unhealthy}), p1(ep{addr: "10.1.0.1"}, ep{addr: "10.1.0.2"})},
+			map[string]float64{"10.1.0.1:8080": 0.5, "10.1.0.2:8080": 0.5}},
+		// 1 of 3 up is below the panic threshold, but the two priorities
+		// together are available: no panic, the unhealthy ones get nothing.
+		"below the threshold but covered by the next": {
+			[]loc{p0(ep{addr: "10.0.0.1"}, ep{addr: "10.0.0.2", health: unhealthy}, ep{addr: "10.0.0.3", health: unhealthy}),
+				p1(ep{addr: "10.1.0.1"})},
+			map[string]float64{"10.0.0.1:8080": 0.46, "10.1.0.1:8080": 0.54}},
+		// Each 1 of 4 up (35 % each): scaled up to 100 %, each priority
+		// in panic, so Envoy's total panic: every endpoint alike.
+		"every priority in panic": {
+			[]loc{p0(ep{addr: "10.0.0.1"}, ep{addr: "10.0.0.2", health: unhealthy}, ep{addr: "10.0.0.3", health: unhealthy}, ep{addr: "10.0.0.4", health: unhealthy}),
+				p1(ep{addr: "10.1.0.1"}, ep{addr: "10.1.0.2", health: unhealthy}, ep{addr: "10.1.0.3", health: unhealthy}, ep{addr: "10.1.0.4", health: unhealthy})},
+			map[string]float64{"10.0.0.1:8080": 0.125, "10.0.0.2:8080": 0.125, "10.0.0.3:8080": 0.125, "10.0.0.4:8080": 0.125,
+				"10.1.0.1:8080": 0.125, "10.1.0.2:8080": 0.125, "10.1.0.3:8080": 0.125, "10.1.0.4:8080": 0.125}},
+		// 28 % and 70 %: scaled to 28 % (and the 1 % rounding leaves) and
+		// 71 %. The first priority, 1 of 5 up, is in panic: all five
+		// share its load; the second is not.
+		"short of 100 %: scaled": {
+			[]loc{p0(ep{addr: "10.0.0.1"}, ep{addr: "10.0.0.2", health: unhealthy}, ep{addr: "10.0.0.3", health: unhealthy},
+				ep{addr: "10.0.0.4", health: unhealthy}, ep{addr: "10.0.0.5", health: unhealthy}),
+				p1(ep{addr: "10.1.0.1"}, ep{addr: "10.1.0.2", health: unhealthy})},
+			map[string]float64{"10.0.0.1:8080": 0.058, "10.0.0.2:8080": 0.058, "10.0.0.3:8080": 0.058, "10.0.0.4:8080": 0.058,
+				"10.0.0.5:8080": 0.058, "10.1.0.1:8080": 0.71}},
+	} {
+		for _, p := range policies {
+			t.Run(name+"/"+p.String(), func(t *testing.T) {
+				c := mustCompile(t, edsCluster("c", p), cla("c", tc.locs...))
+				checkShare(t, counts(t, c, 10000, hashCtx), tc.want, 10000, tolerance(p))
+			})
+		}
+	}
+}
+
+// TestPriorityFailoverOnEjection: outlier detection ejecting the only
+// endpoint of the first priority moves its load to the next priority,
+// and it comes back when the ejection ends.
+func TestPriorityFailoverOnEjection(t *testing.T) {
+	clock := newFakeClock()
+	m := NewManager(Options{Clock: clock})
+	m.Update(map[string]*Cluster{"c": mustCompile(t, outlierCluster("c", 3, 100), cla("c",
+		loc{region: "near", eps: []ep{{addr: "10.0.0.1"}}}, loc{region: "far", priority: 1, eps: []ep{{addr: "10.1.0.1"}}}))})
+	c := m.Get("c")
+	if got := counts(t, c, 200, nil); got["10.0.0.1:8080"] != 200 {
+		t.Fatalf("before: %v, want all to the first priority", got)
+	}
+	fail(c, "10.0.0.1:8080", 3, Outcome{Status: 503})
+	if got := counts(t, c, 200, nil); got["10.1.0.1:8080"] != 200 {
+		t.Fatalf("ejected: %v, want all to the second priority", got)
+	}
+	clock.Advance(30 * time.Second)
+	if got := counts(t, c, 200, nil); got["10.0.0.1:8080"] != 200 {
+		t.Fatalf("after the ejection: %v, want all back to the first priority", got)
 	}
 }
 

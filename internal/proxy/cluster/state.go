@@ -44,6 +44,9 @@ type Endpoint struct {
 	Locality Locality
 	// LocalityWeight is its locality's weight; 0 when unset.
 	LocalityWeight uint32
+	// Priority is its locality's priority: 0, the highest, takes the
+	// load while enough of its endpoints are up (see buildHostSet).
+	Priority uint32
 	// Health is its health from EDS.
 	Health Health
 

@@ -463,7 +463,8 @@ func (e *Engine) Endpoints() []admin.EndpointStatus {
 	for name, c := range e.clusters.Clusters() {
 		for _, ep := range c.Endpoints() {
 			out = append(out, admin.EndpointStatus{Cluster: name, Address: ep.Address, Healthy: ep.Health == cluster.Healthy,
-				Ejected: ep.Ejected(), ActiveRequests: ep.ActiveRequests()})
+				Ejected: ep.Ejected(), ActiveRequests: ep.ActiveRequests(),
+				Region: ep.Locality.Region, Zone: ep.Locality.Zone, SubZone: ep.Locality.SubZone, Priority: ep.Priority})
 		}
 	}
 	return out
