@@ -2,8 +2,10 @@ package resource
 
 import (
 	"fmt"
+	"maps"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -168,6 +170,71 @@ func checkDestinationRule(es *FieldErrors, dr *networking.DestinationRule) {
 		}
 		seen[s.GetName()] = true
 	}
+	checkTrafficPolicyLocality(es, "spec.trafficPolicy", dr.GetTrafficPolicy())
+	for i, s := range dr.GetSubsets() {
+		checkTrafficPolicyLocality(es, fmt.Sprintf("spec.subsets[%d].trafficPolicy", i), s.GetTrafficPolicy())
+	}
+}
+
+// checkTrafficPolicyLocality checks the localityLbSetting of a traffic
+// policy and of its port-level settings.
+func checkTrafficPolicyLocality(es *FieldErrors, path string, tp *networking.TrafficPolicy) {
+	*es = append(*es, CheckLocalityLB(path+".loadBalancer.localityLbSetting", tp.GetLoadBalancer().GetLocalityLbSetting())...)
+	for i, pl := range tp.GetPortLevelSettings() {
+		*es = append(*es, CheckLocalityLB(fmt.Sprintf("%s.portLevelSettings[%d].loadBalancer.localityLbSetting", path, i),
+			pl.GetLoadBalancer().GetLocalityLbSetting())...)
+	}
+}
+
+// CheckLocalityLB applies Istio's rules to a localityLbSetting (in a
+// DestinationRule or the mesh config) at path: distribute or failover,
+// not both; each distribute rule's weights in [1, 100] adding up to 100;
+// localities "region/zone/subzone" with at most one "*", at the end;
+// failover between two different regions, named without "/" or "*".
+func CheckLocalityLB(path string, s *networking.LocalityLoadBalancerSetting) FieldErrors {
+	var es FieldErrors
+	if s == nil {
+		return nil
+	}
+	if len(s.GetDistribute()) > 0 && len(s.GetFailover()) > 0 {
+		es.add(path, "Invalid value: distribute and failover cannot both be set")
+	}
+	checkLoc := func(p, l string) {
+		if n := strings.Count(l, "*"); n > 1 || (n == 1 && !strings.HasSuffix(l, "*")) {
+			es.add(p, "Invalid value: %q: a locality takes at most one \"*\", at its end", l)
+		}
+		if l == "" || strings.Count(l, "/") > 2 {
+			es.add(p, "Invalid value: %q: a locality is region[/zone[/subzone]]", l)
+		}
+	}
+	for i, d := range s.GetDistribute() {
+		p := fmt.Sprintf("%s.distribute[%d]", path, i)
+		checkLoc(p+".from", d.GetFrom())
+		var total uint32
+		for _, to := range slices.Sorted(maps.Keys(d.GetTo())) {
+			w := d.GetTo()[to]
+			checkLoc(p+".to", to)
+			if w < 1 || w > 100 {
+				es.add(p+".to", "Invalid value: %q: %d: a weight is in [1, 100]", to, w)
+			}
+			total += w
+		}
+		if total != 100 {
+			es.add(p+".to", "Invalid value: the weights add up to %d, not 100", total)
+		}
+	}
+	for i, f := range s.GetFailover() {
+		p := fmt.Sprintf("%s.failover[%d]", path, i)
+		switch {
+		case f.GetFrom() == "" || f.GetTo() == "":
+			es.add(p, "Required value: from and to name regions")
+		case f.GetFrom() == f.GetTo():
+			es.add(p, "Invalid value: from and to are both %q: fail over to a different region", f.GetFrom())
+		case strings.ContainsAny(f.GetFrom()+f.GetTo(), "/*"):
+			es.add(p, "Invalid value: %q to %q: failover names regions only, without \"/\" or \"*\"", f.GetFrom(), f.GetTo())
+		}
+	}
+	return es
 }
 
 func checkPortNumber(es *FieldErrors, path string, n uint32) {

@@ -111,6 +111,49 @@ spec:
   host: reviews
   subsets: [{name: v1}, {name: v1}]
 `, `spec.subsets[1].name: Duplicate value: "v1"`},
+		{`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        distribute: [{from: "us-east/*", to: {"us-east/*": 70, "eu-west/*": 20}}]
+`, `spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: Invalid value: the weights add up to 90, not 100`},
+		{`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d}
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    trafficPolicy:
+      portLevelSettings:
+      - port: {number: 80}
+        loadBalancer: {localityLbSetting: {failover: [{from: us-east, to: us-east}]}}
+`, `spec.subsets[0].trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting.failover[0]: Invalid value: from and to are both "us-east": fail over to a different region`},
+		{`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        distribute: [{from: "*/a/*", to: {"us-east/*": 100}}]
+        failover: [{from: us-east/a, to: eu-west}]
+`, `distribute and failover cannot both be set`},
+		{`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        distribute: [{from: "*/a/*", to: {"us-east/*": 100}}]
+`, `spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].from: Invalid value: "*/a/*": a locality takes at most one "*", at its end`},
 		{`apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: a, annotations: {istio.io/dry-run: "yes please"}}

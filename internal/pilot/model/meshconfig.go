@@ -25,7 +25,7 @@ var meshConfigFields = map[string]bool{
 	"rootNamespace": true, "trustDomain": true, "trustDomainAliases": true, "outboundTrafficPolicy": true,
 	"connectTimeout": true, "enableAutoMtls": true, "pathNormalization": true,
 	"accessLogFile": true, "accessLogEncoding": true, "accessLogFormat": true, "extensionProviders": true,
-	"defaultProviders": true, "enableTracing": true, "defaultConfig": true,
+	"defaultProviders": true, "enableTracing": true, "defaultConfig": true, "localityLbSetting": true,
 }
 
 // defaultConfigFields are the defaultConfig (ProxyConfig) fields weft
@@ -150,6 +150,15 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 	}
 	if _, ok := used["enableTracing"]; ok {
 		m.Tracing.Enabled = mc.GetEnableTracing()
+	}
+	if _, ok := used["localityLbSetting"]; ok {
+		if errs := resource.CheckLocalityLB("localityLbSetting", mc.GetLocalityLbSetting()); len(errs) > 0 {
+			return base, warnings, fmt.Errorf("mesh config: %w", errs)
+		}
+		if lb := mc.GetLocalityLbSetting(); len(lb.GetFailoverPriority()) > 0 {
+			warnings = append(warnings, "mesh config: localityLbSetting.failoverPriority is not supported by weft; failover follows localities only")
+		}
+		m.LocalityLB = mc.GetLocalityLbSetting()
 	}
 	if t := mc.GetDefaultConfig().GetTracing(); t != nil {
 		if s := t.GetSampling(); s != 0 {

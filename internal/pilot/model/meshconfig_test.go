@@ -298,3 +298,37 @@ defaultConfig:
 		}
 	}
 }
+
+// TestParseMeshConfigLocality: localityLbSetting is kept for translation,
+// checked by Istio's rules (a bad one leaves the mesh as it was), and
+// failoverPriority, which weft does not implement, is warned about.
+func TestParseMeshConfigLocality(t *testing.T) {
+	if DefaultMesh().LocalityLB != nil {
+		t.Error("default localityLbSetting set; want nil (Istio's default: enabled)")
+	}
+	m, warnings, err := ParseMeshConfig([]byte(`
+localityLbSetting:
+  enabled: true
+  failover: [{from: us-east, to: eu-west}]
+`), DefaultMesh())
+	if err != nil || len(warnings) != 0 {
+		t.Fatalf("%v %q", err, warnings)
+	}
+	if f := m.LocalityLB.GetFailover(); !m.LocalityLB.GetEnabled().GetValue() || len(f) != 1 || f[0].GetFrom() != "us-east" || f[0].GetTo() != "eu-west" {
+		t.Errorf("localityLbSetting %v", m.LocalityLB)
+	}
+	_, warnings, err = ParseMeshConfig([]byte(`localityLbSetting: {failoverPriority: [topology.kubernetes.io/zone]}`), DefaultMesh())
+	if err != nil || len(warnings) != 1 || !strings.Contains(warnings[0], "failoverPriority is not supported") {
+		t.Errorf("failoverPriority: %v %q", err, warnings)
+	}
+	for bad, want := range map[string]string{
+		`localityLbSetting: {distribute: [{from: "a/*", to: {"a/*": 50}}]}`:                        "localityLbSetting.distribute[0].to: Invalid value: the weights add up to 50, not 100",
+		`localityLbSetting: {failover: [{from: a, to: "b/*"}]}`:                                    `localityLbSetting.failover[0]: Invalid value: "a" to "b/*": failover names regions only`,
+		`localityLbSetting: {distribute: [{from: a, to: {a: 100}}], failover: [{from: a, to: b}]}`: "distribute and failover cannot both be set",
+	} {
+		m, _, err := ParseMeshConfig([]byte(bad), DefaultMesh())
+		if err == nil || !strings.Contains(err.Error(), want) || m.LocalityLB != nil {
+			t.Errorf("%s: %v, want an error with %q and the mesh unchanged", bad, err, want)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/weftmesh/weft/internal/registry"
 	"google.golang.org/protobuf/proto"
+	networking "istio.io/api/networking/v1alpha3"
 )
 
 // Config is one Istio config object.
@@ -70,6 +71,11 @@ type Mesh struct {
 	// defaultConfig.tracing, the zipkin and opentelemetry extensionProviders and
 	// defaultProviders.tracing). Immutable once built.
 	Tracing Tracing
+	// LocalityLB is localityLbSetting: locality load balancing for
+	// clusters whose DestinationRule sets none. nil is Istio's default,
+	// enabled (failover by locality for clusters with outlier
+	// detection). Immutable once built.
+	LocalityLB *networking.LocalityLoadBalancerSetting
 }
 
 // ProxyHeaders is ProxyConfig.proxyHeaders, as istiod applies it to a
@@ -328,6 +334,11 @@ type Proxy struct {
 	TProxy bool
 	// Metadata is the node's raw metadata as strings.
 	Metadata map[string]string
+	// Locality is where the proxy runs, "region/zone/subzone": the
+	// istio-locality label ("region.zone.subzone"), else the node's
+	// locality; empty when neither says (translation then looks for the
+	// proxy's own workload in the registry).
+	Locality string
 }
 
 // ParseNodeID splits an Istio-style node ID. It accepts bare IDs of

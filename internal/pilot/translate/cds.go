@@ -297,6 +297,9 @@ func (r *cdsRun) outboundCluster(svc *registry.Service, port registry.Port, dr *
 	applyConnectionPool(c, policy.GetConnectionPool(), opts)
 	applyRetryBudget(c, policy.GetRetryBudget())
 	applyOutlierDetection(c, policy.GetOutlierDetection())
+	// Per proxy: priorities and weights follow the proxy's locality.
+	r.applyLocalityLB(la, policy.GetLoadBalancer(), policy.GetOutlierDetection() != nil)
+	r.applyLocalityLB(c.GetLoadAssignment(), policy.GetLoadBalancer(), policy.GetOutlierDetection() != nil)
 	// Without TLS settings in a DestinationRule, auto mTLS decides (mtls.go).
 	if !r.applyTLS(c, svc, port, ss.GetName(), all, r.clusterTLS(policy, svc, port, eps), dr) {
 		return nil, nil

@@ -420,7 +420,6 @@ func TestClustersGolden(t *testing.T) {
 			if hp := r.hashPolicies[OutboundCluster(80, "", "web.default.svc.cluster.local")]; len(hp) != 1 || hp[0].GetQueryParameter().GetName() != "user" {
 				t.Errorf("web hash policy %v", hp)
 			}
-			wantWarning(t, r, "localityLbSetting is not supported")
 		}},
 		{"dr-precedence", func(t *testing.T, r *cdsResult) {
 			lb := func(host string) clusterv3.Cluster_LbPolicy {

@@ -142,7 +142,8 @@ func NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 // NAMESPACE, LABELS, SERVICE_ACCOUNT, WORKLOAD_NAME, WORKLOAD_GROUP,
 // INSTANCE_IPS, INTERCEPTION_MODE (NONE: explicit mode; TPROXY: source
 // addresses preserved inbound) and GENERATOR
-// ("grpc": a proxyless gRPC client).
+// ("grpc": a proxyless gRPC client). The proxy's locality is the node's,
+// or its istio-locality label's ("region.zone.subzone").
 func ProxyFromNode(n *core.Node) (*model.Proxy, error) {
 	if n == nil || n.GetId() == "" {
 		return nil, fmt.Errorf("the first request must carry a node with an id")
@@ -184,6 +185,13 @@ func ProxyFromNode(n *core.Node) (*model.Proxy, error) {
 				p.IPs = append(p.IPs, x)
 			}
 		}
+	}
+	if l := n.GetLocality(); l.GetRegion() != "" {
+		p.Locality = l.GetRegion() + "/" + l.GetZone() + "/" + l.GetSubZone()
+	}
+	if l := p.Labels["istio-locality"]; l != "" {
+		// Kubernetes label values cannot hold "/": Istio's label uses ".".
+		p.Locality = strings.ReplaceAll(l, ".", "/")
 	}
 	p.Explicit = strings.EqualFold(md["INTERCEPTION_MODE"], "NONE")
 	p.TProxy = strings.EqualFold(md["INTERCEPTION_MODE"], "TPROXY")

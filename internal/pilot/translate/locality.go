@@ -1,0 +1,178 @@
+package translate
+
+import (
+	"math"
+	"slices"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	networking "istio.io/api/networking/v1alpha3"
+)
+
+// Locality load balancing, as istiod applies it to the load assignment
+// of each proxy's clusters (its locality_lb_setting and the mesh's
+// localityLbSetting, enabled when unset):
+//   - distribute: the localities that match a rule's "to" patterns get
+//     its weights (shared by the localities one pattern matches, in
+//     proportion to their own weights); the others get nothing. The
+//     first rule whose "from" matches the proxy's locality applies.
+//   - failover, only for clusters with outlier detection (without it the
+//     proxy would never see its local endpoints fail): each locality gets
+//     a priority by how much of it matches the proxy's locality (0: the
+//     same region, zone and subzone; 1: region and zone; 2: region; 3:
+//     none), and failover rules push regions not named as the proxy
+//     region's failover target down to 4. The sidecar sends the load to
+//     the highest priority whose endpoints are up.
+
+// localityLB returns the locality settings that apply to a cluster: the
+// destination rule's, else the mesh's; nil when locality load balancing
+// is off for it.
+func (r *cdsRun) localityLB(lb *networking.LoadBalancerSettings) *networking.LocalityLoadBalancerSetting {
+	if s := lb.GetLocalityLbSetting(); s != nil {
+		if s.GetEnabled() != nil && !s.GetEnabled().GetValue() {
+			return nil
+		}
+		return s
+	}
+	m := r.s.Mesh.LocalityLB
+	if m == nil {
+		return &networking.LocalityLoadBalancerSetting{} // Istio's default: enabled
+	}
+	if m.GetEnabled() != nil && !m.GetEnabled().GetValue() {
+		return nil
+	}
+	return m
+}
+
+// proxyLocality is where the proxy runs: its node's locality (or
+// istio-locality label), else the locality of its own workload in the
+// registry (a WorkloadEntry's locality).
+func (r *cdsRun) proxyLocality() *corev3.Locality {
+	if r.p.Locality != "" {
+		return parseLocality(r.p.Locality)
+	}
+	if reg := r.s.Registry; reg != nil {
+		for _, eps := range reg.Endpoints {
+			for _, ep := range eps {
+				if ep.Locality != "" && slices.Contains(r.p.IPs, ep.Address) {
+					return parseLocality(ep.Locality)
+				}
+			}
+		}
+	}
+	return &corev3.Locality{}
+}
+
+// applyLocalityLB applies locality load balancing to la (see above);
+// failover only when the cluster has outlier detection.
+func (r *cdsRun) applyLocalityLB(la *endpointv3.ClusterLoadAssignment, lb *networking.LoadBalancerSettings, outlier bool) {
+	s := r.localityLB(lb)
+	if s == nil || la == nil || len(la.GetEndpoints()) == 0 {
+		return
+	}
+	switch {
+	case len(s.GetDistribute()) > 0:
+		distributeLocalities(la, r.proxyLocality(), s.GetDistribute())
+	case outlier:
+		failoverLocalities(la, r.proxyLocality(), s.GetFailover())
+	}
+}
+
+// localityMatch reports whether l matches pattern "region/zone/subzone",
+// where "*" matches anything and a missing or empty zone or subzone
+// matches any.
+func localityMatch(l *corev3.Locality, pattern string) bool {
+	parts := append(strings.SplitN(pattern, "/", 3), "", "")
+	match := func(rule, v string, emptyMatches bool) bool {
+		return rule == "*" || (emptyMatches && rule == "") || rule == v
+	}
+	return match(parts[0], l.GetRegion(), false) && match(parts[1], l.GetZone(), true) && match(parts[2], l.GetSubZone(), true)
+}
+
+// distributeLocalities weights la's localities by the first rule whose
+// from matches the proxy; localities no "to" pattern matches get no
+// endpoints.
+func distributeLocalities(la *endpointv3.ClusterLoadAssignment, proxy *corev3.Locality, rules []*networking.LocalityLoadBalancerSetting_Distribute) {
+	for _, rule := range rules {
+		if !localityMatch(proxy, rule.GetFrom()) {
+			continue
+		}
+		unmatched := make([]bool, len(la.Endpoints))
+		for i := range unmatched {
+			unmatched[i] = true
+		}
+		// Patterns in a stable order: a locality goes to the first one
+		// that matches it.
+		for _, pattern := range slices.Sorted(func(yield func(string) bool) {
+			for k := range rule.GetTo() {
+				if !yield(k) {
+					return
+				}
+			}
+		}) {
+			weight := rule.GetTo()[pattern]
+			var idx []int
+			var total uint64
+			for i, lle := range la.Endpoints {
+				if unmatched[i] && localityMatch(lle.GetLocality(), pattern) {
+					unmatched[i] = false
+					idx = append(idx, i)
+					total += uint64(max(lle.GetLoadBalancingWeight().GetValue(), 1))
+				}
+			}
+			for _, i := range idx {
+				own := uint64(max(la.Endpoints[i].GetLoadBalancingWeight().GetValue(), 1))
+				if w := math.Ceil(float64(own*uint64(weight)) / float64(total)); w > 0 {
+					la.Endpoints[i].LoadBalancingWeight = wrapperspb.UInt32(uint32(min(w, math.MaxUint32)))
+				}
+			}
+		}
+		// Localities no pattern matched take no traffic.
+		kept := la.Endpoints[:0]
+		for i, lle := range la.Endpoints {
+			if !unmatched[i] {
+				kept = append(kept, lle)
+			}
+		}
+		la.Endpoints = kept
+		return
+	}
+}
+
+// failoverLocalities gives la's localities priorities by their distance
+// from the proxy's locality, then makes them consecutive from 0.
+func failoverLocalities(la *endpointv3.ClusterLoadAssignment, proxy *corev3.Locality, failover []*networking.LocalityLoadBalancerSetting_Failover) {
+	for _, lle := range la.Endpoints {
+		l := lle.GetLocality()
+		p := uint32(3)
+		switch {
+		case l.GetRegion() != proxy.GetRegion():
+			for _, f := range failover {
+				if f.GetFrom() == proxy.GetRegion() {
+					if l.GetRegion() != f.GetTo() {
+						p = 4
+					}
+					break
+				}
+			}
+		case l.GetZone() != proxy.GetZone():
+			p = 2
+		case l.GetSubZone() != proxy.GetSubZone():
+			p = 1
+		default:
+			p = 0
+		}
+		lle.Priority = p
+	}
+	var used []uint32
+	for _, lle := range la.Endpoints {
+		used = append(used, lle.Priority)
+	}
+	slices.Sort(used)
+	used = slices.Compact(used)
+	for _, lle := range la.Endpoints {
+		lle.Priority = uint32(slices.Index(used, lle.Priority))
+	}
+}
