@@ -351,12 +351,13 @@ func endpointAddrs(s *model.Snapshot) map[string]bool {
 }
 
 // classKey groups proxies that get identical resources: same type,
-// namespace, labels, capture mode and (for sidecars and gateways, whose
-// inbound side depends on them) the IPs that are endpoints.
+// namespace, locality (load assignments follow it), labels, capture
+// mode and (for sidecars and gateways, whose inbound side and registry
+// locality depend on them) the IPs that are endpoints.
 func classKey(p *model.Proxy, addrs map[string]bool) string {
 	var b strings.Builder
 	b.WriteString(string(p.Type))
-	b.WriteString("|" + p.Namespace + "|" + strconv.FormatBool(p.Explicit) + "|")
+	b.WriteString("|" + p.Namespace + "|" + p.Locality + "|" + strconv.FormatBool(p.Explicit) + "|")
 	keys := make([]string, 0, len(p.Labels))
 	for k := range p.Labels {
 		keys = append(keys, k)

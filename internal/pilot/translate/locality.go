@@ -7,6 +7,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"github.com/weftmesh/weft/internal/pilot/model"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
 )
@@ -47,13 +48,13 @@ func (r *cdsRun) localityLB(lb *networking.LoadBalancerSettings) *networking.Loc
 }
 
 // proxyLocality is where the proxy runs: its node's locality (or
-// istio-locality label), else the locality of its own workload in the
-// registry (a WorkloadEntry's locality).
+// istio-locality label), else, for sidecars and gateways, the locality
+// of their own workload in the registry (a WorkloadEntry's locality).
 func (r *cdsRun) proxyLocality() *corev3.Locality {
 	if r.p.Locality != "" {
 		return parseLocality(r.p.Locality)
 	}
-	if reg := r.s.Registry; reg != nil {
+	if reg := r.s.Registry; reg != nil && r.p.Type != model.Proxyless {
 		for _, eps := range reg.Endpoints {
 			for _, ep := range eps {
 				if ep.Locality != "" && slices.Contains(r.p.IPs, ep.Address) {

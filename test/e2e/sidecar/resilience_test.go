@@ -120,3 +120,76 @@ spec:
 	}
 	return svc, bad
 }
+
+// switchBackend answers 200, or 503 once failing is set, and counts the
+// requests it gets.
+func switchBackend(t *testing.T, failing *atomic.Bool, served *atomic.Int64) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		served.Add(1)
+		if failing.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// checkLocalityFailover shows Istio's default locality load balancing
+// from a sidecar in us-east/zone-a (its istio-locality label): with
+// outlier detection in the DestinationRule, requests stay with the
+// endpoint in the sidecar's zone while it works, and fail over to the
+// other region's once outlier detection ejects it.
+func checkLocalityFailover(t *testing.T, apply func(string), call func(port int, host, path string) (int, string)) {
+	t.Helper()
+	var nearFailing, farFailing atomic.Bool
+	var near, far atomic.Int64
+	nearPort, farPort := switchBackend(t, &nearFailing, &near), switchBackend(t, &farFailing, &far)
+	svc := freePort(t)
+	apply(fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: local}
+spec:
+  hosts: [local.mesh]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: %d, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: %d}, locality: eu-west/zone-x}
+  - {address: 127.0.0.1, ports: {http: %d}, locality: us-east/zone-a}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: local}
+spec:
+  host: local.mesh
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, interval: 10s, baseEjectionTime: 60s, maxEjectionPercent: 100}
+`, svc, farPort, nearPort))
+	waitPort(t, svc)
+	for range 30 {
+		if code, _ := call(svc, "local.mesh", "/"); code != 200 {
+			t.Fatalf("local.mesh answered %d", code)
+		}
+	}
+	if near.Load() != 30 || far.Load() != 0 {
+		t.Fatalf("with both up: %d requests in the sidecar's zone, %d in the other region; want all 30 in its zone", near.Load(), far.Load())
+	}
+	nearFailing.Store(true)
+	failed := 0
+	for range 30 {
+		if code, _ := call(svc, "local.mesh", "/"); code != 200 {
+			failed++
+		}
+	}
+	t.Logf("locality failover: %d of 30 requests failed, %d reached the other region", failed, far.Load())
+	if failed > 1 || far.Load() < 29 {
+		t.Fatalf("after the zone's endpoint failed: %d of 30 requests failed and %d reached the other region; want at most 1 and at least 29",
+			failed, far.Load())
+	}
+}

@@ -192,7 +192,7 @@ spec:
 	// sidecar runs as nobody.
 	bin, pre := asNobody()
 	proxyArgs := append(pre, proxyBin, "sidecar", "--explicit", "--ip", "127.0.0.10", "--name", "client", "--namespace", "default",
-		"--labels", "app=client,version=v1", "--discovery-address", fmt.Sprintf("127.0.0.1:%d", xdsPort),
+		"--labels", "app=client,version=v1,istio-locality=us-east.zone-a", "--discovery-address", fmt.Sprintf("127.0.0.1:%d", xdsPort),
 		"--admin-port", fmt.Sprint(admin), "--stats-port", fmt.Sprint(stats), "--ready-port", fmt.Sprint(ready), "--log-level", "debug",
 		"--access-log", "/dev/stdout")
 	if bin == "" {
@@ -353,6 +353,7 @@ spec:
 	checkUpgrade(t, wsSvc, "chat.mesh")
 
 	resilPort, ejected := checkResilience(t, apply, call2)
+	checkLocalityFailover(t, apply, call2)
 	// The sidecar's live view: the ejected endpoint fails its outlier check.
 	out, err := exec.Command(weftBin, "--kubeconfig", kc, "proxy-config", "endpoint", "--admin", fmt.Sprintf("http://127.0.0.1:%d", admin),
 		"--port", fmt.Sprint(ejected)).CombinedOutput()
