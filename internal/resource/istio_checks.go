@@ -190,7 +190,8 @@ func checkTrafficPolicyLocality(es *FieldErrors, path string, tp *networking.Tra
 // DestinationRule or the mesh config) at path: distribute or failover,
 // not both; each distribute rule's weights in [1, 100] adding up to 100;
 // localities "region/zone/subzone" with at most one "*", at the end;
-// failover between two different regions, named without "/" or "*".
+// failover between two different regions, named without "/" or "*", and
+// not beside a locality label in failoverPriority.
 func CheckLocalityLB(path string, s *networking.LocalityLoadBalancerSetting) FieldErrors {
 	var es FieldErrors
 	if s == nil {
@@ -221,6 +222,15 @@ func CheckLocalityLB(path string, s *networking.LocalityLoadBalancerSetting) Fie
 		}
 		if total != 100 {
 			es.add(p+".to", "Invalid value: the weights add up to %d, not 100", total)
+		}
+	}
+	if len(s.GetFailover()) > 0 {
+		for i, e := range s.GetFailoverPriority() {
+			switch name, _, _ := strings.Cut(e, "="); name {
+			case "topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone":
+				es.add(fmt.Sprintf("%s.failoverPriority[%d]", path, i),
+					"Invalid value: %q: failover and a locality label in failoverPriority cannot both be set", e)
+			}
 		}
 	}
 	for i, f := range s.GetFailover() {

@@ -152,6 +152,17 @@ spec:
   trafficPolicy:
     loadBalancer:
       localityLbSetting:
+        failoverPriority: [topology.istio.io/network, topology.kubernetes.io/region]
+        failover: [{from: us-east, to: eu-west}]
+`, `spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority[1]: Invalid value: "topology.kubernetes.io/region": failover and a locality label in failoverPriority cannot both be set`},
+		{`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
         distribute: [{from: "*/a/*", to: {"us-east/*": 100}}]
 `, `spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].from: Invalid value: "*/a/*": a locality takes at most one "*", at its end`},
 		{`apiVersion: security.istio.io/v1

@@ -155,9 +155,6 @@ func ParseMeshConfig(data []byte, base Mesh) (Mesh, []string, error) {
 		if errs := resource.CheckLocalityLB("localityLbSetting", mc.GetLocalityLbSetting()); len(errs) > 0 {
 			return base, warnings, fmt.Errorf("mesh config: %w", errs)
 		}
-		if lb := mc.GetLocalityLbSetting(); len(lb.GetFailoverPriority()) > 0 {
-			warnings = append(warnings, "mesh config: localityLbSetting.failoverPriority is not supported by weft; failover follows localities only")
-		}
 		m.LocalityLB = mc.GetLocalityLbSetting()
 	}
 	if t := mc.GetDefaultConfig().GetTracing(); t != nil {

@@ -299,9 +299,8 @@ defaultConfig:
 	}
 }
 
-// TestParseMeshConfigLocality: localityLbSetting is kept for translation,
-// checked by Istio's rules (a bad one leaves the mesh as it was), and
-// failoverPriority, which weft does not implement, is warned about.
+// TestParseMeshConfigLocality: localityLbSetting is kept for translation
+// and checked by Istio's rules (a bad one leaves the mesh as it was).
 func TestParseMeshConfigLocality(t *testing.T) {
 	if DefaultMesh().LocalityLB != nil {
 		t.Error("default localityLbSetting set; want nil (Istio's default: enabled)")
@@ -317,9 +316,9 @@ localityLbSetting:
 	if f := m.LocalityLB.GetFailover(); !m.LocalityLB.GetEnabled().GetValue() || len(f) != 1 || f[0].GetFrom() != "us-east" || f[0].GetTo() != "eu-west" {
 		t.Errorf("localityLbSetting %v", m.LocalityLB)
 	}
-	_, warnings, err = ParseMeshConfig([]byte(`localityLbSetting: {failoverPriority: [topology.kubernetes.io/zone]}`), DefaultMesh())
-	if err != nil || len(warnings) != 1 || !strings.Contains(warnings[0], "failoverPriority is not supported") {
-		t.Errorf("failoverPriority: %v %q", err, warnings)
+	m, warnings, err = ParseMeshConfig([]byte(`localityLbSetting: {failoverPriority: [topology.kubernetes.io/zone]}`), DefaultMesh())
+	if err != nil || len(warnings) != 0 || len(m.LocalityLB.GetFailoverPriority()) != 1 {
+		t.Errorf("failoverPriority: %v %q %v", err, warnings, m.LocalityLB)
 	}
 	for bad, want := range map[string]string{
 		`localityLbSetting: {distribute: [{from: "a/*", to: {"a/*": 50}}]}`:                        "localityLbSetting.distribute[0].to: Invalid value: the weights add up to 50, not 100",

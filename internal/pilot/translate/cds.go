@@ -245,14 +245,16 @@ func (r *cdsRun) outboundCluster(svc *registry.Service, port registry.Port, dr *
 		eps = filterEndpoints(all, ss.GetLabels())
 	}
 	c := &clusterv3.Cluster{Name: name, ConnectTimeout: r.connectTimeout(), CircuitBreakers: defaultCircuitBreakers()}
+	policy := dr.policyFor(ss, port.Number)
+	prio := r.failoverPriority(policy)
 	var la *endpointv3.ClusterLoadAssignment
 	switch svc.Resolution {
 	case registry.ResolutionStatic:
 		c.ClusterDiscoveryType = clusterType(clusterv3.Cluster_EDS)
 		c.EdsClusterConfig = &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsConfigSource(), ServiceName: name}
-		la = &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: r.localityEndpoints(svc, port, eps, true)}
+		la = &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: r.localityEndpoints(svc, port, eps, true, prio)}
 	case registry.ResolutionDNS, registry.ResolutionDNSRoundRobin:
-		lle := r.localityEndpoints(svc, port, eps, false)
+		lle := r.localityEndpoints(svc, port, eps, false, prio)
 		if len(all) == 0 {
 			if strings.Contains(svc.Hostname, "*") {
 				r.warnOnce("Service %s/%s: DNS resolution of a wildcard host without endpoints; no cluster", svc.Namespace, svc.Hostname)
@@ -277,7 +279,6 @@ func (r *cdsRun) outboundCluster(svc *registry.Service, port registry.Port, dr *
 		return nil, nil
 	}
 
-	policy := dr.policyFor(ss, port.Number)
 	if !r.applyLoadBalancer(c, policy.GetLoadBalancer()) {
 		// PASSTHROUGH: forward to the original destination.
 		if proxyless {

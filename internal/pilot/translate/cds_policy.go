@@ -456,9 +456,6 @@ func (r *cdsRun) warnUnsupported(d *destRule) {
 			lbs = append(lbs, pl.GetLoadBalancer())
 		}
 		for _, lb := range lbs {
-			if len(lb.GetLocalityLbSetting().GetFailoverPriority()) > 0 {
-				r.warnOnce("%s: %sloadBalancer.localityLbSetting.failoverPriority is not supported; failover follows localities only", d.key(), where)
-			}
 			if lb.GetWarmup() != nil || lb.GetWarmupDurationSecs() != nil {
 				r.warnOnce("%s: %sloadBalancer.warmup is not supported; ignored", d.key(), where)
 			}

@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"fmt"
 	"math"
 	"net/netip"
 	"sort"
@@ -28,13 +29,15 @@ func filterEndpoints(eps []registry.Endpoint, selector map[string]string) []regi
 }
 
 // localityEndpoints groups endpoints serving one service port by locality
-// ("region/zone/subzone"), each endpoint weighted by its Weight (0 means 1)
-// and each locality by the sum of its endpoints' weights: gRPC's xDS client
-// drops localities without a weight. Localities are sorted by name,
+// ("region/zone/subzone") and, with prio (failoverPriority), by priority
+// within it, each endpoint weighted by its Weight (0 means 1)
+// and each group by the sum of its endpoints' weights: gRPC's xDS client
+// drops localities without a weight. Groups are sorted by locality, then priority,
 // endpoints by address and port. Endpoints are dialled at DialPort: an
 // explicit-mode sidecar's port in front of the application's. With ipOnly (EDS), addresses that are not
 // IPs are skipped and reported; unix sockets are always skipped.
-func (r *cdsRun) localityEndpoints(svc *registry.Service, port registry.Port, eps []registry.Endpoint, ipOnly bool) []*endpointv3.LocalityLbEndpoints {
+func (r *cdsRun) localityEndpoints(svc *registry.Service, port registry.Port, eps []registry.Endpoint, ipOnly bool,
+	prio func(*registry.Endpoint) uint32) []*endpointv3.LocalityLbEndpoints {
 	groups := map[string]*endpointv3.LocalityLbEndpoints{}
 	sums := map[string]uint64{}
 	for i := range eps {
@@ -47,13 +50,18 @@ func (r *cdsRun) localityEndpoints(svc *registry.Service, port registry.Port, ep
 			continue
 		}
 		w := max(ep.Weight, 1)
-		g := groups[ep.Locality]
+		var p uint32
+		if prio != nil {
+			p = prio(ep)
+		}
+		key := fmt.Sprintf("%s\x00%010d", ep.Locality, p)
+		g := groups[key]
 		if g == nil {
-			g = &endpointv3.LocalityLbEndpoints{Locality: parseLocality(ep.Locality)}
-			groups[ep.Locality] = g
+			g = &endpointv3.LocalityLbEndpoints{Locality: parseLocality(ep.Locality), Priority: p}
+			groups[key] = g
 		}
 		g.LbEndpoints = append(g.LbEndpoints, lbEndpoint(ep.Address, ep.DialPort(port), ep.Healthy, w))
-		sums[ep.Locality] += uint64(w)
+		sums[key] += uint64(w)
 	}
 	names := make([]string, 0, len(groups))
 	for n := range groups {

@@ -8,6 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/registry"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
 )
@@ -24,8 +25,11 @@ import (
 //     a priority by how much of it matches the proxy's locality (0: the
 //     same region, zone and subzone; 1: region and zone; 2: region; 3:
 //     none), and failover rules push regions not named as the proxy
-//     region's failover target down to 4. The sidecar sends the load to
-//     the highest priority whose endpoints are up.
+//     region's failover target down to 4. With failoverPriority, the
+//     labels it lists order the endpoints first (see failoverPriority),
+//     and localities only within that order, when failover rules are set
+//     too. The sidecar sends the load to the highest priority whose
+//     endpoints are up.
 
 // localityLB returns the locality settings that apply to a cluster: the
 // destination rule's, else the mesh's; nil when locality load balancing
@@ -67,7 +71,10 @@ func (r *cdsRun) proxyLocality() *corev3.Locality {
 }
 
 // applyLocalityLB applies locality load balancing to la (see above);
-// failover only when the cluster has outlier detection.
+// failover only when the cluster has outlier detection. With
+// failoverPriority, la's priorities are already the labels' (see
+// failoverPriority); localities then only refine them when failover
+// rules are set too, as istiod does.
 func (r *cdsRun) applyLocalityLB(la *endpointv3.ClusterLoadAssignment, lb *networking.LoadBalancerSettings, outlier bool) {
 	s := r.localityLB(lb)
 	if s == nil || la == nil || len(la.GetEndpoints()) == 0 {
@@ -76,8 +83,72 @@ func (r *cdsRun) applyLocalityLB(la *endpointv3.ClusterLoadAssignment, lb *netwo
 	switch {
 	case len(s.GetDistribute()) > 0:
 		distributeLocalities(la, r.proxyLocality(), s.GetDistribute())
-	case outlier:
+	case !outlier:
+	case len(s.GetFailoverPriority()) > 0 && len(r.p.Labels) > 0:
+		if len(s.GetFailover()) > 0 {
+			failoverLocalities(la, r.proxyLocality(), s.GetFailover())
+		}
+		compressPriorities(la)
+	default:
 		failoverLocalities(la, r.proxyLocality(), s.GetFailover())
+	}
+}
+
+// Istio's topology labels, which failoverPriority may name: a proxy and
+// an endpoint that do not carry them get them from their locality.
+const (
+	labelRegion  = "topology.kubernetes.io/region"
+	labelZone    = "topology.kubernetes.io/zone"
+	labelSubZone = "topology.istio.io/subzone"
+)
+
+// withTopology returns labels with the topology labels of l added where
+// labels lack them.
+func withTopology(labels map[string]string, l *corev3.Locality) map[string]string {
+	out := make(map[string]string, len(labels)+3)
+	for k, v := range labels {
+		out[k] = v
+	}
+	for k, v := range map[string]string{labelRegion: l.GetRegion(), labelZone: l.GetZone(), labelSubZone: l.GetSubZone()} {
+		if _, ok := out[k]; !ok && v != "" {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// failoverPriority returns the priority of each endpoint by policy's
+// failoverPriority (nil when it does not apply: no such list, locality
+// load balancing off or distributing, no outlier detection, or a proxy
+// without labels). Each entry names a label, or "label=value" to compare
+// with value instead of the proxy's own: an endpoint matching the proxy
+// on every label has priority 0, one that first differs at the i-th of n
+// labels priority n-i.
+func (r *cdsRun) failoverPriority(policy *networking.TrafficPolicy) func(*registry.Endpoint) uint32 {
+	s := r.localityLB(policy.GetLoadBalancer())
+	if s == nil || len(s.GetDistribute()) > 0 || policy.GetOutlierDetection() == nil || len(s.GetFailoverPriority()) == 0 || len(r.p.Labels) == 0 {
+		return nil
+	}
+	proxy := withTopology(r.p.Labels, r.proxyLocality())
+	names := make([]string, len(s.GetFailoverPriority()))
+	want := make([]string, len(names))
+	for i, e := range s.GetFailoverPriority() {
+		name, value, ok := strings.Cut(e, "=")
+		names[i] = name
+		if ok {
+			want[i] = value
+		} else {
+			want[i] = proxy[name]
+		}
+	}
+	return func(ep *registry.Endpoint) uint32 {
+		labels := withTopology(ep.Labels, parseLocality(ep.Locality))
+		for i, name := range names {
+			if labels[name] != want[i] {
+				return uint32(len(names) - i)
+			}
+		}
+		return 0
 	}
 }
 
@@ -165,8 +236,16 @@ func failoverLocalities(la *endpointv3.ClusterLoadAssignment, proxy *corev3.Loca
 		default:
 			p = 0
 		}
-		lle.Priority = p
+		// Within a failoverPriority level (0 without one): at most five
+		// locality priorities each.
+		lle.Priority = lle.Priority*5 + p
 	}
+	compressPriorities(la)
+}
+
+// compressPriorities renumbers la's priorities 0, 1, 2, … in their order,
+// as Envoy wants them.
+func compressPriorities(la *endpointv3.ClusterLoadAssignment) {
 	var used []uint32
 	for _, lle := range la.Endpoints {
 		used = append(used, lle.Priority)

@@ -39,8 +39,12 @@ func TestLocalityLoadBalancing(t *testing.T) {
 	const cluster = "outbound|80||" + host
 	eps := []registry.Endpoint{}
 	for i, l := range []string{"us-east/a/1", "us-east/a/2", "us-east/b/1", "eu-west/x/1", "ap-south/y/1", "us-east/b/2"} {
+		network := "n1"
+		if i >= 3 {
+			network = "n2"
+		}
 		eps = append(eps, registry.Endpoint{Hostname: host, Namespace: "default", Address: fmt.Sprintf("10.1.0.%d", i+1),
-			Locality: l, Healthy: true, Weight: 1})
+			Locality: l, Healthy: true, Weight: 1, Labels: map[string]string{"topology.istio.io/network": network}})
 	}
 	// The client's own WorkloadEntry, whose locality is the proxy's when
 	// the node names none.
@@ -70,6 +74,19 @@ func TestLocalityLoadBalancing(t *testing.T) {
 			policy: `{"loadBalancer": {"localityLbSetting": {"enabled": false}}, ` + outlier + `}`, want: flat},
 		"off in the mesh config": {proxyLocality: "us-east/a/1", policy: `{` + outlier + `}`,
 			mesh: &networking.LocalityLoadBalancerSetting{Enabled: wrapperspb.Bool(false)}, want: flat},
+		// Endpoints 1-3 are in the proxy's network n1, 4-6 in n2; the
+		// region label comes from the localities.
+		"failoverPriority": {proxyLocality: "us-east/a/1",
+			policy: `{"loadBalancer": {"localityLbSetting": {"failoverPriority": ["topology.istio.io/network", "topology.kubernetes.io/region"]}}, ` + outlier + `}`,
+			want: []string{"ap-south/y/1 p1 w1", "eu-west/x/1 p1 w1", "us-east/a/1 p0 w1", "us-east/a/2 p0 w1", "us-east/b/1 p0 w1", "us-east/b/2 p1 w1"}},
+		"failoverPriority with a value": {proxyLocality: "us-east/a/1",
+			policy: `{"loadBalancer": {"localityLbSetting": {"failoverPriority": ["topology.istio.io/network=n2"]}}, ` + outlier + `}`,
+			want: []string{"ap-south/y/1 p0 w1", "eu-west/x/1 p0 w1", "us-east/a/1 p1 w1", "us-east/a/2 p1 w1", "us-east/b/1 p1 w1", "us-east/b/2 p0 w1"}},
+		// Network first, then distance within it (and the failover rule).
+		"failoverPriority and failover": {proxyLocality: "us-east/a/1",
+			policy: `{"loadBalancer": {"localityLbSetting": {"failoverPriority": ["topology.istio.io/network"],
+				"failover": [{"from": "us-east", "to": "eu-west"}]}}, ` + outlier + `}`,
+			want: []string{"ap-south/y/1 p5 w1", "eu-west/x/1 p4 w1", "us-east/a/1 p0 w1", "us-east/a/2 p1 w1", "us-east/b/1 p2 w1", "us-east/b/2 p3 w1"}},
 		// Zone a's two localities share 80 in proportion to their own
 		// weights; the other regions take nothing.
 		"distribute": {proxyLocality: "us-east/a/1",
@@ -98,7 +115,8 @@ func TestLocalityLoadBalancing(t *testing.T) {
 				registry.Key("default", "client.default.svc.cluster.local"): eps[6:],
 			}}
 			s := model.NewSnapshot("1", mesh, configs, reg)
-			p := &model.Proxy{Type: model.Sidecar, Namespace: "default", IPs: []string{"10.0.0.1"}, Locality: tc.proxyLocality}
+			p := &model.Proxy{Type: model.Sidecar, Namespace: "default", IPs: []string{"10.0.0.1"}, Locality: tc.proxyLocality,
+				Labels: map[string]string{"app": "client", "topology.istio.io/network": "n1"}}
 			r := buildCDS(&cdsInput{snap: s, proxy: p})
 			if diff := cmp.Diff(tc.want, describeLocalities(t, r, cluster)); diff != "" {
 				t.Errorf("localities (-want +got)\n%s", diff)
