@@ -78,10 +78,10 @@ func TestLocalityLoadBalancing(t *testing.T) {
 		// region label comes from the localities.
 		"failoverPriority": {proxyLocality: "us-east/a/1",
 			policy: `{"loadBalancer": {"localityLbSetting": {"failoverPriority": ["topology.istio.io/network", "topology.kubernetes.io/region"]}}, ` + outlier + `}`,
-			want: []string{"ap-south/y/1 p1 w1", "eu-west/x/1 p1 w1", "us-east/a/1 p0 w1", "us-east/a/2 p0 w1", "us-east/b/1 p0 w1", "us-east/b/2 p1 w1"}},
+			want:   []string{"ap-south/y/1 p1 w1", "eu-west/x/1 p1 w1", "us-east/a/1 p0 w1", "us-east/a/2 p0 w1", "us-east/b/1 p0 w1", "us-east/b/2 p1 w1"}},
 		"failoverPriority with a value": {proxyLocality: "us-east/a/1",
 			policy: `{"loadBalancer": {"localityLbSetting": {"failoverPriority": ["topology.istio.io/network=n2"]}}, ` + outlier + `}`,
-			want: []string{"ap-south/y/1 p0 w1", "eu-west/x/1 p0 w1", "us-east/a/1 p1 w1", "us-east/a/2 p1 w1", "us-east/b/1 p1 w1", "us-east/b/2 p0 w1"}},
+			want:   []string{"ap-south/y/1 p0 w1", "eu-west/x/1 p0 w1", "us-east/a/1 p1 w1", "us-east/a/2 p1 w1", "us-east/b/1 p1 w1", "us-east/b/2 p0 w1"}},
 		// Network first, then distance within it (and the failover rule).
 		"failoverPriority and failover": {proxyLocality: "us-east/a/1",
 			policy: `{"loadBalancer": {"localityLbSetting": {"failoverPriority": ["topology.istio.io/network"],
