@@ -225,18 +225,11 @@ spec:
 // hits and keeping the x-forwarded-client-cert of the last one in xfcc.
 func backendRecording(t *testing.T, id string, hits *atomic.Int64, xfcc *atomic.Value) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
 		xfcc.Store(strings.Join(r.Header.Values("X-Forwarded-Client-Cert"), "|"))
 		fmt.Fprint(w, id)
-	})}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { srv.Close() })
-	return l.Addr().(*net.TCPAddr).Port
+	})})
 }
 
 func mustChmod(t *testing.T, path string, mode os.FileMode) {

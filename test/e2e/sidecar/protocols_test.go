@@ -157,11 +157,7 @@ func checkTCP(t *testing.T, port int) {
 // handshake, without the framing).
 func startUpgradeBackend(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 			http.Error(w, "upgrade required", http.StatusUpgradeRequired)
 			return
@@ -181,10 +177,7 @@ func startUpgradeBackend(t *testing.T) int {
 			_, _ = brw.WriteString(line)
 			_ = brw.Flush()
 		}
-	})}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { srv.Close() })
-	return l.Addr().(*net.TCPAddr).Port
+	})})
 }
 
 // checkUpgrade performs an Upgrade handshake through the sidecar and

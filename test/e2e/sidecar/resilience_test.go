@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -12,20 +11,13 @@ import (
 // countingBackend answers with status and counts requests by Host.
 func countingBackend(t *testing.T, status int, hosts *atomic.Int64, wantHost string) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if hosts != nil && r.Host == wantHost {
 			hosts.Add(1)
 		}
 		w.WriteHeader(status)
 		fmt.Fprint(w, status)
-	})}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { srv.Close() })
-	return l.Addr().(*net.TCPAddr).Port
+	})})
 }
 
 // checkResilience shows outlier ejection, a fault delay and request
@@ -125,19 +117,12 @@ spec:
 // requests it gets.
 func switchBackend(t *testing.T, failing *atomic.Bool, served *atomic.Int64) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	return serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		served.Add(1)
 		if failing.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
-	})}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { srv.Close() })
-	return l.Addr().(*net.TCPAddr).Port
+	})})
 }
 
 // checkLocalityFailover shows Istio's default locality load balancing
