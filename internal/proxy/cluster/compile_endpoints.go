@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -46,6 +47,21 @@ func (k *compiler) loadAssignment(field string, la *endpointv3.ClusterLoadAssign
 			}
 			out.OverprovisioningFactor = v.GetValue()
 		}
+	}
+	// Priorities run from 0 without gaps (Envoy's rule): a level is only
+	// reached through the ones before it.
+	seen := make([]bool, len(la.GetEndpoints()))
+	for i, lle := range la.GetEndpoints() {
+		p := lle.GetPriority()
+		if p >= uint32(len(seen)) {
+			k.invalid(fmt.Sprintf("%s.endpoints[%d].priority", field, i), "%d leaves a gap: priorities run from 0 without gaps", p)
+			return
+		}
+		seen[p] = true
+	}
+	if gap := slices.Index(seen, false); gap >= 0 && slices.Contains(seen[gap:], true) {
+		k.invalid(field+".endpoints", "no locality has priority %d: priorities run from 0 without gaps", gap)
+		return
 	}
 	n := 0
 	for i, lle := range la.GetEndpoints() {

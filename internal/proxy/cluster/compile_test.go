@@ -34,6 +34,13 @@ func TestCompileRejects(t *testing.T) {
 		{"success rate", func(c *clusterv3.Cluster, _ *endpointv3.ClusterLoadAssignment) {
 			c.OutlierDetection = &clusterv3.OutlierDetection{}
 		}, "enforcing_success_rate", true},
+		{"priority out of range", func(_ *clusterv3.Cluster, la *endpointv3.ClusterLoadAssignment) {
+			la.Endpoints[0].Priority = 4000000000
+		}, "priorities run from 0 without gaps", false},
+		{"priority gap", func(_ *clusterv3.Cluster, la *endpointv3.ClusterLoadAssignment) {
+			la.Endpoints = append(la.Endpoints, &endpointv3.LocalityLbEndpoints{Priority: 2, LbEndpoints: la.Endpoints[0].LbEndpoints},
+				&endpointv3.LocalityLbEndpoints{Priority: 2, LbEndpoints: la.Endpoints[0].LbEndpoints})
+		}, "no locality has priority 1", false},
 		{"drop overloads", func(_ *clusterv3.Cluster, la *endpointv3.ClusterLoadAssignment) {
 			la.Policy = &endpointv3.ClusterLoadAssignment_Policy{DropOverloads: []*endpointv3.ClusterLoadAssignment_Policy_DropOverload{{Category: "x"}}}
 		}, "drop_overloads", true},
