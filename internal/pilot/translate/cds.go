@@ -41,6 +41,8 @@ type cdsRun struct {
 	seen map[string]bool
 	// pa indexes PeerAuthentications for auto mTLS (see peerAuthn).
 	pa *paIndex
+	// locality is the proxy's, once worked out (see proxyLocality).
+	locality *corev3.Locality
 }
 
 func (r *cdsRun) warnOnce(format string, args ...any) {

@@ -54,7 +54,10 @@ func (r *cdsRun) localityEndpoints(svc *registry.Service, port registry.Port, ep
 		if prio != nil {
 			p = prio(ep)
 		}
-		key := fmt.Sprintf("%s\x00%010d", ep.Locality, p)
+		key := ep.Locality
+		if p > 0 {
+			key = fmt.Sprintf("%s\x00%010d", ep.Locality, p)
+		}
 		g := groups[key]
 		if g == nil {
 			g = &endpointv3.LocalityLbEndpoints{Locality: parseLocality(ep.Locality), Priority: p}

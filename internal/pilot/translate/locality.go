@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -31,6 +32,10 @@ import (
 //     too. The sidecar sends the load to the highest priority whose
 //     endpoints are up.
 
+// defaultLocalityLB is Istio's default locality setting: enabled, no
+// rules. Read only.
+var defaultLocalityLB = &networking.LocalityLoadBalancerSetting{}
+
 // localityLB returns the locality settings that apply to a cluster: the
 // destination rule's, else the mesh's; nil when locality load balancing
 // is off for it.
@@ -43,7 +48,7 @@ func (r *cdsRun) localityLB(lb *networking.LoadBalancerSettings) *networking.Loc
 	}
 	m := r.s.Mesh.LocalityLB
 	if m == nil {
-		return &networking.LocalityLoadBalancerSetting{} // Istio's default: enabled
+		return defaultLocalityLB
 	}
 	if m.GetEnabled() != nil && !m.GetEnabled().GetValue() {
 		return nil
@@ -54,20 +59,26 @@ func (r *cdsRun) localityLB(lb *networking.LoadBalancerSettings) *networking.Loc
 // proxyLocality is where the proxy runs: its node's locality (or
 // istio-locality label), else, for sidecars and gateways, the locality
 // of their own workload in the registry (a WorkloadEntry's locality).
+// It is worked out once per run.
 func (r *cdsRun) proxyLocality() *corev3.Locality {
-	if r.p.Locality != "" {
-		return parseLocality(r.p.Locality)
+	if r.locality != nil {
+		return r.locality
 	}
-	if reg := r.s.Registry; reg != nil && r.p.Type != model.Proxyless {
+	r.locality = &corev3.Locality{}
+	if r.p.Locality != "" {
+		r.locality = parseLocality(r.p.Locality)
+	} else if reg := r.s.Registry; reg != nil && r.p.Type != model.Proxyless && len(r.p.IPs) > 0 {
+	search:
 		for _, eps := range reg.Endpoints {
 			for _, ep := range eps {
 				if ep.Locality != "" && slices.Contains(r.p.IPs, ep.Address) {
-					return parseLocality(ep.Locality)
+					r.locality = parseLocality(ep.Locality)
+					break search
 				}
 			}
 		}
 	}
-	return &corev3.Locality{}
+	return r.locality
 }
 
 // applyLocalityLB applies locality load balancing to la (see above);
@@ -102,19 +113,21 @@ const (
 	labelSubZone = "topology.istio.io/subzone"
 )
 
-// withTopology returns labels with the topology labels of l added where
-// labels lack them.
-func withTopology(labels map[string]string, l *corev3.Locality) map[string]string {
-	out := make(map[string]string, len(labels)+3)
-	for k, v := range labels {
-		out[k] = v
+// topologyLabel is the value of label name in labels, or for a topology
+// label that labels lack, the part of the locality l it stands for.
+func topologyLabel(labels map[string]string, l *corev3.Locality, name string) string {
+	if v, ok := labels[name]; ok {
+		return v
 	}
-	for k, v := range map[string]string{labelRegion: l.GetRegion(), labelZone: l.GetZone(), labelSubZone: l.GetSubZone()} {
-		if _, ok := out[k]; !ok && v != "" {
-			out[k] = v
-		}
+	switch name {
+	case labelRegion:
+		return l.GetRegion()
+	case labelZone:
+		return l.GetZone()
+	case labelSubZone:
+		return l.GetSubZone()
 	}
-	return out
+	return ""
 }
 
 // failoverPriority returns the priority of each endpoint by policy's
@@ -129,7 +142,6 @@ func (r *cdsRun) failoverPriority(policy *networking.TrafficPolicy) func(*regist
 	if s == nil || len(s.GetDistribute()) > 0 || policy.GetOutlierDetection() == nil || len(s.GetFailoverPriority()) == 0 || len(r.p.Labels) == 0 {
 		return nil
 	}
-	proxy := withTopology(r.p.Labels, r.proxyLocality())
 	names := make([]string, len(s.GetFailoverPriority()))
 	want := make([]string, len(names))
 	for i, e := range s.GetFailoverPriority() {
@@ -138,13 +150,13 @@ func (r *cdsRun) failoverPriority(policy *networking.TrafficPolicy) func(*regist
 		if ok {
 			want[i] = value
 		} else {
-			want[i] = proxy[name]
+			want[i] = topologyLabel(r.p.Labels, r.proxyLocality(), name)
 		}
 	}
 	return func(ep *registry.Endpoint) uint32 {
-		labels := withTopology(ep.Labels, parseLocality(ep.Locality))
+		loc := parseLocality(ep.Locality)
 		for i, name := range names {
-			if labels[name] != want[i] {
+			if topologyLabel(ep.Labels, loc, name) != want[i] {
 				return uint32(len(names) - i)
 			}
 		}
@@ -177,13 +189,7 @@ func distributeLocalities(la *endpointv3.ClusterLoadAssignment, proxy *corev3.Lo
 		}
 		// Patterns in a stable order: a locality goes to the first one
 		// that matches it.
-		for _, pattern := range slices.Sorted(func(yield func(string) bool) {
-			for k := range rule.GetTo() {
-				if !yield(k) {
-					return
-				}
-			}
-		}) {
+		for _, pattern := range slices.Sorted(maps.Keys(rule.GetTo())) {
 			weight := rule.GetTo()[pattern]
 			var idx []int
 			var total uint64
