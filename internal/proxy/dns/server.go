@@ -282,8 +282,15 @@ func (s *Server) closeSockets() {
 	}
 }
 
+// udpQueryBuf is the most of a UDP query read: queries are a few
+// hundred bytes (one question, perhaps an OPT record), and a 64 KiB
+// buffer per socket held 128 KiB of every sidecar's heap for nothing. A
+// longer datagram is cut short: its question comes first and is
+// answered; what follows it (EDNS options) is lost.
+const udpQueryBuf = 4096
+
 func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) {
-	buf := make([]byte, 65535)
+	buf := make([]byte, udpQueryBuf)
 	for {
 		n, addr, err := pc.ReadFrom(buf)
 		if err != nil {

@@ -527,3 +527,37 @@ func TestBindClash(t *testing.T) {
 		t.Fatalf("clash: %v", err)
 	}
 }
+
+// TestOversizedUDPQuery: a UDP query longer than udpQueryBuf (here by a
+// padding option) is cut short, and its question, which comes first, is
+// still answered.
+func TestOversizedUDPQuery(t *testing.T) {
+	s := startServer(t, Config{}, meshTable())
+	var opt dnsmessage.ResourceHeader
+	_ = opt.SetEDNS0(1232, dnsmessage.RCodeSuccess, false)
+	q := dnsmessage.Message{Header: dnsmessage.Header{ID: 77, RecursionDesired: true},
+		Questions:   []dnsmessage.Question{{Name: dnsmessage.MustNewName("reviews.mesh."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}},
+		Additionals: []dnsmessage.Resource{{Header: opt, Body: &dnsmessage.OPTResource{Options: []dnsmessage.Option{{Code: 12, Data: make([]byte, udpQueryBuf)}}}}}}
+	raw, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("udp", s.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(raw); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 65535)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("a %d-byte query: %v", len(raw), err)
+	}
+	var m dnsmessage.Message
+	if err := m.Unpack(buf[:n]); err != nil || m.ID != 77 || len(addrs(m)) != 1 {
+		t.Fatalf("a %d-byte query: answer %v %+v", len(raw), err, m)
+	}
+}
