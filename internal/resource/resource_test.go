@@ -69,6 +69,18 @@ func TestIstioSamplesValidate(t *testing.T) {
 	}
 }
 
+// drLocality starts a DestinationRule whose traffic policy's
+// localityLbSetting follows (indented by eight spaces).
+const drLocality = `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+`
+
 func TestValidateNamesField(t *testing.T) {
 	cases := []struct {
 		yaml string
@@ -111,15 +123,7 @@ spec:
   host: reviews
   subsets: [{name: v1}, {name: v1}]
 `, `spec.subsets[1].name: Duplicate value: "v1"`},
-		{`apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: d}
-spec:
-  host: reviews
-  trafficPolicy:
-    loadBalancer:
-      localityLbSetting:
-        distribute: [{from: "us-east/*", to: {"us-east/*": 70, "eu-west/*": 20}}]
+		{drLocality + `        distribute: [{from: "us-east/*", to: {"us-east/*": 70, "eu-west/*": 20}}]
 `, `spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: Invalid value: the weights add up to 90, not 100`},
 		{`apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -133,37 +137,13 @@ spec:
       - port: {number: 80}
         loadBalancer: {localityLbSetting: {failover: [{from: us-east, to: us-east}]}}
 `, `spec.subsets[0].trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting.failover[0]: Invalid value: from and to are both "us-east": fail over to a different region`},
-		{`apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: d}
-spec:
-  host: reviews
-  trafficPolicy:
-    loadBalancer:
-      localityLbSetting:
-        distribute: [{from: "*/a/*", to: {"us-east/*": 100}}]
+		{drLocality + `        distribute: [{from: "*/a/*", to: {"us-east/*": 100}}]
         failover: [{from: us-east/a, to: eu-west}]
 `, `distribute and failover cannot both be set`},
-		{`apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: d}
-spec:
-  host: reviews
-  trafficPolicy:
-    loadBalancer:
-      localityLbSetting:
-        failoverPriority: [topology.istio.io/network, topology.kubernetes.io/region]
+		{drLocality + `        failoverPriority: [topology.istio.io/network, topology.kubernetes.io/region]
         failover: [{from: us-east, to: eu-west}]
 `, `spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority[1]: Invalid value: "topology.kubernetes.io/region": failover and a locality label in failoverPriority cannot both be set`},
-		{`apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: d}
-spec:
-  host: reviews
-  trafficPolicy:
-    loadBalancer:
-      localityLbSetting:
-        distribute: [{from: "*/a/*", to: {"us-east/*": 100}}]
+		{drLocality + `        distribute: [{from: "*/a/*", to: {"us-east/*": 100}}]
 `, `spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].from: Invalid value: "*/a/*": a locality takes at most one "*", at its end`},
 		{`apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
