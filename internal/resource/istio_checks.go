@@ -179,10 +179,15 @@ func checkDestinationRule(es *FieldErrors, dr *networking.DestinationRule) {
 // checkTrafficPolicyLocality checks the localityLbSetting of a traffic
 // policy and of its port-level settings.
 func checkTrafficPolicyLocality(es *FieldErrors, path string, tp *networking.TrafficPolicy) {
-	*es = append(*es, CheckLocalityLB(path+".loadBalancer.localityLbSetting", tp.GetLoadBalancer().GetLocalityLbSetting())...)
+	check := func(path string, lb *networking.LoadBalancerSettings) {
+		*es = append(*es, CheckLocalityLB(path+".localityLbSetting", lb.GetLocalityLbSetting())...)
+		if lb.GetLocalityLbSetting() != nil && lb.GetZoneAwareLbSetting() != nil {
+			es.add(path, "Invalid value: localityLbSetting and zoneAwareLbSetting cannot both be set")
+		}
+	}
+	check(path+".loadBalancer", tp.GetLoadBalancer())
 	for i, pl := range tp.GetPortLevelSettings() {
-		*es = append(*es, CheckLocalityLB(fmt.Sprintf("%s.portLevelSettings[%d].loadBalancer.localityLbSetting", path, i),
-			pl.GetLoadBalancer().GetLocalityLbSetting())...)
+		check(fmt.Sprintf("%s.portLevelSettings[%d].loadBalancer", path, i), pl.GetLoadBalancer())
 	}
 }
 

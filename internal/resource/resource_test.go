@@ -143,6 +143,9 @@ spec:
 		{drLocality + `        failoverPriority: [topology.istio.io/network, topology.kubernetes.io/region]
         failover: [{from: us-east, to: eu-west}]
 `, `spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority[1]: Invalid value: "topology.kubernetes.io/region": failover and a locality label in failoverPriority cannot both be set`},
+		{drLocality + `        failover: [{from: us-east, to: eu-west}]
+      zoneAwareLbSetting: {}
+`, `spec.trafficPolicy.loadBalancer: Invalid value: localityLbSetting and zoneAwareLbSetting cannot both be set`},
 		{drLocality + `        distribute: [{from: "*/a/*", to: {"us-east/*": 100}}]
 `, `spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].from: Invalid value: "*/a/*": a locality takes at most one "*", at its end`},
 		{`apiVersion: security.istio.io/v1

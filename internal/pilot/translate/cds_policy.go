@@ -456,6 +456,9 @@ func (r *cdsRun) warnUnsupported(d *destRule) {
 			lbs = append(lbs, pl.GetLoadBalancer())
 		}
 		for _, lb := range lbs {
+			if lb.GetZoneAwareLbSetting() != nil {
+				r.warnOnce("%s: %sloadBalancer.zoneAwareLbSetting is not supported; locality load balancing applies instead", d.key(), where)
+			}
 			if lb.GetWarmup() != nil || lb.GetWarmupDurationSecs() != nil {
 				r.warnOnce("%s: %sloadBalancer.warmup is not supported; ignored", d.key(), where)
 			}

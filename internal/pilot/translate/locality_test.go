@@ -58,7 +58,14 @@ func TestLocalityLoadBalancing(t *testing.T) {
 		policy        string // the DestinationRule's trafficPolicy ("": no rule)
 		mesh          *networking.LocalityLoadBalancerSetting
 		want          []string
+		warning       string
 	}{
+		// Istio's zone-aware setting needs Envoy's local cluster, which the
+		// sidecar does not have: warned about, and failover by locality
+		// (on by default) applies as without it.
+		"zoneAwareLbSetting": {proxyLocality: "us-east/a/1", policy: `{"loadBalancer": {"zoneAwareLbSetting": {}}, ` + outlier + `}`,
+			want:    []string{"ap-south/y/1 p3 w1", "eu-west/x/1 p3 w1", "us-east/a/1 p0 w1", "us-east/a/2 p1 w1", "us-east/b/1 p2 w1", "us-east/b/2 p2 w1"},
+			warning: "loadBalancer.zoneAwareLbSetting is not supported; locality load balancing applies instead"},
 		"no outlier detection: no failover": {proxyLocality: "us-east/a/1", want: flat},
 		"outlier detection: priorities by distance": {proxyLocality: "us-east/a/1", policy: `{` + outlier + `}`,
 			want: []string{"ap-south/y/1 p3 w1", "eu-west/x/1 p3 w1", "us-east/a/1 p0 w1", "us-east/a/2 p1 w1", "us-east/b/1 p2 w1", "us-east/b/2 p2 w1"}},
@@ -120,6 +127,10 @@ func TestLocalityLoadBalancing(t *testing.T) {
 			r := buildCDS(&cdsInput{snap: s, proxy: p})
 			if diff := cmp.Diff(tc.want, describeLocalities(t, r, cluster)); diff != "" {
 				t.Errorf("localities (-want +got)\n%s", diff)
+			}
+			if tc.warning != "" {
+				wantWarning(t, r, tc.warning)
+				return
 			}
 			for _, w := range r.warnings {
 				if strings.Contains(w, "locality") {
