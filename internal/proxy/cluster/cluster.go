@@ -26,6 +26,7 @@
 package cluster
 
 import (
+	"math"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -97,6 +98,9 @@ type Cluster struct {
 	Policy lb.Policy
 	// LB tunes the policy (ring sizes, Maglev table size, choice count).
 	LB lb.Config
+	// SlowStart ramps up the weight of endpoints that joined recently
+	// (round robin and least request only); nil: off.
+	SlowStart *SlowStart
 	// ConnectTimeout bounds connection establishment. Default 5s.
 	ConnectTimeout time.Duration
 	// PanicThreshold is the healthy panic threshold in percent: when fewer
@@ -150,6 +154,32 @@ type Cluster struct {
 	// state is the live state; replaced only before publication.
 	state *State
 }
+
+// SlowStart is Envoy's slow start mode: for Window after an endpoint
+// joins the cluster, while healthy, its weight is scaled by
+// max(MinWeight, (age / Window)^(1/Aggression)), age at least 1 ms.
+type SlowStart struct {
+	Window     time.Duration
+	Aggression float64 // > 0; 1 ramps up linearly
+	MinWeight  float64 // a fraction, Envoy's min_weight_percent / 100
+}
+
+// factor is the weight scale of an endpoint that joined age ago, and
+// whether it is still in its window.
+func (s *SlowStart) factor(age time.Duration) (float64, bool) {
+	if age >= s.Window {
+		return 1, false
+	}
+	f := float64(max(age, time.Millisecond)) / float64(s.Window)
+	if s.Aggression != 1 {
+		f = math.Pow(f, 1/s.Aggression)
+	}
+	return max(f, s.MinWeight), true
+}
+
+// slowStartRefresh is how often the weights of a cluster with endpoints
+// in slow start are worked out again.
+const slowStartRefresh = time.Second
 
 // State returns the cluster's live state.
 func (c *Cluster) State() *State { return c.state }

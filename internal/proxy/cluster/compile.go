@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"time"
 
@@ -24,7 +25,7 @@ import (
 //     dns_resolution_config, lrs_server, upstream_config,
 //     upstream_bind_config other than a source address, lb_policy
 //     CLUSTER_PROVIDED on a type other than ORIGINAL_DST;
-//   - lb configs: slow_start_config, least request active_request_bias
+//   - lb configs: least request active_request_bias
 //     other than 1, original_dst_lb_config.metadata_key,
 //     common_lb_config.consistent_hashing_lb_config (hostname hashing,
 //     bounded loads) and override_host_status;
@@ -203,13 +204,44 @@ func (k *compiler) discoveryType(c *clusterv3.Cluster, out *Cluster) {
 	}
 }
 
+// slowStart reads a slow start config (nil when unset or without a
+// window, which Envoy takes as off). The aggression's runtime key is not
+// looked up: weft-proxy has no runtime, so its default value applies.
+func (k *compiler) slowStart(field string, cfg *clusterv3.Cluster_SlowStartConfig) *SlowStart {
+	w := cfg.GetSlowStartWindow()
+	if w == nil {
+		return nil
+	}
+	out := &SlowStart{Window: w.AsDuration(), Aggression: 1, MinWeight: 0.1}
+	if !w.IsValid() || out.Window < 0 {
+		k.invalid(field+".slow_start_window", "not a valid duration")
+		return nil
+	}
+	if out.Window == 0 {
+		return nil
+	}
+	if a := cfg.GetAggression(); a != nil {
+		if v := a.GetDefaultValue(); v <= 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			k.invalid(field+".aggression", "%v, must be above 0", v)
+		} else {
+			out.Aggression = v
+		}
+	}
+	if p := cfg.GetMinWeightPercent(); p != nil {
+		if v := p.GetValue(); v < 0 || v > 100 || math.IsNaN(v) {
+			k.invalid(field+".min_weight_percent", "%v is not a percentage", v)
+		} else {
+			out.MinWeight = v / 100
+		}
+	}
+	return out
+}
+
 func (k *compiler) lbPolicy(c *clusterv3.Cluster, out *Cluster) {
 	switch p := c.GetLbPolicy(); p {
 	case clusterv3.Cluster_ROUND_ROBIN:
 		out.Policy = lb.RoundRobin
-		if c.GetRoundRobinLbConfig().GetSlowStartConfig() != nil {
-			k.unsupported("round_robin_lb_config.slow_start_config")
-		}
+		out.SlowStart = k.slowStart("round_robin_lb_config.slow_start_config", c.GetRoundRobinLbConfig().GetSlowStartConfig())
 	case clusterv3.Cluster_LEAST_REQUEST:
 		out.Policy = lb.LeastRequest
 		cfg := c.GetLeastRequestLbConfig()
@@ -223,9 +255,7 @@ func (k *compiler) lbPolicy(c *clusterv3.Cluster, out *Cluster) {
 		if b := cfg.GetActiveRequestBias(); b != nil && b.GetDefaultValue() != 1 {
 			k.unsupported("least_request_lb_config.active_request_bias other than 1")
 		}
-		if cfg.GetSlowStartConfig() != nil {
-			k.unsupported("least_request_lb_config.slow_start_config")
-		}
+		out.SlowStart = k.slowStart("least_request_lb_config.slow_start_config", cfg.GetSlowStartConfig())
 	case clusterv3.Cluster_RANDOM:
 		out.Policy = lb.Random
 	case clusterv3.Cluster_RING_HASH:

@@ -12,6 +12,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/weftmesh/weft/internal/proxy/cluster/lb"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -58,9 +59,15 @@ func TestCompileRejects(t *testing.T) {
 				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 					VerifyCertificateSpki: []string{"x"}}}}})
 		}, "verify_certificate_spki", true},
-		{"slow start", func(c *clusterv3.Cluster, _ *endpointv3.ClusterLoadAssignment) {
-			c.LbConfig = &clusterv3.Cluster_RoundRobinLbConfig_{RoundRobinLbConfig: &clusterv3.Cluster_RoundRobinLbConfig{SlowStartConfig: &clusterv3.Cluster_SlowStartConfig{}}}
-		}, "slow_start_config", true},
+		{"slow start aggression", func(c *clusterv3.Cluster, _ *endpointv3.ClusterLoadAssignment) {
+			c.LbConfig = &clusterv3.Cluster_RoundRobinLbConfig_{RoundRobinLbConfig: &clusterv3.Cluster_RoundRobinLbConfig{SlowStartConfig: &clusterv3.Cluster_SlowStartConfig{
+				SlowStartWindow: durationpb.New(time.Minute), Aggression: &corev3.RuntimeDouble{DefaultValue: 0, RuntimeKey: "k"}}}}
+		}, "slow_start_config.aggression", false},
+		{"slow start minimum", func(c *clusterv3.Cluster, _ *endpointv3.ClusterLoadAssignment) {
+			c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
+			c.LbConfig = &clusterv3.Cluster_LeastRequestLbConfig_{LeastRequestLbConfig: &clusterv3.Cluster_LeastRequestLbConfig{SlowStartConfig: &clusterv3.Cluster_SlowStartConfig{
+				SlowStartWindow: durationpb.New(time.Minute), MinWeightPercent: &typev3.Percent{Value: 150}}}}
+		}, "least_request_lb_config.slow_start_config.min_weight_percent", false},
 		{"unix endpoint", func(_ *clusterv3.Cluster, la *endpointv3.ClusterLoadAssignment) {
 			la.Endpoints[0].LbEndpoints[0].GetEndpoint().Address = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: "/s"}}}
 		}, "socket_address", true},

@@ -76,7 +76,7 @@ func (m *Manager) Update(cs map[string]*Cluster) {
 		if prev := old[name]; prev != nil && prev != c {
 			c.adopt(prev)
 		} else if prev == nil {
-			c.state.clock = m.clock
+			c.state.useClock(m.clock)
 		}
 		next[name] = c
 	}

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/weftmesh/weft/internal/proxy/cluster/lb"
 )
@@ -48,7 +49,7 @@ func (c *Cluster) Pick(ctx PickContext) (*Endpoint, error) {
 	s := c.state
 	s.maybeSweep()
 	hs := c.hosts.Load()
-	if gen := s.gen.Load(); hs == nil || hs.gen != gen {
+	if gen := s.gen.Load(); hs == nil || hs.gen != gen || (hs.refreshAt != 0 && s.clock.Now().UnixNano() >= hs.refreshAt) {
 		hs = c.rebuild(gen)
 	}
 	if hs.n == 0 {
@@ -91,6 +92,9 @@ func (c *Cluster) pickOriginalDst(ap netip.AddrPort) (*Endpoint, error) {
 type hostSet struct {
 	gen uint64
 	n   int // available endpoints over all levels
+	// refreshAt is when slow start's weights are due to be worked out
+	// again (unix nanoseconds); 0: never.
+	refreshAt int64
 	// levels are the priorities that take load, highest first; most
 	// clusters have one.
 	levels []level
@@ -149,16 +153,21 @@ func (l loads) Load(i int) int64 { return l[i].live.active.Load() }
 func (c *Cluster) rebuild(gen uint64) *hostSet {
 	c.buildMu.Lock()
 	defer c.buildMu.Unlock()
-	if hs := c.hosts.Load(); hs != nil && hs.gen == gen {
+	now := c.state.clock.Now().UnixNano()
+	if hs := c.hosts.Load(); hs != nil && hs.gen == gen && (hs.refreshAt == 0 || now < hs.refreshAt) {
 		return hs
 	}
-	hs := c.buildHostSet(c.Endpoints())
+	b := &hostBuild{c: c, now: now}
+	hs := b.hostSet(c.Endpoints())
+	if b.slowing {
+		hs.refreshAt = now + int64(slowStartRefresh)
+	}
 	hs.gen = gen
 	c.hosts.Store(hs)
 	return hs
 }
 
-// buildHostSet splits the endpoints by priority and gives each priority
+// hostSet splits the endpoints by priority and gives each priority
 // its share of the load, as Envoy does: a priority's availability is the
 // share of its endpoints that are up (healthy or degraded, not ejected)
 // times the overprovisioning factor, at most 100 %; the highest priority
@@ -167,11 +176,12 @@ func (c *Cluster) rebuild(gen uint64) *hostSet {
 // than 100 % they are scaled up to 100 %. When every priority is below
 // the panic threshold, all endpoints of all priorities take the load
 // (Envoy's total panic, by endpoint count).
-func (c *Cluster) buildHostSet(eps []*Endpoint) *hostSet {
+func (b *hostBuild) hostSet(eps []*Endpoint) *hostSet {
+	c := b.c
 	hs := &hostSet{}
 	prios := byPriority(eps)
 	if len(prios) <= 1 {
-		lv := c.buildLevel(eps, true)
+		lv := b.level(eps, true)
 		if lv.n > 0 {
 			lv.upTo = 100
 			hs.n, hs.levels = lv.n, []level{lv}
@@ -193,7 +203,7 @@ func (c *Cluster) buildHostSet(eps []*Endpoint) *hostSet {
 		allPanic = allPanic && 100*float64(up)/float64(len(g)) < c.PanicThreshold
 	}
 	if sum == 0 || (sum < 100 && allPanic) {
-		lv := c.buildLevel(eps, true) // below the threshold over all: panic
+		lv := b.level(eps, true) // below the threshold over all: panic
 		if lv.n > 0 {
 			lv.upTo = 100
 			hs.n, hs.levels = lv.n, []level{lv}
@@ -215,7 +225,7 @@ func (c *Cluster) buildHostSet(eps []*Endpoint) *hostSet {
 		// A priority below the panic threshold only panics when the
 		// priorities together are short of 100 % (Envoy's per-priority
 		// panic).
-		lv := c.buildLevel(g, norm < 100)
+		lv := b.level(g, norm < 100)
 		if lv.n == 0 {
 			continue
 		}
@@ -232,6 +242,29 @@ func (c *Cluster) buildHostSet(eps []*Endpoint) *hostSet {
 		hs.levels[len(hs.levels)-1].upTo = 100
 	}
 	return hs
+}
+
+// hostBuild builds one host set at now.
+type hostBuild struct {
+	c   *Cluster
+	now int64 // unix nanoseconds
+	// slowing: an endpoint's weight was scaled by slow start, so the
+	// weights change with time.
+	slowing bool
+}
+
+// weight is ep's load-balancing weight, scaled by slow start for a
+// healthy endpoint of a round robin or least request cluster that joined
+// less than the window ago.
+func (b *hostBuild) weight(ep *Endpoint) float64 {
+	w := float64(ep.Weight)
+	ss := b.c.SlowStart
+	if ss == nil || ep.Health != Healthy || (b.c.Policy != lb.RoundRobin && b.c.Policy != lb.LeastRequest) {
+		return w
+	}
+	f, in := ss.factor(time.Duration(b.now - ep.live.joined))
+	b.slowing = b.slowing || in
+	return w * f
 }
 
 // byPriority groups eps by priority, highest (0) first, leaving out
@@ -251,12 +284,13 @@ func byPriority(eps []*Endpoint) [][]*Endpoint {
 	return slices.DeleteFunc(groups, func(g []*Endpoint) bool { return len(g) == 0 })
 }
 
-// buildLevel selects the endpoints of one priority to pick from:
+// level selects the endpoints of one priority to pick from:
 // healthy ones, else degraded ones; all of them when the share of healthy
 // and degraded endpoints is below the panic threshold (and panic is
 // allowed). With locality weights, each locality's weight is scaled by
 // its availability (times the overprovisioning factor, at most 1).
-func (c *Cluster) buildLevel(eps []*Endpoint, allowPanic bool) level {
+func (b *hostBuild) level(eps []*Endpoint, allowPanic bool) level {
+	c := b.c
 	hs := level{}
 	if len(eps) == 0 {
 		return hs
@@ -334,10 +368,10 @@ func (c *Cluster) buildLevel(eps []*Endpoint, allowPanic bool) level {
 			}
 			var sum float64
 			for _, ep := range g {
-				sum += float64(ep.Weight)
+				sum += b.weight(ep)
 			}
 			for _, ep := range g {
-				w := float64(ep.Weight)
+				w := b.weight(ep)
 				if weighted {
 					w = float64(locW[i]) * w / sum
 				}
@@ -356,7 +390,7 @@ func (c *Cluster) buildLevel(eps []*Endpoint, allowPanic bool) level {
 		}
 		ws := make([]float64, len(g))
 		for j, ep := range g {
-			ws[j] = float64(ep.Weight)
+			ws[j] = b.weight(ep)
 		}
 		hs.locs = append(hs.locs, c.newLocality(g, ws))
 		lw = append(lw, uint32(min(locW[i], math.MaxUint32)))

@@ -12,6 +12,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/weftmesh/weft/internal/proxy/cluster/lb"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 var policies = []clusterv3.Cluster_LbPolicy{
@@ -289,6 +290,49 @@ func TestHashConsistencyThroughCluster(t *testing.T) {
 			}
 			if frac := float64(moved) / float64(kept); frac > 0.02 {
 				t.Errorf("removing 1 of 10 endpoints moved %.3f of the other keys", frac)
+			}
+		})
+	}
+}
+
+// TestSlowStart: an endpoint that joins a round robin or least request
+// cluster with slow start gets a share of the load that grows with its
+// time in the cluster, from min_weight_percent (default 10 %), until its
+// window is over.
+func TestSlowStart(t *testing.T) {
+	for _, p := range []clusterv3.Cluster_LbPolicy{clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_LEAST_REQUEST} {
+		t.Run(p.String(), func(t *testing.T) {
+			clock := newFakeClock()
+			m := NewManager(Options{Clock: clock})
+			compile := func(eps ...ep) *Cluster {
+				c := edsCluster("c", p)
+				ss := &clusterv3.Cluster_SlowStartConfig{SlowStartWindow: durationpb.New(100 * time.Second)}
+				if p == clusterv3.Cluster_ROUND_ROBIN {
+					c.LbConfig = &clusterv3.Cluster_RoundRobinLbConfig_{RoundRobinLbConfig: &clusterv3.Cluster_RoundRobinLbConfig{SlowStartConfig: ss}}
+				} else {
+					c.LbConfig = &clusterv3.Cluster_LeastRequestLbConfig_{LeastRequestLbConfig: &clusterv3.Cluster_LeastRequestLbConfig{SlowStartConfig: ss}}
+				}
+				return mustCompile(t, c, cla("c", loc{eps: eps}))
+			}
+			m.Update(map[string]*Cluster{"c": compile(ep{addr: "10.0.0.1"})})
+			clock.Advance(time.Hour) // the first endpoint is long past its window
+			m.Update(map[string]*Cluster{"c": compile(ep{addr: "10.0.0.1"}, ep{addr: "10.0.0.2"})})
+			c := m.Get("c")
+			var age time.Duration
+			for _, step := range []struct {
+				after time.Duration
+				want  float64 // the new endpoint's share
+			}{
+				{0, 0.1 / 1.1},                // just joined: the minimum, 10 % of its weight
+				{50 * time.Second, 0.5 / 1.5}, // half its window: half its weight
+				{50 * time.Second, 0.5},       // its window is over
+			} {
+				clock.Advance(step.after)
+				age += step.after
+				got := counts(t, c, 10000, nil)
+				if s := float64(got["10.0.0.2:8080"]) / 10000; math.Abs(s-step.want) > 0.02 {
+					t.Fatalf("%v after joining: share %.3f, want %.3f", age, s, step.want)
+				}
 			}
 		})
 	}

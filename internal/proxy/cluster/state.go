@@ -45,7 +45,7 @@ type Endpoint struct {
 	// LocalityWeight is its locality's weight; 0 when unset.
 	LocalityWeight uint32
 	// Priority is its locality's priority: 0, the highest, takes the
-	// load while enough of its endpoints are up (see buildHostSet).
+	// load while enough of its endpoints are up (see hostBuild.hostSet).
 	Priority uint32
 	// Health is its health from EDS.
 	Health Health
@@ -65,6 +65,10 @@ type endpointLive struct {
 	ejectedAt    int64 // unix nanoseconds
 	numEjections uint32
 	member       bool
+
+	// joined is when the address joined the cluster (unix nanoseconds):
+	// slow start counts from it. Set once.
+	joined int64
 }
 
 // StartRequest counts a request in flight to e (least request reads it).
@@ -230,7 +234,7 @@ func (s *State) bind(eps []*Endpoint) {
 		l := next[ep.Address]
 		if l == nil {
 			if l = s.live[ep.Address]; l == nil {
-				l = &endpointLive{}
+				l = &endpointLive{joined: s.clock.Now().UnixNano()}
 			}
 			l.member = true
 			next[ep.Address] = l
@@ -251,6 +255,18 @@ func (s *State) bind(eps []*Endpoint) {
 	}
 	s.live, s.members, s.ejected = next, len(next), ejected
 	s.mu.Unlock()
+}
+
+// useClock makes clock the state's, before the cluster is published: its
+// members join the cluster now by that clock (slow start counts from it).
+func (s *State) useClock(clock Clock) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clock = clock
+	now := clock.Now().UnixNano()
+	for _, l := range s.live {
+		l.joined = now
+	}
 }
 
 // originalDst returns the endpoint of an original destination, creating
