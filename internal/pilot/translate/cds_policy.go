@@ -62,7 +62,36 @@ func (r *cdsRun) applyLoadBalancer(c *clusterv3.Cluster, lb *networking.LoadBala
 	case networking.LoadBalancerSettings_PASSTHROUGH:
 		return false
 	}
+	if ss := slowStart(lb); ss != nil && r.p.Type != model.Proxyless {
+		switch c.LbPolicy {
+		case clusterv3.Cluster_ROUND_ROBIN:
+			c.LbConfig = &clusterv3.Cluster_RoundRobinLbConfig_{RoundRobinLbConfig: &clusterv3.Cluster_RoundRobinLbConfig{SlowStartConfig: ss}}
+		case clusterv3.Cluster_LEAST_REQUEST:
+			c.LbConfig = &clusterv3.Cluster_LeastRequestLbConfig_{LeastRequestLbConfig: &clusterv3.Cluster_LeastRequestLbConfig{SlowStartConfig: ss}}
+		}
+	}
 	return true
+}
+
+// slowStart is the slow start config of warmup (or the deprecated
+// warmupDurationSecs), as istiod writes it for round robin and least
+// request clusters; nil without either.
+func slowStart(lb *networking.LoadBalancerSettings) *clusterv3.Cluster_SlowStartConfig {
+	if w := lb.GetWarmup(); w != nil {
+		ss := &clusterv3.Cluster_SlowStartConfig{SlowStartWindow: durationpb.New(w.GetDuration().AsDuration())}
+		if a := w.GetAggression(); a != nil {
+			ss.Aggression = &corev3.RuntimeDouble{DefaultValue: a.GetValue(), RuntimeKey: "upstream.slow_start.aggression"}
+		}
+		if m := w.GetMinimumPercent(); m != nil {
+			ss.MinWeightPercent = &typev3.Percent{Value: m.GetValue()}
+		}
+		return ss
+	}
+	//lint:ignore SA1019 the deprecated field is still honoured, as Istio does
+	if d := lb.GetWarmupDurationSecs(); d != nil {
+		return &clusterv3.Cluster_SlowStartConfig{SlowStartWindow: durationpb.New(d.AsDuration())}
+	}
+	return nil
 }
 
 // applyConnectionPool maps Istio's connection pool onto circuit breaker
@@ -459,8 +488,8 @@ func (r *cdsRun) warnUnsupported(d *destRule) {
 			if lb.GetZoneAwareLbSetting() != nil {
 				r.warnOnce("%s: %sloadBalancer.zoneAwareLbSetting is not supported; locality load balancing applies instead", d.key(), where)
 			}
-			if lb.GetWarmup() != nil || lb.GetWarmupDurationSecs() != nil {
-				r.warnOnce("%s: %sloadBalancer.warmup is not supported; ignored", d.key(), where)
+			if slowStart(lb) != nil && (lb.GetConsistentHash() != nil || lb.GetSimple() == networking.LoadBalancerSettings_RANDOM) {
+				r.warnOnce("%s: %sloadBalancer.warmup applies to ROUND_ROBIN and LEAST_REQUEST only; ignored", d.key(), where)
 			}
 		}
 		if tp.GetTunnel() != nil {

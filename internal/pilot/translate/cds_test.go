@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,8 +14,12 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/google/go-cmp/cmp"
+	"github.com/weftmesh/weft/internal/pilot/model"
+	"github.com/weftmesh/weft/internal/registry"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	networking "istio.io/api/networking/v1alpha3"
 )
 
 // cdsResult is what one clusters() call produced.
@@ -577,5 +582,53 @@ func TestHashPolicyUnknown(t *testing.T) {
 	}
 	if len(b.warnings) != 0 {
 		t.Errorf("hashPolicy must not warn: %q", b.warnings)
+	}
+}
+
+// TestWarmup: a DestinationRule's warmup (or the deprecated
+// warmupDurationSecs) becomes the slow start config of round robin and
+// least request clusters, as istiod writes it; other policies warn.
+func TestWarmup(t *testing.T) {
+	const host = "api.default.svc.cluster.local"
+	for name, tc := range map[string]struct {
+		lb      string
+		want    string // window, aggression, minimum percent ("": no slow start)
+		warning string
+	}{
+		"round robin": {lb: `{"simple": "ROUND_ROBIN", "warmup": {"duration": "30s", "minimumPercent": 20, "aggression": 2}}`,
+			want: "ROUND_ROBIN 30s 2 20"},
+		"default least request, deprecated field": {lb: `{"warmupDurationSecs": "10s"}`, want: "LEAST_REQUEST 10s 0 0"},
+		"ring hash": {lb: `{"consistentHash": {"httpHeaderName": "x-user"}, "warmup": {"duration": "30s"}}`,
+			warning: "loadBalancer.warmup applies to ROUND_ROBIN and LEAST_REQUEST only; ignored"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dr := &networking.DestinationRule{}
+			if err := protojson.Unmarshal([]byte(`{"host": "`+host+`", "trafficPolicy": {"loadBalancer": `+tc.lb+`}}`), dr); err != nil {
+				t.Fatal(err)
+			}
+			reg := &registry.Snapshot{Version: 1, Services: []registry.Service{
+				{Hostname: host, Namespace: "default", Ports: []registry.Port{{Name: "http", Number: 80, Protocol: "HTTP"}}}}}
+			s := model.NewSnapshot("1", model.DefaultMesh(), []*model.Config{{Kind: "DestinationRule", Namespace: "default", Name: "api", Spec: dr}}, reg)
+			r := buildCDS(&cdsInput{snap: s, proxy: &model.Proxy{Type: model.Sidecar, Namespace: "default", IPs: []string{"10.0.0.1"}}})
+			c := r.cluster(t, "outbound|80||"+host)
+			if err := c.ValidateAll(); err != nil {
+				t.Fatalf("cluster does not validate: %v", err)
+			}
+			ss := c.GetRoundRobinLbConfig().GetSlowStartConfig()
+			if ss == nil {
+				ss = c.GetLeastRequestLbConfig().GetSlowStartConfig()
+			}
+			got := ""
+			if ss != nil {
+				got = fmt.Sprintf("%v %v %g %g", c.GetLbPolicy(), ss.GetSlowStartWindow().AsDuration(), ss.GetAggression().GetDefaultValue(),
+					ss.GetMinWeightPercent().GetValue())
+			}
+			if got != tc.want {
+				t.Errorf("slow start %q, want %q", got, tc.want)
+			}
+			if tc.warning != "" {
+				wantWarning(t, r, tc.warning)
+			}
+		})
 	}
 }

@@ -101,6 +101,8 @@ type testProxyDoc struct {
 	ServiceAccount string            `json:"serviceAccount"`
 	Explicit       bool              `json:"explicit"`
 	TProxy         bool              `json:"tproxy"`
+	// Locality is the proxy's, "region/zone/subzone".
+	Locality string `json:"locality"`
 }
 
 // caseBaseTime is the creation time of the first config object read.
@@ -135,7 +137,7 @@ func (l *caseLoader) setProxy(d testProxyDoc) {
 	if d.Namespace != "" {
 		p.Namespace = d.Namespace
 	}
-	p.IPs, p.Labels, p.ServiceAccount, p.Explicit, p.TProxy = d.IPs, d.Labels, d.ServiceAccount, d.Explicit, d.TProxy
+	p.IPs, p.Labels, p.ServiceAccount, p.Explicit, p.TProxy, p.Locality = d.IPs, d.Labels, d.ServiceAccount, d.Explicit, d.TProxy, d.Locality
 	setProxyID(p)
 }
 
