@@ -178,3 +178,60 @@ spec:
 			failed, far.Load())
 	}
 }
+
+// checkWarmup shows a DestinationRule's warmup: an endpoint that joins a
+// round robin service, beside one past its own 3 s window, gets a small
+// share of the requests in its first moments (10-20 % of its weight),
+// not half.
+func checkWarmup(t *testing.T, apply func(string), call func(port int, host, path string) (int, string)) {
+	t.Helper()
+	var never atomic.Bool
+	var old, joined atomic.Int64
+	oldPort, newPort := switchBackend(t, &never, &old), switchBackend(t, &never, &joined)
+	svc := freePort(t)
+	config := func(endpoints string) string {
+		return fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: warm}
+spec:
+  hosts: [warm.mesh]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: %d, name: http, protocol: HTTP}]
+  endpoints:
+%s---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: warm}
+spec:
+  host: warm.mesh
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 3s}}
+`, svc, endpoints)
+	}
+	apply(config(fmt.Sprintf("  - {address: 127.0.0.1, ports: {http: %d}}\n", oldPort)))
+	waitPort(t, svc)
+	time.Sleep(3500 * time.Millisecond) // the first endpoint's window passes
+	apply(config(fmt.Sprintf("  - {address: 127.0.0.1, ports: {http: %d}}\n  - {address: 127.0.0.1, ports: {http: %d}}\n", oldPort, newPort)))
+	deadline := time.Now().Add(10 * time.Second)
+	for joined.Load() == 0 { // the sidecar has the new endpoint
+		if code, _ := call(svc, "warm.mesh", "/"); code != 200 {
+			t.Fatalf("warm.mesh answered %d", code)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the new endpoint got no request within 10s")
+		}
+	}
+	old.Store(0)
+	joined.Store(0)
+	for range 200 {
+		if code, _ := call(svc, "warm.mesh", "/"); code != 200 {
+			t.Fatalf("warm.mesh answered %d", code)
+		}
+	}
+	share := float64(joined.Load()) / 200
+	t.Logf("warmup: the new endpoint answered %.1f%% of 200 requests right after joining", share*100)
+	if share > 0.25 {
+		t.Fatalf("the new endpoint answered %.0f%% of requests right after joining, want 10-15%% (slow start), not half", share*100)
+	}
+}

@@ -347,6 +347,7 @@ spec:
 
 	resilPort, ejected := checkResilience(t, apply, call2)
 	checkLocalityFailover(t, apply, call2)
+	checkWarmup(t, apply, call2)
 	// The sidecar's live view: the ejected endpoint fails its outlier check.
 	out, err := exec.Command(weftBin, "--kubeconfig", kc, "proxy-config", "endpoint", "--admin", fmt.Sprintf("http://127.0.0.1:%d", admin),
 		"--port", fmt.Sprint(ejected)).CombinedOutput()
