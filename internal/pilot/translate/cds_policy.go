@@ -62,7 +62,9 @@ func (r *cdsRun) applyLoadBalancer(c *clusterv3.Cluster, lb *networking.LoadBala
 	case networking.LoadBalancerSettings_PASSTHROUGH:
 		return false
 	}
-	if ss := slowStart(lb); ss != nil && r.p.Type != model.Proxyless {
+	if ss := slowStart(lb); ss != nil && r.p.Type == model.Proxyless {
+		r.warnOnce("cluster %s: loadBalancer.warmup is not supported by proxyless gRPC clients; ignored for them", c.GetName())
+	} else if ss != nil {
 		switch c.LbPolicy {
 		case clusterv3.Cluster_ROUND_ROBIN:
 			c.LbConfig = &clusterv3.Cluster_RoundRobinLbConfig_{RoundRobinLbConfig: &clusterv3.Cluster_RoundRobinLbConfig{SlowStartConfig: ss}}

@@ -591,15 +591,18 @@ func TestHashPolicyUnknown(t *testing.T) {
 func TestWarmup(t *testing.T) {
 	const host = "api.default.svc.cluster.local"
 	for name, tc := range map[string]struct {
-		lb      string
-		want    string // window, aggression, minimum percent ("": no slow start)
-		warning string
+		lb        string
+		proxyless bool
+		want      string // window, aggression, minimum percent ("": no slow start)
+		warning   string
 	}{
 		"round robin": {lb: `{"simple": "ROUND_ROBIN", "warmup": {"duration": "30s", "minimumPercent": 20, "aggression": 2}}`,
 			want: "ROUND_ROBIN 30s 2 20"},
 		"default least request, deprecated field": {lb: `{"warmupDurationSecs": "10s"}`, want: "LEAST_REQUEST 10s 0 0"},
 		"ring hash": {lb: `{"consistentHash": {"httpHeaderName": "x-user"}, "warmup": {"duration": "30s"}}`,
 			warning: "loadBalancer.warmup applies to ROUND_ROBIN and LEAST_REQUEST only; ignored"},
+		"proxyless": {lb: `{"warmup": {"duration": "30s"}}`, proxyless: true,
+			warning: "loadBalancer.warmup is not supported by proxyless gRPC clients; ignored for them"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			dr := &networking.DestinationRule{}
@@ -609,7 +612,11 @@ func TestWarmup(t *testing.T) {
 			reg := &registry.Snapshot{Version: 1, Services: []registry.Service{
 				{Hostname: host, Namespace: "default", Ports: []registry.Port{{Name: "http", Number: 80, Protocol: "HTTP"}}}}}
 			s := model.NewSnapshot("1", model.DefaultMesh(), []*model.Config{{Kind: "DestinationRule", Namespace: "default", Name: "api", Spec: dr}}, reg)
-			r := buildCDS(&cdsInput{snap: s, proxy: &model.Proxy{Type: model.Sidecar, Namespace: "default", IPs: []string{"10.0.0.1"}}})
+			p := &model.Proxy{Type: model.Sidecar, Namespace: "default", IPs: []string{"10.0.0.1"}}
+			if tc.proxyless {
+				p.Type = model.Proxyless
+			}
+			r := buildCDS(&cdsInput{snap: s, proxy: p})
 			c := r.cluster(t, "outbound|80||"+host)
 			if err := c.ValidateAll(); err != nil {
 				t.Fatalf("cluster does not validate: %v", err)
