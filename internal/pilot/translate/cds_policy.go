@@ -89,7 +89,6 @@ func slowStart(lb *networking.LoadBalancerSettings) *clusterv3.Cluster_SlowStart
 		}
 		return ss
 	}
-	//lint:ignore SA1019 the deprecated field is still honoured, as Istio does
 	if d := lb.GetWarmupDurationSecs(); d != nil {
 		return &clusterv3.Cluster_SlowStartConfig{SlowStartWindow: durationpb.New(d.AsDuration())}
 	}
