@@ -408,12 +408,14 @@ func (a *analysis) subsetsSelectWorkloads() {
 			instances[host] = append(instances[host], labels...)
 		}
 	}
+	otherSvcs := map[string]bool{} // namespace/hostname
 	for _, svc := range a.others.Services {
 		defined[svc.Hostname] = true
-		for _, e := range a.others.Endpoints {
-			if e.Hostname == svc.Hostname && e.Namespace == svc.Namespace {
-				instances[svc.Hostname] = append(instances[svc.Hostname], e.Labels)
-			}
+		otherSvcs[svc.Namespace+"/"+svc.Hostname] = true
+	}
+	for _, e := range a.others.Endpoints {
+		if otherSvcs[e.Namespace+"/"+e.Hostname] {
+			instances[e.Hostname] = append(instances[e.Hostname], e.Labels)
 		}
 	}
 	for _, c := range a.byKind["DestinationRule"] {
