@@ -44,7 +44,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -381,7 +380,8 @@ func measure(ctx context.Context, o options, t *topology, fortio, url string, me
 				}
 				samples[h] = []memStatus{m}
 			}
-			usage.sidecars[h] = sidecarUsage{vcpu: float64(ticks-before[h]) / hz / wall, mem: samples[h], hwmKB: slices.MaxFunc(samples[h], func(a, b memStatus) int { return cmp.Compare(a.hwm, b.hwm) }).hwm}
+			// VmHWM only grows: the last sample holds the run's peak.
+			usage.sidecars[h] = sidecarUsage{vcpu: float64(ticks-before[h]) / hz / wall, mem: samples[h], hwmKB: samples[h][len(samples[h])-1].hwm}
 		}
 	}
 	snap, err := takeCPUSnapshot()
