@@ -272,6 +272,40 @@ func checkGateway(es *FieldErrors, gw *networking.Gateway) {
 		if len(s.GetHosts()) == 0 {
 			es.add(p+".hosts", "Required value: a server needs at least one host")
 		}
+		checkServerTLS(es, p, s)
+	}
+}
+
+// checkServerTLS refuses what Istio's webhook refuses in a server's TLS
+// settings: TLS protocols without them, and terminating modes without the
+// certificates they need.
+func checkServerTLS(es *FieldErrors, p string, s *networking.Server) {
+	t := s.GetTls()
+	protocol := strings.ToUpper(s.GetPort().GetProtocol())
+	if t == nil {
+		if protocol == "HTTPS" || protocol == "TLS" {
+			es.add(p+".tls", "Required value: protocol %s needs tls settings (a mode, and its certificate)", protocol)
+		}
+		return
+	}
+	switch t.GetMode() {
+	case networking.ServerTLSSettings_ISTIO_MUTUAL:
+		if t.GetCredentialName() != "" || t.GetServerCertificate() != "" || t.GetPrivateKey() != "" || t.GetCaCertificates() != "" {
+			es.add(p+".tls", "Invalid value: ISTIO_MUTUAL uses the mesh certificate; remove credentialName, serverCertificate, privateKey and caCertificates")
+		}
+	case networking.ServerTLSSettings_SIMPLE, networking.ServerTLSSettings_MUTUAL, networking.ServerTLSSettings_OPTIONAL_MUTUAL:
+		if t.GetCredentialName() != "" || protocol != "HTTPS" && protocol != "TLS" {
+			return
+		}
+		if t.GetServerCertificate() == "" {
+			es.add(p+".tls.serverCertificate", "Required value: %s needs a server certificate (or a credentialName)", t.GetMode())
+		}
+		if t.GetPrivateKey() == "" {
+			es.add(p+".tls.privateKey", "Required value: %s needs a private key (or a credentialName)", t.GetMode())
+		}
+		if t.GetMode() != networking.ServerTLSSettings_SIMPLE && t.GetCaCertificates() == "" {
+			es.add(p+".tls.caCertificates", "Required value: %s needs a client CA bundle (or a credentialName)", t.GetMode())
+		}
 	}
 }
 

@@ -206,6 +206,26 @@ subjects: [{kind: User, name: alice}]
 `, `roleRef.kind: Unsupported value: "Bogus"`},
 		{`apiVersion: networking.istio.io/v1
 kind: Gateway
+metadata: {name: g}
+spec: {servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ["*"]}]}
+`, `spec.servers[0].tls: Required value: protocol HTTPS needs tls settings`},
+		{`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: g}
+spec: {servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ["*"], tls: {mode: SIMPLE, privateKey: /k.pem}}]}
+`, `spec.servers[0].tls.serverCertificate: Required value: SIMPLE needs a server certificate (or a credentialName)`},
+		{`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: g}
+spec: {servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ["*"], tls: {mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem}}]}
+`, `spec.servers[0].tls.caCertificates: Required value: MUTUAL needs a client CA bundle`},
+		{`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: g}
+spec: {servers: [{port: {number: 443, name: tls, protocol: TLS}, hosts: ["*"], tls: {mode: ISTIO_MUTUAL, credentialName: c}}]}
+`, `spec.servers[0].tls: Invalid value: ISTIO_MUTUAL uses the mesh certificate`},
+		{`apiVersion: networking.istio.io/v1
+kind: Gateway
 metadata: {name: g, labels: {"bad label": x}}
 spec: {servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]}
 `, `metadata.labels: Invalid value: "bad label"`},

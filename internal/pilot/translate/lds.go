@@ -58,7 +58,8 @@ import (
 // HTTPS and TLS ports are TCP routed by SNI.
 //
 // Proxyless gRPC: one API listener per HTTP/gRPC service port, see
-// lds_proxyless.go. Gateways (model.Router) get nothing here.
+// lds_proxyless.go. Gateways (model.Router): one listener per Gateway
+// server port, see lds_gateway.go.
 
 // Filter and listener filter names.
 const (
@@ -83,6 +84,8 @@ func (b *builder) listeners() ([]*listenerv3.Listener, []*routev3.RouteConfigura
 		ls, rs = g.sidecarListeners()
 	case model.Proxyless:
 		ls, rs = newNetBuilder(b).proxylessListeners()
+	case model.Router:
+		ls, rs = newNetBuilder(b).gatewayListeners()
 	default:
 		return nil, nil
 	}
@@ -180,12 +183,19 @@ func (g *netBuilder) outboundListener(port uint32, sps []ldsServicePort) *listen
 
 // httpChain is the catch-all chain of an outbound HTTP port.
 func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
+	return &listenerv3.FilterChain{Name: "http", Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, g.outboundHCM(port, OutboundRouteName(port)))}}
+}
+
+// outboundHCM is the HTTP connection manager of outbound traffic on port
+// (sidecars' outbound ports, gateways' servers), with routes rds: fault
+// injection, CORS, istio.stats, then the router.
+func (g *netBuilder) outboundHCM(port uint32, rds string) *hcmv3.HttpConnectionManager {
 	filters := []*hcmv3.HttpFilter{httpFilter(faultFilterName, &faultv3.HTTPFault{}), httpFilter(corsFilterName, &corsv3.Cors{})}
 	filters = append(filters, g.statsHTTPFilters(false)...)
 	h := &hcmv3.HttpConnectionManager{
 		StatPrefix:     "outbound_0.0.0.0_" + strconv.FormatUint(uint64(port), 10),
 		CodecType:      hcmv3.HttpConnectionManager_AUTO,
-		RouteSpecifier: rdsRoute(OutboundRouteName(port)),
+		RouteSpecifier: rdsRoute(rds),
 		HttpFilters:    append(filters, httpFilter(routerFilterName, g.routerConfig())),
 		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 		Tracing:        g.side(false).tracing,
@@ -193,7 +203,7 @@ func (g *netBuilder) httpChain(port uint32) *listenerv3.FilterChain {
 	}
 	g.setPathNormalization(h)
 	g.setProxyHeaders(h, false)
-	return &listenerv3.FilterChain{Name: "http", Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, h)}}
+	return h
 }
 
 // inboundPort is one port the workload serves.

@@ -172,13 +172,15 @@ func hasIPVIP(addrs []string) bool {
 	return false
 }
 
-// l4Applies reports whether an L4 match entry applies to this proxy on
-// listenerPort.
-func (g *netBuilder) l4Applies(port uint32, sourceLabels map[string]string, sourceNS string, gateways []string, listenerPort uint32) bool {
+// l4Applies reports whether a match entry (its port, caller and gateway
+// conditions) of a VirtualService in namespace vsNS applies to this proxy
+// on listenerPort. A match without gateways inherits the VirtualService's,
+// which already bound it to this proxy.
+func (g *netBuilder) l4Applies(port uint32, sourceLabels map[string]string, sourceNS string, gateways []string, vsNS string, listenerPort uint32) bool {
 	if port != 0 && port != listenerPort {
 		return false
 	}
-	if len(gateways) > 0 && !boundToMesh(gateways) {
+	if len(gateways) > 0 && !g.namesThisProxy(gateways, vsNS) {
 		return false
 	}
 	if sourceNS != "" && sourceNS != g.p.Namespace {
@@ -210,13 +212,13 @@ func (g *netBuilder) tcpChains(sp ldsServicePort) []ldsChain {
 			return ldsChain{owner: owner, bySubnet: bySubnet, fc: &listenerv3.FilterChain{
 				Name:             fmt.Sprintf("%s|%s[%d]", vs.cfg.Key(), kind, i),
 				FilterChainMatch: m,
-				Filters:          g.tcpFilters(false, g.tcpRouteFilter(vs, routes, sp)),
+				Filters:          g.tcpFilters(false, g.tcpRouteFilter(vs, routes, sp.port.Number, OutboundCluster(sp.port.Number, "", sp.svc.Hostname))),
 			}}
 		}
 		if ldsIsTLS(port.Protocol) {
 			for i, rule := range vs.spec.GetTls() {
 				for _, m := range rule.GetMatch() {
-					if !g.l4Applies(m.GetPort(), m.GetSourceLabels(), m.GetSourceNamespace(), m.GetGateways(), port.Number) {
+					if !g.l4Applies(m.GetPort(), m.GetSourceLabels(), m.GetSourceNamespace(), m.GetGateways(), vs.cfg.Namespace, port.Number) {
 						continue
 					}
 					fcm := &listenerv3.FilterChainMatch{ServerNames: append([]string(nil), m.GetSniHosts()...)}
@@ -231,7 +233,7 @@ func (g *netBuilder) tcpChains(sp ldsServicePort) []ldsChain {
 				break
 			}
 			for _, m := range rule.GetMatch() {
-				if !g.l4Applies(m.GetPort(), m.GetSourceLabels(), m.GetSourceNamespace(), m.GetGateways(), port.Number) {
+				if !g.l4Applies(m.GetPort(), m.GetSourceLabels(), m.GetSourceNamespace(), m.GetGateways(), vs.cfg.Namespace, port.Number) {
 					continue
 				}
 				fcm := &listenerv3.FilterChainMatch{}
@@ -288,11 +290,10 @@ func (g *netBuilder) subnets(vs *boundVS, list []string) []*corev3.CidrRange {
 	return out
 }
 
-// tcpRouteFilter is the tcp_proxy of a TCP or TLS route: one cluster, or
-// weighted clusters (zero weights dropped next to others, even split when
-// no weight is given).
-func (g *netBuilder) tcpRouteFilter(vs *boundVS, routes []*networking.RouteDestination, sp ldsServicePort) *listenerv3.Filter {
-	statPrefix := OutboundCluster(sp.port.Number, "", sp.svc.Hostname)
+// tcpRouteFilter is the tcp_proxy of a TCP or TLS route on listenerPort:
+// one cluster, or weighted clusters (zero weights dropped next to others,
+// even split when no weight is given); fallback when the rule has no route.
+func (g *netBuilder) tcpRouteFilter(vs *boundVS, routes []*networking.RouteDestination, listenerPort uint32, fallback string) *listenerv3.Filter {
 	type wd struct {
 		cluster string
 		weight  uint32
@@ -305,12 +306,12 @@ func (g *netBuilder) tcpRouteFilter(vs *boundVS, routes []*networking.RouteDesti
 		}
 		w := uint32(max(rd.GetWeight(), 0))
 		total += w
-		dests = append(dests, wd{cluster: g.resolveDestination(vs, rd.GetDestination(), sp.port.Number).cluster, weight: w})
+		dests = append(dests, wd{cluster: g.resolveDestination(vs, rd.GetDestination(), listenerPort).cluster, weight: w})
 	}
 	switch len(dests) {
 	case 0:
-		g.warnOnce("%s: a tcp/tls rule has no route; traffic goes to %s", vs.cfg.Key(), sp.svc.Hostname)
-		return g.tcpProxy(false, statPrefix, statPrefix)
+		g.warnOnce("%s: a tcp/tls rule has no route; traffic goes to %s", vs.cfg.Key(), fallback)
+		return g.tcpProxy(false, fallback, fallback)
 	case 1:
 		return g.tcpProxy(false, dests[0].cluster, dests[0].cluster)
 	}
@@ -323,5 +324,5 @@ func (g *netBuilder) tcpRouteFilter(vs *boundVS, routes []*networking.RouteDesti
 		wc.Clusters = append(wc.Clusters, &tcpproxyv3.TcpProxy_WeightedCluster_ClusterWeight{Name: d.cluster, Weight: w})
 	}
 	return networkFilter(tcpProxyFilterName, &tcpproxyv3.TcpProxy{
-		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxyv3.TcpProxy_WeightedClusters{WeightedClusters: wc}, AccessLog: g.side(false).logs})
+		StatPrefix: fallback, ClusterSpecifier: &tcpproxyv3.TcpProxy_WeightedClusters{WeightedClusters: wc}, AccessLog: g.side(false).logs})
 }

@@ -531,13 +531,6 @@ func TestLDSVirtualServiceScope(t *testing.T) {
 	}
 }
 
-func TestLDSRouterGetsNothing(t *testing.T) {
-	b := &builder{s: model.NewSnapshot("v", model.DefaultMesh(), nil, nil), p: &model.Proxy{Type: model.Router}}
-	if ls, rs := b.listeners(); ls != nil || rs != nil {
-		t.Errorf("gateways are not built here; got %d listeners", len(ls))
-	}
-}
-
 func TestRetryPolicyConversion(t *testing.T) {
 	if rp := rdsRetryPolicy(nil, false); rp.GetNumRetries().GetValue() != 2 || rp.GetRetryOn() != defaultRetryOn {
 		t.Errorf("default policy = %v", rp)

@@ -59,6 +59,10 @@ type netBuilder struct {
 	// sidesF is the outbound and inbound sides' tracing, access logs and
 	// istio.stats config, built on first use (side).
 	sidesF *[2]sideTelemetry
+	// gateway is, for a gateway (model.Router), the Gateway whose server
+	// is being built ("namespace/name"): match entries naming gateways
+	// apply when they name it (namesThisProxy).
+	gateway string
 }
 
 // newNetBuilder prepares LDS/RDS for b's proxy: services by hostname and
@@ -66,7 +70,9 @@ type netBuilder struct {
 func newNetBuilder(b *builder) *netBuilder {
 	g := &netBuilder{builder: b, byHost: map[string]*registry.Service{}, routing: map[string]*vsClaim{}, warned: map[string]bool{}}
 	g.dedupServices()
-	g.indexVirtualServices()
+	if b.p.Type != model.Router {
+		g.indexVirtualServices()
+	}
 	return g
 }
 
@@ -109,6 +115,32 @@ func boundToMesh(gateways []string) bool {
 		}
 	}
 	return false
+}
+
+// namesThisProxy reports whether a non-empty gateways list, of a
+// VirtualService in namespace vsNS or of one of its match entries, names
+// this proxy: "mesh" for sidecars and proxyless clients; for a gateway, the
+// Gateway whose server is being built (g.gateway).
+func (g *netBuilder) namesThisProxy(gateways []string, vsNS string) bool {
+	if g.p.Type != model.Router {
+		return boundToMesh(gateways)
+	}
+	for _, gw := range gateways {
+		if gatewayRef(gw, vsNS) == g.gateway {
+			return true
+		}
+	}
+	return false
+}
+
+// gatewayRef resolves a VirtualService's gateway reference ("name" in the
+// VirtualService's namespace vsNS, or "namespace/name") to
+// "namespace/name".
+func gatewayRef(ref, vsNS string) string {
+	if strings.Contains(ref, "/") {
+		return ref
+	}
+	return vsNS + "/" + ref
 }
 
 // specificity ranks host patterns: an exact host beats any wildcard, a
@@ -317,7 +349,7 @@ func (g *netBuilder) domains(svc *registry.Service, port uint32) []string {
 // per-route config).
 func (g *netBuilder) httpRoutes(svc *registry.Service, port registry.Port, proxyless bool) []*routev3.Route {
 	if c := g.routing[svc.Hostname]; c != nil {
-		if routes := g.vsHTTPRoutes(c.vs, svc, port, proxyless); len(routes) > 0 {
+		if routes := g.vsHTTPRoutes(c.vs, port.Number, proxyless); len(routes) > 0 {
 			return routes
 		}
 	}

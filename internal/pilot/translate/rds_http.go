@@ -7,7 +7,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	"github.com/weftmesh/weft/internal/registry"
 	"google.golang.org/protobuf/types/known/anypb"
 	networking "istio.io/api/networking/v1alpha3"
 )
@@ -18,13 +17,13 @@ const (
 	corsFilterName  = "envoy.filters.http.cors"
 )
 
-// vsHTTPRoutes turns the HTTP rules of vs into the routes of svc's virtual
-// host on port, in rule order. Each match entry of a rule is one route
+// vsHTTPRoutes turns the HTTP rules of vs into the routes of a virtual host
+// on listenerPort (a service's, or a gateway server's), in rule order. Each match entry of a rule is one route
 // (entries are ORed); entries that cannot apply to this proxy or port
 // (port, sourceLabels, sourceNamespace, gateways) are dropped, and a rule
 // whose entries all drop is skipped. A rule without match entries catches
 // everything, so the rules after it are unreachable and left out.
-func (g *netBuilder) vsHTTPRoutes(vs *boundVS, svc *registry.Service, port registry.Port, proxyless bool) []*routev3.Route {
+func (g *netBuilder) vsHTTPRoutes(vs *boundVS, listenerPort uint32, proxyless bool) []*routev3.Route {
 	var out []*routev3.Route
 	for i, rule := range vs.spec.GetHttp() {
 		if rule.GetDelegate() != nil {
@@ -32,14 +31,14 @@ func (g *netBuilder) vsHTTPRoutes(vs *boundVS, svc *registry.Service, port regis
 			continue
 		}
 		if len(rule.GetMatch()) == 0 {
-			out = append(out, g.httpRoute(vs, rule, nil, port.Number, proxyless))
+			out = append(out, g.httpRoute(vs, rule, nil, listenerPort, proxyless))
 			return out
 		}
 		for _, m := range rule.GetMatch() {
-			if !g.matchApplies(m, port.Number) {
+			if !g.matchApplies(m, vs.cfg.Namespace, listenerPort) {
 				continue
 			}
-			r := g.httpRoute(vs, rule, m, port.Number, proxyless)
+			r := g.httpRoute(vs, rule, m, listenerPort, proxyless)
 			out = append(out, r)
 			if isCatchAll(r.GetMatch()) {
 				return out
@@ -49,20 +48,12 @@ func (g *netBuilder) vsHTTPRoutes(vs *boundVS, svc *registry.Service, port regis
 	return out
 }
 
-// matchApplies reports whether one match entry can match traffic from this
-// proxy on listenerPort; conditions on the caller are decided here, at
-// translation time, as Istio does.
-func (g *netBuilder) matchApplies(m *networking.HTTPMatchRequest, listenerPort uint32) bool {
-	if m.GetPort() != 0 && m.GetPort() != listenerPort {
-		return false
-	}
-	if len(m.GetGateways()) > 0 && !boundToMesh(m.GetGateways()) {
-		return false
-	}
-	if m.GetSourceNamespace() != "" && m.GetSourceNamespace() != g.p.Namespace {
-		return false
-	}
-	return registry.LabelsMatch(m.GetSourceLabels(), g.p.Labels)
+// matchApplies reports whether one match entry of a VirtualService in
+// namespace vsNS can match traffic from this proxy on listenerPort;
+// conditions on the caller are decided here, at translation time, as Istio
+// does.
+func (g *netBuilder) matchApplies(m *networking.HTTPMatchRequest, vsNS string, listenerPort uint32) bool {
+	return g.l4Applies(m.GetPort(), m.GetSourceLabels(), m.GetSourceNamespace(), m.GetGateways(), vsNS, listenerPort)
 }
 
 // isCatchAll reports whether a route match matches every request.

@@ -94,10 +94,14 @@ func egressAllows(entry string, svc *registry.Service, client string) bool {
 }
 
 // VisibleServices returns the services p can reach: those exported to its
-// namespace and, when a Sidecar resource applies, admitted by one of its
-// egress listeners' hosts. Order is the registry's (by hostname).
+// namespace and, when a Sidecar resource applies (never to gateways, as in
+// Istio), admitted by one of its egress listeners' hosts. Order is the
+// registry's (by hostname).
 func VisibleServices(s *model.Snapshot, p *model.Proxy) []registry.Service {
-	sc := sidecarFor(s, p)
+	var sc *model.Config
+	if p.Type != model.Router {
+		sc = sidecarFor(s, p)
+	}
 	var egress []string
 	if sc != nil {
 		for _, e := range sc.Spec.(*networking.Sidecar).GetEgress() {

@@ -1,0 +1,225 @@
+package translate
+
+import (
+	"slices"
+	"testing"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/weftmesh/weft/internal/pilot/model"
+	networking "istio.io/api/networking/v1alpha3"
+)
+
+// chainBySNI finds the filter chain of l whose match lists exactly sni.
+func chainBySNI(t *testing.T, l *listenerv3.Listener, sni ...string) *listenerv3.FilterChain {
+	t.Helper()
+	for _, fc := range l.GetFilterChains() {
+		if slices.Equal(fc.GetFilterChainMatch().GetServerNames(), sni) && fc.GetFilterChainMatch().GetTransportProtocol() == TransportProtocolTLS {
+			return fc
+		}
+	}
+	t.Fatalf("listener %s has no TLS chain for SNI %v", l.GetName(), sni)
+	return nil
+}
+
+// downstreamTLSOf unpacks a chain's DownstreamTlsContext: its certificate
+// and validation SDS names.
+func downstreamTLSOf(t *testing.T, fc *listenerv3.FilterChain) (cert, root string, ctx *tlsv3.DownstreamTlsContext) {
+	t.Helper()
+	ctx = ldsUnpack(t, fc.GetTransportSocket().GetTypedConfig(), &tlsv3.DownstreamTlsContext{})
+	c := ctx.GetCommonTlsContext()
+	if len(c.GetTlsCertificateSdsSecretConfigs()) != 1 {
+		t.Fatalf("chain %s: certificates %v", fc.GetName(), c.GetTlsCertificateSdsSecretConfigs())
+	}
+	return c.GetTlsCertificateSdsSecretConfigs()[0].GetName(),
+		c.GetCombinedValidationContext().GetValidationContextSdsSecretConfig().GetName(), ctx
+}
+
+func TestLDSGatewayIngress(t *testing.T) {
+	r := runLDSCase(t, "gateway-ingress")
+	var names []string
+	for _, l := range r.listeners {
+		names = append(names, l.GetName())
+		if l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
+			t.Errorf("%s is not bound: a gateway listens on its ports", l.GetName())
+		}
+	}
+	if want := []string{"0.0.0.0_443", "0.0.0.0_80", "0.0.0.0_8443", "0.0.0.0_9000"}; !slices.Equal(names, want) {
+		t.Fatalf("listeners %v, want %v", names, want)
+	}
+
+	// Port 80: one plain HTTP chain; every server host redirects to https.
+	l80 := r.listener(t, "0.0.0.0_80")
+	if len(l80.GetFilterChains()) != 1 || len(l80.GetListenerFilters()) != 0 {
+		t.Errorf("port 80: %d chains, listener filters %v", len(l80.GetFilterChains()), l80.GetListenerFilters())
+	}
+	h := hcmOf(t, l80.GetFilterChains()[0])
+	if h.GetRds().GetRouteConfigName() != "http.80" || !h.GetUseRemoteAddress().GetValue() {
+		t.Errorf("port 80 connection manager: rds %q, use_remote_address %v", h.GetRds().GetRouteConfigName(), h.GetUseRemoteAddress())
+	}
+	rc80 := r.routeConfig(t, "http.80")
+	if !rc80.GetIgnorePortInHostMatching() {
+		t.Errorf("http.80 matches hosts with their port")
+	}
+	for _, d := range []string{"*.bookinfo.com", "foo.example.com", "*.bar.example.com"} {
+		vh := r.vhost(t, "http.80", d+":80")
+		if vh.GetRequireTls() != routev3.VirtualHost_ALL {
+			t.Errorf("%s: require_tls %v, want ALL (httpsRedirect)", d, vh.GetRequireTls())
+		}
+	}
+	if rs := r.vhost(t, "http.80", "foo.example.com:80").GetRoutes(); len(rs) != 1 || rs[0].GetMatch().GetPrefix() != "/api" {
+		t.Errorf("foo.example.com on 80: routes %v, want foo's /api only (its mesh match does not apply)", rs)
+	}
+
+	// Port 443: terminated HTTPS by SNI (file certificate, credentialName)
+	// and passthrough by the VirtualServices' sniHosts.
+	l443 := r.listener(t, "0.0.0.0_443")
+	if len(l443.GetListenerFilters()) != 1 || l443.GetListenerFilters()[0].GetName() != tlsInspectorFilterName {
+		t.Errorf("port 443 needs tls_inspector: %v", l443.GetListenerFilters())
+	}
+	for _, tc := range []struct {
+		sni, cert, rds string
+	}{
+		{"*.bookinfo.com", "file-cert:/etc/certs/servercert.pem~/etc/certs/privatekey.pem", "https.443.https.istio-ingressgateway.istio-system"},
+		{"foo.example.com", "kubernetes://foo-credential", "https.443.https.foo.istio-system"},
+		{"*.bar.example.com", "kubernetes://bar-credential", "https.443.https.bar.istio-system"},
+	} {
+		fc := chainBySNI(t, l443, tc.sni)
+		cert, root, ctx := downstreamTLSOf(t, fc)
+		if cert != tc.cert || root != "" || ctx.GetRequireClientCertificate().GetValue() {
+			t.Errorf("%s: certificate %q, client CA %q, require client certificate %v; want %q and no client check",
+				tc.sni, cert, root, ctx.GetRequireClientCertificate(), tc.cert)
+		}
+		if got := hcmOf(t, fc).GetRds().GetRouteConfigName(); got != tc.rds {
+			t.Errorf("%s: routes %q, want %q", tc.sni, got, tc.rds)
+		}
+	}
+	if rs := r.vhost(t, "https.443.https.istio-ingressgateway.istio-system", "*.bookinfo.com:443").GetRoutes(); len(rs) != 1 ||
+		rs[0].GetRoute().GetCluster() != OutboundCluster(80, "", "www.bookinfo.com") {
+		t.Errorf("*.bookinfo.com over https: %v", rs)
+	}
+	if vh := r.vhost(t, "https.443.https.foo.istio-system", "foo.example.com:443"); vh.GetRequireTls() != routev3.VirtualHost_NONE ||
+		vh.GetRoutes()[0].GetRoute().GetCluster() != OutboundCluster(8000, "", "foo.default.svc.cluster.local") {
+		t.Errorf("foo.example.com over https: %v", vh)
+	}
+	for sni, vs := range map[string]string{"https.secure.com": "https", "tls.secure.com": "tls"} {
+		fc := chainBySNI(t, l443, sni)
+		if fc.GetTransportSocket() != nil || fc.GetName() != "VirtualService/istio-system/"+vs+"|tls[0]" ||
+			tcpProxyOf(t, fc).GetCluster() != OutboundCluster(443, "", "https.secure.com") {
+			t.Errorf("passthrough %s: %v", sni, fc)
+		}
+	}
+
+	// Port 8443: MUTUAL with a credential; only VirtualServices of the
+	// default namespace ("default/*").
+	l8443 := r.listener(t, "0.0.0.0_8443")
+	fc := chainBySNI(t, l8443)
+	if cert, root, ctx := downstreamTLSOf(t, fc); cert != "kubernetes://foo-mtls" || root != "kubernetes://foo-mtls-cacert" ||
+		!ctx.GetRequireClientCertificate().GetValue() {
+		t.Errorf("MUTUAL: certificate %q, client CA %q, require %v", cert, root, ctx.GetRequireClientCertificate())
+	}
+	var domains []string
+	for _, vh := range r.routeConfig(t, "https.8443.mutual.istio-ingressgateway.istio-system").GetVirtualHosts() {
+		domains = append(domains, vh.GetDomains()...)
+	}
+	if !slices.Equal(domains, []string{"internal.example.com"}) {
+		t.Errorf("MUTUAL server's domains %v, want internal.example.com only (other.example.com is from another namespace)", domains)
+	}
+
+	// Port 9000: TCP by the first VirtualService with a tcp route.
+	if c := tcpProxyOf(t, r.listener(t, "0.0.0.0_9000").GetFilterChains()[0]).GetCluster(); c != OutboundCluster(9000, "", "foo.default.svc.cluster.local") {
+		t.Errorf("port 9000 to %q", c)
+	}
+	if len(r.warnings) != 0 {
+		t.Errorf("warnings: %q", r.warnings)
+	}
+}
+
+func TestLDSGatewaySelection(t *testing.T) {
+	// bookinfo-gateway.yaml's Gateway selects istio=ingressgateway only.
+	r := runLDSCase(t, "gateway-bookinfo")
+	if len(r.listeners) != 1 || r.listeners[0].GetName() != "0.0.0.0_80" {
+		t.Fatalf("listeners %v", r.listeners)
+	}
+	vh := r.vhost(t, "http.80", "*:80")
+	var prefixes []string
+	for _, rt := range vh.GetRoutes() {
+		if rt.GetRoute().GetCluster() != OutboundCluster(9080, "", "productpage.default.svc.cluster.local") {
+			t.Errorf("route %v does not go to productpage", rt.GetMatch())
+		}
+		prefixes = append(prefixes, rt.GetMatch().GetPath()+rt.GetMatch().GetPrefix())
+	}
+	if want := []string{"/productpage", "/static", "/login", "/logout", "/api/v1/products"}; !slices.Equal(prefixes, want) {
+		t.Errorf("routes %v, want %v", prefixes, want)
+	}
+
+	c := loadLDSCase(t, "gateway-bookinfo")
+	c.proxy.Labels = map[string]string{"istio": "egressgateway"}
+	b := &builder{s: c.snap, p: c.proxy, services: VisibleServices(c.snap, c.proxy)}
+	if ls, _ := b.listeners(); len(ls) != 0 {
+		t.Errorf("a gateway the Gateway does not select got %d listeners", len(ls))
+	}
+}
+
+func TestLDSGatewayRefusals(t *testing.T) {
+	r := runLDSCase(t, "gateway-refused")
+	r.wantWarning(t, "servers[0]", "AUTO_PASSTHROUGH", "not supported")
+	r.wantWarning(t, "servers[1]", "subjectAltNames")
+	r.wantWarning(t, "servers[4]", "SNI [dup.example.com] is already served by", "servers[2]")
+	r.wantWarning(t, "servers[3]", "no VirtualService tcp route")
+	if len(r.listeners) != 1 {
+		t.Fatalf("%d listeners, want only 8443's", len(r.listeners))
+	}
+	if n := len(r.listeners[0].GetFilterChains()); n != 1 {
+		t.Errorf("port 8443 has %d chains, want the first dup.example.com server's only", n)
+	}
+}
+
+func TestEgressGatewaySample(t *testing.T) {
+	// service-entry-egress-gateway-routing.yaml: one VirtualService routes
+	// sidecars to the egress gateway and the gateway to httpbin.com, by
+	// match-level gateways.
+	r := runLDSCase(t, "gateway-egress")
+	rs := r.vhost(t, "http.80", "httpbin.com:80").GetRoutes()
+	if len(rs) != 1 || rs[0].GetRoute().GetCluster() != OutboundCluster(80, "", "httpbin.com") {
+		t.Errorf("egress gateway routes %v, want httpbin.com's cluster only", rs)
+	}
+	c := loadLDSCase(t, "gateway-egress")
+	c.proxy.Type, c.proxy.Labels = model.Sidecar, map[string]string{"app": "sleep"}
+	b := &builder{s: c.snap, p: c.proxy, services: VisibleServices(c.snap, c.proxy)}
+	_, routes := newNetBuilder(b).sidecarListeners()
+	for _, rc := range routes {
+		for _, vh := range rc.GetVirtualHosts() {
+			if vh.GetName() == "httpbin.com:80" {
+				if got := vh.GetRoutes()[0].GetRoute().GetCluster(); got != OutboundCluster(80, "", "istio-egressgateway.istio-system.svc.cluster.local") {
+					t.Errorf("sidecar routes httpbin.com to %q, want the egress gateway", got)
+				}
+				return
+			}
+		}
+	}
+	t.Errorf("the sidecar has no virtual host for httpbin.com")
+}
+
+// TestLDSGatewayUnvalidated: TLS settings validation refuses today, in a
+// config stored before it did, leave their servers out.
+func TestLDSGatewayUnvalidated(t *testing.T) {
+	https := func(name string, t *networking.ServerTLSSettings) *networking.Server {
+		return &networking.Server{Port: &networking.Port{Number: 8443, Name: name, Protocol: "HTTPS"}, Hosts: []string{name + ".example.com"}, Tls: t}
+	}
+	gw := &networking.Gateway{Servers: []*networking.Server{
+		https("a", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_MUTUAL, ServerCertificate: "/c.pem", PrivateKey: "/k.pem"}),
+		https("b", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_SIMPLE}),
+		https("c", nil),
+	}}
+	s := model.NewSnapshot("v", model.DefaultMesh(), []*model.Config{{Kind: "Gateway", Name: "old", Namespace: "istio-system", Spec: gw}}, nil)
+	r := Build(s, &model.Proxy{Type: model.Router, Namespace: "istio-system"})
+	res := &ldsResult{warnings: r.Warnings}
+	res.wantWarning(t, "servers[0]", "MUTUAL needs caCertificates")
+	res.wantWarning(t, "servers[1]", "SIMPLE needs credentialName")
+	res.wantWarning(t, "servers[2]", "needs tls settings")
+	if len(r.Listeners) != 0 {
+		t.Errorf("%d listeners, want none", len(r.Listeners))
+	}
+}
