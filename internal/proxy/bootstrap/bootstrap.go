@@ -22,7 +22,9 @@ import (
 type Config struct {
 	// Discovery is the xDS server address. Default "127.0.0.1:15010".
 	Discovery string `json:"discoveryAddress,omitempty"`
-	// Type is sidecar or router. Default sidecar.
+	// Type is sidecar or router (a gateway: no traffic capture, no inbound
+	// ports; its node metadata is what Istio's Envoy gateways send,
+	// INTERCEPTION_MODE REDIRECT unless Explicit). Default sidecar.
 	Type string `json:"type,omitempty"`
 	// IP is the workload's address (the node id's second field).
 	IP string `json:"ip,omitempty"`
@@ -35,7 +37,8 @@ type Config struct {
 	ServiceAccount string `json:"serviceAccount,omitempty"`
 	// WorkloadGroup asks for auto-registration into that group.
 	WorkloadGroup string `json:"workloadGroup,omitempty"`
-	// Explicit disables traffic capture: upstreams are local ports.
+	// Explicit disables traffic capture: upstreams are local ports. A
+	// router never captures traffic and does not need it.
 	Explicit bool `json:"explicit,omitempty"`
 	// InboundCaptureMode is how `weft-proxy iptables` captures inbound
 	// traffic: REDIRECT (default) or TPROXY (its --inbound-mode). Under
@@ -143,7 +146,23 @@ func (c *Config) Validate() error {
 	if c.Name == "" {
 		errs = append(errs, errors.New("the workload name is required (--name or WEFT_WORKLOAD_NAME)"))
 	}
-	switch c.InboundCaptureMode = strings.ToUpper(c.InboundCaptureMode); c.InboundCaptureMode {
+	c.InboundCaptureMode = strings.ToUpper(c.InboundCaptureMode)
+	if c.Type == "router" {
+		errs = append(errs, c.validateRouter()...)
+	} else {
+		errs = append(errs, c.validateCapture()...)
+	}
+	if strings.ContainsAny(c.Name+c.Namespace, "~ ") {
+		errs = append(errs, fmt.Errorf("name and namespace may not contain '~' or spaces"))
+	}
+	return errors.Join(errs...)
+}
+
+// validateCapture checks a sidecar's capture settings and normalises its
+// inbound ports.
+func (c *Config) validateCapture() []error {
+	var errs []error
+	switch c.InboundCaptureMode {
 	case "", "REDIRECT":
 	case "TPROXY":
 		if c.Explicit {
@@ -160,10 +179,21 @@ func (c *Config) Validate() error {
 		}
 		c.InboundPorts = registry.FormatInboundPorts(ports)
 	}
-	if strings.ContainsAny(c.Name+c.Namespace, "~ ") {
-		errs = append(errs, fmt.Errorf("name and namespace may not contain '~' or spaces"))
+	return errs
+}
+
+// validateRouter refuses what makes no sense for a gateway: it captures
+// no traffic and has no inbound side (its listeners bind the ports its
+// Gateway resources name).
+func (c *Config) validateRouter() []error {
+	var errs []error
+	if c.InboundCaptureMode != "" {
+		errs = append(errs, fmt.Errorf("inbound capture mode %s: a router (gateway) captures no traffic; unset --inbound-capture-mode and WEFT_INTERCEPTION_MODE", c.InboundCaptureMode))
 	}
-	return errors.Join(errs...)
+	if strings.TrimSpace(c.InboundPorts) != "" {
+		errs = append(errs, errors.New("--inbound-ports: a router (gateway) has no inbound side, its listeners come from its Gateway resources; unset --inbound-ports and WEFT_INBOUND_PORTS"))
+	}
+	return errs
 }
 
 // NodeID is Istio's "<type>~<ip>~<name>.<namespace>~<namespace>.svc.<trust domain>".

@@ -100,3 +100,44 @@ func TestInterceptionModes(t *testing.T) {
 		}
 	}
 }
+
+// TestRouter: a router (gateway) needs no explicit mode, gets a router~
+// node id, and refuses the capture settings a gateway has no use for,
+// whether from flags or from the environment.
+func TestRouter(t *testing.T) {
+	c := Config{Type: "router", IP: "10.0.0.9", Name: "ingress", Namespace: "istio-system"}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.NodeID(); got != "router~10.0.0.9~ingress.istio-system~istio-system.svc.cluster.local" {
+		t.Errorf("NodeID = %s", got)
+	}
+	for _, bad := range []struct {
+		env  map[string]string
+		c    Config
+		want string
+	}{
+		{nil, Config{InboundPorts: "9080=15080"}, "--inbound-ports: a router (gateway) has no inbound side"},
+		{nil, Config{InboundPorts: "9080=15080", Explicit: true}, "--inbound-ports: a router (gateway) has no inbound side"},
+		{nil, Config{InboundCaptureMode: "tproxy"}, "inbound capture mode TPROXY: a router (gateway) captures no traffic"},
+		{map[string]string{"WEFT_INTERCEPTION_MODE": "REDIRECT"}, Config{}, "captures no traffic; unset --inbound-capture-mode and WEFT_INTERCEPTION_MODE"},
+		{map[string]string{"WEFT_INBOUND_PORTS": "80=8080"}, Config{}, "unset --inbound-ports and WEFT_INBOUND_PORTS"},
+	} {
+		c := bad.c
+		c.Type, c.IP, c.Name = "router", "10.0.0.9", "ingress"
+		if err := c.FromEnv(func(k string) string { return bad.env[k] }); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%+v %v: %v, want an error containing %q", bad.c, bad.env, err, bad.want)
+		}
+	}
+	// Explicit mode (WEFT_INTERCEPTION_MODE=NONE) is not needed, but harmless.
+	e := Config{Type: "router", IP: "10.0.0.9", Name: "ingress"}
+	if err := e.FromEnv(func(k string) string { return map[string]string{"WEFT_INTERCEPTION_MODE": "NONE"}[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Validate(); err != nil {
+		t.Errorf("router with WEFT_INTERCEPTION_MODE=NONE: %v", err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"sort"
@@ -575,7 +576,8 @@ func (t *tcpChain) pick(rnd uint64) string {
 // one criterion after another, each narrowing to its most specific
 // matches: destination port (chains naming the port, else chains naming
 // none — never a fallback from a named port to portless chains),
-// destination prefix (longest match), server name, transport protocol
+// destination prefix (longest match), server name (exact, else the
+// longest wildcard suffix, before unset), transport protocol
 // (exact before unset), application protocols (any of the connection's
 // requested protocols in the chain's list, before unset). When nothing is
 // left, the default chain (which may be nil: the connection is closed).
@@ -606,13 +608,10 @@ func (ls *listenerSpec) match(dst netip.AddrPort, sni, transport string, protoco
 		return best
 	})
 	cands = narrow(cands, func(ch *chain) int {
-		switch {
-		case len(ch.serverNames) == 0:
+		if len(ch.serverNames) == 0 {
 			return 0
-		case matchesSNI(ch.serverNames, sni):
-			return 1
 		}
-		return -1
+		return sniScore(ch.serverNames, sni)
 	})
 	cands = narrow(cands, func(ch *chain) int {
 		switch ch.transportProtocol {
@@ -658,11 +657,19 @@ func narrow(cands []*chain, score func(*chain) int) []*chain {
 	return out
 }
 
-func matchesSNI(names []string, sni string) bool {
+// sniScore ranks how a chain's server names match sni as Envoy does: an
+// exact name beats every wildcard ("*.example.com", which matches any
+// name ending in ".example.com"), a longer wildcard a shorter one; -1 when
+// none matches.
+func sniScore(names []string, sni string) int {
+	best := -1
 	for _, n := range names {
-		if n == sni || (len(n) > 1 && n[0] == '*' && len(sni) > len(n)-1 && sni[len(sni)-len(n)+1:] == n[1:]) {
-			return true
+		switch {
+		case n == sni && sni != "":
+			return math.MaxInt32
+		case len(n) > 1 && n[0] == '*' && len(sni) > len(n)-1 && sni[len(sni)-len(n)+1:] == n[1:]:
+			best = max(best, len(n))
 		}
 	}
-	return false
+	return best
 }

@@ -86,6 +86,14 @@ func FuzzCompileListener(f *testing.F) {
 	traced.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAnyT(f, h)}
 	seed, _ = proto.Marshal(traced)
 	f.Add(seed)
+	// A gateway's listener: TLS chains by SNI with credentials, and a
+	// plaintext chain.
+	gw := &listenerv3.Listener{Name: "0.0.0.0_8443", Address: socketAddr(netip.MustParseAddrPort("0.0.0.0:8443")), FilterChains: []*listenerv3.FilterChain{
+		gatewayChain("a", "c", gatewayTLS("file-cert:/a/tls.crt~/a/tls.key", "file-root:/a/ca.crt", true), "a.example.com"),
+		gatewayChain("b", "c", gatewayTLS("kubernetes://b", "kubernetes://b-cacert", false), "*.example.com"),
+		gatewayChain("plain", "c", nil)}}
+	seed, _ = proto.Marshal(gw)
+	f.Add(seed)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		l := &listenerv3.Listener{}
 		if proto.Unmarshal(data, l) != nil {

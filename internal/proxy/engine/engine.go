@@ -49,6 +49,11 @@ type Options struct {
 	// TraceFlushInterval is how often queued spans are sent when fewer
 	// than five are waiting. Default 5s, as Envoy's Zipkin tracer.
 	TraceFlushInterval time.Duration
+	// CredentialDir holds the gateway credentials TLS filter chains name
+	// as kubernetes://<name>: <dir>/<name>/tls.crt and tls.key, and
+	// ca.crt (see credentials.go). Empty: none; handshakes on chains that
+	// name one fail.
+	CredentialDir string
 }
 
 // Engine is the running data plane.
@@ -91,6 +96,9 @@ type Engine struct {
 	traceWarn sync.Once
 	// roots caches the trust bundle merged with the identity's roots.
 	roots atomic.Pointer[mergedRoots]
+	// creds caches the gateway credentials read from files
+	// (credentials.go).
+	creds *credCache
 }
 
 // boundListener is one listening socket and its HTTP servers.
@@ -125,7 +133,7 @@ func New(log *slog.Logger, opts Options) *Engine {
 		reg = prometheus.NewRegistry()
 	}
 	e := &Engine{log: log, opts: opts, metrics: telemetry.NewMetrics(reg), clusters: cluster.NewManager(cluster.Options{}),
-		bound: map[netip.AddrPort]*boundListener{}, quit: make(chan struct{}), logFiles: accesslog.NewFiles(0)}
+		bound: map[netip.AddrPort]*boundListener{}, quit: make(chan struct{}), logFiles: accesslog.NewFiles(0), creds: newCredCache()}
 	reg.MustRegister(&e.rbacStats)
 	return e
 }
@@ -291,19 +299,20 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 		_ = c.Close()
 		return
 	}
-	var local *tls.Certificate // the certificate this proxy presented, if mesh TLS
+	var local *tls.Certificate // the certificate this proxy presented, if TLS
 	if ch.tls != nil {
-		if e.opts.Certs == nil {
-			e.log.Warn("refusing a mesh TLS connection", "listener", ls.name, "error", errNoIdentity)
+		cfg, err := e.serverTLS(ch.tls, &local)
+		if err != nil {
+			e.log.Warn("refusing a TLS connection", "listener", ls.name, "chain", ch.name, "error", err)
 			_ = c.Close()
 			return
 		}
-		tc := tls.Server(c, ch.tls.serverConfig(e.meshCerts(), &local))
+		tc := tls.Server(c, cfg)
 		hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := tc.HandshakeContext(hctx)
+		err = tc.HandshakeContext(hctx)
 		cancel()
 		if err != nil {
-			e.log.Debug("mesh TLS handshake failed", "listener", ls.name, "remote", c.RemoteAddr(), "error", err)
+			e.handshakeFailed(ls, ch, c, err)
 			_ = c.Close()
 			return
 		}
@@ -321,6 +330,19 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 	case ch.http != nil:
 		e.serveHTTP1(bl, &chainConn{Conn: c, chain: ch.http, dst: dst, src: src, origin: originOf(rt, ls, ch), local: local})
 	}
+}
+
+// handshakeFailed logs a failed downstream TLS handshake: at Warn when a
+// credential of the chain could not be loaded (the operator must act; each
+// distinct error once a minute, at Debug in between), at Debug when the
+// client failed it.
+func (e *Engine) handshakeFailed(ls *listenerSpec, ch *chain, c net.Conn, err error) {
+	var ce *credentialError
+	if errors.As(err, &ce) && e.creds.warnNow(ce.Error()) {
+		e.log.Warn("TLS handshake failed: credential not loaded", "listener", ls.name, "chain", ch.name, "remote", c.RemoteAddr(), "error", ce)
+		return
+	}
+	e.log.Debug("TLS handshake failed", "listener", ls.name, "chain", ch.name, "remote", c.RemoteAddr(), "error", err)
 }
 
 // virtualFor finds the listener (not bound to a port) that owns dst: one

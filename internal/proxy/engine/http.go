@@ -177,7 +177,7 @@ func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	src, _ := netip.ParseAddrPort(r.RemoteAddr)
-	req := &route.Request{Method: r.Method, Host: r.Host, Path: ex.path, Headers: r.Header, SourceIP: src.Addr()}
+	req := &route.Request{Method: r.Method, Scheme: forwardedProto(r, cc), Host: r.Host, Path: ex.path, Headers: r.Header, SourceIP: src.Addr()}
 	rte, ok := (*route.Route)(nil), false
 	if table != nil {
 		rte, ex.vhost, ok = table.Match(req)
@@ -704,6 +704,23 @@ func forwardedHeaders(r *http.Request, cc *chainConn) {
 }
 
 const xfpHTTP, xfpHTTPS = "http", "https"
+
+// forwardedProto is the request's scheme as Envoy's router sees it: the
+// x-forwarded-proto forwardedHeaders sends upstream, that is the
+// connection's scheme, or the header the client sent when the connection
+// manager trusts it (not use_remote_address). Redirects and require_tls
+// read it.
+func forwardedProto(r *http.Request, cc *chainConn) string {
+	if !cc.chain.useRemoteAddress {
+		if v := hget(r.Header, "X-Forwarded-Proto"); v != "" {
+			return v
+		}
+	}
+	if overTLS(r, cc) {
+		return xfpHTTPS
+	}
+	return xfpHTTP
+}
 
 // overTLS tells whether r came over TLS (the fast path leaves
 // r.TLS unset: the connection says).

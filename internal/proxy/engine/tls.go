@@ -14,6 +14,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
 	"github.com/weftmesh/weft/internal/proxy/listener"
+	"google.golang.org/protobuf/proto"
 )
 
 // Certs is the workload identity the engine terminates and originates
@@ -38,47 +39,156 @@ var errNoIdentity = errors.New("no workload certificate: mesh TLS needs --bootst
 // downstreamTLS is a compiled DownstreamTlsContext.
 type downstreamTLS struct {
 	requireClientCert bool
-	alpn              []string
+	// requireSNI refuses clients that send no server name.
+	requireSNI bool
+	alpn       []string
+	// cert is the certificate presented; root what verifies client
+	// certificates (secretNone: nothing). The zero value of both is the
+	// mesh identity's config (serverConfig).
+	cert, root secretRef
+	// params are the tls_params.
+	params tlsParams
 }
 
+// compileDownstreamTLS reads a filter chain's DownstreamTlsContext. The
+// certificate is SDS "default" (the workload identity) or a gateway
+// credential, the validation context SDS "ROOTCA" (the mesh roots), a
+// credential's CA bundle, or none (see credentials.go). No file is read
+// here: credentials are loaded at handshake time.
+//
+// Accepted and ignored, because weft-proxy never resumes a TLS session
+// (every handshake is full and verified) and presents one certificate per
+// chain: session_ticket_keys (and their SDS secret), session_timeout,
+// disable_stateless/stateful_session_resumption,
+// full_scan_certs_on_sni_mismatch; also prefer_client_ciphers (crypto/tls
+// picks the suite by its own preference) and an OCSP staple policy other
+// than MUST_STAPLE (no staple is sent). With ROOTCA, the combined
+// validation context's default_validation_context is ignored, as it
+// always was (pilot sends it empty).
 func compileDownstreamTLS(ts *corev3.TransportSocket) (*downstreamTLS, error) {
 	ctx := &tlsv3.DownstreamTlsContext{}
 	if tc := ts.GetTypedConfig(); tc == nil || tc.UnmarshalTo(ctx) != nil {
 		return nil, fmt.Errorf("transport_socket %s: only a DownstreamTlsContext is supported", ts.GetName())
 	}
 	common := ctx.GetCommonTlsContext()
+	//lint:ignore SA1019 refused, not used
+	if common.GetTlsCertificateProviderInstance() != nil || common.GetCustomTlsCertificateSelector() != nil || common.GetTlsCertificateCertificateProvider() != nil ||
+		//lint:ignore SA1019 refused, not used
+		common.GetTlsCertificateCertificateProviderInstance() != nil || common.GetCustomHandshaker() != nil || common.GetKeyLog() != nil {
+		return nil, errors.New("downstream TLS: certificate providers, selectors, custom handshakers and key_log are not supported (name the certificate in tls_certificate_sds_secret_configs)")
+	}
+	if ctx.GetOcspStaplePolicy() == tlsv3.DownstreamTlsContext_MUST_STAPLE {
+		return nil, errors.New("downstream TLS: ocsp_staple_policy MUST_STAPLE is not supported (weft-proxy staples no OCSP response)")
+	}
 	certs := common.GetTlsCertificateSdsSecretConfigs()
-	if len(certs) != 1 || certs[0].GetName() != sdsCert || len(common.GetTlsCertificates()) > 0 {
-		return nil, fmt.Errorf("downstream TLS: only the SDS certificate %q (the workload certificate) is supported", sdsCert)
+	if len(certs) != 1 || len(common.GetTlsCertificates()) > 0 {
+		return nil, fmt.Errorf("downstream TLS: exactly one SDS certificate (tls_certificate_sds_secret_configs) is supported: %w", errCertName)
 	}
-	root := common.GetValidationContextSdsSecretConfig().GetName()
-	if cv := common.GetCombinedValidationContext(); cv != nil {
-		root = cv.GetValidationContextSdsSecretConfig().GetName()
+	d := &downstreamTLS{requireClientCert: ctx.GetRequireClientCertificate().GetValue(), requireSNI: ctx.GetRequireSni().GetValue(),
+		alpn: common.GetAlpnProtocols()}
+	var err error
+	if d.cert, err = parseCertName(certs[0].GetName()); err != nil {
+		return nil, fmt.Errorf("downstream TLS: %w", err)
 	}
-	req := ctx.GetRequireClientCertificate().GetValue()
-	if req && root != sdsRoot {
-		return nil, fmt.Errorf("downstream TLS: client certificates are verified only against SDS %q", sdsRoot)
+	var rootName string
+	switch v := common.GetValidationContextType().(type) {
+	case nil:
+	case *tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig:
+		rootName = v.ValidationContextSdsSecretConfig.GetName()
+	case *tlsv3.CommonTlsContext_CombinedValidationContext:
+		cv := v.CombinedValidationContext
+		//lint:ignore SA1019 refused, not used
+		if cv.GetValidationContextCertificateProvider() != nil || cv.GetValidationContextCertificateProviderInstance() != nil {
+			return nil, errors.New("downstream TLS: validation context certificate providers are not supported")
+		}
+		rootName = cv.GetValidationContextSdsSecretConfig().GetName()
+		if rootName != sdsRoot && proto.Size(cv.GetDefaultValidationContext()) > 0 {
+			// Istio's Gateway tls.subjectAltNames, verifyCertificateSpki and
+			// verifyCertificateHash land here.
+			return nil, fmt.Errorf("downstream TLS: %q: default_validation_context (client certificate SAN, SPKI or hash matching) is not supported; clients are verified against the CA bundle only", rootName)
+		}
+	default:
+		return nil, fmt.Errorf("downstream TLS: validation context %T is not supported: %w", v, errRootName)
 	}
-	return &downstreamTLS{requireClientCert: req, alpn: common.GetAlpnProtocols()}, nil
+	if d.root, err = parseRootName(rootName); err != nil {
+		return nil, fmt.Errorf("downstream TLS: %w", err)
+	}
+	if d.requireClientCert && d.root.kind == secretNone {
+		return nil, fmt.Errorf("downstream TLS: require_client_certificate needs a validation context: %w", errRootName)
+	}
+	if d.params, err = compileTLSParams(common.GetTlsParams()); err != nil {
+		return nil, fmt.Errorf("downstream TLS: tls_params: %w", err)
+	}
+	return d, nil
 }
 
-// serverConfig builds the tls.Config for a TLS filter chain. With served,
-// the certificate the handshake presents is stored there.
-func (d *downstreamTLS) serverConfig(c Certs, served **tls.Certificate) *tls.Config {
+// needsIdentity reports whether the chain presents or verifies with the
+// workload identity.
+func (d *downstreamTLS) needsIdentity() bool {
+	return (d.cert.kind != secretFiles && d.cert.kind != secretCredential) || d.root.kind == secretMesh
+}
+
+// meshOnly reports whether the chain uses nothing but the workload
+// identity (serverConfig).
+func (d *downstreamTLS) meshOnly() bool {
+	return d.cert.kind != secretFiles && d.cert.kind != secretCredential && d.root.kind != secretFiles && d.root.kind != secretCredential
+}
+
+// serverTLS returns the tls.Config a chain terminates TLS with. With
+// served, the certificate the handshake presents is stored there.
+func (e *Engine) serverTLS(d *downstreamTLS, served **tls.Certificate) (*tls.Config, error) {
+	if d.needsIdentity() && e.opts.Certs == nil {
+		return nil, errNoIdentity
+	}
+	if d.meshOnly() {
+		return d.serverConfig(e.meshCerts(), served), nil
+	}
+	var mesh Certs
+	if e.opts.Certs != nil {
+		mesh = e.meshCerts()
+	}
+	return d.credentialConfig(mesh, e.creds, e.opts.CredentialDir, served), nil
+}
+
+// baseConfig is the config every handshake of the chain starts from.
+func (d *downstreamTLS) baseConfig() *tls.Config {
 	alpn := d.alpn
 	if len(alpn) == 0 {
 		alpn = []string{"h2", "http/1.1"}
 	}
 	cfg := &tls.Config{
 		MinVersion:             tls.VersionTLS12,
-		GetCertificate:         c.GetCertificate,
+		MaxVersion:             d.params.maxVersion,
+		CipherSuites:           d.params.cipherSuites,
+		CurvePreferences:       d.params.curves,
 		NextProtos:             alpn,
 		SessionTicketsDisabled: true, // verification must run on every handshake
 	}
-	if served != nil {
+	if d.params.minVersion != 0 {
+		cfg.MinVersion = d.params.minVersion
+	}
+	return cfg
+}
+
+// errNoSNI fails handshakes without a server name on require_sni chains.
+var errNoSNI = errors.New("downstream TLS: the client sent no server name (SNI), which the filter chain requires")
+
+// serverConfig builds the tls.Config for a TLS filter chain that uses the
+// workload identity c only: its certificate, and with
+// require_client_certificate, its roots to verify clients with. With
+// served, the certificate the handshake presents is stored there.
+func (d *downstreamTLS) serverConfig(c Certs, served **tls.Certificate) *tls.Config {
+	cfg := d.baseConfig()
+	cfg.GetCertificate = c.GetCertificate
+	if served != nil || d.requireSNI {
 		cfg.GetCertificate = func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if d.requireSNI && h.ServerName == "" {
+				return nil, errNoSNI
+			}
 			cert, err := c.GetCertificate(h)
-			*served = cert
+			if served != nil {
+				*served = cert
+			}
 			return cert, err
 		}
 	}
@@ -88,6 +198,67 @@ func (d *downstreamTLS) serverConfig(c Certs, served **tls.Certificate) *tls.Con
 			_, err := verifyChain(raw, c.Roots())
 			return err
 		}
+	}
+	return cfg
+}
+
+// credentialConfig builds the tls.Config for a chain that uses a gateway
+// credential. Each handshake loads the credential files (credCache, from
+// dir for kubernetes:// names) when it reads the ClientHello; a file that
+// cannot be loaded fails the handshake with a *credentialError. Client
+// certificates are verified against a credential CA bundle as crypto/tls
+// does (chain to the bundle, extended key usage client authentication or
+// any), required with require_client_certificate and verified when sent
+// otherwise (Istio's MUTUAL and OPTIONAL_MUTUAL); against the mesh roots
+// as serverConfig does with ROOTCA; not asked for without a validation
+// context. mesh is the workload identity (nil without one: then the chain
+// uses none of it).
+func (d *downstreamTLS) credentialConfig(mesh Certs, cache *credCache, dir string, served **tls.Certificate) *tls.Config {
+	cfg := d.baseConfig()
+	cfg.GetConfigForClient = func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		if d.requireSNI && h.ServerName == "" {
+			return nil, errNoSNI
+		}
+		out := d.baseConfig()
+		if d.cert.kind == secretMesh {
+			out.GetCertificate = func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+				cert, err := mesh.GetCertificate(h)
+				if served != nil {
+					*served = cert
+				}
+				return cert, err
+			}
+		} else {
+			cert, err := cache.certificate(&d.cert, dir)
+			if err != nil {
+				return nil, err
+			}
+			out.Certificates = []tls.Certificate{*cert}
+			if served != nil {
+				*served = cert
+			}
+		}
+		switch d.root.kind {
+		case secretMesh:
+			if d.requireClientCert {
+				out.ClientAuth = tls.RequireAnyClientCert
+				out.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+					_, err := verifyChain(raw, mesh.Roots())
+					return err
+				}
+			}
+		case secretFiles, secretCredential:
+			pool, err := cache.roots(&d.root, dir)
+			if err != nil {
+				return nil, err
+			}
+			out.ClientCAs = pool
+			out.ClientAuth = tls.VerifyClientCertIfGiven
+			if d.requireClientCert {
+				out.ClientAuth = tls.RequireAndVerifyClientCert
+			}
+		}
+		return out, nil
 	}
 	return cfg
 }

@@ -231,6 +231,16 @@ func compileVirtualHost(t *Table, pvh *routev3.VirtualHost, parent filterConfigs
 	if len(pvh.GetDomains()) == 0 {
 		return nil, errors.New("at least one domain is required")
 	}
+	switch rt := pvh.GetRequireTls(); rt {
+	case routev3.VirtualHost_NONE:
+	case routev3.VirtualHost_ALL:
+		vh.RequireTLS = true
+		vh.tlsRedirect = &Route{Action: ActionRedirect, vh: vh, redirect: &redirect{toHTTPS: true, code: http.StatusMovedPermanently}}
+	default:
+		// EXTERNAL_ONLY exempts requests with x-envoy-internal, a header
+		// weft-proxy neither sets nor sanitises.
+		return nil, fmt.Errorf("require_tls %v: %w (NONE or ALL)", rt, ErrUnsupported)
+	}
 	for _, d := range pvh.GetDomains() {
 		vh.Domains = append(vh.Domains, strings.ToLower(d))
 	}

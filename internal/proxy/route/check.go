@@ -31,7 +31,8 @@ func init() {
 	known(r+"VirtualHost", "name", "domains", "routes", "virtual_clusters",
 		"request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
 		"typed_per_filter_config", "include_request_attempt_count", "include_attempt_count_in_response",
-		"retry_policy", "per_request_buffer_limit_bytes", "request_body_buffer_limit", "request_mirror_policies", "metadata")
+		"retry_policy", "per_request_buffer_limit_bytes", "request_body_buffer_limit", "request_mirror_policies", "metadata",
+		"require_tls")
 	known(r+"Route", "name", "match", "route", "redirect", "direct_response", "metadata", "decorator",
 		"typed_per_filter_config", "request_headers_to_add", "request_headers_to_remove",
 		"response_headers_to_add", "response_headers_to_remove", "tracing", "per_request_buffer_limit_bytes",

@@ -25,6 +25,9 @@ type redirect struct {
 	regexSub         string
 	stripQuery       bool
 	code             int
+	// toHTTPS is a virtual host's require_tls redirect: https, the Host
+	// as received (its port too) and the request's path and query.
+	toHTTPS bool
 }
 
 // redirectCodes maps Envoy's redirect response codes to statuses.
@@ -87,11 +90,15 @@ func (rt *Route) RedirectCode() int {
 // the scheme changes away from the port's default scheme; the path is
 // replaced, or its matched prefix or regex rewritten; the query is kept
 // unless strip_query (a path_redirect with its own query always wins).
+// A virtual host's require_tls redirect is https://<Host><path and query>.
 // ok is false for routes that do not redirect.
 func (rt *Route) RedirectFor(r *Request) (location string, code int, ok bool) {
 	rd := rt.redirect
 	if rd == nil {
 		return "", 0, false
+	}
+	if rd.toHTTPS {
+		return "https://" + r.Host + r.Path, rd.code, true
 	}
 	scheme := rd.scheme
 	if scheme == "" {

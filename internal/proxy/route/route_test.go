@@ -371,6 +371,56 @@ func TestRedirect(t *testing.T) {
 	}
 }
 
+// TestRequireTLS: require_tls ALL (Istio's Gateway tls.httpsRedirect)
+// answers every request that is not https, before any route matches, with
+// Envoy's redirect: 301 to https, the Host as received (its port kept),
+// path and query unchanged. https requests, and virtual hosts with NONE,
+// route as usual; EXTERNAL_ONLY is refused.
+func TestRequireTLS(t *testing.T) {
+	secure := vhost("secure", "secure.example.com", "secure.example.com:*")
+	secure.Routes = []*routev3.Route{toCluster("api", "/api", "api")} // nothing else matches
+	secure.RequireTls = routev3.VirtualHost_ALL
+	plain := vhost("plain", "*")
+	plain.RequireTls = routev3.VirtualHost_NONE
+	tb := compile(t, secure, plain)
+	if !tb.VirtualHosts[0].RequireTLS || tb.VirtualHosts[1].RequireTLS {
+		t.Fatalf("RequireTLS %v %v, want true false", tb.VirtualHosts[0].RequireTLS, tb.VirtualHosts[1].RequireTLS)
+	}
+	for _, tc := range []struct {
+		r    Request
+		want string // Location; "" routes to the cluster
+	}{
+		{Request{Host: "secure.example.com", Path: "/api/x?y=1&z"}, "https://secure.example.com/api/x?y=1&z"},
+		{Request{Host: "secure.example.com:80", Path: "/", Scheme: "http"}, "https://secure.example.com:80/"},
+		{Request{Host: "Secure.Example.com:8080", Path: "/no/route"}, "https://Secure.Example.com:8080/no/route"},
+		{Request{Host: "secure.example.com", Path: "/api/x", Scheme: "https"}, ""},
+		{Request{Host: "secure.example.com", Path: "/api/x", Scheme: "HTTPS"}, ""},
+		{Request{Host: "other.example.com", Path: "/x"}, ""},
+	} {
+		rt, _, ok := tb.Match(&tc.r)
+		if !ok {
+			t.Errorf("%+v: no route", tc.r)
+			continue
+		}
+		loc, code, redirect := rt.RedirectFor(&tc.r)
+		switch {
+		case tc.want == "" && (redirect || rt.Action != ActionCluster):
+			t.Errorf("%+v: redirected to %q, want routed", tc.r, loc)
+		case tc.want != "" && (rt.Action != ActionRedirect || loc != tc.want || code != http.StatusMovedPermanently):
+			t.Errorf("%+v: %v %q %d, want a 301 to %q", tc.r, rt.Action, loc, code, tc.want)
+		}
+	}
+	if _, _, ok := tb.Match(&Request{Host: "secure.example.com", Path: "/no/route", Scheme: "https"}); ok {
+		t.Error("over https the require_tls virtual host matched a path none of its routes has")
+	}
+	ext := vhost("ext", "*")
+	ext.RequireTls = routev3.VirtualHost_EXTERNAL_ONLY
+	if _, err := Compile(&routev3.RouteConfiguration{Name: "rc", VirtualHosts: []*routev3.VirtualHost{ext}}); !errors.Is(err, ErrUnsupported) ||
+		!strings.Contains(err.Error(), "EXTERNAL_ONLY") {
+		t.Errorf("EXTERNAL_ONLY: %v, want ErrUnsupported naming it", err)
+	}
+}
+
 func TestDefaultsAndInheritance(t *testing.T) {
 	fault := func(pct uint32) *anypb.Any {
 		return mustAny(t, &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{

@@ -134,8 +134,14 @@ type VirtualHost struct {
 	// IncludeRequestAttemptCount asks for x-envoy-attempt-count on upstream
 	// requests; IncludeAttemptCountInResponse on downstream responses.
 	IncludeRequestAttemptCount, IncludeAttemptCountInResponse bool
+	// RequireTLS is require_tls ALL (Istio's Gateway tls.httpsRedirect):
+	// Match answers every request whose scheme is not https with a
+	// redirect to https, whatever its routes.
+	RequireTLS bool
 
 	table *Table
+	// tlsRedirect is the route Match returns for RequireTLS.
+	tlsRedirect *Route
 }
 
 // Compile builds a Table from rc. It fails, naming the virtual host and
@@ -259,11 +265,17 @@ func groups(m map[int]map[string]*VirtualHost) []wildcardGroup {
 
 // Match selects the virtual host for r's Host and returns the first of its
 // routes that matches r. ok is false when no virtual host or no route
-// matches (Envoy answers 404). The common path does not allocate.
+// matches (Envoy answers 404). A virtual host with RequireTLS answers a
+// request that is not https, before any route is matched, with a redirect
+// route (RedirectFor: 301 to https://<Host as received><path>, as
+// Envoy's). The common path does not allocate.
 func (t *Table) Match(r *Request) (*Route, *VirtualHost, bool) {
 	vh := t.VirtualHostFor(r.Host)
 	if vh == nil {
 		return nil, nil, false
+	}
+	if vh.tlsRedirect != nil && !strings.EqualFold(r.scheme(), "https") {
+		return vh.tlsRedirect, vh, true
 	}
 	path, query := splitPath(r.Path)
 	for _, rt := range vh.Routes {

@@ -1,5 +1,8 @@
 // Package sidecar assembles weft-proxy: the xDS client, the data-plane
-// engine, and the admin, stats and readiness servers.
+// engine, and the admin, stats and readiness servers. A gateway
+// (Bootstrap.Type "router") is assembled the same way: what it listens on
+// comes from discovery, it captures nothing, and `weft-proxy router` leaves
+// its DNS proxy off.
 package sidecar
 
 import (
@@ -42,7 +45,8 @@ import (
 	"github.com/weftmesh/weft/internal/telemetry"
 )
 
-// Config is the sidecar's configuration.
+// Config is the proxy's configuration, a sidecar's or a router's
+// (Bootstrap.Type).
 type Config struct {
 	Bootstrap bootstrap.Config
 	// AdminAddr serves the admin API. Default "127.0.0.1:15000".
@@ -73,7 +77,7 @@ type Config struct {
 	Concurrency int
 	// DNSPort serves the DNS proxy on 127.0.0.1 (and ::1 when it can) at
 	// this port; 0 disables it, and so does explicit mode (nothing
-	// captures DNS there).
+	// captures DNS there). weft-proxy router sets 0 unless asked.
 	DNSPort int
 	// TrimAfter, when positive, is how long after the first configuration
 	// is applied the proxy drops the resident pages of its binary that
@@ -83,6 +87,13 @@ type Config struct {
 	// resident pages grow this many kB over the data path's working set
 	// (memtrim.Keeper); 0 trims only once.
 	TrimGrowthKB int64
+	// CredentialDir holds the gateway credentials (Istio's credentialName)
+	// that TLS filter chains name as kubernetes://<name>:
+	// <dir>/<name>/tls.crt and tls.key, and ca.crt, as Kubernetes TLS
+	// secrets mounted as volumes. They are read at each handshake, so
+	// replaced files are served without a restart. Empty: none (chains
+	// that name one refuse their connections).
+	CredentialDir string
 }
 
 // Identity configures the workload certificate.
@@ -152,6 +163,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Bootstrap.Validate(); err != nil {
 		return err
 	}
+	if d := cfg.CredentialDir; d != "" {
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+			return fmt.Errorf("weft-proxy: --credential-dir %s is not a directory (mount the gateway's TLS secrets under it)", d)
+		}
+	}
 	if cfg.Concurrency > 0 {
 		runtime.GOMAXPROCS(cfg.Concurrency)
 	}
@@ -206,6 +222,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	eng := engine.New(log.With("component", "engine"), engine.Options{
 		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
 		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts, AccessLog: accessLog, NodeID: node.GetId(),
+		CredentialDir: cfg.CredentialDir,
 	})
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_access_log_dropped_total",
 		Help: "Access log entries dropped because the write queue was full (--access-log and xDS access logs)."},
@@ -258,7 +275,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	xdsDone := make(chan error, 1)
 	go func() { xdsDone <- client.Run(ctx) }()
-	log.Info("weft-proxy started", "node", node.GetId(), "discovery", b.Discovery, "admin", cfg.AdminAddr,
+	log.Info("weft-proxy started", "type", b.Type, "node", node.GetId(), "discovery", b.Discovery, "admin", cfg.AdminAddr,
 		"concurrency", runtime.GOMAXPROCS(0))
 	if cfg.TrimAfter > 0 {
 		// Package initialisation (every Envoy proto's descriptors) is
