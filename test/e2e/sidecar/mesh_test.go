@@ -98,6 +98,15 @@ func (m *mesh) prepare() {
 // sidecar starts an explicit-mode sidecar for WorkloadGroup name (service
 // account and app label name) on ip, and waits until it is ready.
 func (m *mesh) sidecar(name, ip string, extra ...string) sidecarPorts {
+	m.t.Helper()
+	return m.proxy(name, ip, append([]string{"sidecar", "--explicit", "--workload-group", name,
+		"--service-account", name, "--labels", "app=" + name}, extra...)...)
+}
+
+// proxy starts weft-proxy with args (its subcommand first) as a workload
+// of WorkloadGroup name on ip, with a bootstrap token for that group, and
+// waits until it is ready.
+func (m *mesh) proxy(name, ip string, args ...string) sidecarPorts {
 	t := m.t
 	t.Helper()
 	m.prepare()
@@ -113,12 +122,10 @@ func (m *mesh) sidecar(name, ip string, extra ...string) sidecarPorts {
 		}
 	}
 	s := sidecarPorts{admin: freePort(t), stats: freePort(t), ready: freePort(t)}
-	args := append(pre, proxyBin, "sidecar", "--explicit", "--ip", ip, "--name", name, "--workload-group", name,
-		"--service-account", name, "--labels", "app="+name,
+	args = append(append(pre, proxyBin), append(args, "--ip", ip, "--name", name,
 		"--discovery-address", fmt.Sprintf("127.0.0.1:%d", m.tlsPort), "--ca-root-file", m.caFile,
 		"--bootstrap-token", token, "--cert-dir", certDir,
-		"--admin-port", fmt.Sprint(s.admin), "--stats-port", fmt.Sprint(s.stats), "--ready-port", fmt.Sprint(s.ready))
-	args = append(args, extra...)
+		"--admin-port", fmt.Sprint(s.admin), "--stats-port", fmt.Sprint(s.stats), "--ready-port", fmt.Sprint(s.ready))...)
 	if bin == "" {
 		bin, args = args[0], args[1:]
 	}

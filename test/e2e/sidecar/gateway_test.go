@@ -1,0 +1,285 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testCA signs server certificates for the gateway tests.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newTestCA(t *testing.T) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "gateway test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{cert: cert, key: key, pool: pool}
+}
+
+// issue writes a certificate for host (serial tells issues apart) and its
+// key, PEM, to certPath and keyPath, readable by the proxy's user.
+func (ca *testCA) issue(t *testing.T, host string, serial int64, certPath, keyPath string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+	if certPath != "" {
+		for path, data := range map[string][]byte{certPath: certPEM, keyPath: keyPEM} {
+			// Replaced by rename, as a secret volume or a deploy tool does.
+			tmp := path + ".new"
+			if err := os.WriteFile(tmp, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pair
+}
+
+// TestIngressGateway: weft-proxy as an ingress gateway, configured by a
+// Gateway and VirtualServices applied through the API server. Plain HTTP is
+// routed by host and path to a service behind a sidecar with STRICT mTLS
+// (so the gateway speaks mesh mTLS upstream); its hosts under httpsRedirect
+// are answered 301; HTTPS is terminated with a credentialName certificate
+// (from --credential-dir) and with file certificates, each chosen by SNI,
+// and a replaced certificate is served without a config change; TLS
+// passthrough reaches a TLS backend unopened.
+func TestIngressGateway(t *testing.T) {
+	type seen struct{ host, path, xff string }
+	hits := make(chan seen, 64)
+	web := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits <- seen{r.Host, r.URL.Path, r.Header.Get("X-Forwarded-For")}
+		fmt.Fprintf(w, "web %s %s", r.Host, r.URL.Path)
+	})})
+	ca := newTestCA(t)
+	backendCert := ca.issue(t, "tls.example.com", 10, "", "")
+	tlsLn, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{backendCert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsPort := tlsLn.Addr().(*net.TCPAddr).Port
+	go func() {
+		_ = http.Serve(tlsLn, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "passthrough") }))
+	}()
+	t.Cleanup(func() { tlsLn.Close() })
+
+	svcPort := freePort(t)
+	p := startMeshPairArgs(t, nil, []appPort{{"http", web, freePort(t)}}, webService(svcPort))
+	m := p.m
+	m.prepare()
+	creds := filepath.Join(m.shared, "credentials")
+	for _, d := range []string{creds, filepath.Join(creds, "secure-cred"), filepath.Join(m.shared, "files")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		mustChmod(t, d, 0o755)
+	}
+	credCert, credKey := filepath.Join(creds, "secure-cred", "tls.crt"), filepath.Join(creds, "secure-cred", "tls.key")
+	ca.issue(t, "secure.example.com", 20, credCert, credKey)
+	fileCert, fileKey := filepath.Join(m.shared, "files", "cert.pem"), filepath.Join(m.shared, "files", "key.pem")
+	ca.issue(t, "files.example.com", 30, fileCert, fileKey)
+
+	httpPort, httpsPort := freePort(t), freePort(t)
+	m.apply(fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: ingress}
+spec:
+  metadata: {labels: {istio: ingressgateway}}
+  template: {serviceAccount: istio-ingressgateway}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tls-backend}
+spec:
+  hosts: [tls.backend.example]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: %[3]d, name: tls, protocol: TLS}]
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: %[1]d, name: http, protocol: HTTP}
+    hosts: [web.example.com]
+  - port: {number: %[1]d, name: http-redirect, protocol: HTTP}
+    hosts: [secure.example.com]
+    tls: {httpsRedirect: true}
+  - port: {number: %[2]d, name: https, protocol: HTTPS}
+    hosts: [secure.example.com]
+    tls: {mode: SIMPLE, credentialName: secure-cred}
+  - port: {number: %[2]d, name: https-files, protocol: HTTPS}
+    hosts: [files.example.com]
+    tls: {mode: SIMPLE, serverCertificate: %[5]s, privateKey: %[6]s}
+  - port: {number: %[2]d, name: tls-passthrough, protocol: TLS}
+    hosts: [tls.example.com]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web-ingress}
+spec:
+  hosts: [web.example.com, secure.example.com, files.example.com]
+  gateways: [ingress]
+  http:
+  - match: [{uri: {prefix: /web}}]
+    route: [{destination: {host: web.b.mesh, port: {number: %[4]d}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tls-ingress}
+spec:
+  hosts: [tls.example.com]
+  gateways: [ingress]
+  tls:
+  - match: [{sniHosts: [tls.example.com]}]
+    route: [{destination: {host: tls.backend.example, port: {number: %[3]d}}}]
+`, httpPort, httpsPort, tlsPort, svcPort, fileCert, fileKey))
+	gw := m.proxy("ingress", "127.0.0.1", "router", "--labels", "istio=ingressgateway",
+		"--service-account", "istio-ingressgateway", "--credential-dir", creds)
+
+	noRedirect := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	plain := func(host, path string) (*http.Response, string, error) {
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, path), nil)
+		req.Host = host
+		resp, err := noRedirect.Do(req)
+		if err != nil {
+			return nil, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp, string(b), err
+	}
+	eventually(t, "plain HTTP through the gateway and sidecar B", func() error {
+		resp, body, err := plain("web.example.com", "/web/a")
+		if err == nil && (resp.StatusCode != 200 || body != "web web.example.com /web/a") {
+			err = fmt.Errorf("%d %q", resp.StatusCode, body)
+		}
+		return err
+	})
+	if h := <-hits; !strings.Contains(h.xff, "127.0.0.1") {
+		t.Errorf("the app saw x-forwarded-for %q; the gateway should add the client's address", h.xff)
+	}
+	if resp, _, err := plain("web.example.com", "/other"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("a path no route matches: %v %v, want 404", resp, err)
+	}
+	if resp, _, err := plain("unknown.example.com", "/web/a"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("a host no server has: %v %v, want 404", resp, err)
+	}
+	resp, _, err := plain("secure.example.com", "/web/a?x=1")
+	if err != nil || resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "https://secure.example.com/web/a?x=1" {
+		t.Errorf("httpsRedirect: %v %v, want 301 to https://secure.example.com/web/a?x=1", resp, err)
+	}
+
+	// HTTPS, by SNI: the credential's certificate, then the files'.
+	tlsGet := func(sni, path string) (*x509.Certificate, string, error) {
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{ServerName: sni, RootCAs: ca.pool},
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", httpsPort))
+			}}}
+		defer c.CloseIdleConnections()
+		resp, err := c.Get("https://" + sni + path)
+		if err != nil {
+			return nil, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != 200 {
+			err = fmt.Errorf("status %d: %s", resp.StatusCode, b)
+		}
+		return resp.TLS.PeerCertificates[0], string(b), err
+	}
+	for _, tc := range []struct {
+		sni    string
+		serial int64
+		body   string
+	}{
+		{"secure.example.com", 20, "web secure.example.com /web/s"},
+		{"files.example.com", 30, "web files.example.com /web/s"},
+		{"tls.example.com", 10, "passthrough"},
+	} {
+		var cert *x509.Certificate
+		var body string
+		eventually(t, "https to "+tc.sni, func() (err error) {
+			cert, body, err = tlsGet(tc.sni, "/web/s")
+			return err
+		})
+		if cert.SerialNumber.Int64() != tc.serial || body != tc.body {
+			t.Errorf("%s: certificate serial %d, body %q; want %d, %q", tc.sni, cert.SerialNumber, body, tc.serial, tc.body)
+		}
+	}
+
+	// Rotation: new files, no config change.
+	ca.issue(t, "secure.example.com", 21, credCert, credKey)
+	eventually(t, "the replaced credential served", func() error {
+		cert, _, err := tlsGet("secure.example.com", "/web/s")
+		if err == nil && cert.SerialNumber.Int64() != 21 {
+			err = fmt.Errorf("serial %d", cert.SerialNumber)
+		}
+		return err
+	})
+	if out := m.weft("", "proxy-status"); !strings.Contains(out, "router~127.0.0.1~ingress") {
+		t.Errorf("proxy-status does not list the gateway:\n%s", out)
+	}
+	if dump := configDump(t, gw.admin); !strings.Contains(dump, fmt.Sprintf("0.0.0.0_%d", httpsPort)) {
+		t.Errorf("the gateway's /config_dump lacks its HTTPS listener")
+	}
+}
