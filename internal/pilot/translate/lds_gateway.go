@@ -428,6 +428,10 @@ func (g *netBuilder) serverTLSContext(s gwServer, alpn []string) (*tlsv3.Downstr
 		g.warnOnce("%s: tls mode %s needs credentialName, or serverCertificate and privateKey; server ignored", s.where(), mode)
 		return nil, false
 	}
+	if msg := gatewayTLSPathProblem(t); msg != "" {
+		g.warnOnce("%s: %s; server ignored", s.where(), msg)
+		return nil, false
+	}
 	if root != "" {
 		if len(t.GetSubjectAltNames()) > 0 || len(t.GetVerifyCertificateSpki()) > 0 || len(t.GetVerifyCertificateHash()) > 0 {
 			g.warnOnce("%s: subjectAltNames, verifyCertificateSpki and verifyCertificateHash are not enforced by weft-proxy; server ignored rather than accept clients it should refuse", s.where())
@@ -521,4 +525,20 @@ func (g *netBuilder) gatewayTCPRoute(s gwServer, port uint32) *listenerv3.Filter
 	}
 	g.warnOnce("%s: no VirtualService tcp route serves this server; not served", s.where())
 	return nil
+}
+
+// gatewayTLSPathProblem says why weft-proxy could not read a server's
+// certificate files or credential ("" when it can): paths must be absolute
+// on the gateway's host and fit the SDS names (no "~"), and a credential is
+// one directory of its --credential-dir (no other namespace's).
+func gatewayTLSPathProblem(t *networking.ServerTLSSettings) string {
+	for field, p := range map[string]string{"serverCertificate": t.GetServerCertificate(), "privateKey": t.GetPrivateKey(), "caCertificates": t.GetCaCertificates()} {
+		if p != "" && (!strings.HasPrefix(p, "/") || strings.Contains(p, "~")) {
+			return fmt.Sprintf("%s %q must be an absolute path without '~' on the gateway's host", field, p)
+		}
+	}
+	if n := t.GetCredentialName(); strings.Contains(n, "/") || n == "." || n == ".." {
+		return fmt.Sprintf("credentialName %q: only a credential of the gateway's own --credential-dir is supported (no namespace/name)", n)
+	}
+	return ""
 }

@@ -202,8 +202,10 @@ func TestEgressGatewaySample(t *testing.T) {
 	t.Errorf("the sidecar has no virtual host for httpbin.com")
 }
 
-// TestLDSGatewayUnvalidated: TLS settings validation refuses today, in a
-// config stored before it did, leave their servers out.
+// TestLDSGatewayUnvalidated: servers whose certificates weft-proxy could
+// not read are left out: TLS settings validation refuses today (in a
+// config stored before it did), relative certificate paths and another
+// namespace's credential.
 func TestLDSGatewayUnvalidated(t *testing.T) {
 	https := func(name string, t *networking.ServerTLSSettings) *networking.Server {
 		return &networking.Server{Port: &networking.Port{Number: 8443, Name: name, Protocol: "HTTPS"}, Hosts: []string{name + ".example.com"}, Tls: t}
@@ -212,6 +214,8 @@ func TestLDSGatewayUnvalidated(t *testing.T) {
 		https("a", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_MUTUAL, ServerCertificate: "/c.pem", PrivateKey: "/k.pem"}),
 		https("b", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_SIMPLE}),
 		https("c", nil),
+		https("d", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_SIMPLE, ServerCertificate: "certs/c.pem", PrivateKey: "/k.pem"}),
+		https("e", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_SIMPLE, CredentialName: "other-ns/cred"}),
 	}}
 	s := model.NewSnapshot("v", model.DefaultMesh(), []*model.Config{{Kind: "Gateway", Name: "old", Namespace: "istio-system", Spec: gw}}, nil)
 	r := Build(s, &model.Proxy{Type: model.Router, Namespace: "istio-system"})
@@ -219,6 +223,8 @@ func TestLDSGatewayUnvalidated(t *testing.T) {
 	res.wantWarning(t, "servers[0]", "MUTUAL needs caCertificates")
 	res.wantWarning(t, "servers[1]", "SIMPLE needs credentialName")
 	res.wantWarning(t, "servers[2]", "needs tls settings")
+	res.wantWarning(t, "servers[3]", `serverCertificate "certs/c.pem" must be an absolute path`)
+	res.wantWarning(t, "servers[4]", `credentialName "other-ns/cred"`)
 	if len(r.Listeners) != 0 {
 		t.Errorf("%d listeners, want none", len(r.Listeners))
 	}
