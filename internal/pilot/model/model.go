@@ -27,7 +27,8 @@ type Config struct {
 	Annotations     map[string]string
 	CreationTime    time.Time
 	ResourceVersion string
-	// Spec is the istio.io/api message (e.g. *networking.VirtualService).
+	// Spec is the istio.io/api message (e.g. *networking.VirtualService);
+	// for a Secret, a *structpb.Struct of its credential entries (SecretKind).
 	Spec proto.Message
 }
 
@@ -299,6 +300,17 @@ func (s *Snapshot) Endpoints(namespace, hostname string) []registry.Endpoint {
 	return s.Registry.Endpoints[registry.Key(namespace, hostname)]
 }
 
+// SecretKind is the kind of Kubernetes Secrets. Pilot keeps only what a
+// gateway credential holds (CredentialKeys), PEM strings in a
+// *structpb.Struct Spec, and serves them only to gateways of the Secret's
+// namespace (translate, credentialName).
+const SecretKind = "Secret"
+
+// CredentialKeys are the Secret entries a gateway credential uses, as
+// Istio reads them: a TLS secret's tls.crt, tls.key and ca.crt, or a
+// generic secret's cert, key and cacert.
+var CredentialKeys = []string{"tls.crt", "tls.key", "ca.crt", "cert", "key", "cacert"}
+
 // NodeType is the kind of xDS client.
 type NodeType string
 
@@ -339,6 +351,11 @@ type Proxy struct {
 	// locality; empty when neither says (translation then looks for the
 	// proxy's own workload in the registry).
 	Locality string
+	// Verified is true when the proxy's xDS stream proved, with a workload
+	// certificate or bootstrap token, that it is a workload of Namespace
+	// (not over the plaintext port). Only then does a gateway get the
+	// private keys of its namespace's Secrets (credentialName).
+	Verified bool
 }
 
 // ParseNodeID splits an Istio-style node ID. It accepts bare IDs of

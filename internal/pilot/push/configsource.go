@@ -14,6 +14,7 @@ import (
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/resource"
 	"github.com/weftmesh/weft/internal/store"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // ConfigStore is what the config source reads.
@@ -31,6 +32,9 @@ type ConfigSink interface {
 
 // DecodeConfig turns a stored object into a model.Config.
 func DecodeConfig(k *resource.Kind, kv store.KV) (*model.Config, error) {
+	if k.Kind == model.SecretKind {
+		return decodeSecret(kv)
+	}
 	var obj struct {
 		Metadata struct {
 			Name              string            `json:"name"`
@@ -58,11 +62,41 @@ func DecodeConfig(k *resource.Kind, kv store.KV) (*model.Config, error) {
 	}, nil
 }
 
-// istioKinds are the kinds pilot consumes.
+// decodeSecret reads a stored Secret as a gateway credential: the PEM
+// values of its certificate, key and CA entries (model.CredentialKeys),
+// nothing else of it.
+func decodeSecret(kv store.KV) (*model.Config, error) {
+	var obj struct {
+		Metadata struct {
+			Name              string `json:"name"`
+			Namespace         string `json:"namespace"`
+			CreationTimestamp string `json:"creationTimestamp"`
+		} `json:"metadata"`
+		Type string            `json:"type"`
+		Data map[string][]byte `json:"data"` // base64 in JSON
+	}
+	if err := json.Unmarshal(kv.Value, &obj); err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", kv.Key, err)
+	}
+	fields := map[string]*structpb.Value{}
+	for _, key := range model.CredentialKeys {
+		if v, ok := obj.Data[key]; ok {
+			fields[key] = structpb.NewStringValue(string(v))
+		}
+	}
+	created, _ := time.Parse(time.RFC3339, obj.Metadata.CreationTimestamp)
+	return &model.Config{
+		Kind: model.SecretKind, Name: obj.Metadata.Name, Namespace: obj.Metadata.Namespace,
+		CreationTime: created, ResourceVersion: strconv.FormatInt(kv.ModRevision, 10), Spec: &structpb.Struct{Fields: fields},
+	}, nil
+}
+
+// istioKinds are the kinds pilot consumes: Istio's, and Secrets (the
+// certificates of gateways' credentialName).
 func istioKinds() []*resource.Kind {
 	var out []*resource.Kind
 	for _, k := range resource.All() {
-		if k.NewSpec != nil {
+		if k.NewSpec != nil || k.Kind == model.SecretKind {
 			out = append(out, k)
 		}
 	}

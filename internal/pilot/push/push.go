@@ -357,7 +357,7 @@ func endpointAddrs(s *model.Snapshot) map[string]bool {
 func classKey(p *model.Proxy, addrs map[string]bool) string {
 	var b strings.Builder
 	b.WriteString(string(p.Type))
-	b.WriteString("|" + p.Namespace + "|" + p.Locality + "|" + strconv.FormatBool(p.Explicit) + "|")
+	b.WriteString("|" + p.Namespace + "|" + p.Locality + "|" + strconv.FormatBool(p.Explicit) + "|" + strconv.FormatBool(p.Verified) + "|")
 	keys := make([]string, 0, len(p.Labels))
 	for k := range p.Labels {
 		keys = append(keys, k)

@@ -25,4 +25,9 @@ func TestClassKey(t *testing.T) {
 	if classKey(proxy("us-east/a/", "10.0.0.1"), addrs) == base {
 		t.Error("a proxy whose IP is an endpoint shares a class with one whose IP is not")
 	}
+	verified := proxy("us-east/a/", "10.9.0.1")
+	verified.Verified = true
+	if classKey(verified, addrs) == base {
+		t.Error("a proxy whose credential proved its namespace shares a class with one over the plaintext port (gateways get private keys only in the first)")
+	}
 }

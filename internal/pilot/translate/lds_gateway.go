@@ -410,9 +410,9 @@ func (g *netBuilder) serverTLSContext(s gwServer, alpn []string) (*tlsv3.Downstr
 		common.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{Name: SDSDefaultCert, SdsConfig: adsConfigSource()}}
 		root = SDSRootCA
 	case t.GetCredentialName() != "":
-		common.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{Name: "kubernetes://" + t.GetCredentialName(), SdsConfig: adsConfigSource()}}
+		common.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{Name: credentialPrefix + t.GetCredentialName(), SdsConfig: adsConfigSource()}}
 		if mode == networking.ServerTLSSettings_MUTUAL {
-			root = "kubernetes://" + t.GetCredentialName() + "-cacert"
+			root = credentialPrefix + t.GetCredentialName() + credentialCASuffix
 		}
 	case t.GetServerCertificate() != "" && t.GetPrivateKey() != "":
 		common.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{
@@ -450,6 +450,14 @@ func (g *netBuilder) serverTLSContext(s gwServer, alpn []string) (*tlsv3.Downstr
 			TlsMinimumProtocolVersion: tlsVersions[minV],
 			TlsMaximumProtocolVersion: tlsVersions[maxV],
 			CipherSuites:              t.GetCipherSuites(),
+		}
+	}
+	for _, name := range []string{common.TlsCertificateSdsSecretConfigs[0].GetName(), root} {
+		if strings.HasPrefix(name, credentialPrefix) {
+			if g.credentials == nil {
+				g.credentials = map[string]bool{}
+			}
+			g.credentials[name] = true
 		}
 	}
 	return ctx, true

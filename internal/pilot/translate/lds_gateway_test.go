@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"maps"
 	"slices"
 	"testing"
 
@@ -8,6 +9,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
+	"google.golang.org/protobuf/types/known/structpb"
 	networking "istio.io/api/networking/v1alpha3"
 )
 
@@ -227,5 +229,81 @@ func TestLDSGatewayUnvalidated(t *testing.T) {
 	res.wantWarning(t, "servers[4]", `credentialName "other-ns/cred"`)
 	if len(r.Listeners) != 0 {
 		t.Errorf("%d listeners, want none", len(r.Listeners))
+	}
+}
+
+func TestLDSGatewayIstiodPassthrough(t *testing.T) {
+	r := runLDSCase(t, "gateway-istiod")
+	for port, cluster := range map[string]string{
+		"0.0.0.0_15012": OutboundCluster(15012, "", "istiod.istio-system.svc.cluster.local"),
+		"0.0.0.0_15017": OutboundCluster(443, "", "istiod.istio-system.svc.cluster.local"),
+	} {
+		l := r.listener(t, port)
+		fc := chainBySNI(t, l)
+		if got := tcpProxyOf(t, fc).GetCluster(); got != cluster || len(l.GetFilterChains()) != 1 {
+			t.Errorf("%s: %d chains, to %q; want one to %s", port, len(l.GetFilterChains()), got, cluster)
+		}
+	}
+	if len(r.listeners) != 2 {
+		t.Errorf("%d listeners, want istiod's two (15443 is AUTO_PASSTHROUGH)", len(r.listeners))
+	}
+	r.wantWarning(t, "Gateway/istio-system/cross-network-gateway: servers[0]", "AUTO_PASSTHROUGH")
+}
+
+// TestGatewayCredentialSecrets: credentialName certificates come from the
+// Secrets of the gateway's namespace, private keys only over a verified
+// stream.
+func TestGatewayCredentialSecrets(t *testing.T) {
+	https := func(name string, mode networking.ServerTLSSettings_TLSmode) *networking.Server {
+		return &networking.Server{Port: &networking.Port{Number: 443, Name: name, Protocol: "HTTPS"}, Hosts: []string{name + ".example.com"},
+			Tls: &networking.ServerTLSSettings{Mode: mode, CredentialName: name}}
+	}
+	secret := func(ns, name string, kv ...string) *model.Config {
+		st := &structpb.Struct{Fields: map[string]*structpb.Value{}}
+		for i := 0; i < len(kv); i += 2 {
+			st.Fields[kv[i]] = structpb.NewStringValue(kv[i+1])
+		}
+		return &model.Config{Kind: model.SecretKind, Namespace: ns, Name: name, Spec: st}
+	}
+	configs := []*model.Config{
+		{Kind: "Gateway", Name: "gw", Namespace: "default", Spec: &networking.Gateway{Servers: []*networking.Server{
+			https("foo", networking.ServerTLSSettings_SIMPLE), https("bar", networking.ServerTLSSettings_MUTUAL),
+			https("generic", networking.ServerTLSSettings_SIMPLE), https("elsewhere", networking.ServerTLSSettings_SIMPLE)}}},
+		secret("istio-system", "foo", "tls.crt", "FOO-CERT", "tls.key", "FOO-KEY", "ca.crt", "FOO-CA"),
+		secret("istio-system", "bar", "tls.crt", "BAR-CERT", "tls.key", "BAR-KEY", "ca.crt", "BAR-OWN-CA"),
+		secret("istio-system", "bar-cacert", "ca.crt", "BAR-CA"),
+		secret("istio-system", "generic", "cert", "GEN-CERT", "key", "GEN-KEY"),
+		// The gateway runs in istio-system: a Secret of the Gateway's own
+		// namespace is not its.
+		secret("default", "elsewhere", "tls.crt", "X", "tls.key", "Y"),
+	}
+	s := model.NewSnapshot("v", model.DefaultMesh(), configs, nil)
+	gw := &model.Proxy{Type: model.Router, Namespace: "istio-system", Verified: true}
+	got := map[string]string{}
+	for _, sec := range Build(s, gw).Secrets {
+		got[sec.GetName()] = sec.GetTlsCertificate().GetCertificateChain().GetInlineString() + "|" +
+			sec.GetTlsCertificate().GetPrivateKey().GetInlineString() + sec.GetValidationContext().GetTrustedCa().GetInlineString()
+	}
+	want := map[string]string{
+		"kubernetes://foo":        "FOO-CERT|FOO-KEY",
+		"kubernetes://bar":        "BAR-CERT|BAR-KEY",
+		"kubernetes://bar-cacert": "|BAR-CA",
+		"kubernetes://generic":    "GEN-CERT|GEN-KEY",
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("secrets of a verified gateway:\n got %v\nwant %v", got, want)
+	}
+
+	gw.Verified = false
+	r := Build(s, gw)
+	for _, sec := range r.Secrets {
+		t.Errorf("a gateway over an unauthenticated stream got secret %s", sec.GetName())
+	}
+	res := &ldsResult{warnings: r.Warnings}
+	res.wantWarning(t, "credentialName foo", "not sent over an unauthenticated xDS stream")
+
+	sc := &model.Proxy{Type: model.Sidecar, Namespace: "istio-system", Verified: true}
+	for _, sec := range Build(s, sc).Secrets {
+		t.Errorf("a sidecar got secret %s", sec.GetName())
 	}
 }

@@ -18,8 +18,9 @@ type Resources struct {
 	Routes    []*routev3.RouteConfiguration
 	Clusters  []*clusterv3.Cluster
 	Endpoints []*endpointv3.ClusterLoadAssignment
-	// Secrets are SDS secrets without private keys: the trust bundle
-	// (ROOTCA) for sidecars.
+	// Secrets are SDS secrets: the trust bundle (ROOTCA), and for a
+	// verified gateway the certificates, private keys included, of the
+	// credentialNames its servers use (credentials.go).
 	Secrets []*tlsv3.Secret
 	// Warnings report config conflicts and references that resolve to
 	// nothing (e.g. "VirtualService default/a: host reviews already routed
@@ -34,6 +35,9 @@ type builder struct {
 	// services are the services p may reach (VisibleServices).
 	services []registry.Service
 	warnings []string
+	// credentials are the SDS names of the credentialName certificates
+	// and CAs a gateway's servers use (kubernetes://…), set by LDS.
+	credentials map[string]bool
 }
 
 func (b *builder) warn(format string, args ...any) {
@@ -50,6 +54,7 @@ func Build(s *model.Snapshot, p *model.Proxy) *Resources {
 	if sec := trustBundleSecret(s, p); sec != nil {
 		r.Secrets = []*tlsv3.Secret{sec}
 	}
+	r.Secrets = append(r.Secrets, b.credentialSecrets()...)
 	r.Warnings = b.warnings
 	return r
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/weftmesh/weft/internal/pilot/push"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -38,7 +40,7 @@ func (s *Server) DebugHandler() http.Handler {
 			key := shortName(typ)
 			out[key] = []json.RawMessage{}
 			for _, r := range res[typ] {
-				b, err := protojson.Marshal(r.(proto.Message))
+				b, err := protojson.Marshal(redactKey(r.(proto.Message)))
 				if err != nil {
 					writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
 					return
@@ -60,4 +62,16 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// redactKey hides a gateway credential's private key (SDS), as Envoy's
+// config dump does.
+func redactKey(m proto.Message) proto.Message {
+	sec, ok := m.(*tlsv3.Secret)
+	if !ok || sec.GetTlsCertificate().GetPrivateKey() == nil {
+		return m
+	}
+	out := proto.Clone(sec).(*tlsv3.Secret)
+	out.GetTlsCertificate().PrivateKey = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "[redacted]"}}
+	return out
 }

@@ -111,6 +111,7 @@ func (s *Server) bind(streamID int64, p *model.Proxy) error {
 			p.ID, p.ServiceAccount, c.ServiceAccount, c.Namespace)
 	}
 	p.ServiceAccount = c.ServiceAccount
+	p.Verified = true
 	return nil
 }
 

@@ -169,6 +169,9 @@ type runtime struct {
 	clusters map[string]*cluster.Cluster
 	// bundle is the SDS trust bundle (ROOTCA); nil without one.
 	bundle []*x509.Certificate
+	// sdsCreds are the gateway credentials discovery sent
+	// (kubernetes://…), compiled (credentials.go).
+	sdsCreds map[string]any
 	// transports caches the engine's upstream transport of each cluster
 	// for the request path.
 	transports sync.Map // *cluster.Cluster -> http.RoundTripper
@@ -182,6 +185,9 @@ func compileRuntime(s *xdsclient.Snapshot) (*runtime, error) {
 		routes: map[string]*route.Table{}, clusters: map[string]*cluster.Cluster{}}
 	var err error
 	if rt.bundle, err = compileBundle(s); err != nil {
+		return nil, err
+	}
+	if rt.sdsCreds, err = compileSDSCredentials(s); err != nil {
 		return nil, err
 	}
 	for name, rc := range s.Routes {

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/weftmesh/weft/internal/proxy/xdsclient"
 )
 
 // Gateway credentials: the certificates a TLS filter chain presents, and
@@ -379,4 +382,78 @@ func (c *credCache) warnNow(msg string) bool {
 	}
 	c.warned[msg] = now
 	return true
+}
+
+// SDS credentials: discovery serves a gateway the credentialName
+// certificates of the Secrets in its namespace, as SDS secrets named
+// kubernetes://<name> (certificate chain and private key) and
+// kubernetes://<name>-cacert (CA bundle). They take precedence over the
+// --credential-dir files of the same name, which serve what discovery
+// does not send.
+
+// compileSDSCredentials compiles the kubernetes:// secrets of s, by name:
+// *tls.Certificate or *x509.CertPool. A secret that does not parse fails
+// the config.
+func compileSDSCredentials(s *xdsclient.Snapshot) (map[string]any, error) {
+	var out map[string]any
+	for name, sec := range s.Secrets {
+		if !strings.HasPrefix(name, credentialPrefix) {
+			continue
+		}
+		if out == nil {
+			out = map[string]any{}
+		}
+		switch {
+		case sec.GetTlsCertificate() != nil:
+			tc := sec.GetTlsCertificate()
+			chain, err := inlineData(tc.GetCertificateChain())
+			if err != nil {
+				return nil, fmt.Errorf("secret %s: certificate_chain: %w", name, err)
+			}
+			key, err := inlineData(tc.GetPrivateKey())
+			if err != nil {
+				return nil, fmt.Errorf("secret %s: private_key: %w", name, err)
+			}
+			pair, err := tls.X509KeyPair(chain, key)
+			if err != nil {
+				return nil, fmt.Errorf("secret %s: %w", name, err)
+			}
+			out[name] = &pair
+		case sec.GetValidationContext() != nil:
+			ca, err := inlineData(sec.GetValidationContext().GetTrustedCa())
+			if err != nil {
+				return nil, fmt.Errorf("secret %s: trusted_ca: %w", name, err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(ca) {
+				return nil, fmt.Errorf("secret %s: trusted_ca holds no PEM certificate", name)
+			}
+			out[name] = pool
+		default:
+			return nil, fmt.Errorf("secret %s: want a tls_certificate or a validation_context", name)
+		}
+	}
+	return out, nil
+}
+
+// inlineData returns an inline data source's bytes (secrets from
+// discovery carry no file names).
+func inlineData(d *corev3.DataSource) ([]byte, error) {
+	switch v := d.GetSpecifier().(type) {
+	case *corev3.DataSource_InlineBytes:
+		return v.InlineBytes, nil
+	case *corev3.DataSource_InlineString:
+		return []byte(v.InlineString), nil
+	}
+	return nil, errors.New("only inline_bytes or inline_string are supported")
+}
+
+// sdsCredential returns the compiled SDS credential name of the applied
+// config (*tls.Certificate or *x509.CertPool); nil when discovery sent
+// none.
+func (e *Engine) sdsCredential(name string) any {
+	if rt := e.cur.Load(); rt != nil {
+		return rt.sdsCreds[name]
+	}
+	return nil
 }

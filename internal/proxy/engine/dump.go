@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/weftmesh/weft/internal/proxy/admin"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
+	"google.golang.org/protobuf/proto"
 )
 
 // snapshotConfig lists a snapshot's resources sorted by name for the admin
@@ -34,9 +35,20 @@ func snapshotConfig(s *xdsclient.Snapshot, certs Certs) *admin.Config {
 		cfg.Secrets = append(cfg.Secrets, sec)
 	}
 	for _, n := range sortedKeys(s.Secrets) {
-		cfg.Secrets = append(cfg.Secrets, s.Secrets[n])
+		cfg.Secrets = append(cfg.Secrets, redacted(s.Secrets[n]))
 	}
 	return cfg
+}
+
+// redacted is sec as Envoy's config dump shows it: a private key (of a
+// gateway credential from discovery) replaced by "[redacted]".
+func redacted(sec *tlsv3.Secret) *tlsv3.Secret {
+	if sec.GetTlsCertificate().GetPrivateKey() == nil {
+		return sec
+	}
+	out := proto.Clone(sec).(*tlsv3.Secret)
+	out.GetTlsCertificate().PrivateKey = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "[redacted]"}}
+	return out
 }
 
 // certSecret is the workload certificate as Envoy's config dump shows

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -492,5 +493,66 @@ func TestMatchServerNames(t *testing.T) {
 		if ch := ls.match(netip.MustParseAddrPort("10.0.0.1:443"), sni, "tls"); ch == nil || ch.name != want {
 			t.Errorf("match(%q) = %v, want %s", sni, ch, want)
 		}
+	}
+}
+
+// TestGatewaySDSCredentials: credentials discovery sends (SDS secrets
+// kubernetes://…) are served, ahead of the --credential-dir files of the
+// same name, and replaced by the next config; a secret that does not
+// parse fails the config; the config dump redacts their private keys.
+func TestGatewaySDSCredentials(t *testing.T) {
+	backend, _ := countingBackend(t)
+	const svc = "outbound|8080||web.default.svc.cluster.local"
+	serverCA, clientCA := newTestCA(t, "server ca"), newTestCA(t, "client ca")
+	creds := t.TempDir()
+	c, k := serverCA.issue(t, "from-files", x509.ExtKeyUsageServerAuth, "s.example.com")
+	mountSecret(t, creds, "s-cred", map[string][]byte{"tls.crt": c, "tls.key": k})
+
+	addr := freeAddr(t)
+	l := &listenerv3.Listener{Name: "0.0.0.0_8443", Address: socketAddr(addr), FilterChains: []*listenerv3.FilterChain{
+		gatewayChain("s", svc, gatewayTLS("kubernetes://s-cred", "kubernetes://s-cred-cacert", true), "s.example.com")}}
+	cl := staticCluster(svc, backend, false)
+	e := New(slog.New(newLogRecords()), Options{CredentialDir: creds})
+	t.Cleanup(e.shutdown)
+	apply := func(cn string, ca []byte) error {
+		cert, key := serverCA.issue(t, cn, x509.ExtKeyUsageServerAuth, "s.example.com")
+		inline := func(b []byte) *corev3.DataSource {
+			return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+		}
+		return e.Apply(&xdsclient.Snapshot{Listeners: map[string]*listenerv3.Listener{l.GetName(): l},
+			Clusters: map[string]*clusterv3.Cluster{cl.GetName(): cl},
+			Secrets: map[string]*tlsv3.Secret{
+				"kubernetes://s-cred": {Name: "kubernetes://s-cred", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+					CertificateChain: inline(cert), PrivateKey: inline(key)}}},
+				"kubernetes://s-cred-cacert": {Name: "kubernetes://s-cred-cacert", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+					TrustedCa: inline(ca)}}},
+			}})
+	}
+	if err := apply("from-sds-1", clientCA.pem); err != nil {
+		t.Fatal(err)
+	}
+	mutual := &tls.Config{RootCAs: serverCA.pool(), Certificates: []tls.Certificate{clientCA.clientCert(t, "client")}}
+	if got, err := httpsGet(addr, "s.example.com", mutual); err != nil || got.Subject.CommonName != "from-sds-1" {
+		t.Fatalf("served %v (%v), want the certificate discovery sent", got, err)
+	}
+	if err := apply("from-sds-2", clientCA.pem); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := httpsGet(addr, "s.example.com", mutual); err != nil || got.Subject.CommonName != "from-sds-2" {
+		t.Fatalf("served %v (%v) after the update, want from-sds-2", got, err)
+	}
+	if err := apply("from-sds-3", []byte("not PEM")); err == nil || !strings.Contains(err.Error(), "kubernetes://s-cred-cacert") {
+		t.Fatalf("a CA bundle without certificates: %v, want the config refused naming the secret", err)
+	}
+	if got, err := httpsGet(addr, "s.example.com", mutual); err != nil || got.Subject.CommonName != "from-sds-2" {
+		t.Fatalf("served %v (%v) after a refused update, want the last good from-sds-2", got, err)
+	}
+	for _, sec := range snapshotConfig(e.cur.Load().snap, nil).Secrets {
+		if k := sec.GetTlsCertificate().GetPrivateKey(); k != nil && k.GetInlineString() != "[redacted]" {
+			t.Errorf("the config dump shows secret %s's private key: %v", sec.GetName(), k)
+		}
+	}
+	if e.cur.Load().snap.Secrets["kubernetes://s-cred"].GetTlsCertificate().GetPrivateKey().GetInlineBytes() == nil {
+		t.Errorf("redacting the dump changed the applied secret")
 	}
 }

@@ -147,7 +147,7 @@ func (e *Engine) serverTLS(d *downstreamTLS, served **tls.Certificate) (*tls.Con
 	if e.opts.Certs != nil {
 		mesh = e.meshCerts()
 	}
-	return d.credentialConfig(mesh, e.creds, e.opts.CredentialDir, served), nil
+	return d.credentialConfig(mesh, e.sdsCredential, e.creds, e.opts.CredentialDir, served), nil
 }
 
 // baseConfig is the config every handshake of the chain starts from.
@@ -213,7 +213,7 @@ func (d *downstreamTLS) serverConfig(c Certs, served **tls.Certificate) *tls.Con
 // as serverConfig does with ROOTCA; not asked for without a validation
 // context. mesh is the workload identity (nil without one: then the chain
 // uses none of it).
-func (d *downstreamTLS) credentialConfig(mesh Certs, cache *credCache, dir string, served **tls.Certificate) *tls.Config {
+func (d *downstreamTLS) credentialConfig(mesh Certs, sds func(string) any, cache *credCache, dir string, served **tls.Certificate) *tls.Config {
 	cfg := d.baseConfig()
 	cfg.GetConfigForClient = func(h *tls.ClientHelloInfo) (*tls.Config, error) {
 		if d.requireSNI && h.ServerName == "" {
@@ -229,9 +229,12 @@ func (d *downstreamTLS) credentialConfig(mesh Certs, cache *credCache, dir strin
 				return cert, err
 			}
 		} else {
-			cert, err := cache.certificate(&d.cert, dir)
-			if err != nil {
-				return nil, err
+			cert, ok := sds(d.cert.name).(*tls.Certificate)
+			if !ok || d.cert.kind != secretCredential {
+				var err error
+				if cert, err = cache.certificate(&d.cert, dir); err != nil {
+					return nil, err
+				}
 			}
 			out.Certificates = []tls.Certificate{*cert}
 			if served != nil {
@@ -248,9 +251,12 @@ func (d *downstreamTLS) credentialConfig(mesh Certs, cache *credCache, dir strin
 				}
 			}
 		case secretFiles, secretCredential:
-			pool, err := cache.roots(&d.root, dir)
-			if err != nil {
-				return nil, err
+			pool, ok := sds(d.root.name).(*x509.CertPool)
+			if !ok || d.root.kind != secretCredential {
+				var err error
+				if pool, err = cache.roots(&d.root, dir); err != nil {
+					return nil, err
+				}
 			}
 			out.ClientCAs = pool
 			out.ClientAuth = tls.VerifyClientCertIfGiven

@@ -207,6 +207,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		// The mesh trust bundle (every root peers may chain to, old and
 		// new while the CA rotates) arrives over SDS.
 		xcfg.Secrets = []string{"ROOTCA"}
+		if b.Type == "router" {
+			// And a gateway's credentialName certificates, whatever
+			// their names: every secret discovery has for it.
+			xcfg.Secrets = append(xcfg.Secrets, "*")
+			xcfg.GatewayCredentials = true
+		}
 	}
 	jwtauthn.SetLogger(log)
 	accessLog, err := openAccessLog(cfg.AccessLog, cfg.AccessLogFormat)

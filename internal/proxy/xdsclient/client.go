@@ -102,14 +102,23 @@ type Config struct {
 	// "ROOTCA", the mesh trust bundle). They are optional: config is
 	// applied without waiting for them, and they join the snapshot when
 	// they arrive. Only validation contexts are accepted — private keys
-	// never travel over xDS.
+	// never travel over xDS to a sidecar.
 	Secrets []string
+	// GatewayCredentials (gateways only) also accepts the certificates and
+	// private keys of the gateway's credentialNames, SDS secrets named
+	// CredentialPrefix+<name>, which discovery sends only over a stream
+	// authenticated as a workload of the gateway's namespace.
+	GatewayCredentials bool
 	// Backoff paces reconnection attempts.
 	Backoff Backoff
 	// Clock is the time source for backoff and warming; nil means the
 	// system clock.
 	Clock Clock
 }
+
+// CredentialPrefix starts the SDS names of gateway credentials (Istio's
+// credentialName).
+const CredentialPrefix = "kubernetes://"
 
 // Backoff is exponential backoff with full jitter: attempt n (from 0)
 // waits a uniformly random duration in (0, min(Max, Initial·2ⁿ)]. The

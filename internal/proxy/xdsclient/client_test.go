@@ -167,7 +167,7 @@ func TestValidatorRejectionNACKsAndKeepsCurrent(t *testing.T) {
 }
 
 func TestUndecodableResourceIsNACKed(t *testing.T) {
-	cand := newCandidate(nil)
+	cand := newCandidate(nil, false)
 	if _, err := cand.applySotw(ClusterType, "v1", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +350,7 @@ func anys(t testing.TB, res ...types.Resource) []*anypb.Any {
 }
 
 func TestCandidateMergeAndPrune(t *testing.T) {
-	cand := newCandidate(nil)
+	cand := newCandidate(nil, false)
 	mustApply := func(typ string, res ...types.Resource) {
 		t.Helper()
 		if _, err := cand.applySotw(typ, "v", anys(t, res...)); err != nil {

@@ -25,7 +25,7 @@ func FuzzCandidate(f *testing.F) {
 	}
 	f.Add([]byte{0x0a, 0x02, 'c', '1'}, uint8(2), true, "c1")
 	f.Fuzz(func(t *testing.T, data []byte, typ uint8, delta bool, removed string) {
-		cand := newCandidate(nil)
+		cand := newCandidate(nil, false)
 		// A base to merge into: the seed config.
 		for _, tu := range []string{ClusterType, ListenerType, EndpointType, RouteType} {
 			var as []*anypb.Any
@@ -62,7 +62,7 @@ func FuzzCandidate(f *testing.F) {
 			t.Fatalf("still missing after filling: %v", m)
 		}
 		s := cand.build()
-		newCandidate(s).build()
+		newCandidate(s, false).build()
 	})
 }
 
@@ -78,7 +78,7 @@ func sameSnapshot(a, b *Snapshot) bool {
 		}
 		return true
 	}
-	ca, cb := newCandidate(a), newCandidate(b)
+	ca, cb := newCandidate(a, false), newCandidate(b, false)
 	for _, t := range allTypes {
 		if !eq(ca.res[t], cb.res[t]) || a.Versions[t] != b.Versions[t] {
 			return false

@@ -59,7 +59,7 @@ type session struct {
 // starting from the applied snapshot.
 func (c *Client) openSession(ctx context.Context, conn *grpc.ClientConn) (*session, error) {
 	cur := c.Current()
-	s := &session{c: c, log: c.log, cand: newCandidate(cur), types: map[string]*typeState{}, since: map[string]time.Time{}}
+	s := &session{c: c, log: c.log, cand: newCandidate(cur, c.cfg.GatewayCredentials), types: map[string]*typeState{}, since: map[string]time.Time{}}
 	for _, t := range allTypes {
 		s.types[t] = &typeState{}
 		if cur != nil {

@@ -3,6 +3,7 @@ package xdsclient
 import (
 	"fmt"
 	"sort"
+	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -73,12 +74,16 @@ type candidate struct {
 	have        map[string]bool // LDS/CDS received (or seeded from an applied snapshot)
 	dirty       bool            // differs from the applied snapshot
 	rejected    error           // validation error of the current content
+	// credentials accepts gateway credentials with their private keys
+	// (Config.GatewayCredentials).
+	credentials bool
 }
 
-// newCandidate starts from the applied snapshot s (nil: nothing yet).
-func newCandidate(s *Snapshot) *candidate {
+// newCandidate starts from the applied snapshot s (nil: nothing yet);
+// credentials accepts gateway credentials.
+func newCandidate(s *Snapshot, credentials bool) *candidate {
 	c := &candidate{res: map[string]map[string]proto.Message{}, resVersions: map[string]map[string]string{},
-		versions: map[string]string{}, routeRefs: map[string][]string{}, have: map[string]bool{}}
+		versions: map[string]string{}, routeRefs: map[string][]string{}, have: map[string]bool{}, credentials: credentials}
 	for _, t := range allTypes {
 		c.res[t] = map[string]proto.Message{}
 		c.resVersions[t] = map[string]string{}
@@ -123,7 +128,7 @@ type decoded struct {
 }
 
 // decode unmarshals a of type typeURL and checks its name.
-func decode(typeURL string, a *anypb.Any) (decoded, error) {
+func decode(typeURL string, a *anypb.Any, credentials bool) (decoded, error) {
 	if a == nil {
 		return decoded{}, fmt.Errorf("empty resource")
 	}
@@ -165,7 +170,12 @@ func decode(typeURL string, a *anypb.Any) (decoded, error) {
 		if err := a.UnmarshalTo(sec); err != nil {
 			return d, fmt.Errorf("secret: %w", err)
 		}
-		if sec.GetValidationContext() == nil {
+		switch {
+		case sec.GetValidationContext() != nil:
+		case credentials && sec.GetTlsCertificate() != nil && strings.HasPrefix(sec.GetName(), CredentialPrefix):
+		case credentials:
+			return d, fmt.Errorf("secret %q: only validation contexts (trust bundles), and certificates named %s<credentialName>, are accepted over xDS", sec.GetName(), CredentialPrefix)
+		default:
 			return d, fmt.Errorf("secret %q: only validation contexts (trust bundles) are accepted over xDS, never certificates or keys", sec.GetName())
 		}
 		d = decoded{name: sec.GetName(), msg: sec}
@@ -235,7 +245,7 @@ func (c *candidate) applySotw(typeURL, version string, resources []*anypb.Any) (
 	ds := make([]decoded, 0, len(resources))
 	seen := map[string]bool{}
 	for i, a := range resources {
-		d, err := decode(typeURL, a)
+		d, err := decode(typeURL, a, c.credentials)
 		if err != nil {
 			return false, fmt.Errorf("resource %d: %w", i, err)
 		}
@@ -277,7 +287,7 @@ func (c *candidate) applyDelta(typeURL, version string, resources []*discovery.R
 		if r.GetResource() == nil {
 			continue // a TTL heartbeat: nothing changes
 		}
-		d, err := decode(typeURL, r.GetResource())
+		d, err := decode(typeURL, r.GetResource(), c.credentials)
 		if err != nil {
 			return false, fmt.Errorf("resource %d (%q): %w", i, r.GetName(), err)
 		}

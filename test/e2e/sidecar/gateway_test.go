@@ -51,26 +51,11 @@ func newTestCA(t *testing.T) *testCA {
 }
 
 // issue writes a certificate for host (serial tells issues apart) and its
-// key, PEM, to certPath and keyPath, readable by the proxy's user.
+// key, PEM, to certPath and keyPath (unless ""), readable by the proxy's
+// user.
 func (ca *testCA) issue(t *testing.T, host string, serial int64, certPath, keyPath string) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+	certPEM, keyPEM := ca.issuePEM(t, host, serial)
 	if certPath != "" {
 		for path, data := range map[string][]byte{certPath: certPEM, keyPath: keyPEM} {
 			// Replaced by rename, as a secret volume or a deploy tool does.
@@ -88,6 +73,27 @@ func (ca *testCA) issue(t *testing.T, host string, serial int64, certPath, keyPa
 		t.Fatal(err)
 	}
 	return pair
+}
+
+// issuePEM returns a certificate for host and its key, PEM.
+func (ca *testCA) issuePEM(t *testing.T, host string, serial int64) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
 }
 
 // TestIngressGateway: weft-proxy as an ingress gateway, configured by a
@@ -168,6 +174,9 @@ spec:
   - port: {number: %[2]d, name: https-files, protocol: HTTPS}
     hosts: [files.example.com]
     tls: {mode: SIMPLE, serverCertificate: %[5]s, privateKey: %[6]s}
+  - port: {number: %[2]d, name: https-api, protocol: HTTPS}
+    hosts: [api.example.com]
+    tls: {mode: SIMPLE, credentialName: api-cred}
   - port: {number: %[2]d, name: tls-passthrough, protocol: TLS}
     hosts: [tls.example.com]
     tls: {mode: PASSTHROUGH}
@@ -176,7 +185,7 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: web-ingress}
 spec:
-  hosts: [web.example.com, secure.example.com, files.example.com]
+  hosts: [web.example.com, secure.example.com, files.example.com, api.example.com]
   gateways: [ingress]
   http:
   - match: [{uri: {prefix: /web}}]
@@ -191,7 +200,8 @@ spec:
   tls:
   - match: [{sniHosts: [tls.example.com]}]
     route: [{destination: {host: tls.backend.example, port: {number: %[3]d}}}]
-`, httpPort, httpsPort, tlsPort, svcPort, fileCert, fileKey))
+---
+%[7]s`, httpPort, httpsPort, tlsPort, svcPort, fileCert, fileKey, apiSecret(ca, t, 40)))
 	gw := m.proxy("ingress", "127.0.0.1", "router", "--labels", "istio=ingressgateway",
 		"--service-account", "istio-ingressgateway", "--credential-dir", creds)
 
@@ -254,6 +264,7 @@ spec:
 	}{
 		{"secure.example.com", 20, "web secure.example.com /web/s"},
 		{"files.example.com", 30, "web files.example.com /web/s"},
+		{"api.example.com", 40, "web api.example.com /web/s"},
 		{"tls.example.com", 10, "passthrough"},
 	} {
 		var cert *x509.Certificate
@@ -276,10 +287,39 @@ spec:
 		}
 		return err
 	})
+	// A Secret applied through the API server: discovery sends it to the
+	// gateway (its namespace, over its authenticated stream), and an
+	// update is served without touching the gateway's files.
+	m.apply(apiSecret(ca, t, 41))
+	eventually(t, "the updated Secret served", func() error {
+		cert, _, err := tlsGet("api.example.com", "/web/s")
+		if err == nil && cert.SerialNumber.Int64() != 41 {
+			err = fmt.Errorf("serial %d", cert.SerialNumber)
+		}
+		return err
+	})
+	if dump := configDump(t, gw.admin); !strings.Contains(dump, "kubernetes://api-cred") || strings.Contains(dump, "PRIVATE KEY") {
+		t.Errorf("the gateway's /config_dump lacks the credential from discovery, or shows its private key")
+	}
+	if dump := configDump(t, p.a.admin); strings.Contains(dump, "api-cred") {
+		t.Errorf("a sidecar got the gateway's credential")
+	}
 	if out := m.weft("", "proxy-status"); !strings.Contains(out, "router~127.0.0.1~ingress") {
 		t.Errorf("proxy-status does not list the gateway:\n%s", out)
 	}
 	if dump := configDump(t, gw.admin); !strings.Contains(dump, fmt.Sprintf("0.0.0.0_%d", httpsPort)) {
 		t.Errorf("the gateway's /config_dump lacks its HTTPS listener")
 	}
+}
+
+// apiSecret is a Kubernetes TLS Secret api-cred holding a certificate for
+// api.example.com with serial.
+func apiSecret(ca *testCA, t *testing.T, serial int64) string {
+	cert, key := ca.issuePEM(t, "api.example.com", serial)
+	return fmt.Sprintf(`apiVersion: v1
+kind: Secret
+metadata: {name: api-cred}
+type: kubernetes.io/tls
+stringData: {"tls.crt": %q, "tls.key": %q}
+`, cert, key)
 }
