@@ -105,6 +105,14 @@ func (ca *testCA) issuePEM(t *testing.T, host string, serial int64) (certPEM, ke
 // and a replaced certificate is served without a config change; TLS
 // passthrough reaches a TLS backend unopened.
 func TestIngressGateway(t *testing.T) {
+	for _, mode := range []string{"sotw", "delta"} {
+		t.Run(mode, func(t *testing.T) { testIngressGateway(t, mode == "delta") })
+	}
+}
+
+// testIngressGateway runs TestIngressGateway with the gateway on state of
+// the world or delta xDS.
+func testIngressGateway(t *testing.T, delta bool) {
 	type seen struct{ host, path, xff string }
 	hits := make(chan seen, 64)
 	web := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -202,8 +210,11 @@ spec:
     route: [{destination: {host: tls.backend.example, port: {number: %[3]d}}}]
 ---
 %[7]s`, httpPort, httpsPort, tlsPort, svcPort, fileCert, fileKey, apiSecret(ca, t, 40)))
-	gw := m.proxy("ingress", "127.0.0.1", "router", "--labels", "istio=ingressgateway",
-		"--service-account", "istio-ingressgateway", "--credential-dir", creds)
+	gwArgs := []string{"router", "--labels", "istio=ingressgateway", "--service-account", "istio-ingressgateway", "--credential-dir", creds}
+	if delta {
+		gwArgs = append(gwArgs, "--delta")
+	}
+	gw := m.proxy("ingress", "127.0.0.1", gwArgs...)
 
 	noRedirect := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	plain := func(host, path string) (*http.Response, string, error) {
