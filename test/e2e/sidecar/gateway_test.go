@@ -2,16 +2,10 @@ package sidecar
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -19,81 +13,56 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weftmesh/weft/internal/pki"
 )
 
 // testCA signs server certificates for the gateway tests.
 type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
+	ca   *pki.CA
 	pool *x509.CertPool
 }
 
 func newTestCA(t *testing.T) *testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, _, err := pki.LoadOrCreateCA(t.TempDir(), "gateway test CA", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "gateway test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
+	return &testCA{ca: ca, pool: ca.Pool()}
 }
 
-// issue writes a certificate for host (serial tells issues apart) and its
-// key, PEM, to certPath and keyPath (unless ""), readable by the proxy's
-// user.
-func (ca *testCA) issue(t *testing.T, host string, serial int64, certPath, keyPath string) tls.Certificate {
+// certName is the common name of the n-th certificate issued for host:
+// what tells a served certificate from the one it replaced.
+func certName(host string, n int) string { return fmt.Sprintf("%s-%d", host, n) }
+
+// issue signs certificate n for host and writes it and its key, PEM, to
+// certPath and keyPath (unless ""), by rename as a secret volume or a
+// deploy tool replaces them, readable by the proxy's user.
+func (ca *testCA) issue(t *testing.T, host string, n int, certPath, keyPath string) tls.Certificate {
 	t.Helper()
-	certPEM, keyPEM := ca.issuePEM(t, host, serial)
+	c, err := ca.ca.Issue(certName(host, n), nil, []string{host}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if certPath != "" {
+		certPEM, keyPEM := encodePEM(t, c)
 		for path, data := range map[string][]byte{certPath: certPEM, keyPath: keyPEM} {
-			// Replaced by rename, as a secret volume or a deploy tool does.
-			tmp := path + ".new"
-			if err := os.WriteFile(tmp, data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Rename(tmp, path); err != nil {
+			if err := pki.WriteFileAtomic(path, data, 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pair
+	return c
 }
 
-// issuePEM returns a certificate for host and its key, PEM.
-func (ca *testCA) issuePEM(t *testing.T, host string, serial int64) (certPEM, keyPEM []byte) {
+func encodePEM(t *testing.T, c tls.Certificate) (certPEM, keyPEM []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certPEM, keyPEM, err := pki.EncodePEM(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+	return certPEM, keyPEM
 }
 
 // TestIngressGateway: weft-proxy as an ingress gateway, configured by a
@@ -270,7 +239,7 @@ spec:
 	}
 	for _, tc := range []struct {
 		sni    string
-		serial int64
+		n      int
 		body   string
 	}{
 		{"secure.example.com", 20, "web secure.example.com /web/s"},
@@ -284,8 +253,8 @@ spec:
 			cert, body, err = tlsGet(tc.sni, "/web/s")
 			return err
 		})
-		if cert.SerialNumber.Int64() != tc.serial || body != tc.body {
-			t.Errorf("%s: certificate serial %d, body %q; want %d, %q", tc.sni, cert.SerialNumber, body, tc.serial, tc.body)
+		if cert.Subject.CommonName != certName(tc.sni, tc.n) || body != tc.body {
+			t.Errorf("%s: certificate %s, body %q; want %s, %q", tc.sni, cert.Subject.CommonName, body, certName(tc.sni, tc.n), tc.body)
 		}
 	}
 
@@ -293,8 +262,8 @@ spec:
 	ca.issue(t, "secure.example.com", 21, credCert, credKey)
 	eventually(t, "the replaced credential served", func() error {
 		cert, _, err := tlsGet("secure.example.com", "/web/s")
-		if err == nil && cert.SerialNumber.Int64() != 21 {
-			err = fmt.Errorf("serial %d", cert.SerialNumber)
+		if err == nil && cert.Subject.CommonName != certName("secure.example.com", 21) {
+			err = fmt.Errorf("served %s", cert.Subject.CommonName)
 		}
 		return err
 	})
@@ -304,8 +273,8 @@ spec:
 	m.apply(apiSecret(ca, t, 41))
 	eventually(t, "the updated Secret served", func() error {
 		cert, _, err := tlsGet("api.example.com", "/web/s")
-		if err == nil && cert.SerialNumber.Int64() != 41 {
-			err = fmt.Errorf("serial %d", cert.SerialNumber)
+		if err == nil && cert.Subject.CommonName != certName("api.example.com", 41) {
+			err = fmt.Errorf("served %s", cert.Subject.CommonName)
 		}
 		return err
 	})
@@ -324,9 +293,9 @@ spec:
 }
 
 // apiSecret is a Kubernetes TLS Secret api-cred holding a certificate for
-// api.example.com with serial.
-func apiSecret(ca *testCA, t *testing.T, serial int64) string {
-	cert, key := ca.issuePEM(t, "api.example.com", serial)
+// api.example.com, the n-th.
+func apiSecret(ca *testCA, t *testing.T, n int) string {
+	cert, key := encodePEM(t, ca.issue(t, "api.example.com", n, "", ""))
 	return fmt.Sprintf(`apiVersion: v1
 kind: Secret
 metadata: {name: api-cred}
