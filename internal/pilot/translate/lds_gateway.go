@@ -119,7 +119,8 @@ func (g *netBuilder) kindOf(s gwServer) serverKind {
 	t := s.spec.GetTls()
 	terminated := func(k serverKind) serverKind {
 		switch t.GetMode() {
-		case networking.ServerTLSSettings_SIMPLE, networking.ServerTLSSettings_MUTUAL, networking.ServerTLSSettings_ISTIO_MUTUAL:
+		case networking.ServerTLSSettings_SIMPLE, networking.ServerTLSSettings_MUTUAL, networking.ServerTLSSettings_OPTIONAL_MUTUAL,
+			networking.ServerTLSSettings_ISTIO_MUTUAL:
 			return k
 		case networking.ServerTLSSettings_PASSTHROUGH:
 			return serverPassthrough
@@ -387,6 +388,12 @@ func serverSNI(hosts []string) []string {
 	return out
 }
 
+// checksClients reports whether a TLS mode verifies client certificates
+// against a CA of its own (MUTUAL, OPTIONAL_MUTUAL).
+func checksClients(mode networking.ServerTLSSettings_TLSmode) bool {
+	return mode == networking.ServerTLSSettings_MUTUAL || mode == networking.ServerTLSSettings_OPTIONAL_MUTUAL
+}
+
 // tlsVersions maps Istio's TLS protocol versions to Envoy's.
 var tlsVersions = map[networking.ServerTLSSettings_TLSProtocol]tlsv3.TlsParameters_TlsProtocol{
 	networking.ServerTLSSettings_TLS_AUTO: tlsv3.TlsParameters_TLS_AUTO,
@@ -411,15 +418,15 @@ func (g *netBuilder) serverTLSContext(s gwServer, alpn []string) (*tlsv3.Downstr
 		root = SDSRootCA
 	case t.GetCredentialName() != "":
 		common.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{Name: credentialPrefix + t.GetCredentialName(), SdsConfig: adsConfigSource()}}
-		if mode == networking.ServerTLSSettings_MUTUAL {
+		if checksClients(mode) {
 			root = credentialPrefix + t.GetCredentialName() + credentialCASuffix
 		}
 	case t.GetServerCertificate() != "" && t.GetPrivateKey() != "":
 		common.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{
 			Name: "file-cert:" + t.GetServerCertificate() + "~" + t.GetPrivateKey(), SdsConfig: adsConfigSource()}}
-		if mode == networking.ServerTLSSettings_MUTUAL {
+		if checksClients(mode) {
 			if t.GetCaCertificates() == "" {
-				g.warnOnce("%s: MUTUAL needs caCertificates (or a credentialName) to check clients against; server ignored", s.where())
+				g.warnOnce("%s: %s needs caCertificates (or a credentialName) to check clients against; server ignored", s.where(), mode)
 				return nil, false
 			}
 			root = "file-root:" + t.GetCaCertificates()
@@ -437,7 +444,8 @@ func (g *netBuilder) serverTLSContext(s gwServer, alpn []string) (*tlsv3.Downstr
 			g.warnOnce("%s: subjectAltNames, verifyCertificateSpki and verifyCertificateHash are not enforced by weft-proxy; server ignored rather than accept clients it should refuse", s.where())
 			return nil, false
 		}
-		ctx.RequireClientCertificate = wrapperspb.Bool(true)
+		// OPTIONAL_MUTUAL checks a client certificate only when one is sent.
+		ctx.RequireClientCertificate = wrapperspb.Bool(t.GetMode() != networking.ServerTLSSettings_OPTIONAL_MUTUAL)
 		common.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
 			CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 				DefaultValidationContext:         &tlsv3.CertificateValidationContext{},

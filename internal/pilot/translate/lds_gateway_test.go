@@ -121,6 +121,10 @@ func TestLDSGatewayIngress(t *testing.T) {
 		!ctx.GetRequireClientCertificate().GetValue() {
 		t.Errorf("MUTUAL: certificate %q, client CA %q, require %v", cert, root, ctx.GetRequireClientCertificate())
 	}
+	if cert, root, ctx := downstreamTLSOf(t, chainBySNI(t, l8443, "opt.example.com")); cert != "kubernetes://opt-cred" ||
+		root != "kubernetes://opt-cred-cacert" || ctx.GetRequireClientCertificate().GetValue() {
+		t.Errorf("OPTIONAL_MUTUAL: certificate %q, client CA %q, require %v; want the CA checked only when a client sends one", cert, root, ctx.GetRequireClientCertificate())
+	}
 	var domains []string
 	for _, vh := range r.routeConfig(t, "https.8443.mutual.istio-ingressgateway.istio-system").GetVirtualHosts() {
 		domains = append(domains, vh.GetDomains()...)

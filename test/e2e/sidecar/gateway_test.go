@@ -238,9 +238,9 @@ spec:
 		return resp.TLS.PeerCertificates[0], string(b), err
 	}
 	for _, tc := range []struct {
-		sni    string
-		n      int
-		body   string
+		sni  string
+		n    int
+		body string
 	}{
 		{"secure.example.com", 20, "web secure.example.com /web/s"},
 		{"files.example.com", 30, "web files.example.com /web/s"},
