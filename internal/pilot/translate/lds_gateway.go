@@ -12,6 +12,7 @@ import (
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/registry"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -388,6 +389,22 @@ func serverSNI(hosts []string) []string {
 	return out
 }
 
+// clientChecks are what a client certificate must also pass, as istiod
+// writes them: one of its SANs is one of subjectAltNames (any SAN type),
+// its public key one of verifyCertificateSpki, its hash one of
+// verifyCertificateHash.
+func clientChecks(t *networking.ServerTLSSettings) *tlsv3.CertificateValidationContext {
+	vc := &tlsv3.CertificateValidationContext{
+		VerifyCertificateSpki: t.GetVerifyCertificateSpki(),
+		VerifyCertificateHash: t.GetVerifyCertificateHash(),
+	}
+	for _, san := range t.GetSubjectAltNames() {
+		//lint:ignore SA1019 the typed form needs a SAN type; Istio's SANs match any
+		vc.MatchSubjectAltNames = append(vc.MatchSubjectAltNames, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: san}})
+	}
+	return vc
+}
+
 // checksClients reports whether a TLS mode verifies client certificates
 // against a CA of its own (MUTUAL, OPTIONAL_MUTUAL).
 func checksClients(mode networking.ServerTLSSettings_TLSmode) bool {
@@ -440,15 +457,11 @@ func (g *netBuilder) serverTLSContext(s gwServer, alpn []string) (*tlsv3.Downstr
 		return nil, false
 	}
 	if root != "" {
-		if len(t.GetSubjectAltNames()) > 0 || len(t.GetVerifyCertificateSpki()) > 0 || len(t.GetVerifyCertificateHash()) > 0 {
-			g.warnOnce("%s: subjectAltNames, verifyCertificateSpki and verifyCertificateHash are not enforced by weft-proxy; server ignored rather than accept clients it should refuse", s.where())
-			return nil, false
-		}
 		// OPTIONAL_MUTUAL checks a client certificate only when one is sent.
 		ctx.RequireClientCertificate = wrapperspb.Bool(t.GetMode() != networking.ServerTLSSettings_OPTIONAL_MUTUAL)
 		common.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
 			CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
-				DefaultValidationContext:         &tlsv3.CertificateValidationContext{},
+				DefaultValidationContext:         clientChecks(t),
 				ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: root, SdsConfig: adsConfigSource()},
 			}}
 	}

@@ -171,14 +171,21 @@ func TestLDSGatewaySelection(t *testing.T) {
 func TestLDSGatewayRefusals(t *testing.T) {
 	r := runLDSCase(t, "gateway-refused")
 	r.wantWarning(t, "servers[0]", "AUTO_PASSTHROUGH", "not supported")
-	r.wantWarning(t, "servers[1]", "subjectAltNames")
 	r.wantWarning(t, "servers[4]", "SNI [dup.example.com] is already served by", "servers[2]")
 	r.wantWarning(t, "servers[3]", "no VirtualService tcp route")
 	if len(r.listeners) != 1 {
 		t.Fatalf("%d listeners, want only 8443's", len(r.listeners))
 	}
-	if n := len(r.listeners[0].GetFilterChains()); n != 1 {
-		t.Errorf("port 8443 has %d chains, want the first dup.example.com server's only", n)
+	if n := len(r.listeners[0].GetFilterChains()); n != 2 {
+		t.Errorf("port 8443 has %d chains, want b.example.com's and the first dup.example.com server's", n)
+	}
+	// MUTUAL with subjectAltNames: client certificates are checked against
+	// them too.
+	_, _, ctx := downstreamTLSOf(t, chainBySNI(t, r.listeners[0], "b.example.com"))
+	//lint:ignore SA1019 istiod's form
+	if sans := ctx.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchSubjectAltNames(); len(sans) != 1 ||
+		sans[0].GetExact() != "spiffe://cluster.local/ns/x/sa/y" {
+		t.Errorf("client SAN matchers %v", sans)
 	}
 }
 

@@ -1,8 +1,11 @@
 package engine
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net"
@@ -87,10 +90,19 @@ func TestDownstreamTLSNames(t *testing.T) {
 		{"static validation context", withCtx(func(c *tlsv3.DownstreamTlsContext) {
 			c.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{}}
 		}), "validation context *tlsv3.CommonTlsContext_ValidationContext is not supported"},
-		{"subject alt names", withCtx(func(c *tlsv3.DownstreamTlsContext) {
+		{"client check weft-proxy does not make", withCtx(func(c *tlsv3.DownstreamTlsContext) {
+			c.CommonTlsContext.GetCombinedValidationContext().DefaultValidationContext.OnlyVerifyLeafCertCrl = true
+		}), "default_validation_context: only_verify_leaf_cert_crl is not supported"},
+		{"SAN type", withCtx(func(c *tlsv3.DownstreamTlsContext) {
 			c.CommonTlsContext.GetCombinedValidationContext().DefaultValidationContext.MatchTypedSubjectAltNames = []*tlsv3.SubjectAltNameMatcher{{
-				SanType: tlsv3.SubjectAltNameMatcher_DNS, Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "client"}}}}
-		}), "default_validation_context (client certificate SAN, SPKI or hash matching) is not supported"},
+				SanType: tlsv3.SubjectAltNameMatcher_OTHER_NAME, Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "client"}}}}
+		}), "san_type OTHER_NAME is not supported"},
+		{"SPKI pin", withCtx(func(c *tlsv3.DownstreamTlsContext) {
+			c.CommonTlsContext.GetCombinedValidationContext().DefaultValidationContext.VerifyCertificateSpki = []string{"not a pin"}
+		}), `verify_certificate_spki "not a pin"`},
+		{"hash pin", withCtx(func(c *tlsv3.DownstreamTlsContext) {
+			c.CommonTlsContext.GetCombinedValidationContext().DefaultValidationContext.VerifyCertificateHash = []string{"ab:cd"}
+		}), `verify_certificate_hash "ab:cd"`},
 		{"certificate provider", withCtx(func(c *tlsv3.DownstreamTlsContext) {
 			c.CommonTlsContext.TlsCertificateProviderInstance = &tlsv3.CertificateProviderPluginInstance{InstanceName: "x"}
 		}), "certificate providers"},
@@ -390,6 +402,57 @@ func BenchmarkCredentialLookup(b *testing.B) {
 	for b.Loop() {
 		if _, err := cache.certificate(&ref, dir); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestGatewayClientChecks: Istio's Gateway subjectAltNames,
+// verifyCertificateSpki and verifyCertificateHash, as istiod writes them
+// into default_validation_context: a client certificate the CA verified
+// must also pass them, or the handshake fails.
+func TestGatewayClientChecks(t *testing.T) {
+	serverCA, clientCA := newTestCA(t, "server"), newTestCA(t, "client")
+	dir := t.TempDir()
+	c, k := serverCA.issue(t, "gw", x509.ExtKeyUsageServerAuth, "gw.example.com")
+	replaceFile(t, filepath.Join(dir, "gw", "tls.crt"), c)
+	replaceFile(t, filepath.Join(dir, "gw", "tls.key"), k)
+	replaceFile(t, filepath.Join(dir, "gw", "ca.crt"), clientCA.pem)
+	e := New(slog.New(slog.DiscardHandler), Options{CredentialDir: dir})
+	good, other := clientCA.clientCert(t, "good"), clientCA.clientCert(t, "other")
+	goodLeaf, _ := x509.ParseCertificate(good.Certificate[0])
+	spki := sha256.Sum256(goodLeaf.RawSubjectPublicKeyInfo)
+	hash := sha256.Sum256(goodLeaf.Raw)
+	hexHash := strings.ToUpper(hex.EncodeToString(hash[:]))
+	var colons []string
+	for i := 0; i < len(hexHash); i += 2 {
+		colons = append(colons, hexHash[i:i+2])
+	}
+	for _, tc := range []struct {
+		name  string
+		check *tlsv3.CertificateValidationContext
+	}{
+		// clientCert's certificates carry DNS SAN <cn>.client.test.
+		//lint:ignore SA1019 the form istiod writes
+		{"subjectAltNames", &tlsv3.CertificateValidationContext{MatchSubjectAltNames: []*matcherv3.StringMatcher{
+			{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "nobody.client.test"}},
+			{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "good.client.test"}}}}},
+		{"typed SAN", &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+			SanType: tlsv3.SubjectAltNameMatcher_DNS, Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "good."}}}}}},
+		{"SPKI pin", &tlsv3.CertificateValidationContext{VerifyCertificateSpki: []string{base64.StdEncoding.EncodeToString(spki[:])}}},
+		{"hash pin", &tlsv3.CertificateValidationContext{VerifyCertificateHash: []string{strings.Join(colons, ":")}}},
+	} {
+		ctx := gatewayTLS("kubernetes://gw", "kubernetes://gw-cacert", true)
+		ctx.CommonTlsContext.GetCombinedValidationContext().DefaultValidationContext = tc.check
+		srv := serverTLSFor(t, e, ctx)
+		with := func(cert tls.Certificate) *tls.Config {
+			return &tls.Config{ServerName: "gw.example.com", RootCAs: serverCA.pool(),
+				GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }}
+		}
+		if _, err, srvErr := handshake(t, srv, with(good)); err != nil || srvErr != nil {
+			t.Errorf("%s: the certificate that passes: %v / %v", tc.name, err, srvErr)
+		}
+		if _, _, srvErr := handshake(t, srv, with(other)); srvErr == nil {
+			t.Errorf("%s: a certificate of the same CA that does not pass was accepted", tc.name)
 		}
 	}
 }

@@ -77,10 +77,11 @@ func (ca *testCA) issue(tb testing.TB, cn string, usage x509.ExtKeyUsage, dns ..
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
 }
 
-// clientCert is a client certificate for tls.Config.Certificates.
+// clientCert is a client certificate for tls.Config.Certificates, with
+// the DNS SAN <cn>.client.test.
 func (ca *testCA) clientCert(tb testing.TB, cn string) tls.Certificate {
 	tb.Helper()
-	c, k := ca.issue(tb, cn, x509.ExtKeyUsageClientAuth)
+	c, k := ca.issue(tb, cn, x509.ExtKeyUsageClientAuth, cn+".client.test")
 	cert, err := tls.X509KeyPair(c, k)
 	if err != nil {
 		tb.Fatal(err)

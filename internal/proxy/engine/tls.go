@@ -14,7 +14,6 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/weftmesh/weft/internal/proxy/cluster"
 	"github.com/weftmesh/weft/internal/proxy/listener"
-	"google.golang.org/protobuf/proto"
 )
 
 // Certs is the workload identity the engine terminates and originates
@@ -48,6 +47,9 @@ type downstreamTLS struct {
 	cert, root secretRef
 	// params are the tls_params.
 	params tlsParams
+	// check is what a verified client certificate must also pass (nil:
+	// nothing; clientcheck.go).
+	check *clientCheck
 }
 
 // compileDownstreamTLS reads a filter chain's DownstreamTlsContext. The
@@ -62,9 +64,9 @@ type downstreamTLS struct {
 // disable_stateless/stateful_session_resumption,
 // full_scan_certs_on_sni_mismatch; also prefer_client_ciphers (crypto/tls
 // picks the suite by its own preference) and an OCSP staple policy other
-// than MUST_STAPLE (no staple is sent). With ROOTCA, the combined
-// validation context's default_validation_context is ignored, as it
-// always was (pilot sends it empty).
+// than MUST_STAPLE (no staple is sent). The combined validation
+// context's default_validation_context may ask for client certificate
+// SAN, SPKI and hash checks (clientcheck.go), whatever the CA.
 func compileDownstreamTLS(ts *corev3.TransportSocket) (*downstreamTLS, error) {
 	ctx := &tlsv3.DownstreamTlsContext{}
 	if tc := ts.GetTypedConfig(); tc == nil || tc.UnmarshalTo(ctx) != nil {
@@ -102,16 +104,19 @@ func compileDownstreamTLS(ts *corev3.TransportSocket) (*downstreamTLS, error) {
 			return nil, errors.New("downstream TLS: validation context certificate providers are not supported")
 		}
 		rootName = cv.GetValidationContextSdsSecretConfig().GetName()
-		if rootName != sdsRoot && proto.Size(cv.GetDefaultValidationContext()) > 0 {
-			// Istio's Gateway tls.subjectAltNames, verifyCertificateSpki and
-			// verifyCertificateHash land here.
-			return nil, fmt.Errorf("downstream TLS: %q: default_validation_context (client certificate SAN, SPKI or hash matching) is not supported; clients are verified against the CA bundle only", rootName)
+		// Istio's Gateway tls.subjectAltNames, verifyCertificateSpki and
+		// verifyCertificateHash land here.
+		if d.check, err = compileClientCheck(cv.GetDefaultValidationContext()); err != nil {
+			return nil, fmt.Errorf("downstream TLS: %q: %w", rootName, err)
 		}
 	default:
 		return nil, fmt.Errorf("downstream TLS: validation context %T is not supported: %w", v, errRootName)
 	}
 	if d.root, err = parseRootName(rootName); err != nil {
 		return nil, fmt.Errorf("downstream TLS: %w", err)
+	}
+	if d.check != nil && d.root.kind == secretNone {
+		return nil, errors.New("downstream TLS: client certificate checks (default_validation_context) need a validation context to verify the chain first")
 	}
 	if d.requireClientCert && d.root.kind == secretNone {
 		return nil, fmt.Errorf("downstream TLS: require_client_certificate needs a validation context: %w", errRootName)
@@ -195,8 +200,7 @@ func (d *downstreamTLS) serverConfig(c Certs, served **tls.Certificate) *tls.Con
 	if d.requireClientCert {
 		cfg.ClientAuth = tls.RequireAnyClientCert
 		cfg.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
-			_, err := verifyChain(raw, c.Roots())
-			return err
+			return d.verifyClient(raw, c.Roots())
 		}
 	}
 	return cfg
@@ -246,8 +250,7 @@ func (d *downstreamTLS) credentialConfig(mesh Certs, sds func(string) any, cache
 			if d.requireClientCert {
 				out.ClientAuth = tls.RequireAnyClientCert
 				out.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
-					_, err := verifyChain(raw, mesh.Roots())
-					return err
+					return d.verifyClient(raw, mesh.Roots())
 				}
 			}
 		case secretFiles, secretCredential:
@@ -263,10 +266,29 @@ func (d *downstreamTLS) credentialConfig(mesh Certs, sds func(string) any, cache
 			if d.requireClientCert {
 				out.ClientAuth = tls.RequireAndVerifyClientCert
 			}
+			if d.check != nil {
+				// After crypto/tls verified the chain against pool.
+				out.VerifyConnection = func(cs tls.ConnectionState) error {
+					if len(cs.PeerCertificates) == 0 {
+						return nil // optional, and none sent
+					}
+					return d.check.verify(cs.PeerCertificates[0])
+				}
+			}
 		}
 		return out, nil
 	}
 	return cfg
+}
+
+// verifyClient verifies a client's chain against the mesh roots, then
+// the chain's client checks.
+func (d *downstreamTLS) verifyClient(raw [][]byte, roots *x509.CertPool) error {
+	leaf, err := verifyChain(raw, roots)
+	if err == nil && d.check != nil {
+		err = d.check.verify(leaf)
+	}
+	return err
 }
 
 // verifyChain checks a peer chain against roots and returns the leaf.
