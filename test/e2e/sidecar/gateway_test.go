@@ -284,6 +284,17 @@ spec:
 	if dump := configDump(t, p.a.admin); strings.Contains(dump, "api-cred") {
 		t.Errorf("a sidecar got the gateway's credential")
 	}
+	// The gateway reports its requests as a client, as Istio's gateways do.
+	if n := metricSum(t, gw.stats, "istio_requests_total", `reporter="source"`, `response_code="200"`); n < 4 {
+		t.Errorf("the gateway counted %d successful requests (reporter=source), want at least 4", n)
+	}
+	admin := fmt.Sprintf("http://127.0.0.1:%d", gw.admin)
+	if out := m.weft("", "proxy-config", "secret", "--admin", admin); !strings.Contains(out, "kubernetes://api-cred") || strings.Contains(out, "PRIVATE KEY") {
+		t.Errorf("weft proxy-config secret on the gateway:\n%s", out)
+	}
+	if out := m.weft("", "proxy-config", "listener", "--admin", admin); !strings.Contains(out, fmt.Sprint(httpsPort)) {
+		t.Errorf("weft proxy-config listener on the gateway lacks port %d:\n%s", httpsPort, out)
+	}
 	if out := m.weft("", "proxy-status"); !strings.Contains(out, "router~127.0.0.1~ingress") {
 		t.Errorf("proxy-status does not list the gateway:\n%s", out)
 	}
@@ -302,4 +313,94 @@ metadata: {name: api-cred}
 type: kubernetes.io/tls
 stringData: {"tls.crt": %q, "tls.key": %q}
 `, cert, key)
+}
+
+// TestEgressGateway: Istio's egress gateway pattern
+// (service-entry-egress-gateway-routing.yaml): one VirtualService sends
+// the sidecars' requests for an external host to the egress gateway
+// (match gateways: mesh) and the gateway's on to the host (match
+// gateways: the Gateway). The gateway's metrics show the request went
+// through it.
+func TestEgressGateway(t *testing.T) {
+	hits := make(chan string, 16)
+	external := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits <- r.Host
+		_, _ = io.WriteString(w, "external")
+	})})
+	extPort, gwSvcPort, gwPort := freePort(t), freePort(t), freePort(t)
+	web := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "web") })})
+	p := startMeshPairArgs(t, nil, []appPort{{"http", web, freePort(t)}}, webService(freePort(t)))
+	m := p.m
+	m.apply(fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: egress}
+spec:
+  metadata: {labels: {istio: egressgateway}}
+  template: {serviceAccount: istio-egressgateway}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin.example]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: %[1]d, name: http, protocol: HTTP, targetPort: %[4]d}]
+  endpoints: [{address: 127.0.0.1}]
+---
+# The egress gateway's service: its port %[2]d, the gateway's listener %[3]d.
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: egressgateway}
+spec:
+  hosts: [egressgateway.mesh]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: %[2]d, name: http, protocol: HTTP, targetPort: %[3]d}]
+  endpoints: [{address: 127.0.0.4}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: %[3]d, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: gateway-routing}
+spec:
+  hosts: [httpbin.example]
+  gateways: [mesh, egress]
+  http:
+  - match: [{gateways: [mesh], port: %[1]d}]
+    route: [{destination: {host: egressgateway.mesh, port: {number: %[2]d}}}]
+  - match: [{gateways: [egress], port: %[3]d}]
+    route: [{destination: {host: httpbin.example, port: {number: %[1]d}}}]
+`, extPort, gwSvcPort, gwPort, external))
+	gw := m.proxy("egress", "127.0.0.4", "router", "--labels", "istio=egressgateway", "--service-account", "istio-egressgateway")
+
+	c := &http.Client{Timeout: 5 * time.Second}
+	eventually(t, "sidecar A → egress gateway → the external host", func() error {
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/get", extPort), nil)
+		req.Host = "httpbin.example"
+		resp, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "external" {
+			return fmt.Errorf("%d %q", resp.StatusCode, b)
+		}
+		return nil
+	})
+	if h := <-hits; h != "httpbin.example" {
+		t.Errorf("the external host saw Host %q", h)
+	}
+	if n := metricSum(t, gw.stats, "istio_requests_total", `reporter="source"`, `response_code="200"`); n < 1 {
+		t.Errorf("the egress gateway counted no request: the sidecar went around it")
+	}
 }
