@@ -99,6 +99,10 @@ type Engine struct {
 	// creds caches the gateway credentials read from files
 	// (credentials.go).
 	creds *credCache
+	// peerID and peerMD are this proxy's metadata exchange headers, peers
+	// the peers' decoded (peermeta.go).
+	peerID, peerMD []string
+	peers          peerCache
 }
 
 // boundListener is one listening socket and its HTTP servers.
@@ -135,6 +139,7 @@ func New(log *slog.Logger, opts Options) *Engine {
 	e := &Engine{log: log, opts: opts, metrics: telemetry.NewMetrics(reg), clusters: cluster.NewManager(cluster.Options{}),
 		bound: map[netip.AddrPort]*boundListener{}, quit: make(chan struct{}), logFiles: accesslog.NewFiles(0), creds: newCredCache()}
 	reg.MustRegister(&e.rbacStats)
+	e.peerID, e.peerMD = ownPeerHeaders(opts.NodeID, opts.Workload)
 	return e
 }
 

@@ -103,6 +103,11 @@ type exchange struct {
 	// metadata is the dynamic metadata the HTTP filters left (RBAC's
 	// shadow verdicts, the JWT's claims); nil: none.
 	metadata map[string]map[string]any
+	// peer is the other sidecar, from the metadata exchange (the caller
+	// on the inbound side, the server on the outbound side), when
+	// peerSeen (peermeta.go).
+	peer     telemetry.Peer
+	peerSeen bool
 }
 
 // inbound tells whether the exchange is the destination's: on an inbound
@@ -286,14 +291,16 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	removeHopHeaders(r.Header)
 	forwardedHeaders(r, cc)
 	clientCertHeader(r, cc)
+	inbound := ex.inbound(cc)
+	e.requestPeer(r.Header, ex, inbound, c)
 	switch tc := cc.chain.tracing; {
 	case tc == nil:
 		// Without a tracer (Envoy's null one) trace headers pass through
 		// untouched.
 	case tc.noPropagation:
-		ex.trace = traceContext(r.Header, tc.traceOptions(ex.inbound(cc)))
+		ex.trace = traceContext(r.Header, tc.traceOptions(inbound))
 	default:
-		ex.trace = propagateTrace(r.Header, tc.traceOptions(ex.inbound(cc)))
+		ex.trace = propagateTrace(r.Header, tc.traceOptions(inbound))
 	}
 	rte.ApplyRequestHeaders(r.Header, wc)
 	target := upstreamTarget(r.URL, path, req.Path)
@@ -433,6 +440,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			if ex.upstreamTime >= 0 {
 				resp.Header["X-Envoy-Upstream-Service-Time"] = headerInt(ex.upstreamTime.Milliseconds())
 			}
+			e.responsePeer(resp.Header, ex, inbound, c)
 			switch cc.chain.server.mode {
 			case hcmv3.HttpConnectionManager_OVERWRITE:
 				delete(resp.Header, "Server")
@@ -887,8 +895,14 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 		Duration: time.Since(ex.start), RequestBytes: ex.reqBytes, DestinationService: svc}
 	if reporter == "source" {
 		req.Source = e.opts.Workload
+		if ex.peerSeen {
+			req.Destination = ex.peer
+		}
 	} else {
 		req.Destination = e.opts.Workload
+		if ex.peerSeen {
+			req.Source = ex.peer
+		}
 	}
 	// Kubernetes-style names carry the namespace ("reviews.bookinfo.svc.
 	// cluster.local"); other hosts ("reviews.mesh") name only the service.

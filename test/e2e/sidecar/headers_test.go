@@ -81,6 +81,12 @@ func TestProxyHeaders(t *testing.T) {
 					t.Errorf("app B got trace header %s without a tracer", k)
 				}
 			}
+			// The sidecars' metadata exchange stays between them.
+			for _, k := range []string{"X-Envoy-Peer-Metadata", "X-Envoy-Peer-Metadata-Id"} {
+				if h.Get(k) != "" || resp.Header.Get(k) != "" {
+					t.Errorf("%s reached an application (app B's request: %q, app A's response: %q)", k, h.Get(k), resp.Header.Get(k))
+				}
+			}
 		})
 	}
 }
@@ -125,6 +131,15 @@ spec:
 	}
 	if n := metricSum(t, p.b.stats, "istio_requests_total", `destination_version="v7"`); n != 0 {
 		t.Error("sidecar B took the client side's dimension")
+	}
+	// Istio's metadata exchange: each sidecar names the other.
+	if n := metricSum(t, p.b.stats, "istio_requests_total", `reporter="destination"`, `source_workload="a"`, `source_app="a"`,
+		`source_workload_namespace="default"`, `destination_workload="b"`); n == 0 {
+		t.Error("sidecar B does not name its caller (source_workload a, from the metadata exchange)")
+	}
+	if n := metricSum(t, p.a.stats, "istio_requests_total", `reporter="source"`, `source_workload="a"`, `destination_workload="b"`,
+		`destination_app="b"`, `destination_workload_namespace="default"`); n == 0 {
+		t.Error("sidecar A does not name its server (destination_workload b, from the metadata exchange)")
 	}
 	for name, stats := range map[string]int{"A": p.a.stats, "B": p.b.stats} {
 		if n := metricSum(t, stats, "istio_request_duration_milliseconds_count"); n != 0 {

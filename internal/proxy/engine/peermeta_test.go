@@ -1,0 +1,76 @@
+package engine
+
+import (
+	"encoding/base64"
+	"net/http"
+	"testing"
+
+	"github.com/weftmesh/weft/internal/proxy/cluster"
+	"github.com/weftmesh/weft/internal/telemetry"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// TestPeerMetadata: the metadata exchange's encoding (a base64
+// google.protobuf.Struct, as Istio's sidecars send it) and which side adds,
+// reads and removes the headers.
+func TestPeerMetadata(t *testing.T) {
+	self := telemetry.Peer{Workload: "reviews-v2", Namespace: "bookinfo", App: "reviews", Version: "v2"}
+	id, md := ownPeerHeaders("sidecar~10.0.0.2~reviews-v2.bookinfo~bookinfo.svc.cluster.local", self)
+	var c peerCache
+	if got, ok := c.decode(md[0]); !ok || got != self {
+		t.Fatalf("own metadata decodes to %+v (%v), want %+v", got, ok, self)
+	}
+	if id[0] != "sidecar~10.0.0.2~reviews-v2.bookinfo~bookinfo.svc.cluster.local" {
+		t.Errorf("metadata id %q", id)
+	}
+	// As an Istio sidecar sends it: canonical-name and -revision labels,
+	// other fields.
+	st, _ := structpb.NewStruct(map[string]any{"NAMESPACE": "shop", "WORKLOAD_NAME": "cart", "CLUSTER_ID": "Kubernetes",
+		"LABELS": map[string]any{"service.istio.io/canonical-name": "cart-svc", "service.istio.io/canonical-revision": "v9", "pod-template-hash": "x"}})
+	raw, _ := proto.Marshal(st)
+	if got, ok := c.decode(base64.StdEncoding.EncodeToString(raw)); !ok || got != (telemetry.Peer{Workload: "cart", Namespace: "shop", App: "cart-svc", Version: "v9"}) {
+		t.Errorf("Istio's metadata decodes to %+v (%v)", got, ok)
+	}
+	for _, bad := range []string{"not base64!", base64.StdEncoding.EncodeToString([]byte{0xff, 0xff})} {
+		if _, ok := c.decode(bad); ok {
+			t.Errorf("%q decoded", bad)
+		}
+	}
+
+	e := &Engine{peerID: id, peerMD: md}
+	mesh := &cluster.Cluster{TLS: &cluster.UpstreamTLS{CertSDS: sdsCert}}
+	plain := &cluster.Cluster{}
+	// Client side: added towards sidecars only.
+	h := http.Header{}
+	e.requestPeer(h, &exchange{}, false, plain)
+	if len(h) != 0 {
+		t.Errorf("metadata sent to a cluster without mesh mTLS: %v", h)
+	}
+	e.requestPeer(h, &exchange{}, false, mesh)
+	if h.Get(peerMetadataHeader) != md[0] || h.Get(peerIDHeader) != id[0] {
+		t.Errorf("request to a sidecar carries %v", h)
+	}
+	// Server side: read and removed from the request, answered.
+	in := &exchange{}
+	e.requestPeer(h, in, true, plain)
+	if len(h) != 0 || !in.peerSeen || in.peer != self {
+		t.Errorf("inbound: headers left %v, peer %+v (%v)", h, in.peer, in.peerSeen)
+	}
+	resp := http.Header{}
+	e.responsePeer(resp, in, true, plain)
+	if resp.Get(peerMetadataHeader) != md[0] {
+		t.Errorf("the answer to a sidecar lacks this proxy's metadata: %v", resp)
+	}
+	quiet := http.Header{}
+	e.responsePeer(quiet, &exchange{}, true, plain)
+	if len(quiet) != 0 {
+		t.Errorf("a caller that sent no metadata got some: %v", quiet)
+	}
+	// Client side again: the server's read and removed.
+	out := &exchange{}
+	e.responsePeer(resp, out, false, mesh)
+	if len(resp) != 0 || !out.peerSeen || out.peer != self {
+		t.Errorf("outbound response: headers left %v, peer %+v", resp, out.peer)
+	}
+}
