@@ -34,6 +34,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/weftmesh/weft/internal/proxy/xdsclient"
+	"github.com/weftmesh/weft/internal/telemetry"
 	"github.com/weftmesh/weft/internal/testutil/freeport"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -166,7 +167,12 @@ func freeAddr(tb testing.TB) netip.AddrPort {
 
 // newEngine serves one listener and one cluster.
 func newEngine(certs Certs, l *listenerv3.Listener, c *clusterv3.Cluster) (*Engine, error) {
-	return newEngineOpts(Options{Certs: certs}, l, c)
+	opts := Options{Certs: certs}
+	if os.Getenv("WEFT_BENCH_PEER") != "" {
+		opts.NodeID = "sidecar~127.0.0.1~" + l.GetName() + ".default~default.svc.cluster.local"
+		opts.Workload = telemetry.Peer{Workload: l.GetName(), Namespace: "default", App: "app", Version: "v1"}
+	}
+	return newEngineOpts(opts, l, c)
 }
 
 func newEngineOpts(opts Options, l *listenerv3.Listener, c *clusterv3.Cluster) (*Engine, error) {

@@ -99,10 +99,12 @@ type Engine struct {
 	// creds caches the gateway credentials read from files
 	// (credentials.go).
 	creds *credCache
-	// peerID and peerMD are this proxy's metadata exchange headers, peers
-	// the peers' decoded (peermeta.go).
-	peerID, peerMD []string
-	peers          peerCache
+	// peerMD is this proxy's metadata exchange header, peers the peers'
+	// decoded, serverPeers the servers' by endpoint address
+	// (peermeta.go).
+	peerMD      []string
+	peers       peerCache
+	serverPeers sync.Map // endpoint address -> telemetry.Peer
 }
 
 // boundListener is one listening socket and its HTTP servers.
@@ -139,7 +141,7 @@ func New(log *slog.Logger, opts Options) *Engine {
 	e := &Engine{log: log, opts: opts, metrics: telemetry.NewMetrics(reg), clusters: cluster.NewManager(cluster.Options{}),
 		bound: map[netip.AddrPort]*boundListener{}, quit: make(chan struct{}), logFiles: accesslog.NewFiles(0), creds: newCredCache()}
 	reg.MustRegister(&e.rbacStats)
-	e.peerID, e.peerMD = ownPeerHeaders(opts.NodeID, opts.Workload)
+	e.peerMD = ownPeerHeaders(opts.NodeID, opts.Workload)
 	return e
 }
 
@@ -555,6 +557,9 @@ type chainConn struct {
 	xfcc xfccCache
 	// metrics caches the request metrics its last request recorded in.
 	metrics telemetry.RequestCache
+	// peerAnswered is set once this proxy's metadata went back to the
+	// caller on this connection (peermeta.go).
+	peerAnswered atomic.Bool
 }
 
 func (cc *chainConn) Read(b []byte) (int, error) {

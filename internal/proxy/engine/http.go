@@ -440,7 +440,7 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 			if ex.upstreamTime >= 0 {
 				resp.Header["X-Envoy-Upstream-Service-Time"] = headerInt(ex.upstreamTime.Milliseconds())
 			}
-			e.responsePeer(resp.Header, ex, inbound, c)
+			e.responsePeer(resp.Header, ex, cc, inbound, c)
 			switch cc.chain.server.mode {
 			case hcmv3.HttpConnectionManager_OVERWRITE:
 				delete(resp.Header, "Server")

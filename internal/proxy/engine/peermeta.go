@@ -12,14 +12,20 @@ import (
 )
 
 // Istio's HTTP metadata exchange between sidecars, which gives the
-// standard metrics their peer labels: a client sidecar sends, with every
-// request to a sidecar (a cluster of mesh mTLS), its node ID and node
-// metadata; the server sidecar reads and removes them (source_workload,
-// source_workload_namespace, source_app, source_version), and answers with
-// its own, which the client reads and removes in turn (destination_*).
-// The metadata is a google.protobuf.Struct (NAMESPACE, WORKLOAD_NAME,
-// NAME, LABELS), serialised and base64-encoded, as Istio's Envoy sidecars
-// send it: weft-proxy and Envoy understand each other.
+// standard metrics their peer labels: a client sidecar sends its node
+// metadata with every request to a sidecar (a cluster of mesh mTLS); the
+// server sidecar reads and removes it (source_workload,
+// source_workload_namespace, source_app, source_version), and answers
+// with its own, which the client reads and removes in turn
+// (destination_*). The metadata is a google.protobuf.Struct (NAMESPACE,
+// WORKLOAD_NAME, LABELS), serialised and base64-encoded, as Istio's Envoy
+// sidecars send it in x-envoy-peer-metadata.
+//
+// To keep its cost per request small (each header line costs both sides
+// parsing and an allocation), weft-proxy sends no
+// x-envoy-peer-metadata-id (only Envoy's cache needs it; it is removed
+// when received), and a server answers with its metadata once per
+// connection: the client remembers each endpoint's.
 const (
 	peerIDHeader       = "X-Envoy-Peer-Metadata-Id"
 	peerMetadataHeader = "X-Envoy-Peer-Metadata"
@@ -29,10 +35,11 @@ const (
 // read).
 var peerLabels = []string{"app", "version", "service.istio.io/canonical-name", "service.istio.io/canonical-revision"}
 
-// ownPeerHeaders encodes this proxy's node ID and metadata once.
-func ownPeerHeaders(nodeID string, w telemetry.Peer) (id, md []string) {
+// ownPeerHeaders encodes this proxy's metadata once (nil without a node
+// ID: no exchange).
+func ownPeerHeaders(nodeID string, w telemetry.Peer) []string {
 	fields := map[string]*structpb.Value{}
-	for k, v := range map[string]string{"NAMESPACE": w.Namespace, "WORKLOAD_NAME": w.Workload, "NAME": w.Workload} {
+	for k, v := range map[string]string{"NAMESPACE": w.Namespace, "WORKLOAD_NAME": w.Workload} {
 		if v != "" {
 			fields[k] = structpb.NewStringValue(v)
 		}
@@ -48,9 +55,9 @@ func ownPeerHeaders(nodeID string, w telemetry.Peer) (id, md []string) {
 	}
 	raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(&structpb.Struct{Fields: fields})
 	if err != nil || nodeID == "" {
-		return nil, nil
+		return nil
 	}
-	return []string{nodeID}, []string{base64.StdEncoding.EncodeToString(raw)}
+	return []string{base64.StdEncoding.EncodeToString(raw)}
 }
 
 // peerCache decodes metadata values, keeping what it decoded: the values
@@ -110,23 +117,26 @@ func (e *Engine) requestPeer(h http.Header, ex *exchange, inbound bool, c *clust
 	if inbound {
 		if v := h[peerMetadataHeader]; len(v) > 0 {
 			ex.peer, ex.peerSeen = e.peers.decode(v[0])
+			delete(h, peerMetadataHeader)
 		}
-		delete(h, peerMetadataHeader)
-		delete(h, peerIDHeader)
+		if _, ok := h[peerIDHeader]; ok {
+			delete(h, peerIDHeader)
+		}
 		return
 	}
 	if e.peerMD != nil && toSidecar(c) {
-		h[peerIDHeader], h[peerMetadataHeader] = e.peerID, e.peerMD
+		h[peerMetadataHeader] = e.peerMD
 	}
 }
 
 // responsePeer is the exchange's response side: on the inbound side it
-// answers a caller that sent its metadata with this proxy's; from a
-// sidecar it takes (and removes) the server's.
-func (e *Engine) responsePeer(h http.Header, ex *exchange, inbound bool, c *cluster.Cluster) {
+// answers a caller that sent its metadata with this proxy's, the first
+// time on each connection; from a sidecar it takes (and removes) the
+// server's, or the one endpoint (the address it came from) last sent.
+func (e *Engine) responsePeer(h http.Header, ex *exchange, cc *chainConn, inbound bool, c *cluster.Cluster) {
 	if inbound {
-		if ex.peerSeen && e.peerMD != nil {
-			h[peerIDHeader], h[peerMetadataHeader] = e.peerID, e.peerMD
+		if ex.peerSeen && e.peerMD != nil && !cc.peerAnswered.Load() && cc.peerAnswered.CompareAndSwap(false, true) {
+			h[peerMetadataHeader] = e.peerMD
 		}
 		return
 	}
@@ -134,8 +144,16 @@ func (e *Engine) responsePeer(h http.Header, ex *exchange, inbound bool, c *clus
 		return
 	}
 	if v := h[peerMetadataHeader]; len(v) > 0 {
-		ex.peer, ex.peerSeen = e.peers.decode(v[0])
+		if ex.peer, ex.peerSeen = e.peers.decode(v[0]); ex.peerSeen {
+			e.serverPeers.Store(ex.upstream, ex.peer)
+		}
+		delete(h, peerMetadataHeader)
+		if _, ok := h[peerIDHeader]; ok {
+			delete(h, peerIDHeader)
+		}
+		return
 	}
-	delete(h, peerMetadataHeader)
-	delete(h, peerIDHeader)
+	if p, ok := e.serverPeers.Load(ex.upstream); ok {
+		ex.peer, ex.peerSeen = p.(telemetry.Peer), true
+	}
 }
