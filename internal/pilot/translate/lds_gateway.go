@@ -155,17 +155,18 @@ func (g *netBuilder) gatewayListener(port uint32, servers []gwServer) (*listener
 	var plainHTTP []gwServer
 	var chains []*listenerv3.FilterChain
 	var routes []*routev3.RouteConfiguration
-	var plainTCP *listenerv3.FilterChain
+	var plain *listenerv3.FilterChain // the chain without TLS: HTTP or TCP
 	matchers := map[string]string{} // filter chain match → the server that has it
-	addTLS := func(s gwServer, fc *listenerv3.FilterChain) {
+	addTLS := func(s gwServer, fc *listenerv3.FilterChain) bool {
 		m := fc.GetFilterChainMatch()
 		key := m.GetTransportProtocol() + "|" + strings.Join(m.GetServerNames(), ",")
 		if prev, ok := matchers[key]; ok {
 			g.warnOnce("%s: port %d: SNI %v is already served by %s; ignored", s.where(), port, orAny(m.GetServerNames()), prev)
-			return
+			return false
 		}
 		matchers[key] = s.where()
 		chains = append(chains, fc)
+		return true
 	}
 	for _, s := range servers {
 		g.gateway = s.key()
@@ -180,8 +181,9 @@ func (g *netBuilder) gatewayListener(port uint32, servers []gwServer) (*listener
 			}
 			fc.Name = rds
 			fc.Filters = []*listenerv3.Filter{networkFilter(hcmFilterName, g.gatewayHCM(port, rds))}
-			routes = append(routes, g.gatewayRouteConfig(rds, port, []gwServer{s}))
-			addTLS(s, fc)
+			if addTLS(s, fc) {
+				routes = append(routes, g.gatewayRouteConfig(rds, port, []gwServer{s}))
+			}
 		case serverTLS:
 			fc, ok := g.terminatingChain(s)
 			if !ok {
@@ -202,24 +204,24 @@ func (g *netBuilder) gatewayListener(port uint32, servers []gwServer) (*listener
 			tcp := g.gatewayTCPRoute(s, port)
 			switch {
 			case tcp == nil:
-			case plainTCP != nil:
+			case plain != nil:
 				g.warnOnce("%s: port %d already proxies TCP for another server; ignored", s.where(), port)
 			default:
-				plainTCP = &listenerv3.FilterChain{Name: "tcp." + ps, Filters: g.tcpFilters(false, tcp)}
+				plain = &listenerv3.FilterChain{Name: "tcp." + ps, Filters: g.tcpFilters(false, tcp)}
 			}
 		}
 	}
 	if len(plainHTTP) > 0 {
-		if plainTCP != nil {
+		if plain != nil {
 			g.warnOnce("gateway port %d: plain HTTP and TCP servers share the port; the TCP server is ignored", port)
 		}
 		g.gateway = ""
 		rds := "http." + ps
-		plainTCP = &listenerv3.FilterChain{Name: rds, Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, g.gatewayHCM(port, rds))}}
+		plain = &listenerv3.FilterChain{Name: rds, Filters: []*listenerv3.Filter{networkFilter(hcmFilterName, g.gatewayHCM(port, rds))}}
 		routes = append(routes, g.gatewayRouteConfig(rds, port, plainHTTP))
 	}
-	if plainTCP != nil {
-		chains = append(chains, plainTCP)
+	if plain != nil {
+		chains = append(chains, plain)
 	}
 	if len(chains) == 0 {
 		return nil, routes
