@@ -156,7 +156,7 @@ func (g *netBuilder) gatewayListener(port uint32, servers []gwServer) (*listener
 	var chains []*listenerv3.FilterChain
 	var routes []*routev3.RouteConfiguration
 	var plain *listenerv3.FilterChain // the chain without TLS: HTTP or TCP
-	matchers := map[string]string{} // filter chain match → the server that has it
+	matchers := map[string]string{}   // filter chain match → the server that has it
 	addTLS := func(s gwServer, fc *listenerv3.FilterChain) bool {
 		m := fc.GetFilterChainMatch()
 		key := m.GetTransportProtocol() + "|" + strings.Join(m.GetServerNames(), ",")
