@@ -260,12 +260,7 @@ func TestGatewayTLSParams(t *testing.T) {
 // certificate and verifies the one sent, but serves clients without one.
 func TestGatewayOptionalMutual(t *testing.T) {
 	serverCA, clientCA, otherCA := newTestCA(t, "server"), newTestCA(t, "client"), newTestCA(t, "other")
-	dir := t.TempDir()
-	c, k := serverCA.issue(t, "gw", x509.ExtKeyUsageServerAuth, "gw.example.com")
-	replaceFile(t, filepath.Join(dir, "gw", "tls.crt"), c)
-	replaceFile(t, filepath.Join(dir, "gw", "tls.key"), k)
-	replaceFile(t, filepath.Join(dir, "gw", "ca.crt"), clientCA.pem)
-	e := New(slog.New(slog.DiscardHandler), Options{CredentialDir: dir})
+	e, dir := gwCredentialEngine(t, serverCA, clientCA)
 	srv := serverTLSFor(t, e, gatewayTLS("kubernetes://gw", "kubernetes://gw-cacert", false))
 	with := func(cert tls.Certificate) *tls.Config {
 		return &tls.Config{ServerName: "gw.example.com", RootCAs: serverCA.pool(),
@@ -412,12 +407,7 @@ func BenchmarkCredentialLookup(b *testing.B) {
 // must also pass them, or the handshake fails.
 func TestGatewayClientChecks(t *testing.T) {
 	serverCA, clientCA := newTestCA(t, "server"), newTestCA(t, "client")
-	dir := t.TempDir()
-	c, k := serverCA.issue(t, "gw", x509.ExtKeyUsageServerAuth, "gw.example.com")
-	replaceFile(t, filepath.Join(dir, "gw", "tls.crt"), c)
-	replaceFile(t, filepath.Join(dir, "gw", "tls.key"), k)
-	replaceFile(t, filepath.Join(dir, "gw", "ca.crt"), clientCA.pem)
-	e := New(slog.New(slog.DiscardHandler), Options{CredentialDir: dir})
+	e, _ := gwCredentialEngine(t, serverCA, clientCA)
 	good, other := clientCA.clientCert(t, "good"), clientCA.clientCert(t, "other")
 	goodLeaf, _ := x509.ParseCertificate(good.Certificate[0])
 	spki := sha256.Sum256(goodLeaf.RawSubjectPublicKeyInfo)
@@ -455,4 +445,17 @@ func TestGatewayClientChecks(t *testing.T) {
 			t.Errorf("%s: a certificate of the same CA that does not pass was accepted", tc.name)
 		}
 	}
+}
+
+// gwCredentialEngine is an engine whose credential directory holds the
+// credential "gw": a certificate for gw.example.com from serverCA, and
+// clientCA's bundle to verify clients with.
+func gwCredentialEngine(t *testing.T, serverCA, clientCA *testCA) (*Engine, string) {
+	t.Helper()
+	dir := t.TempDir()
+	c, k := serverCA.issue(t, "gw", x509.ExtKeyUsageServerAuth, "gw.example.com")
+	replaceFile(t, filepath.Join(dir, "gw", "tls.crt"), c)
+	replaceFile(t, filepath.Join(dir, "gw", "tls.key"), k)
+	replaceFile(t, filepath.Join(dir, "gw", "ca.crt"), clientCA.pem)
+	return New(slog.New(slog.DiscardHandler), Options{CredentialDir: dir}), dir
 }

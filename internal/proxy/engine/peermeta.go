@@ -119,9 +119,7 @@ func (e *Engine) requestPeer(h http.Header, ex *exchange, inbound bool, c *clust
 			ex.peer, ex.peerSeen = e.peers.decode(v[0])
 			delete(h, peerMetadataHeader)
 		}
-		if _, ok := h[peerIDHeader]; ok {
-			delete(h, peerIDHeader)
-		}
+		delete(h, peerIDHeader)
 		return
 	}
 	if e.peerMD != nil && toSidecar(c) {
@@ -148,9 +146,7 @@ func (e *Engine) responsePeer(h http.Header, ex *exchange, cc *chainConn, inboun
 			e.serverPeers.Store(ex.upstream, ex.peer)
 		}
 		delete(h, peerMetadataHeader)
-		if _, ok := h[peerIDHeader]; ok {
-			delete(h, peerIDHeader)
-		}
+		delete(h, peerIDHeader)
 		return
 	}
 	if p, ok := e.serverPeers.Load(ex.upstream); ok {
