@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,6 +72,12 @@ client {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
+	// The agent starts plugin processes (logmon) of its own, which a
+	// killed agent leaves behind (one outlived a CI run): the agent runs
+	// in a process group of its own, is asked to stop (SIGINT, as nomad
+	// shuts its plugins down then), and the group is killed after it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGINT) }
 	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -78,6 +85,7 @@ client {
 	t.Cleanup(func() {
 		cancel()
 		_ = cmd.Wait()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // what is left of the group
 		_ = logf.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
