@@ -16,12 +16,8 @@ func compileBundle(s *xdsclient.Snapshot) ([]*x509.Certificate, error) {
 	if !ok {
 		return nil, nil
 	}
-	ca := sec.GetValidationContext().GetTrustedCa()
-	data := ca.GetInlineBytes()
-	if data == nil {
-		data = []byte(ca.GetInlineString())
-	}
-	if len(data) == 0 {
+	data, err := inlineData(sec.GetValidationContext().GetTrustedCa())
+	if err != nil || len(data) == 0 {
 		return nil, fmt.Errorf("secret %s: trusted_ca must hold inline PEM certificates", sdsRoot)
 	}
 	var out []*x509.Certificate

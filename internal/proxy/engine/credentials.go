@@ -41,7 +41,7 @@ import (
 const (
 	fileCertPrefix   = "file-cert:"
 	fileRootPrefix   = "file-root:"
-	credentialPrefix = "kubernetes://"
+	credentialPrefix = xdsclient.CredentialPrefix
 	// caCertSuffix ends the name of a credential's CA bundle.
 	caCertSuffix = "-cacert"
 )

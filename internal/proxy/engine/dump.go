@@ -47,8 +47,13 @@ func redacted(sec *tlsv3.Secret) *tlsv3.Secret {
 		return sec
 	}
 	out := proto.Clone(sec).(*tlsv3.Secret)
-	out.GetTlsCertificate().PrivateKey = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "[redacted]"}}
+	out.GetTlsCertificate().PrivateKey = redactedKey()
 	return out
+}
+
+// redactedKey is a private key as config dumps show it.
+func redactedKey() *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "[redacted]"}}
 }
 
 // certSecret is the workload certificate as Envoy's config dump shows
@@ -67,7 +72,7 @@ func certSecret(c Certs) *tlsv3.Secret {
 	}
 	return &tlsv3.Secret{Name: sdsCert, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 		CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: chain}},
-		PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "[redacted]"}},
+		PrivateKey:       redactedKey(),
 	}}}
 }
 
