@@ -283,22 +283,26 @@ func (g *netBuilder) serverDomains(vs *boundVS, s gwServer) []string {
 }
 
 // gatewayVirtualServices lists the VirtualServices bound to server s's
-// Gateway and exported to the gateway's namespace, oldest first.
+// Gateway and exported to the gateway's namespace, oldest first. They are
+// indexed by Gateway in one pass over the VirtualServices, on first use.
 func (g *netBuilder) gatewayVirtualServices(s gwServer) []*boundVS {
-	var out []*boundVS
-	for _, c := range g.s.Configs("VirtualService") {
-		spec, ok := c.Spec.(*networking.VirtualService)
-		if !ok || len(spec.GetGateways()) == 0 || !exportedTo(spec.GetExportTo(), c.Namespace, g.p.Namespace) {
-			continue
-		}
-		for _, ref := range spec.GetGateways() {
-			if gatewayRef(ref, c.Namespace) == s.key() {
-				out = append(out, &boundVS{cfg: c, spec: spec})
-				break
+	if g.gatewayVS == nil {
+		g.gatewayVS = map[string][]*boundVS{}
+		for _, c := range g.s.Configs("VirtualService") {
+			spec, ok := c.Spec.(*networking.VirtualService)
+			if !ok || len(spec.GetGateways()) == 0 || !exportedTo(spec.GetExportTo(), c.Namespace, g.p.Namespace) {
+				continue
+			}
+			vs := &boundVS{cfg: c, spec: spec}
+			for i, ref := range spec.GetGateways() {
+				key := gatewayRef(ref, c.Namespace)
+				if !slices.ContainsFunc(spec.GetGateways()[:i], func(r string) bool { return gatewayRef(r, c.Namespace) == key }) {
+					g.gatewayVS[key] = append(g.gatewayVS[key], vs)
+				}
 			}
 		}
 	}
-	return out
+	return g.gatewayVS[s.key()]
 }
 
 // gatewayRouteConfig is the route configuration of HTTP servers on port:

@@ -63,6 +63,9 @@ type netBuilder struct {
 	// is being built ("namespace/name"): match entries naming gateways
 	// apply when they name it (namesThisProxy).
 	gateway string
+	// gatewayVS are the VirtualServices bound to each Gateway
+	// ("namespace/name"), built on first use (gatewayVirtualServices).
+	gatewayVS map[string][]*boundVS
 }
 
 // newNetBuilder prepares LDS/RDS for b's proxy: services by hostname and
