@@ -144,6 +144,7 @@ func proxyCmd(kind proxyKind, run runFunc) *cobra.Command {
 	f.StringVar(&labels, "labels", "", "workload labels, k=v,k2=v2")
 	f.StringVar(&cfg.Bootstrap.ServiceAccount, "service-account", "", "the workload's service account")
 	f.StringVar(&cfg.Bootstrap.WorkloadGroup, "workload-group", "", "auto-register into this WorkloadGroup")
+	f.StringVar(&cfg.Bootstrap.ClusterID, "cluster-id", "", "the cluster the workload runs in, for the source_cluster and destination_cluster metric labels (WEFT_CLUSTER_ID; default Kubernetes)")
 	f.BoolVar(&cfg.Bootstrap.Explicit, "explicit", false, "explicit mode: no traffic capture; upstreams on 127.0.0.1:<port>")
 	f.StringVar(&cfg.Bootstrap.InboundCaptureMode, "inbound-capture-mode", "", "REDIRECT (default) or TPROXY, as weft-proxy iptables --inbound-mode: TPROXY keeps client addresses (needs CAP_NET_ADMIN; WEFT_INTERCEPTION_MODE)")
 	f.StringVar(&cfg.Bootstrap.InboundPorts, "inbound-ports", "", "explicit mode: <app port>=<sidecar port>,… e.g. 9080=15080: accept mesh traffic for the app on <ip>:<sidecar port> (WEFT_INBOUND_PORTS)")
@@ -194,6 +195,7 @@ func mergeUnset(b *bootstrap.Config, file bootstrap.Config) {
 	set(&b.ServiceAccount, file.ServiceAccount)
 	set(&b.WorkloadGroup, file.WorkloadGroup)
 	set(&b.TrustDomain, file.TrustDomain)
+	set(&b.ClusterID, file.ClusterID)
 	set(&b.InboundPorts, file.InboundPorts)
 	set(&b.InboundCaptureMode, file.InboundCaptureMode)
 	if len(b.Labels) == 0 {

@@ -9,6 +9,7 @@ package registry
 import (
 	"context"
 	"sort"
+	"strings"
 	"sync"
 )
 
@@ -71,6 +72,18 @@ type Service struct {
 	Source string
 	// CreationTime orders conflicting definitions (oldest wins), Unix nanos.
 	CreationTime int64
+}
+
+// ShortName is a service's name as Istio's metrics and cluster metadata
+// give it (destination_service_name): <name> of a Kubernetes-style
+// "<name>.<namespace>.svc.<domain>", else the whole hostname; namespace
+// is the hostname's namespace part, "" when it has none.
+func ShortName(hostname string) (name, namespace string) {
+	n, rest, _ := strings.Cut(hostname, ".")
+	if ns, tail, ok := strings.Cut(rest, "."); ok && ns != "" && strings.HasPrefix(tail, "svc.") {
+		return n, ns
+	}
+	return hostname, ""
 }
 
 // Endpoint is one instance of a service.

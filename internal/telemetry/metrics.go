@@ -20,7 +20,9 @@ import (
 var requestLabels = []string{
 	"reporter",
 	"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+	"source_canonical_service", "source_canonical_revision", "source_cluster",
 	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
+	"destination_canonical_service", "destination_canonical_revision", "destination_cluster",
 	"destination_service", "destination_service_name", "destination_service_namespace",
 	"request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
 }
@@ -28,9 +30,11 @@ var requestLabels = []string{
 var tcpLabels = []string{
 	"reporter",
 	"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+	"source_canonical_service", "source_canonical_revision", "source_cluster",
 	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
+	"destination_canonical_service", "destination_canonical_revision", "destination_cluster",
 	"destination_service", "destination_service_name", "destination_service_namespace",
-	"response_flags", "connection_security_policy",
+	"request_protocol", "response_flags", "connection_security_policy",
 }
 
 // Metrics are Istio's standard request and TCP metrics.
@@ -176,6 +180,53 @@ func (m *Metrics) RequestVec(metric int) prometheus.Collector {
 // Peer describes one side of a request for labels.
 type Peer struct {
 	Workload, Namespace, Principal, App, Version string
+	// CanonicalService and CanonicalRevision are the workload's
+	// service.istio.io/canonical-name and -revision (CanonicalNames);
+	// Cluster is the ID of the cluster it runs in.
+	CanonicalService, CanonicalRevision, Cluster string
+}
+
+// Istio's canonical service labels.
+const (
+	CanonicalNameLabel     = "service.istio.io/canonical-name"
+	CanonicalRevisionLabel = "service.istio.io/canonical-revision"
+)
+
+// CanonicalNames are a workload's canonical service and revision, by
+// Istio's rules: the canonical labels, else app.kubernetes.io/name and
+// app.kubernetes.io/version, else app and version, else the workload's
+// name and "latest".
+func CanonicalNames(labels map[string]string, workload string) (service, revision string) {
+	pick := func(fallback string, keys ...string) string {
+		for _, k := range keys {
+			if v := labels[k]; v != "" {
+				return v
+			}
+		}
+		return fallback
+	}
+	return pick(workload, CanonicalNameLabel, "app.kubernetes.io/name", "app"),
+		pick("latest", CanonicalRevisionLabel, "app.kubernetes.io/version", "version")
+}
+
+// Connection is one TCP connection, as the TCP metrics' labels need it.
+type Connection struct {
+	// Reporter is "source" (outbound, client side) or "destination".
+	Reporter                    string
+	Source, Destination         Peer
+	DestinationService          string // FQDN
+	DestinationServiceName      string
+	DestinationServiceNamespace string
+	Flags                       string // Envoy response flags, "-" when none
+	Security                    string // mutual_tls, none (destination) or unknown (source)
+}
+
+// Labels are the connection's standard TCP metric labels.
+func (c Connection) Labels() prometheus.Labels {
+	l := prometheus.Labels{"reporter": c.Reporter, "request_protocol": "tcp"}
+	serviceLabels(l, c.Source, c.Destination, c.DestinationService, c.DestinationServiceName, c.DestinationServiceNamespace)
+	l["response_flags"], l["connection_security_policy"] = orDefault(c.Flags, "-"), orDefault(c.Security, "none")
+	return l
 }
 
 // Request is one finished HTTP request, as labels need it.
@@ -190,16 +241,42 @@ type Request struct {
 	Code                        int
 	GRPCStatus                  string
 	Flags                       string // Envoy response flags, "-" when none
-	Security                    string // mutual_tls or none
+	Security                    string // mutual_tls, none (destination) or unknown (source)
 	Duration                    time.Duration
 	RequestBytes, ResponseBytes int64
 }
 
-func orUnknown(s string) string {
+func orUnknown(s string) string { return orDefault(s, "unknown") }
+
+func orDefault(s, def string) string {
 	if s == "" {
-		return "unknown"
+		return def
 	}
 	return s
+}
+
+// peerLabelNames are each side's labels, in Peer's field order:
+// workload, namespace, principal, app, version, canonical service and
+// revision, cluster.
+var peerLabelNames = [2][8]string{
+	{"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+		"source_canonical_service", "source_canonical_revision", "source_cluster"},
+	{"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
+		"destination_canonical_service", "destination_canonical_revision", "destination_cluster"},
+}
+
+// serviceLabels sets the labels of the two peers and the destination
+// service, as requests and connections share them.
+func serviceLabels(l prometheus.Labels, src, dst Peer, svc, svcName, svcNS string) {
+	for i, p := range [2]*Peer{&src, &dst} {
+		n := &peerLabelNames[i]
+		l[n[0]], l[n[1]], l[n[2]] = orUnknown(p.Workload), orUnknown(p.Namespace), orUnknown(p.Principal)
+		l[n[3]], l[n[4]] = orUnknown(p.App), orUnknown(p.Version)
+		l[n[5]], l[n[6]], l[n[7]] = orUnknown(p.CanonicalService), orDefault(p.CanonicalRevision, "latest"), orUnknown(p.Cluster)
+	}
+	l["destination_service"] = orUnknown(svc)
+	l["destination_service_name"] = orUnknown(svcName)
+	l["destination_service_namespace"] = orUnknown(svcNS)
 }
 
 // requestKey is one request label set.
@@ -283,35 +360,15 @@ func (v *metricVecs) newObservers(key requestKey, r Request) *requestObservers {
 
 // requestLabelMap is r's standard labels.
 func requestLabelMap(r Request) prometheus.Labels {
-	flags := r.Flags
-	if flags == "" {
-		flags = "-"
-	}
-	sec := r.Security
-	if sec == "" {
-		sec = "none"
-	}
 	l := prometheus.Labels{
-		"reporter":                       r.Reporter,
-		"source_workload":                orUnknown(r.Source.Workload),
-		"source_workload_namespace":      orUnknown(r.Source.Namespace),
-		"source_principal":               orUnknown(r.Source.Principal),
-		"source_app":                     orUnknown(r.Source.App),
-		"source_version":                 orUnknown(r.Source.Version),
-		"destination_workload":           orUnknown(r.Destination.Workload),
-		"destination_workload_namespace": orUnknown(r.Destination.Namespace),
-		"destination_principal":          orUnknown(r.Destination.Principal),
-		"destination_app":                orUnknown(r.Destination.App),
-		"destination_version":            orUnknown(r.Destination.Version),
-		"destination_service":            orUnknown(r.DestinationService),
-		"destination_service_name":       orUnknown(r.DestinationServiceName),
-		"destination_service_namespace":  orUnknown(r.DestinationServiceNamespace),
-		"request_protocol":               r.Protocol,
-		"response_code":                  strconv.Itoa(r.Code),
-		"grpc_response_status":           r.GRPCStatus,
-		"response_flags":                 flags,
-		"connection_security_policy":     sec,
+		"reporter":                   r.Reporter,
+		"request_protocol":           r.Protocol,
+		"response_code":              strconv.Itoa(r.Code),
+		"grpc_response_status":       r.GRPCStatus,
+		"response_flags":             orDefault(r.Flags, "-"),
+		"connection_security_policy": orDefault(r.Security, "none"),
 	}
+	serviceLabels(l, r.Source, r.Destination, r.DestinationService, r.DestinationServiceName, r.DestinationServiceNamespace)
 	return l
 }
 

@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,9 +15,11 @@ import (
 func TestObserveRequestLabelsAndCache(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	r := Request{Reporter: "source", Source: Peer{Workload: "productpage", Namespace: "bookinfo"},
+	r := Request{Reporter: "source", Source: Peer{Workload: "productpage", Namespace: "bookinfo", CanonicalService: "productpage",
+		CanonicalRevision: "v1", Cluster: "Kubernetes", Principal: "spiffe://cluster.local/ns/bookinfo/sa/productpage"},
 		DestinationService: "reviews.bookinfo.svc.cluster.local", DestinationServiceName: "reviews",
-		DestinationServiceNamespace: "bookinfo", Protocol: "http", Code: 200, Duration: 3 * time.Millisecond, ResponseBytes: 1024}
+		DestinationServiceNamespace: "bookinfo", Protocol: "http", Code: 200, Duration: 3 * time.Millisecond, ResponseBytes: 1024,
+		Security: "unknown"}
 	// Through a connection's cache and without one, alike: the cache
 	// keeps the last label set, so the 503 and the 200 after it miss.
 	var c RequestCache
@@ -29,14 +32,61 @@ func TestObserveRequestLabelsAndCache(t *testing.T) {
 	want := `
 # HELP istio_requests_total Requests handled by the proxy.
 # TYPE istio_requests_total counter
-istio_requests_total{connection_security_policy="none",destination_app="unknown",destination_principal="unknown",destination_service="reviews.bookinfo.svc.cluster.local",destination_service_name="reviews",destination_service_namespace="bookinfo",destination_version="unknown",destination_workload="unknown",destination_workload_namespace="unknown",grpc_response_status="",reporter="source",request_protocol="http",response_code="200",response_flags="-",source_app="unknown",source_principal="unknown",source_version="unknown",source_workload="productpage",source_workload_namespace="bookinfo"} 3
-istio_requests_total{connection_security_policy="none",destination_app="unknown",destination_principal="unknown",destination_service="reviews.bookinfo.svc.cluster.local",destination_service_name="reviews",destination_service_namespace="bookinfo",destination_version="unknown",destination_workload="unknown",destination_workload_namespace="unknown",grpc_response_status="",reporter="source",request_protocol="http",response_code="503",response_flags="-",source_app="unknown",source_principal="unknown",source_version="unknown",source_workload="productpage",source_workload_namespace="bookinfo"} 1
+istio_requests_total{connection_security_policy="unknown",destination_app="unknown",destination_canonical_revision="latest",destination_canonical_service="unknown",destination_cluster="unknown",destination_principal="unknown",destination_service="reviews.bookinfo.svc.cluster.local",destination_service_name="reviews",destination_service_namespace="bookinfo",destination_version="unknown",destination_workload="unknown",destination_workload_namespace="unknown",grpc_response_status="",reporter="source",request_protocol="http",response_code="200",response_flags="-",source_app="unknown",source_canonical_revision="v1",source_canonical_service="productpage",source_cluster="Kubernetes",source_principal="spiffe://cluster.local/ns/bookinfo/sa/productpage",source_version="unknown",source_workload="productpage",source_workload_namespace="bookinfo"} 3
+istio_requests_total{connection_security_policy="unknown",destination_app="unknown",destination_canonical_revision="latest",destination_canonical_service="unknown",destination_cluster="unknown",destination_principal="unknown",destination_service="reviews.bookinfo.svc.cluster.local",destination_service_name="reviews",destination_service_namespace="bookinfo",destination_version="unknown",destination_workload="unknown",destination_workload_namespace="unknown",grpc_response_status="",reporter="source",request_protocol="http",response_code="503",response_flags="-",source_app="unknown",source_canonical_revision="v1",source_canonical_service="productpage",source_cluster="Kubernetes",source_principal="spiffe://cluster.local/ns/bookinfo/sa/productpage",source_version="unknown",source_workload="productpage",source_workload_namespace="bookinfo"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "istio_requests_total"); err != nil {
 		t.Fatal(err)
 	}
 	if n := testutil.CollectAndCount(m.RequestVec(RequestDurationMilliseconds)); n != 2 {
 		t.Fatalf("duration series: %d, want 2", n)
+	}
+}
+
+// TestConnectionLabels: a TCP connection's labels are the standard TCP
+// label names exactly, with request_protocol "tcp" and Istio's defaults
+// for what is not known.
+func TestConnectionLabels(t *testing.T) {
+	c := Connection{Reporter: "destination", Source: Peer{Workload: "ratings-v2", Namespace: "bookinfo", App: "ratings",
+		CanonicalService: "ratings", Principal: "spiffe://cluster.local/ns/bookinfo/sa/ratings"},
+		Destination:        Peer{Workload: "mongodb-v1", Namespace: "bookinfo", Cluster: "Kubernetes"},
+		DestinationService: "mongodb.bookinfo.svc.cluster.local", DestinationServiceName: "mongodb",
+		DestinationServiceNamespace: "bookinfo", Security: "mutual_tls"}
+	l := c.Labels()
+	names := slices.Sorted(maps.Keys(l))
+	if want := slices.Sorted(slices.Values(tcpLabels)); !slices.Equal(names, want) {
+		t.Fatalf("label names %v, want %v", names, want)
+	}
+	for k, want := range map[string]string{"request_protocol": "tcp", "source_workload": "ratings-v2", "source_app": "ratings",
+		"source_canonical_service": "ratings", "source_canonical_revision": "latest", "source_cluster": "unknown",
+		"source_principal": "spiffe://cluster.local/ns/bookinfo/sa/ratings", "destination_workload": "mongodb-v1",
+		"destination_cluster": "Kubernetes", "destination_canonical_service": "unknown", "destination_version": "unknown",
+		"destination_service_namespace": "bookinfo", "connection_security_policy": "mutual_tls", "response_flags": "-"} {
+		if l[k] != want {
+			t.Errorf("%s = %q, want %q", k, l[k], want)
+		}
+	}
+	if got := (Connection{Reporter: "source"}).Labels()["connection_security_policy"]; got != "none" {
+		t.Errorf("default connection_security_policy %q, want none", got)
+	}
+}
+
+// TestCanonicalNames: Istio's order of labels for the canonical service
+// and revision, and its fallbacks.
+func TestCanonicalNames(t *testing.T) {
+	for _, c := range []struct {
+		labels   map[string]string
+		svc, rev string
+	}{
+		{nil, "reviews-v2", "latest"},
+		{map[string]string{"app": "reviews", "version": "v2"}, "reviews", "v2"},
+		{map[string]string{"app": "reviews", "app.kubernetes.io/name": "reviews-k", "app.kubernetes.io/version": "2.1", "version": "v2"}, "reviews-k", "2.1"},
+		{map[string]string{"app": "reviews", CanonicalNameLabel: "rev", CanonicalRevisionLabel: "r2", "version": "v2"}, "rev", "r2"},
+	} {
+		svc, rev := CanonicalNames(c.labels, "reviews-v2")
+		if svc != c.svc || rev != c.rev {
+			t.Errorf("CanonicalNames(%v) = %q, %q; want %q, %q", c.labels, svc, rev, c.svc, c.rev)
+		}
 	}
 }
 

@@ -311,6 +311,7 @@ func (r *cdsRun) outboundCluster(svc *registry.Service, port registry.Port, dr *
 	if dr != nil && dr.first != nil {
 		c.Metadata = configMetadata("destination-rule", dr.first.Namespace, dr.first.Name)
 	}
+	c.Metadata = withServices(c.Metadata, svc)
 	return c, la
 }
 
@@ -350,6 +351,7 @@ func (r *cdsRun) inboundClusters() []*clusterv3.Cluster {
 		appAddr = r.p.IPs[0]
 	}
 	byPort := map[uint32]*clusterv3.Cluster{}
+	served := map[uint32][]*registry.Service{} // the services each port serves
 	for _, svc := range r.s.Services() {
 		eps := r.s.Endpoints(svc.Namespace, svc.Hostname)
 		for _, port := range svc.Ports {
@@ -359,6 +361,9 @@ func (r *cdsRun) inboundClusters() []*clusterv3.Cluster {
 					continue
 				}
 				tp := ep.PortFor(port)
+				if l := served[tp]; len(l) == 0 || l[len(l)-1].Hostname != svc.Hostname || l[len(l)-1].Namespace != svc.Namespace {
+					served[tp] = append(l, &svc)
+				}
 				if _, ok := byPort[tp]; ok {
 					continue
 				}
@@ -381,7 +386,10 @@ func (r *cdsRun) inboundClusters() []*clusterv3.Cluster {
 		}
 	}
 	out := make([]*clusterv3.Cluster, 0, len(byPort))
-	for _, c := range byPort {
+	for tp, c := range byPort {
+		svcs := served[tp]
+		sort.SliceStable(svcs, func(i, j int) bool { return svcs[i].Hostname < svcs[j].Hostname })
+		c.Metadata = withServices(nil, svcs...)
 		out = append(out, c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

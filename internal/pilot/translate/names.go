@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/weftmesh/weft/internal/registry"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -85,6 +86,10 @@ func ProxylessListenerName(hostname string, port uint32) string {
 const (
 	IstioMetadataKey    = "istio"
 	ConfigMetadataField = "config"
+	// ServicesMetadataField lists, on a cluster, the services it carries
+	// traffic for ({host, name, namespace}), as istiod sets it: the
+	// standard metrics' destination_service labels read the first.
+	ServicesMetadataField = "services"
 )
 
 // ConfigPath is the istio.config value for an Istio networking object;
@@ -110,4 +115,32 @@ func configMetadata(kind, namespace, name string) *corev3.Metadata {
 	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{IstioMetadataKey: {Fields: map[string]*structpb.Value{
 		ConfigMetadataField: structpb.NewStringValue(ConfigPath(kind, namespace, name)),
 	}}}}
+}
+
+// withServices adds svcs as istio.services to md (nil: new metadata).
+func withServices(md *corev3.Metadata, svcs ...*registry.Service) *corev3.Metadata {
+	if len(svcs) == 0 {
+		return md
+	}
+	if md == nil {
+		md = &corev3.Metadata{}
+	}
+	if md.FilterMetadata == nil {
+		md.FilterMetadata = map[string]*structpb.Struct{}
+	}
+	istio := md.FilterMetadata[IstioMetadataKey]
+	if istio == nil {
+		istio = &structpb.Struct{Fields: map[string]*structpb.Value{}}
+		md.FilterMetadata[IstioMetadataKey] = istio
+	}
+	list := make([]*structpb.Value, 0, len(svcs))
+	for _, s := range svcs {
+		name, _ := registry.ShortName(s.Hostname)
+		list = append(list, structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+			"host": structpb.NewStringValue(s.Hostname), "name": structpb.NewStringValue(name),
+			"namespace": structpb.NewStringValue(s.Namespace),
+		}}))
+	}
+	istio.Fields[ServicesMetadataField] = structpb.NewListValue(&structpb.ListValue{Values: list})
+	return md
 }

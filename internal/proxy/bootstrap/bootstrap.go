@@ -54,6 +54,10 @@ type Config struct {
 	InboundPorts string `json:"inboundPorts,omitempty"`
 	// TrustDomain of the mesh. Default "cluster.local".
 	TrustDomain string `json:"trustDomain,omitempty"`
+	// ClusterID names the cluster the workload runs in (node metadata
+	// CLUSTER_ID, the source_cluster and destination_cluster metric
+	// labels). Default "Kubernetes", Istio's single-cluster default.
+	ClusterID string `json:"clusterID,omitempty"`
 }
 
 // LoadFile reads a YAML or JSON bootstrap file; a missing path is an error.
@@ -84,6 +88,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	set(&c.ServiceAccount, "WEFT_SERVICE_ACCOUNT")
 	set(&c.WorkloadGroup, "WEFT_WORKLOAD_GROUP")
 	set(&c.TrustDomain, "WEFT_TRUST_DOMAIN")
+	set(&c.ClusterID, "WEFT_CLUSTER_ID")
 	set(&c.InboundPorts, "WEFT_INBOUND_PORTS")
 	if len(c.Labels) == 0 {
 		if l := getenv("WEFT_LABELS"); l != "" {
@@ -102,6 +107,9 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	}
 	return nil
 }
+
+// DefaultClusterID is the cluster ID of a proxy that names none.
+const DefaultClusterID = "Kubernetes"
 
 // ParseLabels parses "k=v,k2=v2".
 func ParseLabels(s string) (map[string]string, error) {
@@ -134,6 +142,9 @@ func (c *Config) Validate() error {
 	if c.TrustDomain == "" {
 		c.TrustDomain = "cluster.local"
 	}
+	if c.ClusterID == "" {
+		c.ClusterID = DefaultClusterID
+	}
 	var errs []error
 	if c.Type != "sidecar" && c.Type != "router" {
 		errs = append(errs, fmt.Errorf("type %q: use sidecar or router", c.Type))
@@ -154,6 +165,9 @@ func (c *Config) Validate() error {
 	}
 	if strings.ContainsAny(c.Name+c.Namespace, "~ ") {
 		errs = append(errs, fmt.Errorf("name and namespace may not contain '~' or spaces"))
+	}
+	if strings.ContainsAny(c.ClusterID, " \t\n") {
+		errs = append(errs, fmt.Errorf("cluster ID %q may not contain spaces (--cluster-id or WEFT_CLUSTER_ID)", c.ClusterID))
 	}
 	return errors.Join(errs...)
 }
@@ -207,6 +221,7 @@ func (c *Config) Node() (*core.Node, error) {
 		"NAMESPACE":     c.Namespace,
 		"WORKLOAD_NAME": c.Name,
 		"INSTANCE_IPS":  c.IP,
+		"CLUSTER_ID":    c.ClusterID,
 	}
 	if c.ServiceAccount != "" {
 		md["SERVICE_ACCOUNT"] = c.ServiceAccount

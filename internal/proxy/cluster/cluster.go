@@ -140,6 +140,10 @@ type Cluster struct {
 	// OriginalDstPort, when non-zero, replaces the port of the original
 	// destination (upstream_port_override).
 	OriginalDstPort uint32
+	// Service is the first service of the cluster's istio.services
+	// metadata: the destination_service of its standard metrics (zero
+	// without one).
+	Service ServiceRef
 
 	// endpoints of Static and EDS clusters (and IP endpoints of DNS
 	// clusters), in load-assignment order.
@@ -153,6 +157,12 @@ type Cluster struct {
 	buildMu sync.Mutex
 	// state is the live state; replaced only before publication.
 	state *State
+}
+
+// ServiceRef names a service as istiod's istio.services cluster metadata
+// does.
+type ServiceRef struct {
+	Host, Name, Namespace string
 }
 
 // SlowStart is Envoy's slow start mode: for Window after an endpoint

@@ -101,6 +101,7 @@ func Compile(c *clusterv3.Cluster, la *endpointv3.ClusterLoadAssignment) (*Clust
 	k.connection(c, out)
 	out.HTTP = k.httpOptions(c)
 	out.TLS = k.transportSocket(c.GetTransportSocket())
+	out.Service = metadataService(c.GetMetadata())
 	switch out.Type {
 	case EDS:
 		if la != nil {
@@ -465,4 +466,16 @@ func dur(d *durationpb.Duration) time.Duration {
 		return 0
 	}
 	return d.AsDuration()
+}
+
+// metadataService reads the first entry of istiod's istio.services
+// cluster metadata ({host, name, namespace}); zero without one. Only the
+// metrics read it, so a malformed entry is ignored rather than refused.
+func metadataService(md *corev3.Metadata) ServiceRef {
+	list := md.GetFilterMetadata()["istio"].GetFields()["services"].GetListValue().GetValues()
+	if len(list) == 0 {
+		return ServiceRef{}
+	}
+	f := list[0].GetStructValue().GetFields()
+	return ServiceRef{Host: f["host"].GetStringValue(), Name: f["name"].GetStringValue(), Namespace: f["namespace"].GetStringValue()}
 }

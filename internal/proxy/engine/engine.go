@@ -99,12 +99,16 @@ type Engine struct {
 	// creds caches the gateway credentials read from files
 	// (credentials.go).
 	creds *credCache
-	// peerMD is this proxy's metadata exchange header, peers the peers'
-	// decoded, serverPeers the servers' by endpoint address
-	// (peermeta.go).
-	peerMD      []string
-	peers       peerCache
-	serverPeers sync.Map // endpoint address -> telemetry.Peer
+	// peerMD is this proxy's metadata exchange header and peerFrame its
+	// TCP exchange frame, peers the peers' decoded (peermeta.go);
+	// upstreams are the upstream sidecars' metadata and identities by
+	// endpoint address (principals.go).
+	peerMD    []string
+	peerFrame []byte
+	peers     peerCache
+	upstreams upstreamPeers
+	// ownID caches this proxy's principal (localPrincipal).
+	ownID atomic.Pointer[ownIdentity]
 }
 
 // boundListener is one listening socket and its HTTP servers.
@@ -141,7 +145,7 @@ func New(log *slog.Logger, opts Options) *Engine {
 	e := &Engine{log: log, opts: opts, metrics: telemetry.NewMetrics(reg), clusters: cluster.NewManager(cluster.Options{}),
 		bound: map[netip.AddrPort]*boundListener{}, quit: make(chan struct{}), logFiles: accesslog.NewFiles(0), creds: newCredCache()}
 	reg.MustRegister(&e.rbacStats)
-	e.peerMD = ownPeerHeaders(opts.NodeID, opts.Workload)
+	e.peerMD, e.peerFrame = ownPeerMetadata(opts.NodeID, opts.Workload)
 	return e
 }
 
@@ -171,6 +175,7 @@ func (e *Engine) Apply(s *xdsclient.Snapshot) error {
 	rt := v.(*runtime)
 	e.clusters.Update(rt.clusters)
 	rt.clusters = e.clusters.Clusters()
+	e.upstreams.prune(rt.clusters)
 	var errs []error
 	var logErr error
 	rt.logPaths, logErr = e.openAccessLogs(rt)
@@ -333,7 +338,7 @@ func (e *Engine) serveConn(bl *boundListener, c net.Conn) {
 	}
 	switch {
 	case ch.tcp != nil:
-		e.proxyTCP(rt, c, ch.tcp, dst, src, in.sni, md)
+		e.proxyTCP(rt, c, local, ch.tcp, dst, src, in.sni, md)
 	case ch.http != nil:
 		e.serveHTTP1(bl, &chainConn{Conn: c, chain: ch.http, dst: dst, src: src, origin: originOf(rt, ls, ch), local: local})
 	}
@@ -367,56 +372,55 @@ func (rt *runtime) virtualFor(dst netip.AddrPort) *listenerSpec {
 	return wildcard
 }
 
-func (e *Engine) proxyTCP(rt *runtime, down net.Conn, t *tcpChain, dst netip.AddrPort, src source, sni string, md map[string]map[string]any) {
+func (e *Engine) proxyTCP(rt *runtime, down net.Conn, local *tls.Certificate, t *tcpChain, dst netip.AddrPort, src source, sni string, md map[string]map[string]any) {
 	start := time.Now()
 	name := t.pick(rand.Uint64())
 	c := rt.clusters[name]
-	labels := e.tcpLabels(name)
+	m := e.newTCPMetrics(t, name, down, local, dst, sni, md, start)
+	fail := func(upstream, flags string) {
+		e.logTCP(t, down, nil, dst, sni, md, start, name, upstream, flags, tcp.Counts{})
+		m.failed(flags)
+		_ = down.Close()
+	}
 	if c == nil {
 		e.log.Debug("tcp: unknown cluster", "cluster", name)
-		e.logTCP(t, down, nil, dst, sni, md, start, name, "", "NC", tcp.Counts{})
-		_ = down.Close()
+		fail("", "NC")
 		return
 	}
 	ep, err := c.Pick(cluster.PickContext{OriginalDst: dst})
 	if err != nil {
 		e.log.Debug("tcp: no upstream", "cluster", name, "error", err)
-		e.logTCP(t, down, nil, dst, sni, md, start, name, "", "UH", tcp.Counts{})
-		_ = down.Close()
+		fail("", "UH")
 		return
 	}
-	up, err := e.dialUpstream(context.Background(), c, ep.Address, []string{"istio-peer-exchange", "istio"}, src)
+	m.upstream = ep.Address
+	up, err := e.dialUpstream(context.Background(), c, ep.Address, []string{mxALPN, "istio"}, src)
 	if err != nil {
 		e.log.Warn("tcp: upstream connect failed", "cluster", name, "endpoint", ep.Address, "error", err)
 		c.State().Report(ep, cluster.Outcome{ConnectFailure: true})
-		e.logTCP(t, down, nil, dst, sni, md, start, name, ep.Address, "UF", tcp.Counts{})
-		_ = down.Close()
+		fail(ep.Address, "UF")
 		return
 	}
-	var ov *telemetry.LabelOverrides // the chain's istio.stats filter; its dimensions read the connection
-	if sc := t.stats; sc.changesMetrics() {
-		ov = sc.overrides(func() *accesslog.Entry {
-			en := &accesslog.Entry{Start: start, UpstreamHost: ep.Address, UpstreamCluster: name,
-				DownstreamRemote: down.RemoteAddr().String(), DownstreamLocal: dst.String(), ServerName: sni, Metadata: md}
-			connTLS(en, down)
-			return en
-		})
+	m.dialed(ep.Address, up)
+	// The metadata exchange with the sidecar on either side, when the
+	// connection's ALPN says it runs it; the connection's metrics open
+	// once the side they report on has told who it is.
+	pdown, pup := e.exchangeTCP(down, m, true), e.exchangeTCP(up, m, false)
+	if !m.awaitPeer {
+		m.open()
 	}
-	e.metrics.RecordTCP(ov, telemetry.TCPConnectionsOpenedTotal, labels, 1)
 	// Bytes are counted while the connection lasts, every reporting
 	// interval, and what is left when it closes.
 	var reported tcp.Counts
-	recordBytes := func(d tcp.Counts) {
-		e.metrics.RecordTCP(ov, telemetry.TCPReceivedBytesTotal, labels, float64(d.Sent))
-		e.metrics.RecordTCP(ov, telemetry.TCPSentBytesTotal, labels, float64(d.Received))
-	}
-	counts := tcp.Proxy(down, up, e.opts.TCPIdleTimeout, tcp.Report{Every: t.stats.tcpReportEvery(), Fn: func(d tcp.Counts) {
-		recordBytes(d)
-		reported = tcp.Counts{Sent: reported.Sent + d.Sent, Received: reported.Received + d.Received}
+	counts := tcp.Proxy(pdown, pup, e.opts.TCPIdleTimeout, tcp.Report{Every: t.stats.tcpReportEvery(), Fn: func(d tcp.Counts) {
+		if m.recordBytes(d) {
+			reported = tcp.Counts{Sent: reported.Sent + d.Sent, Received: reported.Received + d.Received}
+		}
 	}})
 	e.logTCP(t, down, up, dst, sni, md, start, name, ep.Address, "", counts) // before the metrics: a closed count means the entry is queued
-	recordBytes(counts.Sub(reported))
-	e.metrics.RecordTCP(ov, telemetry.TCPConnectionsClosedTotal, labels, 1)
+	m.open()
+	m.recordBytes(counts.Sub(reported))
+	m.record(telemetry.TCPConnectionsClosedTotal, 1)
 }
 
 // Drain stops taking new connections' requests gracefully: HTTP/1 gets
@@ -560,6 +564,8 @@ type chainConn struct {
 	// peerAnswered is set once this proxy's metadata went back to the
 	// caller on this connection (peermeta.go).
 	peerAnswered atomic.Bool
+	// ids caches the connection's identities (principals.go).
+	ids atomic.Pointer[principals]
 }
 
 func (cc *chainConn) Read(b []byte) (int, error) {

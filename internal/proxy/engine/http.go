@@ -890,26 +890,31 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 	if inbound {
 		reporter = "destination"
 	}
-	svc := clusterService(ex.cluster)
+	svc := e.metricService(ex.cluster)
 	req := telemetry.Request{Reporter: reporter, Protocol: proto, Code: ex.code, Flags: ex.flags, GRPCStatus: ex.grpcStatus,
-		Duration: time.Since(ex.start), RequestBytes: ex.reqBytes, DestinationService: svc}
+		Duration: time.Since(ex.start), RequestBytes: ex.reqBytes, DestinationService: svc.Host,
+		DestinationServiceName: svc.Name, DestinationServiceNamespace: svc.Namespace}
 	if reporter == "source" {
 		req.Source = e.opts.Workload
+		req.Security = "unknown" // as Istio's source reports: the client cannot know the server's policy
 		if ex.peerSeen {
 			req.Destination = ex.peer
+		}
+		if up := e.upstreams.lookup(ex.upstream); up != nil {
+			if ids := up.ids.Load(); ids != nil {
+				req.Source.Principal, req.Destination.Principal = ids.local, ids.peer
+			}
 		}
 	} else {
 		req.Destination = e.opts.Workload
 		if ex.peerSeen {
 			req.Source = ex.peer
 		}
-	}
-	// Kubernetes-style names carry the namespace ("reviews.bookinfo.svc.
-	// cluster.local"); other hosts ("reviews.mesh") name only the service.
-	name, rest, _ := strings.Cut(svc, ".")
-	req.DestinationServiceName = name
-	if ns, tail, ok := strings.Cut(rest, "."); ok && strings.HasPrefix(tail, "svc.") {
-		req.DestinationServiceNamespace = ns
+		ids := cc.principals()
+		req.Source.Principal, req.Destination.Principal, req.Security = ids.peer, ids.local, ids.security()
+		if ns := namespaceOf(ids.peer); ns != "" {
+			req.Source.Namespace = ns
+		}
 	}
 	if sc := cc.chain.stats; sc.changesMetrics() {
 		e.metrics.ObserveRequestOverridden(req, sc.overrides(func() *accesslog.Entry {

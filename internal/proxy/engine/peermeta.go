@@ -31,33 +31,62 @@ const (
 	peerMetadataHeader = "X-Envoy-Peer-Metadata"
 )
 
-// peerLabels are the node labels the metadata carries (what the metrics
-// read).
-var peerLabels = []string{"app", "version", "service.istio.io/canonical-name", "service.istio.io/canonical-revision"}
+// The metadata's keys, as Istio's node metadata names them.
+const (
+	mdNamespace = "NAMESPACE"
+	mdWorkload  = "WORKLOAD_NAME"
+	mdCluster   = "CLUSTER_ID"
+	mdLabels    = "LABELS"
+)
 
-// ownPeerHeaders encodes this proxy's metadata once (nil without a node
-// ID: no exchange).
-func ownPeerHeaders(nodeID string, w telemetry.Peer) []string {
+// ownPeerStruct is this proxy's metadata: namespace, workload, cluster,
+// and the labels the metrics read (app, version, the canonical service
+// and revision, as CanonicalNames finds them).
+func ownPeerStruct(w telemetry.Peer) *structpb.Struct {
 	fields := map[string]*structpb.Value{}
-	for k, v := range map[string]string{"NAMESPACE": w.Namespace, "WORKLOAD_NAME": w.Workload} {
+	for k, v := range map[string]string{mdNamespace: w.Namespace, mdWorkload: w.Workload, mdCluster: w.Cluster} {
 		if v != "" {
 			fields[k] = structpb.NewStringValue(v)
 		}
 	}
 	labels := map[string]*structpb.Value{}
-	for k, v := range map[string]string{"app": w.App, "version": w.Version} {
+	for k, v := range map[string]string{"app": w.App, "version": w.Version,
+		telemetry.CanonicalNameLabel: w.CanonicalService, telemetry.CanonicalRevisionLabel: w.CanonicalRevision} {
 		if v != "" {
 			labels[k] = structpb.NewStringValue(v)
 		}
 	}
 	if len(labels) > 0 {
-		fields["LABELS"] = structpb.NewStructValue(&structpb.Struct{Fields: labels})
+		fields[mdLabels] = structpb.NewStructValue(&structpb.Struct{Fields: labels})
 	}
-	raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(&structpb.Struct{Fields: fields})
-	if err != nil || nodeID == "" {
-		return nil
+	return &structpb.Struct{Fields: fields}
+}
+
+// ownPeerMetadata encodes this proxy's metadata once, as the HTTP
+// exchange's header value and as the TCP exchange's frame (peermx.go);
+// nil without a node ID: no exchange.
+func ownPeerMetadata(nodeID string, w telemetry.Peer) (header []string, frame []byte) {
+	if nodeID == "" {
+		return nil, nil
 	}
-	return []string{base64.StdEncoding.EncodeToString(raw)}
+	md := ownPeerStruct(w)
+	raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(md)
+	if err != nil {
+		return nil, nil
+	}
+	return []string{base64.StdEncoding.EncodeToString(raw)}, mxFrame(nodeID, md)
+}
+
+// peerFromStruct reads a peer's metadata (Istio's node metadata, or
+// weft's subset of it) as Istio's sidecars do: app and version from those
+// labels only, the canonical service and revision from theirs.
+func peerFromStruct(s *structpb.Struct) telemetry.Peer {
+	f := s.GetFields()
+	labels := f[mdLabels].GetStructValue().GetFields()
+	label := func(name string) string { return labels[name].GetStringValue() }
+	return telemetry.Peer{Workload: f[mdWorkload].GetStringValue(), Namespace: f[mdNamespace].GetStringValue(),
+		Cluster: f[mdCluster].GetStringValue(), App: label("app"), Version: label("version"),
+		CanonicalService: label(telemetry.CanonicalNameLabel), CanonicalRevision: label(telemetry.CanonicalRevisionLabel)}
 }
 
 // peerCache decodes metadata values, keeping what it decoded: the values
@@ -86,18 +115,7 @@ func (c *peerCache) decode(v string) (telemetry.Peer, bool) {
 	if err := proto.Unmarshal(raw, &s); err != nil {
 		return p, false
 	}
-	f := s.GetFields()
-	labels := f["LABELS"].GetStructValue().GetFields()
-	label := func(names ...string) string {
-		for _, n := range names {
-			if v := labels[n].GetStringValue(); v != "" {
-				return v
-			}
-		}
-		return ""
-	}
-	p = telemetry.Peer{Workload: f["WORKLOAD_NAME"].GetStringValue(), Namespace: f["NAMESPACE"].GetStringValue(),
-		App: label(peerLabels[0], peerLabels[2]), Version: label(peerLabels[1], peerLabels[3])}
+	p = peerFromStruct(&s)
 	c.mu.Lock()
 	if c.m == nil || len(c.m) >= peerCacheMax {
 		c.m = map[string]telemetry.Peer{}
@@ -143,13 +161,15 @@ func (e *Engine) responsePeer(h http.Header, ex *exchange, cc *chainConn, inboun
 	}
 	if v := h[peerMetadataHeader]; len(v) > 0 {
 		if ex.peer, ex.peerSeen = e.peers.decode(v[0]); ex.peerSeen {
-			e.serverPeers.Store(ex.upstream, ex.peer)
+			e.upstreams.learn(ex.upstream, ex.peer)
 		}
 		delete(h, peerMetadataHeader)
 		delete(h, peerIDHeader)
 		return
 	}
-	if p, ok := e.serverPeers.Load(ex.upstream); ok {
-		ex.peer, ex.peerSeen = p.(telemetry.Peer), true
+	if up := e.upstreams.lookup(ex.upstream); up != nil {
+		if p := up.peer.Load(); p != nil {
+			ex.peer, ex.peerSeen = *p, true
+		}
 	}
 }

@@ -15,21 +15,24 @@ import (
 // google.protobuf.Struct, as Istio's sidecars send it) and which side adds,
 // reads and removes the headers.
 func TestPeerMetadata(t *testing.T) {
-	self := telemetry.Peer{Workload: "reviews-v2", Namespace: "bookinfo", App: "reviews", Version: "v2"}
-	md := ownPeerHeaders("sidecar~10.0.0.2~reviews-v2.bookinfo~bookinfo.svc.cluster.local", self)
+	self := telemetry.Peer{Workload: "reviews-v2", Namespace: "bookinfo", App: "reviews", Version: "v2",
+		CanonicalService: "reviews", CanonicalRevision: "v2", Cluster: "east"}
+	md, _ := ownPeerMetadata("sidecar~10.0.0.2~reviews-v2.bookinfo~bookinfo.svc.cluster.local", self)
 	var c peerCache
 	if got, ok := c.decode(md[0]); !ok || got != self {
 		t.Fatalf("own metadata decodes to %+v (%v), want %+v", got, ok, self)
 	}
-	if ownPeerHeaders("", self) != nil {
+	if h, f := ownPeerMetadata("", self); h != nil || f != nil {
 		t.Errorf("a proxy without a node ID takes part in the exchange")
 	}
 	// As an Istio sidecar sends it: canonical-name and -revision labels,
-	// other fields.
+	// other fields; no app or version label, so no source_app or
+	// source_version (Istio reads those labels only).
 	st, _ := structpb.NewStruct(map[string]any{"NAMESPACE": "shop", "WORKLOAD_NAME": "cart", "CLUSTER_ID": "Kubernetes",
 		"LABELS": map[string]any{"service.istio.io/canonical-name": "cart-svc", "service.istio.io/canonical-revision": "v9", "pod-template-hash": "x"}})
 	raw, _ := proto.Marshal(st)
-	if got, ok := c.decode(base64.StdEncoding.EncodeToString(raw)); !ok || got != (telemetry.Peer{Workload: "cart", Namespace: "shop", App: "cart-svc", Version: "v9"}) {
+	if got, ok := c.decode(base64.StdEncoding.EncodeToString(raw)); !ok || got != (telemetry.Peer{Workload: "cart", Namespace: "shop",
+		CanonicalService: "cart-svc", CanonicalRevision: "v9", Cluster: "Kubernetes"}) {
 		t.Errorf("Istio's metadata decodes to %+v (%v)", got, ok)
 	}
 	for _, bad := range []string{"not base64!", base64.StdEncoding.EncodeToString([]byte{0xff, 0xff})} {

@@ -375,6 +375,9 @@ func (e *Engine) dialUpstream(ctx context.Context, c *cluster.Cluster, addr stri
 		conn.Close()
 		return nil, fmt.Errorf("mesh TLS handshake with %s: %w", addr, err)
 	}
+	if toSidecar(c) {
+		e.upstreams.handshake(addr, tc, e.localPrincipal())
+	}
 	return tc, nil
 }
 

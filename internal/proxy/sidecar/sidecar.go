@@ -226,7 +226,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}()
 	eng := engine.New(log.With("component", "engine"), engine.Options{
-		Workload:      telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"]},
+		Workload:      ownPeer(b),
 		DrainDuration: cfg.DrainDuration, Registerer: reg, Certs: meshCerts, AccessLog: accessLog, NodeID: node.GetId(),
 		CredentialDir: cfg.CredentialDir,
 	})
@@ -520,4 +520,12 @@ func envoyBootstrap(node *corev3.Node, discovery, adminAddr string, delta bool) 
 		}}}
 	}
 	return b
+}
+
+// ownPeer is the workload as the standard metrics label it, and as the
+// metadata exchange tells peers.
+func ownPeer(b bootstrap.Config) telemetry.Peer {
+	svc, rev := telemetry.CanonicalNames(b.Labels, b.Name)
+	return telemetry.Peer{Workload: b.Name, Namespace: b.Namespace, App: b.Labels["app"], Version: b.Labels["version"],
+		CanonicalService: svc, CanonicalRevision: rev, Cluster: b.ClusterID}
 }

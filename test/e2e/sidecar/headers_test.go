@@ -126,8 +126,24 @@ spec:
 		}
 		return nil
 	})
-	if n := metricSum(t, p.b.stats, "istio_requests_total", `reporter="destination"`, `destination_version="unknown"`, `source_principal="unknown"`); n == 0 {
+	if n := metricSum(t, p.b.stats, "istio_requests_total", `reporter="destination"`, `destination_version="unknown"`); n == 0 {
 		t.Error("sidecar B's istio_requests_total lost its standard labels")
+	}
+	// Identities from the mTLS connection, and Istio's canonical service
+	// and cluster labels, on both sides; only the destination knows the
+	// connection's security policy.
+	if n := metricSum(t, p.b.stats, "istio_requests_total", `reporter="destination"`, `connection_security_policy="mutual_tls"`,
+		`source_principal="spiffe://cluster.local/ns/default/sa/a"`, `destination_principal="spiffe://cluster.local/ns/default/sa/b"`,
+		`source_canonical_service="a"`, `source_canonical_revision="latest"`, `source_cluster="Kubernetes"`,
+		`destination_canonical_service="b"`, `destination_cluster="Kubernetes"`, `destination_service="web.b.mesh"`,
+		`destination_service_namespace="default"`); n == 0 {
+		t.Errorf("sidecar B's requests lack the mTLS identities, mutual_tls, the canonical and cluster labels or the service:\n%s",
+			metricSeries(t, p.b.stats, "istio_requests_total"))
+	}
+	if n := metricSum(t, p.a.stats, "istio_request_bytes_count", `reporter="source"`, `connection_security_policy="unknown"`,
+		`source_principal="spiffe://cluster.local/ns/default/sa/a"`, `destination_principal="spiffe://cluster.local/ns/default/sa/b"`,
+		`destination_canonical_service="b"`, `destination_cluster="Kubernetes"`, `source_canonical_service="a"`); n == 0 {
+		t.Error("sidecar A's requests lack the mTLS identities, the source's unknown policy, or the canonical and cluster labels")
 	}
 	if n := metricSum(t, p.b.stats, "istio_requests_total", `destination_version="v7"`); n != 0 {
 		t.Error("sidecar B took the client side's dimension")
@@ -174,7 +190,8 @@ func getWeb(c *http.Client, svcPort int, path string, hdr ...string) (*http.Resp
 
 // TestTCPMetricsWhileOpen: with a Telemetry reportingInterval, both
 // sidecars count the bytes of a TCP connection that stays open, as Istio's
-// sidecars do, not only once it closes.
+// sidecars do, not only once it closes; the connection's labels name both
+// workloads, from Istio's TCP metadata exchange.
 func TestTCPMetricsWhileOpen(t *testing.T) {
 	svcPort := freePort(t)
 	p := startMeshPair(t, []appPort{{"tcp", startEchoTCP(t), freePort(t)}}, fmt.Sprintf(`apiVersion: networking.istio.io/v1
@@ -235,5 +252,23 @@ spec:
 	// Still open: the counts came while it lasted.
 	if _, err := io.WriteString(c, "again"); err != nil {
 		t.Fatalf("the connection closed: %v", err)
+	}
+	// Istio's TCP metadata exchange: each sidecar names the other (the
+	// echo above shows the frames never reach the applications), and the
+	// identities come from the mTLS connection.
+	if n := metricSum(t, p.b.stats, "istio_tcp_connections_opened_total", `reporter="destination"`, `request_protocol="tcp"`,
+		`source_workload="a"`, `source_app="a"`, `source_workload_namespace="default"`, `source_canonical_service="a"`,
+		`source_principal="spiffe://cluster.local/ns/default/sa/a"`, `destination_workload="b"`,
+		`destination_principal="spiffe://cluster.local/ns/default/sa/b"`, `connection_security_policy="mutual_tls"`,
+		`destination_service="tcp.b.mesh"`, `destination_service_name="tcp.b.mesh"`, `destination_service_namespace="default"`); n == 0 {
+		t.Errorf("sidecar B's TCP connection does not name its caller, its identities or mutual_tls:\n%s",
+			metricSeries(t, p.b.stats, "istio_tcp_connections_opened_total"))
+	}
+	if n := metricSum(t, p.a.stats, "istio_tcp_connections_opened_total", `reporter="source"`, `request_protocol="tcp"`,
+		`source_workload="a"`, `destination_workload="b"`, `destination_app="b"`, `destination_canonical_service="b"`,
+		`destination_cluster="Kubernetes"`, `destination_principal="spiffe://cluster.local/ns/default/sa/b"`,
+		`connection_security_policy="unknown"`); n == 0 {
+		t.Errorf("sidecar A's TCP connection does not name its server or its identity:\n%s",
+			metricSeries(t, p.a.stats, "istio_tcp_connections_opened_total"))
 	}
 }

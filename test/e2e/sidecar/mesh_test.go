@@ -138,6 +138,26 @@ func (m *mesh) proxy(name, ip string, args ...string) sidecarPorts {
 
 // metricSum scrapes a sidecar's /stats/prometheus and sums the samples of
 // metric whose labels contain every one of labels (`reporter="source"`).
+// metricSeries are the series of metric a sidecar exposes, one line
+// each (failure messages).
+func metricSeries(t *testing.T, stats int, metric string) string {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/stats/prometheus", stats))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out []string
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), metric+"{") {
+			out = append(out, sc.Text())
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func metricSum(t *testing.T, stats int, metric string, labels ...string) int {
 	t.Helper()
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/stats/prometheus", stats))
