@@ -196,7 +196,7 @@ func TestMXPair(t *testing.T) {
 // dropped with no peer.
 func TestMXWithoutPeer(t *testing.T) {
 	_, frame := ownPeerMetadata("sidecar~1.1.1.1~a.ns~ns.svc.cluster.local", telemetry.Peer{Workload: "a"})
-	read := func(t *testing.T, peer []byte, closeAfter bool, want int) ([]byte, error, *peerRecorder) {
+	read := func(t *testing.T, peer []byte, closeAfter bool, want int) ([]byte, *peerRecorder, error) {
 		t.Helper()
 		x, y := tcpPair(t)
 		var rec peerRecorder
@@ -214,10 +214,10 @@ func TestMXWithoutPeer(t *testing.T) {
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		b := make([]byte, want)
 		n, err := io.ReadFull(c, b)
-		return b[:n], err, &rec
+		return b[:n], &rec, err
 	}
 	t.Run("not the magic", func(t *testing.T) {
-		got, err, rec := read(t, []byte("GET / HTTP/1.1\r\n"), false, 16)
+		got, rec, err := read(t, []byte("GET / HTTP/1.1\r\n"), false, 16)
 		if err != nil || string(got) != "GET / HTTP/1.1\r\n" {
 			t.Errorf("stream %q, %v", got, err)
 		}
@@ -226,7 +226,7 @@ func TestMXWithoutPeer(t *testing.T) {
 		}
 	})
 	t.Run("short stream", func(t *testing.T) {
-		got, err, rec := read(t, []byte("hi"), true, 2)
+		got, rec, err := read(t, []byte("hi"), true, 2)
 		if err != nil || string(got) != "hi" {
 			t.Errorf("stream %q, %v", got, err)
 		}
@@ -236,7 +236,7 @@ func TestMXWithoutPeer(t *testing.T) {
 	})
 	t.Run("oversized", func(t *testing.T) {
 		head := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, mxMagic), mxMaxPayload+1)
-		_, err, _ := read(t, head, false, 1)
+		_, _, err := read(t, head, false, 1)
 		if err == nil || !strings.Contains(err.Error(), "over the") {
 			t.Errorf("err %v, want the size refused", err)
 		}
@@ -245,7 +245,7 @@ func TestMXWithoutPeer(t *testing.T) {
 		bad := []byte("\xff\xff\xff")
 		msg := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, mxMagic), uint32(len(bad)))
 		msg = append(append(msg, bad...), "data"...)
-		got, err, rec := read(t, msg, false, 4)
+		got, rec, err := read(t, msg, false, 4)
 		if err != nil {
 			t.Fatalf("err %v", err)
 		}
