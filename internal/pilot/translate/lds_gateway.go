@@ -15,6 +15,7 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/weftmesh/weft/internal/pilot/model"
 	"github.com/weftmesh/weft/internal/registry"
+	"github.com/weftmesh/weft/internal/tlsnames"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
 )
@@ -472,11 +473,12 @@ func (g *netBuilder) serverTLSContext(s gwServer, alpn []string) (*tlsv3.Downstr
 			}}
 	}
 	minV, maxV := t.GetMinProtocolVersion(), t.GetMaxProtocolVersion()
-	if minV != networking.ServerTLSSettings_TLS_AUTO || maxV != networking.ServerTLSSettings_TLS_AUTO || len(t.GetCipherSuites()) > 0 {
+	suites := g.cipherSuites(s, t.GetCipherSuites())
+	if minV != networking.ServerTLSSettings_TLS_AUTO || maxV != networking.ServerTLSSettings_TLS_AUTO || len(suites) > 0 {
 		common.TlsParams = &tlsv3.TlsParameters{
 			TlsMinimumProtocolVersion: tlsVersions[minV],
 			TlsMaximumProtocolVersion: tlsVersions[maxV],
-			CipherSuites:              t.GetCipherSuites(),
+			CipherSuites:              suites,
 		}
 	}
 	for _, name := range []string{common.TlsCertificateSdsSecretConfigs[0].GetName(), root} {
@@ -488,6 +490,27 @@ func (g *netBuilder) serverTLSContext(s gwServer, alpn []string) (*tlsv3.Downstr
 		}
 	}
 	return ctx, true
+}
+
+// cipherSuites are a server's cipherSuites that weft-proxy can honour,
+// each once, in their order. As istiod does, a name the proxy does not
+// know is left out, with a warning, rather than failing the gateway's
+// listener; when none is left, the proxy's defaults apply.
+func (g *netBuilder) cipherSuites(s gwServer, names []string) []string {
+	var out, unknown []string
+	for _, n := range names {
+		if _, ok := tlsnames.CipherSuite(n); !ok {
+			unknown = append(unknown, n)
+			continue
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	if len(unknown) > 0 {
+		g.warnOnce("%s: tls.cipherSuites %q are not supported and are left out (names such as ECDHE-ECDSA-AES128-GCM-SHA256 are)", s.where(), unknown)
+	}
+	return out
 }
 
 // passthroughChains are the chains of a PASSTHROUGH server: one per tls

@@ -243,6 +243,36 @@ func TestLDSGatewayUnvalidated(t *testing.T) {
 	}
 }
 
+// TestGatewayCipherSuites: cipherSuites weft-proxy does not know are left
+// out with a warning, duplicates once, the rest kept in order (istiod's
+// filtering), so the gateway's listener still compiles in weft-proxy;
+// with none left, no tls_params.
+func TestGatewayCipherSuites(t *testing.T) {
+	https := func(name string, suites ...string) *networking.Server {
+		return &networking.Server{Port: &networking.Port{Number: 8443, Name: name, Protocol: "HTTPS"}, Hosts: []string{name + ".example.com"},
+			Tls: &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_SIMPLE, ServerCertificate: "/c.pem", PrivateKey: "/k.pem",
+				CipherSuites: suites}}
+	}
+	gw := &networking.Gateway{Servers: []*networking.Server{
+		https("a", "ECDHE-RSA-AES128-GCM-SHA256", "BOGUS-CIPHER", "ECDHE-RSA-AES128-GCM-SHA256", "TLS_AES_128_GCM_SHA256"),
+		https("b", "NOT-A-CIPHER"),
+	}}
+	s := model.NewSnapshot("v", model.DefaultMesh(), []*model.Config{{Kind: "Gateway", Name: "gw", Namespace: "istio-system", Spec: gw}}, nil)
+	r := Build(s, &model.Proxy{Type: model.Router, Namespace: "istio-system"})
+	res := &ldsResult{warnings: r.Warnings, listeners: r.Listeners}
+	res.wantWarning(t, "servers[0]", `"BOGUS-CIPHER"`, "left out")
+	res.wantWarning(t, "servers[1]", `"NOT-A-CIPHER"`, "left out")
+	l := res.listener(t, "0.0.0.0_8443")
+	_, _, a := downstreamTLSOf(t, chainBySNI(t, l, "a.example.com"))
+	if got := a.GetCommonTlsContext().GetTlsParams().GetCipherSuites(); !slices.Equal(got, []string{"ECDHE-RSA-AES128-GCM-SHA256", "TLS_AES_128_GCM_SHA256"}) {
+		t.Errorf("server a's cipher suites %q", got)
+	}
+	_, _, b := downstreamTLSOf(t, chainBySNI(t, l, "b.example.com"))
+	if p := b.GetCommonTlsContext().GetTlsParams(); p != nil {
+		t.Errorf("server b: tls_params %v, want none (no known suite left)", p)
+	}
+}
+
 func TestLDSGatewayIstiodPassthrough(t *testing.T) {
 	r := runLDSCase(t, "gateway-istiod")
 	for port, cluster := range map[string]string{

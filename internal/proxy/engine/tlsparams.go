@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/weftmesh/weft/internal/tlsnames"
 )
 
 // tlsParams is a compiled TlsParameters of a downstream TLS context. Zero
@@ -65,7 +66,7 @@ func compileTLSParams(p *tlsv3.TlsParameters) (tlsParams, error) {
 	}
 	for _, entry := range p.GetCipherSuites() {
 		for _, name := range strings.Split(strings.Trim(entry, "[]"), "|") {
-			id, ok := cipherSuiteIDs[strings.TrimSpace(name)]
+			id, ok := tlsnames.CipherSuite(strings.TrimSpace(name))
 			if !ok {
 				return out, fmt.Errorf("cipher suite %q is not known (names such as ECDHE-ECDSA-AES128-GCM-SHA256 or TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)", name)
 			}
@@ -85,46 +86,6 @@ func compileTLSParams(p *tlsv3.TlsParameters) (tlsParams, error) {
 	}
 	return out, nil
 }
-
-// cipherSuiteIDs maps cipher suite names to crypto/tls's IDs: the
-// standard names Go uses, and BoringSSL's (OpenSSL's), which Envoy and
-// Istio's Gateway cipherSuites use. TLS 1.3 suites map to 0: accepted,
-// not configurable.
-var cipherSuiteIDs = func() map[string]uint16 {
-	m := map[string]uint16{}
-	for _, s := range append(tls.CipherSuites(), tls.InsecureCipherSuites()...) {
-		m[s.Name] = s.ID
-		if slices.Equal(s.SupportedVersions, []uint16{tls.VersionTLS13}) {
-			m[s.Name] = 0
-		}
-	}
-	for openssl, std := range map[string]string{
-		"ECDHE-ECDSA-AES128-GCM-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-		"ECDHE-RSA-AES128-GCM-SHA256":   "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-		"ECDHE-ECDSA-AES256-GCM-SHA384": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-		"ECDHE-RSA-AES256-GCM-SHA384":   "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-		"ECDHE-ECDSA-CHACHA20-POLY1305": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-		"ECDHE-RSA-CHACHA20-POLY1305":   "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-		"ECDHE-ECDSA-AES128-SHA":        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
-		"ECDHE-RSA-AES128-SHA":          "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
-		"ECDHE-ECDSA-AES256-SHA":        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
-		"ECDHE-RSA-AES256-SHA":          "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
-		"ECDHE-ECDSA-AES128-SHA256":     "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
-		"ECDHE-RSA-AES128-SHA256":       "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
-		"ECDHE-RSA-DES-CBC3-SHA":        "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
-		"AES128-GCM-SHA256":             "TLS_RSA_WITH_AES_128_GCM_SHA256",
-		"AES256-GCM-SHA384":             "TLS_RSA_WITH_AES_256_GCM_SHA384",
-		"AES128-SHA":                    "TLS_RSA_WITH_AES_128_CBC_SHA",
-		"AES256-SHA":                    "TLS_RSA_WITH_AES_256_CBC_SHA",
-		"AES128-SHA256":                 "TLS_RSA_WITH_AES_128_CBC_SHA256",
-		"DES-CBC3-SHA":                  "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
-	} {
-		if id, ok := m[std]; ok {
-			m[openssl] = id
-		}
-	}
-	return m
-}()
 
 // curveIDs maps BoringSSL's group names (and their OpenSSL aliases) to
 // crypto/tls's.
