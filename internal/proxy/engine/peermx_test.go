@@ -257,3 +257,44 @@ func TestMXWithoutPeer(t *testing.T) {
 		}
 	})
 }
+
+// byteConn is a connection whose peer sent in and that discards writes.
+type byteConn struct {
+	net.Conn
+	r *bytes.Reader
+}
+
+func (c *byteConn) Read(b []byte) (int, error)  { return c.r.Read(b) }
+func (c *byteConn) Write(b []byte) (int, error) { return len(b), nil }
+
+// FuzzMXStream: whatever a peer sends, the exchange never panics and
+// passes on exactly the stream: everything when it does not start with
+// the magic, what follows a whole frame when it does; a frame cut short
+// or over the limit is an error.
+func FuzzMXStream(f *testing.F) {
+	_, frame := ownPeerMetadata("sidecar~1.1.1.1~a.ns~ns.svc.cluster.local", telemetry.Peer{Workload: "a", Namespace: "ns"})
+	f.Add(append(append([]byte{}, frame...), "data"...))
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	f.Add([]byte{0x3D, 0x23, 0x04, 0x67, 0, 0, 0, 3, 1, 2, 3, 'x'})
+	f.Add([]byte{0x3D, 0x23, 0x04})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c := newMXConn(&byteConn{r: bytes.NewReader(in)}, frame, func(telemetry.Peer, bool) {})
+		out, err := io.ReadAll(c)
+		if len(in) < 8 || binary.BigEndian.Uint32(in[:4]) != mxMagic {
+			if err != nil || !bytes.Equal(out, in) {
+				t.Fatalf("no frame: got %q, %v; want the input", out, err)
+			}
+			return
+		}
+		size := binary.BigEndian.Uint32(in[4:8])
+		if size > mxMaxPayload || uint64(len(in)) < 8+uint64(size) {
+			if err == nil {
+				t.Fatalf("a frame of %d bytes in %d: no error", size, len(in))
+			}
+			return
+		}
+		if err != nil || !bytes.Equal(out, in[8+size:]) {
+			t.Fatalf("after the frame: got %q, %v; want %q", out, err, in[8+size:])
+		}
+	})
+}
