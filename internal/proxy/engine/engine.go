@@ -401,7 +401,7 @@ func (e *Engine) proxyTCP(rt *runtime, down net.Conn, local *tls.Certificate, t 
 		fail(ep.Address, "UF")
 		return
 	}
-	m.dialed(ep.Address, up)
+	m.dialed(up)
 	// The metadata exchange with the sidecar on either side, when the
 	// connection's ALPN says it runs it; the connection's metrics open
 	// once the side they report on has told who it is.

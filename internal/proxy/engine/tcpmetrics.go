@@ -69,8 +69,7 @@ func (e *Engine) newTCPMetrics(t *tcpChain, name string, down net.Conn, local *t
 
 // dialed notes the upstream connection: on the source's side, its
 // identities.
-func (m *tcpMetrics) dialed(addr string, up net.Conn) {
-	m.upstream = addr
+func (m *tcpMetrics) dialed(up net.Conn) {
 	if m.conn.Reporter != "source" {
 		return
 	}
