@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/weftmesh/weft/internal/proxy/admin"
 	"github.com/weftmesh/weft/internal/proxy/bootstrap"
 	"github.com/weftmesh/weft/internal/proxy/sidecar"
 )
@@ -116,6 +117,9 @@ func proxyCmd(kind proxyKind, run runFunc) *cobra.Command {
 				return fmt.Errorf("invalid --trim-memory-growth %d: a size in MiB, 0 or more", trimGrowthMiB)
 			}
 			cfg.TrimGrowthKB = trimGrowthMiB << 10
+			if err := appMetricsURL(&cfg.AppMetrics, os.Getenv); err != nil {
+				return err
+			}
 			cfg.LogLevel = new(slog.LevelVar)
 			if err := cfg.LogLevel.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("invalid --log-level %q", logLevel)
@@ -155,6 +159,8 @@ func proxyCmd(kind proxyKind, run runFunc) *cobra.Command {
 	f.StringVar(&cfg.Identity.RootFile, "ca-root-file", "", "PEM CA of the control plane's serving certificate (its ca.crt)")
 	f.DurationVar(&cfg.Identity.TTL, "cert-ttl", 0, "workload certificate lifetime to ask for (default: the CA's, 24h); renewed at about half of it")
 	f.StringVar(&cfg.Identity.CAAddress, "ca-address", "", "CA host:port (default: --discovery-address)")
+	f.StringVar(&cfg.AppMetrics, "app-metrics", os.Getenv("WEFT_APP_METRICS"),
+		"the application's Prometheus metrics, e.g. http://127.0.0.1:9090/metrics, served after the proxy's on /stats/prometheus (WEFT_APP_METRICS; else Istio's ISTIO_PROMETHEUS_ANNOTATIONS)")
 	f.StringVar(&cfg.CredentialDir, "credential-dir", os.Getenv("WEFT_CREDENTIAL_DIR"),
 		"directory of gateway credentials: <dir>/<credentialName>/tls.crt and tls.key (and ca.crt), as a Kubernetes TLS secret mounted as a volume (WEFT_CREDENTIAL_DIR)")
 	f.IntVar(&adminPort, "admin-port", 15000, "admin API port (127.0.0.1)")
@@ -178,6 +184,25 @@ func proxyCmd(kind proxyKind, run runFunc) *cobra.Command {
 		}
 	}
 	return cmd
+}
+
+// appMetricsURL checks --app-metrics (WEFT_APP_METRICS), or reads Istio's
+// ISTIO_PROMETHEUS_ANNOTATIONS when neither is set.
+func appMetricsURL(v *string, getenv func(string) string) error {
+	if *v == "" {
+		if a := getenv("ISTIO_PROMETHEUS_ANNOTATIONS"); a != "" {
+			u, err := admin.AppMetricsFromAnnotations(a)
+			*v = u
+			return err
+		}
+		return nil
+	}
+	u, err := admin.ParseAppMetricsURL(*v)
+	if err != nil {
+		return fmt.Errorf("--app-metrics: %w", err)
+	}
+	*v = u
+	return nil
 }
 
 // mergeUnset fills fields of b that flags left empty from the file.

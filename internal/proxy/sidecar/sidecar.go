@@ -94,6 +94,9 @@ type Config struct {
 	// replaced files are served without a restart. Empty: none (chains
 	// that name one refuse their connections).
 	CredentialDir string
+	// AppMetrics is the application's metrics URL, merged into
+	// /stats/prometheus (Istio's metrics merging); empty: none.
+	AppMetrics string
 }
 
 // Identity configures the workload certificate.
@@ -193,7 +196,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		lns = append(lns, l)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The process's own runtime metrics carry the names Istio's agent
+	// gives its (istio_agent_go_*, istio_agent_process_*, which Istio's
+	// dashboards read), leaving go_* and process_* to the application's
+	// merged metrics.
+	prometheus.WrapRegistererWithPrefix("istio_agent_", reg).MustRegister(collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	b := cfg.Bootstrap
 	xcfg := xdsclient.Config{Server: b.Discovery, Node: node, Delta: cfg.Delta}
 	var certMgr *certs.Manager
@@ -252,7 +260,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	served := make(chan struct{}, 1)
 	servers := []*http.Server{
 		{Handler: notify(adm.AdminHandler(), served), ReadHeaderTimeout: 10 * time.Second},
-		{Handler: notify(statsMux(adm), served), ReadHeaderTimeout: 10 * time.Second},
+		{Handler: notify(statsMux(adm, cfg.AppMetrics, log), served), ReadHeaderTimeout: 10 * time.Second},
 		{Handler: readyMux(adm), ReadHeaderTimeout: 10 * time.Second},
 	}
 	for i, s := range servers {
@@ -440,9 +448,13 @@ func dnsUpdates(ctx context.Context, in <-chan *xdsclient.Snapshot, srv *dns.Ser
 	return out
 }
 
-func statsMux(a *admin.Server) http.Handler {
+func statsMux(a *admin.Server, appMetrics string, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/stats/prometheus", a.Prometheus())
+	var app *admin.AppMetrics
+	if appMetrics != "" {
+		app = &admin.AppMetrics{URL: appMetrics, Log: log.With("component", "stats")}
+	}
+	mux.Handle("/stats/prometheus", a.MergedPrometheus(app))
 	return mux
 }
 

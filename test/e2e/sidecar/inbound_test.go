@@ -144,8 +144,8 @@ spec:
 	// few seconds.
 	var rssA, rssB int
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		rssA = metricSum(t, a.stats, "process_resident_memory_bytes")
-		rssB = metricSum(t, b.stats, "process_resident_memory_bytes")
+		rssA = metricSum(t, a.stats, "istio_agent_process_resident_memory_bytes")
+		rssB = metricSum(t, b.stats, "istio_agent_process_resident_memory_bytes")
 		if rssA <= rssB-5<<20 || time.Now().After(deadline) {
 			break
 		}
