@@ -310,7 +310,7 @@ func httpEntry(ex *exchange, r *http.Request, d time.Duration) *accesslog.Entry 
 		protocol = "HTTP/2" // Envoy's %PROTOCOL%
 	}
 	return &accesslog.Entry{Start: ex.start, Method: r.Method, Path: ex.path, Protocol: protocol,
-		Code: ex.code, Flags: ex.flags, GRPCStatus: ex.grpcStatus, BytesReceived: ex.reqBytes, BytesSent: ex.respBytes, Duration: d,
+		Code: ex.code, Flags: ex.flags, GRPCStatus: ex.grpcStatus, BytesReceived: ex.requestBytes(), BytesSent: ex.respBytes, Duration: d,
 		UpstreamTime: ex.upstreamTime, ForwardedFor: r.Header.Get("X-Forwarded-For"), UserAgent: r.Header.Get("User-Agent"),
 		RequestID: r.Header.Get("X-Request-Id"), Authority: r.Host, UpstreamHost: ex.upstream, UpstreamCluster: ex.cluster,
 		Attempts: ex.attempts}

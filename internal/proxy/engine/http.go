@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -80,6 +81,11 @@ type exchange struct {
 	code      int
 	reqBytes  int64
 	respBytes int64
+	// streamed counts a request body of unknown length as the upstream
+	// side reads it (another goroutine, for HTTP/2, which may read on
+	// after the exchange is recycled: the count is the body's own);
+	// requestBytes. nil: none.
+	streamed *countedBody
 	// upstreamTime is from sending the request (its first attempt) to
 	// the response headers, x-envoy-upstream-service-time; -1 without a
 	// response, or when the router suppresses Envoy's headers.
@@ -108,6 +114,27 @@ type exchange struct {
 	// peerSeen (peermeta.go).
 	peer     telemetry.Peer
 	peerSeen bool
+}
+
+// requestBytes is the request body's size: known up front, or counted
+// as it streamed.
+func (ex *exchange) requestBytes() int64 {
+	if ex.streamed != nil {
+		return ex.reqBytes + ex.streamed.n.Load()
+	}
+	return ex.reqBytes
+}
+
+// countedBody counts the bytes read from a request body.
+type countedBody struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
 }
 
 // inbound tells whether the exchange is the destination's: on an inbound
@@ -274,8 +301,14 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 	} else if r.ContentLength > 0 {
 		ex.reqBytes = r.ContentLength
 	}
-	// A body of unknown length (gRPC, chunked) streams to the first
-	// attempt and is kept as it goes, so a retry can send it again.
+	// A body of unknown length (gRPC, chunked) is counted as it is read
+	// (istio_request_bytes, the access log's bytes received).
+	if body == nil && r.Body != nil && r.Body != http.NoBody && r.ContentLength < 0 {
+		ex.streamed = &countedBody{ReadCloser: r.Body}
+		r.Body = ex.streamed
+	}
+	// Such a body streams to the first attempt and is kept as it goes, so
+	// a retry can send it again.
 	var rb *replayBody
 	if retries > 0 && body == nil && r.Body != nil && r.Body != http.NoBody && r.ContentLength < 0 {
 		rb = newReplayBody(r.Body, maxRetryBody)
@@ -892,7 +925,7 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 	}
 	svc := e.metricService(ex.cluster)
 	req := telemetry.Request{Reporter: reporter, Protocol: proto, Code: ex.code, Flags: ex.flags, GRPCStatus: ex.grpcStatus,
-		Duration: time.Since(ex.start), RequestBytes: ex.reqBytes, DestinationService: svc.Host,
+		Duration: time.Since(ex.start), RequestBytes: ex.requestBytes(), DestinationService: svc.Host,
 		DestinationServiceName: svc.Name, DestinationServiceNamespace: svc.Namespace}
 	if reporter == "source" {
 		req.Source = e.opts.Workload

@@ -363,7 +363,7 @@ func (e *Engine) reportSpan(cc *chainConn, tc *tracingConfig, ex *exchange, r *h
 		"http.protocol":         r.Proto,
 		"downstream_cluster":    "-",
 		"user_agent":            cmp.Or(hget(r.Header, "User-Agent"), "-"),
-		"request_size":          strconv.FormatInt(ex.reqBytes, 10),
+		"request_size":          strconv.FormatInt(ex.requestBytes(), 10),
 		"response_size":         strconv.FormatInt(ex.respBytes, 10),
 		"response_flags":        cmp.Or(ex.flags, "-"),
 		"http.status_code":      strconv.Itoa(code),

@@ -262,6 +262,13 @@ spec:
 			t.Errorf("istio_requests_total{grpc_response_status=%q}: sidecar A %d, sidecar B %d, want %d each", st, a, b, want)
 		}
 	}
+	// gRPC request bodies (of no declared length) are counted as they
+	// stream: istio_request_bytes is not 0 for them.
+	for name, stats := range map[string]int{"A": pair.a.stats, "B": pair.b.stats} {
+		if n := metricSum(t, stats, "istio_request_bytes_sum", `request_protocol="grpc"`); n == 0 {
+			t.Errorf("sidecar %s: istio_request_bytes_sum{request_protocol=\"grpc\"} is 0: streamed request bodies are not counted", name)
+		}
+	}
 }
 
 // checkReported checks that sidecar A counted metric with reporter=source
