@@ -67,11 +67,13 @@ type metricVecs struct {
 	observers                                  sync.Map // requestKey -> *requestObservers
 	requests                                   *prometheus.CounterVec
 	duration, reqBytes, respBytes              *prometheus.HistogramVec
+	reqMsgs, respMsgs                          *prometheus.CounterVec // gRPC messages
 	tcpSent, tcpReceived, tcpOpened, tcpClosed *prometheus.CounterVec
 }
 
 func (v *metricVecs) collectors() []prometheus.Collector {
-	return []prometheus.Collector{v.requests, v.duration, v.reqBytes, v.respBytes, v.tcpSent, v.tcpReceived, v.tcpOpened, v.tcpClosed}
+	return []prometheus.Collector{v.requests, v.duration, v.reqBytes, v.respBytes, v.tcpSent, v.tcpReceived, v.tcpOpened, v.tcpClosed,
+		v.reqMsgs, v.respMsgs}
 }
 
 func newMetricVecs(requestExtra, tcpExtra []string) *metricVecs {
@@ -89,6 +91,12 @@ func newMetricVecs(requestExtra, tcpExtra []string) *metricVecs {
 		}, rl),
 		respBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "istio_response_bytes", Help: "Response body sizes in bytes.", Buckets: sizeBuckets,
+		}, rl),
+		reqMsgs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_request_messages_total", Help: "gRPC messages sent by clients.",
+		}, rl),
+		respMsgs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_response_messages_total", Help: "gRPC messages sent by servers.",
 		}, rl),
 		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent to the downstream in TCP connections.",
@@ -174,7 +182,8 @@ func (m *Metrics) TCPVec(metric int) *prometheus.CounterVec { return m.vecs.Load
 func (m *Metrics) RequestVec(metric int) prometheus.Collector {
 	v := m.vecs.Load()
 	return [...]prometheus.Collector{RequestsTotal: v.requests, RequestDurationMilliseconds: v.duration,
-		RequestBytesMetric: v.reqBytes, ResponseBytesMetric: v.respBytes}[metric]
+		RequestBytesMetric: v.reqBytes, ResponseBytesMetric: v.respBytes,
+		GRPCRequestMessagesTotal: v.reqMsgs, GRPCResponseMessagesTotal: v.respMsgs}[metric]
 }
 
 // Peer describes one side of a request for labels.
@@ -244,6 +253,10 @@ type Request struct {
 	Security                    string // mutual_tls, none (destination) or unknown (source)
 	Duration                    time.Duration
 	RequestBytes, ResponseBytes int64
+	// RequestMessages and ResponseMessages are a gRPC call's messages
+	// each way (istio_request_messages_total and
+	// istio_response_messages_total; Protocol "grpc" only).
+	RequestMessages, ResponseMessages int64
 }
 
 func orUnknown(s string) string { return orDefault(s, "unknown") }
@@ -290,6 +303,7 @@ type requestKey struct {
 type requestObservers struct {
 	requests                      prometheus.Counter
 	duration, reqBytes, respBytes prometheus.Observer
+	reqMsgs, respMsgs             prometheus.Counter // gRPC calls only; nil otherwise
 }
 
 // ObserveRequest records one request in every request metric.
@@ -344,6 +358,10 @@ func observe(o *requestObservers, r Request) {
 	o.duration.Observe(float64(r.Duration) / float64(time.Millisecond))
 	o.reqBytes.Observe(float64(r.RequestBytes))
 	o.respBytes.Observe(float64(r.ResponseBytes))
+	if o.reqMsgs != nil {
+		o.reqMsgs.Add(float64(r.RequestMessages))
+		o.respMsgs.Add(float64(r.ResponseMessages))
+	}
 }
 
 // newObservers builds the label set once for a new key.
@@ -354,6 +372,9 @@ func (v *metricVecs) newObservers(key requestKey, r Request) *requestObservers {
 	}
 	o := &requestObservers{requests: v.requests.With(l), duration: v.duration.With(l),
 		reqBytes: v.reqBytes.With(l), respBytes: v.respBytes.With(l)}
+	if r.Protocol == "grpc" {
+		o.reqMsgs, o.respMsgs = v.reqMsgs.With(l), v.respMsgs.With(l)
+	}
 	actual, _ := v.observers.LoadOrStore(key, o)
 	return actual.(*requestObservers)
 }
@@ -383,12 +404,15 @@ const (
 	TCPReceivedBytesTotal
 	TCPConnectionsOpenedTotal
 	TCPConnectionsClosedTotal
+	GRPCRequestMessagesTotal
+	GRPCResponseMessagesTotal
 	NumMetrics
 )
 
 // MetricNames are the istio.stats filter's names of the standard metrics.
 var MetricNames = [NumMetrics]string{"requests_total", "request_duration_milliseconds", "request_bytes", "response_bytes",
-	"tcp_sent_bytes_total", "tcp_received_bytes_total", "tcp_connections_opened_total", "tcp_connections_closed_total"}
+	"tcp_sent_bytes_total", "tcp_received_bytes_total", "tcp_connections_opened_total", "tcp_connections_closed_total",
+	"request_messages_total", "response_messages_total"}
 
 // ValidLabelName reports whether name can be a Prometheus label name:
 // [a-zA-Z_][a-zA-Z0-9_]*, not starting with "__" (reserved).
@@ -397,7 +421,9 @@ func ValidLabelName(name string) bool {
 }
 
 // IsTCP reports whether metric is one of the TCP metrics.
-func IsTCP(metric int) bool { return metric >= TCPSentBytesTotal }
+func IsTCP(metric int) bool {
+	return metric >= TCPSentBytesTotal && metric <= TCPConnectionsClosedTotal
+}
 
 // IsLabel reports whether label is one of metric's standard labels.
 func IsLabel(metric int, label string) bool {
@@ -469,6 +495,15 @@ func (m *Metrics) ObserveRequestOverridden(r Request, ov *LabelOverrides) {
 		if ll, ok := v.labels(ov, h.metric, l); ok {
 			h.vec.With(ll).Observe(h.val)
 		}
+	}
+	if r.Protocol != "grpc" {
+		return
+	}
+	if ll, ok := v.labels(ov, GRPCRequestMessagesTotal, l); ok {
+		v.reqMsgs.With(ll).Add(float64(r.RequestMessages))
+	}
+	if ll, ok := v.labels(ov, GRPCResponseMessagesTotal, l); ok {
+		v.respMsgs.With(ll).Add(float64(r.ResponseMessages))
 	}
 }
 

@@ -86,6 +86,8 @@ type exchange struct {
 	// after the exchange is recycled: the count is the body's own);
 	// requestBytes. nil: none.
 	streamed *countedBody
+	// reqMsgs and respMsgs count a gRPC call's messages (nil otherwise).
+	reqMsgs, respMsgs *grpcFrames
 	// upstreamTime is from sending the request (its first attempt) to
 	// the response headers, x-envoy-upstream-service-time; -1 without a
 	// response, or when the router suppresses Envoy's headers.
@@ -125,16 +127,26 @@ func (ex *exchange) requestBytes() int64 {
 	return ex.reqBytes
 }
 
-// countedBody counts the bytes read from a request body.
+// countedBody counts the bytes read from a request body, and a gRPC
+// call's messages.
 type countedBody struct {
 	io.ReadCloser
-	n atomic.Int64
+	n    atomic.Int64
+	msgs *grpcFrames // nil: not gRPC
 }
 
 func (b *countedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	if b.msgs != nil {
+		b.msgs.Feed(p[:n])
+	}
 	return n, err
+}
+
+// isGRPC reports whether a request is a gRPC call (its content type).
+func isGRPC(h http.Header) bool {
+	return strings.HasPrefix(hget(h, "Content-Type"), "application/grpc")
 }
 
 // inbound tells whether the exchange is the destination's: on an inbound
@@ -302,10 +314,18 @@ func (e *Engine) forward(w http.ResponseWriter, r *http.Request, req *route.Requ
 		ex.reqBytes = r.ContentLength
 	}
 	// A body of unknown length (gRPC, chunked) is counted as it is read
-	// (istio_request_bytes, the access log's bytes received).
-	if body == nil && r.Body != nil && r.Body != http.NoBody && r.ContentLength < 0 {
-		ex.streamed = &countedBody{ReadCloser: r.Body}
+	// (istio_request_bytes, the access log's bytes received), and a gRPC
+	// call's messages in any body.
+	if isGRPC(r.Header) {
+		ex.reqMsgs, ex.respMsgs = &grpcFrames{}, &grpcFrames{}
+		if body != nil {
+			ex.reqMsgs.Feed(body)
+		}
+	}
+	if body == nil && r.Body != nil && r.Body != http.NoBody && (r.ContentLength < 0 || ex.reqMsgs != nil) {
+		ex.streamed = &countedBody{ReadCloser: r.Body, msgs: ex.reqMsgs}
 		r.Body = ex.streamed
+		ex.reqBytes = 0 // what was read is counted instead of the declared length
 	}
 	// Such a body streams to the first attempt and is kept as it goes, so
 	// a retry can send it again.
@@ -656,6 +676,9 @@ func (e *Engine) respond(w http.ResponseWriter, resp *http.Response, rte *route.
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
 			ex.respBytes += int64(n)
+			if ex.respMsgs != nil {
+				ex.respMsgs.Feed(buf[:n])
+			}
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -915,7 +938,7 @@ func (e *Engine) newTransport(c *cluster.Cluster, src source, h2 bool) http.Roun
 // record writes metrics for one request.
 func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.ResponseWriter) {
 	proto := "http"
-	if strings.HasPrefix(hget(r.Header, "Content-Type"), "application/grpc") {
+	if isGRPC(r.Header) {
 		proto = "grpc"
 	}
 	inbound := ex.inbound(cc)
@@ -926,7 +949,8 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 	svc := e.metricService(ex.cluster)
 	req := telemetry.Request{Reporter: reporter, Protocol: proto, Code: ex.code, Flags: ex.flags, GRPCStatus: ex.grpcStatus,
 		Duration: time.Since(ex.start), RequestBytes: ex.requestBytes(), DestinationService: svc.Host,
-		DestinationServiceName: svc.Name, DestinationServiceNamespace: svc.Namespace}
+		DestinationServiceName: svc.Name, DestinationServiceNamespace: svc.Namespace,
+		RequestMessages: ex.reqMsgs.Messages(), ResponseMessages: ex.respMsgs.Messages()}
 	if reporter == "source" {
 		req.Source = e.opts.Workload
 		req.Security = "unknown" // as Istio's source reports: the client cannot know the server's policy

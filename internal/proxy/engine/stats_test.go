@@ -301,7 +301,8 @@ func TestStatsChangesMetrics(t *testing.T) {
 		want bool
 	}{
 		{&statspb.PluginConfig{TcpReportingDuration: durationpb.New(time.Second)}, false},
-		{&statspb.PluginConfig{Metrics: []*statspb.MetricConfig{{Name: "request_messages_total", Drop: true}}}, false}, // not recorded by weft
+		{&statspb.PluginConfig{Metrics: []*statspb.MetricConfig{{Name: "custom_total", Drop: true}}}, false}, // not recorded by weft
+		{&statspb.PluginConfig{Metrics: []*statspb.MetricConfig{{Name: "request_messages_total", Drop: true}}}, true},
 		{&statspb.PluginConfig{Metrics: []*statspb.MetricConfig{{Name: "requests_total", Drop: true}}}, true},
 		{&statspb.PluginConfig{Metrics: []*statspb.MetricConfig{{TagsToRemove: []string{"response_flags"}}}}, true},
 		{&statspb.PluginConfig{Metrics: []*statspb.MetricConfig{{Dimensions: map[string]string{"request_host": "request.host"}}}}, true},

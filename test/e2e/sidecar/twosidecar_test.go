@@ -262,6 +262,18 @@ spec:
 			t.Errorf("istio_requests_total{grpc_response_status=%q}: sidecar A %d, sidecar B %d, want %d each", st, a, b, want)
 		}
 	}
+	// gRPC messages: the successful calls were one unary call (a message
+	// each way) and a stream of 20 each way; HTTP has no message metrics.
+	for name, stats := range map[string]int{"A": pair.a.stats, "B": pair.b.stats} {
+		for _, metric := range []string{"istio_request_messages_total", "istio_response_messages_total"} {
+			if n := metricSum(t, stats, metric, `request_protocol="grpc"`, `grpc_response_status="0"`); n != 21 {
+				t.Errorf("sidecar %s: %s{grpc_response_status=\"0\"} = %d, want 21", name, metric, n)
+			}
+			if n := metricSum(t, stats, metric, `request_protocol="http"`); n != 0 {
+				t.Errorf("sidecar %s: %s has HTTP series", name, metric)
+			}
+		}
+	}
 	// gRPC request bodies (of no declared length) are counted as they
 	// stream: istio_request_bytes is not 0 for them.
 	for name, stats := range map[string]int{"A": pair.a.stats, "B": pair.b.stats} {
