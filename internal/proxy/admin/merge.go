@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"mime"
 	"net/http"
 	"net/url"
@@ -210,13 +211,8 @@ func (a *AppMetrics) scrape(r *http.Request) ([]*dto.MetricFamily, error) {
 	if err != nil {
 		return nil, &appError{"parse", fmt.Errorf("%s: not Prometheus's text format: %w", a.URL, err)}
 	}
-	names := make([]string, 0, len(fams))
-	for n := range fams {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	out := make([]*dto.MetricFamily, 0, len(names))
-	for _, n := range names {
+	out := make([]*dto.MetricFamily, 0, len(fams))
+	for _, n := range slices.Sorted(maps.Keys(fams)) {
 		out = append(out, fams[n])
 	}
 	return out, nil
