@@ -960,6 +960,9 @@ func (e *Engine) record(cc *chainConn, ex *exchange, r *http.Request, w http.Res
 		if up := e.upstreams.lookup(ex.upstream); up != nil {
 			if ids := up.ids.Load(); ids != nil {
 				req.Source.Principal, req.Destination.Principal = ids.local, ids.peer
+				if ns := namespaceOf(ids.peer); ns != "" {
+					req.Destination.Namespace = ns
+				}
 			}
 		}
 	} else {

@@ -76,6 +76,7 @@ func (m *tcpMetrics) dialed(up net.Conn) {
 	if tc, ok := up.(*tls.Conn); ok {
 		if peers := tc.ConnectionState().PeerCertificates; len(peers) > 0 {
 			m.conn.Destination.Principal = certPrincipal(peers[0])
+			m.conn.Destination.Namespace = namespaceOf(m.conn.Destination.Principal)
 			m.conn.Source.Principal = m.e.localPrincipal()
 		}
 	}
