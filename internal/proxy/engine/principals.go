@@ -51,25 +51,33 @@ func connPrincipals(c net.Conn, local *tls.Certificate) principals {
 	if !ok {
 		return principals{}
 	}
-	var p principals
+	return principals{peer: peerPrincipal(tc), local: ownPrincipal(local)}
+}
+
+// peerPrincipal is the first URI SAN of the certificate the other end of
+// tc presented ("" without one).
+func peerPrincipal(tc *tls.Conn) string {
 	if peers := tc.ConnectionState().PeerCertificates; len(peers) > 0 {
-		p.peer = certPrincipal(peers[0])
+		return certPrincipal(peers[0])
 	}
-	p.local = ownPrincipal(local)
-	return p
+	return ""
+}
+
+// leafOf is the leaf of a certificate this proxy presents (nil when it
+// cannot be parsed).
+func leafOf(c *tls.Certificate) *x509.Certificate {
+	if c == nil {
+		return nil
+	}
+	if c.Leaf != nil || len(c.Certificate) == 0 {
+		return c.Leaf
+	}
+	leaf, _ := x509.ParseCertificate(c.Certificate[0])
+	return leaf
 }
 
 // ownPrincipal is the first URI SAN of a certificate this proxy presents.
-func ownPrincipal(c *tls.Certificate) string {
-	if c == nil {
-		return ""
-	}
-	leaf := c.Leaf
-	if leaf == nil && len(c.Certificate) > 0 {
-		leaf, _ = x509.ParseCertificate(c.Certificate[0])
-	}
-	return certPrincipal(leaf)
-}
+func ownPrincipal(c *tls.Certificate) string { return certPrincipal(leafOf(c)) }
 
 // principals are cc's identities, found once per connection.
 func (cc *chainConn) principals() principals {
@@ -133,10 +141,7 @@ func (u *upstreamPeers) lookup(addr string) *upstreamPeer {
 
 // handshake records the identities of a mesh mTLS connection to addr.
 func (u *upstreamPeers) handshake(addr string, tc *tls.Conn, local string) {
-	p := principals{local: local}
-	if peers := tc.ConnectionState().PeerCertificates; len(peers) > 0 {
-		p.peer = certPrincipal(peers[0])
-	}
+	p := principals{peer: peerPrincipal(tc), local: local}
 	up := u.get(addr)
 	if old := up.ids.Load(); old == nil || *old != p {
 		up.ids.Store(&p)

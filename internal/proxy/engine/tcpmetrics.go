@@ -73,12 +73,11 @@ func (m *tcpMetrics) dialed(up net.Conn) {
 	if m.conn.Reporter != "source" {
 		return
 	}
-	if tc, ok := up.(*tls.Conn); ok {
-		if peers := tc.ConnectionState().PeerCertificates; len(peers) > 0 {
-			m.conn.Destination.Principal = certPrincipal(peers[0])
-			m.conn.Destination.Namespace = namespaceOf(m.conn.Destination.Principal)
-			m.conn.Source.Principal = m.e.localPrincipal()
-		}
+	if tc, ok := up.(*tls.Conn); ok && len(tc.ConnectionState().PeerCertificates) > 0 {
+		peer := peerPrincipal(tc)
+		m.conn.Destination.Principal = peer
+		m.conn.Destination.Namespace = namespaceOf(peer)
+		m.conn.Source.Principal = m.e.localPrincipal()
 	}
 }
 

@@ -130,15 +130,9 @@ func clientCertElement(conn net.Conn, local *tls.Certificate, c xfccConfig) stri
 	}
 	client := peers[0]
 	var parts []string
-	if local != nil {
-		leaf := local.Leaf
-		if leaf == nil && len(local.Certificate) > 0 {
-			leaf, _ = x509.ParseCertificate(local.Certificate[0])
-		}
-		if leaf != nil {
-			for _, u := range leaf.URIs {
-				parts = append(parts, "By="+u.String())
-			}
+	if leaf := leafOf(local); leaf != nil {
+		for _, u := range leaf.URIs {
+			parts = append(parts, "By="+u.String())
 		}
 	}
 	sum := sha256.Sum256(client.Raw)
